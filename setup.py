@@ -1,0 +1,53 @@
+"""Builds the ring's Cython binding (with its C core) and installs the
+Python worker pool and its `pyworker` command."""
+
+from setuptools import Extension, setup
+
+try:
+    from Cython.Build import cythonize
+except ImportError:  # a build without Cython installs the pure fallback
+    cythonize = None
+
+C_FLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wno-unused-function"]
+
+extensions = [
+    Extension(
+        "shm_ring._ring",
+        sources=["shm_ring/_ring.pyx", "shm_ring/shm_ring.c",
+                 "shm_ring/shm_verdict.c"],
+        include_dirs=["shm_ring"],
+        depends=["shm_ring/shm_ring.h", "shm_ring/shm_ring.pxd"],
+        extra_compile_args=C_FLAGS,
+    ),
+    Extension(
+        "pyworker._hot",
+        sources=["pyworker/_hot.pyx"],
+        extra_compile_args=C_FLAGS,
+    ),
+]
+
+setup(
+    name="mosn-nginx-gateway",
+    version="0.1.0",
+    description="MOSN-style Python stream filters for nginx over a "
+                "shared-memory ring",
+    python_requires=">=3.11",
+    packages=["shm_ring", "pyworker", "pyworker.filters",
+              "pyworker.drivers"],
+    package_data={"shm_ring": ["shm_ring.h", "shm_ring.pxd", "*.c",
+                               "_ring.pyx"]},
+    ext_modules=cythonize(extensions, language_level=3) if cythonize else [],
+    install_requires=[
+        "msgpack>=1.0,<2",
+        "posix-ipc>=1.1,<2",
+        "prometheus-client>=0.17,<1",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6", "locust>=2.20"],
+        "bench": ["aiohttp>=3.9", "uvloop>=0.19", "matplotlib>=3.7"],
+    },
+    entry_points={
+        "console_scripts": ["pyworker = pyworker.__main__:main"],
+        "pytest11": ["pyworker = pyworker.testing"],
+    },
+)

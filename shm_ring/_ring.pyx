@@ -1,0 +1,674 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+# cython: cdivision=True
+"""The ring's Cython binding: the consumer side for Python workers, the
+supervisor's housekeeping, and a producer side for tests and benchmarks.
+
+Blocking waits release the GIL.  Records are read in place from the slot
+and verdicts are written in place, so a request costs no copy beyond the
+strings a filter asks for.
+"""
+
+import os
+import socket
+
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.unicode cimport PyUnicode_DecodeLatin1
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memset, strncasecmp
+
+from shm_ring.shm_ring cimport *
+
+from shm_ring.codec import RingError, Verdict as _PlainVerdict
+
+ABI_VERSION = MOSN_RING_ABI_VERSION
+IMPLEMENTATION = "cython"
+
+DEF BATCH_MAX = 256
+
+cdef dict _CONSUMER_STATES = {
+    MOSN_CONS_EMPTY: "empty", MOSN_CONS_STARTING: "starting",
+    MOSN_CONS_LIVE: "live", MOSN_CONS_DRAINING: "draining",
+    MOSN_CONS_DEAD: "dead",
+}
+cdef dict _CHANNEL_STATES = {
+    MOSN_CHAN_FREE: "free", MOSN_CHAN_CLAIMING: "claiming",
+    MOSN_CHAN_OWNED: "owned", MOSN_CHAN_DRAINING: "draining",
+}
+
+
+cdef class Region:
+    """An attached shared-memory region."""
+
+    cdef mosn_region_t rg
+    cdef readonly str name
+    cdef object _sock
+
+    def __cinit__(self):
+        self.rg.hdr = NULL
+
+    @staticmethod
+    def attach(str name):
+        cdef Region r = Region.__new__(Region)
+        cdef char err[256]
+        if mosn_region_attach(&r.rg, name.encode(), err, sizeof(err)) != 0:
+            raise RingError(err.decode(errors="replace"))
+        r.name = name
+        return r
+
+    @staticmethod
+    def create(str name, int nproducers=4, int nconsumers=4, int slots=64,
+               int slot_size=4096):
+        cdef Region r = Region.__new__(Region)
+        cdef char err[256]
+        cdef mosn_region_conf_t conf
+        conf.nproducers = nproducers
+        conf.nconsumers = nconsumers
+        conf.slots = slots
+        conf.slot_size = slot_size
+        if mosn_region_create(&r.rg, name.encode(), &conf, -1, -1, err,
+                              sizeof(err)) != 0:
+            raise RingError(err.decode(errors="replace"))
+        r.name = name
+        return r
+
+    @staticmethod
+    def check_bytes(bytes image):
+        """Checks a region image as attach does; raises RingError."""
+        cdef char err[256]
+        if mosn_region_check(PyBytes_AS_STRING(image), len(image), err,
+                             sizeof(err)) != 0:
+            raise RingError(err.decode(errors="replace"))
+
+    def close(self):
+        mosn_region_detach(&self.rg)
+
+    def unlink(self):
+        try:
+            os.unlink("/dev/shm/" + self.name.lstrip("/"))
+        except FileNotFoundError:
+            pass
+
+    def __dealloc__(self):
+        mosn_region_detach(&self.rg)
+
+    cdef inline void _live(self) except *:
+        if self.rg.hdr == NULL:
+            raise RingError("region is closed")
+
+    @property
+    def nproducers(self):
+        self._live()
+        return self.rg.hdr.nproducers
+
+    @property
+    def nconsumers(self):
+        self._live()
+        return self.rg.hdr.nconsumers
+
+    @property
+    def slots(self):
+        self._live()
+        return self.rg.hdr.slots
+
+    @property
+    def slot_size(self):
+        self._live()
+        return self.rg.hdr.slot_size
+
+    @property
+    def size(self):
+        return self.rg.size
+
+    @property
+    def master_pid(self):
+        self._live()
+        return self.rg.hdr.master_pid
+
+    @property
+    def supervisor_pid(self):
+        self._live()
+        return self.rg.hdr.supervisor_pid
+
+    @supervisor_pid.setter
+    def supervisor_pid(self, int pid):
+        self._live()
+        self.rg.hdr.supervisor_pid = pid
+
+    @property
+    def consumer_epoch(self):
+        self._live()
+        return self.rg.hdr.consumer_epoch
+
+    @property
+    def reload_seq(self):
+        self._live()
+        return self.rg.hdr.reload_seq
+
+    @property
+    def desired_workers(self):
+        self._live()
+        return self.rg.hdr.desired_workers
+
+    @property
+    def config_path(self):
+        self._live()
+        return self.rg.hdr.config_path.decode(errors="replace")
+
+    cdef int _sockfd(self) except -1:
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sock.setblocking(False)
+        return self._sock.fileno()
+
+    def alloc_consumer(self):
+        self._live()
+        return mosn_consumer_alloc(&self.rg)
+
+    def drain_consumer(self, int c):
+        """Stops new work for consumer c; it finishes what it holds."""
+        self._live()
+        if 0 <= c < <int> self.rg.hdr.nconsumers:
+            mosn_consumer(&self.rg, c).state = MOSN_CONS_DRAINING
+
+    def consumer_state(self, int c):
+        self._live()
+        if not 0 <= c < <int> self.rg.hdr.nconsumers:
+            raise IndexError(c)
+        return _CONSUMER_STATES.get(mosn_consumer(&self.rg, c).state, "?")
+
+    def retire_consumer(self, int c):
+        self._live()
+        mosn_consumer_retire(&self.rg, c, self._sockfd())
+
+    def reap(self):
+        self._live()
+        return mosn_reap(&self.rg, self._sockfd())
+
+    def slots_in_use(self):
+        self._live()
+        return mosn_slots_in_use(&self.rg)
+
+    def stats(self):
+        """Counters of every producer channel and consumer, as dicts."""
+        cdef uint32_t i
+        cdef mosn_producer_t *p
+        cdef mosn_consumer_t *c
+        self._live()
+        producers = []
+        for i in range(self.rg.hdr.nproducers):
+            p = mosn_producer(&self.rg, i)
+            producers.append({
+                "index": i, "pid": MOSN_OWNER_PID(p.owner),
+                "state": _CHANNEL_STATES.get(MOSN_OWNER_STATE(p.owner), "?"),
+                "in_use": p.in_use, "submitted": p.submitted,
+                "completed": p.completed, "stale": p.stale,
+                "requeued": p.requeued, "timeouts": p.timeouts,
+                "fallbacks": p.fallbacks, "futex_wakes": p.futex_wakes,
+                "doorbells": p.doorbells, "cost_ns": p.cost_ns,
+            })
+        consumers = []
+        for i in range(self.rg.hdr.nconsumers):
+            c = mosn_consumer(&self.rg, i)
+            consumers.append({
+                "index": i, "pid": c.pid,
+                "state": _CONSUMER_STATES.get(c.state, "?"),
+                "incarnation": c.incarnation, "taken": c.taken,
+                "completed": c.completed, "batches": c.batches,
+                "sleeps": c.sleeps, "doorbells": c.doorbells,
+                "errors": c.errors,
+            })
+        return {"producers": producers, "consumers": consumers,
+                "consumer_epoch": self.rg.hdr.consumer_epoch}
+
+    def consumer(self, int index):
+        """Registers this process as consumer `index` (from alloc)."""
+        return Consumer(self, index)
+
+    def producer(self):
+        """Claims a producer channel for this process (tests, benches)."""
+        return Producer(self)
+
+
+cdef class SlotRequest:
+    """A request record, read in place; valid until its verdict is sent."""
+
+    cdef const uint8_t *rec
+    cdef uint32_t rec_len
+    cdef const mosn_req_t *req
+    cdef const mosn_header_entry_t *table
+    cdef readonly uint32_t nheaders
+    cdef readonly uint64_t request_id
+
+    cdef str _field(self, int i):
+        cdef mosn_field_t f = self.req.field[i]
+        return PyUnicode_DecodeLatin1(<const char *> self.rec + f.off,
+                                      f.len, NULL)
+
+    @property
+    def chain(self):
+        return self._field(MOSN_REQ_CHAIN)
+
+    @property
+    def method(self):
+        return self._field(MOSN_REQ_METHOD)
+
+    @property
+    def path(self):
+        return self._field(MOSN_REQ_PATH)
+
+    @property
+    def query(self):
+        return self._field(MOSN_REQ_QUERY)
+
+    @property
+    def remote_addr(self):
+        return self._field(MOSN_REQ_ADDR)
+
+    @property
+    def protocol(self):
+        return self._field(MOSN_REQ_PROTOCOL)
+
+    @property
+    def body(self):
+        cdef mosn_field_t f = self.req.field[MOSN_REQ_BODY]
+        if not (self.req.flags & MOSN_REQ_F_BODY):
+            return None
+        return PyBytes_FromStringAndSize(<const char *> self.rec + f.off,
+                                         f.len)
+
+    cdef inline bint _entry_ok(self, const mosn_header_entry_t *e):
+        return (<uint64_t> e.off + e.name_len + e.value_len
+                <= self.rec_len)
+
+    def header_get_all(self, str lname):
+        """Values of one header, name matched without case."""
+        cdef bytes key = lname.encode("latin-1")
+        cdef const char *k = PyBytes_AS_STRING(key)
+        cdef uint32_t klen = len(key), i
+        cdef const mosn_header_entry_t *e
+        cdef list out = []
+        for i in range(self.nheaders):
+            e = &self.table[i]
+            if e.name_len != klen or not self._entry_ok(e):
+                continue
+            if strncasecmp(<const char *> self.rec + e.off, k, klen) == 0:
+                out.append(PyUnicode_DecodeLatin1(
+                    <const char *> self.rec + e.off + klen, e.value_len,
+                    NULL))
+        return out
+
+    def header_items(self):
+        cdef uint32_t i
+        cdef const mosn_header_entry_t *e
+        cdef list out = []
+        for i in range(self.nheaders):
+            e = &self.table[i]
+            if not self._entry_ok(e):
+                continue
+            out.append((
+                PyUnicode_DecodeLatin1(<const char *> self.rec + e.off,
+                                       e.name_len, NULL),
+                PyUnicode_DecodeLatin1(
+                    <const char *> self.rec + e.off + e.name_len,
+                    e.value_len, NULL)))
+        return out
+
+
+cdef SlotRequest _slot_request(const uint8_t *data, uint32_t data_size):
+    """Checks the record's lengths against the slot; None if malformed."""
+    cdef const mosn_req_t *req = <const mosn_req_t *> data
+    cdef uint32_t i, rec_len
+    cdef mosn_field_t f
+    cdef SlotRequest r
+    if data_size < sizeof(mosn_req_t):
+        return None
+    rec_len = req.len
+    if rec_len < sizeof(mosn_req_t) or rec_len > data_size:
+        return None
+    for i in range(MOSN_REQ_NFIELDS):
+        f = req.field[i]
+        if <uint64_t> f.off + f.len > rec_len:
+            return None
+    f = req.field[MOSN_REQ_HEADERS]
+    if f.len != <uint64_t> req.nheaders * sizeof(mosn_header_entry_t):
+        return None
+    r = SlotRequest.__new__(SlotRequest)
+    r.rec = data
+    r.rec_len = rec_len
+    r.req = req
+    r.table = <const mosn_header_entry_t *> (data + f.off)
+    r.nheaders = req.nheaders
+    r.request_id = req.request_id
+    return r
+
+
+cdef class _VerdictWriter:
+    """Writes a verdict into a slot's free tail; refuses what overruns."""
+
+    cdef uint8_t *base
+    cdef uint32_t cap
+    cdef uint32_t pos
+    cdef uint32_t nrecords
+
+    cdef int record(self, int rtype, bytes key, bytes value) except -1:
+        cdef mosn_record_t r
+        cdef uint32_t klen = len(key), vlen = len(value)
+        if (<uint64_t> self.pos + sizeof(mosn_record_t) + klen + vlen
+                > self.cap) or self.nrecords >= MOSN_VERDICT_MAX_RECORDS:
+            raise RingError("verdict does not fit in the slot")
+        memset(&r, 0, sizeof(r))
+        r.type = rtype
+        r.key_len = klen
+        r.value_len = vlen
+        memcpy(self.base + self.pos, &r, sizeof(r))
+        self.pos += sizeof(r)
+        memcpy(self.base + self.pos, PyBytes_AS_STRING(key), klen)
+        self.pos += klen
+        memcpy(self.base + self.pos, PyBytes_AS_STRING(value), vlen)
+        self.pos += vlen
+        self.nrecords += 1
+        return 0
+
+
+cdef bytes _l1(object s):
+    if type(s) is bytes:
+        return <bytes> s
+    return (<str> s).encode("latin-1")
+
+
+cdef uint32_t _write_verdict(uint8_t *base, uint32_t cap, object v) except *:
+    """Encodes a pyworker Verdict (or None: continue) at base."""
+    cdef _VerdictWriter w = _VerdictWriter.__new__(_VerdictWriter)
+    cdef mosn_verdict_t hdr
+    cdef int action = MOSN_ACTION_CONTINUE, status = 0
+    if cap < sizeof(mosn_verdict_t):
+        raise RingError("no room for a verdict in the slot")
+    w.base = base
+    w.cap = cap
+    w.pos = sizeof(mosn_verdict_t)
+    if v is not None:
+        action = v.action
+        status = v.status
+        if v.upstream:
+            w.record(MOSN_REC_UPSTREAM, b"", _l1(v.upstream))
+        if v.metadata:
+            for k, val in v.metadata.items():
+                w.record(MOSN_REC_META, _l1(k), _l1(val))
+        for k, val in v.request_set:
+            w.record(MOSN_REC_REQ_SET, _l1(k), _l1(val))
+        for k in v.request_remove:
+            w.record(MOSN_REC_REQ_DEL, _l1(k), b"")
+        for k, val in v.response_add:
+            w.record(MOSN_REC_RESP_ADD, _l1(k), _l1(val))
+        if action == MOSN_ACTION_REPLY:
+            for k, val in v.reply_headers:
+                w.record(MOSN_REC_REPLY_HEADER, _l1(k), _l1(val))
+            if v.reply_body:
+                w.record(MOSN_REC_REPLY_BODY, b"", _l1(v.reply_body))
+        if v.log:
+            w.record(MOSN_REC_LOG, b"", v.log.encode("utf-8", "replace"))
+    memset(&hdr, 0, sizeof(hdr))
+    hdr.len = w.pos
+    hdr.action = action
+    hdr.status = status
+    hdr.nrecords = w.nrecords
+    memcpy(base, &hdr, sizeof(hdr))
+    return w.pos
+
+
+cdef uint32_t _write_error(uint8_t *base, uint32_t cap, str why):
+    """The verdict of last resort: fallback, with the reason logged."""
+    cdef mosn_verdict_t hdr
+    cdef mosn_record_t r
+    cdef bytes msg = why.encode("utf-8", "replace")[:200]
+    cdef uint32_t need = sizeof(hdr) + sizeof(r) + len(msg)
+    memset(&hdr, 0, sizeof(hdr))
+    hdr.action = MOSN_ACTION_ERROR
+    if need > cap:
+        hdr.len = sizeof(hdr)
+        memcpy(base, &hdr, sizeof(hdr))
+        return sizeof(hdr)
+    hdr.len = need
+    hdr.nrecords = 1
+    memcpy(base, &hdr, sizeof(hdr))
+    memset(&r, 0, sizeof(r))
+    r.type = MOSN_REC_LOG
+    r.value_len = len(msg)
+    memcpy(base + sizeof(hdr), &r, sizeof(r))
+    memcpy(base + sizeof(hdr) + sizeof(r), PyBytes_AS_STRING(msg), len(msg))
+    return need
+
+
+cdef class Consumer:
+    """This process as one consumer of the region (a Python worker)."""
+
+    cdef Region region
+    cdef mosn_region_t *rg
+    cdef readonly int index
+    cdef readonly int incarnation
+    cdef uint64_t wake_mask
+    cdef uint64_t batch[BATCH_MAX]
+    cdef object sock
+    cdef int sockfd
+
+    def __init__(self, Region region, int index):
+        region._live()
+        if not 0 <= index < <int> region.rg.hdr.nconsumers:
+            raise RingError("consumer index %d is not in 0..%d"
+                            % (index, region.rg.hdr.nconsumers - 1))
+        self.region = region
+        self.rg = &region.rg
+        self.index = index
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.sockfd = self.sock.fileno()
+        self.incarnation = mosn_consumer_start(self.rg, index, os.getpid())
+
+    def take(self, int max=64):
+        cdef int n, i
+        if max > BATCH_MAX:
+            max = BATCH_MAX
+        n = mosn_consumer_take(self.rg, self.index, self.batch, max)
+        return [self.batch[i] for i in range(n)]
+
+    cdef mosn_slot_t *_slot(self, uint64_t ps) except NULL:
+        cdef uint32_t p = MOSN_PS_P(ps), s = MOSN_PS_S(ps)
+        if p >= self.rg.hdr.nproducers or s >= self.rg.hdr.slots:
+            raise RingError("no slot %d/%d" % (p, s))
+        return mosn_slot(self.rg, p, s)
+
+    def request(self, uint64_t ps):
+        cdef mosn_slot_t *slot = self._slot(ps)
+        return _slot_request(slot.data,
+                             self.rg.hdr.slot_size - MOSN_SLOT_HEADER_SIZE)
+
+    def complete(self, uint64_t ps, verdict=None):
+        """Writes the verdict (a Verdict, None, or encoded bytes)."""
+        cdef mosn_slot_t *slot = self._slot(ps)
+        cdef uint32_t data_size = self.rg.hdr.slot_size - MOSN_SLOT_HEADER_SIZE
+        cdef uint32_t off, n
+        cdef uint32_t req_len = slot.req_len
+        if req_len > data_size:
+            req_len = data_size
+        off = (req_len + 7) & ~7u
+        if off > data_size:
+            off = data_size
+        if type(verdict) is bytes:
+            n = len(<bytes> verdict)
+            if n > data_size - off:
+                n = _write_error(slot.data + off, data_size - off,
+                                 "verdict does not fit in the slot")
+            else:
+                memcpy(slot.data + off, PyBytes_AS_STRING(verdict), n)
+        else:
+            try:
+                n = _write_verdict(slot.data + off, data_size - off, verdict)
+            except (RingError, UnicodeEncodeError, TypeError,
+                    AttributeError) as e:
+                n = _write_error(slot.data + off, data_size - off,
+                                 "verdict not encodable: %s" % (e,))
+        slot.verdict_off = off
+        slot.verdict_len = n
+        return mosn_consumer_complete(self.rg, self.index, MOSN_PS_P(ps),
+                                      MOSN_PS_S(ps), &self.wake_mask) == 0
+
+    def flush(self):
+        """Rings the doorbells of producers that sleep; returns how many."""
+        cdef int n = mosn_consumer_flush(self.rg, self.index, self.sockfd,
+                                         self.wake_mask)
+        self.wake_mask = 0
+        return n
+
+    def wait(self, int timeout_ms=-1):
+        """Sleeps until work arrives or the timeout; True if work waits."""
+        cdef int r
+        with nogil:
+            r = mosn_consumer_wait(self.rg, self.index, timeout_ms)
+        return r != 0
+
+    def pending(self):
+        return mosn_consumer_pending(self.rg, self.index) != 0
+
+    @property
+    def state(self):
+        return _CONSUMER_STATES.get(mosn_consumer(self.rg, self.index).state)
+
+    def serve_batch(self, dispatch, int max=64):
+        """Takes a batch, runs dispatch(request) on each, writes verdicts,
+        rings the producers once.  Returns how many were served."""
+        cdef int n, i
+        cdef uint64_t ps
+        cdef mosn_slot_t *slot
+        cdef SlotRequest req
+        cdef uint32_t data_size = self.rg.hdr.slot_size - MOSN_SLOT_HEADER_SIZE
+        if max > BATCH_MAX:
+            max = BATCH_MAX
+        n = mosn_consumer_take(self.rg, self.index, self.batch, max)
+        for i in range(n):
+            ps = self.batch[i]
+            slot = mosn_slot(self.rg, MOSN_PS_P(ps), MOSN_PS_S(ps))
+            req = _slot_request(slot.data, data_size)
+            if req is None:
+                self.complete(ps, _PlainVerdict.error("malformed request"))
+                continue
+            self.complete(ps, dispatch(req))
+        if n:
+            mosn_consumer_flush(self.rg, self.index, self.sockfd,
+                                self.wake_mask)
+            self.wake_mask = 0
+        return n
+
+
+cdef class Producer:
+    """A producer channel driven from Python: for tests and benchmarks.
+    The nginx module is the real producer."""
+
+    cdef Region region
+    cdef mosn_region_t *rg
+    cdef readonly int index
+    cdef uint32_t rr
+    cdef int fd
+    cdef uint64_t out[BATCH_MAX]
+
+    def __init__(self, Region region):
+        region._live()
+        self.region = region
+        self.rg = &region.rg
+        self.index = mosn_producer_claim(self.rg, os.getpid())
+        if self.index < 0:
+            raise RingError("no free producer channel")
+        self.fd = mosn_doorbell_open(self.rg, self.index)
+        if self.fd < 0:
+            raise RingError("cannot bind the doorbell socket")
+
+    def fileno(self):
+        return self.fd
+
+    def release(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        mosn_producer_release(self.rg, self.index)
+
+    def submit(self, uint32_t slot, bytes record, int consumer=-1):
+        """Copies a request record into the slot and publishes it.
+        Returns (consumer, gen), or None if no consumer or no room."""
+        cdef uint32_t inc = 0, gen = 0
+        cdef int c
+        cdef mosn_slot_t *sl
+        cdef uint32_t n = len(record)
+        if slot >= self.rg.hdr.slots:
+            raise RingError("no slot %d" % slot)
+        if n > self.rg.hdr.slot_size - MOSN_SLOT_HEADER_SIZE:
+            raise RingError("record does not fit in a slot")
+        if consumer < 0:
+            c = mosn_producer_pick(self.rg, self.index, &self.rr, &inc)
+            if c < 0:
+                return None
+        else:
+            c = consumer
+            inc = mosn_consumer(self.rg, c).incarnation & 0xffff
+        sl = mosn_slot(self.rg, self.index, slot)
+        memcpy(sl.data, PyBytes_AS_STRING(record), n)
+        sl.req_len = n
+        sl.verdict_len = 0
+        if mosn_producer_submit(self.rg, self.index, slot, c, inc, &gen) != 0:
+            return None
+        return (c, gen)
+
+    def poll(self, int max=64):
+        cdef int n, i
+        if max > BATCH_MAX:
+            max = BATCH_MAX
+        n = mosn_producer_poll(self.rg, self.index, self.out, max)
+        return [(MOSN_ENTRY_SLOT(self.out[i]), MOSN_ENTRY_GEN(self.out[i]))
+                for i in range(n)]
+
+    def verdict(self, uint32_t slot):
+        """The verdict bytes, checked against the slot as nginx does."""
+        cdef mosn_slot_t *sl
+        cdef uint32_t data_size = self.rg.hdr.slot_size - MOSN_SLOT_HEADER_SIZE
+        if slot >= self.rg.hdr.slots:
+            raise RingError("no slot %d" % slot)
+        sl = mosn_slot(self.rg, self.index, slot)
+        if (sl.verdict_off > data_size
+                or sl.verdict_len > data_size - sl.verdict_off):
+            raise RingError("verdict overruns the slot")
+        return PyBytes_FromStringAndSize(<char *> sl.data + sl.verdict_off,
+                                         sl.verdict_len)
+
+    def free(self, uint32_t slot):
+        mosn_producer_free(self.rg, self.index, slot)
+
+    def arm(self):
+        return mosn_producer_arm(self.rg, self.index) != 0
+
+    def drain_doorbell(self):
+        return mosn_doorbell_drain(self.fd)
+
+    def rescue(self):
+        cdef int n, i
+        n = mosn_producer_rescue(self.rg, self.index, &self.rr, self.out,
+                                 BATCH_MAX)
+        return [(MOSN_ENTRY_SLOT(self.out[i]) & ~MOSN_RESCUE_FAILED,
+                 MOSN_ENTRY_GEN(self.out[i]),
+                 bool(MOSN_ENTRY_SLOT(self.out[i]) & MOSN_RESCUE_FAILED))
+                for i in range(n)]
+
+    def slot_state(self, uint32_t slot):
+        cdef uint64_t w = mosn_slot(self.rg, self.index, slot).state
+        return (MOSN_SW_STATE(w), MOSN_SW_CONSUMER(w), MOSN_SW_INC(w),
+                MOSN_SW_GEN(w))
+
+
+def validate_verdict(bytes buf):
+    """The C decoder's verdict: None if valid, else the reason."""
+    cdef const char *why = NULL
+    if mosn_verdict_validate(<const uint8_t *> PyBytes_AS_STRING(buf),
+                             len(buf), &why) != 0:
+        return why.decode()
+    return None
+
+
+def proc_alive(int pid, uint64_t starttime=0):
+    return mosn_proc_alive(pid, starttime) != 0

@@ -1,0 +1,228 @@
+"""Request records and verdicts as bytes, in pure Python.
+
+The layouts are those of shm_ring.h.  The hot path reads and writes them
+in place (Cython); this module is the reference used by the pure-Python
+fallback, by test producers and by the round-trip tests.
+"""
+
+import re
+import struct
+
+REQ_HEADER = struct.Struct("<IIQII" + "II" * 8)
+HEADER_ENTRY = struct.Struct("<III")
+VERDICT_HEADER = struct.Struct("<IHHII")
+RECORD = struct.Struct("<B3xII")
+
+FIELDS = ("chain", "method", "path", "query", "remote_addr", "protocol",
+          "body", "headers")
+F_BODY = 0x1
+
+CONTINUE, REPLY, ERROR = 0, 1, 2
+REC_UPSTREAM, REC_META, REC_REQ_SET, REC_REQ_DEL = 1, 2, 3, 4
+REC_RESP_ADD, REC_REPLY_HEADER, REC_REPLY_BODY, REC_LOG = 5, 6, 7, 8
+MAX_RECORDS = 256
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,255}\Z")
+_META_KEY = re.compile(rb"[A-Za-z0-9_]{1,64}\Z")
+_UPSTREAM = re.compile(rb"[A-Za-z0-9_.:\[\]-]{1,255}\Z")
+_BAD_VALUE = re.compile(rb"[\r\n\0]")
+
+
+class RingError(Exception):
+    """The region or a record is unusable; the message says why."""
+
+
+class Verdict:
+    """A verdict as plain data (the filter API has a richer one)."""
+
+    __slots__ = ("action", "status", "upstream", "metadata", "request_set",
+                 "request_remove", "response_add", "reply_headers",
+                 "reply_body", "log")
+
+    def __init__(self, action=CONTINUE, status=0, upstream=None,
+                 metadata=None, request_set=(), request_remove=(),
+                 response_add=(), reply_headers=(), reply_body=b"", log=""):
+        self.action = action
+        self.status = status
+        self.upstream = upstream
+        self.metadata = dict(metadata or {})
+        self.request_set = list(request_set)
+        self.request_remove = list(request_remove)
+        self.response_add = list(response_add)
+        self.reply_headers = list(reply_headers)
+        self.reply_body = reply_body
+        self.log = log
+
+    @classmethod
+    def error(cls, why):
+        return cls(action=ERROR, log=why)
+
+    def __eq__(self, other):
+        return all(getattr(self, k) == getattr(other, k)
+                   for k in self.__slots__)
+
+    def __repr__(self):
+        return "Verdict(%s)" % ", ".join(
+            "%s=%r" % (k, getattr(self, k)) for k in self.__slots__
+            if getattr(self, k))
+
+
+def _b(s):
+    return s if isinstance(s, bytes) else s.encode("latin-1")
+
+
+def encode_request(chain="", method="GET", path="/", query="",
+                   remote_addr="127.0.0.1", protocol="HTTP/1.1",
+                   headers=(), body=None, request_id=0):
+    """A request record as the nginx module writes it."""
+    strings = [_b(chain), _b(method), _b(path), _b(query), _b(remote_addr),
+               _b(protocol), _b(body or b"")]
+    fields = []
+    off = REQ_HEADER.size
+    for s in strings:
+        fields.append((off, len(s)))
+        off += len(s)
+    pairs = [(_b(n), _b(v)) for n, v in headers]
+    table_off = off
+    off += HEADER_ENTRY.size * len(pairs)
+    table = []
+    for n, v in pairs:
+        table.append(HEADER_ENTRY.pack(off, len(n), len(v)))
+        off += len(n) + len(v)
+    fields.append((table_off, HEADER_ENTRY.size * len(pairs)))
+    flat = [x for f in fields for x in f]
+    head = REQ_HEADER.pack(off, len(pairs), request_id,
+                           F_BODY if body is not None else 0, 0, *flat)
+    return b"".join([head] + strings + table
+                    + [n + v for n, v in pairs])
+
+
+def decode_request(buf):
+    """The fields of a request record, checked against its length."""
+    if len(buf) < REQ_HEADER.size:
+        raise RingError("request record is shorter than its header")
+    vals = REQ_HEADER.unpack_from(buf)
+    rec_len, nheaders, request_id, flags = vals[0], vals[1], vals[2], vals[3]
+    if rec_len < REQ_HEADER.size or rec_len > len(buf):
+        raise RingError("request record length is out of bounds")
+    fields = list(zip(vals[5::2], vals[6::2]))
+    for off, n in fields:
+        if off + n > rec_len:
+            raise RingError("request field overruns the record")
+    out = {"request_id": request_id}
+    for name, (off, n) in zip(FIELDS, fields):
+        if name != "headers":
+            out[name] = bytes(buf[off:off + n])
+    if not flags & F_BODY:
+        out["body"] = None
+    table_off, table_len = fields[7]
+    if table_len != nheaders * HEADER_ENTRY.size:
+        raise RingError("header table length does not match its count")
+    headers = []
+    for i in range(nheaders):
+        off, nlen, vlen = HEADER_ENTRY.unpack_from(
+            buf, table_off + i * HEADER_ENTRY.size)
+        if off + nlen + vlen > rec_len:
+            raise RingError("header overruns the record")
+        headers.append((bytes(buf[off:off + nlen]),
+                        bytes(buf[off + nlen:off + nlen + vlen])))
+    out["headers"] = headers
+    return out
+
+
+def verdict_records(v):
+    """The (type, key, value) records of a verdict, in wire order."""
+    recs = []
+    if v is None:
+        return CONTINUE, 0, recs
+    if v.upstream:
+        recs.append((REC_UPSTREAM, b"", _b(v.upstream)))
+    for k, val in (v.metadata or {}).items():
+        recs.append((REC_META, _b(k), _b(val)))
+    recs += [(REC_REQ_SET, _b(k), _b(val)) for k, val in v.request_set]
+    recs += [(REC_REQ_DEL, _b(k), b"") for k in v.request_remove]
+    recs += [(REC_RESP_ADD, _b(k), _b(val)) for k, val in v.response_add]
+    if v.action == REPLY:
+        recs += [(REC_REPLY_HEADER, _b(k), _b(val))
+                 for k, val in v.reply_headers]
+        if v.reply_body:
+            recs.append((REC_REPLY_BODY, b"", _b(v.reply_body)))
+    if v.log:
+        recs.append((REC_LOG, b"", v.log.encode("utf-8", "replace")))
+    return v.action, v.status, recs
+
+
+def encode_verdict(v):
+    action, status, recs = verdict_records(v)
+    body = b"".join(RECORD.pack(t, len(k), len(val)) + k + val
+                    for t, k, val in recs)
+    return VERDICT_HEADER.pack(VERDICT_HEADER.size + len(body), action,
+                               status, len(recs), 0) + body
+
+
+def validate_verdict(buf):
+    """What the C decoder says of these bytes: None if valid, or why."""
+    try:
+        decode_verdict(buf)
+    except RingError as e:
+        return str(e)
+    return None
+
+
+def decode_verdict(buf):
+    """Parses and checks a verdict as the nginx module does."""
+    buf = bytes(buf)
+    if len(buf) < VERDICT_HEADER.size:
+        raise RingError("verdict header does not match its length")
+    length, action, status, nrec, _ = VERDICT_HEADER.unpack_from(buf)
+    if length != len(buf) or nrec > MAX_RECORDS:
+        raise RingError("verdict header does not match its length")
+    if action not in (CONTINUE, REPLY, ERROR):
+        raise RingError("unknown verdict action")
+    if action == REPLY and not 200 <= status <= 599:
+        raise RingError("reply status is not in 200..599")
+    v = Verdict(action=action, status=status)
+    pos = VERDICT_HEADER.size
+    bodies = 0
+    for _ in range(nrec):
+        if len(buf) - pos < RECORD.size:
+            raise RingError("record lengths overrun the verdict")
+        t, klen, vlen = RECORD.unpack_from(buf, pos)
+        pos += RECORD.size
+        if klen > len(buf) - pos or vlen > len(buf) - pos - klen:
+            raise RingError("record lengths overrun the verdict")
+        k, val = buf[pos:pos + klen], buf[pos + klen:pos + klen + vlen]
+        pos += klen + vlen
+        bad_value = _BAD_VALUE.search(val) is not None
+        if t == REC_UPSTREAM:
+            if klen or v.upstream is not None or not _UPSTREAM.match(val):
+                raise RingError("bad upstream name")
+            v.upstream = val.decode("latin-1")
+        elif t == REC_META:
+            if not _META_KEY.match(k) or bad_value:
+                raise RingError("bad metadata key or value")
+            v.metadata[k.decode()] = val.decode("latin-1")
+        elif t in (REC_REQ_SET, REC_RESP_ADD, REC_REPLY_HEADER):
+            if not _TOKEN.match(k) or bad_value:
+                raise RingError("bad header name or value")
+            pair = (k.decode("latin-1"), val.decode("latin-1"))
+            {REC_REQ_SET: v.request_set, REC_RESP_ADD: v.response_add,
+             REC_REPLY_HEADER: v.reply_headers}[t].append(pair)
+        elif t == REC_REQ_DEL:
+            if not _TOKEN.match(k) or vlen:
+                raise RingError("bad header name to remove")
+            v.request_remove.append(k.decode("latin-1"))
+        elif t == REC_REPLY_BODY:
+            bodies += 1
+            if klen or bodies > 1:
+                raise RingError("bad reply body record")
+            v.reply_body = val
+        elif t == REC_LOG:
+            if klen:
+                raise RingError("bad log record")
+            v.log = val.decode("utf-8", "replace")
+        else:
+            raise RingError("unknown record type")
+    if pos != len(buf):
+        raise RingError("record lengths overrun the verdict")
+    return v

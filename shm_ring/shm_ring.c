@@ -1,0 +1,1375 @@
+
+/*
+ * The shared-memory ring: region management, both sides of the rings,
+ * wake-ups, reaping of dead peers.  Plain C; no nginx or Python types.
+ */
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "shm_ring.h"
+
+
+#define mosn_align(n, a)    (((n) + (a) - 1) & ~((uint64_t) (a) - 1))
+
+#define mosn_load(p)        __atomic_load_n(p, __ATOMIC_ACQUIRE)
+#define mosn_load_relaxed(p) __atomic_load_n(p, __ATOMIC_RELAXED)
+#define mosn_store(p, v)    __atomic_store_n(p, v, __ATOMIC_RELEASE)
+#define mosn_full_fence()   __atomic_thread_fence(__ATOMIC_SEQ_CST)
+
+
+static void mosn_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+
+static void
+mosn_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list  args;
+
+    if (err == NULL || errlen == 0) {
+        return;
+    }
+
+    va_start(args, fmt);
+    vsnprintf(err, errlen, fmt, args);
+    va_end(args);
+}
+
+
+static int
+mosn_conf_check(const mosn_region_conf_t *conf, char *err, size_t errlen)
+{
+    if (conf->nproducers == 0 || conf->nproducers > MOSN_MAX_PRODUCERS) {
+        mosn_err(err, errlen, "producer count %u is not in 1..%u",
+                 conf->nproducers, MOSN_MAX_PRODUCERS);
+        return -1;
+    }
+
+    if (conf->nconsumers == 0 || conf->nconsumers > MOSN_MAX_CONSUMERS) {
+        mosn_err(err, errlen, "consumer count %u is not in 1..%u",
+                 conf->nconsumers, MOSN_MAX_CONSUMERS);
+        return -1;
+    }
+
+    if (conf->slots < 2 || conf->slots > MOSN_MAX_SLOTS
+        || (conf->slots & (conf->slots - 1)) != 0)
+    {
+        mosn_err(err, errlen,
+                 "slot count %u is not a power of two in 2..%u",
+                 conf->slots, MOSN_MAX_SLOTS);
+        return -1;
+    }
+
+    if (conf->slot_size < MOSN_MIN_SLOT_SIZE
+        || conf->slot_size > MOSN_MAX_SLOT_SIZE
+        || conf->slot_size % MOSN_CACHELINE != 0)
+    {
+        mosn_err(err, errlen, "slot size %u is not a multiple of %u "
+                 "in %u..%u", conf->slot_size, MOSN_CACHELINE,
+                 MOSN_MIN_SLOT_SIZE, MOSN_MAX_SLOT_SIZE);
+        return -1;
+    }
+
+    return 0;
+}
+
+
+static void
+mosn_layout(const mosn_region_conf_t *conf, mosn_shm_header_t *h)
+{
+    uint64_t  off;
+
+    h->header_size = (uint32_t) mosn_align(sizeof(mosn_shm_header_t),
+                                           MOSN_CACHELINE);
+    h->nproducers = conf->nproducers;
+    h->nconsumers = conf->nconsumers;
+    h->slots = conf->slots;
+    h->slot_size = conf->slot_size;
+
+    off = h->header_size;
+    h->producers_off = off;
+    off += mosn_align(sizeof(mosn_producer_t), MOSN_CACHELINE)
+           * conf->nproducers;
+    h->consumers_off = off;
+    off += mosn_align(sizeof(mosn_consumer_t), MOSN_CACHELINE)
+           * conf->nconsumers;
+    h->rings_off = off;
+    h->ring_bytes = mosn_align(sizeof(mosn_ring_t)
+                               + (uint64_t) conf->slots * sizeof(uint64_t),
+                               MOSN_CACHELINE);
+    off += h->ring_bytes * 2 * conf->nproducers * conf->nconsumers;
+    off = mosn_align(off, 4096);
+    h->slots_off = off;
+    off += (uint64_t) conf->slot_size * conf->slots * conf->nproducers;
+    h->region_size = mosn_align(off, 4096);
+}
+
+
+size_t
+mosn_region_size(const mosn_region_conf_t *conf)
+{
+    mosn_shm_header_t  h;
+
+    if (mosn_conf_check(conf, NULL, 0) != 0) {
+        return 0;
+    }
+
+    memset(&h, 0, sizeof(h));
+    mosn_layout(conf, &h);
+
+    return h.region_size;
+}
+
+
+int
+mosn_region_create(mosn_region_t *rg, const char *name,
+    const mosn_region_conf_t *conf, uid_t uid, gid_t gid,
+    char *err, size_t errlen)
+{
+    int                 fd;
+    void               *base;
+    mosn_shm_header_t   layout, *h;
+
+    if (mosn_conf_check(conf, err, errlen) != 0) {
+        return -1;
+    }
+
+    if (strlen(name) >= MOSN_NAME_MAX) {
+        mosn_err(err, errlen, "region name \"%s\" is too long", name);
+        return -1;
+    }
+
+    memset(&layout, 0, sizeof(layout));
+    mosn_layout(conf, &layout);
+
+    (void) shm_unlink(name);
+
+    fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0600);
+    if (fd == -1) {
+        mosn_err(err, errlen, "shm_open(\"%s\") failed: %s", name,
+                 strerror(errno));
+        return -1;
+    }
+
+    if (uid != (uid_t) -1 && fchown(fd, uid, gid) == -1) {
+        mosn_err(err, errlen, "fchown(\"%s\") failed: %s", name,
+                 strerror(errno));
+        goto failed;
+    }
+
+    if (ftruncate(fd, (off_t) layout.region_size) == -1) {
+        mosn_err(err, errlen, "ftruncate(\"%s\", %llu) failed: %s", name,
+                 (unsigned long long) layout.region_size, strerror(errno));
+        goto failed;
+    }
+
+    base = mmap(NULL, layout.region_size, PROT_READ | PROT_WRITE,
+                MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        mosn_err(err, errlen, "mmap(\"%s\") failed: %s", name,
+                 strerror(errno));
+        goto failed;
+    }
+
+    close(fd);
+
+    h = base;
+    memcpy(h, &layout, sizeof(layout));
+    h->abi_version = MOSN_RING_ABI_VERSION;
+    h->created_ns = (uint64_t) time(NULL) * 1000000000ULL;
+    snprintf(h->name, sizeof(h->name), "%s", name);
+
+    /* the magic goes last: a reader that sees it sees the layout */
+    mosn_store(&h->magic, MOSN_RING_MAGIC);
+
+    rg->hdr = h;
+    rg->size = layout.region_size;
+
+    return 0;
+
+failed:
+
+    close(fd);
+    (void) shm_unlink(name);
+
+    return -1;
+}
+
+
+int
+mosn_region_check(const void *base, size_t size, char *err, size_t errlen)
+{
+    const mosn_shm_header_t  *h = base;
+    mosn_shm_header_t         layout;
+    mosn_region_conf_t        conf;
+
+    if (size < sizeof(mosn_shm_header_t)) {
+        mosn_err(err, errlen, "region is %zu bytes, smaller than its "
+                 "header (%zu bytes)", size, sizeof(mosn_shm_header_t));
+        return -1;
+    }
+
+    if (mosn_load(&h->magic) != MOSN_RING_MAGIC) {
+        mosn_err(err, errlen, "region has no ring magic (found 0x%llx)",
+                 (unsigned long long) h->magic);
+        return -1;
+    }
+
+    if (h->abi_version != MOSN_RING_ABI_VERSION) {
+        mosn_err(err, errlen, "region speaks ring ABI version %u, this "
+                 "build speaks version %u: rebuild the nginx module and "
+                 "the Python extension from the same source",
+                 h->abi_version, MOSN_RING_ABI_VERSION);
+        return -1;
+    }
+
+    if (h->region_size != size) {
+        mosn_err(err, errlen, "region is %zu bytes but its header says "
+                 "%llu bytes", size, (unsigned long long) h->region_size);
+        return -1;
+    }
+
+    conf.nproducers = h->nproducers;
+    conf.nconsumers = h->nconsumers;
+    conf.slots = h->slots;
+    conf.slot_size = h->slot_size;
+
+    if (mosn_conf_check(&conf, err, errlen) != 0) {
+        return -1;
+    }
+
+    memset(&layout, 0, sizeof(layout));
+    mosn_layout(&conf, &layout);
+
+    if (layout.region_size != h->region_size
+        || layout.producers_off != h->producers_off
+        || layout.consumers_off != h->consumers_off
+        || layout.rings_off != h->rings_off
+        || layout.ring_bytes != h->ring_bytes
+        || layout.slots_off != h->slots_off)
+    {
+        mosn_err(err, errlen, "region layout does not match its sizes");
+        return -1;
+    }
+
+    return 0;
+}
+
+
+int
+mosn_region_attach(mosn_region_t *rg, const char *name, char *err,
+    size_t errlen)
+{
+    int          fd;
+    void        *base;
+    struct stat  st;
+
+    fd = shm_open(name, O_RDWR, 0);
+    if (fd == -1) {
+        mosn_err(err, errlen, "shm_open(\"%s\") failed: %s", name,
+                 strerror(errno));
+        return -1;
+    }
+
+    if (fstat(fd, &st) == -1) {
+        mosn_err(err, errlen, "fstat(\"%s\") failed: %s", name,
+                 strerror(errno));
+        close(fd);
+        return -1;
+    }
+
+    if (st.st_size <= 0) {
+        mosn_err(err, errlen, "region \"%s\" is empty", name);
+        close(fd);
+        return -1;
+    }
+
+    base = mmap(NULL, (size_t) st.st_size, PROT_READ | PROT_WRITE,
+                MAP_SHARED, fd, 0);
+    close(fd);
+
+    if (base == MAP_FAILED) {
+        mosn_err(err, errlen, "mmap(\"%s\") failed: %s", name,
+                 strerror(errno));
+        return -1;
+    }
+
+    if (mosn_region_check(base, (size_t) st.st_size, err, errlen) != 0) {
+        munmap(base, (size_t) st.st_size);
+        return -1;
+    }
+
+    rg->hdr = base;
+    rg->size = (size_t) st.st_size;
+
+    return 0;
+}
+
+
+void
+mosn_region_detach(mosn_region_t *rg)
+{
+    if (rg->hdr != NULL) {
+        munmap(rg->hdr, rg->size);
+        rg->hdr = NULL;
+    }
+}
+
+
+mosn_producer_t *
+mosn_producer(mosn_region_t *rg, uint32_t p)
+{
+    return (mosn_producer_t *) ((uint8_t *) rg->hdr + rg->hdr->producers_off
+           + mosn_align(sizeof(mosn_producer_t), MOSN_CACHELINE) * p);
+}
+
+
+mosn_consumer_t *
+mosn_consumer(mosn_region_t *rg, uint32_t c)
+{
+    return (mosn_consumer_t *) ((uint8_t *) rg->hdr + rg->hdr->consumers_off
+           + mosn_align(sizeof(mosn_consumer_t), MOSN_CACHELINE) * c);
+}
+
+
+mosn_ring_t *
+mosn_submit_ring(mosn_region_t *rg, uint32_t p, uint32_t c)
+{
+    mosn_shm_header_t  *h = rg->hdr;
+
+    return (mosn_ring_t *) ((uint8_t *) h + h->rings_off
+           + h->ring_bytes * (2 * ((uint64_t) p * h->nconsumers + c)));
+}
+
+
+mosn_ring_t *
+mosn_completion_ring(mosn_region_t *rg, uint32_t p, uint32_t c)
+{
+    mosn_shm_header_t  *h = rg->hdr;
+
+    return (mosn_ring_t *) ((uint8_t *) h + h->rings_off
+           + h->ring_bytes * (2 * ((uint64_t) p * h->nconsumers + c) + 1));
+}
+
+
+mosn_slot_t *
+mosn_slot(mosn_region_t *rg, uint32_t p, uint32_t s)
+{
+    mosn_shm_header_t  *h = rg->hdr;
+
+    return (mosn_slot_t *) ((uint8_t *) h + h->slots_off
+           + (uint64_t) h->slot_size * ((uint64_t) p * h->slots + s));
+}
+
+
+uint64_t
+mosn_now_ns(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (uint64_t) ts.tv_sec * 1000000000ULL + (uint64_t) ts.tv_nsec;
+}
+
+
+/*
+ * A process is named by its pid and its start time (field 22 of
+ * /proc/PID/stat), so a recycled pid is not taken for the dead process.
+ * A zombie counts as dead: it writes no more.
+ */
+
+int
+mosn_proc_starttime(pid_t pid, uint64_t *starttime)
+{
+    int      fd, field;
+    char     path[64], buf[1024], *p, state;
+    ssize_t  n;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
+
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd == -1) {
+        return -1;
+    }
+
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+
+    if (n <= 0) {
+        return -1;
+    }
+
+    buf[n] = '\0';
+
+    /* the command name may hold spaces and parentheses */
+    p = strrchr(buf, ')');
+    if (p == NULL || p[1] != ' ') {
+        return -1;
+    }
+
+    p += 2;
+    state = *p;
+
+    if (state == 'Z' || state == 'X' || state == 'x') {
+        return -1;
+    }
+
+    for (field = 3; field < 22; field++) {
+        p = strchr(p, ' ');
+        if (p == NULL) {
+            return -1;
+        }
+        p++;
+    }
+
+    *starttime = strtoull(p, NULL, 10);
+
+    return 0;
+}
+
+
+int
+mosn_proc_alive(pid_t pid, uint64_t starttime)
+{
+    uint64_t  now;
+
+    if (pid <= 0) {
+        return 0;
+    }
+
+    if (mosn_proc_starttime(pid, &now) != 0) {
+        return 0;
+    }
+
+    return starttime == 0 || now == starttime;
+}
+
+
+/* futexes in shared memory: not FUTEX_PRIVATE_FLAG */
+
+static int
+mosn_futex_wait(uint32_t *addr, uint32_t val, int timeout_ms)
+{
+    struct timespec  ts, *tsp;
+
+    tsp = NULL;
+
+    if (timeout_ms >= 0) {
+        ts.tv_sec = timeout_ms / 1000;
+        ts.tv_nsec = (long) (timeout_ms % 1000) * 1000000L;
+        tsp = &ts;
+    }
+
+    return (int) syscall(SYS_futex, addr, FUTEX_WAIT, val, tsp, NULL, 0);
+}
+
+
+static void
+mosn_futex_wake(uint32_t *addr)
+{
+    (void) syscall(SYS_futex, addr, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
+
+static int
+mosn_consumer_alive(mosn_region_t *rg, uint32_t c, uint32_t inc)
+{
+    uint32_t          st;
+    mosn_consumer_t  *cons;
+
+    if (c >= rg->hdr->nconsumers) {
+        return 0;
+    }
+
+    cons = mosn_consumer(rg, c);
+    st = mosn_load(&cons->state);
+
+    return (st == MOSN_CONS_LIVE || st == MOSN_CONS_DRAINING)
+           && (mosn_load(&cons->incarnation) & 0xffff) == inc;
+}
+
+
+/* producer side */
+
+int
+mosn_producer_claim(mosn_region_t *rg, pid_t pid)
+{
+    uint32_t          p;
+    uint64_t          expect, starttime;
+    mosn_producer_t  *prod;
+
+    if (mosn_proc_starttime(pid, &starttime) != 0) {
+        starttime = 0;
+    }
+
+    for (p = 0; p < rg->hdr->nproducers; p++) {
+        prod = mosn_producer(rg, p);
+        expect = MOSN_OWNER(0, MOSN_CHAN_FREE);
+
+        if (!__atomic_compare_exchange_n(&prod->owner, &expect,
+                                         MOSN_OWNER(pid, MOSN_CHAN_CLAIMING),
+                                         0, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_ACQUIRE))
+        {
+            continue;
+        }
+
+        prod->starttime = starttime;
+        prod->epoch++;
+        prod->need_wakeup = 0;
+        prod->in_use = 0;
+
+        mosn_store(&prod->owner, MOSN_OWNER(pid, MOSN_CHAN_OWNED));
+
+        return (int) p;
+    }
+
+    return -1;
+}
+
+
+void
+mosn_producer_release(mosn_region_t *rg, uint32_t p)
+{
+    mosn_producer_t  *prod;
+
+    prod = mosn_producer(rg, p);
+
+    /* the reaper hands the channel on once every slot is back */
+    mosn_store(&prod->owner,
+               MOSN_OWNER(MOSN_OWNER_PID(prod->owner), MOSN_CHAN_DRAINING));
+}
+
+
+int
+mosn_producer_pick(mosn_region_t *rg, uint32_t p, uint32_t *rr,
+    uint32_t *inc)
+{
+    int               best;
+    uint32_t          i, c, n, pending, best_pending, st;
+    mosn_ring_t      *ring;
+    mosn_consumer_t  *cons;
+
+    n = rg->hdr->nconsumers;
+    best = -1;
+    best_pending = UINT32_MAX;
+
+    for (i = 0; i < n; i++) {
+        c = (*rr + i) % n;
+        cons = mosn_consumer(rg, c);
+        st = mosn_load(&cons->state);
+
+        if (st != MOSN_CONS_LIVE) {
+            continue;
+        }
+
+        ring = mosn_submit_ring(rg, p, c);
+        pending = ring->head - mosn_load(&ring->tail);
+
+        if (pending < best_pending) {
+            best = (int) c;
+            best_pending = pending;
+            *inc = mosn_load(&cons->incarnation) & 0xffff;
+
+            if (pending == 0) {
+                break;
+            }
+        }
+    }
+
+    if (best >= 0) {
+        *rr = (uint32_t) best + 1;
+    }
+
+    return best;
+}
+
+
+static int
+mosn_ring_push(mosn_region_t *rg, mosn_ring_t *ring, uint64_t entry)
+{
+    uint32_t  head;
+
+    head = ring->head;
+
+    if (head - mosn_load(&ring->tail) >= rg->hdr->slots) {
+        return -1;
+    }
+
+    ring->entries[head & (rg->hdr->slots - 1)] = entry;
+    mosn_store(&ring->head, head + 1);
+
+    return 0;
+}
+
+
+static void
+mosn_wake_consumer(mosn_region_t *rg, uint32_t p, uint32_t c)
+{
+    mosn_consumer_t  *cons;
+
+    cons = mosn_consumer(rg, c);
+
+    /* pairs with the fence in mosn_consumer_wait() */
+    mosn_full_fence();
+
+    if (mosn_load_relaxed(&cons->sleeping)
+        && __atomic_exchange_n(&cons->sleeping, 0, __ATOMIC_ACQ_REL))
+    {
+        __atomic_add_fetch(&cons->futex, 1, __ATOMIC_RELEASE);
+        mosn_futex_wake(&cons->futex);
+        mosn_producer(rg, p)->futex_wakes++;
+    }
+}
+
+
+int
+mosn_producer_submit(mosn_region_t *rg, uint32_t p, uint32_t s, uint32_t c,
+    uint32_t inc, uint32_t *gen)
+{
+    uint32_t          g;
+    uint64_t          w;
+    mosn_slot_t      *slot;
+    mosn_ring_t      *ring;
+    mosn_producer_t  *prod;
+
+    slot = mosn_slot(rg, p, s);
+    ring = mosn_submit_ring(rg, p, c);
+
+    if (ring->head - mosn_load(&ring->tail) >= rg->hdr->slots) {
+        return -1;
+    }
+
+    w = slot->state;
+    g = MOSN_SW_GEN(w) + 1;
+
+    slot->submit_ns = mosn_now_ns();
+    mosn_store(&slot->state, MOSN_SW(g, inc, c, MOSN_SLOT_SUBMITTED));
+
+    (void) mosn_ring_push(rg, ring, MOSN_ENTRY(s, g));
+
+    prod = mosn_producer(rg, p);
+    prod->submitted++;
+    prod->in_use++;
+
+    mosn_wake_consumer(rg, p, c);
+
+    *gen = g;
+
+    return 0;
+}
+
+
+void
+mosn_producer_free(mosn_region_t *rg, uint32_t p, uint32_t s)
+{
+    uint64_t          w;
+    mosn_slot_t      *slot;
+    mosn_producer_t  *prod;
+
+    slot = mosn_slot(rg, p, s);
+    w = mosn_load(&slot->state);
+
+    mosn_store(&slot->state, MOSN_SW(MOSN_SW_GEN(w), 0, 0, MOSN_SLOT_FREE));
+
+    prod = mosn_producer(rg, p);
+    prod->in_use--;
+}
+
+
+int
+mosn_producer_poll(mosn_region_t *rg, uint32_t p, uint64_t *out, int max)
+{
+    int               n;
+    uint32_t          c, s, tail, head, mask;
+    uint64_t          e, w;
+    mosn_ring_t      *ring;
+    mosn_producer_t  *prod;
+
+    n = 0;
+    mask = rg->hdr->slots - 1;
+    prod = mosn_producer(rg, p);
+
+    for (c = 0; c < rg->hdr->nconsumers && n < max; c++) {
+        ring = mosn_completion_ring(rg, p, c);
+        tail = ring->tail;
+        head = mosn_load(&ring->head);
+
+        while (tail != head && n < max) {
+            e = ring->entries[tail & mask];
+            tail++;
+
+            s = MOSN_ENTRY_SLOT(e);
+
+            if (s >= rg->hdr->slots) {
+                prod->stale++;
+                continue;
+            }
+
+            w = mosn_load(&mosn_slot(rg, p, s)->state);
+
+            if (MOSN_SW_STATE(w) != MOSN_SLOT_DONE
+                || MOSN_SW_GEN(w) != MOSN_ENTRY_GEN(e))
+            {
+                prod->stale++;
+                continue;
+            }
+
+            out[n++] = e;
+        }
+
+        mosn_store(&ring->tail, tail);
+    }
+
+    prod->completed += (uint64_t) n;
+
+    return n;
+}
+
+
+int
+mosn_producer_arm(mosn_region_t *rg, uint32_t p)
+{
+    uint32_t          c;
+    mosn_ring_t      *ring;
+    mosn_producer_t  *prod;
+
+    prod = mosn_producer(rg, p);
+    mosn_store(&prod->need_wakeup, 1);
+
+    /* pairs with the fence in mosn_consumer_flush() */
+    mosn_full_fence();
+
+    for (c = 0; c < rg->hdr->nconsumers; c++) {
+        ring = mosn_completion_ring(rg, p, c);
+
+        if (mosn_load(&ring->head) != ring->tail) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+static int
+mosn_ring_holds(mosn_region_t *rg, mosn_ring_t *ring, uint32_t s,
+    uint32_t gen)
+{
+    uint32_t  tail, head, mask;
+
+    mask = rg->hdr->slots - 1;
+    head = mosn_load(&ring->head);
+    tail = mosn_load(&ring->tail);
+
+    if (head - tail > rg->hdr->slots) {
+        return 0;
+    }
+
+    for ( /* void */ ; tail != head; tail++) {
+        if (ring->entries[tail & mask] == MOSN_ENTRY(s, gen)) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
+ * Called by a producer when a consumer has left: slots that a dead
+ * consumer incarnation held go to a live consumer, verdicts it wrote but
+ * did not publish are handed back as done, and slots that cannot be
+ * re-queued come back flagged MOSN_RESCUE_FAILED.
+ */
+
+int
+mosn_producer_rescue(mosn_region_t *rg, uint32_t p, uint32_t *rr,
+    uint64_t *out, int max)
+{
+    int               n, c2;
+    uint32_t          s, c, inc, inc2, gen, st;
+    uint64_t          w;
+    mosn_slot_t      *slot;
+    mosn_producer_t  *prod;
+
+    n = 0;
+    prod = mosn_producer(rg, p);
+
+    for (s = 0; s < rg->hdr->slots && n < max; s++) {
+        slot = mosn_slot(rg, p, s);
+        w = mosn_load(&slot->state);
+        st = MOSN_SW_STATE(w);
+
+        if (st == MOSN_SLOT_FREE) {
+            continue;
+        }
+
+        c = MOSN_SW_CONSUMER(w);
+        inc = MOSN_SW_INC(w);
+        gen = MOSN_SW_GEN(w);
+
+        if (mosn_consumer_alive(rg, c, inc)) {
+            continue;
+        }
+
+        if (st == MOSN_SLOT_DONE) {
+            if (c < rg->hdr->nconsumers
+                && mosn_ring_holds(rg, mosn_completion_ring(rg, p, c), s,
+                                   gen))
+            {
+                continue;
+            }
+
+            out[n++] = MOSN_ENTRY(s, gen);
+            continue;
+        }
+
+        c2 = mosn_producer_pick(rg, p, rr, &inc2);
+
+        if (c2 >= 0) {
+            mosn_store(&slot->state,
+                       MOSN_SW(gen, inc2, c2, MOSN_SLOT_SUBMITTED));
+
+            if (mosn_ring_push(rg, mosn_submit_ring(rg, p, (uint32_t) c2),
+                               MOSN_ENTRY(s, gen))
+                == 0)
+            {
+                prod->requeued++;
+                mosn_wake_consumer(rg, p, (uint32_t) c2);
+                continue;
+            }
+
+            /* no room: mark it done by nobody so that it is failed */
+            mosn_store(&slot->state, MOSN_SW(gen, 0, 0, MOSN_SLOT_TAKEN));
+        }
+
+        out[n++] = MOSN_ENTRY(s | MOSN_RESCUE_FAILED, gen);
+    }
+
+    return n;
+}
+
+
+static void
+mosn_doorbell_name(mosn_region_t *rg, uint32_t p, struct sockaddr_un *sa,
+    socklen_t *len)
+{
+    int  n;
+
+    memset(sa, 0, sizeof(*sa));
+    sa->sun_family = AF_UNIX;
+
+    /* abstract namespace: the name lives as long as the socket */
+    n = snprintf(sa->sun_path + 1, sizeof(sa->sun_path) - 1,
+                 "ngx_mosn%s.%u", rg->hdr->name, p);
+
+    *len = (socklen_t) (offsetof(struct sockaddr_un, sun_path) + 1 + n);
+}
+
+
+int
+mosn_doorbell_open(mosn_region_t *rg, uint32_t p)
+{
+    int                 fd;
+    socklen_t           len;
+    struct sockaddr_un  sa;
+
+    fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == -1) {
+        return -1;
+    }
+
+    mosn_doorbell_name(rg, p, &sa, &len);
+
+    if (bind(fd, (struct sockaddr *) &sa, len) == -1) {
+        close(fd);
+        return -1;
+    }
+
+    return fd;
+}
+
+
+int
+mosn_doorbell_drain(int fd)
+{
+    int   n;
+    char  buf[64];
+
+    n = 0;
+
+    while (recv(fd, buf, sizeof(buf), 0) >= 0) {
+        n++;
+    }
+
+    return n;
+}
+
+
+int
+mosn_doorbell_ring(mosn_region_t *rg, int sock, uint32_t p)
+{
+    char                b;
+    socklen_t           len;
+    struct sockaddr_un  sa;
+
+    mosn_doorbell_name(rg, p, &sa, &len);
+    b = 1;
+
+    /* a full socket buffer already holds a wake-up */
+    if (sendto(sock, &b, 1, MSG_DONTWAIT, (struct sockaddr *) &sa, len)
+        == -1 && errno != EAGAIN)
+    {
+        return -1;
+    }
+
+    return 0;
+}
+
+
+/* consumer side */
+
+int
+mosn_consumer_start(mosn_region_t *rg, uint32_t c, pid_t pid)
+{
+    uint64_t          starttime;
+    mosn_consumer_t  *cons;
+
+    if (c >= rg->hdr->nconsumers) {
+        return -1;
+    }
+
+    cons = mosn_consumer(rg, c);
+
+    if (mosn_proc_starttime(pid, &starttime) != 0) {
+        starttime = 0;
+    }
+
+    cons->pid = (uint32_t) pid;
+    cons->starttime = starttime;
+    cons->sleeping = 0;
+    __atomic_add_fetch(&cons->incarnation, 1, __ATOMIC_ACQ_REL);
+    mosn_store(&cons->state, MOSN_CONS_LIVE);
+
+    return (int) (cons->incarnation & 0xffff);
+}
+
+
+int
+mosn_consumer_take(mosn_region_t *rg, uint32_t c, uint64_t *out, int max)
+{
+    int               n;
+    uint32_t          p, s, inc, tail, head, mask, np;
+    uint64_t          e, w;
+    mosn_slot_t      *slot;
+    mosn_ring_t      *ring;
+    mosn_consumer_t  *cons;
+
+    n = 0;
+    np = rg->hdr->nproducers;
+    mask = rg->hdr->slots - 1;
+    cons = mosn_consumer(rg, c);
+    inc = cons->incarnation & 0xffff;
+
+    for (p = 0; p < np && n < max; p++) {
+        ring = mosn_submit_ring(rg, p, c);
+        tail = ring->tail;
+        head = mosn_load(&ring->head);
+
+        if (head - tail > rg->hdr->slots) {
+            /* a producer scribbled: skip what cannot be real */
+            tail = head;
+        }
+
+        while (tail != head && n < max) {
+            e = ring->entries[tail & mask];
+            tail++;
+
+            s = MOSN_ENTRY_SLOT(e);
+
+            if (s >= rg->hdr->slots) {
+                continue;
+            }
+
+            slot = mosn_slot(rg, p, s);
+            w = mosn_load(&slot->state);
+
+            if (MOSN_SW_STATE(w) != MOSN_SLOT_SUBMITTED
+                || MOSN_SW_CONSUMER(w) != c || MOSN_SW_INC(w) != inc
+                || MOSN_SW_GEN(w) != MOSN_ENTRY_GEN(e))
+            {
+                continue;
+            }
+
+            mosn_store(&slot->state,
+                       MOSN_SW(MOSN_ENTRY_GEN(e), inc, c, MOSN_SLOT_TAKEN));
+            out[n++] = MOSN_PS(p, s);
+        }
+
+        /* the slot is marked taken before the entry leaves the ring */
+        mosn_store(&ring->tail, tail);
+    }
+
+    if (n) {
+        cons->taken += (uint64_t) n;
+        cons->batches++;
+    }
+
+    return n;
+}
+
+
+int
+mosn_consumer_complete(mosn_region_t *rg, uint32_t c, uint32_t p,
+    uint32_t s, uint64_t *wake_mask)
+{
+    uint64_t          w;
+    mosn_slot_t      *slot;
+    mosn_consumer_t  *cons;
+
+    if (p >= rg->hdr->nproducers || s >= rg->hdr->slots) {
+        return -1;
+    }
+
+    cons = mosn_consumer(rg, c);
+    slot = mosn_slot(rg, p, s);
+    w = slot->state;
+
+    if (MOSN_SW_STATE(w) != MOSN_SLOT_TAKEN || MOSN_SW_CONSUMER(w) != c
+        || MOSN_SW_INC(w) != (cons->incarnation & 0xffff))
+    {
+        cons->errors++;
+        return -1;
+    }
+
+    mosn_store(&slot->state, MOSN_SW(MOSN_SW_GEN(w), MOSN_SW_INC(w), c,
+                                     MOSN_SLOT_DONE));
+
+    if (mosn_ring_push(rg, mosn_completion_ring(rg, p, c),
+                       MOSN_ENTRY(s, MOSN_SW_GEN(w)))
+        != 0)
+    {
+        cons->errors++;
+        return -1;
+    }
+
+    cons->completed++;
+    *wake_mask |= 1ULL << p;
+
+    return 0;
+}
+
+
+int
+mosn_consumer_flush(mosn_region_t *rg, uint32_t c, int sock,
+    uint64_t wake_mask)
+{
+    int               n;
+    uint32_t          p;
+    mosn_producer_t  *prod;
+
+    if (wake_mask == 0) {
+        return 0;
+    }
+
+    /* pairs with the fence in mosn_producer_arm() */
+    mosn_full_fence();
+
+    n = 0;
+
+    for (p = 0; p < rg->hdr->nproducers; p++) {
+        if (!(wake_mask & (1ULL << p))) {
+            continue;
+        }
+
+        prod = mosn_producer(rg, p);
+
+        if (mosn_load_relaxed(&prod->need_wakeup)
+            && __atomic_exchange_n(&prod->need_wakeup, 0, __ATOMIC_ACQ_REL))
+        {
+            (void) mosn_doorbell_ring(rg, sock, p);
+            n++;
+        }
+    }
+
+    mosn_consumer(rg, c)->doorbells += (uint64_t) n;
+
+    return n;
+}
+
+
+int
+mosn_consumer_pending(mosn_region_t *rg, uint32_t c)
+{
+    uint32_t      p;
+    mosn_ring_t  *ring;
+
+    for (p = 0; p < rg->hdr->nproducers; p++) {
+        ring = mosn_submit_ring(rg, p, c);
+
+        if (mosn_load(&ring->head) != ring->tail) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+int
+mosn_consumer_wait(mosn_region_t *rg, uint32_t c, int timeout_ms)
+{
+    uint32_t          seq;
+    mosn_consumer_t  *cons;
+
+    cons = mosn_consumer(rg, c);
+
+    mosn_store(&cons->sleeping, 1);
+
+    /* pairs with the fence in mosn_wake_consumer() */
+    mosn_full_fence();
+
+    seq = mosn_load(&cons->futex);
+
+    if (mosn_consumer_pending(rg, c)) {
+        mosn_store(&cons->sleeping, 0);
+        return 1;
+    }
+
+    cons->sleeps++;
+    (void) mosn_futex_wait(&cons->futex, seq, timeout_ms);
+    mosn_store(&cons->sleeping, 0);
+
+    return mosn_consumer_pending(rg, c);
+}
+
+
+/* supervisor side */
+
+int
+mosn_consumer_alloc(mosn_region_t *rg)
+{
+    uint32_t          c, st;
+    mosn_consumer_t  *cons;
+
+    for (c = 0; c < rg->hdr->nconsumers; c++) {
+        cons = mosn_consumer(rg, c);
+        st = mosn_load(&cons->state);
+
+        if (st == MOSN_CONS_EMPTY || st == MOSN_CONS_DEAD) {
+            mosn_store(&cons->state, MOSN_CONS_STARTING);
+            return (int) c;
+        }
+    }
+
+    return -1;
+}
+
+
+static void
+mosn_ring_producers(mosn_region_t *rg, int sock)
+{
+    uint32_t  p;
+
+    for (p = 0; p < rg->hdr->nproducers; p++) {
+        if (MOSN_OWNER_STATE(mosn_load(&mosn_producer(rg, p)->owner))
+            == MOSN_CHAN_OWNED)
+        {
+            (void) mosn_doorbell_ring(rg, sock, p);
+        }
+    }
+}
+
+
+void
+mosn_consumer_retire(mosn_region_t *rg, uint32_t c, int sock)
+{
+    if (c >= rg->hdr->nconsumers) {
+        return;
+    }
+
+    mosn_store(&mosn_consumer(rg, c)->state, MOSN_CONS_DEAD);
+    __atomic_add_fetch(&rg->hdr->consumer_epoch, 1, __ATOMIC_ACQ_REL);
+
+    /* producers re-queue what the consumer held */
+    mosn_ring_producers(rg, sock);
+}
+
+
+/*
+ * Hands the channel of a dead producer back once nothing is in flight:
+ * completions are drained, slots of dead consumers and slots never
+ * published are freed, slots with live consumers are waited for.
+ */
+
+static int
+mosn_reap_channel(mosn_region_t *rg, uint32_t p)
+{
+    int               busy;
+    uint32_t          s, c, st, gen;
+    uint64_t          w, expect;
+    mosn_slot_t      *slot;
+    mosn_ring_t      *ring;
+    mosn_producer_t  *prod;
+
+    prod = mosn_producer(rg, p);
+    busy = 0;
+
+    for (c = 0; c < rg->hdr->nconsumers; c++) {
+        ring = mosn_completion_ring(rg, p, c);
+        mosn_store(&ring->tail, mosn_load(&ring->head));
+    }
+
+    for (s = 0; s < rg->hdr->slots; s++) {
+        slot = mosn_slot(rg, p, s);
+        w = mosn_load(&slot->state);
+        st = MOSN_SW_STATE(w);
+        c = MOSN_SW_CONSUMER(w);
+        gen = MOSN_SW_GEN(w);
+
+        if (st == MOSN_SLOT_FREE) {
+            continue;
+        }
+
+        if (st == MOSN_SLOT_DONE
+            || !mosn_consumer_alive(rg, c, MOSN_SW_INC(w))
+            || (st == MOSN_SLOT_SUBMITTED
+                && !mosn_ring_holds(rg, mosn_submit_ring(rg, p, c), s, gen)))
+        {
+            mosn_store(&slot->state, MOSN_SW(gen, 0, 0, MOSN_SLOT_FREE));
+            continue;
+        }
+
+        busy++;
+    }
+
+    if (busy) {
+        return busy;
+    }
+
+    for (c = 0; c < rg->hdr->nconsumers; c++) {
+        ring = mosn_completion_ring(rg, p, c);
+        mosn_store(&ring->tail, mosn_load(&ring->head));
+    }
+
+    prod->in_use = 0;
+    prod->need_wakeup = 0;
+
+    expect = prod->owner;
+
+    if (MOSN_OWNER_STATE(expect) == MOSN_CHAN_DRAINING) {
+        __atomic_compare_exchange_n(&prod->owner, &expect,
+                                    MOSN_OWNER(0, MOSN_CHAN_FREE), 0,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    }
+
+    return 0;
+}
+
+
+int
+mosn_reap(mosn_region_t *rg, int sock)
+{
+    int               reaped;
+    uint32_t          p, c, st;
+    uint64_t          w;
+    mosn_consumer_t  *cons;
+    mosn_producer_t  *prod;
+
+    reaped = 0;
+
+    for (c = 0; c < rg->hdr->nconsumers; c++) {
+        cons = mosn_consumer(rg, c);
+        st = mosn_load(&cons->state);
+
+        if ((st == MOSN_CONS_LIVE || st == MOSN_CONS_DRAINING)
+            && !mosn_proc_alive((pid_t) cons->pid, cons->starttime))
+        {
+            mosn_consumer_retire(rg, c, sock);
+            reaped++;
+        }
+    }
+
+    for (p = 0; p < rg->hdr->nproducers; p++) {
+        prod = mosn_producer(rg, p);
+        w = mosn_load(&prod->owner);
+
+        switch (MOSN_OWNER_STATE(w)) {
+
+        case MOSN_CHAN_OWNED:
+            if (mosn_proc_alive(MOSN_OWNER_PID(w), prod->starttime)) {
+                continue;
+            }
+
+            break;
+
+        case MOSN_CHAN_CLAIMING:
+            if (mosn_proc_alive(MOSN_OWNER_PID(w), 0)) {
+                continue;
+            }
+
+            break;
+
+        case MOSN_CHAN_DRAINING:
+            (void) mosn_reap_channel(rg, p);
+            continue;
+
+        default:
+            continue;
+        }
+
+        if (__atomic_compare_exchange_n(&prod->owner, &w,
+                                        MOSN_OWNER(MOSN_OWNER_PID(w),
+                                                   MOSN_CHAN_DRAINING),
+                                        0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
+        {
+            reaped++;
+            (void) mosn_reap_channel(rg, p);
+        }
+    }
+
+    return reaped;
+}
+
+
+uint32_t
+mosn_slots_in_use(mosn_region_t *rg)
+{
+    uint32_t  p, s, n;
+
+    n = 0;
+
+    for (p = 0; p < rg->hdr->nproducers; p++) {
+        for (s = 0; s < rg->hdr->slots; s++) {
+            if (MOSN_SW_STATE(mosn_load(&mosn_slot(rg, p, s)->state))
+                != MOSN_SLOT_FREE)
+            {
+                n++;
+            }
+        }
+    }
+
+    return n;
+}

@@ -1,0 +1,370 @@
+
+/*
+ * The ABI between nginx workers (producers) and Python workers (consumers).
+ *
+ * One POSIX shared-memory region holds:
+ *
+ *   header | producer table | consumer table | rings | slot arena
+ *
+ * Every producer (an nginx worker) owns a channel: a range of slots and,
+ * for every consumer, one single-producer/single-consumer submit ring and
+ * one completion ring.  No entry is ever shared by two writers, so a
+ * process that dies at any instruction cannot wedge a ring: what it held
+ * is found by scanning slot states, whose owner is named in the state word.
+ *
+ * Slot life: FREE -> SUBMITTED(c, inc) -> TAKEN(c, inc) -> DONE(c, inc)
+ * -> FREE.  Each transition has exactly one writer, decided by the state
+ * and by whether the named consumer incarnation is alive; a dead
+ * incarnation's slots belong to the producer (re-queue) or, when the
+ * producer is dead too, to the reaper.
+ *
+ * Every length in a request record or a verdict is checked by its reader
+ * against the slot before use.
+ */
+
+#ifndef _SHM_RING_H_INCLUDED_
+#define _SHM_RING_H_INCLUDED_
+
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+
+#define MOSN_RING_MAGIC             0x474e4952534f4d21ULL  /* "!MOSRING" */
+#define MOSN_RING_ABI_VERSION       1
+
+#define MOSN_CACHELINE              64
+#define MOSN_MAX_PRODUCERS          64
+#define MOSN_MAX_CONSUMERS          64
+#define MOSN_MAX_SLOTS              65536
+#define MOSN_MIN_SLOT_SIZE          1024
+#define MOSN_MAX_SLOT_SIZE          (16 * 1024 * 1024)
+#define MOSN_NAME_MAX               64
+#define MOSN_PATH_MAX               512
+
+/* slot states (low byte of the slot state word) */
+#define MOSN_SLOT_FREE              0
+#define MOSN_SLOT_SUBMITTED         1
+#define MOSN_SLOT_TAKEN             2
+#define MOSN_SLOT_DONE              3
+
+/* slot state word: gen:32 | inc:16 | consumer:8 | state:8 */
+#define MOSN_SW(gen, inc, c, st)                                              \
+    (((uint64_t) (uint32_t) (gen) << 32)                                      \
+     | ((uint64_t) ((inc) & 0xffff) << 16)                                    \
+     | ((uint64_t) ((c) & 0xff) << 8) | (uint64_t) ((st) & 0xff))
+#define MOSN_SW_STATE(w)            ((unsigned) ((w) & 0xff))
+#define MOSN_SW_CONSUMER(w)         ((unsigned) (((w) >> 8) & 0xff))
+#define MOSN_SW_INC(w)              ((unsigned) (((w) >> 16) & 0xffff))
+#define MOSN_SW_GEN(w)              ((uint32_t) ((w) >> 32))
+
+/* ring entry: gen:32 | slot:32 */
+#define MOSN_ENTRY(slot, gen)                                                 \
+    (((uint64_t) (uint32_t) (gen) << 32) | (uint32_t) (slot))
+#define MOSN_ENTRY_SLOT(e)          ((uint32_t) (e))
+#define MOSN_ENTRY_GEN(e)           ((uint32_t) ((e) >> 32))
+
+/* producer channel states (low byte of the owner word; pid above) */
+#define MOSN_CHAN_FREE              0
+#define MOSN_CHAN_CLAIMING          1
+#define MOSN_CHAN_OWNED             2
+#define MOSN_CHAN_DRAINING          3
+
+#define MOSN_OWNER(pid, st)                                                   \
+    (((uint64_t) (uint32_t) (pid) << 32) | (uint64_t) ((st) & 0xff))
+#define MOSN_OWNER_STATE(w)         ((unsigned) ((w) & 0xff))
+#define MOSN_OWNER_PID(w)           ((pid_t) ((w) >> 32))
+
+/* consumer states */
+#define MOSN_CONS_EMPTY             0
+#define MOSN_CONS_STARTING          1
+#define MOSN_CONS_LIVE              2
+#define MOSN_CONS_DRAINING          3
+#define MOSN_CONS_DEAD              4
+
+
+typedef struct {
+    uint64_t                magic;
+    uint32_t                abi_version;
+    uint32_t                header_size;
+    uint64_t                region_size;
+
+    uint32_t                nproducers;
+    uint32_t                nconsumers;
+    uint32_t                slots;          /* per producer, power of 2 */
+    uint32_t                slot_size;      /* bytes, multiple of 64 */
+
+    uint64_t                producers_off;
+    uint64_t                consumers_off;
+    uint64_t                rings_off;
+    uint64_t                ring_bytes;     /* one ring, entries included */
+    uint64_t                slots_off;
+
+    uint32_t                master_pid;
+    uint32_t                supervisor_pid;
+    uint64_t                created_ns;     /* CLOCK_REALTIME */
+
+    /* bumped whenever a consumer leaves; producers then re-queue */
+    uint32_t                consumer_epoch;
+    /* bumped by the master on reload; the supervisor rolls workers */
+    uint32_t                reload_seq;
+    uint32_t                desired_workers;
+    uint32_t                pad0;
+
+    char                    name[MOSN_NAME_MAX];
+    char                    config_path[MOSN_PATH_MAX];
+} mosn_shm_header_t;
+
+
+typedef struct {
+    uint64_t                owner;          /* MOSN_OWNER(pid, state) */
+    uint64_t                starttime;      /* /proc/pid/stat field 22 */
+    uint32_t                epoch;          /* bumped on every claim */
+    uint32_t                need_wakeup;    /* set while it may sleep */
+    uint32_t                in_use;         /* slots not FREE, by owner */
+    uint32_t                pad0;
+
+    /* counters, written by the owner only */
+    uint64_t                submitted;
+    uint64_t                completed;
+    uint64_t                stale;          /* completions dropped */
+    uint64_t                requeued;
+    uint64_t                timeouts;
+    uint64_t                fallbacks;
+    uint64_t                futex_wakes;    /* consumer wake-ups rung */
+    uint64_t                doorbells;      /* wake-ups received */
+    uint64_t                cost_ns;        /* sum of filter round trips */
+    uint64_t                pad1[2];
+} mosn_producer_t;
+
+
+typedef struct {
+    uint32_t                state;
+    uint32_t                incarnation;
+    uint32_t                pid;
+    uint32_t                sleeping;       /* set before futex wait */
+    uint64_t                starttime;
+    uint32_t                futex;          /* bumped to wake */
+    uint32_t                pad0;
+
+    /* counters, written by the consumer only */
+    uint64_t                taken;
+    uint64_t                completed;
+    uint64_t                batches;
+    uint64_t                sleeps;
+    uint64_t                doorbells;      /* producer wake-ups rung */
+    uint64_t                errors;
+    uint64_t                pad1[1];
+} mosn_consumer_t;
+
+
+/* a ring: head and tail on lines of their own, then the entries */
+typedef struct {
+    uint32_t                head;
+    uint8_t                 pad0[MOSN_CACHELINE - 4];
+    uint32_t                tail;
+    uint8_t                 pad1[MOSN_CACHELINE - 4];
+    uint64_t                entries[];
+} mosn_ring_t;
+
+
+typedef struct {
+    uint64_t                state;          /* MOSN_SW() */
+    uint64_t                request_id;
+    uint64_t                submit_ns;      /* CLOCK_MONOTONIC */
+    uint32_t                req_len;
+    uint32_t                verdict_off;    /* from data start */
+    uint32_t                verdict_len;
+    uint32_t                pad0;
+    uint64_t                pad1[3];
+    uint8_t                 data[];
+} mosn_slot_t;
+
+#define MOSN_SLOT_HEADER_SIZE       64
+#define MOSN_SLOT_DATA_SIZE(ss)     ((ss) - MOSN_SLOT_HEADER_SIZE)
+
+
+/*
+ * The request record, written by the producer at slot data offset 0.
+ * Fields are (offset, length) pairs from the record start.  The header
+ * table holds nheaders entries of (offset, name length, value length),
+ * the value following its name.
+ */
+
+#define MOSN_REQ_CHAIN              0
+#define MOSN_REQ_METHOD             1
+#define MOSN_REQ_PATH               2
+#define MOSN_REQ_QUERY              3
+#define MOSN_REQ_ADDR               4
+#define MOSN_REQ_PROTOCOL           5
+#define MOSN_REQ_BODY               6
+#define MOSN_REQ_HEADERS            7       /* the header table */
+#define MOSN_REQ_NFIELDS            8
+
+#define MOSN_REQ_F_BODY             0x1     /* body present */
+
+typedef struct {
+    uint32_t                off;
+    uint32_t                len;
+} mosn_field_t;
+
+typedef struct {
+    uint32_t                off;
+    uint32_t                name_len;
+    uint32_t                value_len;
+} mosn_header_entry_t;
+
+typedef struct {
+    uint32_t                len;
+    uint32_t                nheaders;
+    uint64_t                request_id;
+    uint32_t                flags;
+    uint32_t                pad0;
+    mosn_field_t            field[MOSN_REQ_NFIELDS];
+} mosn_req_t;
+
+
+/*
+ * The verdict, written by the consumer at slot data offset verdict_off:
+ * a fixed header, then nrecords records of (type, key length, value
+ * length, key bytes, value bytes), unpadded.
+ */
+
+#define MOSN_ACTION_CONTINUE        0       /* proxy on, with edits */
+#define MOSN_ACTION_REPLY           1       /* direct (hijack) reply */
+#define MOSN_ACTION_ERROR           2       /* filter failed: fallback */
+
+#define MOSN_REC_UPSTREAM           1       /* value */
+#define MOSN_REC_META               2       /* key, value */
+#define MOSN_REC_REQ_SET            3       /* name, value */
+#define MOSN_REC_REQ_DEL            4       /* name */
+#define MOSN_REC_RESP_ADD           5       /* name, value */
+#define MOSN_REC_REPLY_HEADER       6       /* name, value */
+#define MOSN_REC_REPLY_BODY         7       /* value */
+#define MOSN_REC_LOG                8       /* value: why, for error_log */
+
+#define MOSN_VERDICT_MAX_RECORDS    256
+#define MOSN_META_KEY_MAX           64
+
+typedef struct {
+    uint32_t                len;            /* whole verdict */
+    uint16_t                action;
+    uint16_t                status;
+    uint32_t                nrecords;
+    uint32_t                pad0;
+} mosn_verdict_t;
+
+typedef struct {
+    uint8_t                 type;
+    uint8_t                 pad0[3];
+    uint32_t                key_len;
+    uint32_t                value_len;
+} mosn_record_t;
+
+
+/* the C core */
+
+typedef struct {
+    mosn_shm_header_t      *hdr;
+    size_t                  size;
+} mosn_region_t;
+
+typedef struct {
+    uint32_t                nproducers;
+    uint32_t                nconsumers;
+    uint32_t                slots;
+    uint32_t                slot_size;
+} mosn_region_conf_t;
+
+typedef struct {
+    const uint8_t          *key;
+    const uint8_t          *value;
+    uint32_t                key_len;
+    uint32_t                value_len;
+    unsigned                type;
+} mosn_rec_view_t;
+
+typedef struct {
+    const uint8_t          *pos;
+    const uint8_t          *end;
+    uint32_t                left;
+    unsigned                action;
+    unsigned                status;
+} mosn_verdict_iter_t;
+
+
+size_t mosn_region_size(const mosn_region_conf_t *conf);
+int mosn_region_create(mosn_region_t *rg, const char *name,
+    const mosn_region_conf_t *conf, uid_t uid, gid_t gid,
+    char *err, size_t errlen);
+int mosn_region_attach(mosn_region_t *rg, const char *name,
+    char *err, size_t errlen);
+int mosn_region_check(const void *base, size_t size, char *err,
+    size_t errlen);
+void mosn_region_detach(mosn_region_t *rg);
+
+mosn_producer_t *mosn_producer(mosn_region_t *rg, uint32_t p);
+mosn_consumer_t *mosn_consumer(mosn_region_t *rg, uint32_t c);
+mosn_ring_t *mosn_submit_ring(mosn_region_t *rg, uint32_t p, uint32_t c);
+mosn_ring_t *mosn_completion_ring(mosn_region_t *rg, uint32_t p,
+    uint32_t c);
+mosn_slot_t *mosn_slot(mosn_region_t *rg, uint32_t p, uint32_t s);
+
+int mosn_proc_starttime(pid_t pid, uint64_t *starttime);
+int mosn_proc_alive(pid_t pid, uint64_t starttime);
+uint64_t mosn_now_ns(void);
+
+/* producer side */
+int mosn_producer_claim(mosn_region_t *rg, pid_t pid);
+void mosn_producer_release(mosn_region_t *rg, uint32_t p);
+int mosn_producer_pick(mosn_region_t *rg, uint32_t p, uint32_t *rr,
+    uint32_t *inc);
+int mosn_producer_submit(mosn_region_t *rg, uint32_t p, uint32_t s,
+    uint32_t c, uint32_t inc, uint32_t *gen);
+void mosn_producer_free(mosn_region_t *rg, uint32_t p, uint32_t s);
+int mosn_producer_poll(mosn_region_t *rg, uint32_t p, uint64_t *out,
+    int max);
+int mosn_producer_arm(mosn_region_t *rg, uint32_t p);
+int mosn_producer_rescue(mosn_region_t *rg, uint32_t p, uint32_t *rr,
+    uint64_t *done, int max);
+int mosn_doorbell_open(mosn_region_t *rg, uint32_t p);
+int mosn_doorbell_drain(int fd);
+
+/* consumer side */
+int mosn_consumer_start(mosn_region_t *rg, uint32_t c, pid_t pid);
+int mosn_consumer_take(mosn_region_t *rg, uint32_t c, uint64_t *out,
+    int max);
+int mosn_consumer_complete(mosn_region_t *rg, uint32_t c, uint32_t p,
+    uint32_t s, uint64_t *wake_mask);
+int mosn_consumer_flush(mosn_region_t *rg, uint32_t c, int sock,
+    uint64_t wake_mask);
+int mosn_consumer_wait(mosn_region_t *rg, uint32_t c, int timeout_ms);
+int mosn_consumer_pending(mosn_region_t *rg, uint32_t c);
+int mosn_doorbell_ring(mosn_region_t *rg, int sock, uint32_t p);
+
+/* supervisor side */
+int mosn_consumer_alloc(mosn_region_t *rg);
+void mosn_consumer_retire(mosn_region_t *rg, uint32_t c, int sock);
+int mosn_reap(mosn_region_t *rg, int sock);
+uint32_t mosn_slots_in_use(mosn_region_t *rg);
+
+/* verdicts: validated in full before anything is applied */
+int mosn_verdict_begin(mosn_verdict_iter_t *it, const uint8_t *buf,
+    size_t len);
+int mosn_verdict_next(mosn_verdict_iter_t *it, mosn_rec_view_t *rec);
+int mosn_verdict_validate(const uint8_t *buf, size_t len,
+    const char **why);
+int mosn_header_name_valid(const uint8_t *p, size_t len);
+int mosn_header_value_valid(const uint8_t *p, size_t len);
+
+/* rescue results: the slot could not be re-queued, take the fallback */
+#define MOSN_RESCUE_FAILED          0x80000000u
+
+/* "(p, slot)" pairs handed between the two sides */
+#define MOSN_PS(p, s)               (((uint64_t) (p) << 32) | (uint32_t) (s))
+#define MOSN_PS_P(v)                ((uint32_t) ((v) >> 32))
+#define MOSN_PS_S(v)                ((uint32_t) (v))
+
+
+#endif /* _SHM_RING_H_INCLUDED_ */
