@@ -1,0 +1,896 @@
+
+/*
+ * ngx_http_mosn_module: directives, the preaccess handler that parks a
+ * request while Python filters decide, the variables, and the header
+ * filter that adds response headers.
+ */
+
+#include "ngx_http_mosn_module.h"
+
+
+static ngx_int_t ngx_http_mosn_handler(ngx_http_request_t *r);
+static ngx_http_mosn_ctx_t *ngx_http_mosn_get_ctx(ngx_http_request_t *r);
+static void ngx_http_mosn_cleanup(void *data);
+static void ngx_http_mosn_timeout_handler(ngx_event_t *ev);
+static ngx_int_t ngx_http_mosn_finish(ngx_http_request_t *r,
+    ngx_http_mosn_ctx_t *ctx, ngx_http_mosn_loc_conf_t *mlcf);
+static ngx_int_t ngx_http_mosn_fallback(ngx_http_request_t *r,
+    ngx_http_mosn_ctx_t *ctx, ngx_http_mosn_loc_conf_t *mlcf,
+    ngx_uint_t why);
+static ngx_int_t ngx_http_mosn_header_filter(ngx_http_request_t *r);
+
+static ngx_int_t ngx_http_mosn_upstream_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_mosn_meta_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_mosn_status_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_mosn_number_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+
+static ngx_int_t ngx_http_mosn_add_variables(ngx_conf_t *cf);
+static void *ngx_http_mosn_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_mosn_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *ngx_http_mosn_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_mosn_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static char *ngx_http_mosn_chain(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_mosn_status_or(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_int_t ngx_http_mosn_init(ngx_conf_t *cf);
+static ngx_int_t ngx_http_mosn_init_module(ngx_cycle_t *cycle);
+static ngx_int_t ngx_http_mosn_init_process(ngx_cycle_t *cycle);
+static void ngx_http_mosn_exit_process(ngx_cycle_t *cycle);
+static void ngx_http_mosn_exit_master(ngx_cycle_t *cycle);
+
+
+static ngx_conf_num_bounds_t  ngx_http_mosn_workers_bounds = {
+    ngx_conf_check_num_bounds, 1, MOSN_MAX_CONSUMERS / 2 - 1
+};
+
+static ngx_conf_num_bounds_t  ngx_http_mosn_slots_bounds = {
+    ngx_conf_check_num_bounds, 2, MOSN_MAX_SLOTS
+};
+
+static ngx_conf_num_bounds_t  ngx_http_mosn_headers_bounds = {
+    ngx_conf_check_num_bounds, 1, 10000
+};
+
+
+static ngx_command_t  ngx_http_mosn_commands[] = {
+
+    { ngx_string("mosn_config"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_mosn_main_conf_t, config),
+      NULL },
+
+    { ngx_string("mosn_workers"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_mosn_main_conf_t, workers),
+      &ngx_http_mosn_workers_bounds },
+
+    { ngx_string("mosn_python"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_mosn_main_conf_t, python),
+      NULL },
+
+    { ngx_string("mosn_shm_name"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_mosn_main_conf_t, shm_name),
+      NULL },
+
+    { ngx_string("mosn_slots"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_mosn_main_conf_t, slots),
+      &ngx_http_mosn_slots_bounds },
+
+    { ngx_string("mosn_slot_size"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_mosn_main_conf_t, slot_size),
+      NULL },
+
+    { ngx_string("mosn_spawn"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_mosn_main_conf_t, spawn),
+      NULL },
+
+    { ngx_string("mosn_filter_chain"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_mosn_chain,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("mosn_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_mosn_loc_conf_t, timeout),
+      NULL },
+
+    { ngx_string("mosn_fallback"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_mosn_status_or,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_mosn_loc_conf_t, fallback),
+      "continue" },
+
+    { ngx_string("mosn_oversize"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_mosn_status_or,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_mosn_loc_conf_t, oversize),
+      "fallback" },
+
+    { ngx_string("mosn_max_headers"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_mosn_loc_conf_t, max_headers),
+      &ngx_http_mosn_headers_bounds },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_mosn_module_ctx = {
+    ngx_http_mosn_add_variables,           /* preconfiguration */
+    ngx_http_mosn_init,                    /* postconfiguration */
+
+    ngx_http_mosn_create_main_conf,        /* create main configuration */
+    ngx_http_mosn_init_main_conf,          /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_mosn_create_loc_conf,         /* create location configuration */
+    ngx_http_mosn_merge_loc_conf           /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_mosn_module = {
+    NGX_MODULE_V1,
+    &ngx_http_mosn_module_ctx,             /* module context */
+    ngx_http_mosn_commands,                /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    ngx_http_mosn_init_module,             /* init module */
+    ngx_http_mosn_init_process,            /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_mosn_exit_process,            /* exit process */
+    ngx_http_mosn_exit_master,             /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static ngx_http_variable_t  ngx_http_mosn_vars[] = {
+
+    { ngx_string("mosn_upstream"), NULL, ngx_http_mosn_upstream_variable,
+      0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("mosn_meta_"), NULL, ngx_http_mosn_meta_variable,
+      0, NGX_HTTP_VAR_NOCACHEABLE|NGX_HTTP_VAR_PREFIX, 0 },
+
+    { ngx_string("mosn_status"), NULL, ngx_http_mosn_status_variable,
+      0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("mosn_cost_us"), NULL, ngx_http_mosn_number_variable,
+      0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("mosn_request_id"), NULL, ngx_http_mosn_number_variable,
+      1, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+      ngx_http_null_variable
+};
+
+
+static ngx_str_t  ngx_http_mosn_status_names[] = {
+    ngx_string("-"),
+    ngx_string("filtered"),
+    ngx_string("fallback"),
+    ngx_string("timeout"),
+    ngx_string("error"),
+};
+
+
+static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
+
+
+static ngx_int_t
+ngx_http_mosn_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                  rc;
+    ngx_pool_cleanup_t        *cln;
+    ngx_http_mosn_ctx_t       *ctx;
+    ngx_http_mosn_loc_conf_t  *mlcf;
+
+    /* subrequests ride on their parent's verdict */
+    if (r != r->main) {
+        return NGX_DECLINED;
+    }
+
+    mlcf = ngx_http_get_module_loc_conf(r, ngx_http_mosn_module);
+
+    ctx = ngx_http_mosn_get_ctx(r);
+
+    if (ctx != NULL) {
+        switch (ctx->state) {
+
+        case NGX_HTTP_MOSN_WAITING:
+            return NGX_AGAIN;
+
+        case NGX_HTTP_MOSN_DONE:
+            ctx->state = NGX_HTTP_MOSN_APPLIED;
+            return ngx_http_mosn_finish(r, ctx, mlcf);
+
+        default:
+            /* an internal redirect: filtered once is enough */
+            return NGX_DECLINED;
+        }
+    }
+
+    if (mlcf->chain.len == 0) {
+        return NGX_DECLINED;
+    }
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_mosn_ctx_t));
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln->handler = ngx_http_mosn_cleanup;
+    cln->data = ctx;
+
+    ctx->request = r;
+    ngx_http_set_ctx(r, ctx, ngx_http_mosn_module);
+
+    if (ngx_http_mosn_ring_ready(r->connection->log) != NGX_OK) {
+        ctx->state = NGX_HTTP_MOSN_APPLIED;
+        return ngx_http_mosn_fallback(r, ctx, mlcf, NGX_HTTP_MOSN_FALLBACK);
+    }
+
+    rc = ngx_http_mosn_ring_submit(r, ctx, mlcf);
+
+    if (rc == NGX_DECLINED) {
+        /* the ring is full or no worker is alive: fall back at once */
+        ctx->state = NGX_HTTP_MOSN_APPLIED;
+        return ngx_http_mosn_fallback(r, ctx, mlcf, NGX_HTTP_MOSN_FALLBACK);
+    }
+
+    if (rc == NGX_HTTP_REQUEST_HEADER_TOO_LARGE) {
+        ctx->state = NGX_HTTP_MOSN_APPLIED;
+
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "mosn: request headers do not fit in a slot "
+                      "(%ui headers; see mosn_slot_size, mosn_max_headers)",
+                      r->headers_in.headers.part.nelts);
+
+        if (mlcf->oversize == NGX_HTTP_MOSN_OVERSIZE_FALLBACK) {
+            return ngx_http_mosn_fallback(r, ctx, mlcf,
+                                          NGX_HTTP_MOSN_FALLBACK);
+        }
+
+        ctx->status = NGX_HTTP_MOSN_FALLBACK;
+
+        return ngx_http_mosn_send_status(r, mlcf->oversize, NULL);
+    }
+
+    if (rc != NGX_OK) {
+        ctx->state = NGX_HTTP_MOSN_APPLIED;
+        return ngx_http_mosn_fallback(r, ctx, mlcf, NGX_HTTP_MOSN_ERROR);
+    }
+
+    ctx->state = NGX_HTTP_MOSN_WAITING;
+
+    ctx->timer.handler = ngx_http_mosn_timeout_handler;
+    ctx->timer.data = ctx;
+    ctx->timer.log = r->connection->log;
+    ngx_add_timer(&ctx->timer, mlcf->timeout);
+
+    /* parked: notice a client that goes away, run nothing else */
+    r->read_event_handler = ngx_http_test_reading;
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    return NGX_AGAIN;
+}
+
+
+/*
+ * The ctx outlives internal redirects, which clear r->ctx: it is found
+ * again through its pool cleanup, as the realip module does.
+ */
+
+static ngx_http_mosn_ctx_t *
+ngx_http_mosn_get_ctx(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t   *cln;
+    ngx_http_mosn_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_mosn_module);
+
+    if (ctx == NULL && (r->internal || r->filter_finalize)) {
+        for (cln = r->pool->cleanup; cln; cln = cln->next) {
+            if (cln->handler == ngx_http_mosn_cleanup) {
+                ctx = cln->data;
+                ngx_http_set_ctx(r, ctx, ngx_http_mosn_module);
+                break;
+            }
+        }
+    }
+
+    return ctx;
+}
+
+
+static void
+ngx_http_mosn_cleanup(void *data)
+{
+    ngx_http_mosn_ctx_t  *ctx = data;
+
+    if (ctx->timer.timer_set) {
+        ngx_del_timer(&ctx->timer);
+    }
+
+    if (ctx->state == NGX_HTTP_MOSN_WAITING) {
+        /* the client went away: the late verdict will free the slot */
+        ngx_http_mosn_ring_abandon(ctx);
+        ctx->state = NGX_HTTP_MOSN_APPLIED;
+    }
+}
+
+
+static void
+ngx_http_mosn_timeout_handler(ngx_event_t *ev)
+{
+    ngx_http_mosn_ctx_t  *ctx = ev->data;
+
+    if (ctx->state != NGX_HTTP_MOSN_WAITING) {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_WARN, ev->log, 0,
+                  "mosn: no verdict for request %uL within mosn_timeout, "
+                  "taking the fallback", ctx->request_id);
+
+    ngx_http_mosn_ring_timed_out(ctx);
+
+    ctx->status = NGX_HTTP_MOSN_TIMEOUT;
+    ctx->cost_ns = mosn_now_ns() - ctx->start_ns;
+    ctx->state = NGX_HTTP_MOSN_DONE;
+
+    ngx_http_mosn_resume(ctx);
+}
+
+
+void
+ngx_http_mosn_resume(ngx_http_mosn_ctx_t *ctx)
+{
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    r = ctx->request;
+    c = r->connection;
+
+    if (ctx->timer.timer_set) {
+        ngx_del_timer(&ctx->timer);
+    }
+
+    r->read_event_handler = ngx_http_block_reading;
+    r->write_event_handler = ngx_http_core_run_phases;
+
+    ngx_http_core_run_phases(r);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static ngx_int_t
+ngx_http_mosn_finish(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
+    ngx_http_mosn_loc_conf_t *mlcf)
+{
+    if (ctx->status != NGX_HTTP_MOSN_FILTERED) {
+        return ngx_http_mosn_fallback(r, ctx, mlcf, ctx->status);
+    }
+
+    return ngx_http_mosn_verdict_apply(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_http_mosn_fallback(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
+    ngx_http_mosn_loc_conf_t *mlcf, ngx_uint_t why)
+{
+    ctx->status = why;
+
+    if (ngx_http_mosn_worker.p >= 0) {
+        mosn_producer(&ngx_http_mosn_worker.rg,
+                      (uint32_t) ngx_http_mosn_worker.p)->fallbacks++;
+    }
+
+    if (mlcf->fallback == NGX_HTTP_MOSN_FALLBACK_CONTINUE) {
+        return NGX_DECLINED;
+    }
+
+    return ngx_http_mosn_send_status(r, mlcf->fallback, NULL);
+}
+
+
+static ngx_int_t
+ngx_http_mosn_header_filter(ngx_http_request_t *r)
+{
+    ngx_http_mosn_ctx_t  *ctx;
+
+    if (r == r->main) {
+        ctx = ngx_http_get_module_ctx(r, ngx_http_mosn_module);
+
+        if (ctx != NULL && ctx->status == NGX_HTTP_MOSN_FILTERED
+            && ngx_http_mosn_add_response_headers(r, ctx) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return ngx_http_next_header_filter(r);
+}
+
+
+static ngx_int_t
+ngx_http_mosn_upstream_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_mosn_ctx_t  *ctx;
+
+    ctx = ngx_http_mosn_get_ctx(r->main);
+
+    if (ctx == NULL || ctx->upstream.len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->data = ctx->upstream.data;
+    v->len = ctx->upstream.len;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_mosn_meta_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_str_t            *name = (ngx_str_t *) data;
+    ngx_str_t             key, value;
+    ngx_http_mosn_ctx_t  *ctx;
+
+    ctx = ngx_http_mosn_get_ctx(r->main);
+
+    key.data = name->data + sizeof("mosn_meta_") - 1;
+    key.len = name->len - (sizeof("mosn_meta_") - 1);
+
+    if (ctx == NULL || ctx->status != NGX_HTTP_MOSN_FILTERED
+        || ngx_http_mosn_verdict_find(ctx, MOSN_REC_META, &key, &value)
+           != NGX_OK)
+    {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->data = value.data;
+    v->len = value.len;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_mosn_status_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_uint_t            status;
+    ngx_http_mosn_ctx_t  *ctx;
+
+    ctx = ngx_http_mosn_get_ctx(r->main);
+    status = ctx ? ctx->status : NGX_HTTP_MOSN_NONE;
+
+    v->data = ngx_http_mosn_status_names[status].data;
+    v->len = ngx_http_mosn_status_names[status].len;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_mosn_number_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    u_char               *p;
+    ngx_http_mosn_ctx_t  *ctx;
+
+    ctx = ngx_http_mosn_get_ctx(r->main);
+
+    if (ctx == NULL || ctx->request_id == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    p = ngx_pnalloc(r->pool, NGX_INT64_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    v->data = p;
+    v->len = (data == 0 ? ngx_sprintf(p, "%uL", ctx->cost_ns / 1000)
+                        : ngx_sprintf(p, "%uL", ctx->request_id)) - p;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_mosn_add_variables(ngx_conf_t *cf)
+{
+    ngx_http_variable_t  *var, *v;
+
+    for (v = ngx_http_mosn_vars; v->name.len; v++) {
+        var = ngx_http_add_variable(cf, &v->name, v->flags);
+        if (var == NULL) {
+            return NGX_ERROR;
+        }
+
+        var->get_handler = v->get_handler;
+        var->data = v->data;
+    }
+
+    return NGX_OK;
+}
+
+
+static void *
+ngx_http_mosn_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_mosn_main_conf_t  *mmcf;
+
+    mmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_mosn_main_conf_t));
+    if (mmcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     mmcf->config = { 0, NULL };
+     *     mmcf->python = { 0, NULL };
+     *     mmcf->shm_name = { 0, NULL };
+     *     mmcf->enabled = 0;
+     */
+
+    mmcf->workers = NGX_CONF_UNSET_UINT;
+    mmcf->slots = NGX_CONF_UNSET_UINT;
+    mmcf->slot_size = NGX_CONF_UNSET_SIZE;
+    mmcf->spawn = NGX_CONF_UNSET;
+
+    if (ngx_array_init(&mmcf->chains, cf->pool, 4, sizeof(ngx_str_t))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    return mmcf;
+}
+
+
+static char *
+ngx_http_mosn_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_mosn_main_conf_t  *mmcf = conf;
+
+    ngx_conf_init_uint_value(mmcf->workers, 1);
+    ngx_conf_init_uint_value(mmcf->slots, 256);
+    ngx_conf_init_size_value(mmcf->slot_size, 16384);
+    ngx_conf_init_value(mmcf->spawn, 1);
+
+    if (mmcf->python.len == 0) {
+        ngx_str_set(&mmcf->python, "python3");
+    }
+
+    if ((mmcf->slots & (mmcf->slots - 1)) != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"mosn_slots\" must be a power of two, not %ui",
+                           mmcf->slots);
+        return NGX_CONF_ERROR;
+    }
+
+    if (mmcf->slot_size < MOSN_MIN_SLOT_SIZE
+        || mmcf->slot_size > MOSN_MAX_SLOT_SIZE)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"mosn_slot_size\" must be in %uz..%uz",
+                           (size_t) MOSN_MIN_SLOT_SIZE,
+                           (size_t) MOSN_MAX_SLOT_SIZE);
+        return NGX_CONF_ERROR;
+    }
+
+    mmcf->slot_size = ngx_align(mmcf->slot_size, MOSN_CACHELINE);
+
+    if (mmcf->config.len
+        && ngx_conf_full_name(cf->cycle, &mmcf->config, 1) != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    if (mmcf->python.len && ngx_strchr(mmcf->python.data, '/') != NULL
+        && ngx_conf_full_name(cf->cycle, &mmcf->python, 1) != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_mosn_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_mosn_loc_conf_t  *mlcf;
+
+    mlcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_mosn_loc_conf_t));
+    if (mlcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     mlcf->chain = { 0, NULL };
+     */
+
+    mlcf->chain.len = NGX_CONF_UNSET_SIZE;
+    mlcf->timeout = NGX_CONF_UNSET_MSEC;
+    mlcf->fallback = NGX_CONF_UNSET;
+    mlcf->oversize = NGX_CONF_UNSET;
+    mlcf->max_headers = NGX_CONF_UNSET_UINT;
+
+    return mlcf;
+}
+
+
+static char *
+ngx_http_mosn_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_mosn_loc_conf_t *prev = parent;
+    ngx_http_mosn_loc_conf_t *conf = child;
+
+    ngx_uint_t                  i;
+    ngx_str_t                  *name;
+    ngx_http_mosn_main_conf_t  *mmcf;
+
+    if (conf->chain.len == NGX_CONF_UNSET_SIZE) {
+        conf->chain = prev->chain;
+    }
+
+    if (conf->chain.len == NGX_CONF_UNSET_SIZE) {
+        conf->chain.len = 0;
+        conf->chain.data = NULL;
+    }
+
+    ngx_conf_merge_msec_value(conf->timeout, prev->timeout, 1000);
+    ngx_conf_merge_value(conf->fallback, prev->fallback,
+                         NGX_HTTP_MOSN_FALLBACK_CONTINUE);
+    ngx_conf_merge_value(conf->oversize, prev->oversize,
+                         NGX_HTTP_REQUEST_HEADER_TOO_LARGE);
+    ngx_conf_merge_uint_value(conf->max_headers, prev->max_headers, 100);
+
+    if (conf->chain.len == 0) {
+        return NGX_CONF_OK;
+    }
+
+    mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_mosn_module);
+    mmcf->enabled = 1;
+
+    name = mmcf->chains.elts;
+
+    for (i = 0; i < mmcf->chains.nelts; i++) {
+        if (name[i].len == conf->chain.len
+            && ngx_strncmp(name[i].data, conf->chain.data, conf->chain.len)
+               == 0)
+        {
+            return NGX_CONF_OK;
+        }
+    }
+
+    name = ngx_array_push(&mmcf->chains);
+    if (name == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *name = conf->chain;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_mosn_chain(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_mosn_loc_conf_t *mlcf = conf;
+
+    ngx_str_t  *value;
+    ngx_uint_t  i;
+
+    if (mlcf->chain.len != NGX_CONF_UNSET_SIZE) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        mlcf->chain.len = 0;
+        mlcf->chain.data = NULL;
+        return NGX_CONF_OK;
+    }
+
+    if (value[1].len > 255) {
+        return "is too long a listener name";
+    }
+
+    for (i = 0; i < value[1].len; i++) {
+        if (value[1].data[i] < 0x21 || value[1].data[i] > 0x7e) {
+            return "must be a printable listener name";
+        }
+    }
+
+    mlcf->chain = value[1];
+
+    return NGX_CONF_OK;
+}
+
+
+/* "mosn_fallback continue | CODE" and "mosn_oversize fallback | CODE" */
+
+static char *
+ngx_http_mosn_status_or(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char  *p = conf;
+
+    ngx_int_t   *np, n;
+    ngx_str_t   *value;
+
+    np = (ngx_int_t *) (p + cmd->offset);
+
+    if (*np != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, cmd->post) == 0) {
+        *np = 0;
+        return NGX_CONF_OK;
+    }
+
+    n = ngx_atoi(value[1].data, value[1].len);
+
+    if (n < 200 || n > 599) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" takes \"%s\" or a status in 200..599, "
+                           "not \"%V\"", &cmd->name, (char *) cmd->post,
+                           &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    *np = n;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_mosn_init(ngx_conf_t *cf)
+{
+    ngx_http_handler_pt        *h;
+    ngx_http_core_main_conf_t  *cmcf;
+    ngx_http_mosn_main_conf_t  *mmcf;
+
+    mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_mosn_module);
+
+    if (!mmcf->enabled) {
+        return NGX_OK;
+    }
+
+    if (mmcf->config.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"mosn_filter_chain\" is used but no "
+                           "\"mosn_config\" names the MOSN config file");
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_mosn_pool_check(cf, mmcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_PREACCESS_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_mosn_handler;
+
+    ngx_http_next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = ngx_http_mosn_header_filter;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_mosn_init_module(ngx_cycle_t *cycle)
+{
+    ngx_http_mosn_main_conf_t  *mmcf;
+
+    if (ngx_test_config || ngx_process == NGX_PROCESS_SIGNALLER) {
+        return NGX_OK;
+    }
+
+    mmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_mosn_module);
+
+    if (mmcf == NULL || !mmcf->enabled) {
+        return NGX_OK;
+    }
+
+    return ngx_http_mosn_pool_start(cycle, mmcf);
+}
+
+
+static ngx_int_t
+ngx_http_mosn_init_process(ngx_cycle_t *cycle)
+{
+    return ngx_http_mosn_ring_init_process(cycle);
+}
+
+
+static void
+ngx_http_mosn_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_mosn_ring_exit_process(cycle);
+}
+
+
+static void
+ngx_http_mosn_exit_master(ngx_cycle_t *cycle)
+{
+    ngx_http_mosn_pool_stop(cycle);
+}

@@ -1,0 +1,129 @@
+
+/*
+ * ngx_http_mosn_module: hands requests to MOSN-style Python stream
+ * filters over a shared-memory ring, and applies their verdicts.
+ */
+
+#ifndef _NGX_HTTP_MOSN_MODULE_H_INCLUDED_
+#define _NGX_HTTP_MOSN_MODULE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "shm_ring.h"
+
+
+#define NGX_HTTP_MOSN_FALLBACK_CONTINUE   0
+
+#define NGX_HTTP_MOSN_OVERSIZE_FALLBACK   0
+
+/* $mosn_status */
+#define NGX_HTTP_MOSN_NONE                0
+#define NGX_HTTP_MOSN_FILTERED            1
+#define NGX_HTTP_MOSN_FALLBACK            2
+#define NGX_HTTP_MOSN_TIMEOUT             3
+#define NGX_HTTP_MOSN_ERROR               4
+
+/* ctx states */
+#define NGX_HTTP_MOSN_WAITING             1
+#define NGX_HTTP_MOSN_DONE                2
+#define NGX_HTTP_MOSN_APPLIED             3
+
+
+typedef struct {
+    ngx_str_t                 config;        /* the MOSN JSON file */
+    ngx_str_t                 python;
+    ngx_str_t                 shm_name;
+    ngx_uint_t                workers;
+    ngx_uint_t                slots;
+    size_t                    slot_size;
+    ngx_flag_t                spawn;
+    ngx_array_t               chains;        /* of ngx_str_t, distinct */
+    ngx_flag_t                enabled;
+} ngx_http_mosn_main_conf_t;
+
+
+typedef struct {
+    ngx_str_t                 chain;         /* a MOSN listener name */
+    ngx_msec_t                timeout;
+    ngx_int_t                 fallback;      /* 0: continue, or a status */
+    ngx_int_t                 oversize;      /* 0: fallback, or a status */
+    ngx_uint_t                max_headers;
+} ngx_http_mosn_loc_conf_t;
+
+
+typedef struct {
+    ngx_http_request_t       *request;
+    ngx_uint_t                state;
+    ngx_uint_t                status;        /* $mosn_status */
+    uint32_t                  slot;
+    uint32_t                  gen;
+    uint64_t                  request_id;
+    uint64_t                  start_ns;
+    uint64_t                  cost_ns;
+    ngx_event_t               timer;
+
+    /* the verdict, copied out of shared memory and checked */
+    u_char                   *verdict;
+    size_t                    verdict_len;
+    ngx_str_t                 upstream;
+    ngx_uint_t                action;
+    ngx_uint_t                reply_status;
+} ngx_http_mosn_ctx_t;
+
+
+/* the producer side of this nginx worker */
+typedef struct {
+    mosn_region_t             rg;
+    ngx_int_t                 p;             /* channel, -1 if none */
+    ngx_connection_t         *doorbell;
+    uint32_t                  rr;
+    uint32_t                  epoch;
+    uint32_t                 *free;
+    ngx_uint_t                nfree;
+    ngx_http_mosn_ctx_t     **inflight;      /* by slot */
+    uint32_t                 *inflight_gen;
+    uint64_t                  next_id;
+    time_t                    claim_tried;
+} ngx_http_mosn_worker_t;
+
+
+extern ngx_module_t            ngx_http_mosn_module;
+extern ngx_http_mosn_worker_t  ngx_http_mosn_worker;
+
+
+/* ngx_http_mosn_ring.c: this worker as a producer */
+ngx_int_t ngx_http_mosn_ring_init_process(ngx_cycle_t *cycle);
+void ngx_http_mosn_ring_exit_process(ngx_cycle_t *cycle);
+ngx_int_t ngx_http_mosn_ring_ready(ngx_log_t *log);
+ngx_int_t ngx_http_mosn_ring_submit(ngx_http_request_t *r,
+    ngx_http_mosn_ctx_t *ctx, ngx_http_mosn_loc_conf_t *mlcf);
+void ngx_http_mosn_ring_abandon(ngx_http_mosn_ctx_t *ctx);
+void ngx_http_mosn_ring_timed_out(ngx_http_mosn_ctx_t *ctx);
+
+/* ngx_http_mosn_verdict.c: applying what the filters decided */
+ngx_int_t ngx_http_mosn_verdict_take(ngx_http_mosn_ctx_t *ctx,
+    const u_char *buf, size_t len);
+ngx_int_t ngx_http_mosn_verdict_apply(ngx_http_request_t *r,
+    ngx_http_mosn_ctx_t *ctx);
+ngx_int_t ngx_http_mosn_verdict_find(ngx_http_mosn_ctx_t *ctx,
+    ngx_uint_t type, ngx_str_t *key, ngx_str_t *value);
+ngx_int_t ngx_http_mosn_add_response_headers(ngx_http_request_t *r,
+    ngx_http_mosn_ctx_t *ctx);
+ngx_int_t ngx_http_mosn_send_status(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_str_t *text);
+
+/* ngx_http_mosn_pool.c: the region and the Python pool, from the master */
+ngx_int_t ngx_http_mosn_pool_check(ngx_conf_t *cf,
+    ngx_http_mosn_main_conf_t *mmcf);
+ngx_int_t ngx_http_mosn_pool_start(ngx_cycle_t *cycle,
+    ngx_http_mosn_main_conf_t *mmcf);
+void ngx_http_mosn_pool_stop(ngx_cycle_t *cycle);
+
+/* the module's own */
+void ngx_http_mosn_resume(ngx_http_mosn_ctx_t *ctx);
+
+
+#endif /* _NGX_HTTP_MOSN_MODULE_H_INCLUDED_ */

@@ -1,0 +1,537 @@
+
+/*
+ * This nginx worker as a producer on the ring: its channel, its doorbell
+ * in the event loop, request records into slots, completions back into
+ * parked requests.
+ */
+
+#include "ngx_http_mosn_module.h"
+
+
+#define NGX_HTTP_MOSN_BATCH  64
+
+
+static void ngx_http_mosn_doorbell_handler(ngx_event_t *ev);
+static void ngx_http_mosn_drain(void);
+static void ngx_http_mosn_rescue(void);
+static void ngx_http_mosn_complete(uint32_t s, uint32_t gen,
+    ngx_uint_t failed);
+static ngx_int_t ngx_http_mosn_claim(ngx_log_t *log);
+static ngx_int_t ngx_http_mosn_write_request(ngx_http_request_t *r,
+    ngx_http_mosn_loc_conf_t *mlcf, mosn_slot_t *slot);
+
+
+ngx_http_mosn_worker_t  ngx_http_mosn_worker = { .p = -1 };
+
+
+ngx_int_t
+ngx_http_mosn_ring_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
+
+    if (w->rg.hdr == NULL) {
+        return NGX_OK;
+    }
+
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        return NGX_OK;
+    }
+
+    /* the supervisor watches the master through this */
+    w->rg.hdr->master_pid = (uint32_t) (ngx_process == NGX_PROCESS_WORKER
+                                        ? getppid() : ngx_pid);
+
+    w->free = ngx_alloc(sizeof(uint32_t) * w->rg.hdr->slots, cycle->log);
+    w->inflight = ngx_alloc(sizeof(ngx_http_mosn_ctx_t *) * w->rg.hdr->slots,
+                            cycle->log);
+    w->inflight_gen = ngx_alloc(sizeof(uint32_t) * w->rg.hdr->slots,
+                                cycle->log);
+
+    if (w->free == NULL || w->inflight == NULL || w->inflight_gen == NULL) {
+        return NGX_ERROR;
+    }
+
+    (void) ngx_http_mosn_claim(cycle->log);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_mosn_claim(ngx_log_t *log)
+{
+    int                      fd, p;
+    uint32_t                 s;
+    ngx_event_t             *rev;
+    ngx_connection_t        *c;
+    ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
+
+    w->claim_tried = ngx_time();
+
+    p = mosn_producer_claim(&w->rg, ngx_pid);
+
+    if (p < 0) {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "mosn: no free producer channel in \"%s\" (%uD in "
+                      "use); requests take the fallback until one frees",
+                      w->rg.hdr->name, w->rg.hdr->nproducers);
+        return NGX_DECLINED;
+    }
+
+    fd = mosn_doorbell_open(&w->rg, (uint32_t) p);
+
+    if (fd == -1) {
+        ngx_log_error(NGX_LOG_ERR, log, ngx_errno,
+                      "mosn: cannot bind the doorbell of channel %d", p);
+        mosn_producer_release(&w->rg, (uint32_t) p);
+        return NGX_DECLINED;
+    }
+
+    c = ngx_get_connection(fd, log);
+    if (c == NULL) {
+        close(fd);
+        mosn_producer_release(&w->rg, (uint32_t) p);
+        return NGX_DECLINED;
+    }
+
+    rev = c->read;
+    rev->handler = ngx_http_mosn_doorbell_handler;
+    rev->log = log;
+    c->log = log;
+
+    if (ngx_add_event(rev, NGX_READ_EVENT, 0) != NGX_OK) {
+        ngx_close_connection(c);
+        mosn_producer_release(&w->rg, (uint32_t) p);
+        return NGX_DECLINED;
+    }
+
+    for (s = 0; s < w->rg.hdr->slots; s++) {
+        w->free[s] = w->rg.hdr->slots - 1 - s;
+        w->inflight[s] = NULL;
+        w->inflight_gen[s] = 0;
+    }
+
+    w->nfree = w->rg.hdr->slots;
+    w->doorbell = c;
+    w->p = p;
+    w->epoch = w->rg.hdr->consumer_epoch;
+    w->next_id = ((uint64_t) (uint32_t) ngx_pid << 32) + 1;
+
+    (void) mosn_producer_arm(&w->rg, (uint32_t) p);
+
+    ngx_log_error(NGX_LOG_INFO, log, 0, "mosn: worker took channel %d of "
+                  "\"%s\"", p, w->rg.hdr->name);
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_mosn_ring_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
+
+    if (w->p < 0) {
+        return;
+    }
+
+    /* the reaper hands the channel on once its slots are back */
+    mosn_producer_release(&w->rg, (uint32_t) w->p);
+    w->p = -1;
+}
+
+
+ngx_int_t
+ngx_http_mosn_ring_ready(ngx_log_t *log)
+{
+    ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
+
+    if (w->rg.hdr == NULL || w->free == NULL) {
+        return NGX_DECLINED;
+    }
+
+    if (w->p >= 0) {
+        return NGX_OK;
+    }
+
+    if (ngx_time() - w->claim_tried < 1) {
+        return NGX_DECLINED;
+    }
+
+    return ngx_http_mosn_claim(log);
+}
+
+
+ngx_int_t
+ngx_http_mosn_ring_submit(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
+    ngx_http_mosn_loc_conf_t *mlcf)
+{
+    int                      c;
+    uint32_t                 s, inc, gen;
+    ngx_int_t                rc;
+    mosn_slot_t             *slot;
+    ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
+
+    if (w->rg.hdr->consumer_epoch != w->epoch) {
+        ngx_http_mosn_rescue();
+    }
+
+    if (w->nfree == 0) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "mosn: all %uD slots of this worker are in flight, "
+                      "taking the fallback", w->rg.hdr->slots);
+        return NGX_DECLINED;
+    }
+
+    c = mosn_producer_pick(&w->rg, (uint32_t) w->p, &w->rr, &inc);
+
+    if (c < 0) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "mosn: no Python worker is alive, taking the "
+                      "fallback");
+        return NGX_DECLINED;
+    }
+
+    s = w->free[w->nfree - 1];
+    slot = mosn_slot(&w->rg, (uint32_t) w->p, s);
+
+    ctx->request_id = w->next_id++;
+
+    rc = ngx_http_mosn_write_request(r, mlcf, slot);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    ((mosn_req_t *) slot->data)->request_id = ctx->request_id;
+    slot->request_id = ctx->request_id;
+
+    if (mosn_producer_submit(&w->rg, (uint32_t) w->p, s, (uint32_t) c, inc,
+                             &gen)
+        != 0)
+    {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "mosn: the ring to Python worker %d is full, taking "
+                      "the fallback", c);
+        return NGX_DECLINED;
+    }
+
+    w->nfree--;
+    w->inflight[s] = ctx;
+    w->inflight_gen[s] = gen;
+
+    ctx->slot = s;
+    ctx->gen = gen;
+    ctx->start_ns = slot->submit_ns;
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_mosn_ring_abandon(ngx_http_mosn_ctx_t *ctx)
+{
+    ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
+
+    if (w->p >= 0 && w->inflight[ctx->slot] == ctx) {
+        w->inflight[ctx->slot] = NULL;
+    }
+}
+
+
+void
+ngx_http_mosn_ring_timed_out(ngx_http_mosn_ctx_t *ctx)
+{
+    uint64_t                 sw;
+    uint32_t                 c;
+    mosn_consumer_t         *cons;
+    ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
+
+    if (w->p < 0) {
+        return;
+    }
+
+    ngx_http_mosn_ring_abandon(ctx);
+    mosn_producer(&w->rg, (uint32_t) w->p)->timeouts++;
+
+    /* a consumer that died unseen (no supervisor) is retired here */
+    sw = mosn_slot(&w->rg, (uint32_t) w->p, ctx->slot)->state;
+    c = MOSN_SW_CONSUMER(sw);
+
+    if (MOSN_SW_STATE(sw) == MOSN_SLOT_FREE || c >= w->rg.hdr->nconsumers) {
+        return;
+    }
+
+    cons = mosn_consumer(&w->rg, c);
+
+    if (cons->state == MOSN_CONS_LIVE
+        && !mosn_proc_alive((pid_t) cons->pid, cons->starttime))
+    {
+        ngx_log_error(NGX_LOG_WARN, ctx->timer.log, 0,
+                      "mosn: Python worker %uD (pid %uD) is gone", c,
+                      cons->pid);
+        mosn_consumer_retire(&w->rg, c, -1);
+    }
+}
+
+
+static void
+ngx_http_mosn_doorbell_handler(ngx_event_t *ev)
+{
+    ngx_connection_t        *c = ev->data;
+    ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
+
+    if (w->p < 0) {
+        return;
+    }
+
+    mosn_producer(&w->rg, (uint32_t) w->p)->doorbells +=
+                                              mosn_doorbell_drain(c->fd);
+
+    if (w->rg.hdr->consumer_epoch != w->epoch) {
+        ngx_http_mosn_rescue();
+    }
+
+    ngx_http_mosn_drain();
+}
+
+
+static void
+ngx_http_mosn_drain(void)
+{
+    int                      n, i;
+    uint64_t                 out[NGX_HTTP_MOSN_BATCH];
+    ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
+
+    for ( ;; ) {
+        n = mosn_producer_poll(&w->rg, (uint32_t) w->p, out,
+                               NGX_HTTP_MOSN_BATCH);
+
+        for (i = 0; i < n; i++) {
+            ngx_http_mosn_complete(MOSN_ENTRY_SLOT(out[i]),
+                                   MOSN_ENTRY_GEN(out[i]), 0);
+        }
+
+        if (n == NGX_HTTP_MOSN_BATCH) {
+            continue;
+        }
+
+        /* tell consumers to ring, then look once more */
+        if (!mosn_producer_arm(&w->rg, (uint32_t) w->p)) {
+            break;
+        }
+    }
+}
+
+
+static void
+ngx_http_mosn_rescue(void)
+{
+    int                      n, i;
+    uint32_t                 s;
+    uint64_t                 out[NGX_HTTP_MOSN_BATCH];
+    ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
+
+    w->epoch = w->rg.hdr->consumer_epoch;
+
+    do {
+        n = mosn_producer_rescue(&w->rg, (uint32_t) w->p, &w->rr, out,
+                                 NGX_HTTP_MOSN_BATCH);
+
+        for (i = 0; i < n; i++) {
+            s = MOSN_ENTRY_SLOT(out[i]);
+            ngx_http_mosn_complete(s & ~MOSN_RESCUE_FAILED,
+                                   MOSN_ENTRY_GEN(out[i]),
+                                   s & MOSN_RESCUE_FAILED);
+        }
+
+    } while (n == NGX_HTTP_MOSN_BATCH);
+}
+
+
+/* a verdict arrived for slot s, or the slot could not be re-queued */
+
+static void
+ngx_http_mosn_complete(uint32_t s, uint32_t gen, ngx_uint_t failed)
+{
+    size_t                   room;
+    mosn_slot_t             *slot;
+    ngx_http_mosn_ctx_t     *ctx;
+    ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
+
+    if (s >= w->rg.hdr->slots) {
+        return;
+    }
+
+    slot = mosn_slot(&w->rg, (uint32_t) w->p, s);
+    ctx = w->inflight[s];
+
+    if (ctx == NULL || w->inflight_gen[s] != gen) {
+        /* late: the request timed out or its client went away */
+        mosn_producer(&w->rg, (uint32_t) w->p)->stale++;
+        goto free;
+    }
+
+    w->inflight[s] = NULL;
+
+    ctx->cost_ns = mosn_now_ns() - ctx->start_ns;
+    mosn_producer(&w->rg, (uint32_t) w->p)->cost_ns += ctx->cost_ns;
+
+    if (failed) {
+        ctx->status = NGX_HTTP_MOSN_ERROR;
+        ngx_log_error(NGX_LOG_WARN, ctx->request->connection->log, 0,
+                      "mosn: request %uL was in flight on a Python worker "
+                      "that died and could not be re-queued",
+                      ctx->request_id);
+
+    } else {
+        room = MOSN_SLOT_DATA_SIZE(w->rg.hdr->slot_size);
+
+        /* the lengths come from Python: checked before any use */
+        if (slot->verdict_off > room
+            || slot->verdict_len > room - slot->verdict_off
+            || ngx_http_mosn_verdict_take(ctx,
+                                          slot->data + slot->verdict_off,
+                                          slot->verdict_len)
+               != NGX_OK)
+        {
+            ctx->status = NGX_HTTP_MOSN_ERROR;
+
+        } else {
+            ctx->status = NGX_HTTP_MOSN_FILTERED;
+        }
+    }
+
+    ctx->state = NGX_HTTP_MOSN_DONE;
+
+    mosn_producer_free(&w->rg, (uint32_t) w->p, s);
+    w->free[w->nfree++] = s;
+
+    ngx_http_mosn_resume(ctx);
+
+    return;
+
+free:
+
+    mosn_producer_free(&w->rg, (uint32_t) w->p, s);
+    w->free[w->nfree++] = s;
+}
+
+
+static u_char *
+ngx_http_mosn_put(u_char *base, u_char *p, mosn_field_t *f, ngx_str_t *s)
+{
+    f->off = (uint32_t) (p - base);
+    f->len = (uint32_t) s->len;
+
+    return ngx_cpymem(p, s->data, s->len);
+}
+
+
+static ngx_int_t
+ngx_http_mosn_write_request(ngx_http_request_t *r,
+    ngx_http_mosn_loc_conf_t *mlcf, mosn_slot_t *slot)
+{
+    size_t                      need, room;
+    u_char                     *base, *p;
+    ngx_str_t                   empty, *addr;
+    mosn_req_t                 *req;
+    ngx_uint_t                  i, n;
+    ngx_list_part_t            *part;
+    ngx_table_elt_t            *h;
+    mosn_header_entry_t        *e;
+    ngx_http_mosn_worker_t     *w = &ngx_http_mosn_worker;
+
+    room = MOSN_SLOT_DATA_SIZE(w->rg.hdr->slot_size);
+
+    /* keep a quarter of the slot, and at least 512 bytes, for the verdict */
+    room -= ngx_max(room / 4, 512);
+
+    addr = &r->connection->addr_text;
+
+    need = sizeof(mosn_req_t) + mlcf->chain.len + r->method_name.len
+           + r->uri.len + r->args.len + addr->len + r->http_protocol.len;
+
+    n = 0;
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        n++;
+        need += sizeof(mosn_header_entry_t) + h[i].key.len + h[i].value.len;
+    }
+
+    if (n > mlcf->max_headers || need > room) {
+        return NGX_HTTP_REQUEST_HEADER_TOO_LARGE;
+    }
+
+    base = slot->data;
+    req = (mosn_req_t *) base;
+    ngx_memzero(req, sizeof(mosn_req_t));
+
+    req->nheaders = (uint32_t) n;
+
+    ngx_str_null(&empty);
+
+    p = base + sizeof(mosn_req_t);
+    p = ngx_http_mosn_put(base, p, &req->field[MOSN_REQ_CHAIN], &mlcf->chain);
+    p = ngx_http_mosn_put(base, p, &req->field[MOSN_REQ_METHOD],
+                          &r->method_name);
+    p = ngx_http_mosn_put(base, p, &req->field[MOSN_REQ_PATH], &r->uri);
+    p = ngx_http_mosn_put(base, p, &req->field[MOSN_REQ_QUERY], &r->args);
+    p = ngx_http_mosn_put(base, p, &req->field[MOSN_REQ_ADDR], addr);
+    p = ngx_http_mosn_put(base, p, &req->field[MOSN_REQ_PROTOCOL],
+                          &r->http_protocol);
+    p = ngx_http_mosn_put(base, p, &req->field[MOSN_REQ_BODY], &empty);
+
+    req->field[MOSN_REQ_HEADERS].off = (uint32_t) (p - base);
+    req->field[MOSN_REQ_HEADERS].len =
+                                  (uint32_t) (n * sizeof(mosn_header_entry_t));
+
+    e = (mosn_header_entry_t *) p;
+    p += n * sizeof(mosn_header_entry_t);
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        e->off = (uint32_t) (p - base);
+        e->name_len = (uint32_t) h[i].key.len;
+        e->value_len = (uint32_t) h[i].value.len;
+        e++;
+
+        p = ngx_cpymem(p, h[i].key.data, h[i].key.len);
+        p = ngx_cpymem(p, h[i].value.data, h[i].value.len);
+    }
+
+    req->len = (uint32_t) (p - base);
+    slot->req_len = req->len;
+    slot->verdict_off = 0;
+    slot->verdict_len = 0;
+
+    return NGX_OK;
+}
