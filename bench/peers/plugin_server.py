@@ -1,0 +1,72 @@
+"""Plugin server for the plugin peer (the Kong Python PDK / APISIX Python
+runner way): a uvloop unix-socket server speaking a line protocol.
+
+Each nginx worker keeps connections open (cosocket keepalive) and writes one
+line per request, the uid header or an empty line; the server answers with one
+line, the site. One process, so the round robin is exact.
+
+    python3 plugin_server.py --socket /path/to/plugin.sock
+"""
+import argparse
+import asyncio
+import itertools
+import os
+import re
+import signal
+
+import uvloop
+
+INTEGER = re.compile(rb"-?[0-9]+")
+TURNS = itertools.cycle((b"s1\n", b"s2\n", b"s3\n"))
+MAX_PENDING = 64 * 1024  # a peer that sends this much without a newline is broken
+
+
+def site_for(uid):
+    """Same rule as every peer: 1..100 s1, 101..200 s2, other integer s3."""
+    if not INTEGER.fullmatch(uid):
+        return next(TURNS)
+    n = int(uid)
+    if 1 <= n <= 100:
+        return b"s1\n"
+    if 101 <= n <= 200:
+        return b"s2\n"
+    return b"s3\n"
+
+
+class RouteProtocol(asyncio.Protocol):
+    """Answers every complete line; keeps a partial line for the next read."""
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.pending = b""
+
+    def data_received(self, data):
+        *lines, self.pending = (self.pending + data).split(b"\n")
+        if lines:
+            self.transport.write(b"".join(site_for(line.rstrip(b"\r")) for line in lines))
+        if len(self.pending) > MAX_PENDING:
+            self.transport.close()
+
+
+async def serve(path):
+    if os.path.exists(path):
+        os.unlink(path)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_unix_server(RouteProtocol, path)
+    os.chmod(path, 0o666)  # nginx workers may run as another user
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.close()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--socket", required=True, help="unix socket to listen on")
+    args = parser.parse_args()
+    uvloop.run(serve(args.socket))
+
+
+if __name__ == "__main__":
+    main()
