@@ -19,9 +19,10 @@ extensions = [
         depends=["shm_ring/shm_ring.h", "shm_ring/shm_ring.pxd"],
         extra_compile_args=C_FLAGS,
     ),
+    # the per-request glue, plain Python compiled for speed
     Extension(
-        "pyworker._hot",
-        sources=["pyworker/_hot.pyx"],
+        "pyworker.dispatch",
+        sources=["pyworker/dispatch.py"],
         extra_compile_args=C_FLAGS,
     ),
 ]

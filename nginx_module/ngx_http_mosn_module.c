@@ -651,7 +651,7 @@ ngx_http_mosn_init_main_conf(ngx_conf_t *cf, void *conf)
     }
 
     if (mmcf->python.len && ngx_strchr(mmcf->python.data, '/') != NULL
-        && ngx_conf_full_name(cf->cycle, &mmcf->python, 1) != NGX_OK)
+        && ngx_conf_full_name(cf->cycle, &mmcf->python, 0) != NGX_OK)
     {
         return NGX_CONF_ERROR;
     }

@@ -1,0 +1,74 @@
+# The gateway: nginx + ngx_http_mosn_module + the Python worker pool.
+#
+#   make run         set everything up, then run the example gateway
+#   make test        set everything up, then run the whole test suite
+#   make build-l7    build output/ngx_http_mosn_module.so and output/shm_ring.h
+#   make bench       the peers benchmark (results in bench/results/)
+#   make fuzz        the verdict decoder under libFuzzer, long
+#   make soak        locust against the example gateway (SOAK_TIME=10m)
+
+VENV     ?= /opt/mosn-gateway
+PY       := $(VENV)/bin/python
+NGINX    ?= /usr/sbin/nginx
+APT_PKGS := nginx-core nginx-dev libnginx-mod-http-lua libnginx-mod-http-js \
+            wrk hyperfine valgrind clang libclang-rt-14-dev curl \
+            python3 python3-venv python3-dev gcc make procps
+FUZZ_RUNS ?= 10000000
+SOAK_TIME ?= 10m
+
+.PHONY: setup apt venv build-l7 python run stop test test-fast fuzz \
+        fuzz-short bench soak clean
+
+setup: apt venv build-l7
+
+apt:
+	@if ! dpkg -s $(APT_PKGS) >/dev/null 2>&1; then \
+	    apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS); \
+	fi
+
+$(PY):
+	/usr/bin/python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+venv: $(PY) python
+
+# the package is installed, not linked: the Python workers run as the
+# nginx workers' user and must not need to read this tree
+python: $(PY)
+	$(PY) -m pip install -q ".[test,bench]"
+
+build-l7:
+	nginx_module/build.sh
+
+logs:
+	mkdir -p logs
+
+run: setup logs
+	@echo "gateway on http://127.0.0.1:2990 (Ctrl-C stops it)"
+	$(NGINX) -p . -c conf/nginx.conf -g "daemon off;"
+
+stop:
+	-$(NGINX) -p . -c conf/nginx.conf -s quit
+
+test: setup
+	$(PY) -m pytest tests
+
+test-fast:
+	$(PY) -m pytest tests -m "not slow"
+
+fuzz: build-l7
+	fuzz/run.sh $(FUZZ_RUNS)
+
+fuzz-short:
+	fuzz/run.sh 200000
+
+bench: setup
+	$(PY) bench/run.py
+
+soak: setup
+	$(PY) bench/soak.py --time $(SOAK_TIME)
+
+clean:
+	rm -rf build output shm_ring/_ring.c shm_ring/*.so pyworker/*.so \
+	       pyworker/dispatch.c

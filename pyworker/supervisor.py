@@ -1,0 +1,246 @@
+"""The supervisor of the Python worker pool: starts the workers, replaces
+one that dies, rolls them one at a time on reload, reaps what dead peers
+left in the ring, and leaves with nginx."""
+
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+from shm_ring import Region, RingError, proc_alive
+
+from pyworker.logs import setup_logging
+
+log = logging.getLogger("pyworker.supervisor")
+
+TICK = 0.5              # seconds between housekeeping rounds at idle
+START_TIMEOUT = 15.0    # for a new worker to load its config and attach
+DRAIN_TIMEOUT = 10.0    # for a draining worker to finish and leave
+STOP_TIMEOUT = 3.0      # for workers to leave on stop, before SIGKILL
+
+
+class Supervisor:
+    def __init__(self, shm, config_path, workers=1, uid=None, gid=None,
+                 python=None):
+        self.shm = shm
+        self.config_path = config_path
+        self.workers = workers
+        self.uid = uid
+        self.gid = gid
+        self.python = python or sys.executable
+        self.region = None
+        self.procs = {}          # pid -> (consumer index, Popen)
+        self.retiring = set()    # pids drained on purpose
+        self.restarts = 0
+        self.stopping = False
+        self.reload_asked = False
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    # -- signals ------------------------------------------------------------
+
+    def _on_signal(self, signum, frame):
+        if signum == signal.SIGHUP:
+            self.reload_asked = True
+        elif signum in (signal.SIGTERM, signal.SIGINT):
+            self.stopping = True
+
+    def _install_signals(self):
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGCHLD, lambda s, f: None)
+
+    def _sleep(self, seconds):
+        try:
+            select.select([self._wake_r], [], [], seconds)
+            os.read(self._wake_r, 512)
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    # -- workers --------------------------------------------------------------
+
+    def _spawn(self):
+        index = self.region.alloc_consumer()
+        if index < 0:
+            log.error("no free consumer entry in the region for a new worker")
+            return None
+        cmd = [self.python, "-m", "pyworker", "worker", "--shm", self.shm,
+               "--index", str(index), "--config", self.config_path]
+        if self.uid is not None:
+            cmd += ["--uid", str(self.uid), "--gid", str(self.gid)]
+        proc = subprocess.Popen(cmd, close_fds=True)
+        self.procs[proc.pid] = (index, proc)
+        log.info("started worker pid %d as consumer %d", proc.pid, index)
+        return proc.pid
+
+    def _reap(self):
+        """Collects dead workers; replaces those that were not retired."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            entry = self.procs.pop(pid, None)
+            if entry is None:
+                continue
+            index = entry[0]
+            self.region.retire_consumer(index)
+            if pid in self.retiring:
+                self.retiring.discard(pid)
+                log.info("worker pid %d (consumer %d) left after draining",
+                         pid, index)
+                continue
+            if self.stopping:
+                continue
+            self.restarts += 1
+            log.warning("worker pid %d (consumer %d) died (%s); replacing it",
+                        pid, index, _status_text(status))
+            self._spawn()
+
+    def _live_pids(self):
+        return [pid for pid in self.procs if pid not in self.retiring]
+
+    def _wait_live(self, pid):
+        """Waits until worker pid serves; False if it died or took too long."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline and not self.stopping:
+            entry = self.procs.get(pid)
+            if entry is None:
+                return False
+            if self.region.consumer_state(entry[0]) == "live":
+                return True
+            self._sleep(0.02)
+            self._reap_quietly()
+        return False
+
+    def _reap_quietly(self):
+        """Reaps during a roll without respawning what the roll replaces."""
+        self._reap()
+
+    def _drain(self, pid):
+        entry = self.procs.get(pid)
+        if entry is None:
+            return
+        self.retiring.add(pid)
+        self.region.drain_consumer(entry[0])
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while pid in self.procs and time.monotonic() < deadline:
+            self._sleep(0.02)
+            self._reap()
+        if pid in self.procs:
+            log.warning("worker pid %d did not drain in %.0f s; stopping it",
+                        pid, DRAIN_TIMEOUT)
+            os.kill(pid, signal.SIGTERM)
+
+    # -- reload ---------------------------------------------------------------
+
+    def _check_config(self, path):
+        proc = subprocess.run([self.python, "-m", "pyworker", "check", path],
+                              capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            for line in (proc.stdout + proc.stderr).splitlines():
+                log.error("reload refused: %s", line)
+            return False
+        return True
+
+    def reload(self):
+        """Rolls the workers one at a time onto the config nginx names."""
+        self.reload_asked = False
+        path = self.region.config_path or self.config_path
+        desired = self.region.desired_workers or self.workers
+        if not self._check_config(path):
+            log.error("keeping the running workers on %s", self.config_path)
+            return
+        self.config_path = path
+        self.workers = desired
+        old = self._live_pids()
+        log.info("reload: rolling %d worker(s) onto %s", len(old), path)
+        for pid in old:
+            if self.stopping:
+                return
+            if len(self._live_pids()) <= self.workers:
+                new = self._spawn()
+                if new is None or not self._wait_live(new):
+                    log.error("reload: a new worker did not start; the old "
+                              "ones keep serving")
+                    return
+            self._drain(pid)
+        while len(self._live_pids()) < self.workers:
+            new = self._spawn()
+            if new is None or not self._wait_live(new):
+                break
+        log.info("reload done: %d worker(s)", len(self._live_pids()))
+
+    # -- life -----------------------------------------------------------------
+
+    def _attach(self):
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return Region.attach(self.shm)
+            except RingError as exc:
+                if time.monotonic() > deadline or "ABI" in str(exc):
+                    raise
+                time.sleep(0.05)
+
+    def _nginx_gone(self):
+        if not os.path.exists("/dev/shm/" + self.shm.lstrip("/")):
+            return "the region was removed"
+        master = self.region.master_pid
+        if master and not proc_alive(master):
+            return "the nginx master %d is gone" % master
+        return None
+
+    def run(self):
+        setup_logging(None, role="supervisor", level=logging.INFO)
+        self._install_signals()
+        self.region = self._attach()
+        self.region.supervisor_pid = os.getpid()
+        log.info("supervisor pid %d for region %s, %d worker(s)",
+                 os.getpid(), self.shm, self.workers)
+        for _ in range(self.workers):
+            self._spawn()
+        try:
+            while not self.stopping:
+                self._reap()
+                if self.reload_asked:
+                    self.reload()
+                self.region.reap()
+                gone = self._nginx_gone()
+                if gone:
+                    log.warning("%s; stopping the workers", gone)
+                    break
+                self._sleep(TICK)
+        finally:
+            self.stop()
+        return 0
+
+    def stop(self):
+        self.stopping = True
+        for pid in list(self.procs):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while self.procs and time.monotonic() < deadline:
+            self._sleep(0.02)
+            self._reap()
+        for pid in list(self.procs):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.procs[pid][1].wait()
+            self.region.retire_consumer(self.procs.pop(pid)[0])
+
+
+def _status_text(status):
+    if os.WIFSIGNALED(status):
+        return "signal %d" % os.WTERMSIG(status)
+    return "exit code %d" % os.WEXITSTATUS(status)
