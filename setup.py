@@ -44,7 +44,8 @@ setup(
         "prometheus-client>=0.17,<1",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "locust>=2.20"],
+        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6",
+                 "locust>=2.20"],
         "bench": ["aiohttp>=3.9", "uvloop>=0.19", "matplotlib>=3.7"],
     },
     entry_points={

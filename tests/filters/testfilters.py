@@ -1,0 +1,95 @@
+"""Filters the integration tests configure: each does one thing that a
+test then sees over HTTP."""
+
+import os
+import time
+
+from pyworker import (CONTINUE, STOP, StreamReceiverFilter, register_filter)
+
+
+@register_filter("edit_headers")
+class EditHeaders(StreamReceiverFilter):
+    """Sets, removes and adds headers as its config says."""
+
+    def __init__(self, config):
+        self.set = config.get("set", {})
+        self.remove = config.get("remove", [])
+        self.response = config.get("response", {})
+        self.upstream = config.get("upstream")
+
+    def on_receive(self, ctx, headers, buf, trailers):
+        for name, value in self.set.items():
+            headers.set(name, value)
+        for name in self.remove:
+            headers.delete(name)
+        for name, value in self.response.items():
+            ctx.add_response_header(name, value)
+        if self.upstream:
+            ctx.upstream = self.upstream
+        return CONTINUE
+
+
+@register_filter("slow")
+class Slow(StreamReceiverFilter):
+    """Sleeps before answering: longer than mosn_timeout in the tests."""
+
+    def __init__(self, config):
+        self.seconds = float(config.get("seconds", 1.0))
+
+    def on_receive(self, ctx, headers, buf, trailers):
+        if headers.get("x-slow", "yes") != "no":
+            time.sleep(self.seconds)
+        return CONTINUE
+
+
+@register_filter("boom")
+class Boom(StreamReceiverFilter):
+    """Raises, as filter code with a bug does."""
+
+    def __init__(self, config):
+        pass
+
+    def on_receive(self, ctx, headers, buf, trailers):
+        raise ValueError("the filter failed on purpose")
+
+
+@register_filter("bad_header")
+class BadHeader(StreamReceiverFilter):
+    """Tries to smuggle CR LF into a request header."""
+
+    def __init__(self, config):
+        self.value = config.get("value", "a\r\nX-Injected: 1")
+
+    def on_receive(self, ctx, headers, buf, trailers):
+        headers.set("x-bad", self.value)
+        return CONTINUE
+
+
+@register_filter("reply")
+class Reply(StreamReceiverFilter):
+    """A hijack reply with status, headers and body from the config."""
+
+    def __init__(self, config):
+        self.status = config.get("status", 200)
+        self.headers = config.get("headers", {})
+        self.body = config.get("body", "")
+
+    def on_receive(self, ctx, headers, buf, trailers):
+        self.handler.send_hijack_reply(self.status, self.headers, self.body)
+        return STOP
+
+
+@register_filter("whoami")
+class WhoAmI(StreamReceiverFilter):
+    """Replies with what the worker sees of itself and the request."""
+
+    def __init__(self, config):
+        pass
+
+    def on_receive(self, ctx, headers, buf, trailers):
+        body = "uid=%d pid=%d method=%s path=%s query=%s headers=%d\n" % (
+            os.getuid(), os.getpid(), ctx.method, ctx.path, ctx.query,
+            len(list(headers.items())))
+        self.handler.send_hijack_reply(200, {"x-worker-pid": str(os.getpid())},
+                                       body)
+        return STOP

@@ -1,0 +1,103 @@
+"""The worked example of MOSN's MOE: routing by uid with the UNIT driver."""
+
+import http.client
+import subprocess
+
+from gateway import SITE_BODY, free_port, sites
+
+EXAMPLE = """
+    upstream s1 { zone s1 64k; server 127.0.0.1:3450; server 127.0.0.1:3451; }
+    upstream s2 { zone s2 64k; server 127.0.0.1:3452; }
+    upstream s3 { zone s3 64k; server 127.0.0.1:3453; }
+    upstream any_site { zone any_site 64k; server 127.0.0.1:3450;
+                        server 127.0.0.1:3452; server 127.0.0.1:3453; }
+    map $mosn_meta_UNIT $site { s1 s1; s2 s2; s3 s3; default any_site; }
+    server {
+        listen 127.0.0.1:%PORT%;
+        %LISTEN2%
+        location / {
+            mosn_filter_chain serverListener;
+            proxy_pass http://$site;
+        }
+    }
+""" + sites([("s1", 3450), ("s1", 3451), ("s2", 3452), ("s3", 3453)])
+
+
+def example(gateway, workers=1, nginx_workers=1, listen2=""):
+    return gateway(EXAMPLE.replace("%LISTEN2%", listen2), workers=workers,
+                   nginx_workers=nginx_workers).start()
+
+
+def session(gw, send):
+    """The curl session of the MOE docs, through send(headers) -> body."""
+    assert send({"uid": "2"}) == "site s1 from 3450"
+    assert send({"uid": "2"}) == "site s1 from 3451"
+    assert send({"uid": "200"}) == "site s2 from 3452"
+    assert send({"uid": "201"}) == "site s3 from 3453"
+    # no usable uid: s1, s2, s3 in turn
+    got = [SITE_BODY.match(send(h)).group(1)
+           for h in ({}, {"uid": "abc"}, {}, {"uid": "abc"}, {}, {})]
+    assert got == ["s1", "s2", "s3", "s1", "s2", "s3"]
+
+
+def test_example_session(gateway):
+    gw = example(gateway)
+    session(gw, lambda h: gw.get("/", h).text)
+
+
+def test_example_two_nginx_two_python_workers(gateway):
+    gw = example(gateway, workers=2, nginx_workers=2)
+    session(gw, lambda h: gw.get("/", h).text)
+    # both Python workers took part
+    stats = gw.region().stats()["consumers"]
+    assert sum(1 for c in stats if c["state"] == "live") == 2
+
+
+def test_example_keepalive(gateway):
+    gw = example(gateway, workers=2, nginx_workers=2)
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+
+    def send(h):
+        conn.request("GET", "/", headers=h)
+        return conn.getresponse().read().decode()
+
+    session(gw, send)
+    conn.close()
+
+
+def test_example_pipelined(gateway):
+    gw = example(gateway)
+    reqs = b"".join(
+        b"GET / HTTP/1.1\r\nHost: x\r\n" + h + b"\r\n"
+        for h in (b"uid: 2\r\n", b"uid: 2\r\n", b"uid: 200\r\n",
+                  b"uid: 201\r\nConnection: close\r\n"))
+    out = gw.raw(reqs).decode()
+    assert SITE_BODY.findall(out) == [("s1", "3450"), ("s1", "3451"),
+                                       ("s2", "3452"), ("s3", "3453")]
+
+
+def test_example_http2_cleartext(gateway):
+    port = free_port()
+    gw = example(gateway, workers=2, nginx_workers=2,
+                 listen2="listen 127.0.0.1:%d http2;" % port)
+
+    def send(h):
+        cmd = ["curl", "-s", "--http2-prior-knowledge",
+               "-w", "\n%{http_version}", "http://127.0.0.1:%d/" % port]
+        for k, v in h.items():
+            cmd += ["-H", "%s: %s" % (k, v)]
+        body, version = subprocess.run(cmd, capture_output=True, text=True,
+                                       timeout=10).stdout.rsplit("\n", 1)
+        assert version == "2"
+        return body
+
+    session(gw, send)
+
+
+def test_uid_edges(gateway):
+    gw = example(gateway)
+    for uid, site in (("1", "s1"), ("100", "s1"), ("101", "s2"),
+                      ("200", "s2"), ("0", "s3"), ("-5", "s3"),
+                      ("9" * 40, "s3"), (" 7 ", "s1")):
+        body = gw.get("/", {"uid": uid}).text
+        assert SITE_BODY.match(body).group(1) == site, (uid, body)

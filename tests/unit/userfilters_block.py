@@ -1,0 +1,13 @@
+"""A user's filter loaded through the top-level "pyworker": {"modules": [...]} block."""
+
+from pyworker import CONTINUE, StreamReceiverFilter, register_filter
+
+
+@register_filter("route_to")
+class RouteTo(StreamReceiverFilter):
+    def __init__(self, config):
+        self.upstream = config["upstream"]
+
+    def on_receive(self, ctx, headers, buf, trailers):
+        ctx.upstream = self.upstream
+        return CONTINUE
