@@ -17,6 +17,7 @@
 
 static ngx_pid_t ngx_http_mosn_spawn(ngx_cycle_t *cycle, char *const *argv,
     int out_fd);
+static char *ngx_http_mosn_prefix(ngx_cycle_t *cycle);
 static void ngx_http_mosn_clean_stale(ngx_log_t *log);
 static ngx_int_t ngx_http_mosn_supervisor_start(ngx_cycle_t *cycle,
     ngx_http_mosn_main_conf_t *mmcf);
@@ -25,13 +26,23 @@ static ngx_int_t ngx_http_mosn_supervisor_start(ngx_cycle_t *cycle,
 static ngx_pid_t  ngx_http_mosn_supervisor = -1;
 
 
-/* fork and exec in a clean state: no nginx fds, no blocked signals */
+/*
+ * fork and exec in a clean state: no nginx fds, no blocked signals, and
+ * the nginx prefix as the working directory, so that relative paths in
+ * the MOSN config mean what they mean in nginx.conf
+ */
 
 static ngx_pid_t
 ngx_http_mosn_spawn(ngx_cycle_t *cycle, char *const *argv, int out_fd)
 {
+    char      *dir;
     ngx_pid_t  pid;
     sigset_t   set;
+
+    dir = ngx_http_mosn_prefix(cycle);
+    if (dir == NULL) {
+        return NGX_INVALID_PID;
+    }
 
     pid = fork();
 
@@ -56,6 +67,12 @@ ngx_http_mosn_spawn(ngx_cycle_t *cycle, char *const *argv, int out_fd)
 
     setsid();
 
+    if (chdir(dir) == -1) {
+        dprintf(STDERR_FILENO, "mosn: chdir(\"%s\") failed: %s\n", dir,
+                strerror(errno));
+        _exit(126);
+    }
+
     /* the listening sockets and log files stay with nginx */
     close_range(3, ~0U, 0);
 
@@ -65,6 +82,29 @@ ngx_http_mosn_spawn(ngx_cycle_t *cycle, char *const *argv, int out_fd)
             strerror(errno));
 
     _exit(127);
+}
+
+
+static char *
+ngx_http_mosn_prefix(ngx_cycle_t *cycle)
+{
+    char  *dir;
+
+    dir = ngx_pnalloc(cycle->pool, cycle->prefix.len + 2);
+    if (dir == NULL) {
+        return NULL;
+    }
+
+    if (cycle->prefix.len == 0) {
+        dir[0] = '.';
+        dir[1] = '\0';
+
+    } else {
+        (void) ngx_cpystrn((u_char *) dir, cycle->prefix.data,
+                           cycle->prefix.len + 1);
+    }
+
+    return dir;
 }
 
 

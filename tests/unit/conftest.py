@@ -6,18 +6,23 @@ import pathlib
 
 import pytest
 
-from pyworker.testing import chain_runner  # noqa: F401  (the fixture, registered by import)
+from pyworker.testing import (
+    chain_runner,
+)  # noqa: F401  (the fixture, registered by import)
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 # MOSN MOE's own mosn.json (with unit_key "uid"), kept outside the project
-MOE_REFERENCE = pathlib.Path(os.environ.get("PYWORKER_MOE_REFERENCE",
-                                            "/work/shared/moe-reference/mosn.json"))
+MOE_REFERENCE = pathlib.Path(
+    os.environ.get(
+        "PYWORKER_MOE_REFERENCE", "/work/shared/moe-reference/mosn.json"
+    )
+)
 
 
 @pytest.fixture
 def moe_reference():
-    """The path of MOE's reference mosn.json; skips where it is not available."""
+    """The path of MOE's reference mosn.json; skips where it is absent."""
     if not MOE_REFERENCE.is_file():
         pytest.skip(f"MOE reference config not found at {MOE_REFERENCE}")
     return MOE_REFERENCE
@@ -37,32 +42,52 @@ def user_modules(monkeypatch):
 
 @pytest.fixture
 def write_config(tmp_path):
-    """Writes a config (a dict, or text as is) to a file and returns its path."""
+    """Writes a config (a dict, or text as is) to a file; its path."""
+
     def write(config, name="mosn.json"):
         path = tmp_path / name
-        path.write_text(config if isinstance(config, str) else json.dumps(config, indent=2))
+        path.write_text(
+            config if isinstance(config, str) else json.dumps(config, indent=2)
+        )
         return path
+
     return write
 
 
 def _gateway(*stream_filters, name="serverListener", **top_level):
-    config = {"servers": [{"listeners": [{"name": name, "stream_filters": list(stream_filters)}]}]}
+    config = {
+        "servers": [
+            {
+                "listeners": [
+                    {"name": name, "stream_filters": list(stream_filters)}
+                ]
+            }
+        ]
+    }
     config.update(top_level)
     return config
 
 
 @pytest.fixture
 def gateway():
-    """``gateway(*stream_filters, name=..., **top_level)``: a minimal MOSN config
-    with one listener running ``stream_filters``."""
+    """``gateway(*stream_filters, name=..., **top_level)``: a minimal MOSN
+    config with one listener running ``stream_filters``."""
     return _gateway
 
 
 @pytest.fixture
 def unit_filter():
-    """``unit_filter(unit_key="uid")``: the metadata filter of the worked example."""
+    """``unit_filter(unit_key="uid")``: the worked example's metadata
+    filter."""
+
     def build(unit_key="uid"):
-        return {"type": "metadata",
-                "config": {"metadataers": [{"meta_data_key": "UNIT",
-                                            "config": {"unit_key": unit_key}}]}}
+        return {
+            "type": "metadata",
+            "config": {
+                "metadataers": [
+                    {"meta_data_key": "UNIT", "config": {"unit_key": unit_key}}
+                ]
+            },
+        }
+
     return build

@@ -1,14 +1,28 @@
-"""The chain: order, STOP, hijack replies, failures, verdict checks, observe."""
+"""The chain: order, STOP, hijack replies, failures, checks, observe."""
 
 import logging
 
 import pytest
 
-from pyworker import CONTINUE, STOP, ConfigError, Context, RequestHeaders, StreamReceiverFilter
+from pyworker import (
+    CONTINUE,
+    STOP,
+    ConfigError,
+    Context,
+    RequestHeaders,
+    StreamReceiverFilter,
+)
 from pyworker.api import StreamSenderFilter
 from pyworker.chain import Chain
-from pyworker.verdict import (ACTION_CONTINUE, ACTION_ERROR, ACTION_REPLY, Limits, Verdict,
-                              VerdictError, check)
+from pyworker.verdict import (
+    ACTION_CONTINUE,
+    ACTION_ERROR,
+    ACTION_REPLY,
+    Limits,
+    Verdict,
+    VerdictError,
+    check,
+)
 
 
 class Record(StreamReceiverFilter):
@@ -48,7 +62,9 @@ class Do(StreamReceiverFilter):
 
 
 def run(chain, headers=(), request_id=1):
-    return chain.run(Context(request_id, listener=chain.name), RequestHeaders(headers))
+    return chain.run(
+        Context(request_id, listener=chain.name), RequestHeaders(headers)
+    )
 
 
 def test_filters_run_in_order_and_make_a_continue_verdict():
@@ -59,7 +75,14 @@ def test_filters_run_in_order_and_make_a_continue_verdict():
         ctx.upstream = "site_s1"
         ctx.add_response_header("x-served-by", "pyworker")
 
-    chain = Chain("c", [("one", Record(log, 1)), ("two", Do(decide)), ("three", Record(log, 3))])
+    chain = Chain(
+        "c",
+        [
+            ("one", Record(log, 1)),
+            ("two", Do(decide)),
+            ("three", Record(log, 3)),
+        ],
+    )
     verdict = run(chain)
     assert log == [1, 3]
     assert verdict.action == ACTION_CONTINUE
@@ -71,7 +94,9 @@ def test_filters_run_in_order_and_make_a_continue_verdict():
 
 def test_stop_ends_the_chain_and_the_request_goes_on():
     log = []
-    chain = Chain("c", [("one", Record(log, 1, STOP)), ("two", Record(log, 2))])
+    chain = Chain(
+        "c", [("one", Record(log, 1, STOP)), ("two", Record(log, 2))]
+    )
     verdict = run(chain)
     assert log == [1]
     assert verdict.action == ACTION_CONTINUE
@@ -79,15 +104,22 @@ def test_stop_ends_the_chain_and_the_request_goes_on():
 
 def test_returning_none_continues():
     log = []
-    chain = Chain("c", [("one", Record(log, 1, None)), ("two", Record(log, 2))])
+    chain = Chain(
+        "c", [("one", Record(log, 1, None)), ("two", Record(log, 2))]
+    )
     run(chain)
     assert log == [1, 2]
 
 
 def test_hijack_reply_ends_the_chain():
     log = []
-    chain = Chain("c", [("deny", Hijack(403, {"x-why": "no"}, "go away\n")),
-                        ("never", Record(log, 2))])
+    chain = Chain(
+        "c",
+        [
+            ("deny", Hijack(403, {"x-why": "no"}, "go away\n")),
+            ("never", Record(log, 2)),
+        ],
+    )
     verdict = run(chain)
     assert log == []
     assert verdict.action == ACTION_REPLY
@@ -98,7 +130,9 @@ def test_hijack_reply_ends_the_chain():
 
 def test_hijack_ends_the_chain_even_if_the_filter_returns_continue():
     log = []
-    chain = Chain("c", [("deny", Hijack(result=CONTINUE)), ("never", Record(log, 2))])
+    chain = Chain(
+        "c", [("deny", Hijack(result=CONTINUE)), ("never", Record(log, 2))]
+    )
     assert run(chain).action == ACTION_REPLY
     assert log == []
 
@@ -107,10 +141,19 @@ def test_hijack_reply_takes_pairs_bytes_and_response_headers():
     def add(ctx, headers):
         ctx.add_response_header("x-trace", "1")
 
-    chain = Chain("c", [("add", Do(add)),
-                        ("reply", Hijack(200, [("x-a", "1"), ("x-a", "2")], b"\xff"))])
+    chain = Chain(
+        "c",
+        [
+            ("add", Do(add)),
+            ("reply", Hijack(200, [("x-a", "1"), ("x-a", "2")], b"\xff")),
+        ],
+    )
     verdict = run(chain)
-    assert verdict.reply_headers == [("x-a", "1"), ("x-a", "2"), ("x-trace", "1")]
+    assert verdict.reply_headers == [
+        ("x-a", "1"),
+        ("x-a", "2"),
+        ("x-trace", "1"),
+    ]
     assert verdict.reply_body == b"\xff"
 
 
@@ -131,13 +174,26 @@ def test_a_hijack_does_not_leak_into_the_next_request():
     assert run(chain).action == ACTION_CONTINUE
 
 
-def test_a_raising_filter_gives_an_error_verdict_and_a_log_with_traceback(caplog):
+def test_a_raising_filter_gives_an_error_verdict_and_a_log_with_traceback(
+    caplog,
+):
     log = []
-    chain = Chain("c", [("first", Record(log, 1)), ("auth", Raise()), ("never", Record(log, 3))])
+    chain = Chain(
+        "c",
+        [
+            ("first", Record(log, 1)),
+            ("auth", Raise()),
+            ("never", Record(log, 3)),
+        ],
+    )
     with caplog.at_level(logging.ERROR, logger="pyworker.filter"):
         verdict = run(chain, request_id=4242)
     assert verdict.action == ACTION_ERROR
-    assert "auth" in verdict.log and "KeyError" in verdict.log and "no such thing" in verdict.log
+    assert (
+        "auth" in verdict.log
+        and "KeyError" in verdict.log
+        and "no such thing" in verdict.log
+    )
     assert log == [1]
     [record] = [r for r in caplog.records if r.name == "pyworker.filter"]
     message = record.getMessage()
@@ -171,7 +227,11 @@ def test_a_refused_verdict_becomes_an_error_naming_chain_and_filter(caplog):
     with caplog.at_level(logging.ERROR, logger="pyworker.filter"):
         verdict = run(chain, request_id=77)
     assert verdict.action == ACTION_ERROR
-    assert "CR" in verdict.log and "edge" in verdict.log and "injector" in verdict.log
+    assert (
+        "CR" in verdict.log
+        and "edge" in verdict.log
+        and "injector" in verdict.log
+    )
     [record] = [r for r in caplog.records if r.name == "pyworker.filter"]
     assert "injector" in record.getMessage() and "77" in record.getMessage()
 
@@ -184,20 +244,35 @@ def test_a_bad_hijack_status_is_refused():
 def test_observe_gets_every_filter_and_its_outcome():
     seen = []
     log = []
-    chain = Chain("c", [("one", Record(log, 1)), ("two", Record(log, 2, STOP)),
-                        ("three", Record(log, 3))],
-                  observe=lambda name, outcome, seconds: seen.append((name, outcome, seconds)))
+    chain = Chain(
+        "c",
+        [
+            ("one", Record(log, 1)),
+            ("two", Record(log, 2, STOP)),
+            ("three", Record(log, 3)),
+        ],
+        observe=lambda name, outcome, seconds: seen.append(
+            (name, outcome, seconds)
+        ),
+    )
     run(chain)
-    assert [(n, o) for n, o, _ in seen] == [("one", "continue"), ("two", "stop")]
+    assert [(n, o) for n, o, _ in seen] == [
+        ("one", "continue"),
+        ("two", "stop"),
+    ]
     assert all(isinstance(s, float) and s >= 0 for _, _, s in seen)
 
     seen.clear()
-    chain = Chain("c", [("r", Hijack())], observe=lambda *a: seen.append(a[:2]))
+    chain = Chain(
+        "c", [("r", Hijack())], observe=lambda *a: seen.append(a[:2])
+    )
     assert run(chain).action == ACTION_REPLY
     assert seen == [("r", "reply")]
 
     seen.clear()
-    chain = Chain("c", [("bad", Raise())], observe=lambda *a: seen.append(a[:2]))
+    chain = Chain(
+        "c", [("bad", Raise())], observe=lambda *a: seen.append(a[:2])
+    )
     assert run(chain).action == ACTION_ERROR
     assert seen == [("bad", "error")]
 
@@ -216,7 +291,9 @@ def test_sender_filters_edit_the_response():
     assert chain.has_senders
     ctx = Context(1)
     ctx.add_response_header("x-from-request-phase", "1")
-    verdict = chain.run_send(ctx, 200, RequestHeaders([("Server", "up"), ("Cache-Control", "max")]))
+    verdict = chain.run_send(
+        ctx, 200, RequestHeaders([("Server", "up"), ("Cache-Control", "max")])
+    )
     assert log == []
     assert verdict.action == ACTION_CONTINUE
     assert verdict.response_remove == ["server"]
@@ -233,7 +310,9 @@ def test_a_raising_sender_gives_an_error_verdict():
         def append(self, ctx, headers, buf, trailers):
             raise RuntimeError("nope")
 
-    verdict = Chain("c", [("bad", Bad())]).run_send(Context(1), 200, RequestHeaders())
+    verdict = Chain("c", [("bad", Bad())]).run_send(
+        Context(1), 200, RequestHeaders()
+    )
     assert verdict.action == ACTION_ERROR and "bad" in verdict.log
 
 
@@ -242,7 +321,9 @@ def test_a_sender_cannot_remove_the_framing():
         def append(self, ctx, headers, buf, trailers):
             headers.delete("Content-Length")
 
-    verdict = Chain("c", [("bad", Bad())]).run_send(Context(1), 200, RequestHeaders())
+    verdict = Chain("c", [("bad", Bad())]).run_send(
+        Context(1), 200, RequestHeaders()
+    )
     assert verdict.action == ACTION_ERROR and "Content-Length" in verdict.log
 
 
@@ -256,14 +337,17 @@ def test_from_stream_filters_reports_key_paths():
         Chain.from_stream_filters("c", {"type": "echo"})
     assert str(err.value).startswith("stream_filters: must be an array")
     with pytest.raises(ConfigError) as err:
-        Chain.from_stream_filters("c", [{"type": "echo"}, "metadata"], path="x.stream_filters")
+        Chain.from_stream_filters(
+            "c", [{"type": "echo"}, "metadata"], path="x.stream_filters"
+        )
     assert str(err.value).startswith("x.stream_filters[1]: ")
     with pytest.raises(ConfigError) as err:
         Chain.from_stream_filters("c", [{"config": {}}])
     assert str(err.value).startswith("stream_filters[0].type: ")
 
 
-# -- verdict.check: every refusal ----------------------------------------------------
+# -- verdict.check: every refusal ---------------------------------------
+
 
 def refused(verdict, limits=Limits()):
     with pytest.raises(VerdictError) as err:
@@ -271,23 +355,48 @@ def refused(verdict, limits=Limits()):
     return err.value.reason
 
 
-@pytest.mark.parametrize("bad, why", [("a\rb", "CR"), ("a\nb", "LF"), ("a\x00b", "NUL"),
-                                      ("\u0100", "U+0100"), ("\U0001f600", "latin-1")])
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        ("a\rb", "CR"),
+        ("a\nb", "LF"),
+        ("a\x00b", "NUL"),
+        ("\u0100", "U+0100"),
+        ("\U0001f600", "latin-1"),
+    ],
+)
 @pytest.mark.parametrize("field", ["request_set", "response_add"])
 def test_refuses_bad_header_values(field, bad, why):
     assert why in refused(Verdict(**{field: [("x-a", bad)]}))
 
 
 def test_refuses_bad_reply_header_values():
-    assert "LF" in refused(Verdict(ACTION_REPLY, 200, reply_headers=[("x-a", "1\n2")]))
+    assert "LF" in refused(
+        Verdict(ACTION_REPLY, 200, reply_headers=[("x-a", "1\n2")])
+    )
 
 
-@pytest.mark.parametrize("name", ["", "x a", "x:a", "x\r", "x\na", "x\x00", "caf\xe9",
-                                  "\u0100", "(x)", "x" * 256])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "x a",
+        "x:a",
+        "x\r",
+        "x\na",
+        "x\x00",
+        "caf\xe9",
+        "\u0100",
+        "(x)",
+        "x" * 256,
+    ],
+)
 def test_refuses_header_names_that_are_not_tokens(name):
     assert repr(name) in refused(Verdict(request_set=[(name, "v")]))
     assert repr(name) in refused(Verdict(request_remove=[name]))
-    assert repr(name) in refused(Verdict(ACTION_REPLY, 200, reply_headers=[(name, "v")]))
+    assert repr(name) in refused(
+        Verdict(ACTION_REPLY, 200, reply_headers=[(name, "v")])
+    )
 
 
 def test_accepts_every_token_character():
@@ -299,7 +408,9 @@ def test_refuses_non_str_headers():
     assert "str" in refused(Verdict(request_remove=[b"x-a"]))
 
 
-@pytest.mark.parametrize("status", [0, 100, 199, 600, 1000, -1, "200", 200.0, True])
+@pytest.mark.parametrize(
+    "status", [0, 100, 199, 600, 1000, -1, "200", 200.0, True]
+)
 def test_refuses_reply_status_out_of_range(status):
     assert "200..599" in refused(Verdict(ACTION_REPLY, status))
 
@@ -311,9 +422,12 @@ def test_accepts_reply_status_in_range(status):
 
 def test_reply_body_limit():
     check(Verdict(ACTION_REPLY, 200, reply_body=b"x" * 65536))
-    assert "65537" in refused(Verdict(ACTION_REPLY, 200, reply_body=b"x" * 65537))
-    assert "over the limit" in refused(Verdict(ACTION_REPLY, 200, reply_body=b"xy"),
-                                       Limits(max_reply_body=1))
+    assert "65537" in refused(
+        Verdict(ACTION_REPLY, 200, reply_body=b"x" * 65537)
+    )
+    assert "over the limit" in refused(
+        Verdict(ACTION_REPLY, 200, reply_body=b"xy"), Limits(max_reply_body=1)
+    )
 
 
 def test_refuses_non_str_metadata():
@@ -340,21 +454,29 @@ def test_refuses_bad_upstream_names(upstream):
     assert "upstream" in refused(Verdict(upstream=upstream))
 
 
-@pytest.mark.parametrize("upstream", ["site_s1", "10.0.0.1:8080", "[::1]:80", "a-b.c"])
+@pytest.mark.parametrize(
+    "upstream", ["site_s1", "10.0.0.1:8080", "[::1]:80", "a-b.c"]
+)
 def test_accepts_upstream_names(upstream):
     check(Verdict(upstream=upstream))
 
 
-@pytest.mark.parametrize("name", ["Host", "content-length", "Transfer-Encoding", "CONNECTION"])
+@pytest.mark.parametrize(
+    "name", ["Host", "content-length", "Transfer-Encoding", "CONNECTION"]
+)
 def test_refuses_editing_the_headers_nginx_owns(name):
-    for verdict in (Verdict(request_set=[(name, "x")]), Verdict(request_remove=[name])):
+    for verdict in (
+        Verdict(request_set=[(name, "x")]),
+        Verdict(request_remove=[name]),
+    ):
         reason = refused(verdict)
         assert name in reason and "nginx owns it" in reason
 
 
 def test_refuses_framing_in_replies_but_allows_host_there():
-    assert "nginx owns it" in refused(Verdict(ACTION_REPLY, 200,
-                                              reply_headers=[("Content-Length", "5")]))
+    assert "nginx owns it" in refused(
+        Verdict(ACTION_REPLY, 200, reply_headers=[("Content-Length", "5")])
+    )
     check(Verdict(response_add=[("Host", "x")]))
 
 
@@ -362,8 +484,10 @@ def test_refuses_too_many_records():
     lines = [(f"x-{i}", "v") for i in range(256)]
     check(Verdict(request_set=lines))
     assert "257 records" in refused(Verdict(request_set=lines, upstream="u"))
-    assert "over the limit of 3" in refused(Verdict(metadata={"a": "1", "b": "2"},
-                                                    request_remove=["c", "d"]), Limits(max_records=3))
+    assert "over the limit of 3" in refused(
+        Verdict(metadata={"a": "1", "b": "2"}, request_remove=["c", "d"]),
+        Limits(max_records=3),
+    )
 
 
 def test_refuses_unknown_actions():
@@ -371,7 +495,17 @@ def test_refuses_unknown_actions():
 
 
 def test_verdict_to_dict_is_json_friendly():
-    verdict = Verdict(ACTION_REPLY, 200, metadata={"unit": "s1"}, reply_headers=[("a", "b")],
-                      reply_body=b"hi")
-    assert verdict.to_dict() == {"action": "REPLY", "status": 200, "metadata": {"unit": "s1"},
-                                 "reply_headers": [["a", "b"]], "reply_body": "hi"}
+    verdict = Verdict(
+        ACTION_REPLY,
+        200,
+        metadata={"unit": "s1"},
+        reply_headers=[("a", "b")],
+        reply_body=b"hi",
+    )
+    assert verdict.to_dict() == {
+        "action": "REPLY",
+        "status": 200,
+        "metadata": {"unit": "s1"},
+        "reply_headers": [["a", "b"]],
+        "reply_body": "hi",
+    }

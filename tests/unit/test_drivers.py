@@ -15,20 +15,51 @@ def unit_driver(config=None):
 
 
 def build(driver, headers):
-    return driver.build_metadata(Context(1), RequestHeaders(headers), None, None)
+    return driver.build_metadata(
+        Context(1), RequestHeaders(headers), None, None
+    )
 
 
-@pytest.mark.parametrize("uid, site", [
-    ("1", "s1"), ("100", "s1"), ("101", "s2"), ("200", "s2"), ("201", "s3"), ("0", "s3"),
-    ("-5", "s3"), (str(10 ** 30), "s3"), (" 7 ", "s1"), ("\t150\t", "s2"), ("+7", "s1"),
-    ("007", "s1"), ("-0", "s3"),
-])
+@pytest.mark.parametrize(
+    "uid, site",
+    [
+        ("1", "s1"),
+        ("100", "s1"),
+        ("101", "s2"),
+        ("200", "s2"),
+        ("201", "s3"),
+        ("0", "s3"),
+        ("-5", "s3"),
+        (str(10**30), "s3"),
+        (" 7 ", "s1"),
+        ("\t150\t", "s2"),
+        ("+7", "s1"),
+        ("007", "s1"),
+        ("-0", "s3"),
+    ],
+)
 def test_unit_maps_uids_to_sites(uid, site):
     assert build(unit_driver(), {"uid": uid}) == site
 
 
-@pytest.mark.parametrize("uid", ["abc", "1e3", "0x10", "1_000", "", " ", "1.0", "+", "--1",
-                                 "1 2", "\u0663", "\xa07", "1" * 65])
+@pytest.mark.parametrize(
+    "uid",
+    [
+        "abc",
+        "1e3",
+        "0x10",
+        "1_000",
+        "",
+        " ",
+        "1.0",
+        "+",
+        "--1",
+        "1 2",
+        "\u0663",
+        "\xa07",
+        "1" * 65,
+    ],
+)
 def test_unit_refuses_what_is_not_a_plain_integer(uid):
     with pytest.raises(ValueError):
         build(unit_driver(), {"uid": uid})
@@ -59,20 +90,37 @@ def test_unit_rejects_a_key_that_is_not_a_string():
 
 
 def test_unit_in_a_chain_follows_the_worked_example(chain_runner):
-    stream_filters = [{"type": "metadata", "config": {"metadataers": [
-        {"meta_data_key": "UNIT", "config": {"unit_key": "uid"}}]}}]
+    stream_filters = [
+        {
+            "type": "metadata",
+            "config": {
+                "metadataers": [
+                    {"meta_data_key": "UNIT", "config": {"unit_key": "uid"}}
+                ]
+            },
+        }
+    ]
     for uid, site in [("2", "s1"), ("200", "s2"), ("201", "s3")]:
-        assert chain_runner(stream_filters, {"uid": uid}).metadata == {"unit": site}
+        assert chain_runner(stream_filters, {"uid": uid}).metadata == {
+            "unit": site
+        }
     assert chain_runner(stream_filters, {}).metadata == {}
     assert chain_runner(stream_filters, {"uid": "abc"}).metadata == {}
 
 
-# -- IDC and ZONE ----------------------------------------------------------------------
+# -- IDC and ZONE -------------------------------------------------------
 
-@pytest.mark.parametrize("driver_class, list_key, default", [
-    (IdcDriver, "idc_env_name_list", "IDC"), (ZoneDriver, "zone_env_name_list", "ZONE")])
-def test_env_drivers_read_the_first_set_variable_once(monkeypatch, driver_class, list_key,
-                                                       default):
+
+@pytest.mark.parametrize(
+    "driver_class, list_key, default",
+    [
+        (IdcDriver, "idc_env_name_list", "IDC"),
+        (ZoneDriver, "zone_env_name_list", "ZONE"),
+    ],
+)
+def test_env_drivers_read_the_first_set_variable_once(
+    monkeypatch, driver_class, list_key, default
+):
     monkeypatch.delenv("TEST_FIRST", raising=False)
     monkeypatch.setenv("TEST_SECOND", "hz-1")
     monkeypatch.setenv("TEST_THIRD", "never")
@@ -106,16 +154,38 @@ def test_env_drivers_refuse_when_nothing_is_set(monkeypatch, driver_class):
 def test_env_drivers_in_a_chain(monkeypatch):
     monkeypatch.setenv("IDC", "HZ")
     monkeypatch.setenv("MY_ZONE", "GZ00A")
-    verdict = run_chain([{"type": "metadata", "config": {"case_sensitive": True, "metadataers": [
-        {"meta_data_key": "IDC"},
-        {"meta_data_key": "ZONE", "config": {"zone_env_name_list": ["MY_ZONE"]}}]}}])
+    verdict = run_chain(
+        [
+            {
+                "type": "metadata",
+                "config": {
+                    "case_sensitive": True,
+                    "metadataers": [
+                        {"meta_data_key": "IDC"},
+                        {
+                            "meta_data_key": "ZONE",
+                            "config": {"zone_env_name_list": ["MY_ZONE"]},
+                        },
+                    ],
+                },
+            }
+        ]
+    )
     assert verdict.metadata == {"IDC": "HZ", "ZONE": "GZ00A"}
 
 
 def test_an_unset_zone_is_a_config_error_naming_the_key(monkeypatch):
     monkeypatch.delenv("ZONE", raising=False)
     with pytest.raises(ConfigError) as err:
-        run_chain([{"type": "metadata", "config": {"metadataers": [{"meta_data_key": "ZONE"}]}}])
+        run_chain(
+            [
+                {
+                    "type": "metadata",
+                    "config": {"metadataers": [{"meta_data_key": "ZONE"}]},
+                }
+            ]
+        )
     assert str(err.value).startswith(
         "stream_filters[0].config.metadataers[0].config: metadata driver 'ZONE' failed to "
-        "initialise: LookupError: none of the environment variables ZONE is set")
+        "initialise: LookupError: none of the environment variables ZONE is set"
+    )

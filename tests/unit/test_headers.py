@@ -10,7 +10,7 @@ from pyworker.testing import run_chain
 
 
 class CountingHeaders(RequestHeaders):
-    """A source that counts how it is read, as the shared-memory one would be."""
+    """A source that counts how it is read, like the shared-memory one."""
 
     __slots__ = ("lookups", "scans")
 
@@ -60,7 +60,9 @@ def test_get_all_returns_a_copy():
 
 
 def test_get_does_one_lookup_and_never_scans():
-    h = CountingHeaders([("Host", "example.com"), ("uid", "7"), ("Accept", "*/*")])
+    h = CountingHeaders(
+        [("Host", "example.com"), ("uid", "7"), ("Accept", "*/*")]
+    )
     assert h.get("uid") == "7"
     assert h.lookups == ["uid"]
     assert h.scans == 0
@@ -123,8 +125,12 @@ def test_edits_are_recorded_in_order():
     h.add("x-two", "2")
     h.delete("a")
     h.add("X-One", "again")
-    assert h.edits == [("set", "X-One", "1"), ("add", "x-two", "2"), ("del", "a", None),
-                       ("add", "X-One", "again")]
+    assert h.edits == [
+        ("set", "X-One", "1"),
+        ("add", "x-two", "2"),
+        ("del", "a", None),
+        ("add", "X-One", "again"),
+    ]
     assert h.items() == [("X-One", "1"), ("x-two", "2"), ("X-One", "again")]
 
 
@@ -203,8 +209,11 @@ def test_chain_turns_edits_into_request_records():
             return 0
 
     from pyworker.chain import Chain
+
     chain = Chain("t", [("edit", Edit())])
-    verdict = chain.run(Context(1), RequestHeaders([("x-gone", "1"), ("x-multi", "a")]))
+    verdict = chain.run(
+        Context(1), RequestHeaders([("x-gone", "1"), ("x-multi", "a")])
+    )
     assert verdict.request_set == [("x-set", "1"), ("x-multi", "a, b")]
     assert verdict.request_remove == ["x-gone"]
 
@@ -213,18 +222,24 @@ def test_chain_turns_edits_into_request_records():
 
 names = st.sampled_from(["a", "A", "b", "B", "c"])
 values = st.text(alphabet="xyz", max_size=2)
-ops = st.lists(st.tuples(st.sampled_from(["set", "add", "del"]), names, values), max_size=8)
+ops = st.lists(
+    st.tuples(st.sampled_from(["set", "add", "del"]), names, values),
+    max_size=8,
+)
 
 
 def apply_records(source, set_lines, removed):
     """What the nginx module does with the records, in any order: the last
     record naming a header wins; a set leaves one line, a remove none."""
     last = {}
-    for kind, name, value in [("set", n, v) for n, v in set_lines] + [("del", n, None)
-                                                                     for n in removed]:
+    for kind, name, value in [("set", n, v) for n, v in set_lines] + [
+        ("del", n, None) for n in removed
+    ]:
         last[name.lower()] = (kind, name, value)
     result = [p for p in source if p[0].lower() not in last]
-    return result + [(name, value) for kind, name, value in last.values() if kind == "set"]
+    return result + [
+        (name, value) for kind, name, value in last.values() if kind == "set"
+    ]
 
 
 def by_name(pairs):
@@ -244,7 +259,10 @@ def test_model(source, edits):
         lname = name.lower()
         if op == "set":
             h.set(name, value)
-            at = next((i for i, p in enumerate(model) if p[0].lower() == lname), len(model))
+            at = next(
+                (i for i, p in enumerate(model) if p[0].lower() == lname),
+                len(model),
+            )
             model = [p for p in model if p[0].lower() != lname]
             model.insert(at, (name, value))
         elif op == "add":

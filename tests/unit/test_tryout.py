@@ -14,13 +14,25 @@ from pyworker.verdict import ACTION_CONTINUE, ACTION_ERROR, ACTION_REPLY
 def two_listeners(write_config, gateway, unit_filter):
     config = gateway(unit_filter("uid"))
     config["servers"][0]["listeners"].append(
-        {"name": "echoListener", "stream_filters": [
-            {"type": "echo", "config": {"status": 418, "body": "teapot\n",
-                                        "header_list": {"x-echo": "1"}}}]})
+        {
+            "name": "echoListener",
+            "stream_filters": [
+                {
+                    "type": "echo",
+                    "config": {
+                        "status": 418,
+                        "body": "teapot\n",
+                        "header_list": {"x-echo": "1"},
+                    },
+                }
+            ],
+        }
+    )
     return write_config(config)
 
 
-# -- check -------------------------------------------------------------------------------
+# -- check --------------------------------------------------------------
+
 
 def test_check_a_good_config(two_listeners, capsys):
     assert check(two_listeners) == 0
@@ -35,22 +47,36 @@ def test_check_requires_the_named_listeners(two_listeners, capsys):
     capsys.readouterr()
     assert check(two_listeners, ["serverListener", "apiListener"]) == 1
     err = capsys.readouterr().err
-    assert "no listener named apiListener" in err and "serverListener, echoListener" in err
+    assert (
+        "no listener named apiListener" in err
+        and "serverListener, echoListener" in err
+    )
 
 
 def test_check_a_broken_config(write_config, gateway, capsys):
-    path = write_config(gateway({"type": "metadata", "config": {"metadataers": [
-        {"meta_data_key": "NOPE"}]}}))
+    path = write_config(
+        gateway(
+            {
+                "type": "metadata",
+                "config": {"metadataers": [{"meta_data_key": "NOPE"}]},
+            }
+        )
+    )
     assert check(path) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {path}: servers[0].listeners[0].stream_filters[0].config."
-                          f"metadataers[0].meta_data_key: unknown metadata driver 'NOPE'")
+    assert err.startswith(
+        f"error: {path}: servers[0].listeners[0].stream_filters[0].config."
+        f"metadataers[0].meta_data_key: unknown metadata driver 'NOPE'"
+    )
 
 
 def test_check_prints_warnings(write_config, gateway, capsys):
     path = write_config(gateway(surprise=True))
     assert check(path) == 0
-    assert f"warning: {path}: surprise: unknown key, ignored" in capsys.readouterr().err
+    assert (
+        f"warning: {path}: surprise: unknown key, ignored"
+        in capsys.readouterr().err
+    )
 
 
 def test_check_the_moe_reference(moe_reference, capsys):
@@ -62,7 +88,12 @@ def test_check_the_moe_reference(moe_reference, capsys):
 
 
 def test_check_the_project_config(project_config, capsys):
-    assert main_check([str(project_config), "-l", "serverListener", "-l", "echoListener"]) == 0
+    assert (
+        main_check(
+            [str(project_config), "-l", "serverListener", "-l", "echoListener"]
+        )
+        == 0
+    )
 
 
 def test_main_check_exit_status(tmp_path, capsys):
@@ -70,9 +101,12 @@ def test_main_check_exit_status(tmp_path, capsys):
     assert "cannot read the config" in capsys.readouterr().err
 
 
-# -- try ---------------------------------------------------------------------------------
+# -- try ----------------------------------------------------------------
 
-@pytest.mark.parametrize("uid, site", [("2", "s1"), ("200", "s2"), ("201", "s3")])
+
+@pytest.mark.parametrize(
+    "uid, site", [("2", "s1"), ("200", "s2"), ("201", "s3")]
+)
 def test_try_the_moe_reference(moe_reference, uid, site):
     verdict = try_request(moe_reference, {"uid": uid})
     assert verdict.action == ACTION_CONTINUE
@@ -87,7 +121,10 @@ def test_try_without_a_uid_leaves_the_unit_unset(moe_reference):
 def test_try_a_named_listener(two_listeners):
     verdict = try_request(two_listeners, {}, listener="echoListener")
     assert verdict.action == ACTION_REPLY and verdict.status == 418
-    assert verdict.reply_headers == [("x-echo", "1")] and verdict.reply_body == b"teapot\n"
+    assert (
+        verdict.reply_headers == [("x-echo", "1")]
+        and verdict.reply_body == b"teapot\n"
+    )
 
 
 def test_try_needs_a_listener_when_there_are_several(two_listeners):
@@ -111,14 +148,26 @@ def test_try_passes_method_path_query_and_body(write_config, gateway):
             pass
 
         def on_receive(self, ctx, headers, buf, trailers):
-            ctx.metadata.update(method=ctx.method, path=ctx.path, query=ctx.query,
-                                body=buf.decode(), listener=ctx.listener)
+            ctx.metadata.update(
+                method=ctx.method,
+                path=ctx.path,
+                query=ctx.query,
+                body=buf.decode(),
+                listener=ctx.listener,
+            )
             return CONTINUE
 
     path = write_config(gateway({"type": "test_echo_request"}))
-    verdict = try_request(path, {}, method="POST", path_="/api/v1?a=1&b=2", body="payload")
-    assert verdict.metadata == {"method": "POST", "path": "/api/v1", "query": "a=1&b=2",
-                                "body": "payload", "listener": "serverListener"}
+    verdict = try_request(
+        path, {}, method="POST", path_="/api/v1?a=1&b=2", body="payload"
+    )
+    assert verdict.metadata == {
+        "method": "POST",
+        "path": "/api/v1",
+        "query": "a=1&b=2",
+        "body": "payload",
+        "listener": "serverListener",
+    }
 
 
 def test_main_try_prints_the_verdict(moe_reference, capsys):
@@ -136,15 +185,25 @@ def test_main_try_notes_driver_errors(moe_reference, capsys):
 def test_main_try_json(two_listeners, capsys):
     assert main_try([str(two_listeners), "-l", "echoListener", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {
-        "action": "REPLY", "status": 418, "metadata": {}, "reply_headers": [["x-echo", "1"]],
-        "reply_body": "teapot\n"}
+        "action": "REPLY",
+        "status": 418,
+        "metadata": {},
+        "reply_headers": [["x-echo", "1"]],
+        "reply_body": "teapot\n",
+    }
 
 
-def test_main_try_exit_status_of_an_error_verdict(write_config, gateway, user_modules, capsys):
-    path = write_config(gateway({"type": "explode", "module": "userfilters_sample"}))
+def test_main_try_exit_status_of_an_error_verdict(
+    write_config, gateway, user_modules, capsys
+):
+    path = write_config(
+        gateway({"type": "explode", "module": "userfilters_sample"})
+    )
     assert main_try([str(path)]) == 1
     out = capsys.readouterr().out
-    assert "verdict: ERROR" in out and "explode raised RuntimeError: boom" in out
+    assert (
+        "verdict: ERROR" in out and "explode raised RuntimeError: boom" in out
+    )
 
 
 def test_main_try_exit_status_of_a_bad_config(tmp_path, two_listeners, capsys):
@@ -160,10 +219,16 @@ def test_main_try_refuses_a_malformed_header(two_listeners):
 
 
 def test_run_chain_matches_try_request(moe_reference):
-    assert run_chain(moe_reference, {"uid": "99"}) == try_request(moe_reference, {"uid": "99"})
+    assert run_chain(moe_reference, {"uid": "99"}) == try_request(
+        moe_reference, {"uid": "99"}
+    )
 
 
-def test_try_an_error_verdict_as_a_function(write_config, gateway, user_modules):
-    path = write_config(gateway({"type": "explode", "module": "userfilters_sample"}))
+def test_try_an_error_verdict_as_a_function(
+    write_config, gateway, user_modules
+):
+    path = write_config(
+        gateway({"type": "explode", "module": "userfilters_sample"})
+    )
     verdict = try_request(path, {})
     assert verdict.action == ACTION_ERROR and "boom" in verdict.log

@@ -1,4 +1,4 @@
-"""A user's filter loaded through the top-level "pyworker": {"modules": [...]} block."""
+"""A user's filter, loaded by the "pyworker": {"modules": [...]} block."""
 
 from pyworker import CONTINUE, StreamReceiverFilter, register_filter
 

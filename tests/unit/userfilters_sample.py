@@ -1,6 +1,12 @@
-"""A user's own filters and driver, loaded through a stream filter's "module" key."""
+"""A user's own filters and driver, loaded by a stream filter's "module"."""
 
-from pyworker import CONTINUE, MetadataDriver, StreamReceiverFilter, register_driver, register_filter
+from pyworker import (
+    CONTINUE,
+    MetadataDriver,
+    StreamReceiverFilter,
+    register_driver,
+    register_filter,
+)
 
 
 @register_filter("tag_request")
