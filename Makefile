@@ -52,10 +52,10 @@ stop:
 	-$(NGINX) -p . -c conf/nginx.conf -s quit
 
 test: setup
-	$(PY) -m pytest tests
+	$(VENV)/bin/pytest tests
 
 test-fast:
-	$(PY) -m pytest tests -m "not slow"
+	$(VENV)/bin/pytest tests -m "not slow"
 
 fuzz: build-l7
 	fuzz/run.sh $(FUZZ_RUNS)

@@ -528,7 +528,8 @@ def test_unknown_driver_lists_the_known_ones(write_config, gateway):
                 },
             }
         ),
-        "servers[0].listeners[0].stream_filters[0].config.metadataers[1].meta_data_key",
+        "servers[0].listeners[0].stream_filters[0].config.metadataers[1]"
+        ".meta_data_key",
         "unknown metadata driver 'REGION'; known drivers: ",
     )
     assert "IDC" in message and "UNIT" in message and "ZONE" in message
@@ -551,9 +552,10 @@ def test_driver_init_failure(write_config, gateway, monkeypatch):
                 },
             }
         ),
-        "servers[0].listeners[0].stream_filters[0].config.metadataers[0].config",
-        "metadata driver 'IDC' failed to initialise: LookupError: none of the environment "
-        "variables NO_SUCH_IDC is set",
+        "servers[0].listeners[0].stream_filters[0].config.metadataers[0]"
+        ".config",
+        "metadata driver 'IDC' failed to initialise: LookupError: none of "
+        "the environment variables NO_SUCH_IDC is set",
     )
 
 

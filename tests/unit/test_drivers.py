@@ -186,6 +186,7 @@ def test_an_unset_zone_is_a_config_error_naming_the_key(monkeypatch):
             ]
         )
     assert str(err.value).startswith(
-        "stream_filters[0].config.metadataers[0].config: metadata driver 'ZONE' failed to "
-        "initialise: LookupError: none of the environment variables ZONE is set"
+        "stream_filters[0].config.metadataers[0].config: metadata driver "
+        "'ZONE' failed to initialise: LookupError: none of the environment "
+        "variables ZONE is set"
     )

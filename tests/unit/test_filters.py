@@ -127,14 +127,15 @@ def test_metadata_finds_drivers_in_any_case():
 
 def test_metadata_config_errors_name_the_key():
     assert build_error([metadata({"meta_data_key": "NOPE"})]).startswith(
-        "stream_filters[0].config.metadataers[0].meta_data_key: unknown metadata driver 'NOPE'"
+        "stream_filters[0].config.metadataers[0].meta_data_key: unknown "
+        "metadata driver 'NOPE'"
     )
     assert "IDC, TEST_INT" in build_error(
         [metadata({"meta_data_key": "NOPE"})]
     )
     assert build_error([metadata(unit(), unit(key="unit"))]).startswith(
-        "stream_filters[0].config.metadataers[1].meta_data_key: metadata key 'unit' is "
-        "configured twice"
+        "stream_filters[0].config.metadataers[1].meta_data_key: metadata "
+        "key 'unit' is configured twice"
     )
     assert build_error([metadata({"meta_data_key": "bad-key"})]).startswith(
         "stream_filters[0].config.metadataers[0].meta_data_key: "
@@ -148,8 +149,8 @@ def test_metadata_config_errors_name_the_key():
         "stream_filters[0].config.metadataers[0].config: must be an object"
     )
     assert build_error([metadata(unit(unit_key=5))]).startswith(
-        "stream_filters[0].config.metadataers[0].config: metadata driver 'UNIT' failed to "
-        "initialise: ValueError"
+        "stream_filters[0].config.metadataers[0].config: metadata driver "
+        "'UNIT' failed to initialise: ValueError"
     )
     assert build_error([metadata(disable="yes")]).startswith(
         "stream_filters[0].config.disable: must be true or false"

@@ -1,0 +1,161 @@
+"""The pool's life with nginx: started by it, replaced when it dies,
+reloaded with it, gone with it."""
+
+import os
+import signal
+import threading
+import time
+
+from gateway import example_mosn, listener, sites, SITE_BODY
+
+ROUTED = """
+    upstream s1 { server 127.0.0.1:3450; }
+    upstream s2 { server 127.0.0.1:3452; }
+    upstream s3 { server 127.0.0.1:3453; }
+    upstream any_site { server 127.0.0.1:3450; }
+    map $mosn_meta_UNIT $site { s1 s1; s2 s2; s3 s3; default any_site; }
+    server {
+        listen 127.0.0.1:%PORT%;
+        mosn_timeout 2s;
+        location / {
+            mosn_filter_chain serverListener;
+            add_header X-Mosn-Status $mosn_status always;
+            proxy_pass http://$site;
+        }
+        location /slow {
+            mosn_filter_chain slowListener;
+            add_header X-Mosn-Status $mosn_status always;
+            proxy_pass http://s1;
+        }
+    }
+""" + sites([("s1", 3450), ("s2", 3452), ("s3", 3453)])
+
+
+def slow_mosn(seconds=0.4, unit_key="uid"):
+    return example_mosn(unit_key=unit_key, extra_listeners=[listener(
+        "slowListener", {"type": "slow", "module": "testfilters",
+                         "config": {"seconds": seconds}})])
+
+
+def site(gw, headers):
+    return SITE_BODY.match(gw.get("/", headers).text).group(1)
+
+
+def wait_for(cond, timeout, step=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(step)
+    return None
+
+
+def test_python_workers_run_as_the_nginx_user(gateway):
+    gw = gateway(ROUTED, mosn=slow_mosn(), workers=2).start()
+    master_uid = os.stat("/proc/%d" % gw.master_pid()).st_uid
+    nginx_uids = {os.stat("/proc/%d" % p).st_uid
+                  for p in gw.nginx_worker_pids()}
+    python_uids = {os.stat("/proc/%d" % p).st_uid for p in gw.python_pids()}
+    assert len(gw.python_pids()) == 2
+    assert python_uids == nginx_uids
+    if master_uid == 0:
+        assert 0 not in python_uids
+    st = os.stat("/dev/shm/" + gw.shm)
+    assert st.st_mode & 0o777 == 0o600
+    assert st.st_uid in nginx_uids
+
+
+def test_killed_python_worker_is_replaced_within_a_second(gateway):
+    gw = gateway(ROUTED, mosn=slow_mosn(), workers=2).start()
+    before = set(gw.python_pids())
+    victim = sorted(before)[0]
+    os.kill(victim, signal.SIGKILL)
+    t0 = time.monotonic()
+    replaced = wait_for(lambda: len(set(gw.python_pids()) - before) == 1
+                        and len(gw.live_workers()) == 2, 1.0)
+    assert replaced, "not replaced within 1 s: %.2fs" % (time.monotonic() - t0)
+    assert site(gw, {"uid": "150"}) == "s2"
+
+
+def test_request_in_flight_on_a_killed_worker_is_requeued(gateway):
+    gw = gateway(ROUTED, mosn=slow_mosn(seconds=0.5), workers=2).start()
+    result = {}
+
+    def call():
+        t0 = time.monotonic()
+        r = gw.get("/slow")
+        result.update(resp=r, took=time.monotonic() - t0)
+
+    t = threading.Thread(target=call)
+    t.start()
+    # find the worker holding it: its consumer has taken one, none done
+    busy = wait_for(lambda: [c for c in gw.region().stats()["consumers"]
+                             if c["state"] == "live"
+                             and c["taken"] > c["completed"]], 1.0)
+    assert busy, "the request was never taken"
+    os.kill(busy[0]["pid"], signal.SIGKILL)
+    t.join(5)
+    r = result["resp"]
+    assert r.status == 200 and r.header("X-Mosn-Status") == "filtered"
+    assert result["took"] < 2.0   # within mosn_timeout: re-queued, not timed out
+    requeued = sum(p["requeued"] for p in gw.region().stats()["producers"])
+    assert requeued >= 1
+    gw.wait_idle()
+
+
+def test_reload_applies_a_new_mosn_config(gateway):
+    gw = gateway(ROUTED, mosn=slow_mosn(), workers=2).start()
+    assert site(gw, {"uid": "150"}) == "s2"
+    old = set(gw.python_pids())
+    gw.write_mosn(slow_mosn(unit_key="userid"))
+    gw.reload()
+    assert wait_for(lambda: not (set(gw.python_pids()) & old)
+                    and len(gw.live_workers()) == 2, 15), gw.error_log()
+    assert site(gw, {"userid": "150"}) == "s2"
+    assert site(gw, {"userid": "250"}) == "s3"
+
+
+def test_reload_with_a_broken_config_keeps_the_old_one(gateway):
+    gw = gateway(ROUTED, mosn=slow_mosn(), workers=1).start()
+    old = set(gw.python_pids())
+    gw.write_mosn("{ broken")
+    gw.reload()
+    time.sleep(1.5)
+    assert "mosn.json" in gw.error_log()
+    assert set(gw.python_pids()) == old
+    assert site(gw, {"uid": "150"}) == "s2"
+
+
+def test_quit_leaves_no_process_and_no_region(gateway):
+    gw = gateway(ROUTED, mosn=slow_mosn(), workers=2).start()
+    assert gw.python_pids() and gw.supervisor_pid()
+    gw.stop()
+    assert not gw.processes()
+    assert not os.path.exists("/dev/shm/" + gw.shm)
+
+
+def test_killed_nginx_worker_is_replaced_and_its_slots_reclaimed(gateway):
+    gw = gateway(ROUTED, mosn=slow_mosn(seconds=0.3), workers=1).start()
+    def call():
+        try:
+            gw.get("/slow")
+        except ConnectionError:
+            pass    # its nginx worker is the one killed
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    assert wait_for(lambda: gw.slots_in_use() >= 1, 1.0)
+    worker = gw.nginx_worker_pids()[0]
+    os.kill(worker, signal.SIGKILL)
+    for t in threads:
+        t.join(5)
+    assert wait_for(lambda: gw.nginx_worker_pids()
+                    and gw.nginx_worker_pids()[0] != worker, 5)
+    gw.wait_ready()
+    assert site(gw, {"uid": "50"}) == "s1"
+    gw.wait_idle(timeout=5)
+    owned = [p for p in gw.region().stats()["producers"]
+             if p["state"] == "owned"]
+    assert [p["pid"] for p in owned] == gw.nginx_worker_pids()
