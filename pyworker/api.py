@@ -1,0 +1,219 @@
+"""The filter API, which stream filters and metadata drivers are written to.
+
+The shape is MOSN's (``mosn.io/api``): receiver filters with
+``on_receive(ctx, headers, buf, trailers)``, sender filters with
+``append(...)``, a handler for hijack replies, metadata drivers with
+``init(config)`` and ``build_metadata(...)``; the names are snake_case.
+
+A filter instance is built once per chain in each worker and then serves
+every request of that chain, one request at a time: keep per-request state
+in ``ctx.vars``, never on the filter.
+"""
+
+CONTINUE = 0
+STOP = 1
+
+
+class ConfigError(Exception):
+    """A configuration that cannot run; raise it from a filter factory or a
+    driver's ``init`` to reject a config with a readable reason.
+
+    ``str()`` is ``"<file>: <key path>: <reason>"``, leaving out the parts
+    not known yet; the config loader fills in the file and the key path.
+    """
+
+    def __init__(self, reason, path="", file=""):
+        super().__init__(reason)
+        self.reason = reason
+        self.path = path
+        self.file = file
+
+    def __str__(self):
+        return ": ".join(
+            part for part in (self.file, self.path, self.reason) if part
+        )
+
+    def located(self, path="", file=""):
+        """This error with ``path`` put before its key path, in ``file``."""
+        return ConfigError(
+            self.reason, join_path(path, self.path), file or self.file
+        )
+
+
+def join_path(outer, inner):
+    """Joins key paths: ("a[0]", "b") -> "a[0].b", ("a", "[1]") -> "a[1]"."""
+    if not outer:
+        return inner
+    if not inner:
+        return outer
+    return outer + inner if inner.startswith("[") else outer + "." + inner
+
+
+def json_type(value):
+    """The JSON name of a parsed value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+class Context:
+    """One request as the filters see it, besides its headers and body.
+
+    ``metadata`` is filled by metadata drivers and exposed by nginx as
+    ``$mosn_meta_<key>``; ``upstream`` (if a filter sets it) as
+    ``$mosn_upstream``; ``response_headers`` are added to the response.
+    """
+
+    __slots__ = (
+        "request_id",
+        "method",
+        "path",
+        "query",
+        "remote_addr",
+        "protocol",
+        "listener",
+        "metadata",
+        "upstream",
+        "response_headers",
+        "vars",
+    )
+
+    def __init__(
+        self,
+        request_id=0,
+        method="GET",
+        path="/",
+        query="",
+        remote_addr="",
+        protocol="HTTP/1.1",
+        listener="",
+    ):
+        self.request_id = request_id
+        self.method = method
+        self.path = path
+        self.query = query
+        self.remote_addr = remote_addr
+        self.protocol = protocol
+        self.listener = listener
+        self.metadata = {}
+        self.upstream = None
+        self.response_headers = []
+        self.vars = {}
+
+    def add_response_header(self, name, value):
+        """Adds a header line to the response sent to the client."""
+        self.response_headers.append((name, value))
+
+    def __repr__(self):
+        return (
+            f"Context(request_id={self.request_id!r}, method={self.method!r}, "
+            f"path={self.path!r}, listener={self.listener!r}, "
+            f"metadata={self.metadata!r}, upstream={self.upstream!r})"
+        )
+
+
+class StreamReceiverFilterHandler:
+    """What a receiver filter can ask of the chain: a direct (hijack) reply.
+
+    One handler serves a chain for its whole life; the chain resets
+    ``hijacked`` before each request.
+    """
+
+    __slots__ = ("hijacked", "status", "headers", "body")
+
+    def __init__(self):
+        self.hijacked = False
+        self.status = 0
+        self.headers = []
+        self.body = b""
+
+    def send_hijack_reply(self, status, headers=None, body=None):
+        """Answers the request directly and ends the chain.
+
+        ``headers``: a dict or an iterable of (name, value) pairs;
+        ``body``: str (sent as UTF-8) or bytes.
+        """
+        if headers is None:
+            pairs = []
+        elif isinstance(headers, dict):
+            pairs = list(headers.items())
+        else:
+            pairs = [tuple(pair) for pair in headers]
+        if body is None:
+            body = b""
+        elif isinstance(body, str):
+            body = body.encode("utf-8")
+        elif isinstance(body, (bytearray, memoryview)):
+            body = bytes(body)
+        elif not isinstance(body, bytes):
+            raise TypeError(
+                "hijack reply body must be str or bytes, not "
+                + type(body).__name__
+            )
+        self.status = status
+        self.headers = pairs
+        self.body = body
+        self.hijacked = True
+
+
+class StreamSenderFilterHandler:
+    """What a sender filter can see of the response besides its headers."""
+
+    __slots__ = ("status",)
+
+    def __init__(self):
+        self.status = 0
+
+
+class StreamReceiverFilter:
+    """Base of request-phase filters (MOSN's StreamReceiverFilter)."""
+
+    __slots__ = ()
+    handler = None
+
+    def set_receive_handler(self, handler):
+        self.handler = handler
+
+    def on_receive(self, ctx, headers, buf, trailers):
+        """Reads or edits the request; returns CONTINUE or STOP."""
+        return CONTINUE
+
+
+class StreamSenderFilter:
+    """Base of response-phase filters (MOSN's StreamSenderFilter)."""
+
+    __slots__ = ()
+    send_handler = None
+
+    def set_send_handler(self, handler):
+        self.send_handler = handler
+
+    def append(self, ctx, headers, buf, trailers):
+        """Reads or edits the response headers; returns CONTINUE or STOP."""
+        return CONTINUE
+
+
+class MetadataDriver:
+    """Computes one metadata value per request for the ``metadata`` filter.
+
+    ``init(config)`` runs once when the config is loaded (raise to reject
+    it); ``build_metadata(...)`` returns the value as a str, or raises (the
+    key is then left unset and the request goes on), or returns None to
+    leave the key unset without counting an error.
+    """
+
+    def init(self, config):
+        pass
+
+    def build_metadata(self, ctx, headers, buf, trailers):
+        raise NotImplementedError

@@ -1,0 +1,348 @@
+"""Runs a listener's stream filters over one request and makes its verdict.
+
+This is the per-request hot path: no closures or logging on the success
+path, one try around the loop, the handler reused from request to request.
+A chain serves one request at a time (one chain per worker process).
+"""
+
+import copy
+import logging
+import time
+
+from pyworker import registry
+from pyworker.api import (STOP, ConfigError, StreamReceiverFilter,
+                          StreamReceiverFilterHandler, StreamSenderFilter,
+                          StreamSenderFilterHandler, join_path, json_type)
+from pyworker.verdict import (ACTION_CONTINUE, ACTION_ERROR, ACTION_REPLY,
+                              DEFAULT_LIMITS, Verdict, VerdictError, check)
+
+_filter_log = logging.getLogger("pyworker.filter")
+_MAX_LOG = 1024  # the verdict's log record stays well inside a slot
+
+
+class Chain:
+    """The filters of one listener, built once, run for every request.
+
+    ``filters`` are (name, filter) pairs in order; the name is the filter's
+    type and appears in logs and metrics. A filter with ``on_receive`` runs
+    in the request phase, one with ``append`` in the response phase.
+    ``observe(filter_name, outcome, seconds)``, if given, is called after
+    every filter with outcome "continue", "stop", "reply" or "error".
+    """
+
+    __slots__ = ("name", "filters", "limits", "has_senders", "_receivers",
+                 "_receiver_names", "_senders", "_sender_names", "_handler",
+                 "_send_handler", "_observe")
+
+    def __init__(
+        self, name, filters=(), *, observe=None, limits=DEFAULT_LIMITS
+    ):
+        self.name = name
+        self.filters = tuple(filters)
+        self.limits = limits
+        self._observe = observe
+        self._handler = StreamReceiverFilterHandler()
+        self._send_handler = StreamSenderFilterHandler()
+        receivers, senders = [], []
+        for filter_name, filt in self.filters:
+            if not (is_receiver(filt) or is_sender(filt)):
+                raise TypeError(
+                    f"filter {filter_name!r}: {filt!r} has neither "
+                    f"on_receive nor append"
+                )
+            if is_receiver(filt):
+                setter = getattr(filt, "set_receive_handler", None)
+                if setter is not None:
+                    setter(self._handler)
+                receivers.append((filter_name, filt))
+            if is_sender(filt):
+                setter = getattr(filt, "set_send_handler", None)
+                if setter is not None:
+                    setter(self._send_handler)
+                senders.append((filter_name, filt))
+        self._receivers = tuple(filt for _, filt in receivers)
+        self._receiver_names = tuple(name for name, _ in receivers)
+        self._senders = tuple(filt for _, filt in senders)
+        self._sender_names = tuple(name for name, _ in senders)
+        self.has_senders = bool(senders)
+
+    @classmethod
+    def from_stream_filters(
+        cls,
+        name,
+        stream_filters,
+        *,
+        path="stream_filters",
+        observe=None,
+        limits=DEFAULT_LIMITS,
+    ):
+        """Builds the chain of a listener's MOSN ``stream_filters`` list.
+
+        Raises ConfigError naming the key path (``path`` is its prefix).
+        """
+        if not isinstance(stream_filters, list):
+            raise ConfigError(
+                f"must be an array of stream filters, not "
+                f"{json_type(stream_filters)}",
+                path,
+            )
+        built = [
+            build_filter(entry, f"{path}[{i}]")
+            for i, entry in enumerate(stream_filters)
+        ]
+        try:
+            return cls(name, built, observe=observe, limits=limits)
+        except Exception as exc:
+            raise ConfigError(
+                f"cannot attach the filters: {type(exc).__name__}: {exc}", path
+            ) from exc
+
+    def __repr__(self):
+        return f"Chain({self.name!r}, {[name for name, _ in self.filters]!r})"
+
+    # -- request phase -------------------------------------------------
+
+    def run(self, ctx, headers, buf=None, trailers=None):
+        """Runs the receiver filters over one request; returns its Verdict."""
+        if self._observe is not None:
+            return self._run_observed(ctx, headers, buf, trailers)
+        handler = self._handler
+        handler.hijacked = False
+        filt = None
+        try:
+            for filt in self._receivers:
+                if (
+                    filt.on_receive(ctx, headers, buf, trailers) == STOP
+                    or handler.hijacked
+                ):
+                    break
+        except Exception as exc:
+            return self._failed(ctx, filt, exc)
+        return self._finish(ctx, headers, filt)
+
+    def _run_observed(self, ctx, headers, buf, trailers):
+        observe = self._observe
+        clock = time.perf_counter
+        handler = self._handler
+        handler.hijacked = False
+        filt = None
+        for filt, name in zip(self._receivers, self._receiver_names):
+            start = clock()
+            try:
+                status = filt.on_receive(ctx, headers, buf, trailers)
+            except Exception as exc:
+                observe(name, "error", clock() - start)
+                return self._failed(ctx, filt, exc)
+            if handler.hijacked:
+                observe(name, "reply", clock() - start)
+                break
+            if status == STOP:
+                observe(name, "stop", clock() - start)
+                break
+            observe(name, "continue", clock() - start)
+        return self._finish(ctx, headers, filt)
+
+    def _finish(self, ctx, headers, last):
+        handler = self._handler
+        if handler.hijacked:
+            reply_headers = handler.headers
+            if ctx.response_headers:
+                reply_headers = reply_headers + ctx.response_headers
+            verdict = Verdict(ACTION_REPLY, handler.status, ctx.upstream,
+                              ctx.metadata, [], [], [], reply_headers,
+                              handler.body)
+        else:
+            if headers.edits:
+                request_set, request_remove = headers.to_records()
+            else:
+                request_set, request_remove = [], []
+            verdict = Verdict(ACTION_CONTINUE, 0, ctx.upstream, ctx.metadata,
+                              request_set, request_remove,
+                              ctx.response_headers)
+        try:
+            check(verdict, self.limits)
+        except VerdictError as exc:
+            return self._refused(
+                ctx, last, exc, self._receivers, self._receiver_names
+            )
+        return verdict
+
+    # -- response phase ------------------------------------------------
+
+    def run_send(self, ctx, status, headers):
+        """Runs the sender filters over the upstream's response headers.
+
+        Edits of ``headers`` become ``response_set``/``response_remove``,
+        lines added with ``ctx.add_response_header`` in this phase become
+        ``response_add``.
+        """
+        self._send_handler.status = status
+        added_before = len(ctx.response_headers)
+        observe = self._observe
+        filt = None
+        try:
+            if observe is None:
+                for filt in self._senders:
+                    if filt.append(ctx, headers, None, None) == STOP:
+                        break
+            else:
+                clock = time.perf_counter
+                for filt, name in zip(self._senders, self._sender_names):
+                    start = clock()
+                    try:
+                        outcome = filt.append(ctx, headers, None, None)
+                    except Exception:
+                        observe(name, "error", clock() - start)
+                        raise
+                    observe(
+                        name,
+                        "stop" if outcome == STOP else "continue",
+                        clock() - start,
+                    )
+                    if outcome == STOP:
+                        break
+        except Exception as exc:
+            return self._failed(ctx, filt, exc)
+        response_set, response_remove = (
+            headers.to_records() if headers.edits else ([], [])
+        )
+        verdict = Verdict(
+            ACTION_CONTINUE,
+            response_add=ctx.response_headers[added_before:],
+            response_set=response_set,
+            response_remove=response_remove,
+        )
+        try:
+            check(verdict, self.limits)
+        except VerdictError as exc:
+            return self._refused(
+                ctx, filt, exc, self._senders, self._sender_names
+            )
+        return verdict
+
+    # -- failures (off the hot path) ------------------------------------
+
+    def _name_of(self, filt):
+        for candidate, name in zip(
+            self._receivers + self._senders,
+            self._receiver_names + self._sender_names,
+        ):
+            if candidate is filt:
+                return name
+        return "-"
+
+    def _failed(self, ctx, filt, exc):
+        name = self._name_of(filt)
+        request_id = getattr(ctx, "request_id", None)
+        _filter_log.error(
+            "filter %s raised on request %s (chain %s): %s: %s",
+            name, request_id, self.name, type(exc).__name__, exc,
+            exc_info=exc,
+            extra={"filter_name": name, "request_id": request_id,
+                   "chain": self.name},
+        )
+        return Verdict(
+            ACTION_ERROR,
+            log=_clip(f"filter {name} raised {type(exc).__name__}: {exc}"),
+        )
+
+    def _refused(self, ctx, last, exc, filters, names):
+        # which filter made the bad edit is not tracked (that would cost every
+        # request); name the filters that ran, the last one first
+        ran = names[: filters.index(last) + 1] if last in filters else ()
+        last_name = ran[-1] if ran else "-"
+        request_id = getattr(ctx, "request_id", None)
+        _filter_log.error(
+            "verdict refused on request %s (chain %s, last filter %s, "
+            "filters run: %s): %s",
+            request_id, self.name, last_name, ", ".join(ran) or "-",
+            exc.reason,
+            extra={"filter_name": last_name, "request_id": request_id,
+                   "chain": self.name},
+        )
+        return Verdict(
+            ACTION_ERROR,
+            log=_clip(
+                f"verdict refused (chain {self.name}, last filter "
+                f"{last_name}): {exc.reason}"
+            ),
+        )
+
+
+def build_filter(entry, path=""):
+    """(type name, filter) from one ``stream_filters`` entry:
+    ``{"type": ..., "config": {...}, "module": "optional.module.to.import"}``.
+    """
+    if not isinstance(entry, dict):
+        raise ConfigError(
+            f'a stream filter must be an object with a "type", not '
+            f"{json_type(entry)}",
+            path,
+        )
+    module = entry.get("module")
+    if module is not None:
+        try:
+            registry.import_module(module)
+        except Exception as exc:
+            raise ConfigError(
+                f"cannot import module {module!r}: "
+                f"{type(exc).__name__}: {exc}",
+                join_path(path, "module"),
+            ) from exc
+    type_name = entry.get("type")
+    if not isinstance(type_name, str) or not type_name:
+        raise ConfigError(
+            f"the filter type must be a non-empty string, not "
+            f"{json_type(type_name)}",
+            join_path(path, "type"),
+        )
+    try:
+        factory = registry.get_filter(type_name)
+    except registry.NotRegisteredError as exc:
+        raise ConfigError(str(exc), join_path(path, "type")) from None
+    config = entry.get("config")
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise ConfigError(
+            f"must be an object, not {json_type(config)}",
+            join_path(path, "config"),
+        )
+    try:
+        # a copy: a factory editing its config must not change config_dump
+        filt = factory(copy.deepcopy(config))
+    except ConfigError as exc:
+        raise exc.located(join_path(path, "config")) from None
+    except Exception as exc:
+        raise ConfigError(
+            f"filter {type_name!r} rejected its config: "
+            f"{type(exc).__name__}: {exc}",
+            join_path(path, "config"),
+        ) from exc
+    if not (is_receiver(filt) or is_sender(filt)):
+        raise ConfigError(
+            f"filter {type_name!r}: its factory returned {filt!r}, which "
+            f"has neither on_receive nor append",
+            join_path(path, "type"),
+        )
+    return type_name, filt
+
+
+def is_receiver(filt):
+    """Has a request-phase method of its own (not just the base's no-op)."""
+    method = getattr(type(filt), "on_receive", None)
+    return callable(method) and method is not StreamReceiverFilter.on_receive
+
+
+def is_sender(filt):
+    """Has a response-phase method of its own (not just the base's no-op)."""
+    method = getattr(type(filt), "append", None)
+    return (
+        callable(method)
+        and method is not StreamSenderFilter.append
+        and not isinstance(filt, list)
+    )
+
+
+def _clip(text):
+    return text if len(text) <= _MAX_LOG else text[: _MAX_LOG - 3] + "..."

@@ -1,0 +1,162 @@
+"""Run filter chains without nginx, from a filter's own tests.
+
+    from pyworker.testing import run_chain
+
+    def test_vip_users_go_to_s1():
+        verdict = run_chain("conf/mosn.json", {"uid": "7"},
+                            listener="serverListener")
+        assert verdict.metadata == {"unit": "s1"}
+
+The ``chain_runner`` fixture does the same, keeps the last request's
+context and headers for assertions, and loads each config file once.
+"""
+
+import os
+
+from pyworker.api import Context
+from pyworker.chain import Chain
+from pyworker.config import GatewayConfig, from_dict, load
+from pyworker.headers import RequestHeaders
+
+try:
+    import pytest
+except ImportError:  # the runtime does not need pytest
+    pytest = None
+
+
+def run_chain(
+    config_or_path,
+    headers=(),
+    listener=None,
+    method="GET",
+    path="/",
+    query="",
+    body=None,
+    *,
+    remote_addr="127.0.0.1",
+    protocol="HTTP/1.1",
+    request_id=1,
+):
+    """Runs one request through a chain and returns the Verdict.
+
+    ``config_or_path``: a config file path, a parsed MOSN config (dict), a
+    GatewayConfig, a Chain, or a bare ``stream_filters`` list.
+    ``listener`` may be left out when the config has one listener.
+    ``headers``: a dict, (name, value) pairs or a RequestHeaders.
+    """
+    return _run(
+        _chain_of(config_or_path, listener),
+        headers,
+        method,
+        path,
+        query,
+        body,
+        remote_addr,
+        protocol,
+        request_id,
+    )[0]
+
+
+def _run(
+    chain,
+    headers,
+    method,
+    path,
+    query,
+    body,
+    remote_addr,
+    protocol,
+    request_id,
+):
+    if not isinstance(headers, RequestHeaders):
+        headers = RequestHeaders(headers)
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    ctx = Context(
+        request_id, method, path, query, remote_addr, protocol, chain.name
+    )
+    return chain.run(ctx, headers, body), ctx, headers
+
+
+def _chain_of(config_or_path, listener):
+    if isinstance(config_or_path, Chain):
+        return config_or_path
+    if isinstance(config_or_path, list):
+        return Chain.from_stream_filters(listener or "test", config_or_path)
+    if isinstance(config_or_path, dict):
+        config = from_dict(config_or_path)
+    elif isinstance(config_or_path, GatewayConfig):
+        config = config_or_path
+    else:
+        config = load(config_or_path)
+    return select_chain(config, listener)
+
+
+def select_chain(config, listener=None):
+    """The chain of ``listener``, or the only one; else a LookupError
+    naming the choices."""
+    if listener is None:
+        if len(config.chains) == 1:
+            return next(iter(config.chains.values()))
+        raise LookupError(
+            f"{config.path}: several listeners ({', '.join(config.chains)}); "
+            f"name one"
+        )
+    try:
+        return config.chains[listener]
+    except KeyError:
+        raise LookupError(
+            f"{config.path}: no listener named {listener!r}; listeners: "
+            f"{', '.join(config.chains)}"
+        ) from None
+
+
+class ChainRunner:
+    """``runner(config_or_path, headers, ...)`` like run_chain; config files
+    are loaded once; ``context`` and ``headers`` are those of the last run."""
+
+    def __init__(self):
+        self.context = None
+        self.headers = None
+        self._configs = {}
+
+    def __call__(
+        self,
+        config_or_path,
+        headers=(),
+        listener=None,
+        method="GET",
+        path="/",
+        query="",
+        body=None,
+        *,
+        remote_addr="127.0.0.1",
+        protocol="HTTP/1.1",
+        request_id=1,
+    ):
+        if isinstance(config_or_path, (str, os.PathLike)):
+            key = os.path.abspath(config_or_path)
+            if key not in self._configs:
+                self._configs[key] = load(config_or_path)
+            config_or_path = self._configs[key]
+        chain = _chain_of(config_or_path, listener)
+        verdict, self.context, self.headers = _run(
+            chain,
+            headers,
+            method,
+            path,
+            query,
+            body,
+            remote_addr,
+            protocol,
+            request_id,
+        )
+        return verdict
+
+
+if pytest is not None:
+
+    @pytest.fixture
+    def chain_runner():
+        """Runs requests through chains without nginx (see ChainRunner)."""
+        return ChainRunner()
