@@ -17,6 +17,12 @@ static ngx_int_t ngx_http_mosn_finish(ngx_http_request_t *r,
 static ngx_int_t ngx_http_mosn_fallback(ngx_http_request_t *r,
     ngx_http_mosn_ctx_t *ctx, ngx_http_mosn_loc_conf_t *mlcf,
     ngx_uint_t why);
+static ngx_int_t ngx_http_mosn_read_body(ngx_http_request_t *r,
+    ngx_http_mosn_ctx_t *ctx, ngx_http_mosn_loc_conf_t *mlcf);
+static void ngx_http_mosn_body_read(ngx_http_request_t *r);
+static ngx_int_t ngx_http_mosn_oversize(ngx_http_request_t *r,
+    ngx_http_mosn_ctx_t *ctx, ngx_http_mosn_loc_conf_t *mlcf,
+    ngx_uint_t status, const char *what);
 static ngx_int_t ngx_http_mosn_header_filter(ngx_http_request_t *r);
 
 static ngx_int_t ngx_http_mosn_upstream_variable(ngx_http_request_t *r,
@@ -137,6 +143,20 @@ static ngx_command_t  ngx_http_mosn_commands[] = {
       offsetof(ngx_http_mosn_loc_conf_t, oversize),
       "fallback" },
 
+    { ngx_string("mosn_request_body"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_mosn_loc_conf_t, body),
+      NULL },
+
+    { ngx_string("mosn_max_body"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_mosn_loc_conf_t, max_body),
+      NULL },
+
     { ngx_string("mosn_max_headers"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_num_slot,
@@ -232,6 +252,10 @@ ngx_http_mosn_handler(ngx_http_request_t *r)
     if (ctx != NULL) {
         switch (ctx->state) {
 
+        case 0:
+            /* back from reading the body */
+            break;
+
         case NGX_HTTP_MOSN_WAITING:
             return NGX_AGAIN;
 
@@ -243,27 +267,36 @@ ngx_http_mosn_handler(ngx_http_request_t *r)
             /* an internal redirect: filtered once is enough */
             return NGX_DECLINED;
         }
+
+    } else {
+        if (mlcf->chain.len == 0) {
+            return NGX_DECLINED;
+        }
+
+        ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_mosn_ctx_t));
+        if (ctx == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        cln = ngx_pool_cleanup_add(r->pool, 0);
+        if (cln == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        cln->handler = ngx_http_mosn_cleanup;
+        cln->data = ctx;
+
+        ctx->request = r;
+        ngx_http_set_ctx(r, ctx, ngx_http_mosn_module);
     }
 
-    if (mlcf->chain.len == 0) {
-        return NGX_DECLINED;
+    if (mlcf->body && !ctx->body_done) {
+        rc = ngx_http_mosn_read_body(r, ctx, mlcf);
+
+        if (rc != NGX_OK) {
+            return rc;
+        }
     }
-
-    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_mosn_ctx_t));
-    if (ctx == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    cln->handler = ngx_http_mosn_cleanup;
-    cln->data = ctx;
-
-    ctx->request = r;
-    ngx_http_set_ctx(r, ctx, ngx_http_mosn_module);
 
     if (ngx_http_mosn_ring_ready(r->connection->log) != NGX_OK) {
         ctx->state = NGX_HTTP_MOSN_APPLIED;
@@ -279,21 +312,18 @@ ngx_http_mosn_handler(ngx_http_request_t *r)
     }
 
     if (rc == NGX_HTTP_REQUEST_HEADER_TOO_LARGE) {
-        ctx->state = NGX_HTTP_MOSN_APPLIED;
+        return ngx_http_mosn_oversize(r, ctx, mlcf,
+                                      NGX_HTTP_REQUEST_HEADER_TOO_LARGE,
+                                      "request headers do not fit in a slot "
+                                      "(see mosn_slot_size, "
+                                      "mosn_max_headers)");
+    }
 
-        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                      "mosn: request headers do not fit in a slot "
-                      "(%ui headers; see mosn_slot_size, mosn_max_headers)",
-                      r->headers_in.headers.part.nelts);
-
-        if (mlcf->oversize == NGX_HTTP_MOSN_OVERSIZE_FALLBACK) {
-            return ngx_http_mosn_fallback(r, ctx, mlcf,
-                                          NGX_HTTP_MOSN_FALLBACK);
-        }
-
-        ctx->status = NGX_HTTP_MOSN_FALLBACK;
-
-        return ngx_http_mosn_send_status(r, mlcf->oversize, NULL);
+    if (rc == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE) {
+        return ngx_http_mosn_oversize(r, ctx, mlcf,
+                                      NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                      "the request body does not fit in a "
+                                      "slot (see mosn_slot_size)");
     }
 
     if (rc != NGX_OK) {
@@ -313,6 +343,93 @@ ngx_http_mosn_handler(ngx_http_request_t *r)
     r->write_event_handler = ngx_http_request_empty_handler;
 
     return NGX_AGAIN;
+}
+
+
+/*
+ * The body is read before the request goes to the filters, as in
+ * lua-nginx-module's access phase: the post handler balances the count
+ * taken by ngx_http_read_client_request_body() and resumes the phases
+ * if the body came late.
+ */
+
+static ngx_int_t
+ngx_http_mosn_read_body(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
+    ngx_http_mosn_loc_conf_t *mlcf)
+{
+    ngx_int_t  rc;
+
+    if (r->headers_in.content_length_n > (off_t) mlcf->max_body) {
+        return ngx_http_mosn_oversize(r, ctx, mlcf,
+                                      NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                      "the request body is larger than "
+                                      "mosn_max_body");
+    }
+
+    if (r->headers_in.content_length_n <= 0 && !r->headers_in.chunked) {
+        ctx->body_done = 1;
+        return NGX_OK;
+    }
+
+    r->request_body_in_single_buf = 1;
+
+    rc = ngx_http_read_client_request_body(r, ngx_http_mosn_body_read);
+
+    if (rc == NGX_ERROR || rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    if (!ctx->body_done) {
+        ctx->body_waiting = 1;
+        return NGX_DONE;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_mosn_body_read(ngx_http_request_t *r)
+{
+    ngx_http_mosn_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_mosn_module);
+
+    r->main->count--;
+
+    if (ctx == NULL) {
+        return;
+    }
+
+    ctx->body_done = 1;
+
+    if (ctx->body_waiting) {
+        ctx->body_waiting = 0;
+        r->write_event_handler = ngx_http_core_run_phases;
+        ngx_http_core_run_phases(r);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_mosn_oversize(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
+    ngx_http_mosn_loc_conf_t *mlcf, ngx_uint_t status, const char *what)
+{
+    ctx->state = NGX_HTTP_MOSN_APPLIED;
+
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0, "mosn: %s", what);
+
+    if (mlcf->oversize == NGX_HTTP_MOSN_OVERSIZE_FALLBACK) {
+        return ngx_http_mosn_fallback(r, ctx, mlcf, NGX_HTTP_MOSN_FALLBACK);
+    }
+
+    ctx->status = NGX_HTTP_MOSN_FALLBACK;
+
+    if (mlcf->oversize != NGX_HTTP_MOSN_OVERSIZE_AUTO) {
+        status = mlcf->oversize;
+    }
+
+    return ngx_http_mosn_send_status(r, status, NULL);
 }
 
 
@@ -681,6 +798,8 @@ ngx_http_mosn_create_loc_conf(ngx_conf_t *cf)
     mlcf->fallback = NGX_CONF_UNSET;
     mlcf->oversize = NGX_CONF_UNSET;
     mlcf->max_headers = NGX_CONF_UNSET_UINT;
+    mlcf->body = NGX_CONF_UNSET;
+    mlcf->max_body = NGX_CONF_UNSET_SIZE;
 
     return mlcf;
 }
@@ -709,8 +828,10 @@ ngx_http_mosn_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->fallback, prev->fallback,
                          NGX_HTTP_MOSN_FALLBACK_CONTINUE);
     ngx_conf_merge_value(conf->oversize, prev->oversize,
-                         NGX_HTTP_REQUEST_HEADER_TOO_LARGE);
+                         NGX_HTTP_MOSN_OVERSIZE_AUTO);
     ngx_conf_merge_uint_value(conf->max_headers, prev->max_headers, 100);
+    ngx_conf_merge_value(conf->body, prev->body, 0);
+    ngx_conf_merge_size_value(conf->max_body, prev->max_body, 65536);
 
     if (conf->chain.len == 0) {
         return NGX_CONF_OK;

@@ -18,6 +18,7 @@
 #define NGX_HTTP_MOSN_FALLBACK_CONTINUE   0
 
 #define NGX_HTTP_MOSN_OVERSIZE_FALLBACK   0
+#define NGX_HTTP_MOSN_OVERSIZE_AUTO       1
 
 /* $mosn_status */
 #define NGX_HTTP_MOSN_NONE                0
@@ -51,6 +52,8 @@ typedef struct {
     ngx_int_t                 fallback;      /* 0: continue, or a status */
     ngx_int_t                 oversize;      /* 0: fallback, or a status */
     ngx_uint_t                max_headers;
+    ngx_flag_t                body;          /* request body to filters */
+    size_t                    max_body;
 } ngx_http_mosn_loc_conf_t;
 
 
@@ -71,6 +74,9 @@ typedef struct {
     ngx_str_t                 upstream;
     ngx_uint_t                action;
     ngx_uint_t                reply_status;
+
+    unsigned                  body_done:1;
+    unsigned                  body_waiting:1;
 } ngx_http_mosn_ctx_t;
 
 

@@ -434,9 +434,14 @@ static ngx_int_t
 ngx_http_mosn_write_request(ngx_http_request_t *r,
     ngx_http_mosn_loc_conf_t *mlcf, mosn_slot_t *slot)
 {
+    off_t                       size;
     size_t                      need, room;
+    ssize_t                     n2;
     u_char                     *base, *p;
-    ngx_str_t                   empty, *addr;
+    ngx_buf_t                  *b;
+    ngx_str_t                  *addr;
+    ngx_uint_t                  body;
+    ngx_chain_t                *cl;
     mosn_req_t                 *req;
     ngx_uint_t                  i, n;
     ngx_list_part_t            *part;
@@ -478,13 +483,26 @@ ngx_http_mosn_write_request(ngx_http_request_t *r,
         return NGX_HTTP_REQUEST_HEADER_TOO_LARGE;
     }
 
+    body = 0;
+
+    if (mlcf->body && r->request_body && r->request_body->bufs) {
+        body = 1;
+        size = 0;
+
+        for (cl = r->request_body->bufs; cl; cl = cl->next) {
+            size += ngx_buf_size(cl->buf);
+        }
+
+        if (size > (off_t) mlcf->max_body || need + size > room) {
+            return NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
+        }
+    }
+
     base = slot->data;
     req = (mosn_req_t *) base;
     ngx_memzero(req, sizeof(mosn_req_t));
 
     req->nheaders = (uint32_t) n;
-
-    ngx_str_null(&empty);
 
     p = base + sizeof(mosn_req_t);
     p = ngx_http_mosn_put(base, p, &req->field[MOSN_REQ_CHAIN], &mlcf->chain);
@@ -495,7 +513,6 @@ ngx_http_mosn_write_request(ngx_http_request_t *r,
     p = ngx_http_mosn_put(base, p, &req->field[MOSN_REQ_ADDR], addr);
     p = ngx_http_mosn_put(base, p, &req->field[MOSN_REQ_PROTOCOL],
                           &r->http_protocol);
-    p = ngx_http_mosn_put(base, p, &req->field[MOSN_REQ_BODY], &empty);
 
     req->field[MOSN_REQ_HEADERS].off = (uint32_t) (p - base);
     req->field[MOSN_REQ_HEADERS].len =
@@ -527,6 +544,32 @@ ngx_http_mosn_write_request(ngx_http_request_t *r,
         p = ngx_cpymem(p, h[i].key.data, h[i].key.len);
         p = ngx_cpymem(p, h[i].value.data, h[i].value.len);
     }
+
+    req->field[MOSN_REQ_BODY].off = (uint32_t) (p - base);
+
+    if (body) {
+        req->flags |= MOSN_REQ_F_BODY;
+
+        for (cl = r->request_body->bufs; cl; cl = cl->next) {
+            b = cl->buf;
+
+            if (b->in_file) {
+                n2 = ngx_read_file(b->file, p, b->file_last - b->file_pos,
+                                   b->file_pos);
+                if (n2 != b->file_last - b->file_pos) {
+                    return NGX_ERROR;
+                }
+
+                p += n2;
+
+            } else {
+                p = ngx_cpymem(p, b->pos, b->last - b->pos);
+            }
+        }
+    }
+
+    req->field[MOSN_REQ_BODY].len = (uint32_t) (p - base)
+                                    - req->field[MOSN_REQ_BODY].off;
 
     req->len = (uint32_t) (p - base);
     slot->req_len = req->len;

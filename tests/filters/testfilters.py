@@ -93,3 +93,20 @@ class WhoAmI(StreamReceiverFilter):
         self.handler.send_hijack_reply(200, {"x-worker-pid": str(os.getpid())},
                                        body)
         return STOP
+
+
+@register_filter("body_digest")
+class BodyDigest(StreamReceiverFilter):
+    """Tells the upstream how much body the filter saw, and its digest."""
+
+    def __init__(self, config):
+        pass
+
+    def on_receive(self, ctx, headers, buf, trailers):
+        import hashlib
+        if buf is None:
+            headers.set("x-filter-body", "none")
+        else:
+            headers.set("x-filter-body", "%d:%s" % (
+                len(buf), hashlib.sha256(buf).hexdigest()[:16]))
+        return CONTINUE

@@ -54,7 +54,7 @@ def write_config(tmp_path):
     return write
 
 
-def _gateway(*stream_filters, name="serverListener", **top_level):
+def _mosn_config(*stream_filters, name="serverListener", **top_level):
     config = {
         "servers": [
             {
@@ -69,10 +69,10 @@ def _gateway(*stream_filters, name="serverListener", **top_level):
 
 
 @pytest.fixture
-def gateway():
-    """``gateway(*stream_filters, name=..., **top_level)``: a minimal MOSN
+def mosn_config():
+    """``mosn_config(*stream_filters, name=..., **top_level)``: a minimal MOSN
     config with one listener running ``stream_filters``."""
-    return _gateway
+    return _mosn_config
 
 
 @pytest.fixture

@@ -82,8 +82,8 @@ def test_moe_reference_loads_with_admin_on_loopback(moe_reference):
     assert run_chain(config, {"uid": "150"}).metadata == {"unit": "s2"}
 
 
-def test_bind_any_keeps_every_interface(gateway):
-    raw = gateway(
+def test_bind_any_keeps_every_interface(mosn_config):
+    raw = mosn_config(
         admin={
             "address": {
                 "socket_address": {"address": "0.0.0.0", "port_value": 1}
@@ -99,8 +99,8 @@ def test_bind_any_keeps_every_interface(gateway):
     assert config.warnings == []
 
 
-def test_ipv6_any_becomes_ipv6_loopback(gateway):
-    raw = gateway(
+def test_ipv6_any_becomes_ipv6_loopback(mosn_config):
+    raw = mosn_config(
         admin={
             "address": {"socket_address": {"address": "::", "port_value": 1}}
         }
@@ -120,20 +120,20 @@ def test_ipv6_any_becomes_ipv6_loopback(gateway):
         ("warn", 30),
     ],
 )
-def test_mosn_log_levels(gateway, mosn, level):
-    raw = gateway()
+def test_mosn_log_levels(mosn_config, mosn, level):
+    raw = mosn_config()
     raw["servers"][0]["default_log_level"] = mosn
     assert from_dict(raw).log_level == level
 
 
-def test_defaults_without_logs_admin_or_metrics(gateway):
-    config = from_dict(gateway())
+def test_defaults_without_logs_admin_or_metrics(mosn_config):
+    config = from_dict(mosn_config())
     assert config.log_path is None and config.log_level == logging.INFO
     assert config.admin is None and config.metrics.prometheus is None
 
 
-def test_pprof_is_accepted_and_unknown_keys_warn(gateway, caplog):
-    raw = gateway(
+def test_pprof_is_accepted_and_unknown_keys_warn(mosn_config, caplog):
+    raw = mosn_config(
         pprof={"debug": True, "port_value": 34902},
         cluster_manager={},
         surprise=1,
@@ -145,23 +145,23 @@ def test_pprof_is_accepted_and_unknown_keys_warn(gateway, caplog):
     assert from_dict(raw, log_warnings=False).warnings  # reported, not logged
 
 
-def test_unknown_keys_of_a_stream_filter_warn(gateway):
-    config = from_dict(gateway({"type": "echo", "confg": {}}))
+def test_unknown_keys_of_a_stream_filter_warn(mosn_config):
+    config = from_dict(mosn_config({"type": "echo", "confg": {}}))
     assert config.warnings == [
         "<dict>: servers[0].listeners[0].stream_filters[0].confg: "
         "unknown key, ignored"
     ]
 
 
-def test_other_sinks_are_ignored_with_a_warning(gateway):
+def test_other_sinks_are_ignored_with_a_warning(mosn_config):
     config = from_dict(
-        gateway(metrics={"sinks": [{"type": "statsd", "config": {}}]})
+        mosn_config(metrics={"sinks": [{"type": "statsd", "config": {}}]})
     )
     assert config.metrics.prometheus is None
     assert "metrics.sinks[0].type" in config.warnings[0]
 
 
-def test_every_chain_is_built_at_load(gateway):
+def test_every_chain_is_built_at_load(mosn_config):
     built = []
 
     from pyworker import StreamReceiverFilter, register_filter
@@ -174,7 +174,7 @@ def test_every_chain_is_built_at_load(gateway):
         def on_receive(self, ctx, headers, buf, trailers):
             pass
 
-    raw = gateway({"type": "test_counts_builds", "config": {"n": 1}})
+    raw = mosn_config({"type": "test_counts_builds", "config": {"n": 1}})
     raw["servers"][0]["listeners"].append(
         {
             "name": "other",
@@ -188,9 +188,9 @@ def test_every_chain_is_built_at_load(gateway):
 
 
 def test_the_pyworker_modules_block_is_imported_before_the_chains(
-    gateway, user_modules
+    mosn_config, user_modules
 ):
-    raw = gateway(
+    raw = mosn_config(
         {"type": "route_to", "config": {"upstream": "site_s3"}},
         pyworker={"modules": ["userfilters_block"]},
     )
@@ -199,8 +199,8 @@ def test_the_pyworker_modules_block_is_imported_before_the_chains(
     assert run_chain(config).upstream == "site_s3"
 
 
-def test_config_dump_redacts_secrets_only(gateway):
-    raw = gateway(
+def test_config_dump_redacts_secrets_only(mosn_config):
+    raw = mosn_config(
         {
             "type": "metadata",
             "config": {
@@ -251,8 +251,8 @@ def test_config_dump_redacts_secrets_only(gateway):
     )
 
 
-def test_from_dict_does_not_share_the_callers_dict(gateway):
-    raw = gateway()
+def test_from_dict_does_not_share_the_callers_dict(mosn_config):
+    raw = mosn_config()
     config = from_dict(raw)
     raw["servers"].clear()
     assert config.raw["servers"]
@@ -285,7 +285,7 @@ def test_a_directory_is_not_a_config(tmp_path):
         load(tmp_path)
 
 
-def test_not_utf8(write_config, tmp_path):
+def test_not_utf8(tmp_path):
     path = tmp_path / "latin.json"
     path.write_bytes(b'{"servers": "\xff"}')
     with pytest.raises(ConfigError, match="not UTF-8"):
@@ -504,20 +504,20 @@ def test_wrong_types_and_values(write_config, config, key_path, reason):
     assert reason in message, message
 
 
-def test_unknown_filter_type_lists_the_known_ones(write_config, gateway):
+def test_unknown_filter_type_lists_the_known_ones(write_config, mosn_config):
     message = assert_error(
         write_config,
-        gateway({"type": "echo"}, {"type": "metadta"}),
+        mosn_config({"type": "echo"}, {"type": "metadta"}),
         "servers[0].listeners[0].stream_filters[1].type",
         "unknown filter type 'metadta'; known types: ",
     )
     assert "echo" in message and "metadata" in message
 
 
-def test_unknown_driver_lists_the_known_ones(write_config, gateway):
+def test_unknown_driver_lists_the_known_ones(write_config, mosn_config):
     message = assert_error(
         write_config,
-        gateway(
+        mosn_config(
             {
                 "type": "metadata",
                 "config": {
@@ -535,11 +535,11 @@ def test_unknown_driver_lists_the_known_ones(write_config, gateway):
     assert "IDC" in message and "UNIT" in message and "ZONE" in message
 
 
-def test_driver_init_failure(write_config, gateway, monkeypatch):
+def test_driver_init_failure(write_config, mosn_config, monkeypatch):
     monkeypatch.delenv("NO_SUCH_IDC", raising=False)
     assert_error(
         write_config,
-        gateway(
+        mosn_config(
             {
                 "type": "metadata",
                 "config": {
@@ -589,36 +589,37 @@ def test_no_listeners(write_config, config, key_path):
     assert "listeners" in message
 
 
-def test_module_import_failure(write_config, gateway, user_modules):
+def test_module_import_failure(write_config, mosn_config, user_modules):
     assert_error(
         write_config,
-        gateway(pyworker={"modules": ["userfilters_block", "nope_nope"]}),
+        mosn_config(pyworker={"modules": ["userfilters_block", "nope_nope"]}),
         "pyworker.modules[1]",
         "cannot import module 'nope_nope': ModuleNotFoundError",
     )
     assert_error(
         write_config,
-        gateway({"type": "tag_request", "module": "nope_nope"}),
+        mosn_config({"type": "tag_request", "module": "nope_nope"}),
         "servers[0].listeners[0].stream_filters[0].module",
         "cannot import module 'nope_nope'",
     )
 
 
 def test_a_filter_config_error_gets_the_file_and_full_path(
-    write_config, gateway
+    write_config, mosn_config
 ):
     assert_error(
         write_config,
-        gateway({"type": "echo"}, {"type": "echo", "config": {"status": 700}}),
+        mosn_config({"type": "echo"},
+                    {"type": "echo", "config": {"status": 700}}),
         "servers[0].listeners[0].stream_filters[1].config.status",
         "must be 0 (off) or an HTTP status in 200..599, not 700",
     )
 
 
 def test_the_error_is_a_single_line_for_a_relative_path(
-    write_config, gateway, monkeypatch, tmp_path
+    write_config, mosn_config, monkeypatch, tmp_path
 ):
-    write_config(gateway({"type": "nope"}))
+    write_config(mosn_config({"type": "nope"}))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError) as err:
         load("mosn.json")

@@ -11,8 +11,8 @@ from pyworker.verdict import ACTION_CONTINUE, ACTION_ERROR, ACTION_REPLY
 
 
 @pytest.fixture
-def two_listeners(write_config, gateway, unit_filter):
-    config = gateway(unit_filter("uid"))
+def two_listeners(write_config, mosn_config, unit_filter):
+    config = mosn_config(unit_filter("uid"))
     config["servers"][0]["listeners"].append(
         {
             "name": "echoListener",
@@ -53,9 +53,9 @@ def test_check_requires_the_named_listeners(two_listeners, capsys):
     )
 
 
-def test_check_a_broken_config(write_config, gateway, capsys):
+def test_check_a_broken_config(write_config, mosn_config, capsys):
     path = write_config(
-        gateway(
+        mosn_config(
             {
                 "type": "metadata",
                 "config": {"metadataers": [{"meta_data_key": "NOPE"}]},
@@ -70,8 +70,8 @@ def test_check_a_broken_config(write_config, gateway, capsys):
     )
 
 
-def test_check_prints_warnings(write_config, gateway, capsys):
-    path = write_config(gateway(surprise=True))
+def test_check_prints_warnings(write_config, mosn_config, capsys):
+    path = write_config(mosn_config(surprise=True))
     assert check(path) == 0
     assert (
         f"warning: {path}: surprise: unknown key, ignored"
@@ -139,7 +139,7 @@ def test_try_a_broken_config_raises(write_config):
         try_request(write_config("{"), {})
 
 
-def test_try_passes_method_path_query_and_body(write_config, gateway):
+def test_try_passes_method_path_query_and_body(write_config, mosn_config):
     from pyworker import CONTINUE, StreamReceiverFilter, register_filter
 
     @register_filter("test_echo_request")
@@ -157,7 +157,7 @@ def test_try_passes_method_path_query_and_body(write_config, gateway):
             )
             return CONTINUE
 
-    path = write_config(gateway({"type": "test_echo_request"}))
+    path = write_config(mosn_config({"type": "test_echo_request"}))
     verdict = try_request(
         path, {}, method="POST", path_="/api/v1?a=1&b=2", body="payload"
     )
@@ -194,10 +194,10 @@ def test_main_try_json(two_listeners, capsys):
 
 
 def test_main_try_exit_status_of_an_error_verdict(
-    write_config, gateway, user_modules, capsys
+    write_config, mosn_config, user_modules, capsys
 ):
     path = write_config(
-        gateway({"type": "explode", "module": "userfilters_sample"})
+        mosn_config({"type": "explode", "module": "userfilters_sample"})
     )
     assert main_try([str(path)]) == 1
     out = capsys.readouterr().out
@@ -225,10 +225,10 @@ def test_run_chain_matches_try_request(moe_reference):
 
 
 def test_try_an_error_verdict_as_a_function(
-    write_config, gateway, user_modules
+    write_config, mosn_config, user_modules
 ):
     path = write_config(
-        gateway({"type": "explode", "module": "userfilters_sample"})
+        mosn_config({"type": "explode", "module": "userfilters_sample"})
     )
     verdict = try_request(path, {})
     assert verdict.action == ACTION_ERROR and "boom" in verdict.log
