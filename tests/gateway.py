@@ -90,10 +90,17 @@ class Gateway:
         self.write_mosn(self.mosn)
         self.conf_path = os.path.join(self.prefix, "conf", "nginx.conf")
         self.http = http
+        self.site_ports = {}
         self.main = main
         self.nginx_workers = nginx_workers
         self.write_conf()
         self.started = False
+
+    def site_port(self, label):
+        label = str(label)
+        if label not in self.site_ports:
+            self.site_ports[label] = free_port()
+        return self.site_ports[label]
 
     # -- configuration -----------------------------------------------------
 
@@ -106,6 +113,9 @@ class Gateway:
 
     def write_conf(self):
         body = self.http.replace("%PORT%", str(self.port))
+        # %P3450% is "the port that stands for 3450 in this test"
+        body = re.sub(r"%P(\d+)%", lambda m: str(self.site_port(m.group(1))),
+                      body)
         conf = textwrap.dedent("""\
             load_module %(module)s;
             worker_processes %(nworkers)d;
@@ -320,10 +330,11 @@ def listener(name, *filters):
 
 
 def sites(ports):
-    """nginx servers answering like the example's demo sites."""
+    """nginx servers answering like the example's demo sites; each listens
+    on the free port standing for its label (%P3450% in upstreams)."""
     out = []
     for site, port in ports:
-        out.append('server { listen 127.0.0.1:%d; '
+        out.append('server { listen 127.0.0.1:%%P%d%%; '
                    'return 200 "site %s from %d"; }' % (port, site, port))
     return "\n".join(out)
 

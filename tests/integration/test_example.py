@@ -6,11 +6,11 @@ import subprocess
 from gateway import SITE_BODY, free_port, sites
 
 EXAMPLE = """
-    upstream s1 { zone s1 64k; server 127.0.0.1:3450; server 127.0.0.1:3451; }
-    upstream s2 { zone s2 64k; server 127.0.0.1:3452; }
-    upstream s3 { zone s3 64k; server 127.0.0.1:3453; }
-    upstream any_site { zone any_site 64k; server 127.0.0.1:3450;
-                        server 127.0.0.1:3452; server 127.0.0.1:3453; }
+    upstream s1 { zone s1 64k; server 127.0.0.1:%P3450%; server 127.0.0.1:%P3451%; }
+    upstream s2 { zone s2 64k; server 127.0.0.1:%P3452%; }
+    upstream s3 { zone s3 64k; server 127.0.0.1:%P3453%; }
+    upstream any_site { zone any_site 64k; server 127.0.0.1:%P3450%;
+                        server 127.0.0.1:%P3452%; server 127.0.0.1:%P3453%; }
     map $mosn_meta_UNIT $site { s1 s1; s2 s2; s3 s3; default any_site; }
     server {
         listen 127.0.0.1:%PORT%;
@@ -101,3 +101,28 @@ def test_uid_edges(gateway):
                       ("9" * 40, "s3"), (" 7 ", "s1")):
         body = gw.get("/", {"uid": uid}).text
         assert SITE_BODY.match(body).group(1) == site, (uid, body)
+
+
+def test_the_shipped_example_config(gateway):
+    """conf/nginx.conf and conf/mosn.json as shipped, on their own ports."""
+    import os
+    import re as re_
+    from gateway import MODULE, PYTHON, ROOT
+    gw = gateway("")
+    conf = open(os.path.join(ROOT, "conf", "nginx.conf")).read()
+    conf = conf.replace("load_module output/", "load_module %s/" %
+                        os.path.dirname(MODULE))
+    conf = re_.sub(r"mosn_python\s+\S+;", "mosn_python %s;" % PYTHON, conf)
+    conf = re_.sub(r"mosn_shm_name\s+\S+;", "mosn_shm_name %s;" % gw.shm,
+                   conf)
+    open(gw.conf_path, "w").write(conf)
+    mosn = open(os.path.join(ROOT, "conf", "mosn.json")).read()
+    gw.write_mosn(mosn)
+    gw.port = 2990
+    gw.workers, gw.nginx_workers = 2, 2
+    gw.start()
+    session(gw, lambda h: gw.get("/", h).text)
+    r = gw.get("/echo")
+    assert r.text == "hello from echo\n" and r.header("x-mosn-echo") == "1"
+    access = open(gw.prefix + "/logs/access.log").read()
+    assert re_.search(r"mosn=filtered cost=\d+us unit=s1 id=\d+", access)

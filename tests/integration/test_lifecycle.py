@@ -9,10 +9,10 @@ import time
 from gateway import example_mosn, listener, sites, SITE_BODY
 
 ROUTED = """
-    upstream s1 { server 127.0.0.1:3450; }
-    upstream s2 { server 127.0.0.1:3452; }
-    upstream s3 { server 127.0.0.1:3453; }
-    upstream any_site { server 127.0.0.1:3450; }
+    upstream s1 { server 127.0.0.1:%P3450%; }
+    upstream s2 { server 127.0.0.1:%P3452%; }
+    upstream s3 { server 127.0.0.1:%P3453%; }
+    upstream any_site { server 127.0.0.1:%P3450%; }
     map $mosn_meta_UNIT $site { s1 s1; s2 s2; s3 s3; default any_site; }
     server {
         listen 127.0.0.1:%PORT%;

@@ -1,0 +1,90 @@
+"""The ring's C core on its own: the C stress test (normal and chaos) and
+the verdict decoder under libFuzzer, both built from the tree."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+CLOSING = re.compile(r"^(\d+) passed, (\d+) failed$")
+
+
+def run(args, timeout, **kw):
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+@pytest.fixture(scope="module")
+def ring_stress():
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler")
+    built = run([os.path.join(ROOT, "shm_ring", "tests", "build.sh")], 120)
+    assert built.returncode == 0, built.stderr
+    return built.stdout.strip().splitlines()[-1]
+
+
+def check_closing(out):
+    lines = out.stdout.strip().splitlines()
+    assert lines, out.stderr
+    m = CLOSING.match(lines[-1])
+    assert m, "no closing line:\n" + out.stdout + out.stderr
+    assert int(m.group(2)) == 0, out.stdout
+    assert int(m.group(1)) > 0
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "FAIL" not in out.stdout
+    return out.stdout
+
+
+def test_ring_stress(ring_stress):
+    out = run([ring_stress, "--producers", "2", "--consumers", "2",
+               "--requests", "30000", "--timeout", "60"], 90)
+    check_closing(out)
+
+
+def test_ring_stress_small_ring(ring_stress):
+    # two slots: the ring is full nearly all the time
+    out = run([ring_stress, "--producers", "3", "--consumers", "2",
+               "--requests", "10000", "--slots", "2", "--timeout", "60"], 90)
+    check_closing(out)
+
+
+def test_ring_stress_chaos(ring_stress):
+    out = run([ring_stress, "--chaos", "--producers", "2", "--consumers",
+               "3", "--requests", "40000", "--slots", "16", "--seed", "7",
+               "--timeout", "60"], 90)
+    text = check_closing(out)
+    assert "consumers killed with -9" in text
+    assert "was reaped" in text
+
+
+@pytest.mark.skipif(shutil.which("clang") is None, reason="no clang")
+def test_verdict_fuzz_short():
+    out = run([os.path.join(ROOT, "fuzz", "run.sh"), "20000"], 240,
+              env=dict(os.environ, PYTHON=sys.executable))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert re.search(r"verdict_fuzz: \d+ executions .* no finding",
+                     out.stdout), out.stdout
+
+
+def test_fuzz_corpus_c_and_python_agree():
+    """The C decoder and the pure-Python reference refuse the same
+    verdicts, for the same reason, over the fuzzer's corpus."""
+    try:
+        from shm_ring import _ring
+    except ImportError:
+        pytest.skip("the Cython binding is not built")
+    from shm_ring import codec
+    corpus = os.path.join(ROOT, "build", "fuzz", "corpus")
+    if not os.path.isdir(corpus):
+        pytest.skip("no fuzz corpus yet")
+    names = sorted(os.listdir(corpus))
+    for name in names:
+        with open(os.path.join(corpus, name), "rb") as f:
+            data = f.read()
+        assert _ring.validate_verdict(data) == codec.validate_verdict(data), \
+            name

@@ -1,0 +1,162 @@
+"""Faults under load: Python workers killed or stopped, nginx reloaded or
+its worker killed.  Every request must be answered, filtered or by the
+fallback, within the timeout; afterwards no slot stays in use."""
+
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from gateway import example_mosn, listener, sites
+from load import Load, request_times
+
+pytestmark = pytest.mark.slow
+
+TIMEOUT = 0.3
+
+FAULT = """
+    log_format timed '$status $request_time $mosn_status';
+    upstream s1 { server 127.0.0.1:%P3450%; keepalive 16; }
+    upstream s2 { server 127.0.0.1:%P3452%; keepalive 16; }
+    upstream s3 { server 127.0.0.1:%P3453%; keepalive 16; }
+    upstream any_site { server 127.0.0.1:%P3450%; keepalive 16; }
+    map $mosn_meta_UNIT $site { s1 s1; s2 s2; s3 s3; default any_site; }
+    server {
+        listen 127.0.0.1:%PORT%;
+        access_log logs/timed.log timed;
+        mosn_timeout 300ms;
+        location / {
+            mosn_filter_chain l;
+            add_header X-Mosn-Status $mosn_status always;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass http://$site;
+        }
+    }
+""" + sites([("s1", 3450), ("s2", 3452), ("s3", 3453)])
+
+
+def fault_mosn(work=0.004):
+    """UNIT routing plus a few ms of work, so requests are in flight."""
+    return example_mosn(extra_listeners=[listener(
+        "l",
+        {"type": "slow", "module": "testfilters", "config": {"seconds": work}},
+        {"type": "metadata", "config": {"metadataers": [
+            {"meta_data_key": "UNIT", "config": {"unit_key": "uid"}}]}})])
+
+
+def check_answered(gw, load, allow_fallback=True):
+    assert not load.errors, load.errors[:5]
+    assert load.results, "no request was made"
+    statuses = load.statuses()
+    assert all(status == 200 for status, _ in statuses), statuses
+    if not allow_fallback:
+        assert set(m for _, m in statuses) == {"filtered"}, statuses
+    # server side: nobody waited for longer than the timeout and 50 ms
+    times = request_times(gw)
+    slowest = max(rt for _, rt, _ in times)
+    assert slowest <= TIMEOUT + 0.05, (slowest, statuses)
+    return statuses
+
+
+def wait_for(cond, timeout, step=0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return False
+
+
+def test_kill_a_python_worker_every_two_seconds(gateway):
+    gw = gateway(FAULT, mosn=fault_mosn(), workers=2).start()
+    rng = random.Random(7)
+    replaced = []
+    with Load(gw.port, threads=6) as load:
+        for _ in range(15):                     # 30 s
+            time.sleep(2 - 0.2)
+            before = set(gw.python_pids())
+            victim = rng.choice(sorted(before))
+            os.kill(victim, signal.SIGKILL)
+            t0 = time.monotonic()
+            assert wait_for(lambda: len(set(gw.python_pids()) - before) == 1
+                            and len(gw.live_workers()) == 2, 1.0), \
+                "worker not replaced within 1 s"
+            replaced.append(time.monotonic() - t0)
+    statuses = check_answered(gw, load)
+    stats = gw.region().stats()
+    requeued = sum(p["requeued"] for p in stats["producers"])
+    print("replaced in max %.3fs; %r; requeued %d" % (
+        max(replaced), statuses, requeued))
+    assert requeued > 0, "no in-flight request was re-queued"
+    gw.wait_idle()
+
+
+def test_stopped_python_workers_take_the_fallback(gateway):
+    gw = gateway("mosn_slots 16;\n" + FAULT, mosn=fault_mosn(), workers=2)
+    gw.start()
+    workers = gw.python_pids()
+    with Load(gw.port, threads=6) as load:
+        time.sleep(1)
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(3)
+        stopped = list(load.results)
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+        t0 = time.monotonic()
+        # filtering again within a second
+        assert wait_for(lambda: load.results[-1][2] == "filtered", 1.0)
+        resumed = time.monotonic() - t0
+        time.sleep(1)
+    statuses = check_answered(gw, load)
+    during = [m for _, _, m in stopped[len(stopped) // 2:]]
+    # the ring filled: most of the stopped time took the fallback at once
+    assert "fallback" in during and "timeout" in set(m for _, m in statuses)
+    fast = [t for s, t, m in stopped if m == "fallback"]
+    assert fast and sorted(fast)[len(fast) // 2] < 0.05
+    print("statuses %r, filtering again after %.3fs" % (statuses, resumed))
+    gw.wait_idle()
+
+
+def test_ten_reloads_under_load(gateway):
+    gw = gateway(FAULT, mosn=fault_mosn(), workers=2, nginx_workers=2).start()
+    generations = []
+    with Load(gw.port, threads=6) as load:
+        for _ in range(10):
+            generations.append(set(gw.python_pids()))
+            gw.reload()
+            time.sleep(1.2)
+        # the last roll finishes
+        assert wait_for(lambda: len(gw.live_workers()) == 2
+                        and not set(gw.python_pids()) & set().union(
+                            *generations[:-1]), 20)
+    statuses = check_answered(gw, load)
+    # old and new nginx workers never shared a channel
+    owned = [p for p in gw.region().stats()["producers"]
+             if p["state"] == "owned"]
+    assert sorted(p["pid"] for p in owned) == sorted(gw.nginx_worker_pids())
+    print("reloads: %r" % statuses)
+    gw.wait_idle(timeout=10)
+
+
+def test_kill_an_nginx_worker_under_load(gateway):
+    gw = gateway(FAULT, mosn=fault_mosn(), workers=1, nginx_workers=2)
+    gw.start()
+    with Load(gw.port, threads=6) as load:
+        time.sleep(1)
+        victim = gw.nginx_worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        assert wait_for(lambda: len(gw.nginx_worker_pids()) == 2
+                        and victim not in gw.nginx_worker_pids(), 5)
+        time.sleep(2)
+    # the killed worker's clients saw their connections drop; nothing else
+    assert len(load.errors) <= 6, load.errors
+    assert all(s == 200 for s, _ in load.statuses())
+    gw.wait_ready()
+    gw.wait_idle(timeout=5)
+    owned = [p for p in gw.region().stats()["producers"]
+             if p["state"] == "owned"]
+    assert sorted(p["pid"] for p in owned) == sorted(gw.nginx_worker_pids())

@@ -1,0 +1,85 @@
+"""A bounded load on loopback for fault tests: a few threads, each with a
+keep-alive connection, for a fixed time; every exchange is recorded."""
+
+import http.client
+import threading
+import time
+
+
+class Load:
+    def __init__(self, port, threads=6, path="/", headers_for=None):
+        self.port = port
+        self.threads = threads
+        self.path = path
+        self.headers_for = headers_for or (lambda i: {"uid": str(i % 250)})
+        self.results = []        # (status, seconds, mosn_status)
+        self.errors = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._workers = []
+
+    def _run(self, n):
+        conn = None
+        i = n
+        while not self._stop.is_set():
+            i += self.threads
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port,
+                                                      timeout=10)
+                t0 = time.monotonic()
+                conn.request("GET", self.path, headers=self.headers_for(i))
+                resp = conn.getresponse()
+                resp.read()
+                took = time.monotonic() - t0
+                with self._lock:
+                    self.results.append((resp.status, took,
+                                         resp.getheader("X-Mosn-Status")))
+                if resp.getheader("connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException) as exc:
+                with self._lock:
+                    self.errors.append(repr(exc))
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.01)
+        if conn is not None:
+            conn.close()
+
+    def start(self):
+        for n in range(self.threads):
+            t = threading.Thread(target=self._run, args=(n,), daemon=True)
+            t.start()
+            self._workers.append(t)
+        return self
+
+    def stop(self):
+        self._stop.set()
+        for t in self._workers:
+            t.join(15)
+        return self
+
+    def statuses(self):
+        out = {}
+        for status, _, mosn in self.results:
+            key = (status, mosn)
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def request_times(gw):
+    """Server-side request times (s) from the `timed` access log."""
+    out = []
+    with open(gw.prefix + "/logs/timed.log") as f:
+        for line in f:
+            status, rt, mosn = line.split()
+            out.append((int(status), float(rt), mosn))
+    return out
