@@ -14,12 +14,16 @@ class Load:
         self.headers_for = headers_for or (lambda i: {"uid": str(i % 250)})
         self.results = []        # (status, seconds, mosn_status)
         self.errors = []
+        # a keep-alive connection closed by the server just as a request
+        # went out: clients retry those (RFC 9112, 9.3.1); counted here
+        self.retries = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._workers = []
 
     def _run(self, n):
         conn = None
+        reused = False
         i = n
         while not self._stop.is_set():
             i += self.threads
@@ -27,6 +31,7 @@ class Load:
                 if conn is None:
                     conn = http.client.HTTPConnection("127.0.0.1", self.port,
                                                       timeout=10)
+                    reused = False
                 t0 = time.monotonic()
                 conn.request("GET", self.path, headers=self.headers_for(i))
                 resp = conn.getresponse()
@@ -35,9 +40,20 @@ class Load:
                 with self._lock:
                     self.results.append((resp.status, took,
                                          resp.getheader("X-Mosn-Status")))
+                reused = True
                 if resp.getheader("connection", "").lower() == "close":
                     conn.close()
                     conn = None
+            except (ConnectionResetError, http.client.RemoteDisconnected,
+                    BrokenPipeError) as exc:
+                with self._lock:
+                    if reused:
+                        self.retries += 1
+                        i -= self.threads     # the same request again
+                    else:
+                        self.errors.append(repr(exc))
+                conn.close()
+                conn = None
             except (OSError, http.client.HTTPException) as exc:
                 with self._lock:
                     self.errors.append(repr(exc))

@@ -138,7 +138,7 @@ def test_ten_reloads_under_load(gateway):
     owned = [p for p in gw.region().stats()["producers"]
              if p["state"] == "owned"]
     assert sorted(p["pid"] for p in owned) == sorted(gw.nginx_worker_pids())
-    print("reloads: %r" % statuses)
+    print("reloads: %r, keep-alive retries %d" % (statuses, load.retries))
     gw.wait_idle(timeout=10)
 
 

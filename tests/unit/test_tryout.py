@@ -127,11 +127,19 @@ def test_try_a_named_listener(two_listeners):
     )
 
 
-def test_try_needs_a_listener_when_there_are_several(two_listeners):
-    with pytest.raises(LookupError, match="serverListener, echoListener"):
-        try_request(two_listeners, {})
-    with pytest.raises(LookupError, match="no listener named 'x'"):
+def test_try_defaults_to_the_first_listener(two_listeners, capsys):
+    assert try_request(two_listeners, {"uid": "2"}).metadata == {"unit": "s1"}
+    assert main_try([str(two_listeners), "-H", "uid: 2"]) == 0
+    captured = capsys.readouterr()
+    assert "metadata: unit = s1" in captured.out
+    assert "listener: serverListener (the first" in captured.err
+
+
+def test_try_an_unknown_listener(two_listeners):
+    with pytest.raises(LookupError) as err:
         try_request(two_listeners, {}, listener="x")
+    assert "no listener named 'x'" in str(err.value)
+    assert "serverListener, echoListener" in str(err.value)
 
 
 def test_try_a_broken_config_raises(write_config):
