@@ -29,15 +29,13 @@ class ConfigError(Exception):
         self.file = file
 
     def __str__(self):
-        return ": ".join(
-            part for part in (self.file, self.path, self.reason) if part
-        )
+        parts = (self.file, self.path, self.reason)
+        return ": ".join(part for part in parts if part)
 
     def located(self, path="", file=""):
         """This error with ``path`` put before its key path, in ``file``."""
-        return ConfigError(
-            self.reason, join_path(path, self.path), file or self.file
-        )
+        return ConfigError(self.reason, join_path(path, self.path),
+                           file or self.file)
 
 
 def join_path(outer, inner):
@@ -74,30 +72,12 @@ class Context:
     ``$mosn_upstream``; ``response_headers`` are added to the response.
     """
 
-    __slots__ = (
-        "request_id",
-        "method",
-        "path",
-        "query",
-        "remote_addr",
-        "protocol",
-        "listener",
-        "metadata",
-        "upstream",
-        "response_headers",
-        "vars",
-    )
+    __slots__ = ("request_id", "method", "path", "query", "remote_addr",
+                 "protocol", "listener", "metadata", "upstream",
+                 "response_headers", "vars")
 
-    def __init__(
-        self,
-        request_id=0,
-        method="GET",
-        path="/",
-        query="",
-        remote_addr="",
-        protocol="HTTP/1.1",
-        listener="",
-    ):
+    def __init__(self, request_id=0, method="GET", path="/", query="",
+                 remote_addr="", protocol="HTTP/1.1", listener=""):
         self.request_id = request_id
         self.method = method
         self.path = path
@@ -115,11 +95,10 @@ class Context:
         self.response_headers.append((name, value))
 
     def __repr__(self):
-        return (
-            f"Context(request_id={self.request_id!r}, method={self.method!r}, "
-            f"path={self.path!r}, listener={self.listener!r}, "
-            f"metadata={self.metadata!r}, upstream={self.upstream!r})"
-        )
+        return (f"Context(request_id={self.request_id!r}, "
+                f"method={self.method!r}, path={self.path!r}, "
+                f"listener={self.listener!r}, metadata={self.metadata!r}, "
+                f"upstream={self.upstream!r})")
 
 
 class StreamReceiverFilterHandler:
@@ -156,10 +135,8 @@ class StreamReceiverFilterHandler:
         elif isinstance(body, (bytearray, memoryview)):
             body = bytes(body)
         elif not isinstance(body, bytes):
-            raise TypeError(
-                "hijack reply body must be str or bytes, not "
-                + type(body).__name__
-            )
+            raise TypeError(f"hijack reply body must be str or bytes, not "
+                            f"{type(body).__name__}")
         self.status = status
         self.headers = pairs
         self.body = body

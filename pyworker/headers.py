@@ -36,7 +36,7 @@ class RequestHeaders:
         self._overlay = None
         self.edits = []
 
-    # -- the source: override both in a subclass reading another store ------
+    # -- the source: override both in a subclass reading another store --
 
     def _source_get_all(self, lname):
         """Values of the source header ``lname`` (lower case), in order."""
@@ -51,7 +51,7 @@ class RequestHeaders:
         """Every (name, value) pair of the source, in arrival order."""
         return self._pairs
 
-    # -- reading -------------------------------------------------------------
+    # -- reading ---------------------------------------------------------
 
     def get(self, name, default=None):
         """The first value of ``name``, or ``default``."""
@@ -94,10 +94,8 @@ class RequestHeaders:
             if op == "add":
                 pairs.append((name, value))
                 continue
-            at = next(
-                (i for i, (n, _) in enumerate(pairs) if n.lower() == lname),
-                len(pairs),
-            )
+            at = next((i for i, (n, _) in enumerate(pairs)
+                       if n.lower() == lname), len(pairs))
             pairs = [pair for pair in pairs if pair[0].lower() != lname]
             if op == "set":
                 pairs.insert(at, (name, value))
@@ -114,7 +112,7 @@ class RequestHeaders:
     def __repr__(self):
         return f"{type(self).__name__}({self.items()!r})"
 
-    # -- editing -------------------------------------------------------------
+    # -- editing ---------------------------------------------------------
 
     def set(self, name, value):
         """Replaces every line of ``name`` with one line ``name: value``."""
@@ -166,21 +164,17 @@ class RequestHeaders:
         removed = []
         if self._overlay:
             for lname, (keep_source, name, added) in self._overlay.items():
-                values = (
-                    list(self._source_get_all(lname)) if keep_source else []
-                )
+                values = []
+                if keep_source:
+                    values.extend(self._source_get_all(lname))
                 values.extend(value for _, value in added)
                 if not values:
                     removed.append(name)
                 elif len(values) == 1:
                     set_lines.append((name, values[0]))
                 else:
-                    set_lines.append(
-                        (
-                            name,
-                            ("; " if lname == "cookie" else ", ").join(values),
-                        )
-                    )
+                    glue = "; " if lname == "cookie" else ", "
+                    set_lines.append((name, glue.join(values)))
         return set_lines, removed
 
 
@@ -192,7 +186,5 @@ _MISSING = object()
 
 def _check_str(name, value):
     if not isinstance(name, str) or not isinstance(value, str):
-        raise TypeError(
-            f"header names and values must be str, got "
-            f"{type(name).__name__} and {type(value).__name__}"
-        )
+        raise TypeError(f"header names and values must be str, got "
+                        f"{type(name).__name__} and {type(value).__name__}")

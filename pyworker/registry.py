@@ -25,9 +25,9 @@ DRIVER_GROUP = "pyworker.drivers"
 
 _log = logging.getLogger("pyworker.registry")
 
-_filters = {}  # type name -> (name, factory)
-_drivers = {}  # casefolded name -> (name, factory)
-_plugin_errors = []  # entry points that failed to load, for error messages
+_filters = {}          # type name -> (name, factory)
+_drivers = {}          # casefolded name -> (name, factory)
+_plugin_errors = []    # entry points that failed to load, for messages
 _builtins_loaded = False
 _entry_points_loaded = False
 
@@ -46,7 +46,6 @@ def register_filter(type_name, *, replace=False):
     def decorate(factory):
         _add(_filters, type_name, type_name, factory, replace, "filter type")
         return factory
-
     return decorate
 
 
@@ -54,39 +53,26 @@ def register_driver(name, *, replace=False):
     """Decorator registering a metadata driver class under ``name``."""
 
     def decorate(factory):
-        _add(
-            _drivers,
-            name.casefold() if isinstance(name, str) else name,
-            name,
-            factory,
-            replace,
-            "metadata driver",
-        )
+        key = name.casefold() if isinstance(name, str) else name
+        _add(_drivers, key, name, factory, replace, "metadata driver")
         return factory
-
     return decorate
 
 
 def _add(table, key, name, factory, replace, what):
     if not isinstance(name, str) or not name:
-        raise ValueError(
-            f"a {what} name must be a non-empty str, not {name!r}"
-        )
+        raise ValueError(f"a {what} name must be a non-empty str, not "
+                         f"{name!r}")
     if not callable(factory):
         raise TypeError(f"{what} {name!r}: {factory!r} is not callable")
     _load_builtins()  # so that a user's name taking a built-in's is caught
     existing = table.get(key)
     # the same definition seen again (a module imported twice) is no conflict
-    if (
-        existing is not None
-        and not replace
-        and _qualname(existing[1]) != _qualname(factory)
-    ):
-        raise ValueError(
-            f"{what} {name!r} is already registered by "
-            f"{_qualname(existing[1])}; "
-            f"pass replace=True to override it"
-        )
+    if (existing is not None and not replace
+            and _qualname(existing[1]) != _qualname(factory)):
+        raise ValueError(f"{what} {name!r} is already registered by "
+                         f"{_qualname(existing[1])}; pass replace=True to "
+                         f"override it")
     table[key] = (name, factory)
 
 
@@ -105,9 +91,7 @@ def get_filter(type_name):
             known = filter_types()
             raise NotRegisteredError(
                 f"unknown filter type {type_name!r}; known types: "
-                f"{', '.join(known)}{_plugin_note()}",
-                known,
-            )
+                f"{', '.join(known)}{_plugin_note()}", known)
     return entry[1]
 
 
@@ -122,9 +106,7 @@ def get_driver(name):
             known = driver_names()
             raise NotRegisteredError(
                 f"unknown metadata driver {name!r}; known drivers: "
-                f"{', '.join(known)}{_plugin_note()}",
-                known,
-            )
+                f"{', '.join(known)}{_plugin_note()}", known)
     return entry[1]
 
 
@@ -141,9 +123,8 @@ def driver_names():
 def import_module(name):
     """Imports a user module: its decorators register what it defines."""
     if not isinstance(name, str) or not name:
-        raise ValueError(
-            f"a module name must be a non-empty str, not {name!r}"
-        )
+        raise ValueError(f"a module name must be a non-empty str, not "
+                         f"{name!r}")
     return importlib.import_module(name)
 
 
@@ -154,22 +135,18 @@ def load_plugins():
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
-    for group, register in (
-        (FILTER_GROUP, register_filter),
-        (DRIVER_GROUP, register_driver),
-    ):
+    for group, register in ((FILTER_GROUP, register_filter),
+                            (DRIVER_GROUP, register_driver)):
         for ep in entry_points(group=group):
             try:
                 target = ep.load()
                 if not isinstance(target, types.ModuleType):
                     register(ep.name)(target)
-            except (
-                Exception
-            ) as exc:  # one broken plugin must not stop the others
+            # one broken plugin must not stop the others
+            except Exception as exc:
                 _plugin_errors.append(
                     f"entry point {ep.name!r} ({ep.value}) in {group}: "
-                    f"{type(exc).__name__}: {exc}"
-                )
+                    f"{type(exc).__name__}: {exc}")
                 _log.warning("cannot load %s", _plugin_errors[-1])
 
 

@@ -24,61 +24,36 @@ except ImportError:  # the runtime does not need pytest
     pytest = None
 
 
-def run_chain(
-    config_or_path,
-    headers=(),
-    listener=None,
-    method="GET",
-    path="/",
-    query="",
-    body=None,
-    *,
-    remote_addr="127.0.0.1",
-    protocol="HTTP/1.1",
-    request_id=1,
-):
+def run_chain(config_or_path, headers=(), listener=None, method="GET",
+              path="/", query="", body=None, *, remote_addr="127.0.0.1",
+              protocol="HTTP/1.1", request_id=1):
     """Runs one request through a chain and returns the Verdict.
 
     ``config_or_path``: a config file path, a parsed MOSN config (dict), a
     GatewayConfig, a Chain, or a bare ``stream_filters`` list.
-    ``listener`` may be left out when the config has one listener.
+    ``listener`` defaults to the config's first listener.
     ``headers``: a dict, (name, value) pairs or a RequestHeaders.
     """
-    return _run(
-        _chain_of(config_or_path, listener),
-        headers,
-        method,
-        path,
-        query,
-        body,
-        remote_addr,
-        protocol,
-        request_id,
-    )[0]
+    chain = chain_of(config_or_path, listener)
+    return run_request(chain, headers, method, path, query, body,
+                       remote_addr, protocol, request_id)[0]
 
 
-def _run(
-    chain,
-    headers,
-    method,
-    path,
-    query,
-    body,
-    remote_addr,
-    protocol,
-    request_id,
-):
+def run_request(chain, headers=(), method="GET", path="/", query="",
+                body=None, remote_addr="127.0.0.1", protocol="HTTP/1.1",
+                request_id=1):
+    """Runs one request through ``chain``: (verdict, context, headers)."""
     if not isinstance(headers, RequestHeaders):
         headers = RequestHeaders(headers)
     if isinstance(body, str):
         body = body.encode("utf-8")
-    ctx = Context(
-        request_id, method, path, query, remote_addr, protocol, chain.name
-    )
+    ctx = Context(request_id, method, path, query, remote_addr, protocol,
+                  chain.name)
     return chain.run(ctx, headers, body), ctx, headers
 
 
-def _chain_of(config_or_path, listener):
+def chain_of(config_or_path, listener=None):
+    """The chain to run, from any of the forms ``run_chain`` takes."""
     if isinstance(config_or_path, Chain):
         return config_or_path
     if isinstance(config_or_path, list):
@@ -93,22 +68,15 @@ def _chain_of(config_or_path, listener):
 
 
 def select_chain(config, listener=None):
-    """The chain of ``listener``, or the only one; else a LookupError
-    naming the choices."""
+    """The chain of ``listener`` or, if None, of the first listener; a
+    LookupError naming the listeners if there is no such one."""
     if listener is None:
-        if len(config.chains) == 1:
-            return next(iter(config.chains.values()))
-        raise LookupError(
-            f"{config.path}: several listeners ({', '.join(config.chains)}); "
-            f"name one"
-        )
+        return next(iter(config.chains.values()))
     try:
         return config.chains[listener]
     except KeyError:
-        raise LookupError(
-            f"{config.path}: no listener named {listener!r}; listeners: "
-            f"{', '.join(config.chains)}"
-        ) from None
+        raise LookupError(f"{config.path}: no listener named {listener!r}; "
+                          f"listeners: {', '.join(config.chains)}") from None
 
 
 class ChainRunner:
@@ -120,42 +88,22 @@ class ChainRunner:
         self.headers = None
         self._configs = {}
 
-    def __call__(
-        self,
-        config_or_path,
-        headers=(),
-        listener=None,
-        method="GET",
-        path="/",
-        query="",
-        body=None,
-        *,
-        remote_addr="127.0.0.1",
-        protocol="HTTP/1.1",
-        request_id=1,
-    ):
+    def __call__(self, config_or_path, headers=(), listener=None,
+                 method="GET", path="/", query="", body=None, *,
+                 remote_addr="127.0.0.1", protocol="HTTP/1.1", request_id=1):
         if isinstance(config_or_path, (str, os.PathLike)):
             key = os.path.abspath(config_or_path)
             if key not in self._configs:
                 self._configs[key] = load(config_or_path)
             config_or_path = self._configs[key]
-        chain = _chain_of(config_or_path, listener)
-        verdict, self.context, self.headers = _run(
-            chain,
-            headers,
-            method,
-            path,
-            query,
-            body,
-            remote_addr,
-            protocol,
-            request_id,
-        )
+        chain = chain_of(config_or_path, listener)
+        verdict, self.context, self.headers = run_request(
+            chain, headers, method, path, query, body, remote_addr, protocol,
+            request_id)
         return verdict
 
 
 if pytest is not None:
-
     @pytest.fixture
     def chain_runner():
         """Runs requests through chains without nginx (see ChainRunner)."""

@@ -15,7 +15,7 @@ import logging
 import sys
 
 from pyworker.config import ConfigError, load
-from pyworker.testing import _run, select_chain
+from pyworker.testing import run_request, select_chain
 from pyworker.verdict import ACTION_ERROR
 
 
@@ -33,44 +33,33 @@ def check(path, listeners=(), *, out=None, err=None):
         print(f"warning: {warning}", file=err)
     missing = [name for name in listeners if name not in config.chains]
     if missing:
-        print(
-            f"error: {path}: no listener named {', '.join(missing)}; "
-            f"listeners: "
-            f"{', '.join(config.chains)}",
-            file=err,
-        )
+        print(f"error: {path}: no listener named {', '.join(missing)}; "
+              f"listeners: {', '.join(config.chains)}", file=err)
         return 1
     print(f"{path}: OK", file=out)
     for listener in config.listeners.values():
         address = f" ({listener.address})" if listener.address else ""
-        filters = (
-            ", ".join(name for name, _ in listener.chain.filters)
-            or "(no filters)"
-        )
-        print(f"  listener {listener.name}{address}: {filters}", file=out)
-    print(
-        f"  log: {config.log_path or '(default)'} at {config.log_level_name}",
-        file=out,
-    )
+        filters = ", ".join(name for name, _ in listener.chain.filters)
+        print(f"  listener {listener.name}{address}: "
+              f"{filters or '(no filters)'}", file=out)
+    print(f"  log: {config.log_path or '(default)'} at "
+          f"{config.log_level_name}", file=out)
     if config.admin:
         print(f"  admin: {config.admin}", file=out)
     if config.metrics.prometheus:
-        print(
-            f"  metrics: prometheus on {config.metrics.prometheus}"
-            f"{config.metrics.prometheus_path}",
-            file=out,
-        )
+        print(f"  metrics: prometheus on {config.metrics.prometheus}"
+              f"{config.metrics.prometheus_path}", file=out)
     return 0
 
 
-def try_request(
-    path, headers, listener=None, method="GET", path_="/", query="", body=None
-):
+def try_request(path, headers, listener=None, method="GET", path_="/",
+                query="", body=None):
     """The Verdict of one request through a listener's chain of the config
     at ``path``.
 
-    ``path_`` is the request path; a ``?query`` on it is split off when
-    ``query`` is not given. Raises ConfigError or LookupError.
+    ``listener`` defaults to the first listener. ``path_`` is the request
+    path; a ``?query`` on it is split off when ``query`` is not given.
+    Raises ConfigError, or LookupError for an unknown listener.
     """
     return _try(path, headers, listener, method, path_, query, body)[0]
 
@@ -80,10 +69,13 @@ def _try(path, headers, listener, method, path_, query, body):
         path_, query = path_.split("?", 1)
     chain = select_chain(load(path, log_warnings=False), listener)
     before = _driver_errors(chain)
-    verdict, _, _ = _run(
-        chain, headers, method, path_, query, body, "127.0.0.1", "HTTP/1.1", 1
-    )
-    return verdict, _driver_errors(chain) - before
+    verdict = run_request(chain, headers, method, path_, query, body)[0]
+    return verdict, _driver_errors(chain) - before, chain
+
+
+def _driver_errors(chain):
+    return sum(getattr(filt, "driver_errors", 0)
+               for _, filt in chain.filters)
 
 
 def _one_line(exc):
@@ -91,25 +83,15 @@ def _one_line(exc):
     return " ".join(str(exc).splitlines())
 
 
-def _driver_errors(chain):
-    return sum(getattr(filt, "driver_errors", 0) for _, filt in chain.filters)
-
-
 def main_check(argv=None):
     parser = argparse.ArgumentParser(
         prog="pyworker check",
-        description="Check a MOSN-style config: load it and build "
-        "every filter chain.",
-    )
+        description="Check a MOSN-style config: load it and build every "
+                    "filter chain.")
     parser.add_argument("config", help="the MOSN-style JSON config")
-    parser.add_argument(
-        "-l",
-        "--listener",
-        action="append",
-        default=[],
-        help="also require this listener (a mosn_filter_chain name); "
-        "repeatable",
-    )
+    parser.add_argument("-l", "--listener", action="append", default=[],
+                        help="also require this listener (a "
+                             "mosn_filter_chain name); repeatable")
     args = parser.parse_args(argv)
     return check(args.config, args.listener)
 
@@ -117,29 +99,20 @@ def main_check(argv=None):
 def main_try(argv=None):
     parser = argparse.ArgumentParser(
         prog="pyworker try",
-        description="Run one request through a listener's filter "
-        "chain and print the verdict.",
-    )
+        description="Run one request through a listener's filter chain and "
+                    "print the verdict.")
     parser.add_argument("config", help="the MOSN-style JSON config")
-    parser.add_argument(
-        "path", nargs="?", default="/", help="request path, with ?query if any"
-    )
-    parser.add_argument(
-        "-l", "--listener", help="the listener (needed if there are several)"
-    )
-    parser.add_argument(
-        "-H",
-        "--header",
-        action="append",
-        default=[],
-        metavar="'NAME: VALUE'",
-        help="a request header, as with curl; repeatable",
-    )
+    parser.add_argument("path", nargs="?", default="/",
+                        help="request path, with ?query if any")
+    parser.add_argument("-l", "--listener",
+                        help="the listener (needed if there are several)")
+    parser.add_argument("-H", "--header", action="append", default=[],
+                        metavar="'NAME: VALUE'",
+                        help="a request header, as with curl; repeatable")
     parser.add_argument("-X", "--method", default="GET")
     parser.add_argument("-d", "--data", help="request body")
-    parser.add_argument(
-        "--json", action="store_true", help="print the verdict as JSON"
-    )
+    parser.add_argument("--json", action="store_true",
+                        help="print the verdict as JSON")
     args = parser.parse_args(argv)
     headers = []
     for line in args.header:
@@ -148,58 +121,45 @@ def main_try(argv=None):
             parser.error(f"header {line!r} is not 'NAME: VALUE'")
         headers.append((name.strip(), value.strip(" \t")))
     if not logging.getLogger().handlers:  # show a failing filter's traceback
-        logging.basicConfig(
-            level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-        )
+        logging.basicConfig(level=logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
     try:
-        verdict, driver_errors = _try(
-            args.config,
-            headers,
-            args.listener,
-            args.method,
-            args.path,
-            "",
-            args.data,
-        )
+        verdict, driver_errors, chain = _try(
+            args.config, headers, args.listener, args.method, args.path, "",
+            args.data)
     except (ConfigError, LookupError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    if args.listener is None:
+        print(f"listener: {chain.name} (the first; -l chooses another)",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(verdict.to_dict(), indent=2))
     else:
         print(format_verdict(verdict))
         if driver_errors:
-            print(
-                f"note: {driver_errors} metadata driver(s) raised; their "
-                f"keys are left unset"
-            )
+            print(f"note: {driver_errors} metadata driver(s) raised; their "
+                  f"keys are left unset")
     return 1 if verdict.action == ACTION_ERROR else 0
 
 
 def format_verdict(verdict):
     """A verdict as the lines ``pyworker try`` prints."""
-    lines = [
-        f"verdict: {verdict.action_name}"
-        + (f" {verdict.status}" if verdict.status else "")
-    ]
+    status = f" {verdict.status}" if verdict.status else ""
+    lines = [f"verdict: {verdict.action_name}{status}"]
     if verdict.upstream is not None:
         lines.append(f"upstream: {verdict.upstream}")
     for key, value in verdict.metadata.items():
         lines.append(f"metadata: {key} = {value}")
-    for title, pairs in (
-        ("set request header", verdict.request_set),
-        ("add response header", verdict.response_add),
-        ("reply header", verdict.reply_headers),
-    ):
+    for title, pairs in (("set request header", verdict.request_set),
+                         ("add response header", verdict.response_add),
+                         ("reply header", verdict.reply_headers)):
         lines.extend(f"{title}: {name}: {value}" for name, value in pairs)
-    lines.extend(
-        f"remove request header: {name}" for name in verdict.request_remove
-    )
+    lines.extend(f"remove request header: {name}"
+                 for name in verdict.request_remove)
     if verdict.reply_body:
-        lines.append(
-            "reply body: "
-            + verdict.reply_body.decode("utf-8", "backslashreplace")
-        )
+        body = verdict.reply_body.decode("utf-8", "backslashreplace")
+        lines.append(f"reply body: {body}")
     if verdict.log:
         lines.append(f"log: {verdict.log}")
     return "\n".join(lines)

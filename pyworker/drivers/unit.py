@@ -9,9 +9,7 @@ import re
 
 from pyworker import MetadataDriver, register_driver
 
-INTEGER = re.compile(
-    r"[+-]?[0-9]{1,64}"
-)  # ASCII digits only; the cap bounds int()
+INTEGER = re.compile(r"[+-]?[0-9]{1,64}")  # the cap bounds int()
 
 
 @register_driver("UNIT")

@@ -1,6 +1,3 @@
 """The built-in stream filters; importing this package registers them."""
 
-from pyworker.filters import (
-    echo,
-    metadata,
-)  # noqa: F401  (registration on import)
+from pyworker.filters import echo, metadata  # noqa: F401  (they register)

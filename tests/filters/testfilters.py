@@ -110,3 +110,27 @@ class BodyDigest(StreamReceiverFilter):
             headers.set("x-filter-body", "%d:%s" % (
                 len(buf), hashlib.sha256(buf).hexdigest()[:16]))
         return CONTINUE
+
+
+@register_filter("bad_verdict")
+class BadVerdict(StreamReceiverFilter):
+    """Produces the verdict its config names as broken."""
+
+    def __init__(self, config):
+        self.kind = config["kind"]
+
+    def on_receive(self, ctx, headers, buf, trailers):
+        kind = self.kind
+        if kind == "status":
+            self.handler.send_hijack_reply(99, {}, "x")
+        elif kind == "big_body":
+            self.handler.send_hijack_reply(200, {}, "x" * (1 << 20))
+        elif kind == "meta_type":
+            ctx.metadata["UNIT"] = 42
+        elif kind == "nul":
+            ctx.add_response_header("x-a", "b\0c")
+        elif kind == "name":
+            headers.set("bad name", "v")
+        elif kind == "host":
+            headers.set("Host", "evil.example")
+        return CONTINUE
