@@ -12,10 +12,11 @@ from pyworker.testing import (
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-# MOSN MOE's own mosn.json (with unit_key "uid"), kept outside the project
+# MOSN MOE's own mosn.json (with unit_key "uid"), kept beside the project
 MOE_REFERENCE = pathlib.Path(
     os.environ.get(
-        "PYWORKER_MOE_REFERENCE", "/work/shared/moe-reference/mosn.json"
+        "PYWORKER_MOE_REFERENCE",
+        REPO.parent / "shared" / "moe-reference" / "mosn.json",
     )
 )
 
