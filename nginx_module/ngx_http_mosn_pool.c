@@ -127,7 +127,7 @@ ngx_http_mosn_pool_check(ngx_conf_t *cf, ngx_http_mosn_main_conf_t *mmcf)
         return NGX_OK;
     }
 
-    argc = 7 + 2 * mmcf->chains.nelts;
+    argc = 8 + 2 * mmcf->chains.nelts;
     argv = ngx_pcalloc(cf->pool, sizeof(char *) * (argc + 1));
     out = ngx_pnalloc(cf->pool, NGX_HTTP_MOSN_CHECK_OUTPUT + 1);
 
@@ -137,6 +137,7 @@ ngx_http_mosn_pool_check(ngx_conf_t *cf, ngx_http_mosn_main_conf_t *mmcf)
 
     argc = 0;
     argv[argc++] = (char *) mmcf->python.data;
+    argv[argc++] = "-P";        /* not the working directory's modules */
     argv[argc++] = "-m";
     argv[argc++] = "pyworker";
     argv[argc++] = "check";
@@ -352,6 +353,7 @@ ngx_http_mosn_supervisor_start(ngx_cycle_t *cycle,
 
     argc = 0;
     argv[argc++] = (char *) mmcf->python.data;
+    argv[argc++] = "-P";
     argv[argc++] = "-m";
     argv[argc++] = "pyworker";
     argv[argc++] = "serve";

@@ -44,8 +44,35 @@ def _worker(argv):
     p.add_argument("--config", required=True)
     p.add_argument("--uid", type=int)
     p.add_argument("--gid", type=int)
+    p.add_argument("--stats-dir", help="where to write its counters")
     a = p.parse_args(argv)
-    return Worker(a.shm, a.index, a.config, a.uid, a.gid).run()
+    try:
+        return Worker(a.shm, a.index, a.config, a.uid, a.gid,
+                      a.stats_dir).run()
+    except Exception:
+        # one line in the log, and the supervisor sees the exit code
+        import logging
+        from pyworker.logs import setup_logging
+        setup_logging(None, role="worker")
+        logging.getLogger("pyworker.worker").exception(
+            "worker %d could not start", a.index)
+        return 1
+
+
+def _admin(argv):
+    from pyworker.admin import Admin
+
+    p = argparse.ArgumentParser(
+        prog="pyworker admin",
+        description="The admin API and Prometheus metrics of the pool "
+                    "(the supervisor starts it).")
+    p.add_argument("--shm", required=True)
+    p.add_argument("--config", required=True)
+    p.add_argument("--stats-dir", required=True)
+    p.add_argument("--uid", type=int)
+    p.add_argument("--gid", type=int)
+    a = p.parse_args(argv)
+    return Admin(a.shm, a.config, a.stats_dir, a.uid, a.gid).run()
 
 
 def _check(argv):
@@ -64,6 +91,7 @@ def _try(argv):
 COMMANDS = {
     "serve": (_serve, "run the worker pool (nginx starts it by itself)"),
     "worker": (_worker, "run one worker (the pool starts these)"),
+    "admin": (_admin, "serve the admin API and metrics (the pool starts it)"),
     "check": (_check, "validate a MOSN config and its filters"),
     "try": (_try, "print the verdict a request would get, no nginx needed"),
 }

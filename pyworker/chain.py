@@ -97,6 +97,11 @@ class Chain:
                 f"cannot attach the filters: {type(exc).__name__}: {exc}", path
             ) from exc
 
+    def set_observer(self, observe):
+        """Calls observe(filter_name, outcome, seconds) after each filter
+        from now on (None: stop timing)."""
+        self._observe = observe
+
     def __repr__(self):
         return f"Chain({self.name!r}, {[name for name, _ in self.filters]!r})"
 

@@ -25,10 +25,11 @@ class SlotHeaders(RequestHeaders):
 class Dispatcher:
     """Runs the chain a request names (its nginx location's listener)."""
 
-    __slots__ = ("chains",)
+    __slots__ = ("chains", "stats")
 
-    def __init__(self, chains):
+    def __init__(self, chains, stats=None):
         self.chains = chains
+        self.stats = stats
 
     def __call__(self, req):
         listener = req.chain
@@ -37,4 +38,7 @@ class Dispatcher:
             return Verdict.error("no listener %r in the MOSN config" % listener)
         ctx = Context(req.request_id, req.method, req.path, req.query,
                       req.remote_addr, req.protocol, listener)
-        return chain.run(ctx, SlotHeaders(req), req.body)
+        verdict = chain.run(ctx, SlotHeaders(req), req.body)
+        if self.stats is not None:
+            self.stats.request(listener, verdict.action)
+        return verdict

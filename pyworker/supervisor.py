@@ -5,6 +5,7 @@ left in the ring, and leaves with nginx."""
 import logging
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import time
 from shm_ring import Region, RingError, proc_alive
 
 from pyworker.logs import setup_logging
+from pyworker.metrics import write_json
 
 log = logging.getLogger("pyworker.supervisor")
 
@@ -20,6 +22,7 @@ TICK = 0.5              # seconds between housekeeping rounds at idle
 START_TIMEOUT = 15.0    # for a new worker to load its config and attach
 DRAIN_TIMEOUT = 10.0    # for a draining worker to finish and leave
 STOP_TIMEOUT = 3.0      # for workers to leave on stop, before SIGKILL
+ADMIN_BACKOFF = 5.0     # between restarts of an admin process that fails
 
 
 class Supervisor:
@@ -35,6 +38,14 @@ class Supervisor:
         self.procs = {}          # pid -> (consumer index, Popen)
         self.retiring = set()    # pids drained on purpose
         self.restarts = 0
+        self.reloads = 0
+        self.started = {}        # pid -> start time
+        self.started_at = {}     # pid -> start time, for crash loops
+        self._backoff = 0.0      # grows while workers die young
+        self._respawn_at = []    # when to start replacements
+        self.stats_dir = "/dev/shm/%s.stats" % shm.lstrip("/")
+        self.admin = None        # the admin process
+        self.admin_next = 0.0
         self.stopping = False
         self.reload_asked = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -67,14 +78,74 @@ class Supervisor:
         if index < 0:
             log.error("no free consumer entry in the region for a new worker")
             return None
-        cmd = [self.python, "-m", "pyworker", "worker", "--shm", self.shm,
-               "--index", str(index), "--config", self.config_path]
-        if self.uid is not None:
-            cmd += ["--uid", str(self.uid), "--gid", str(self.gid)]
+        cmd = [self.python, "-P", "-m", "pyworker", "worker", "--shm", self.shm,
+               "--index", str(index), "--config", self.config_path,
+               "--stats-dir", self.stats_dir] + self._user_args()
         proc = subprocess.Popen(cmd, close_fds=True)
         self.procs[proc.pid] = (index, proc)
+        self.started[proc.pid] = time.time()
+        self.started_at[proc.pid] = time.time()
         log.info("started worker pid %d as consumer %d", proc.pid, index)
+        self._write_stats()
         return proc.pid
+
+    def _user_args(self):
+        if self.uid is None:
+            return []
+        return ["--uid", str(self.uid), "--gid", str(self.gid)]
+
+    def _write_stats(self):
+        """What only the supervisor knows, for the admin API."""
+        try:
+            write_json(os.path.join(self.stats_dir, "supervisor.json"), {
+                "pid": os.getpid(), "restarts": self.restarts,
+                "reloads": self.reloads, "config": self.config_path,
+                "workers": [{"pid": pid, "index": index,
+                             "started": self.started.get(pid)}
+                            for pid, (index, _) in self.procs.items()
+                            if pid not in self.retiring],
+            })
+        except OSError as exc:
+            log.warning("cannot write the supervisor's stats: %s", exc)
+
+    def _stats_dir_make(self):
+        shutil.rmtree(self.stats_dir, ignore_errors=True)
+        os.makedirs(self.stats_dir, mode=0o700)
+        if self.uid is not None and os.geteuid() == 0:
+            os.chown(self.stats_dir, self.uid, self.gid)
+
+    # -- the admin process ------------------------------------------------------
+
+    def _admin_check(self):
+        """Keeps the admin process up; it leaves at once (code 0) when the
+        config has no admin or metrics block."""
+        if self.admin is not None:
+            code = self.admin.poll()
+            if code is None:
+                return
+            if code != 0:
+                log.warning("admin process %d exited with %d; restarting it "
+                            "in %.0f s", self.admin.pid, code, ADMIN_BACKOFF)
+                self.admin_next = time.monotonic() + ADMIN_BACKOFF
+            else:
+                self.admin_next = float("inf")
+            self.admin = None
+        if time.monotonic() < self.admin_next or self.stopping:
+            return
+        cmd = [self.python, "-P", "-m", "pyworker", "admin", "--shm", self.shm,
+               "--config", self.config_path, "--stats-dir",
+               self.stats_dir] + self._user_args()
+        self.admin = subprocess.Popen(cmd, close_fds=True)
+
+    def _admin_stop(self):
+        if self.admin is not None:
+            self.admin.terminate()
+            try:
+                self.admin.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.admin.kill()
+                self.admin.wait()
+            self.admin = None
 
     def _reap(self):
         """Collects dead workers; replaces those that were not retired."""
@@ -85,7 +156,13 @@ class Supervisor:
                 return
             if pid == 0:
                 return
+            if self.admin is not None and pid == self.admin.pid:
+                # Popen.poll() would find it reaped: keep its code there
+                self.admin.returncode = (os.WEXITSTATUS(status)
+                                         if os.WIFEXITED(status) else 1)
+                continue
             entry = self.procs.pop(pid, None)
+            self.started.pop(pid, None)
             if entry is None:
                 continue
             index = entry[0]
@@ -98,9 +175,30 @@ class Supervisor:
             if self.stopping:
                 continue
             self.restarts += 1
-            log.warning("worker pid %d (consumer %d) died (%s); replacing it",
-                        pid, index, _status_text(status))
+            lived = time.time() - self.started_at.pop(pid, 0.0)
+            self._backoff = 0.0 if lived > 10 else min(
+                5.0, max(0.1, self._backoff * 2))
+            log.warning("worker pid %d (consumer %d) died (%s) after %.1fs; "
+                        "replacing it%s", pid, index, _status_text(status),
+                        lived, " in %.1fs" % self._backoff
+                        if self._backoff else "")
+            self._respawn_at.append(time.monotonic() + self._backoff)
+            self._write_stats()
+
+    def _respawn(self):
+        """Starts the replacements that are due (at once, unless workers
+        keep dying young: then with a growing delay)."""
+        now = time.monotonic()
+        due = [t for t in self._respawn_at if t <= now]
+        self._respawn_at = [t for t in self._respawn_at if t > now]
+        for _ in due:
             self._spawn()
+
+    def _tick(self):
+        if self._respawn_at:
+            return max(0.01, min(TICK, min(self._respawn_at) -
+                                 time.monotonic()))
+        return TICK
 
     def _live_pids(self):
         return [pid for pid in self.procs if pid not in self.retiring]
@@ -140,7 +238,7 @@ class Supervisor:
     # -- reload ---------------------------------------------------------------
 
     def _check_config(self, path):
-        proc = subprocess.run([self.python, "-m", "pyworker", "check", path],
+        proc = subprocess.run([self.python, "-P", "-m", "pyworker", "check", path],
                               capture_output=True, text=True, timeout=60)
         if proc.returncode != 0:
             for line in (proc.stdout + proc.stderr).splitlines():
@@ -158,6 +256,10 @@ class Supervisor:
             return
         self.config_path = path
         self.workers = desired
+        self.reloads += 1
+        # the admin API serves the new config (and its new ports)
+        self._admin_stop()
+        self.admin_next = 0.0
         old = self._live_pids()
         log.info("reload: rolling %d worker(s) onto %s", len(old), path)
         for pid in old:
@@ -175,6 +277,7 @@ class Supervisor:
             if new is None or not self._wait_live(new):
                 break
         log.info("reload done: %d worker(s)", len(self._live_pids()))
+        self._write_stats()
 
     # -- life -----------------------------------------------------------------
 
@@ -203,25 +306,29 @@ class Supervisor:
         self.region.supervisor_pid = os.getpid()
         log.info("supervisor pid %d for region %s, %d worker(s)",
                  os.getpid(), self.shm, self.workers)
+        self._stats_dir_make()
         for _ in range(self.workers):
             self._spawn()
         try:
             while not self.stopping:
                 self._reap()
+                self._respawn()
                 if self.reload_asked:
                     self.reload()
+                self._admin_check()
                 self.region.reap()
                 gone = self._nginx_gone()
                 if gone:
                     log.warning("%s; stopping the workers", gone)
                     break
-                self._sleep(TICK)
+                self._sleep(self._tick())
         finally:
             self.stop()
         return 0
 
     def stop(self):
         self.stopping = True
+        self._admin_stop()
         for pid in list(self.procs):
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -238,6 +345,7 @@ class Supervisor:
                 pass
             self.procs[pid][1].wait()
             self.region.retire_consumer(self.procs.pop(pid)[0])
+        shutil.rmtree(self.stats_dir, ignore_errors=True)
 
 
 def _status_text(status):

@@ -4,12 +4,14 @@ to the ring as a consumer and serves batches until told to stop."""
 import logging
 import os
 import signal
+import time
 
 from shm_ring import Region
 
 from pyworker import config as config_mod
 from pyworker.dispatch import Dispatcher
 from pyworker.logs import setup_logging
+from pyworker.metrics import WorkerStats
 from pyworker.privileges import die_with_parent, drop_privileges
 
 log = logging.getLogger("pyworker.worker")
@@ -21,8 +23,10 @@ DRAIN_QUIET_MS = 50
 class Worker:
     """Serves one consumer index of the region."""
 
-    def __init__(self, shm, index, config_path, uid=None, gid=None):
+    def __init__(self, shm, index, config_path, uid=None, gid=None,
+                 stats_dir=None):
         self.shm = shm
+        self.stats_dir = stats_dir
         self.index = index
         self.config_path = config_path
         self.uid = uid
@@ -46,29 +50,48 @@ class Worker:
 
         region = Region.attach(self.shm)
         consumer = region.consumer(self.index)
-        dispatch = Dispatcher(gateway.chains)
+        self.stats = WorkerStats(self.stats_dir, "worker-%d" % os.getpid())
+        for name, chain in gateway.chains.items():
+            chain.set_observer(self.stats.observer(name))
+        self.chains = gateway.chains
+        dispatch = Dispatcher(gateway.chains, self.stats)
         log.info("worker %d (pid %d) serves %s as consumer %d",
                  self.index, os.getpid(), ", ".join(sorted(gateway.chains)),
                  consumer.index)
         try:
             self._serve(consumer, dispatch)
         finally:
+            self.stats.flush(self.chains)
             region.close()
         return 0
 
     def _serve(self, consumer, dispatch):
         serve = consumer.serve_batch
         wait = consumer.wait
+        flush = self.stats.maybe_flush
+        chains = self.chains
+        dirty = False
         while not self.stopping:
             if serve(dispatch, 64):
+                dirty = True
+                flush(chains)
                 continue
+            timeout = 1000
+            if dirty:
+                # written once a second at most, and not at all when idle
+                if flush(chains):
+                    dirty = False
+                else:
+                    timeout = 1 + int(1000 * max(
+                        0.0, self.stats.next_flush - time.monotonic()))
             if consumer.state == "draining":
                 # nginx stopped sending here: finish what is queued, then go
                 if not wait(DRAIN_QUIET_MS) and not serve(dispatch, 64):
                     break
                 continue
-            # the timeout only bounds how late a stop is noticed
-            wait(1000)
-        # answer what was taken, so no request waits for its timeout
-        while serve(dispatch, 64):
+            # the timeout only bounds how late a stop (or a flush) happens
+            wait(timeout)
+        # answer what is queued, so no request waits for its timeout
+        deadline = time.monotonic() + 1.0
+        while serve(dispatch, 64) and time.monotonic() < deadline:
             pass

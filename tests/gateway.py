@@ -84,7 +84,8 @@ class Gateway:
         self.shm = "mosn_test_" + uuid.uuid4().hex[:12]
         self.port = free_port()
         self.workers = workers
-        self.env = dict(os.environ, PYTHONPATH=FILTERS, **(env or {}))
+        self.env = dict(os.environ, PYTHONPATH=FILTERS)
+        self.env.update(env or {})
         self.mosn = mosn if mosn is not None else example_mosn()
         self.mosn_path = os.path.join(self.prefix, "conf", "mosn.json")
         self.write_mosn(self.mosn)

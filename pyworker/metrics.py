@@ -1,0 +1,117 @@
+"""Counters of one Python worker, kept in plain Python on the hot path and
+written to a small file in the stats directory once a second; the admin
+process adds every worker's file up at scrape time, so a scrape costs no
+call into any worker."""
+
+import bisect
+import json
+import os
+import time
+
+# filter latency buckets, seconds: from 10 us to 2.5 s
+BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001,
+           0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+OUTCOMES = {0: "continue", 1: "hijack", 2: "error"}
+FLUSH_EVERY = 1.0
+
+
+class WorkerStats:
+    """What one worker counts; flush() writes it for the admin process."""
+
+    def __init__(self, stats_dir, name):
+        self.path = os.path.join(stats_dir, name + ".json") if stats_dir \
+            else None
+        self.requests = {}      # (chain, outcome) -> n
+        self.filters = {}       # (chain, filter, outcome) -> n
+        self.latency = {}       # (chain, filter) -> [bucket counts..., sum]
+        self.started = time.time()
+        self.next_flush = 0.0
+
+    def observer(self, chain):
+        """The per-filter hook of one chain (made once, not per request)."""
+        filters = self.filters
+        latency = self.latency
+        buckets = BUCKETS
+        nb = len(BUCKETS)
+
+        def observe(name, outcome, seconds):
+            key = (chain, name, outcome)
+            filters[key] = filters.get(key, 0) + 1
+            hist = latency.get((chain, name))
+            if hist is None:
+                hist = latency[(chain, name)] = [0] * (nb + 1) + [0.0]
+            hist[bisect.bisect_left(buckets, seconds)] += 1
+            hist[-1] += seconds
+
+        return observe
+
+    def request(self, chain, action):
+        key = (chain, OUTCOMES.get(action, "error"))
+        self.requests[key] = self.requests.get(key, 0) + 1
+
+    def snapshot(self, chains=None):
+        driver_errors = []
+        for name, chain in (chains or {}).items():
+            for filter_name, filt in chain.filters:
+                n = getattr(filt, "driver_errors", None)
+                if n is not None:
+                    driver_errors.append([name, filter_name, n])
+        return {
+            "pid": os.getpid(),
+            "started": self.started,
+            "requests": [[c, o, n] for (c, o), n in self.requests.items()],
+            "filters": [[c, f, o, n] for (c, f, o), n in self.filters.items()],
+            "latency": [[c, f, h] for (c, f), h in self.latency.items()],
+            "driver_errors": driver_errors,
+        }
+
+    def maybe_flush(self, chains, now=None):
+        """Writes if a second has passed since the last write; True if so."""
+        now = time.monotonic() if now is None else now
+        if self.path is None or now < self.next_flush:
+            return False
+        self.next_flush = now + FLUSH_EVERY
+        self.flush(chains)
+        return True
+
+    def flush(self, chains=None):
+        if self.path is None:
+            return
+        write_json(self.path, self.snapshot(chains))
+
+
+def write_json(path, data):
+    """Replaces the file whole, so a reader never sees half of it."""
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+def merge(into, data):
+    """Adds one worker's snapshot to a running total (same shape)."""
+    for key in ("requests", "filters", "driver_errors"):
+        table = into.setdefault(key, {})
+        for row in data.get(key, ()):
+            k, n = tuple(row[:-1]), row[-1]
+            table[k] = table.get(k, 0) + n
+    latency = into.setdefault("latency", {})
+    for chain, name, hist in data.get("latency", ()):
+        total = latency.get((chain, name))
+        if total is None:
+            latency[(chain, name)] = list(hist)
+        else:
+            for i, v in enumerate(hist):
+                total[i] += v
+    return into
+
+
+def to_rows(total):
+    """A merged total back in the file's row shape (for the archive)."""
+    out = {}
+    for key in ("requests", "filters", "driver_errors"):
+        out[key] = [list(k) + [n] for k, n in total.get(key, {}).items()]
+    out["latency"] = [[c, f, h] for (c, f), h in
+                      total.get("latency", {}).items()]
+    return out
