@@ -93,6 +93,8 @@ typedef struct {
     uint32_t                 *inflight_gen;
     uint64_t                  next_id;
     time_t                    claim_tried;
+    uint64_t                  wake_mask;     /* consumers to wake */
+    ngx_event_t               wake;          /* posted: wakes them once */
 } ngx_http_mosn_worker_t;
 
 

@@ -12,6 +12,7 @@
 
 
 static void ngx_http_mosn_doorbell_handler(ngx_event_t *ev);
+static void ngx_http_mosn_wake_handler(ngx_event_t *ev);
 static void ngx_http_mosn_drain(void);
 static void ngx_http_mosn_rescue(void);
 static void ngx_http_mosn_complete(uint32_t s, uint32_t gen,
@@ -115,6 +116,9 @@ ngx_http_mosn_claim(ngx_log_t *log)
 
     w->nfree = w->rg.hdr->slots;
     w->doorbell = c;
+    w->wake.handler = ngx_http_mosn_wake_handler;
+    w->wake.log = log;
+    w->wake_mask = 0;
     w->p = p;
     w->epoch = w->rg.hdr->consumer_epoch;
     w->next_id = ((uint64_t) (uint32_t) ngx_pid << 32) + 1;
@@ -136,6 +140,14 @@ ngx_http_mosn_ring_exit_process(ngx_cycle_t *cycle)
     if (w->p < 0) {
         return;
     }
+
+    if (w->wake.posted) {
+        ngx_delete_posted_event(&w->wake);
+    }
+
+    /* nginx counts a socket left open at exit as a leak */
+    ngx_close_connection(w->doorbell);
+    w->doorbell = NULL;
 
     /* the reaper hands the channel on once its slots are back */
     mosn_producer_release(&w->rg, (uint32_t) w->p);
@@ -208,14 +220,21 @@ ngx_http_mosn_ring_submit(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
     ((mosn_req_t *) slot->data)->request_id = ctx->request_id;
     slot->request_id = ctx->request_id;
 
-    if (mosn_producer_submit(&w->rg, (uint32_t) w->p, s, (uint32_t) c, inc,
-                             &gen)
+    if (mosn_producer_publish(&w->rg, (uint32_t) w->p, s, (uint32_t) c, inc,
+                              &gen)
         != 0)
     {
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "mosn: the ring to Python worker %d is full, taking "
                       "the fallback", c);
         return NGX_DECLINED;
+    }
+
+    /* one wake-up per consumer per event loop iteration, at its end */
+    w->wake_mask |= 1ULL << c;
+
+    if (!w->wake.posted) {
+        ngx_post_event(&w->wake, &ngx_posted_events);
     }
 
     w->nfree--;
@@ -273,6 +292,28 @@ ngx_http_mosn_ring_timed_out(ngx_http_mosn_ctx_t *ctx)
                       "mosn: Python worker %uD (pid %uD) is gone", c,
                       cons->pid);
         mosn_consumer_retire(&w->rg, c, -1);
+    }
+}
+
+
+static void
+ngx_http_mosn_wake_handler(ngx_event_t *ev)
+{
+    uint32_t                 c;
+    uint64_t                 mask;
+    ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
+
+    mask = w->wake_mask;
+    w->wake_mask = 0;
+
+    if (w->p < 0) {
+        return;
+    }
+
+    for (c = 0; mask; c++, mask >>= 1) {
+        if (mask & 1) {
+            mosn_producer_wake(&w->rg, (uint32_t) w->p, c);
+        }
     }
 }
 

@@ -378,11 +378,18 @@ cdef bytes _l1(object s):
 
 cdef uint32_t _write_verdict(uint8_t *base, uint32_t cap, object v) except *:
     """Encodes a pyworker Verdict (or None: continue) at base."""
-    cdef _VerdictWriter w = _VerdictWriter.__new__(_VerdictWriter)
+    cdef _VerdictWriter w
     cdef mosn_verdict_t hdr
     cdef int action = MOSN_ACTION_CONTINUE, status = 0
     if cap < sizeof(mosn_verdict_t):
         raise RingError("no room for a verdict in the slot")
+    memset(&hdr, 0, sizeof(hdr))
+    if v is None:
+        # the common answer, written without a writer object
+        hdr.len = sizeof(hdr)
+        memcpy(base, &hdr, sizeof(hdr))
+        return sizeof(hdr)
+    w = _VerdictWriter.__new__(_VerdictWriter)
     w.base = base
     w.cap = cap
     w.pos = sizeof(mosn_verdict_t)
@@ -422,6 +429,10 @@ cdef uint32_t _write_error(uint8_t *base, uint32_t cap, str why):
     cdef mosn_record_t r
     cdef bytes msg = why.encode("utf-8", "replace")[:200]
     cdef uint32_t need = sizeof(hdr) + sizeof(r) + len(msg)
+    if cap < sizeof(hdr):
+        # not even a header fits: write nothing past the slot; the empty
+        # verdict is refused by the module, which takes the fallback
+        return 0
     memset(&hdr, 0, sizeof(hdr))
     hdr.action = MOSN_ACTION_ERROR
     if need > cap:
@@ -487,7 +498,17 @@ cdef class Consumer:
         cdef mosn_slot_t *slot = self._slot(ps)
         cdef uint32_t data_size = self.rg.hdr.slot_size - MOSN_SLOT_HEADER_SIZE
         cdef uint32_t off, n
-        cdef uint32_t req_len = slot.req_len
+        cdef uint32_t req_len
+        cdef uint64_t w = slot.state
+        if (MOSN_SW_STATE(w) != MOSN_SLOT_TAKEN
+                or MOSN_SW_CONSUMER(w) != <uint32_t> self.index
+                or MOSN_SW_INC(w) != (mosn_consumer(self.rg, self.index)
+                                      .incarnation & 0xffff)):
+            # taken back (freed, re-queued, reaped): the slot and its
+            # verdict are someone else's now; refused and counted, untouched
+            return mosn_consumer_complete(self.rg, self.index, MOSN_PS_P(ps),
+                                          MOSN_PS_S(ps), &self.wake_mask) == 0
+        req_len = slot.req_len
         if req_len > data_size:
             req_len = data_size
         off = (req_len + 7) & ~7u
@@ -579,6 +600,8 @@ cdef class Producer:
             raise RingError("no free producer channel")
         self.fd = mosn_doorbell_open(self.rg, self.index)
         if self.fd < 0:
+            # hand the channel to the reaper rather than hold it for ever
+            mosn_producer_release(self.rg, self.index)
             raise RingError("cannot bind the doorbell socket")
 
     def fileno(self):
@@ -606,6 +629,8 @@ cdef class Producer:
             if c < 0:
                 return None
         else:
+            if consumer >= <int> self.rg.hdr.nconsumers:
+                raise RingError("no consumer %d" % consumer)
             c = consumer
             inc = mosn_consumer(self.rg, c).incarnation & 0xffff
         sl = mosn_slot(self.rg, self.index, slot)
@@ -638,6 +663,8 @@ cdef class Producer:
                                          sl.verdict_len)
 
     def free(self, uint32_t slot):
+        if slot >= self.rg.hdr.slots:
+            raise RingError("no slot %d" % slot)
         mosn_producer_free(self.rg, self.index, slot)
 
     def arm(self):
@@ -656,7 +683,10 @@ cdef class Producer:
                 for i in range(n)]
 
     def slot_state(self, uint32_t slot):
-        cdef uint64_t w = mosn_slot(self.rg, self.index, slot).state
+        cdef uint64_t w
+        if slot >= self.rg.hdr.slots:
+            raise RingError("no slot %d" % slot)
+        w = mosn_slot(self.rg, self.index, slot).state
         return (MOSN_SW_STATE(w), MOSN_SW_CONSUMER(w), MOSN_SW_INC(w),
                 MOSN_SW_GEN(w))
 

@@ -606,6 +606,13 @@ mosn_producer_pick(mosn_region_t *rg, uint32_t p, uint32_t *rr,
 
 
 static int
+mosn_ring_room(mosn_region_t *rg, mosn_ring_t *ring)
+{
+    return ring->head - mosn_load(&ring->tail) < rg->hdr->slots;
+}
+
+
+static int
 mosn_ring_push(mosn_region_t *rg, mosn_ring_t *ring, uint64_t entry)
 {
     uint32_t  head;
@@ -643,8 +650,14 @@ mosn_wake_consumer(mosn_region_t *rg, uint32_t p, uint32_t c)
 }
 
 
+/*
+ * Publishes a filled slot to consumer c without waking it: an nginx worker
+ * publishes every request of one event loop iteration, then wakes each
+ * consumer once with mosn_producer_wake().
+ */
+
 int
-mosn_producer_submit(mosn_region_t *rg, uint32_t p, uint32_t s, uint32_t c,
+mosn_producer_publish(mosn_region_t *rg, uint32_t p, uint32_t s, uint32_t c,
     uint32_t inc, uint32_t *gen)
 {
     uint32_t          g;
@@ -672,9 +685,28 @@ mosn_producer_submit(mosn_region_t *rg, uint32_t p, uint32_t s, uint32_t c,
     prod->submitted++;
     prod->in_use++;
 
-    mosn_wake_consumer(rg, p, c);
-
     *gen = g;
+
+    return 0;
+}
+
+
+void
+mosn_producer_wake(mosn_region_t *rg, uint32_t p, uint32_t c)
+{
+    mosn_wake_consumer(rg, p, c);
+}
+
+
+int
+mosn_producer_submit(mosn_region_t *rg, uint32_t p, uint32_t s, uint32_t c,
+    uint32_t inc, uint32_t *gen)
+{
+    if (mosn_producer_publish(rg, p, s, c, inc, gen) != 0) {
+        return -1;
+    }
+
+    mosn_wake_consumer(rg, p, c);
 
     return 0;
 }
@@ -847,23 +879,27 @@ mosn_producer_rescue(mosn_region_t *rg, uint32_t p, uint32_t *rr,
 
         c2 = mosn_producer_pick(rg, p, rr, &inc2);
 
-        if (c2 >= 0) {
+        /*
+         * Room is checked before the slot names c2: c2's ring may still
+         * hold an entry for this very (slot, gen) from an incarnation that
+         * died, so c2 can take the slot as soon as the state names it, and
+         * the state must not be taken back after that.  Only this producer
+         * pushes to the ring, so the room cannot vanish before the push.
+         */
+        if (c2 >= 0
+            && mosn_ring_room(rg, mosn_submit_ring(rg, p, (uint32_t) c2)))
+        {
             mosn_store(&slot->state,
                        MOSN_SW(gen, inc2, c2, MOSN_SLOT_SUBMITTED));
-
-            if (mosn_ring_push(rg, mosn_submit_ring(rg, p, (uint32_t) c2),
-                               MOSN_ENTRY(s, gen))
-                == 0)
-            {
-                prod->requeued++;
-                mosn_wake_consumer(rg, p, (uint32_t) c2);
-                continue;
-            }
-
-            /* no room: mark it done by nobody so that it is failed */
-            mosn_store(&slot->state, MOSN_SW(gen, 0, 0, MOSN_SLOT_TAKEN));
+            (void) mosn_ring_push(rg, mosn_submit_ring(rg, p, (uint32_t) c2),
+                                  MOSN_ENTRY(s, gen));
+            prod->requeued++;
+            mosn_wake_consumer(rg, p, (uint32_t) c2);
+            continue;
         }
 
+        /* no consumer or no room: mark it done by nobody, it is failed */
+        mosn_store(&slot->state, MOSN_SW(gen, 0, 0, MOSN_SLOT_TAKEN));
         out[n++] = MOSN_ENTRY(s | MOSN_RESCUE_FAILED, gen);
     }
 
@@ -871,20 +907,49 @@ mosn_producer_rescue(mosn_region_t *rg, uint32_t p, uint32_t *rr,
 }
 
 
+/*
+ * The doorbell of channel p: "\0ngx_mosn" NAME "." P in the abstract
+ * namespace, where the name lives as long as the socket.  Built by hand:
+ * a consumer builds it on every ring, and snprintf() showed in profiles.
+ */
+
 static void
 mosn_doorbell_name(mosn_region_t *rg, uint32_t p, struct sockaddr_un *sa,
     socklen_t *len)
 {
-    int  n;
+    char    *d, *end, digits[10];
+    size_t   n;
 
-    memset(sa, 0, sizeof(*sa));
     sa->sun_family = AF_UNIX;
 
-    /* abstract namespace: the name lives as long as the socket */
-    n = snprintf(sa->sun_path + 1, sizeof(sa->sun_path) - 1,
-                 "ngx_mosn%s.%u", rg->hdr->name, p);
+    d = sa->sun_path;
+    end = sa->sun_path + sizeof(sa->sun_path);
+    *d++ = '\0';
 
-    *len = (socklen_t) (offsetof(struct sockaddr_un, sun_path) + 1 + n);
+    memcpy(d, "ngx_mosn", sizeof("ngx_mosn") - 1);
+    d += sizeof("ngx_mosn") - 1;
+
+    n = strnlen(rg->hdr->name, MOSN_NAME_MAX - 1);
+    n = n < (size_t) (end - d) ? n : (size_t) (end - d);
+    memcpy(d, rg->hdr->name, n);
+    d += n;
+
+    n = 0;
+
+    do {
+        digits[n++] = (char) ('0' + p % 10);
+        p /= 10;
+    } while (p);
+
+    if (d < end) {
+        *d++ = '.';
+    }
+
+    while (n && d < end) {
+        *d++ = digits[--n];
+    }
+
+    *len = (socklen_t) (d - (char *) sa);
 }
 
 
@@ -911,17 +976,38 @@ mosn_doorbell_open(mosn_region_t *rg, uint32_t p)
 }
 
 
+#define MOSN_DRAIN_BATCH  16
+
 int
 mosn_doorbell_drain(int fd)
 {
-    int   n;
-    char  buf[64];
+    int             n, i, got;
+    char            buf[MOSN_DRAIN_BATCH];
+    struct iovec    iov[MOSN_DRAIN_BATCH];
+    struct mmsghdr  msg[MOSN_DRAIN_BATCH];
+
+    /* one system call for the usual single wake-up, not two */
+    memset(msg, 0, sizeof(msg));
+
+    for (i = 0; i < MOSN_DRAIN_BATCH; i++) {
+        iov[i].iov_base = &buf[i];
+        iov[i].iov_len = 1;
+        msg[i].msg_hdr.msg_iov = &iov[i];
+        msg[i].msg_hdr.msg_iovlen = 1;
+    }
 
     n = 0;
 
-    while (recv(fd, buf, sizeof(buf), 0) >= 0) {
-        n++;
-    }
+    do {
+        got = recvmmsg(fd, msg, MOSN_DRAIN_BATCH, MSG_DONTWAIT, NULL);
+
+        if (got <= 0) {
+            break;
+        }
+
+        n += got;
+
+    } while (got == MOSN_DRAIN_BATCH);
 
     return n;
 }
@@ -1253,11 +1339,24 @@ mosn_reap_channel(mosn_region_t *rg, uint32_t p)
         }
 
         if (st == MOSN_SLOT_DONE
-            || !mosn_consumer_alive(rg, c, MOSN_SW_INC(w))
-            || (st == MOSN_SLOT_SUBMITTED
-                && !mosn_ring_holds(rg, mosn_submit_ring(rg, p, c), s, gen)))
+            || !mosn_consumer_alive(rg, c, MOSN_SW_INC(w)))
         {
             mosn_store(&slot->state, MOSN_SW(gen, 0, 0, MOSN_SLOT_FREE));
+            continue;
+        }
+
+        /*
+         * Never published, or the entry left the ring: a live consumer
+         * may have taken it after w was read (it marks the slot before it
+         * moves the tail), so free it only if the state is still w.
+         */
+        if (st == MOSN_SLOT_SUBMITTED
+            && !mosn_ring_holds(rg, mosn_submit_ring(rg, p, c), s, gen)
+            && __atomic_compare_exchange_n(&slot->state, &w,
+                                           MOSN_SW(gen, 0, 0, MOSN_SLOT_FREE),
+                                           0, __ATOMIC_ACQ_REL,
+                                           __ATOMIC_ACQUIRE))
+        {
             continue;
         }
 

@@ -322,6 +322,9 @@ int mosn_producer_pick(mosn_region_t *rg, uint32_t p, uint32_t *rr,
     uint32_t *inc);
 int mosn_producer_submit(mosn_region_t *rg, uint32_t p, uint32_t s,
     uint32_t c, uint32_t inc, uint32_t *gen);
+int mosn_producer_publish(mosn_region_t *rg, uint32_t p, uint32_t s,
+    uint32_t c, uint32_t inc, uint32_t *gen);
+void mosn_producer_wake(mosn_region_t *rg, uint32_t p, uint32_t c);
 void mosn_producer_free(mosn_region_t *rg, uint32_t p, uint32_t s);
 int mosn_producer_poll(mosn_region_t *rg, uint32_t p, uint64_t *out,
     int max);

@@ -28,4 +28,9 @@ def gateway():
             gw.stop()
         except AssertionError as exc:
             errors.append(str(exc))
+        # nginx's own word on leaks and crashes, besides the kills we made
+        for line in gw.error_log().splitlines():
+            if ("[alert]" in line or "[crit]" in line) \
+                    and "exited on signal 9" not in line:
+                errors.append(line)
     assert not errors, errors

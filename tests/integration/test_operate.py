@@ -184,17 +184,17 @@ def test_reload_picks_up_new_filter_code_under_load(gateway, tmp_path):
     gw = gateway(ROUTED, mosn=mosn, workers=2,
                  env={"PYTHONPATH": "%s:%s" % (pkg, FILTERS)}).start()
     assert gw.get("/", {"uid": "1"}).header("X-Version") == "1"
+    old = set(gw.python_pids())
     with Load(gw.port, threads=4) as load:
         time.sleep(0.5)
         (pkg / "versioned_filter.py").write_text(code.replace("VERSION", "2"))
         gw.reload()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if gw.get("/", {"uid": "1"}).header("X-Version") == "2":
-                break
-            time.sleep(0.1)
+        # rolled one worker at a time, until none of the old ones is left
+        assert wait_until(lambda: not set(gw.python_pids()) & old
+                          and len(gw.live_workers()) == 2, 20)
         time.sleep(0.5)
-    assert gw.get("/", {"uid": "1"}).header("X-Version") == "2"
+    assert {gw.get("/", {"uid": "1"}).header("X-Version")
+            for _ in range(6)} == {"2"}
     assert not load.errors, load.errors[:3]
     assert all(status == 200 for status, _ in load.statuses())
     # a broken edit is refused by the reload and the old code serves on

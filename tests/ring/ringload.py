@@ -154,9 +154,10 @@ class ProducerLoop:
             if len(out) < BATCH:
                 return n
 
-    def step(self, may_submit, budget=BATCH):
-        """One turn of the loop; sleeps up to 50 ms when nothing moved."""
-        n = self.submit_some(budget) if may_submit else 0
+    def step(self, budget):
+        """One turn of the loop: up to `budget` new requests, completions,
+        rescues; sleeps up to 50 ms when nothing moved."""
+        n = self.submit_some(min(budget, BATCH))
         n += self.drain()
         n += self.rescue_if_needed()
         if n == 0 and not self.prod.arm():
@@ -182,10 +183,10 @@ def run_producer(impl, name, seed, total, stop, progress, me, pipe,
     loop = ProducerLoop(impl, name, seed)
     started = time.monotonic()
     while time.monotonic() < deadline:
-        more = loop.submitted < total and not stop.value
-        if not more and not loop.inflight:
+        budget = 0 if stop.value else total - loop.submitted
+        if budget == 0 and not loop.inflight:
             break
-        loop.step(more)
+        loop.step(budget)
         progress[me] = loop.ok + loop.failed
     result = loop.report()
     result["seconds"] = time.monotonic() - started

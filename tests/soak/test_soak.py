@@ -15,9 +15,9 @@ SOAK = os.path.join(ROOT, "bench", "soak.py")
 MODULE = os.path.join(ROOT, "output", "ngx_http_mosn_module.so")
 
 # the checks soak.py prints whether it started the gateway or found it
-CHECKS = ("errors", "requests", "nginx RSS", "Python RSS",
+CHECKS = ("errors", "requests", "throughput", "nginx RSS", "Python RSS",
           "nginx processes stable", "Python processes stable",
-          "slots at idle")
+          "module file", "slots at idle")
 # and those of a gateway it started itself
 OWN_GATEWAY_CHECKS = ("error.log", "quit")
 
