@@ -217,6 +217,25 @@ def test_unwritable_verdict_becomes_error(impl, make_region, verdict, why):
     assert v.action == ERROR and v.log.startswith(why)
 
 
+@pytest.mark.parametrize("record_len, verdict_len", [(4032, 0), (4012, 16)])
+def test_full_slot_leaves_little_room(impl, make_region, record_len,
+                                      verdict_len):
+    """A record that fills the slot leaves room for no verdict (empty,
+    which the producer's decoder refuses) or for a bare error header."""
+    r = make_region()
+    cons, prod = r.consumer(r.alloc_consumer()), r.producer()
+    prod.submit(0, b"\0" * record_len)
+    (p,) = cons.take()
+    assert cons.complete(p, Verdict(upstream="s1"))
+    assert prod.poll() == [(0, 1)]
+    buf = prod.verdict(0)
+    assert len(buf) == verdict_len
+    if verdict_len:
+        assert decode_verdict(buf).action == ERROR
+    else:
+        assert impl.validate_verdict(buf) is not None
+
+
 def test_malformed_request_gets_error_verdict(impl, make_region):
     r = make_region()
     cons, prod = r.consumer(r.alloc_consumer()), r.producer()

@@ -44,7 +44,7 @@ class Supervisor:
         c = self.region.alloc_consumer()
         assert c >= 0, "no consumer index free"
         proc = self.mp.Process(target=run_consumer, args=(
-            self.impl, self.name, c, self.stop_consumers))
+            self.impl, self.name, c, self.stop_consumers), daemon=True)
         proc.start()
         self.consumers[proc.pid] = (proc, c)
 
@@ -54,7 +54,7 @@ class Supervisor:
         rx, tx = self.mp.Pipe(duplex=False)
         proc = self.mp.Process(target=run_producer, args=(
             self.impl, self.name, me, 10 ** 12, self.stop_producers,
-            self.progress, me, tx, self.deadline))
+            self.progress, me, tx, self.deadline), daemon=True)
         proc.start()
         tx.close()
         self.producers[proc.pid] = (proc, me, rx)
@@ -89,6 +89,16 @@ class Supervisor:
         return {me: self.progress[me]
                 for _, me, _ in self.producers.values()}
 
+    def close(self):
+        """Whatever the outcome, no process outlives the test."""
+        self.stop_producers.value = self.stop_consumers.value = 1
+        for proc, *_ in (list(self.consumers.values())
+                         + list(self.producers.values())):
+            if proc.is_alive():
+                proc.kill()
+            proc.join()
+        self.region.close()
+
     def run_until(self, done, seconds, why):
         limit = min(self.deadline, time.monotonic() + seconds)
         while not done():
@@ -103,6 +113,14 @@ def test_chaos(impl, nkills, gap, region_name, capsys):
     seed = int.from_bytes(os.urandom(4), "little")
     rnd = random.Random(seed)
     sup = Supervisor(impl, region_name, nkills)
+    try:
+        run_chaos(sup, seed, rnd, nkills, gap, capsys)
+    finally:
+        sup.close()
+
+
+def run_chaos(sup, seed, rnd, nkills, gap, capsys):
+    impl = sup.impl
     region = sup.region
     t0 = time.monotonic()
     for _ in range(CONSUMERS):
@@ -130,7 +148,7 @@ def test_chaos(impl, nkills, gap, region_name, capsys):
     reports = {}
 
     def all_reported():
-        for pid, (proc, me, rx) in sup.producers.items():
+        for _, me, rx in sup.producers.values():
             if me not in reports and rx.poll():
                 reports[me] = rx.recv()
         return len(reports) == len(sup.producers)
@@ -172,4 +190,3 @@ def test_chaos(impl, nkills, gap, region_name, capsys):
                  sum(r["failed"] for r in reports.values()),
                  sum(p["requeued"] for p in st["producers"]),
                  sum(p["stale"] for p in st["producers"])))
-    region.close()

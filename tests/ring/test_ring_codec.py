@@ -14,9 +14,10 @@ from shm_ring import codec
 from shm_ring.codec import (CONTINUE, ERROR, REPLY, Verdict, decode_request,
                             decode_verdict, encode_request, encode_verdict)
 
-SETTINGS = settings(deadline=None, max_examples=200,
-                    suppress_health_check=[HealthCheck.too_slow,
-                                           HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    deadline=None, max_examples=200,
+    suppress_health_check=[HealthCheck.too_slow,
+                           HealthCheck.function_scoped_fixture])
 # a region round trip per example costs more: fewer of them
 SLOT_SETTINGS = settings(SETTINGS, max_examples=100)
 

@@ -5,6 +5,8 @@ other does the rest."""
 import os
 import select
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -140,3 +142,34 @@ def test_supervision_across(supervisor_impl, worker_impl, region_name):
                                                               "free"]
     wr.close()
     sup.close()
+
+
+def public(cls):
+    return {n for n in dir(cls) if not n.startswith("_")}
+
+
+def test_fallback_has_the_cython_api(cython_impl, python_impl):
+    for name in ("Region", "SlotRequest", "Consumer", "Producer"):
+        missing = public(getattr(cython_impl, name)) - public(
+            getattr(python_impl, name))
+        # attributes of instances are set in __init__ in Python
+        missing -= {"index", "incarnation", "name", "nheaders",
+                    "request_id"}
+        assert not missing, (name, missing)
+    for name in ("validate_verdict", "proc_alive", "ABI_VERSION"):
+        assert hasattr(python_impl, name)
+    assert python_impl.ABI_VERSION == cython_impl.ABI_VERSION
+    assert (cython_impl.IMPLEMENTATION, python_impl.IMPLEMENTATION) == (
+        "cython", "python")
+
+
+def test_pure_python_forced_by_environment(cython_impl):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+    for env, want in (("1", "python"), ("0", "cython")):
+        out = subprocess.run(
+            [sys.executable, "-c",
+             "import shm_ring; print(shm_ring.IMPLEMENTATION)"],
+            cwd=root, env=dict(os.environ, SHM_RING_PURE=env),
+            capture_output=True, text=True, check=True).stdout
+        assert out.strip() == want

@@ -26,9 +26,22 @@ def wait_until(what, seconds, step=0.01):
         time.sleep(step)
 
 
+@pytest.fixture
+def processes():
+    """Processes to start; none outlives the test, whatever its outcome."""
+    procs = []
+    yield procs
+    for proc in procs:
+        if proc.pid is not None:
+            if proc.is_alive():
+                proc.kill()
+            proc.join()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("pimpl, cimpl, nprod, ncons, total", CASES)
-def test_stress(pimpl, cimpl, nprod, ncons, total, region_name, capsys):
+def test_stress(pimpl, cimpl, nprod, ncons, total, region_name, processes,
+                capsys):
     load_impl(pimpl)
     region = load_impl(cimpl).Region.create(
         region_name, nproducers=nprod, nconsumers=ncons, slots=256,
@@ -40,8 +53,9 @@ def test_stress(pimpl, cimpl, nprod, ncons, total, region_name, capsys):
     deadline = time.monotonic() + BUDGET
 
     consumers = [mp.Process(target=run_consumer, args=(
-        cimpl, region_name, region.alloc_consumer(), stop_consumers))
-        for _ in range(ncons)]
+        cimpl, region_name, region.alloc_consumer(), stop_consumers),
+        daemon=True) for _ in range(ncons)]
+    processes += consumers
     for proc in consumers:
         proc.start()
     wait_until(lambda: all(region.consumer_state(c) == "live"
@@ -54,7 +68,8 @@ def test_stress(pimpl, cimpl, nprod, ncons, total, region_name, capsys):
         pipes.append(rx)
         producers.append(mp.Process(target=run_producer, args=(
             pimpl, region_name, i, total // nprod, never, progress, i, tx,
-            deadline)))
+            deadline), daemon=True))
+        processes.append(producers[-1])
         producers[-1].start()
     reports = []
     for rx in pipes:

@@ -1,0 +1,1348 @@
+"""The ring in pure Python: a reference implementation of the API of
+_ring.pyx over the same shared memory, for machines without the compiled
+extension, for tools, and for tests that check one side against the other.
+
+It reads the layout of shm_ring.h with `struct` at the offsets the header
+records, and checks them as mosn_region_check() does.  Each function below
+mirrors the C function of the same name in shm_ring.c, step by step; read
+them side by side.
+
+Memory model.  Shared words are read and written through memoryview casts
+of the mapping, so an aligned 32- or 64-bit word is one load or one store,
+never torn.  On x86-64 plain loads and stores are ordered enough for the
+single-producer/single-consumer rings, which only need the C code's
+release stores and acquire loads.  The sleep/wake handshakes (consumer
+wait against producer submit, producer arm against consumer flush) also
+need the full fences of the C code; `_full_fence()` gets one from a lock
+round trip, whose lock-prefixed instructions are a full barrier on x86-64.
+On weakly ordered CPUs this module is for single-process use only.
+
+What pure Python cannot do is an atomic read-modify-write.  Where the C
+code uses compare-and-swap, exchange or atomic add, this module reads,
+checks and stores, and says so at each place:
+
+- channel claim: fallback claimers serialise on an flock of the region
+  file, but a C claimer (an nginx worker) does not take that lock, so a
+  fallback Producer must not claim while nginx workers may claim on the
+  same region.  A fallback Producer is for tests and tools;
+- the wake-up exchanges may let two wakers ring where one would do, which
+  costs a spare system call and loses nothing;
+- the reaper and consumer_retire assume one supervisor, as the C code's
+  callers do; a slot the reaper frees is re-read just before the store,
+  which narrows but does not close the window the C code's CAS closes.
+"""
+
+import ctypes
+import fcntl
+import mmap
+import os
+import platform
+import socket
+import struct
+import threading
+import time
+
+from shm_ring import codec
+from shm_ring.codec import RingError
+
+ABI_VERSION = 1
+IMPLEMENTATION = "python"
+
+# shm_ring.h
+MAGIC = 0x474E4952534F4D21
+CACHELINE = 64
+MAX_PRODUCERS = 64
+MAX_CONSUMERS = 64
+MAX_SLOTS = 65536
+MIN_SLOT_SIZE = 1024
+MAX_SLOT_SIZE = 16 * 1024 * 1024
+NAME_MAX = 64
+SLOT_HEADER_SIZE = 64
+VERDICT_MAX_RECORDS = 256
+RESCUE_FAILED = 0x80000000
+BATCH_MAX = 256            # as _ring.pyx
+
+SLOT_FREE, SLOT_SUBMITTED, SLOT_TAKEN, SLOT_DONE = 0, 1, 2, 3
+CHAN_FREE, CHAN_CLAIMING, CHAN_OWNED, CHAN_DRAINING = 0, 1, 2, 3
+CONS_EMPTY, CONS_STARTING, CONS_LIVE, CONS_DRAINING, CONS_DEAD = range(5)
+
+_CONSUMER_STATES = {CONS_EMPTY: "empty", CONS_STARTING: "starting",
+                    CONS_LIVE: "live", CONS_DRAINING: "draining",
+                    CONS_DEAD: "dead"}
+_CHANNEL_STATES = {CHAN_FREE: "free", CHAN_CLAIMING: "claiming",
+                   CHAN_OWNED: "owned", CHAN_DRAINING: "draining"}
+
+# mosn_shm_header_t, whole, and its fields' offsets
+HEADER = struct.Struct("<QIIQ IIII QQQQQ IIQ IIII 64s512s")
+H_MAGIC, H_ABI, H_REGION_SIZE = 0, 8, 16
+H_SUPERVISOR_PID, H_CONSUMER_EPOCH = 84, 96
+H_NAME, H_CONFIG_PATH = 112, 176
+
+# mosn_producer_t
+PRODUCER_SIZE = 120
+P_OWNER, P_STARTTIME, P_EPOCH, P_NEED_WAKEUP, P_IN_USE = 0, 8, 16, 20, 24
+P_SUBMITTED, P_COMPLETED, P_STALE, P_REQUEUED, P_TIMEOUTS = 32, 40, 48, 56, 64
+P_FALLBACKS, P_FUTEX_WAKES, P_DOORBELLS, P_COST_NS = 72, 80, 88, 96
+
+# mosn_consumer_t
+CONSUMER_SIZE = 88
+C_STATE, C_INCARNATION, C_PID, C_SLEEPING, C_STARTTIME = 0, 4, 8, 12, 16
+C_FUTEX, C_TAKEN, C_COMPLETED, C_BATCHES, C_SLEEPS = 24, 32, 40, 48, 56
+C_DOORBELLS, C_ERRORS = 64, 72
+
+# mosn_ring_t: head and tail on lines of their own, then the entries
+R_HEAD, R_TAIL, R_ENTRIES = 0, 64, 128
+
+# mosn_slot_t
+S_STATE, S_REQUEST_ID, S_SUBMIT_NS = 0, 8, 16
+S_REQ_LEN, S_VERDICT_OFF, S_VERDICT_LEN = 24, 28, 32
+S_DATA = SLOT_HEADER_SIZE
+
+REQ_SIZE = codec.REQ_HEADER.size            # mosn_req_t
+REQ_F_BODY = codec.F_BODY
+F_CHAIN, F_METHOD, F_PATH, F_QUERY, F_ADDR, F_PROTOCOL, F_BODY = range(7)
+F_HEADERS = 7
+
+U32 = 0xFFFFFFFF
+
+
+def _align(n, a):
+    return (n + a - 1) & ~(a - 1)
+
+
+# the words of shm_ring.h's macros
+
+def sw(gen, inc, c, st):
+    """MOSN_SW: gen:32 | inc:16 | consumer:8 | state:8."""
+    return ((gen & U32) << 32) | ((inc & 0xFFFF) << 16) | ((c & 0xFF) << 8) \
+        | (st & 0xFF)
+
+
+def sw_state(w):
+    return w & 0xFF
+
+
+def sw_consumer(w):
+    return (w >> 8) & 0xFF
+
+
+def sw_inc(w):
+    return (w >> 16) & 0xFFFF
+
+
+def sw_gen(w):
+    return w >> 32
+
+
+def entry(slot, gen):
+    """MOSN_ENTRY: gen:32 | slot:32."""
+    return ((gen & U32) << 32) | (slot & U32)
+
+
+def owner(pid, st):
+    """MOSN_OWNER: pid:32 | state:8."""
+    return ((pid & U32) << 32) | (st & 0xFF)
+
+
+# processes, futexes, fences
+
+def proc_starttime(pid):
+    """Field 22 of /proc/PID/stat, or None if gone or a zombie."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            buf = f.read(1023)
+    except OSError:
+        return None
+    # the command name may hold spaces and parentheses
+    end = buf.rfind(b")")
+    if end < 0 or buf[end + 1:end + 2] != b" ":
+        return None
+    fields = buf[end + 2:].split(b" ")
+    if fields[0] in (b"Z", b"X", b"x") or len(fields) < 20:
+        return None
+    try:
+        return int(fields[19])
+    except ValueError:
+        return None
+
+
+def proc_alive(pid, starttime=0):
+    if pid <= 0:
+        return False
+    now = proc_starttime(pid)
+    if now is None:
+        return False
+    return starttime == 0 or now == starttime
+
+
+_SYS_FUTEX = {"x86_64": 202, "aarch64": 98}.get(platform.machine())
+_FUTEX_WAIT, _FUTEX_WAKE = 0, 1      # not FUTEX_PRIVATE: shared memory
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def _futex_wait(addr, val, timeout_ms):
+    ts = None
+    if timeout_ms >= 0:
+        ts = ctypes.byref(_Timespec(timeout_ms // 1000,
+                                    (timeout_ms % 1000) * 1000000))
+    # ctypes releases the GIL around the call
+    _libc.syscall(ctypes.c_long(_SYS_FUTEX), ctypes.c_void_p(addr),
+                  ctypes.c_int(_FUTEX_WAIT), ctypes.c_uint32(val), ts,
+                  None, ctypes.c_int(0))
+
+
+def _futex_wake(addr):
+    _libc.syscall(ctypes.c_long(_SYS_FUTEX), ctypes.c_void_p(addr),
+                  ctypes.c_int(_FUTEX_WAKE), ctypes.c_int(1), None, None,
+                  ctypes.c_int(0))
+
+
+_FENCE_LOCK = threading.Lock()
+
+
+def _new_fence_lock():
+    global _FENCE_LOCK
+    _FENCE_LOCK = threading.Lock()
+
+
+# a fork while another thread held the lock must not leave it held
+os.register_at_fork(after_in_child=_new_fence_lock)
+
+
+def _full_fence():
+    """mosn_full_fence(): a lock round trip runs lock-prefixed
+    instructions, which order every earlier store before every later
+    load on x86-64."""
+    _FENCE_LOCK.acquire()
+    _FENCE_LOCK.release()
+
+
+def _now_ns():
+    return time.monotonic_ns()
+
+
+# the region
+
+def _conf_check(nproducers, nconsumers, slots, slot_size):
+    """mosn_conf_check(): the message, or None if the sizes are usable."""
+    if not 1 <= nproducers <= MAX_PRODUCERS:
+        return "producer count %d is not in 1..%d" % (nproducers,
+                                                      MAX_PRODUCERS)
+    if not 1 <= nconsumers <= MAX_CONSUMERS:
+        return "consumer count %d is not in 1..%d" % (nconsumers,
+                                                      MAX_CONSUMERS)
+    if not 2 <= slots <= MAX_SLOTS or slots & (slots - 1):
+        return "slot count %d is not a power of two in 2..%d" % (slots,
+                                                                 MAX_SLOTS)
+    if (not MIN_SLOT_SIZE <= slot_size <= MAX_SLOT_SIZE
+            or slot_size % CACHELINE):
+        return "slot size %d is not a multiple of %d in %d..%d" % (
+            slot_size, CACHELINE, MIN_SLOT_SIZE, MAX_SLOT_SIZE)
+    return None
+
+
+def _layout(nproducers, nconsumers, slots, slot_size):
+    """mosn_layout(): the header's size and offset fields."""
+    header_size = _align(HEADER.size, CACHELINE)
+    off = header_size
+    producers_off = off
+    off += _align(PRODUCER_SIZE, CACHELINE) * nproducers
+    consumers_off = off
+    off += _align(CONSUMER_SIZE, CACHELINE) * nconsumers
+    rings_off = off
+    ring_bytes = _align(R_ENTRIES + slots * 8, CACHELINE)
+    off += ring_bytes * 2 * nproducers * nconsumers
+    off = _align(off, 4096)
+    slots_off = off
+    off += slot_size * slots * nproducers
+    return {"header_size": header_size, "region_size": _align(off, 4096),
+            "producers_off": producers_off, "consumers_off": consumers_off,
+            "rings_off": rings_off, "ring_bytes": ring_bytes,
+            "slots_off": slots_off}
+
+
+HEADER_FIELDS = (
+    "magic", "abi", "header_size", "region_size", "nproducers",
+    "nconsumers", "slots", "slot_size", "producers_off", "consumers_off",
+    "rings_off", "ring_bytes", "slots_off", "master_pid", "supervisor_pid",
+    "created_ns", "consumer_epoch", "reload_seq", "desired_workers", "pad0",
+    "name", "config_path")
+
+
+def _unpack_header(buf):
+    return dict(zip(HEADER_FIELDS, HEADER.unpack_from(buf)))
+
+
+def _region_check(buf, size):
+    """mosn_region_check(): raises RingError if the image is unusable."""
+    if size < HEADER.size:
+        raise RingError("region is %d bytes, smaller than its header "
+                        "(%d bytes)" % (size, HEADER.size))
+    h = _unpack_header(buf)
+    if h["magic"] != MAGIC:
+        raise RingError("region has no ring magic (found 0x%x)"
+                        % h["magic"])
+    if h["abi"] != ABI_VERSION:
+        raise RingError("region speaks ring ABI version %d, this build "
+                        "speaks version %d: rebuild the nginx module and "
+                        "the Python extension from the same source"
+                        % (h["abi"], ABI_VERSION))
+    if h["region_size"] != size:
+        raise RingError("region is %d bytes but its header says %d bytes"
+                        % (size, h["region_size"]))
+    conf = (h["nproducers"], h["nconsumers"], h["slots"], h["slot_size"])
+    why = _conf_check(*conf)
+    if why:
+        raise RingError(why)
+    layout = _layout(*conf)
+    if any(layout[k] != h[k] for k in layout if k != "header_size"):
+        raise RingError("region layout does not match its sizes")
+
+
+def _shm_path(name):
+    # glibc's shm_open() maps "/name" to /dev/shm/name
+    return "/dev/shm/" + name.lstrip("/")
+
+
+class Region:
+    """An attached shared-memory region."""
+
+    def __init__(self, name, fd, size):
+        self.name = name
+        self._size = size
+        self._mm = mmap.mmap(fd, size, mmap.MAP_SHARED,
+                             mmap.PROT_READ | mmap.PROT_WRITE)
+        self._u32 = memoryview(self._mm).cast("I")
+        self._u64 = memoryview(self._mm).cast("Q")
+        # the mapping's address, for the futex system call
+        self._anchor = ctypes.c_char.from_buffer(self._mm)
+        self._base = ctypes.addressof(self._anchor)
+        self._sock = None
+        self._read_layout()
+
+    def _read_layout(self):
+        h = _unpack_header(self._mm)
+        self._np = h["nproducers"]
+        self._nc = h["nconsumers"]
+        self._slots = h["slots"]
+        self._slot_size = h["slot_size"]
+        self._producers_off = h["producers_off"]
+        self._consumers_off = h["consumers_off"]
+        self._rings_off = h["rings_off"]
+        self._ring_bytes = h["ring_bytes"]
+        self._slots_off = h["slots_off"]
+        self._hdr_name = h["name"].split(b"\0", 1)[0]
+
+    @staticmethod
+    def attach(name):
+        try:
+            fd = os.open(_shm_path(name), os.O_RDWR)
+        except OSError as e:
+            raise RingError('shm_open("%s") failed: %s'
+                            % (name, os.strerror(e.errno))) from None
+        try:
+            size = os.fstat(fd).st_size
+            if size <= 0:
+                raise RingError('region "%s" is empty' % name)
+            with mmap.mmap(fd, size, mmap.MAP_SHARED,
+                           mmap.PROT_READ) as image:
+                _region_check(image, size)
+            return Region(name, fd, size)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def create(name, nproducers=4, nconsumers=4, slots=64, slot_size=4096):
+        why = _conf_check(nproducers, nconsumers, slots, slot_size)
+        if why:
+            raise RingError(why)
+        if len(name.encode()) >= NAME_MAX:
+            raise RingError('region name "%s" is too long' % name)
+        layout = _layout(nproducers, nconsumers, slots, slot_size)
+        path = _shm_path(name)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            raise RingError('shm_open("%s") failed: %s'
+                            % (name, os.strerror(e.errno))) from None
+        try:
+            os.ftruncate(fd, layout["region_size"])
+            image = HEADER.pack(
+                0, ABI_VERSION, layout["header_size"],
+                layout["region_size"], nproducers, nconsumers, slots,
+                slot_size, layout["producers_off"], layout["consumers_off"],
+                layout["rings_off"], layout["ring_bytes"],
+                layout["slots_off"], 0, 0, int(time.time()) * 10 ** 9,
+                0, 0, 0, 0, name.encode(), b"")
+            os.pwrite(fd, image, 0)
+            r = Region(name, fd, layout["region_size"])
+        except BaseException:
+            os.unlink(path)
+            raise
+        finally:
+            os.close(fd)
+        # the magic goes last: a reader that sees it sees the layout
+        r._u64[H_MAGIC >> 3] = MAGIC
+        return r
+
+    @staticmethod
+    def check_bytes(image):
+        """Checks a region image as attach does; raises RingError."""
+        _region_check(image, len(image))
+
+    def close(self):
+        if self._mm is None:
+            return
+        # every export of the mapping must go before it can be unmapped
+        self._u32.release()
+        self._u64.release()
+        self._anchor = None
+        self._mm.close()
+        self._mm = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def unlink(self):
+        try:
+            os.unlink(_shm_path(self.name))
+        except FileNotFoundError:
+            pass
+
+    def _live(self):
+        if self._mm is None:
+            raise RingError("region is closed")
+
+    # shared words
+
+    def ld32(self, off):
+        return self._u32[off >> 2]
+
+    def st32(self, off, v):
+        self._u32[off >> 2] = v & U32
+
+    def ld64(self, off):
+        return self._u64[off >> 3]
+
+    def st64(self, off, v):
+        self._u64[off >> 3] = v
+
+    def add64(self, off, n=1):
+        """A counter bumped by its one writer."""
+        self._u64[off >> 3] = (self._u64[off >> 3] + n) & 0xFFFFFFFFFFFFFFFF
+
+    # mosn_producer(), mosn_consumer(), mosn_*_ring(), mosn_slot()
+
+    def prod(self, p):
+        return self._producers_off + _align(PRODUCER_SIZE, CACHELINE) * p
+
+    def cons(self, c):
+        return self._consumers_off + _align(CONSUMER_SIZE, CACHELINE) * c
+
+    def submit_ring(self, p, c):
+        return self._rings_off + self._ring_bytes * (2 * (p * self._nc + c))
+
+    def completion_ring(self, p, c):
+        return self._rings_off + self._ring_bytes * (2 * (p * self._nc + c)
+                                                     + 1)
+
+    def slot(self, p, s):
+        return self._slots_off + self._slot_size * (p * self._slots + s)
+
+    def ring_entry(self, ring, i):
+        return self.ld64(ring + R_ENTRIES + 8 * (i & (self._slots - 1)))
+
+    # properties as _ring.pyx
+
+    @property
+    def nproducers(self):
+        self._live()
+        return self._np
+
+    @property
+    def nconsumers(self):
+        self._live()
+        return self._nc
+
+    @property
+    def slots(self):
+        self._live()
+        return self._slots
+
+    @property
+    def slot_size(self):
+        self._live()
+        return self._slot_size
+
+    @property
+    def size(self):
+        return self._size
+
+    @property
+    def master_pid(self):
+        self._live()
+        return _unpack_header(self._mm)["master_pid"]
+
+    @property
+    def supervisor_pid(self):
+        self._live()
+        return self.ld32(H_SUPERVISOR_PID)
+
+    @supervisor_pid.setter
+    def supervisor_pid(self, pid):
+        self._live()
+        self.st32(H_SUPERVISOR_PID, pid)
+
+    @property
+    def consumer_epoch(self):
+        self._live()
+        return self.ld32(H_CONSUMER_EPOCH)
+
+    @property
+    def reload_seq(self):
+        self._live()
+        return _unpack_header(self._mm)["reload_seq"]
+
+    @property
+    def desired_workers(self):
+        self._live()
+        return _unpack_header(self._mm)["desired_workers"]
+
+    @property
+    def config_path(self):
+        self._live()
+        raw = _unpack_header(self._mm)["config_path"]
+        return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+    # supervisor side
+
+    def _sockfd(self):
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sock.setblocking(False)
+        return self._sock
+
+    def alloc_consumer(self):
+        self._live()
+        return _consumer_alloc(self)
+
+    def drain_consumer(self, c):
+        """Stops new work for consumer c; it finishes what it holds."""
+        self._live()
+        if 0 <= c < self._nc:
+            self.st32(self.cons(c) + C_STATE, CONS_DRAINING)
+
+    def consumer_state(self, c):
+        self._live()
+        if not 0 <= c < self._nc:
+            raise IndexError(c)
+        return _CONSUMER_STATES.get(self.ld32(self.cons(c) + C_STATE), "?")
+
+    def retire_consumer(self, c):
+        self._live()
+        _consumer_retire(self, c, self._sockfd())
+
+    def reap(self):
+        self._live()
+        return _reap(self, self._sockfd())
+
+    def slots_in_use(self):
+        self._live()
+        return sum(1 for p in range(self._np) for s in range(self._slots)
+                   if sw_state(self.ld64(self.slot(p, s) + S_STATE))
+                   != SLOT_FREE)
+
+    def stats(self):
+        """Counters of every producer channel and consumer, as dicts."""
+        self._live()
+        producers = []
+        for i in range(self._np):
+            o = self.prod(i)
+            w = self.ld64(o + P_OWNER)
+            producers.append({
+                "index": i, "pid": w >> 32,
+                "state": _CHANNEL_STATES.get(w & 0xFF, "?"),
+                "in_use": self.ld32(o + P_IN_USE),
+                "submitted": self.ld64(o + P_SUBMITTED),
+                "completed": self.ld64(o + P_COMPLETED),
+                "stale": self.ld64(o + P_STALE),
+                "requeued": self.ld64(o + P_REQUEUED),
+                "timeouts": self.ld64(o + P_TIMEOUTS),
+                "fallbacks": self.ld64(o + P_FALLBACKS),
+                "futex_wakes": self.ld64(o + P_FUTEX_WAKES),
+                "doorbells": self.ld64(o + P_DOORBELLS),
+                "cost_ns": self.ld64(o + P_COST_NS),
+            })
+        consumers = []
+        for i in range(self._nc):
+            o = self.cons(i)
+            consumers.append({
+                "index": i, "pid": self.ld32(o + C_PID),
+                "state": _CONSUMER_STATES.get(self.ld32(o + C_STATE), "?"),
+                "incarnation": self.ld32(o + C_INCARNATION),
+                "taken": self.ld64(o + C_TAKEN),
+                "completed": self.ld64(o + C_COMPLETED),
+                "batches": self.ld64(o + C_BATCHES),
+                "sleeps": self.ld64(o + C_SLEEPS),
+                "doorbells": self.ld64(o + C_DOORBELLS),
+                "errors": self.ld64(o + C_ERRORS),
+            })
+        return {"producers": producers, "consumers": consumers,
+                "consumer_epoch": self.ld32(H_CONSUMER_EPOCH)}
+
+    def consumer(self, index):
+        """Registers this process as consumer `index` (from alloc)."""
+        return Consumer(self, index)
+
+    def producer(self):
+        """Claims a producer channel for this process (tests, tools)."""
+        return Producer(self)
+
+
+# the C core, function by function
+
+def _consumer_alive(rg, c, inc):
+    if c >= rg._nc:
+        return False
+    o = rg.cons(c)
+    st = rg.ld32(o + C_STATE)
+    return (st in (CONS_LIVE, CONS_DRAINING)
+            and rg.ld32(o + C_INCARNATION) & 0xFFFF == inc)
+
+
+def _ring_room(rg, ring):
+    return (rg.ld32(ring + R_HEAD) - rg.ld32(ring + R_TAIL)) & U32 \
+        < rg._slots
+
+
+def _ring_push(rg, ring, e):
+    """Only one process pushes to a ring: head is ours, tail theirs."""
+    head = rg.ld32(ring + R_HEAD)
+    if (head - rg.ld32(ring + R_TAIL)) & U32 >= rg._slots:
+        return -1
+    rg.st64(ring + R_ENTRIES + 8 * (head & (rg._slots - 1)), e)
+    # the entry is stored before head makes it visible (x86-64 TSO)
+    rg.st32(ring + R_HEAD, head + 1)
+    return 0
+
+
+def _ring_holds(rg, ring, s, gen):
+    head = rg.ld32(ring + R_HEAD)
+    tail = rg.ld32(ring + R_TAIL)
+    if (head - tail) & U32 > rg._slots:
+        return False
+    want = entry(s, gen)
+    while tail != head:
+        if rg.ring_entry(ring, tail) == want:
+            return True
+        tail = (tail + 1) & U32
+    return False
+
+
+def _doorbell_addr(rg, p):
+    # abstract namespace, as mosn_doorbell_name()
+    return b"\0ngx_mosn" + rg._hdr_name + b"." + str(p).encode()
+
+
+def _doorbell_ring(rg, sock, p):
+    try:
+        sock.sendto(b"\1", socket.MSG_DONTWAIT, _doorbell_addr(rg, p))
+    except BlockingIOError:
+        pass        # a full socket buffer already holds a wake-up
+    except OSError:
+        return -1
+    return 0
+
+
+def _wake_consumer(rg, p, c):
+    o = rg.cons(c)
+    _full_fence()       # pairs with the fence in _consumer_wait()
+    # C: atomic exchange; here two wakers may both ring, which is harmless
+    if rg.ld32(o + C_SLEEPING):
+        rg.st32(o + C_SLEEPING, 0)
+        rg.st32(o + C_FUTEX, rg.ld32(o + C_FUTEX) + 1)
+        _futex_wake(rg._base + o + C_FUTEX)
+        rg.add64(rg.prod(p) + P_FUTEX_WAKES)
+
+
+# producer side
+
+def _producer_claim(rg, pid):
+    starttime = proc_starttime(pid) or 0
+    # C: compare-and-swap.  The flock keeps fallback claimers apart; it
+    # does not keep out a C claimer (see the module docstring).
+    fd = os.open(_shm_path(rg.name), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        for p in range(rg._np):
+            o = rg.prod(p)
+            if rg.ld64(o + P_OWNER) != owner(0, CHAN_FREE):
+                continue
+            rg.st64(o + P_OWNER, owner(pid, CHAN_CLAIMING))
+            rg.st64(o + P_STARTTIME, starttime)
+            rg.st32(o + P_EPOCH, rg.ld32(o + P_EPOCH) + 1)
+            rg.st32(o + P_NEED_WAKEUP, 0)
+            rg.st32(o + P_IN_USE, 0)
+            rg.st64(o + P_OWNER, owner(pid, CHAN_OWNED))
+            return p
+        return -1
+    finally:
+        os.close(fd)
+
+
+def _producer_release(rg, p):
+    o = rg.prod(p)
+    # the reaper hands the channel on once every slot is back
+    rg.st64(o + P_OWNER, owner(rg.ld64(o + P_OWNER) >> 32, CHAN_DRAINING))
+
+
+def _producer_pick(rg, p, rr):
+    """The live consumer with the shortest submit ring from p, from the
+    round-robin position rr: (consumer, incarnation, new rr) or None."""
+    n = rg._nc
+    best = None
+    best_pending = U32 + 1
+    for i in range(n):
+        c = (rr + i) % n
+        o = rg.cons(c)
+        if rg.ld32(o + C_STATE) != CONS_LIVE:
+            continue
+        ring = rg.submit_ring(p, c)
+        pending = (rg.ld32(ring + R_HEAD) - rg.ld32(ring + R_TAIL)) & U32
+        if pending < best_pending:
+            best = c
+            best_pending = pending
+            inc = rg.ld32(o + C_INCARNATION) & 0xFFFF
+            if pending == 0:
+                break
+    if best is None:
+        return None
+    return best, inc, best + 1
+
+
+def _producer_submit(rg, p, s, c, inc):
+    slot = rg.slot(p, s)
+    ring = rg.submit_ring(p, c)
+    if not _ring_room(rg, ring):
+        return None
+    g = (sw_gen(rg.ld64(slot + S_STATE)) + 1) & U32
+    rg.st64(slot + S_SUBMIT_NS, _now_ns())
+    rg.st64(slot + S_STATE, sw(g, inc, c, SLOT_SUBMITTED))
+    _ring_push(rg, ring, entry(s, g))
+    o = rg.prod(p)
+    rg.add64(o + P_SUBMITTED)
+    rg.st32(o + P_IN_USE, rg.ld32(o + P_IN_USE) + 1)
+    _wake_consumer(rg, p, c)
+    return g
+
+
+def _producer_free(rg, p, s):
+    slot = rg.slot(p, s)
+    w = rg.ld64(slot + S_STATE)
+    rg.st64(slot + S_STATE, sw(sw_gen(w), 0, 0, SLOT_FREE))
+    o = rg.prod(p)
+    rg.st32(o + P_IN_USE, rg.ld32(o + P_IN_USE) - 1)
+
+
+def _producer_poll(rg, p, max_):
+    out = []
+    o = rg.prod(p)
+    for c in range(rg._nc):
+        if len(out) >= max_:
+            break
+        ring = rg.completion_ring(p, c)
+        tail = rg.ld32(ring + R_TAIL)
+        head = rg.ld32(ring + R_HEAD)
+        while tail != head and len(out) < max_:
+            e = rg.ring_entry(ring, tail)
+            tail = (tail + 1) & U32
+            s, gen = e & U32, e >> 32
+            if s >= rg._slots:
+                rg.add64(o + P_STALE)
+                continue
+            w = rg.ld64(rg.slot(p, s) + S_STATE)
+            if sw_state(w) != SLOT_DONE or sw_gen(w) != gen:
+                rg.add64(o + P_STALE)
+                continue
+            out.append((s, gen))
+        rg.st32(ring + R_TAIL, tail)
+    rg.add64(o + P_COMPLETED, len(out))
+    return out
+
+
+def _producer_arm(rg, p):
+    rg.st32(rg.prod(p) + P_NEED_WAKEUP, 1)
+    _full_fence()       # pairs with the fence in _consumer_flush()
+    for c in range(rg._nc):
+        ring = rg.completion_ring(p, c)
+        if rg.ld32(ring + R_HEAD) != rg.ld32(ring + R_TAIL):
+            return True
+    return False
+
+
+def _producer_rescue(rg, p, rr, max_):
+    """Slots held by dead consumer incarnations go to a live consumer;
+    verdicts written but never published come back as done; the rest
+    come back failed.  Returns ([(slot, gen, failed)], rr)."""
+    out = []
+    o = rg.prod(p)
+    for s in range(rg._slots):
+        if len(out) >= max_:
+            break
+        slot = rg.slot(p, s)
+        w = rg.ld64(slot + S_STATE)
+        st = sw_state(w)
+        if st == SLOT_FREE:
+            continue
+        c, inc, gen = sw_consumer(w), sw_inc(w), sw_gen(w)
+        if _consumer_alive(rg, c, inc):
+            continue
+        if st == SLOT_DONE:
+            if c < rg._nc and _ring_holds(rg, rg.completion_ring(p, c), s,
+                                          gen):
+                continue        # poll will see it
+            out.append((s, gen, False))
+            continue
+        picked = _producer_pick(rg, p, rr)
+        # room first: the new consumer may take the slot once named
+        if picked and _ring_room(rg, rg.submit_ring(p, picked[0])):
+            c2, inc2, rr = picked
+            rg.st64(slot + S_STATE, sw(gen, inc2, c2, SLOT_SUBMITTED))
+            _ring_push(rg, rg.submit_ring(p, c2), entry(s, gen))
+            rg.add64(o + P_REQUEUED)
+            _wake_consumer(rg, p, c2)
+            continue
+        if picked:
+            rr = picked[2]
+        # no consumer or no room: done by nobody, so failed
+        rg.st64(slot + S_STATE, sw(gen, 0, 0, SLOT_TAKEN))
+        out.append((s, gen, True))
+    return out, rr
+
+
+# consumer side
+
+def _consumer_start(rg, c, pid):
+    if c >= rg._nc:
+        return -1
+    o = rg.cons(c)
+    rg.st32(o + C_PID, pid)
+    rg.st64(o + C_STARTTIME, proc_starttime(pid) or 0)
+    rg.st32(o + C_SLEEPING, 0)
+    rg.st32(o + C_INCARNATION, rg.ld32(o + C_INCARNATION) + 1)
+    rg.st32(o + C_STATE, CONS_LIVE)
+    return rg.ld32(o + C_INCARNATION) & 0xFFFF
+
+
+def _consumer_take(rg, c, max_):
+    out = []
+    o = rg.cons(c)
+    inc = rg.ld32(o + C_INCARNATION) & 0xFFFF
+    for p in range(rg._np):
+        if len(out) >= max_:
+            break
+        ring = rg.submit_ring(p, c)
+        tail = rg.ld32(ring + R_TAIL)
+        head = rg.ld32(ring + R_HEAD)
+        if (head - tail) & U32 > rg._slots:
+            tail = head     # a producer scribbled: skip what cannot be real
+        while tail != head and len(out) < max_:
+            e = rg.ring_entry(ring, tail)
+            tail = (tail + 1) & U32
+            s, gen = e & U32, e >> 32
+            if s >= rg._slots:
+                continue
+            slot = rg.slot(p, s)
+            w = rg.ld64(slot + S_STATE)
+            if (sw_state(w) != SLOT_SUBMITTED or sw_consumer(w) != c
+                    or sw_inc(w) != inc or sw_gen(w) != gen):
+                continue
+            rg.st64(slot + S_STATE, sw(gen, inc, c, SLOT_TAKEN))
+            out.append((p << 32) | s)
+        # the slot is marked taken before the entry leaves the ring
+        rg.st32(ring + R_TAIL, tail)
+    if out:
+        rg.add64(o + C_TAKEN, len(out))
+        rg.add64(o + C_BATCHES)
+    return out
+
+
+def _consumer_complete(rg, c, p, s):
+    """Returns the producer to wake, or -1."""
+    if p >= rg._np or s >= rg._slots:
+        return -1
+    o = rg.cons(c)
+    slot = rg.slot(p, s)
+    w = rg.ld64(slot + S_STATE)
+    if (sw_state(w) != SLOT_TAKEN or sw_consumer(w) != c
+            or sw_inc(w) != rg.ld32(o + C_INCARNATION) & 0xFFFF):
+        rg.add64(o + C_ERRORS)
+        return -1
+    rg.st64(slot + S_STATE, sw(sw_gen(w), sw_inc(w), c, SLOT_DONE))
+    if _ring_push(rg, rg.completion_ring(p, c), entry(s, sw_gen(w))) != 0:
+        rg.add64(o + C_ERRORS)
+        return -1
+    rg.add64(o + C_COMPLETED)
+    return p
+
+
+def _consumer_flush(rg, c, sock, wake_mask):
+    if not wake_mask:
+        return 0
+    _full_fence()       # pairs with the fence in _producer_arm()
+    n = 0
+    for p in range(rg._np):
+        if not wake_mask & (1 << p):
+            continue
+        o = rg.prod(p)
+        # C: atomic exchange; a spare doorbell is harmless
+        if rg.ld32(o + P_NEED_WAKEUP):
+            rg.st32(o + P_NEED_WAKEUP, 0)
+            _doorbell_ring(rg, sock, p)
+            n += 1
+    rg.add64(rg.cons(c) + C_DOORBELLS, n)
+    return n
+
+
+def _consumer_pending(rg, c):
+    for p in range(rg._np):
+        ring = rg.submit_ring(p, c)
+        if rg.ld32(ring + R_HEAD) != rg.ld32(ring + R_TAIL):
+            return True
+    return False
+
+
+def _consumer_wait(rg, c, timeout_ms):
+    o = rg.cons(c)
+    rg.st32(o + C_SLEEPING, 1)
+    _full_fence()       # pairs with the fence in _wake_consumer()
+    seq = rg.ld32(o + C_FUTEX)
+    if _consumer_pending(rg, c):
+        rg.st32(o + C_SLEEPING, 0)
+        return True
+    rg.add64(o + C_SLEEPS)
+    _futex_wait(rg._base + o + C_FUTEX, seq, timeout_ms)
+    rg.st32(o + C_SLEEPING, 0)
+    return _consumer_pending(rg, c)
+
+
+# supervisor side
+
+def _consumer_alloc(rg):
+    for c in range(rg._nc):
+        o = rg.cons(c)
+        if rg.ld32(o + C_STATE) in (CONS_EMPTY, CONS_DEAD):
+            rg.st32(o + C_STATE, CONS_STARTING)
+            return c
+    return -1
+
+
+def _ring_producers(rg, sock):
+    for p in range(rg._np):
+        if rg.ld64(rg.prod(p) + P_OWNER) & 0xFF == CHAN_OWNED:
+            _doorbell_ring(rg, sock, p)
+
+
+def _consumer_retire(rg, c, sock):
+    if not 0 <= c < rg._nc:
+        return
+    rg.st32(rg.cons(c) + C_STATE, CONS_DEAD)
+    # C: atomic add; one supervisor retires
+    rg.st32(H_CONSUMER_EPOCH, rg.ld32(H_CONSUMER_EPOCH) + 1)
+    # producers re-queue what the consumer held
+    _ring_producers(rg, sock)
+
+
+def _drain_completions(rg, p):
+    for c in range(rg._nc):
+        ring = rg.completion_ring(p, c)
+        rg.st32(ring + R_TAIL, rg.ld32(ring + R_HEAD))
+
+
+def _reap_channel(rg, p):
+    """Hands a dead producer's channel back once nothing is in flight."""
+    o = rg.prod(p)
+    busy = 0
+    _drain_completions(rg, p)
+    for s in range(rg._slots):
+        slot = rg.slot(p, s)
+        w = rg.ld64(slot + S_STATE)
+        st, c, gen = sw_state(w), sw_consumer(w), sw_gen(w)
+        if st == SLOT_FREE:
+            continue
+        if st == SLOT_DONE or not _consumer_alive(rg, c, sw_inc(w)):
+            rg.st64(slot + S_STATE, sw(gen, 0, 0, SLOT_FREE))
+            continue
+        # C: compare-and-swap, as a live consumer may take it meanwhile
+        if (st == SLOT_SUBMITTED
+                and not _ring_holds(rg, rg.submit_ring(p, c), s, gen)
+                and rg.ld64(slot + S_STATE) == w):
+            rg.st64(slot + S_STATE, sw(gen, 0, 0, SLOT_FREE))
+            continue
+        busy += 1
+    if busy:
+        return busy
+    _drain_completions(rg, p)
+    rg.st32(o + P_IN_USE, 0)
+    rg.st32(o + P_NEED_WAKEUP, 0)
+    if rg.ld64(o + P_OWNER) & 0xFF == CHAN_DRAINING:
+        rg.st64(o + P_OWNER, owner(0, CHAN_FREE))
+    return 0
+
+
+def _reap(rg, sock):
+    reaped = 0
+    for c in range(rg._nc):
+        o = rg.cons(c)
+        if (rg.ld32(o + C_STATE) in (CONS_LIVE, CONS_DRAINING)
+                and not proc_alive(rg.ld32(o + C_PID),
+                                   rg.ld64(o + C_STARTTIME))):
+            _consumer_retire(rg, c, sock)
+            reaped += 1
+    for p in range(rg._np):
+        o = rg.prod(p)
+        w = rg.ld64(o + P_OWNER)
+        st, pid = w & 0xFF, w >> 32
+        if st == CHAN_OWNED:
+            if proc_alive(pid, rg.ld64(o + P_STARTTIME)):
+                continue
+        elif st == CHAN_CLAIMING:
+            if proc_alive(pid, 0):
+                continue
+        elif st == CHAN_DRAINING:
+            _reap_channel(rg, p)
+            continue
+        else:
+            continue
+        # C: compare-and-swap; the owner is dead, nobody else writes it
+        if rg.ld64(o + P_OWNER) == w:
+            rg.st64(o + P_OWNER, owner(pid, CHAN_DRAINING))
+            reaped += 1
+            _reap_channel(rg, p)
+    return reaped
+
+
+# requests and verdicts in slots
+
+class SlotRequest:
+    """A request record, copied out of its slot and checked."""
+
+    __slots__ = ("_rec", "_fields", "_flags", "_table", "nheaders",
+                 "request_id")
+
+    def _field(self, i):
+        off, n = self._fields[i]
+        return self._rec[off:off + n].decode("latin-1")
+
+    @property
+    def chain(self):
+        return self._field(F_CHAIN)
+
+    @property
+    def method(self):
+        return self._field(F_METHOD)
+
+    @property
+    def path(self):
+        return self._field(F_PATH)
+
+    @property
+    def query(self):
+        return self._field(F_QUERY)
+
+    @property
+    def remote_addr(self):
+        return self._field(F_ADDR)
+
+    @property
+    def protocol(self):
+        return self._field(F_PROTOCOL)
+
+    @property
+    def body(self):
+        if not self._flags & REQ_F_BODY:
+            return None
+        off, n = self._fields[F_BODY]
+        return self._rec[off:off + n]
+
+    def _entries(self):
+        """(name, value) byte pairs whose lengths fit the record."""
+        for i in range(self.nheaders):
+            off, nlen, vlen = codec.HEADER_ENTRY.unpack_from(
+                self._rec, self._table + i * codec.HEADER_ENTRY.size)
+            if off + nlen + vlen <= len(self._rec):
+                yield (self._rec[off:off + nlen],
+                       self._rec[off + nlen:off + nlen + vlen])
+
+    def header_get_all(self, lname):
+        """Values of one header, name matched without case."""
+        key = lname.encode("latin-1").lower()
+        return [v.decode("latin-1") for n, v in self._entries()
+                if len(n) == len(key) and n.lower() == key]
+
+    def header_items(self):
+        return [(n.decode("latin-1"), v.decode("latin-1"))
+                for n, v in self._entries()]
+
+
+def _slot_request(mm, data, data_size):
+    """_slot_request() of _ring.pyx: checks the record at mm[data:] against
+    the slot's data_size; None if malformed."""
+    if data_size < REQ_SIZE:
+        return None
+    vals = codec.REQ_HEADER.unpack_from(mm, data)
+    rec_len, nheaders, request_id, flags = vals[:4]
+    if rec_len < REQ_SIZE or rec_len > data_size:
+        return None
+    fields = list(zip(vals[5::2], vals[6::2]))
+    if any(off + n > rec_len for off, n in fields):
+        return None
+    if fields[F_HEADERS][1] != nheaders * codec.HEADER_ENTRY.size:
+        return None
+    r = SlotRequest()
+    r._rec = mm[data:data + rec_len]
+    r._fields = fields
+    r._flags = flags
+    r._table = fields[F_HEADERS][0]
+    r.nheaders = nheaders
+    r.request_id = request_id
+    return r
+
+
+def _encode_verdict(v, cap):
+    """_write_verdict() of _ring.pyx: a Verdict (or None) as bytes."""
+    if cap < codec.VERDICT_HEADER.size:
+        raise RingError("no room for a verdict in the slot")
+    buf = codec.encode_verdict(v)
+    nrecords = codec.VERDICT_HEADER.unpack_from(buf)[3]
+    if len(buf) > cap or nrecords > VERDICT_MAX_RECORDS:
+        raise RingError("verdict does not fit in the slot")
+    return buf
+
+
+def _error_verdict(cap, why):
+    """_write_error() of _ring.pyx: fallback, with the reason logged."""
+    if cap < codec.VERDICT_HEADER.size:
+        # not even a header fits: nothing is written past the slot, and
+        # the module refuses the empty verdict and takes the fallback
+        return b""
+    msg = why.encode("utf-8", "replace")[:200]
+    need = codec.VERDICT_HEADER.size + codec.RECORD.size + len(msg)
+    if need > cap:
+        return codec.VERDICT_HEADER.pack(codec.VERDICT_HEADER.size,
+                                         codec.ERROR, 0, 0, 0)
+    return (codec.VERDICT_HEADER.pack(need, codec.ERROR, 0, 1, 0)
+            + codec.RECORD.pack(codec.REC_LOG, 0, len(msg)) + msg)
+
+
+class Consumer:
+    """This process as one consumer of the region (a Python worker)."""
+
+    def __init__(self, region, index):
+        region._live()
+        if not 0 <= index < region._nc:
+            raise RingError("consumer index %d is not in 0..%d"
+                            % (index, region._nc - 1))
+        self.region = region
+        self.index = index
+        self._wake_mask = 0
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.setblocking(False)
+        self.incarnation = _consumer_start(region, index, os.getpid())
+
+    def take(self, max=64):
+        return _consumer_take(self.region, self.index, min(max, BATCH_MAX))
+
+    def _slot(self, ps):
+        p, s = ps >> 32, ps & U32
+        if p >= self.region._np or s >= self.region._slots:
+            raise RingError("no slot %d/%d" % (p, s))
+        return self.region.slot(p, s)
+
+    def request(self, ps):
+        return _slot_request(self.region._mm, self._slot(ps) + S_DATA,
+                             self.region._slot_size - SLOT_HEADER_SIZE)
+
+    def complete(self, ps, verdict=None):
+        """Writes the verdict (a Verdict, None, or encoded bytes)."""
+        rg = self.region
+        slot = self._slot(ps)
+        w = rg.ld64(slot + S_STATE)
+        if (sw_state(w) != SLOT_TAKEN or sw_consumer(w) != self.index
+                or sw_inc(w) != self.region.ld32(
+                    self.region.cons(self.index) + C_INCARNATION) & 0xFFFF):
+            # taken back: someone else's slot now; refused and counted
+            _consumer_complete(rg, self.index, ps >> 32, ps & U32)
+            return False
+        data_size = rg._slot_size - SLOT_HEADER_SIZE
+        req_len = min(rg.ld32(slot + S_REQ_LEN), data_size)
+        off = min((req_len + 7) & ~7, data_size)
+        cap = data_size - off
+        if type(verdict) is bytes:
+            buf = verdict
+            if len(buf) > cap:
+                buf = _error_verdict(cap, "verdict does not fit in the slot")
+        else:
+            try:
+                buf = _encode_verdict(verdict, cap)
+            except (RingError, UnicodeEncodeError, TypeError,
+                    AttributeError) as e:
+                buf = _error_verdict(cap, "verdict not encodable: %s" % (e,))
+        start = slot + S_DATA + off
+        rg._mm[start:start + len(buf)] = buf
+        rg.st32(slot + S_VERDICT_OFF, off)
+        rg.st32(slot + S_VERDICT_LEN, len(buf))
+        p = _consumer_complete(rg, self.index, ps >> 32, ps & U32)
+        if p < 0:
+            return False
+        self._wake_mask |= 1 << p
+        return True
+
+    def flush(self):
+        """Rings the doorbells of producers that sleep; returns how many."""
+        n = _consumer_flush(self.region, self.index, self._sock,
+                            self._wake_mask)
+        self._wake_mask = 0
+        return n
+
+    def wait(self, timeout_ms=-1):
+        """Sleeps until work arrives or the timeout; True if work waits."""
+        return _consumer_wait(self.region, self.index, timeout_ms)
+
+    def pending(self):
+        return _consumer_pending(self.region, self.index)
+
+    @property
+    def state(self):
+        return _CONSUMER_STATES.get(
+            self.region.ld32(self.region.cons(self.index) + C_STATE))
+
+    def serve_batch(self, dispatch, max=64):
+        """Takes a batch, runs dispatch(request) on each, writes verdicts,
+        rings the producers once.  Returns how many were served."""
+        batch = self.take(max)
+        for ps in batch:
+            req = self.request(ps)
+            if req is None:
+                self.complete(ps, codec.Verdict.error("malformed request"))
+                continue
+            self.complete(ps, dispatch(req))
+        if batch:
+            self.flush()
+        return len(batch)
+
+
+class Producer:
+    """A producer channel driven from Python: for tests and tools.
+    The nginx module is the real producer."""
+
+    def __init__(self, region):
+        region._live()
+        self.region = region
+        self._rr = 0
+        self.index = _producer_claim(region, os.getpid())
+        if self.index < 0:
+            raise RingError("no free producer channel")
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            self._sock.bind(_doorbell_addr(region, self.index))
+        except OSError:
+            self._sock.close()
+            _producer_release(region, self.index)
+            raise RingError("cannot bind the doorbell socket") from None
+        self._sock.setblocking(False)
+
+    def fileno(self):
+        return self._sock.fileno() if self._sock is not None else -1
+
+    def release(self):
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        _producer_release(self.region, self.index)
+
+    def _check_slot(self, slot):
+        if not 0 <= slot < self.region._slots:
+            raise RingError("no slot %d" % slot)
+
+    def submit(self, slot, record, consumer=-1):
+        """Copies a request record into the slot and publishes it.
+        Returns (consumer, gen), or None if no consumer or no room."""
+        rg = self.region
+        self._check_slot(slot)
+        if len(record) > rg._slot_size - SLOT_HEADER_SIZE:
+            raise RingError("record does not fit in a slot")
+        if consumer < 0:
+            picked = _producer_pick(rg, self.index, self._rr)
+            if picked is None:
+                return None
+            c, inc, self._rr = picked
+        else:
+            if consumer >= rg._nc:
+                raise RingError("no consumer %d" % consumer)
+            c = consumer
+            inc = rg.ld32(rg.cons(c) + C_INCARNATION) & 0xFFFF
+        sl = rg.slot(self.index, slot)
+        rg._mm[sl + S_DATA:sl + S_DATA + len(record)] = record
+        rg.st32(sl + S_REQ_LEN, len(record))
+        rg.st32(sl + S_VERDICT_LEN, 0)
+        gen = _producer_submit(rg, self.index, slot, c, inc)
+        if gen is None:
+            return None
+        return (c, gen)
+
+    def poll(self, max=64):
+        return _producer_poll(self.region, self.index, min(max, BATCH_MAX))
+
+    def verdict(self, slot):
+        """The verdict bytes, checked against the slot as nginx does."""
+        rg = self.region
+        self._check_slot(slot)
+        sl = rg.slot(self.index, slot)
+        data_size = rg._slot_size - SLOT_HEADER_SIZE
+        off = rg.ld32(sl + S_VERDICT_OFF)
+        n = rg.ld32(sl + S_VERDICT_LEN)
+        if off > data_size or n > data_size - off:
+            raise RingError("verdict overruns the slot")
+        start = sl + S_DATA + off
+        return bytes(rg._mm[start:start + n])
+
+    def free(self, slot):
+        self._check_slot(slot)
+        _producer_free(self.region, self.index, slot)
+
+    def arm(self):
+        return _producer_arm(self.region, self.index)
+
+    def drain_doorbell(self):
+        n = 0
+        while self._sock is not None:
+            try:
+                self._sock.recv(64)
+            except OSError:
+                break
+            n += 1
+        return n
+
+    def rescue(self):
+        out, self._rr = _producer_rescue(self.region, self.index, self._rr,
+                                         BATCH_MAX)
+        return out
+
+    def slot_state(self, slot):
+        self._check_slot(slot)
+        w = self.region.ld64(self.region.slot(self.index, slot) + S_STATE)
+        return (sw_state(w), sw_consumer(w), sw_inc(w), sw_gen(w))
+
+
+def validate_verdict(buf):
+    """The decoder's verdict: None if valid, else the reason."""
+    return codec.validate_verdict(buf)
