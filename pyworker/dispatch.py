@@ -12,14 +12,44 @@ class SlotHeaders(RequestHeaders):
     __slots__ = ("_req",)
 
     def __init__(self, req):
-        RequestHeaders.__init__(self)
         self._req = req
+        self._pairs = ()
+        self._index = None
+        self._overlay = None
+        self.edits = []
 
     def _source_get_all(self, lname):
         return self._req.header_get_all(lname)
 
     def _source_items(self):
         return self._req.header_items()
+
+
+def _from_request(field):
+    return property(lambda self: getattr(self._req, field),
+                    doc="the request's %s, read from the slot" % field)
+
+
+class SlotContext(Context):
+    """A Context whose request fields are decoded only if a filter reads
+    them; valid while its request is being filtered."""
+
+    __slots__ = ("_req",)
+
+    method = _from_request("method")
+    path = _from_request("path")
+    query = _from_request("query")
+    remote_addr = _from_request("remote_addr")
+    protocol = _from_request("protocol")
+
+    def __init__(self, req, listener):
+        self._req = req
+        self.request_id = req.request_id
+        self.listener = listener
+        self.metadata = {}
+        self.upstream = None
+        self.response_headers = []
+        self.vars = {}
 
 
 class Dispatcher:
@@ -36,8 +66,7 @@ class Dispatcher:
         chain = self.chains.get(listener)
         if chain is None:
             return Verdict.error("no listener %r in the MOSN config" % listener)
-        ctx = Context(req.request_id, req.method, req.path, req.query,
-                      req.remote_addr, req.protocol, listener)
+        ctx = SlotContext(req, listener)
         verdict = chain.run(ctx, SlotHeaders(req), req.body)
         if self.stats is not None:
             self.stats.request(listener, verdict.action)

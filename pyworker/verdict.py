@@ -219,6 +219,19 @@ _good_meta_keys = set()
 _GOOD_META_KEYS_MAX = 1024
 
 
+def metadata_is_plain(metadata):
+    """Whether check() would pass these metadata at a glance: keys seen
+    valid before, values printable ASCII str, well under the records'
+    limit."""
+    if len(metadata) > 64:
+        return False
+    for key, value in metadata.items():
+        if (key not in _good_meta_keys or type(value) is not str
+                or not (value.isascii() and value.isprintable())):
+            return False
+    return True
+
+
 def _check_meta_key(key):
     if type(key) is not str:
         raise VerdictError(

@@ -11,7 +11,7 @@ from shm_ring import Region
 from pyworker import config as config_mod
 from pyworker.dispatch import Dispatcher
 from pyworker.logs import setup_logging
-from pyworker.metrics import WorkerStats
+from pyworker.metrics import TIMING_SAMPLE, WorkerStats
 from pyworker.privileges import die_with_parent, drop_privileges
 
 log = logging.getLogger("pyworker.worker")
@@ -52,7 +52,7 @@ class Worker:
         consumer = region.consumer(self.index)
         self.stats = WorkerStats(self.stats_dir, "worker-%d" % os.getpid())
         for name, chain in gateway.chains.items():
-            chain.set_observer(self.stats.observer(name))
+            chain.set_observer(self.stats.observer(name), TIMING_SAMPLE)
         self.chains = gateway.chains
         dispatch = Dispatcher(gateway.chains, self.stats)
         log.info("worker %d (pid %d) serves %s as consumer %d",
