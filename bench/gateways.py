@@ -134,7 +134,6 @@ daemon off;
 master_process on;
 pid @prefix/nginx.pid;
 error_log @prefix/error.log warn;
-env PYTHONPATH;
 
 events { worker_connections 4096; }
 
@@ -149,6 +148,8 @@ http {
 
     mosn_config @repo/conf/mosn.json;
     mosn_workers 1;
+    mosn_python @python;
+    mosn_shm_name mosn_bench;
 
     upstream s1 { server 127.0.0.1:@s1a; server 127.0.0.1:@s1b; keepalive 64; keepalive_requests 1000000; }
     upstream s2 { server 127.0.0.1:@s2; keepalive 64; keepalive_requests 1000000; }
@@ -193,8 +194,8 @@ def mosn_gateway(workdir):
         about="this project: ngx_http_mosn_module + Python workers over shared memory",
         ports=[PEER_PORT + 5],
         template=MOSN_TEMPLATE,
-        extra={"repo": str(REPO)},
-        env={"PYTHONPATH": str(REPO)},
+        # the Python that runs this script has the package installed
+        extra={"repo": str(REPO), "python": sys.executable},
     )
 
 
