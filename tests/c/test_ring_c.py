@@ -1,6 +1,7 @@
 """The ring's C core on its own: the C stress test (normal and chaos) and
 the verdict decoder under libFuzzer, both built from the tree."""
 
+import json
 import os
 import re
 import shutil
@@ -88,3 +89,20 @@ def test_fuzz_corpus_c_and_python_agree():
             data = f.read()
         assert _ring.validate_verdict(data) == codec.validate_verdict(data), \
             name
+
+
+def test_ring_bench_smoke(tmp_path):
+    """The ring benchmark runs end to end and writes its report."""
+    try:
+        from shm_ring import _ring  # noqa: F401
+    except ImportError:
+        pytest.skip("the Cython binding is not built")
+    out = run([sys.executable, os.path.join(ROOT, "bench", "ring_bench.py"),
+               "--reps", "1", "--latency-count", "50", "--gap-us", "200",
+               "--count", "20000", "--out", str(tmp_path)], 120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    with open(tmp_path / "ring.json") as f:
+        doc = json.load(f)
+    m = doc["medians"]
+    assert m["throughput_per_s"] > 0 and m["latency_p50_us"] > 0
+    assert (tmp_path / "ring.md").read_text().startswith("# Ring benchmark")

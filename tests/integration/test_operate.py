@@ -99,8 +99,10 @@ def test_metrics_add_up_over_workers_and_the_module(gateway):
     assert metric(text, "pyworker_filter_requests_total",
                   chain="serverListener", filter="metadata",
                   outcome="continue") == 40
-    assert metric(text, "pyworker_filter_duration_seconds_count",
-                  chain="serverListener", filter="metadata") == 40
+    # timing is sampled: one request in 8, in each worker
+    timed = metric(text, "pyworker_filter_duration_seconds_count",
+                   chain="serverListener", filter="metadata")
+    assert 40 // 8 - 2 <= timed <= 40 // 8 + 2
     # no uid (10) and uid 0 (s3, no error): "abc" raised ten times
     assert metric(text, "pyworker_driver_errors_total",
                   chain="serverListener", filter="metadata") == 10
