@@ -340,4 +340,14 @@ def sites(ports):
     return "\n".join(out)
 
 
+# the sites of the example as upstreams, and $site from the UNIT metadata
+ROUTED_UPSTREAMS = """
+    upstream s1 { server 127.0.0.1:%P3450%; keepalive 16; }
+    upstream s2 { server 127.0.0.1:%P3452%; keepalive 16; }
+    upstream s3 { server 127.0.0.1:%P3453%; keepalive 16; }
+    upstream any_site { server 127.0.0.1:%P3450%; keepalive 16; }
+    map $mosn_meta_UNIT $site { s1 s1; s2 s2; s3 s3; default any_site; }
+"""
+
+
 SITE_BODY = re.compile(r"site (s\d) from (\d+)")

@@ -9,20 +9,15 @@ import time
 
 import pytest
 
-from gateway import example_mosn, listener, sites
+from gateway import ROUTED_UPSTREAMS, example_mosn, listener, sites
 from load import Load, request_times
 
 pytestmark = pytest.mark.slow
 
 TIMEOUT = 0.3
 
-FAULT = """
+FAULT = ROUTED_UPSTREAMS + """
     log_format timed '$status $request_time $mosn_status';
-    upstream s1 { server 127.0.0.1:%P3450%; keepalive 16; }
-    upstream s2 { server 127.0.0.1:%P3452%; keepalive 16; }
-    upstream s3 { server 127.0.0.1:%P3453%; keepalive 16; }
-    upstream any_site { server 127.0.0.1:%P3450%; keepalive 16; }
-    map $mosn_meta_UNIT $site { s1 s1; s2 s2; s3 s3; default any_site; }
     server {
         listen 127.0.0.1:%PORT%;
         access_log logs/timed.log timed;

@@ -6,14 +6,9 @@ import signal
 import threading
 import time
 
-from gateway import example_mosn, listener, sites, SITE_BODY
+from gateway import ROUTED_UPSTREAMS, example_mosn, listener, sites, SITE_BODY
 
-ROUTED = """
-    upstream s1 { server 127.0.0.1:%P3450%; }
-    upstream s2 { server 127.0.0.1:%P3452%; }
-    upstream s3 { server 127.0.0.1:%P3453%; }
-    upstream any_site { server 127.0.0.1:%P3450%; }
-    map $mosn_meta_UNIT $site { s1 s1; s2 s2; s3 s3; default any_site; }
+ROUTED = ROUTED_UPSTREAMS + """
     server {
         listen 127.0.0.1:%PORT%;
         mosn_timeout 2s;

@@ -8,15 +8,11 @@ import textwrap
 import time
 import urllib.request
 
-from gateway import FILTERS, example_mosn, free_port, listener, sites
+from gateway import (ROUTED_UPSTREAMS, FILTERS, example_mosn, free_port,
+                     listener, sites)
 from load import Load
 
-ROUTED = """
-    upstream s1 { server 127.0.0.1:%P3450%; keepalive 8; }
-    upstream s2 { server 127.0.0.1:%P3452%; keepalive 8; }
-    upstream s3 { server 127.0.0.1:%P3453%; keepalive 8; }
-    upstream any_site { server 127.0.0.1:%P3450%; keepalive 8; }
-    map $mosn_meta_UNIT $site { s1 s1; s2 s2; s3 s3; default any_site; }
+ROUTED = ROUTED_UPSTREAMS + """
     server {
         listen 127.0.0.1:%PORT%;
         location / {
