@@ -40,6 +40,9 @@ if grep -E "warning:" make.log >&2; then
     exit 1
 fi
 
-cp objs/ngx_http_mosn_module.so "$root/output/"
+# a running nginx maps the old file: replace it, never overwrite it
+cp objs/ngx_http_mosn_module.so "$root/output/.ngx_http_mosn_module.so.new"
+mv -f "$root/output/.ngx_http_mosn_module.so.new" \
+      "$root/output/ngx_http_mosn_module.so"
 cp "$root/shm_ring/shm_ring.h" "$root/output/"
 echo "output/ngx_http_mosn_module.so output/shm_ring.h"
