@@ -66,9 +66,35 @@ fuzz-short:
 bench: setup
 	$(PY) bench/run.py
 
+bench-idle: setup
+	$(PY) bench/idle.py
+
+bench-scale: setup
+	$(PY) bench/scale.py
+
 soak: setup
 	$(PY) bench/soak.py --time $(SOAK_TIME)
 
 clean:
 	rm -rf build output shm_ring/_ring.c shm_ring/*.so pyworker/*.so \
 	       pyworker/dispatch.c
+
+# Images (need a Docker engine; docker/README.md says what is tested how).
+# BuildKit reads docker/Dockerfile.*.dockerignore for the context.
+IMAGE             ?= mosn-gateway
+OPENRESTY_VERSION ?= 1.27.1.2
+DOCKER            ?= docker
+
+.PHONY: build-image build-moe-image build-image-debian
+
+build-image:
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/Dockerfile.openresty \
+	    --build-arg OPENRESTY_VERSION=$(OPENRESTY_VERSION) \
+	    -t $(IMAGE):openresty .
+
+# MOE's name for the same image
+build-moe-image: build-image
+
+build-image-debian:
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/Dockerfile.debian \
+	    -t $(IMAGE):debian .
