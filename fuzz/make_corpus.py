@@ -1,0 +1,64 @@
+"""Writes a seed corpus of valid verdicts for the verdict fuzzer.
+
+    python3 fuzz/make_corpus.py DIR
+
+Every seed is encoded by shm_ring.codec.encode_verdict, the reference
+encoder, so the fuzzer starts from what a Python worker really writes.
+"""
+
+import hashlib
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
+
+from shm_ring.codec import (CONTINUE, ERROR, REPLY,  # noqa: E402
+                            Verdict, encode_verdict)
+
+
+def verdicts():
+    yield Verdict()
+    yield Verdict(upstream="s1")
+    yield Verdict(upstream="s3", metadata={"UNIT": "s3"})
+    yield Verdict(upstream="[::1]:3450", metadata={"UNIT": "s1",
+                                                   "IDC": "eu-1",
+                                                   "ZONE": ""})
+    yield Verdict(request_set=[("X-Unit", "s2"), ("uid", "101")],
+                  request_remove=["Cookie", "X-Debug"],
+                  response_add=[("X-Served-By", "mosn")])
+    yield Verdict(action=REPLY, status=200,
+                  reply_headers=[("Content-Type", "text/plain")],
+                  reply_body=b"hello\n")
+    yield Verdict(action=REPLY, status=403, reply_body=b"denied")
+    yield Verdict(action=REPLY, status=599)
+    yield Verdict(action=REPLY, status=302,
+                  reply_headers=[("Location", "http://example.com/a?b=c")],
+                  response_add=[("Set-Cookie", "a=b; Path=/")])
+    yield Verdict.error("filter raised ValueError: bad uid")
+    yield Verdict(action=ERROR)
+    yield Verdict(log="routed by uid")
+    yield Verdict(metadata={"k%d" % i: "v" * i for i in range(40)})
+    yield Verdict(request_set=[("h%d" % i, "x") for i in range(255)])
+    yield Verdict(upstream="u" * 255, metadata={"K" * 64: "\x7f\xff"},
+                  request_set=[("!#$%&'*+-.^_`|~", "\t value ")])
+    yield Verdict(action=REPLY, status=500, reply_body=bytes(range(256)),
+                  log="\u00e9t\u00e9")
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__.strip())
+    out = sys.argv[1]
+    os.makedirs(out, exist_ok=True)
+    n = 0
+    for v in verdicts():
+        data = encode_verdict(v)
+        name = hashlib.sha1(data).hexdigest()
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(data)
+        n += 1
+    print("%d seeds in %s" % (n, out))
+
+
+if __name__ == "__main__":
+    main()
