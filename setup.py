@@ -14,17 +14,19 @@ extensions = [
     Extension(
         "shm_ring._ring",
         sources=["shm_ring/_ring.pyx", "shm_ring/shm_ring.c",
-                 "shm_ring/shm_verdict.c"],
+                 "shm_ring/shm_verdict.c", "shm_ring/shm_endpoints.c"],
         include_dirs=["shm_ring"],
         depends=["shm_ring/shm_ring.h", "shm_ring/shm_ring.pxd"],
         extra_compile_args=C_FLAGS,
     ),
-    # the per-request glue, plain Python compiled for speed
-    Extension(
-        "pyworker.dispatch",
-        sources=["pyworker/dispatch.py"],
-        extra_compile_args=C_FLAGS,
-    ),
+] + [
+    # the per-request path, plain Python compiled for speed; the .py files
+    # stay the source, and serve as they are where nothing was compiled
+    Extension("pyworker." + name.replace("/", "."),
+              sources=["pyworker/%s.py" % name],
+              extra_compile_args=C_FLAGS)
+    for name in ("dispatch", "chain", "headers", "verdict", "api",
+                 "filters/metadata")
 ]
 
 setup(

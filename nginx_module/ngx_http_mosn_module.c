@@ -952,8 +952,9 @@ ngx_http_mosn_init(ngx_conf_t *cf)
 
     if (mmcf->config.len == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"mosn_filter_chain\" is used but no "
-                           "\"mosn_config\" names the MOSN config file");
+                           "\"mosn_filter_chain\" or \"mosn_subset\" is "
+                           "used but no \"mosn_config\" names the MOSN "
+                           "config file");
         return NGX_ERROR;
     }
 

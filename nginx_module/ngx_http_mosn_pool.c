@@ -376,7 +376,14 @@ ngx_http_mosn_supervisor_start(ngx_cycle_t *cycle,
 
     argv[argc] = NULL;
 
-    ngx_http_mosn_supervisor = ngx_http_mosn_spawn(cycle, argv, -1);
+    /*
+     * The pool's stderr is nginx's error_log: this runs before nginx
+     * points its own stderr there on the first start, and the Python side
+     * logs its warnings and errors to stderr.
+     */
+
+    ngx_http_mosn_supervisor = ngx_http_mosn_spawn(cycle, argv,
+                               ngx_log_get_file_log(cycle->log)->file->fd);
 
     if (ngx_http_mosn_supervisor == NGX_INVALID_PID) {
         return NGX_ERROR;

@@ -498,7 +498,7 @@ ngx_http_mosn_write_request(ngx_http_request_t *r,
     addr = &r->connection->addr_text;
 
     need = sizeof(mosn_req_t) + mlcf->chain.len + r->method_name.len
-           + r->uri.len + r->args.len + addr->len + r->http_protocol.len;
+           + r->uri.len + r->args.len + addr->len + r->http_protocol.len + 3;
 
     n = 0;
     part = &r->headers_in.headers.part;
@@ -554,6 +554,9 @@ ngx_http_mosn_write_request(ngx_http_request_t *r,
     p = ngx_http_mosn_put(base, p, &req->field[MOSN_REQ_ADDR], addr);
     p = ngx_http_mosn_put(base, p, &req->field[MOSN_REQ_PROTOCOL],
                           &r->http_protocol);
+
+    /* the header table is read as an array: 4-byte aligned */
+    p = base + ngx_align((size_t) (p - base), 4);
 
     req->field[MOSN_REQ_HEADERS].off = (uint32_t) (p - base);
     req->field[MOSN_REQ_HEADERS].len =

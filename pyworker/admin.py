@@ -287,5 +287,7 @@ class Admin:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(Collector(self.stats, self.gateway.metrics))
         for server in servers:
-            threading.Thread(target=server.serve_forever, daemon=True).start()
+            # never shut down: no need to wake up to look for a request to
+            threading.Thread(target=server.serve_forever, args=(3600,),
+                             daemon=True).start()
         threading.Event().wait()

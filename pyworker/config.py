@@ -13,15 +13,19 @@ What is read (MOSN's shape)::
     metrics.sinks[] {"type": "prometheus", "config": {"port", "endpoint"?}}
     metrics.stats_matcher.{exclusion_labels, exclusion_keys}
     pyworker.{modules, bind_any}          this project's own block
+    pyworker.service_file                 MOE's service file, watched for
+                                          the endpoints of mosn_subset
+                                          (see pyworker.discovery)
 
 ``pprof`` and MOSN's other top-level keys are accepted; keys this loader
 does not know are reported in ``GatewayConfig.warnings`` and logged at
 WARNING on logger ``pyworker.config`` (``log_warnings=False`` leaves the
 reporting to the caller).
 
-Relative paths (the log paths) are resolved against the current working
-directory of the process loading the config and stored absolute; start
-the gateway from the directory the paths are relative to.
+Relative paths (the log paths, the service file) are resolved against the
+current working directory of the process loading the config and stored
+absolute; start the gateway from the directory the paths are relative
+to.
 
 Admin and metrics listen on loopback: an address of 0.0.0.0 (or ::) is
 bound as 127.0.0.1 (or ::1) unless ``"pyworker": {"bind_any": true}``.
@@ -40,6 +44,7 @@ from dataclasses import dataclass, field
 from pyworker import registry
 from pyworker.api import ConfigError, json_type
 from pyworker.chain import Chain
+from pyworker.discovery import service_file_option
 from pyworker.verdict import DEFAULT_LIMITS
 
 __all__ = ["ConfigError", "GatewayConfig", "Listener", "Endpoint", "Metrics",
@@ -112,6 +117,7 @@ class GatewayConfig:
     metrics: Metrics
     bind_any: bool = False
     modules: tuple = ()
+    service_file: str | None = None
     # the "pyworker" block as written (other parts read their own keys)
     options: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
@@ -189,6 +195,7 @@ class _Loader:
         bind_any = _get(options, "bind_any", bool, False,
                         "pyworker.bind_any")
         modules = _get(options, "modules", list, [], "pyworker.modules")
+        service_file = service_file_option(options)
 
         registry.load_plugins()
         for i, module in enumerate(modules):
@@ -239,7 +246,8 @@ class _Loader:
             log_level_name=level_name,
             admin=self.admin(raw.get("admin"), bind_any),
             metrics=self.metrics(raw.get("metrics"), bind_any),
-            bind_any=bind_any, modules=tuple(modules), options=options,
+            bind_any=bind_any, modules=tuple(modules),
+            service_file=service_file, options=options,
             warnings=self.warnings)
 
     def listener(self, entry, here):

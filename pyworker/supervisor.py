@@ -1,6 +1,7 @@
 """The supervisor of the Python worker pool: starts the workers, replaces
 one that dies, rolls them one at a time on reload, reaps what dead peers
-left in the ring, and leaves with nginx."""
+left in the ring, keeps the endpoint table in step with the service file
+(pyworker.discovery), and leaves with nginx."""
 
 import logging
 import os
@@ -13,6 +14,8 @@ import time
 
 from shm_ring import Region, RingError, proc_alive
 
+from pyworker import discovery
+from pyworker.api import ConfigError
 from pyworker.logs import setup_logging
 from pyworker.metrics import write_json
 
@@ -41,13 +44,14 @@ class Supervisor:
         self.reloads = 0
         self.started = {}        # pid -> start time
         self.started_at = {}     # pid -> start time, for crash loops
-        self._backoff = 0.0      # grows while workers die young
+        self._backoff = 0.0      # grows while workers fail to start
         self._respawn_at = []    # when to start replacements
         self.stats_dir = "/dev/shm/%s.stats" % shm.lstrip("/")
         self.admin = None        # the admin process
         self.admin_next = 0.0
         self.stopping = False
         self.reload_asked = False
+        self.watcher = None      # of the service file, if one is named
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # -- signals ------------------------------------------------------------
@@ -70,6 +74,42 @@ class Supervisor:
             os.read(self._wake_r, 512)
         except (BlockingIOError, InterruptedError):
             pass
+        # every wait of the supervisor, rolls and drains included, keeps
+        # the service file watched; a look is a stat, twice a second
+        self._discover()
+
+    # -- service discovery ----------------------------------------------------
+
+    def _discovery_setup(self):
+        """Watches the service file the MOSN config names (at start and on
+        every reload), and loads it at once."""
+        try:
+            path = discovery.service_file_of(self.config_path)
+        except ConfigError as exc:
+            log.error("service discovery: %s; keeping the current "
+                      "endpoints", exc)
+            return
+        if path is None:
+            if self.watcher is not None:
+                log.warning("service discovery: the config names no "
+                            "service file any more; the endpoint table "
+                            "keeps the endpoints of %s", self.watcher.path)
+            self.watcher = None
+            return
+        if self.watcher is None or self.watcher.path != path:
+            log.info("service discovery: watching %s", path)
+            self.watcher = discovery.Watcher(path, self.region)
+        self._discover(force=True)
+
+    def _discover(self, force=False):
+        if self.watcher is None:
+            return
+        try:
+            self.watcher.poll(force=force)
+        except Exception:
+            # the pool must not go down with the endpoints
+            log.exception("service discovery: reading %s failed",
+                          self.watcher.path)
 
     # -- workers --------------------------------------------------------------
 
@@ -166,6 +206,9 @@ class Supervisor:
             if entry is None:
                 continue
             index = entry[0]
+            # a worker that never served failed to start: a crash loop
+            served = self.region.consumer_state(index) in ("live",
+                                                            "draining")
             self.region.retire_consumer(index)
             if pid in self.retiring:
                 self.retiring.discard(pid)
@@ -176,7 +219,7 @@ class Supervisor:
                 continue
             self.restarts += 1
             lived = time.time() - self.started_at.pop(pid, 0.0)
-            self._backoff = 0.0 if lived > 10 else min(
+            self._backoff = 0.0 if served else min(
                 5.0, max(0.1, self._backoff * 2))
             log.warning("worker pid %d (consumer %d) died (%s) after %.1fs; "
                         "replacing it%s", pid, index, _status_text(status),
@@ -187,7 +230,7 @@ class Supervisor:
 
     def _respawn(self):
         """Starts the replacements that are due (at once, unless workers
-        keep dying young: then with a growing delay)."""
+        keep failing to start: then with a growing delay)."""
         now = time.monotonic()
         due = [t for t in self._respawn_at if t <= now]
         self._respawn_at = [t for t in self._respawn_at if t > now]
@@ -226,6 +269,10 @@ class Supervisor:
             return
         self.retiring.add(pid)
         self.region.drain_consumer(entry[0])
+        try:
+            os.kill(pid, signal.SIGUSR1)     # it may sleep: look now
+        except ProcessLookupError:
+            pass
         deadline = time.monotonic() + DRAIN_TIMEOUT
         while pid in self.procs and time.monotonic() < deadline:
             self._sleep(0.02)
@@ -257,6 +304,7 @@ class Supervisor:
         self.config_path = path
         self.workers = desired
         self.reloads += 1
+        self._discovery_setup()
         # the admin API serves the new config (and its new ports)
         self._admin_stop()
         self.admin_next = 0.0
@@ -307,6 +355,7 @@ class Supervisor:
         log.info("supervisor pid %d for region %s, %d worker(s)",
                  os.getpid(), self.shm, self.workers)
         self._stats_dir_make()
+        self._discovery_setup()
         for _ in range(self.workers):
             self._spawn()
         try:

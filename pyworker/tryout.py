@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 
+from pyworker import discovery
 from pyworker.config import ConfigError, load
 from pyworker.testing import run_request, select_chain
 from pyworker.verdict import ACTION_ERROR
@@ -49,6 +50,17 @@ def check(path, listeners=(), *, out=None, err=None):
     if config.metrics.prometheus:
         print(f"  metrics: prometheus on {config.metrics.prometheus}"
               f"{config.metrics.prometheus_path}", file=out)
+    if config.service_file:
+        # the file changes at run time: a bad one now is a warning
+        try:
+            apps = discovery.load(config.service_file)
+        except discovery.ServiceFileError as exc:
+            print(f"warning: {_one_line(exc)} (mosn_subset has no "
+                  f"endpoints until it is good)", file=err)
+        else:
+            print(f"  service file: {config.service_file} ({len(apps)} "
+                  f"apps, {sum(map(len, apps.values()))} endpoints)",
+                  file=out)
     return 0
 
 

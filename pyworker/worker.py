@@ -18,6 +18,8 @@ log = logging.getLogger("pyworker.worker")
 
 # a draining worker leaves once its rings stay empty this long
 DRAIN_QUIET_MS = 50
+# at idle a worker wakes up this rarely (a stop signal wakes it at once)
+IDLE_WAIT_MS = 10000
 
 
 class Worker:
@@ -41,6 +43,8 @@ class Worker:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # the supervisor's nudge to look at the state now (drain)
+        signal.signal(signal.SIGUSR1, lambda signum, frame: None)
 
         # the config and the filters' code are read with the rights nginx
         # had; requests are served with those of nginx's workers
@@ -76,7 +80,8 @@ class Worker:
                 dirty = True
                 flush(chains)
                 continue
-            timeout = 1000
+            # signals end the wait; the timeout only bounds a late flush
+            timeout = IDLE_WAIT_MS
             if dirty:
                 # written once a second at most, and not at all when idle
                 if flush(chains):
@@ -89,7 +94,6 @@ class Worker:
                 if not wait(DRAIN_QUIET_MS) and not serve(dispatch, 64):
                     break
                 continue
-            # the timeout only bounds how late a stop (or a flush) happens
             wait(timeout)
         # answer what is queued, so no request waits for its timeout
         deadline = time.monotonic() + 1.0

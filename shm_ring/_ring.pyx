@@ -18,7 +18,10 @@ from libc.string cimport memcpy, memset, strncasecmp
 
 from shm_ring.shm_ring cimport *
 
-from shm_ring.codec import RingError, Verdict as _PlainVerdict
+from shm_ring.codec import (RingError, Verdict as _PlainVerdict,
+                            endpoint_app as _ep_app,
+                            endpoint_host as _ep_host,
+                            endpoint_spec as _ep_spec)
 
 ABI_VERSION = MOSN_RING_ABI_VERSION
 IMPLEMENTATION = "cython"
@@ -220,6 +223,130 @@ cdef class Region:
         return {"producers": producers, "consumers": consumers,
                 "consumer_epoch": self.rg.hdr.consumer_epoch}
 
+    # the endpoint table (service discovery), see shm_ring.h
+
+    def set_endpoints(self, str app, endpoints):
+        """Writes the endpoints of app, [(host, port, site), ...], in one
+        seqlocked write; [] empties it.  Only the supervisor writes.
+        Returns the app's new generation."""
+        cdef bytes name = _ep_app(app)
+        cdef list specs = [_ep_spec(*e) for e in endpoints]
+        cdef uint32_t n = len(specs), i
+        cdef mosn_ep_spec_t spec[256]
+        cdef char err[256]
+        cdef int idx
+        cdef bytes addr
+        self._live()
+        if n > MOSN_EP_MAX:
+            raise RingError("app %r: %d endpoints, at most %d fit"
+                            % (app, n, MOSN_EP_MAX))
+        memset(spec, 0, sizeof(spec))
+        for i in range(n):
+            family, addr, port, site = specs[i]
+            spec[i].ep.family = family
+            spec[i].ep.port = port
+            memcpy(spec[i].ep.addr, PyBytes_AS_STRING(addr), 16)
+            spec[i].site = PyBytes_AS_STRING(site)
+            spec[i].site_len = len(site)
+        idx = mosn_endpoints_set(&self.rg, PyBytes_AS_STRING(name),
+                                 len(name), spec, n, err, sizeof(err))
+        if idx < 0:
+            raise RingError(err.decode(errors="replace"))
+        return mosn_ep_app(&self.rg, idx).generation
+
+    cdef int _ep_copy(self, bytes name, mosn_ep_app_t *copy) except -2:
+        """A checked copy of app name's entry: 0, or -1 if no such app."""
+        cdef int idx, tries
+        for tries in range(3):
+            idx = mosn_endpoints_find(&self.rg, PyBytes_AS_STRING(name),
+                                      len(name))
+            if idx == -1:
+                return -1
+            if idx < 0:
+                raise RingError("the endpoint table is being written or "
+                                "corrupt: app %r not found" % name.decode())
+            if mosn_endpoints_read(&self.rg, idx, copy) != 0:
+                raise RingError("the endpoint table of app %r is being "
+                                "written or corrupt" % name.decode())
+            if (copy.name_len == <uint32_t> len(name)
+                    and copy.name[:copy.name_len] == name):
+                return 0
+        return -1
+
+    def endpoints(self, str app):
+        """[(host, port, site), ...] of app, in table order (by site)."""
+        cdef bytes name = _ep_app(app)
+        cdef mosn_ep_app_t copy
+        cdef mosn_endpoint_t *e
+        cdef uint32_t i
+        self._live()
+        if self._ep_copy(name, &copy) < 0:
+            return []
+        out = []
+        for i in range(copy.nendpoints):
+            e = &copy.endpoints[i]
+            out.append((_ep_host(e.family, e.addr[:16]), e.port,
+                        copy.sites[e.site].name[:copy.sites[e.site].name_len]
+                        .decode("utf-8", "replace")))
+        return out
+
+    def endpoint_generation(self, str app):
+        """How many times app's endpoints were written; 0 if never."""
+        cdef bytes name = _ep_app(app)
+        cdef uint32_t gen = 0
+        self._live()
+        if mosn_endpoints_count(&self.rg, PyBytes_AS_STRING(name),
+                                len(name), &gen) < 0:
+            raise RingError("the endpoint table of app %r is being written "
+                            "or corrupt" % app)
+        return gen
+
+    def endpoint_apps(self):
+        """Names of the apps in the endpoint table (empty ones included)."""
+        cdef uint32_t i
+        cdef mosn_ep_app_t copy
+        self._live()
+        out = []
+        for i in range(MOSN_EP_APPS):
+            if mosn_endpoints_read(&self.rg, i, &copy) == 0 \
+                    and copy.name_len:
+                out.append(copy.name[:copy.name_len].decode("utf-8",
+                                                            "replace"))
+        return out
+
+    def pick_endpoint(self, str app, str site="", tried=()):
+        """The module's choice, as nginx makes it: (host, port, fallback)
+        from site's endpoints round robin, else from any endpoint of app
+        (fallback True), skipping the (host, port) pairs tried; None if
+        none is left."""
+        cdef bytes name = _ep_app(app)
+        cdef bytes key = site.encode("utf-8")
+        cdef mosn_endpoint_t out
+        cdef mosn_endpoint_t seen[256]
+        cdef uint32_t n = 0
+        cdef int rc
+        cdef bytes addr
+        self._live()
+        for host, port in tried:
+            if n == 256:
+                break
+            family, addr, port, _ = _ep_spec(host, port, "-")
+            memset(&seen[n], 0, sizeof(mosn_endpoint_t))
+            seen[n].family = family
+            seen[n].port = port
+            memcpy(seen[n].addr, PyBytes_AS_STRING(addr), 16)
+            n += 1
+        rc = mosn_endpoints_pick(&self.rg, PyBytes_AS_STRING(name),
+                                 len(name), PyBytes_AS_STRING(key), len(key),
+                                 seen, n, &out)
+        if rc == MOSN_EP_BUSY:
+            raise RingError("the endpoint table of app %r is being written "
+                            "or corrupt" % app)
+        if rc == MOSN_EP_NONE:
+            return None
+        return (_ep_host(out.family, out.addr[:16]), out.port,
+                rc == MOSN_EP_ANY)
+
     def consumer(self, int index):
         """Registers this process as consumer `index` (from alloc)."""
         return Consumer(self, index)
@@ -330,7 +457,8 @@ cdef SlotRequest _slot_request(const uint8_t *data, uint32_t data_size):
         if <uint64_t> f.off + f.len > rec_len:
             return None
     f = req.field[MOSN_REQ_HEADERS]
-    if f.len != <uint64_t> req.nheaders * sizeof(mosn_header_entry_t):
+    if (f.len != <uint64_t> req.nheaders * sizeof(mosn_header_entry_t)
+            or f.off % 4 != 0):
         return None
     r = SlotRequest.__new__(SlotRequest)
     r.rec = data

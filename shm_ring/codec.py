@@ -6,6 +6,7 @@ fallback, by test producers and by the round-trip tests.
 """
 
 import re
+import socket
 import struct
 
 REQ_HEADER = struct.Struct("<IIQII" + "II" * 8)
@@ -83,6 +84,10 @@ def encode_request(chain="", method="GET", path="/", query="",
         fields.append((off, len(s)))
         off += len(s)
     pairs = [(_b(n), _b(v)) for n, v in headers]
+    # the header table is read as an array: 4-byte aligned
+    pad = -off % 4
+    strings.append(b"\0" * pad)
+    off += pad
     table_off = off
     off += HEADER_ENTRY.size * len(pairs)
     table = []
@@ -118,6 +123,8 @@ def decode_request(buf):
     table_off, table_len = fields[7]
     if table_len != nheaders * HEADER_ENTRY.size:
         raise RingError("header table length does not match its count")
+    if table_off % 4:
+        raise RingError("header table is not 4-byte aligned")
     headers = []
     for i in range(nheaders):
         off, nlen, vlen = HEADER_ENTRY.unpack_from(
@@ -226,3 +233,62 @@ def decode_verdict(buf):
     if pos != len(buf):
         raise RingError("record lengths overrun the verdict")
     return v
+
+
+# endpoints of the region's endpoint table (shm_ring.h, mosn_endpoint_t)
+
+EP_INET, EP_INET6 = 4, 6
+EP_APP_NAME_MAX = 64        # bytes, the NUL included
+EP_SITE_MAX = 32
+ENDPOINT = struct.Struct("<BBHI16s")
+
+
+def endpoint_app(app):
+    """An app name as the table stores it: 1..63 bytes of UTF-8, no NUL."""
+    if not isinstance(app, str):
+        raise RingError("an app name is a string, not %s"
+                        % type(app).__name__)
+    raw = app.encode("utf-8")
+    if not 0 < len(raw) < EP_APP_NAME_MAX or b"\0" in raw:
+        raise RingError("app name %r must be 1..%d bytes, no NUL"
+                        % (app, EP_APP_NAME_MAX - 1))
+    return raw
+
+
+def endpoint_spec(host, port, site):
+    """(family, 16 address bytes, port, site bytes) of an endpoint given
+    as an IPv4 or IPv6 address, a port and a site name; RingError if it
+    is not one."""
+    if not isinstance(host, str):
+        raise RingError("endpoint address must be a string, not %s"
+                        % type(host).__name__)
+    text = host[1:-1] if host.startswith("[") and host.endswith("]") \
+        else host
+    try:
+        addr = socket.inet_pton(socket.AF_INET, text)
+        family = EP_INET
+    except OSError:
+        try:
+            addr = socket.inet_pton(socket.AF_INET6, text)
+            family = EP_INET6
+        except OSError:
+            raise RingError("endpoint address %r is not an IPv4 or IPv6 "
+                            "address" % (host,)) from None
+    if isinstance(port, bool) or not isinstance(port, int) \
+            or not 1 <= port <= 65535:
+        raise RingError("endpoint port %r is not in 1..65535" % (port,))
+    if not isinstance(site, str):
+        raise RingError("site name must be a string, not %s"
+                        % type(site).__name__)
+    raw = site.encode("utf-8")
+    if not 0 < len(raw) < EP_SITE_MAX or b"\0" in raw:
+        raise RingError("site name %r must be 1..%d bytes, no NUL"
+                        % (site, EP_SITE_MAX - 1))
+    return family, addr.ljust(16, b"\0"), port, raw
+
+
+def endpoint_host(family, addr):
+    """The text of an endpoint's address, as written by endpoint_spec."""
+    if family == EP_INET:
+        return socket.inet_ntop(socket.AF_INET, bytes(addr[:4]))
+    return socket.inet_ntop(socket.AF_INET6, bytes(addr[:16]))

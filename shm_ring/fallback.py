@@ -45,7 +45,7 @@ import time
 from shm_ring import codec
 from shm_ring.codec import RingError
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 IMPLEMENTATION = "python"
 
 # shm_ring.h
@@ -73,10 +73,11 @@ _CHANNEL_STATES = {CHAN_FREE: "free", CHAN_CLAIMING: "claiming",
                    CHAN_OWNED: "owned", CHAN_DRAINING: "draining"}
 
 # mosn_shm_header_t, whole, and its fields' offsets
-HEADER = struct.Struct("<QIIQ IIII QQQQQ IIQ IIII 64s512s")
+HEADER = struct.Struct("<QIIQ IIII QQQQQ IIQ IIII 64s512s QII")
 H_MAGIC, H_ABI, H_REGION_SIZE = 0, 8, 16
 H_SUPERVISOR_PID, H_CONSUMER_EPOCH = 84, 96
 H_NAME, H_CONFIG_PATH = 112, 176
+H_ENDPOINTS_OFF, H_EP_APPS, H_EP_APP_SIZE = 688, 696, 700
 
 # mosn_producer_t
 PRODUCER_SIZE = 120
@@ -97,6 +98,23 @@ R_HEAD, R_TAIL, R_ENTRIES = 0, 64, 128
 S_STATE, S_REQUEST_ID, S_SUBMIT_NS = 0, 8, 16
 S_REQ_LEN, S_VERDICT_OFF, S_VERDICT_LEN = 24, 28, 32
 S_DATA = SLOT_HEADER_SIZE
+
+# the endpoint table: mosn_ep_app_t, mosn_ep_site_t, mosn_endpoint_t
+EP_APPS = 16
+EP_MAX = 256
+EP_SITES = 32
+EP_APP_NAME_MAX = codec.EP_APP_NAME_MAX
+EP_SITE_MAX = codec.EP_SITE_MAX
+EP_RR_ANY = EP_SITES
+EP_INET, EP_INET6 = codec.EP_INET, codec.EP_INET6
+EP_NONE, EP_SITE, EP_ANY, EP_BUSY = 0, 1, 2, -1
+EP_SPINS = 1000
+EPA_SEQ, EPA_GENERATION, EPA_NENDPOINTS, EPA_NAME_LEN = 0, 4, 8, 12
+EPA_NAME, EPA_RR, EPA_SITES, EPA_ENDPOINTS = 16, 128, 320, 1600
+EP_APP_SIZE = 7744
+EP_SITE = struct.Struct("<HHI32s")            # first, count, name_len, name
+ENDPOINT = codec.ENDPOINT           # family, site, port, flags, addr
+EPA_HEAD = struct.Struct("<IIII64s")        # seq .. name
 
 REQ_SIZE = codec.REQ_HEADER.size            # mosn_req_t
 REQ_F_BODY = codec.F_BODY
@@ -259,10 +277,14 @@ def _layout(nproducers, nconsumers, slots, slot_size):
     off = _align(off, 4096)
     slots_off = off
     off += slot_size * slots * nproducers
+    off = _align(off, 4096)
+    endpoints_off = off
+    off += EP_APP_SIZE * EP_APPS
     return {"header_size": header_size, "region_size": _align(off, 4096),
             "producers_off": producers_off, "consumers_off": consumers_off,
             "rings_off": rings_off, "ring_bytes": ring_bytes,
-            "slots_off": slots_off}
+            "slots_off": slots_off, "endpoints_off": endpoints_off,
+            "ep_apps": EP_APPS, "ep_app_size": EP_APP_SIZE}
 
 
 HEADER_FIELDS = (
@@ -270,7 +292,12 @@ HEADER_FIELDS = (
     "nconsumers", "slots", "slot_size", "producers_off", "consumers_off",
     "rings_off", "ring_bytes", "slots_off", "master_pid", "supervisor_pid",
     "created_ns", "consumer_epoch", "reload_seq", "desired_workers", "pad0",
-    "name", "config_path")
+    "name", "config_path", "endpoints_off", "ep_apps", "ep_app_size")
+
+
+_RING_LAYOUT = ("region_size", "producers_off", "consumers_off", "rings_off",
+                "ring_bytes", "slots_off")
+_EP_LAYOUT = ("ep_apps", "ep_app_size", "endpoints_off")
 
 
 def _unpack_header(buf):
@@ -299,8 +326,16 @@ def _region_check(buf, size):
     if why:
         raise RingError(why)
     layout = _layout(*conf)
-    if any(layout[k] != h[k] for k in layout if k != "header_size"):
+    if any(layout[k] != h[k] for k in _RING_LAYOUT):
         raise RingError("region layout does not match its sizes")
+    if any(layout[k] != h[k] for k in _EP_LAYOUT):
+        raise RingError(
+            "region endpoint table (%d apps of %d bytes at %d) is not this "
+            "build's (%d apps of %d bytes at %d): rebuild the nginx module "
+            "and the Python extension from the same source"
+            % (h["ep_apps"], h["ep_app_size"], h["endpoints_off"],
+               layout["ep_apps"], layout["ep_app_size"],
+               layout["endpoints_off"]))
 
 
 def _shm_path(name):
@@ -335,6 +370,7 @@ class Region:
         self._rings_off = h["rings_off"]
         self._ring_bytes = h["ring_bytes"]
         self._slots_off = h["slots_off"]
+        self._endpoints_off = h["endpoints_off"]
         self._hdr_name = h["name"].split(b"\0", 1)[0]
 
     @staticmethod
@@ -381,7 +417,8 @@ class Region:
                 slot_size, layout["producers_off"], layout["consumers_off"],
                 layout["rings_off"], layout["ring_bytes"],
                 layout["slots_off"], 0, 0, int(time.time()) * 10 ** 9,
-                0, 0, 0, 0, name.encode(), b"")
+                0, 0, 0, 0, name.encode(), b"", layout["endpoints_off"],
+                EP_APPS, EP_APP_SIZE)
             os.pwrite(fd, image, 0)
             r = Region(name, fd, layout["region_size"])
         except BaseException:
@@ -597,6 +634,90 @@ class Region:
             })
         return {"producers": producers, "consumers": consumers,
                 "consumer_epoch": self.ld32(H_CONSUMER_EPOCH)}
+
+    # the endpoint table (service discovery), see shm_ring.h
+
+    def ep_app(self, i):
+        """mosn_ep_app(): the offset of app entry i."""
+        return self._endpoints_off + EP_APP_SIZE * i
+
+    def set_endpoints(self, app, endpoints):
+        """Writes the endpoints of app, [(host, port, site), ...], in one
+        seqlocked write; [] empties it.  Only the supervisor writes.
+        Returns the app's new generation."""
+        name = codec.endpoint_app(app)
+        specs = [codec.endpoint_spec(*e) for e in endpoints]
+        self._live()
+        if len(specs) > EP_MAX:
+            raise RingError("app %r: %d endpoints, at most %d fit"
+                            % (app, len(specs), EP_MAX))
+        idx = _endpoints_set(self, name, specs)
+        return self.ld32(self.ep_app(idx) + EPA_GENERATION)
+
+    def _ep_copy(self, name):
+        """A checked snapshot of app name's entry, or None if no such app."""
+        for _ in range(3):
+            idx = _endpoints_find(self, name)
+            if idx == -1:
+                return None
+            if idx < 0:
+                raise RingError("the endpoint table is being written or "
+                                "corrupt: app %r not found" % name.decode())
+            snap = _endpoints_read(self, idx)
+            if snap is None:
+                raise RingError("the endpoint table of app %r is being "
+                                "written or corrupt" % name.decode())
+            if snap["name"] == name:
+                return snap
+        return None
+
+    def endpoints(self, app):
+        """[(host, port, site), ...] of app, in table order (by site)."""
+        name = codec.endpoint_app(app)
+        self._live()
+        snap = self._ep_copy(name)
+        if snap is None:
+            return []
+        return [(codec.endpoint_host(family, addr), port,
+                 snap["sites"][site][3].decode("utf-8", "replace"))
+                for family, site, port, _, addr in snap["endpoints"]]
+
+    def endpoint_generation(self, app):
+        """How many times app's endpoints were written; 0 if never."""
+        name = codec.endpoint_app(app)
+        self._live()
+        n, gen = _endpoints_count(self, name)
+        if n < 0:
+            raise RingError("the endpoint table of app %r is being written "
+                            "or corrupt" % app)
+        return gen
+
+    def endpoint_apps(self):
+        """Names of the apps in the endpoint table (empty ones included)."""
+        self._live()
+        out = []
+        for i in range(EP_APPS):
+            snap = _endpoints_read(self, i)
+            if snap is not None and snap["name"]:
+                out.append(snap["name"].decode("utf-8", "replace"))
+        return out
+
+    def pick_endpoint(self, app, site="", tried=()):
+        """The module's choice, as nginx makes it: (host, port, fallback)
+        from site's endpoints round robin, else from any endpoint of app
+        (fallback True), skipping the (host, port) pairs tried; None if
+        none is left."""
+        name = codec.endpoint_app(app)
+        self._live()
+        seen = [codec.endpoint_spec(host, port, "-")[:3]
+                for host, port in list(tried)[:EP_MAX]]
+        rc, ep = _endpoints_pick(self, name, site.encode("utf-8"), seen)
+        if rc == EP_BUSY:
+            raise RingError("the endpoint table of app %r is being written "
+                            "or corrupt" % app)
+        if rc == EP_NONE:
+            return None
+        return codec.endpoint_host(ep[0], ep[1]), ep[2], rc == EP_ANY
 
     def consumer(self, index):
         """Registers this process as consumer `index` (from alloc)."""
@@ -1030,6 +1151,247 @@ def _reap(rg, sock):
     return reaped
 
 
+# the endpoint table: shm_endpoints.c, function by function.  The
+# seqlock needs only ordered loads and stores (x86-64 TSO, see above); the
+# round-robin counters' atomic add is a load and a store here, so a
+# fallback reader racing a C reader may repeat or skip a turn.
+
+def _ep_read_begin(rg, a):
+    for _ in range(EP_SPINS):
+        seq = rg.ld32(a + EPA_SEQ)
+        if not seq & 1:
+            return seq
+    return None
+
+
+def _ep_read_end(rg, a, seq):
+    return rg.ld32(a + EPA_SEQ) == seq
+
+
+def _ep_snapshot(rg, i):
+    """A stable copy of entry i's bytes, or None (a writer died in the
+    middle of a write)."""
+    a = rg.ep_app(i)
+    for _ in range(EP_SPINS):
+        seq = _ep_read_begin(rg, a)
+        if seq is None:
+            return None
+        raw = bytes(rg._mm[a:a + EP_APP_SIZE])
+        if _ep_read_end(rg, a, seq):
+            return raw
+    return None
+
+
+def _ep_parse(raw):
+    """mosn_endpoints_read()'s checks on a copy: a dict, or None if it is
+    not a valid table."""
+    _, generation, n, name_len, name = EPA_HEAD.unpack_from(raw)
+    if n > EP_MAX or name_len >= EP_APP_NAME_MAX:
+        return None
+    sites = []
+    for i in range(EP_SITES):
+        first, count, nlen, sname = EP_SITE.unpack_from(raw, EPA_SITES
+                                                        + EP_SITE.size * i)
+        if nlen >= EP_SITE_MAX or first + count > n:
+            return None
+        sites.append((first, count, nlen, sname[:nlen]))
+    endpoints = []
+    for i in range(n):
+        family, site, port, flags, addr = ENDPOINT.unpack_from(
+            raw, EPA_ENDPOINTS + ENDPOINT.size * i)
+        if family not in (EP_INET, EP_INET6) or port == 0 \
+                or site >= EP_SITES:
+            return None
+        endpoints.append((family, site, port, flags, addr))
+    return {"generation": generation, "name": name[:name_len],
+            "sites": sites, "endpoints": endpoints}
+
+
+def _endpoints_read(rg, i):
+    raw = _ep_snapshot(rg, i)
+    return None if raw is None else _ep_parse(raw)
+
+
+def _endpoints_find(rg, name):
+    """mosn_endpoints_find(): the index, -1 if no entry has the name, -2
+    if none has and an entry could not be read."""
+    if not 0 < len(name) < EP_APP_NAME_MAX:
+        return -1
+    unread = False
+    for i in range(EP_APPS):
+        a = rg.ep_app(i)
+        for _ in range(EP_SPINS):
+            seq = _ep_read_begin(rg, a)
+            if seq is None:
+                unread = True
+                break
+            found = (rg.ld32(a + EPA_NAME_LEN) == len(name)
+                     and bytes(rg._mm[a + EPA_NAME:a + EPA_NAME + len(name)])
+                     == name)
+            if _ep_read_end(rg, a, seq):
+                if found:
+                    return i
+                break
+        else:
+            unread = True
+    return -2 if unread else -1
+
+
+def _endpoints_count(rg, name):
+    """(endpoints, generation); (0, 0) for no such app, (-1, 0) if busy."""
+    idx = _endpoints_find(rg, name)
+    for _ in range(EP_SPINS):
+        if idx == -1:
+            return 0, 0
+        if idx < 0:
+            return -1, 0
+        raw = _ep_snapshot(rg, idx)
+        if raw is None:
+            return -1, 0
+        _, gen, n, name_len, got = EPA_HEAD.unpack_from(raw)
+        if got[:name_len] != name or name_len != len(name):
+            idx = _endpoints_find(rg, name)
+            continue
+        return (n, gen) if n <= EP_MAX else (-1, 0)
+    return -1, 0
+
+
+def _ep_fetch_add(rg, off):
+    v = rg.ld32(off)
+    rg.st32(off, v + 1)
+    return v
+
+
+def _ep_same(a, b):
+    """mosn_endpoint_same() on (family, 16 address bytes, port)."""
+    n = 4 if a[0] == EP_INET else 16
+    return a[0] == b[0] and a[2] == b[2] and a[1][:n] == b[1][:n]
+
+
+def _ep_round(rg, a, eps, first, count, rr, tried):
+    if count == 0:
+        return None
+    start = _ep_fetch_add(rg, a + EPA_RR + 4 * rr)
+    for k in range(count):
+        family, _, port, _, addr = eps[first + (start + k) % count]
+        ep = (family, addr, port)
+        if not any(_ep_same(ep, t) for t in tried):
+            return ep
+    return None
+
+
+def _endpoints_pick(rg, name, site, tried):
+    """(MOSN_EP_* result, (family, addr, port) or None)."""
+    idx = _endpoints_find(rg, name)
+    for _ in range(EP_SPINS):
+        if idx == -1:
+            return EP_NONE, None
+        if idx < 0:
+            return EP_BUSY, None
+        snap = _endpoints_read(rg, idx)
+        if snap is None:
+            return EP_BUSY, None
+        if snap["name"] != name:
+            idx = _endpoints_find(rg, name)
+            continue
+        a = rg.ep_app(idx)
+        eps = snap["endpoints"]
+        if 0 < len(site) < EP_SITE_MAX:
+            for i, (first, count, _, sname) in enumerate(snap["sites"]):
+                if sname == site and len(sname) == len(site):
+                    ep = _ep_round(rg, a, eps, first, count, i, tried)
+                    if ep is not None:
+                        return EP_SITE, ep
+                    break
+        ep = _ep_round(rg, a, eps, 0, len(eps), EP_RR_ANY, tried)
+        return (EP_ANY, ep) if ep is not None else (EP_NONE, None)
+    return EP_BUSY, None
+
+
+def _endpoints_set(rg, name, specs):
+    """mosn_endpoints_set(): specs are codec.endpoint_spec() tuples;
+    returns the app's entry index."""
+    idx = free_app = empty_app = -1
+    for i in range(EP_APPS):
+        a = rg.ep_app(i)
+        name_len = rg.ld32(a + EPA_NAME_LEN)
+        if (name_len == len(name) and
+                bytes(rg._mm[a + EPA_NAME:a + EPA_NAME + name_len]) == name):
+            idx = i
+            break
+        if name_len == 0 and free_app < 0:
+            free_app = i
+        if rg.ld32(a + EPA_NENDPOINTS) == 0 and empty_app < 0:
+            empty_app = i
+    if idx < 0:
+        if free_app < 0:
+            free_app = empty_app
+        if free_app < 0:
+            raise RingError('app "%s": the endpoint table is full (%d apps)'
+                            % (name.decode("utf-8", "replace"), EP_APPS))
+        idx = free_app
+    a = rg.ep_app(idx)
+    same_app = (rg.ld32(a + EPA_NAME_LEN) == len(name) and
+                bytes(rg._mm[a + EPA_NAME:a + EPA_NAME + len(name)]) == name)
+    # sites keep their entries (and so their round-robin counters)
+    sites = []
+    for i in range(EP_SITES):
+        first, count, nlen, sname = EP_SITE.unpack_from(
+            rg._mm, a + EPA_SITES + EP_SITE.size * i)
+        # a scribbled entry is made unused again, as in C
+        sites.append(sname[:nlen] if same_app and 0 < nlen < EP_SITE_MAX
+                     else b"")
+    used = [False] * EP_SITES
+    order = []
+    for k, (_, _, _, site) in enumerate(specs):
+        s = sites.index(site) if site in sites else -1
+        if s >= 0 and used[s]:
+            continue
+        if s < 0:
+            if b"" in sites:
+                s = sites.index(b"")
+            else:
+                later = {spec[3] for spec in specs[k:]}
+                s = next((i for i in range(EP_SITES)
+                          if not used[i] and sites[i] not in later), -1)
+            if s < 0:
+                raise RingError('app "%s": more than %d sites'
+                                % (name.decode("utf-8", "replace"),
+                                   EP_SITES))
+            sites[s] = site
+        used[s] = True
+        order.append(s)
+    table = bytearray(EP_SITE.size * EP_SITES)
+    eps = bytearray(ENDPOINT.size * EP_MAX)
+    placed = {}
+    pos = 0
+    for s in order:
+        first = pos
+        for family, addr, port, site in specs:
+            if site == sites[s]:
+                ENDPOINT.pack_into(eps, ENDPOINT.size * pos, family, s, port,
+                                   0, addr)
+                pos += 1
+        placed[s] = (first, pos - first)
+    for i in range(EP_SITES):
+        first, count = placed.get(i, (0, 0))
+        EP_SITE.pack_into(table, EP_SITE.size * i, first, count,
+                          len(sites[i]), sites[i])
+    # the write: seq odd, the entry, generation, seq even
+    seq = rg.ld32(a + EPA_SEQ) | 1
+    rg.st32(a + EPA_SEQ, seq)
+    rg.st32(a + EPA_NENDPOINTS, len(specs))
+    rg._mm[a + EPA_SITES:a + EPA_SITES + len(table)] = table
+    rg._mm[a + EPA_ENDPOINTS:a + EPA_ENDPOINTS + len(eps)] = eps
+    if not same_app:
+        rg._mm[a + EPA_NAME:a + EPA_NAME + EP_APP_NAME_MAX] = \
+            name.ljust(EP_APP_NAME_MAX, b"\0")
+        rg.st32(a + EPA_NAME_LEN, len(name))
+    rg.st32(a + EPA_GENERATION, rg.ld32(a + EPA_GENERATION) + 1)
+    rg.st32(a + EPA_SEQ, seq + 1)
+    return idx
+
+
 # requests and verdicts in slots
 
 class SlotRequest:
@@ -1105,7 +1467,8 @@ def _slot_request(mm, data, data_size):
     fields = list(zip(vals[5::2], vals[6::2]))
     if any(off + n > rec_len for off, n in fields):
         return None
-    if fields[F_HEADERS][1] != nheaders * codec.HEADER_ENTRY.size:
+    if (fields[F_HEADERS][1] != nheaders * codec.HEADER_ENTRY.size
+            or fields[F_HEADERS][0] % 4):
         return None
     r = SlotRequest()
     r._rec = mm[data:data + rec_len]

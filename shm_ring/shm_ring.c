@@ -120,6 +120,11 @@ mosn_layout(const mosn_region_conf_t *conf, mosn_shm_header_t *h)
     off = mosn_align(off, 4096);
     h->slots_off = off;
     off += (uint64_t) conf->slot_size * conf->slots * conf->nproducers;
+    off = mosn_align(off, 4096);
+    h->endpoints_off = off;
+    h->ep_apps = MOSN_EP_APPS;
+    h->ep_app_size = sizeof(mosn_ep_app_t);
+    off += (uint64_t) sizeof(mosn_ep_app_t) * MOSN_EP_APPS;
     h->region_size = mosn_align(off, 4096);
 }
 
@@ -268,6 +273,19 @@ mosn_region_check(const void *base, size_t size, char *err, size_t errlen)
         || layout.slots_off != h->slots_off)
     {
         mosn_err(err, errlen, "region layout does not match its sizes");
+        return -1;
+    }
+
+    if (h->ep_apps != layout.ep_apps || h->ep_app_size != layout.ep_app_size
+        || h->endpoints_off != layout.endpoints_off)
+    {
+        mosn_err(err, errlen, "region endpoint table (%u apps of %u bytes "
+                 "at %llu) is not this build's (%u apps of %u bytes at "
+                 "%llu): rebuild the nginx module and the Python extension "
+                 "from the same source", h->ep_apps, h->ep_app_size,
+                 (unsigned long long) h->endpoints_off, layout.ep_apps,
+                 layout.ep_app_size,
+                 (unsigned long long) layout.endpoints_off);
         return -1;
     }
 

@@ -5,6 +5,7 @@
  * One POSIX shared-memory region holds:
  *
  *   header | producer table | consumer table | rings | slot arena
+ *   | endpoint table
  *
  * Every producer (an nginx worker) owns a channel: a range of slots and,
  * for every consumer, one single-producer/single-consumer submit ring and
@@ -20,6 +21,10 @@
  *
  * Every length in a request record or a verdict is checked by its reader
  * against the slot before use.
+ *
+ * The endpoint table (ABI version 2) holds the endpoints of up to
+ * MOSN_EP_APPS apps for the module's balancer (mosn_subset), written by
+ * one writer, the Python supervisor, under a per-app seqlock.
  */
 
 #ifndef _SHM_RING_H_INCLUDED_
@@ -32,7 +37,7 @@
 
 
 #define MOSN_RING_MAGIC             0x474e4952534f4d21ULL  /* "!MOSRING" */
-#define MOSN_RING_ABI_VERSION       1
+#define MOSN_RING_ABI_VERSION       2
 
 #define MOSN_CACHELINE              64
 #define MOSN_MAX_PRODUCERS          64
@@ -114,6 +119,11 @@ typedef struct {
 
     char                    name[MOSN_NAME_MAX];
     char                    config_path[MOSN_PATH_MAX];
+
+    /* the endpoint table: ep_apps entries of ep_app_size bytes */
+    uint64_t                endpoints_off;
+    uint32_t                ep_apps;
+    uint32_t                ep_app_size;
 } mosn_shm_header_t;
 
 
@@ -263,6 +273,81 @@ typedef struct {
 } mosn_record_t;
 
 
+/*
+ * The endpoint table: service discovery for the module's balancer.
+ *
+ * One entry per app, found by its name.  One writer (the supervisor)
+ * rewrites an app's entry whole under the entry's seqlock: seq is made
+ * odd, the entry is written, generation is bumped and seq made even.  A
+ * reader copies what it needs, then re-reads seq: if seq was odd or has
+ * changed, it reads again (a bounded number of times).  Readers check
+ * every count and index they read, as they do for slots.
+ *
+ * An app's endpoints are grouped by site; site s holds the endpoints
+ * first .. first + count - 1.  Site entries keep their index while their
+ * name stays in the app, so that rr[s], the round-robin counter of site
+ * s, bumped atomically by every nginx worker, keeps its meaning across
+ * writes; rr[MOSN_EP_SITES] is the counter over all the app's endpoints.
+ * An entry whose name_len is 0 is unused.
+ */
+
+#define MOSN_EP_APPS                16
+#define MOSN_EP_MAX                 256     /* endpoints per app */
+#define MOSN_EP_SITES               32      /* distinct sites per app */
+#define MOSN_EP_APP_NAME_MAX        64      /* bytes, the NUL included */
+#define MOSN_EP_SITE_MAX            32      /* bytes, the NUL included */
+#define MOSN_EP_RR_ANY              MOSN_EP_SITES
+
+/* endpoint address families: not AF_*, which are the OS's */
+#define MOSN_EP_INET                4
+#define MOSN_EP_INET6               6
+
+/* mosn_endpoints_pick() results */
+#define MOSN_EP_NONE                0       /* no endpoint left to try */
+#define MOSN_EP_SITE                1       /* one of the site's */
+#define MOSN_EP_ANY                 2       /* the fallback: any endpoint */
+#define MOSN_EP_BUSY                (-1)    /* no stable read, or corrupt */
+
+typedef struct {
+    uint8_t                 family;         /* MOSN_EP_INET, MOSN_EP_INET6 */
+    uint8_t                 site;           /* index in the app's sites */
+    uint16_t                port;           /* host byte order */
+    uint32_t                flags;          /* none defined: written 0 */
+    uint8_t                 addr[16];       /* network byte order */
+} mosn_endpoint_t;
+
+typedef struct {
+    uint16_t                first;
+    uint16_t                count;          /* 0: no endpoint now */
+    uint32_t                name_len;       /* 0: entry unused */
+    char                    name[MOSN_EP_SITE_MAX];
+} mosn_ep_site_t;
+
+typedef struct {
+    uint32_t                seq;            /* odd while written */
+    uint32_t                generation;     /* bumped on every write */
+    uint32_t                nendpoints;
+    uint32_t                name_len;       /* 0: entry unused */
+    char                    name[MOSN_EP_APP_NAME_MAX];
+    uint8_t                 pad0[MOSN_CACHELINE - 16];
+
+    /* bumped by readers, outside the seqlock */
+    uint32_t                rr[MOSN_EP_SITES + 1];
+    uint8_t                 pad1[MOSN_CACHELINE
+                                 - (MOSN_EP_SITES + 1) * 4 % MOSN_CACHELINE];
+
+    mosn_ep_site_t          sites[MOSN_EP_SITES];
+    mosn_endpoint_t         endpoints[MOSN_EP_MAX];
+} mosn_ep_app_t;
+
+/* what the writer is given: an endpoint and the name of its site */
+typedef struct {
+    mosn_endpoint_t         ep;             /* ep.site is ignored */
+    const char             *site;
+    size_t                  site_len;
+} mosn_ep_spec_t;
+
+
 /* the C core */
 
 typedef struct {
@@ -360,6 +445,19 @@ int mosn_verdict_validate(const uint8_t *buf, size_t len,
     const char **why);
 int mosn_header_name_valid(const uint8_t *p, size_t len);
 int mosn_header_value_valid(const uint8_t *p, size_t len);
+
+/* the endpoint table (shm_endpoints.c) */
+mosn_ep_app_t *mosn_ep_app(mosn_region_t *rg, uint32_t app);
+int mosn_endpoints_set(mosn_region_t *rg, const char *app, size_t app_len,
+    const mosn_ep_spec_t *spec, uint32_t n, char *err, size_t errlen);
+int mosn_endpoints_find(mosn_region_t *rg, const char *app, size_t app_len);
+int mosn_endpoints_read(mosn_region_t *rg, uint32_t app, mosn_ep_app_t *copy);
+int mosn_endpoints_count(mosn_region_t *rg, const char *app, size_t app_len,
+    uint32_t *gen);
+int mosn_endpoints_pick(mosn_region_t *rg, const char *app, size_t app_len,
+    const char *site, size_t site_len, const mosn_endpoint_t *tried,
+    uint32_t ntried, mosn_endpoint_t *out);
+int mosn_endpoint_same(const mosn_endpoint_t *a, const mosn_endpoint_t *b);
 
 /* rescue results: the slot could not be re-queued, take the fallback */
 #define MOSN_RESCUE_FAILED          0x80000000u

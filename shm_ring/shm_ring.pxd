@@ -52,6 +52,18 @@ cdef extern from "shm_ring.h" nogil:
     int MOSN_VERDICT_MAX_RECORDS
     uint32_t MOSN_RESCUE_FAILED
 
+    int MOSN_EP_APPS
+    int MOSN_EP_MAX
+    int MOSN_EP_SITES
+    int MOSN_EP_APP_NAME_MAX
+    int MOSN_EP_SITE_MAX
+    int MOSN_EP_INET
+    int MOSN_EP_INET6
+    int MOSN_EP_NONE
+    int MOSN_EP_SITE
+    int MOSN_EP_ANY
+    int MOSN_EP_BUSY
+
     uint32_t MOSN_SW_STATE(uint64_t w)
     uint32_t MOSN_SW_CONSUMER(uint64_t w)
     uint32_t MOSN_SW_INC(uint64_t w)
@@ -86,6 +98,9 @@ cdef extern from "shm_ring.h" nogil:
         uint32_t desired_workers
         char name[64]
         char config_path[512]
+        uint64_t endpoints_off
+        uint32_t ep_apps
+        uint32_t ep_app_size
 
     ctypedef struct mosn_producer_t:
         uint64_t owner
@@ -152,6 +167,34 @@ cdef extern from "shm_ring.h" nogil:
         uint8_t type
         uint32_t key_len
         uint32_t value_len
+
+    ctypedef struct mosn_endpoint_t:
+        uint8_t family
+        uint8_t site
+        uint16_t port
+        uint32_t flags
+        uint8_t addr[16]
+
+    ctypedef struct mosn_ep_site_t:
+        uint16_t first
+        uint16_t count
+        uint32_t name_len
+        char name[32]
+
+    ctypedef struct mosn_ep_app_t:
+        uint32_t seq
+        uint32_t generation
+        uint32_t nendpoints
+        uint32_t name_len
+        char name[64]
+        uint32_t rr[33]
+        mosn_ep_site_t sites[32]
+        mosn_endpoint_t endpoints[256]
+
+    ctypedef struct mosn_ep_spec_t:
+        mosn_endpoint_t ep
+        const char *site
+        size_t site_len
 
     ctypedef struct mosn_region_t:
         mosn_shm_header_t *hdr
@@ -221,6 +264,23 @@ cdef extern from "shm_ring.h" nogil:
     void mosn_consumer_retire(mosn_region_t *rg, uint32_t c, int sock)
     int mosn_reap(mosn_region_t *rg, int sock)
     uint32_t mosn_slots_in_use(mosn_region_t *rg)
+
+    mosn_ep_app_t *mosn_ep_app(mosn_region_t *rg, uint32_t app)
+    int mosn_endpoints_set(mosn_region_t *rg, const char *app, size_t app_len,
+                           const mosn_ep_spec_t *spec, uint32_t n, char *err,
+                           size_t errlen)
+    int mosn_endpoints_find(mosn_region_t *rg, const char *app,
+                            size_t app_len)
+    int mosn_endpoints_read(mosn_region_t *rg, uint32_t app,
+                            mosn_ep_app_t *copy)
+    int mosn_endpoints_count(mosn_region_t *rg, const char *app,
+                             size_t app_len, uint32_t *gen)
+    int mosn_endpoints_pick(mosn_region_t *rg, const char *app,
+                            size_t app_len, const char *site,
+                            size_t site_len, const mosn_endpoint_t *tried,
+                            uint32_t ntried, mosn_endpoint_t *out)
+    int mosn_endpoint_same(const mosn_endpoint_t *a,
+                           const mosn_endpoint_t *b)
 
     int mosn_verdict_begin(mosn_verdict_iter_t *it, const uint8_t *buf,
                            size_t len)

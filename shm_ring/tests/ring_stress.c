@@ -210,9 +210,11 @@ stress_write_request(uint8_t *base, uint64_t id, uint32_t p, uint64_t *rnd,
                      8);
     pos = stress_put(base, pos, &req->field[MOSN_REQ_BODY], body, blen);
 
+    /* the header table is 4-byte aligned, as the module writes it */
+    pos = base + ((pos - base + 3) & ~(size_t) 3);
+
     req->field[MOSN_REQ_HEADERS].off = (uint32_t) (pos - base);
     req->field[MOSN_REQ_HEADERS].len = 2 * sizeof(mosn_header_entry_t);
-    /* the table follows the strings unaligned, as the module writes it */
     table = pos;
     pos += 2 * sizeof(mosn_header_entry_t);
 

@@ -13,7 +13,7 @@ import pytest
 from shm_ring.codec import RingError
 
 ABI_OFF, REGION_SIZE_OFF, SLOTS_OFF_OFF = 8, 16, 72
-HEADER_SIZE = 688                       # sizeof(mosn_shm_header_t)
+HEADER_SIZE = 704                       # sizeof(mosn_shm_header_t)
 
 
 def path_of(name):
@@ -106,6 +106,16 @@ def test_layout_not_following_sizes_refused(impl, make_region, region_name):
         "region layout does not match its sizes")
 
 
+def test_other_endpoint_table_refused(impl, make_region, region_name):
+    """A region whose endpoint table is not this build's (other sizes of
+    the same ABI version) is refused as loudly as another ABI."""
+    make_region()
+    poke(region_name, 696, "<I", 8)         # ep_apps
+    why = refused(impl, region_name)
+    assert why.startswith("region endpoint table (8 apps of 7744 bytes")
+    assert "rebuild" in why
+
+
 def test_bad_sizes_in_header_refused(impl, make_region, region_name):
     make_region()
     poke(region_name, 32, "<I", 3)          # slots
@@ -149,12 +159,28 @@ int main(void) {
     printf("{\n");
     S(mosn_shm_header_t); S(mosn_producer_t); S(mosn_consumer_t);
     S(mosn_slot_t); S(mosn_req_t); S(mosn_verdict_t); S(mosn_record_t);
-    S(mosn_header_entry_t);
+    S(mosn_header_entry_t); S(mosn_endpoint_t); S(mosn_ep_site_t);
+    S(mosn_ep_app_t);
     F(mosn_shm_header_t, magic); F(mosn_shm_header_t, abi_version);
     F(mosn_shm_header_t, region_size);
     F(mosn_shm_header_t, supervisor_pid);
     F(mosn_shm_header_t, consumer_epoch); F(mosn_shm_header_t, name);
     F(mosn_shm_header_t, config_path); F(mosn_shm_header_t, slots_off);
+    F(mosn_shm_header_t, endpoints_off); F(mosn_shm_header_t, ep_apps);
+    F(mosn_shm_header_t, ep_app_size);
+    F(mosn_ep_app_t, seq); F(mosn_ep_app_t, generation);
+    F(mosn_ep_app_t, nendpoints); F(mosn_ep_app_t, name_len);
+    F(mosn_ep_app_t, name); F(mosn_ep_app_t, rr); F(mosn_ep_app_t, sites);
+    F(mosn_ep_app_t, endpoints);
+    F(mosn_ep_site_t, first); F(mosn_ep_site_t, count);
+    F(mosn_ep_site_t, name_len); F(mosn_ep_site_t, name);
+    F(mosn_endpoint_t, family); F(mosn_endpoint_t, site);
+    F(mosn_endpoint_t, port); F(mosn_endpoint_t, flags);
+    F(mosn_endpoint_t, addr);
+    printf("\"MOSN_EP_APPS\": %d, \"MOSN_EP_MAX\": %d, "
+           "\"MOSN_EP_SITES\": %d, \"MOSN_EP_APP_NAME_MAX\": %d, "
+           "\"MOSN_EP_SITE_MAX\": %d,\n", MOSN_EP_APPS, MOSN_EP_MAX,
+           MOSN_EP_SITES, MOSN_EP_APP_NAME_MAX, MOSN_EP_SITE_MAX);
     F(mosn_producer_t, owner); F(mosn_producer_t, starttime);
     F(mosn_producer_t, epoch); F(mosn_producer_t, need_wakeup);
     F(mosn_producer_t, in_use); F(mosn_producer_t, submitted);
@@ -201,6 +227,31 @@ def test_python_offsets_match_the_header(tmp_path):
         "sizeof.mosn_req_t": f.REQ_SIZE,
         "sizeof.mosn_verdict_t": 16, "sizeof.mosn_record_t": 12,
         "sizeof.mosn_header_entry_t": 12,
+        "sizeof.mosn_endpoint_t": f.ENDPOINT.size,
+        "sizeof.mosn_ep_site_t": f.EP_SITE.size,
+        "sizeof.mosn_ep_app_t": f.EP_APP_SIZE,
+        "mosn_shm_header_t.endpoints_off": f.H_ENDPOINTS_OFF,
+        "mosn_shm_header_t.ep_apps": f.H_EP_APPS,
+        "mosn_shm_header_t.ep_app_size": f.H_EP_APP_SIZE,
+        "mosn_ep_app_t.seq": f.EPA_SEQ,
+        "mosn_ep_app_t.generation": f.EPA_GENERATION,
+        "mosn_ep_app_t.nendpoints": f.EPA_NENDPOINTS,
+        "mosn_ep_app_t.name_len": f.EPA_NAME_LEN,
+        "mosn_ep_app_t.name": f.EPA_NAME,
+        "mosn_ep_app_t.rr": f.EPA_RR,
+        "mosn_ep_app_t.sites": f.EPA_SITES,
+        "mosn_ep_app_t.endpoints": f.EPA_ENDPOINTS,
+        # struct EP_SITE is (first, count, name_len, name)
+        "mosn_ep_site_t.first": 0, "mosn_ep_site_t.count": 2,
+        "mosn_ep_site_t.name_len": 4, "mosn_ep_site_t.name": 8,
+        # struct ENDPOINT is (family, site, port, flags, addr)
+        "mosn_endpoint_t.family": 0, "mosn_endpoint_t.site": 1,
+        "mosn_endpoint_t.port": 2, "mosn_endpoint_t.flags": 4,
+        "mosn_endpoint_t.addr": 8,
+        "MOSN_EP_APPS": f.EP_APPS, "MOSN_EP_MAX": f.EP_MAX,
+        "MOSN_EP_SITES": f.EP_SITES,
+        "MOSN_EP_APP_NAME_MAX": f.EP_APP_NAME_MAX,
+        "MOSN_EP_SITE_MAX": f.EP_SITE_MAX,
         "mosn_shm_header_t.magic": f.H_MAGIC,
         "mosn_shm_header_t.abi_version": f.H_ABI,
         "mosn_shm_header_t.region_size": f.H_REGION_SIZE,
