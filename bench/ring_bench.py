@@ -46,7 +46,8 @@ def build_producer():
     exe = os.path.join(BUILD, "ring_producer")
     src = [os.path.join(ROOT, "bench", "ring_producer.c"),
            os.path.join(ROOT, "shm_ring", "shm_ring.c"),
-           os.path.join(ROOT, "shm_ring", "shm_verdict.c")]
+           os.path.join(ROOT, "shm_ring", "shm_verdict.c"),
+           os.path.join(ROOT, "shm_ring", "shm_endpoints.c")]
     subprocess.run([os.environ.get("CC", "cc"), "-O2", "-std=gnu11",
                     "-Wall", "-I", os.path.join(ROOT, "shm_ring"), *src,
                     "-o", exe], check=True)

@@ -107,6 +107,9 @@ bench_make_record(bench_t *b)
     pos = bench_put(base, pos, &req->field[MOSN_REQ_PROTOCOL], "HTTP/1.1");
     pos = bench_put(base, pos, &req->field[MOSN_REQ_BODY], "");
 
+    /* the header table is 4-byte aligned, as the module writes it */
+    pos = base + ((pos - base + 3) & ~(size_t) 3);
+
     req->field[MOSN_REQ_HEADERS].off = (uint32_t) (pos - base);
     req->field[MOSN_REQ_HEADERS].len = sizeof(e);
     table = pos;

@@ -1,0 +1,64 @@
+"""`make bench-idle` and `make bench-scale`, short: bench/idle.py and
+bench/scale.py run for real on loopback, exit 0 and write their reports."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+BENCH = os.path.join(ROOT, "bench")
+MODULE = os.path.join(ROOT, "output", "ngx_http_mosn_module.so")
+
+
+def run(script, *args, timeout):
+    assert os.path.exists(MODULE), "build the module first: make build-l7"
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, script), *args],
+                          cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_idle_smoke(tmp_path):
+    out = run("idle.py", "--seconds", "3", "--out", str(tmp_path), timeout=150)
+    assert "wrote" in out
+    result = json.loads((tmp_path / "idle.json").read_text())
+    mosn = result["summary"]["mosn"]
+    assert "map" in result["summary"]
+    roles = mosn["roles"]
+    # nginx and the whole Python pool were found and measured
+    assert {"nginx-master", "nginx-worker", "py-supervisor",
+            "py-worker"} <= set(roles)
+    assert len(mosn["windows"]) == result["settings"]["runs"]
+    # at idle nothing goes over the ring
+    assert mosn["ring_totals"]["producers.submitted"] == 0
+    assert mosn["ring_totals"]["producers.futex_wakes"] == 0
+    assert result["target"]["status"] in ("met", "MISSED")
+    report = (tmp_path / "idle.md").read_text()
+    assert "python bench/idle.py --seconds 3" in report
+    assert "| gateway | nginx CPU % |" in report
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_scale_quick_smoke(tmp_path):
+    out = run("scale.py", "--quick", "--out", str(tmp_path), timeout=270)
+    assert "wrote" in out
+    result = json.loads((tmp_path / "scale.json").read_text())
+    assert result["settings"]["connections"] == 10000
+    for name in ("mosn", "map"):
+        s = result["summary"][name]
+        assert s["opened"] == 10000
+        assert s["errors"]["open_errors"] == 0
+        assert s["errors"]["closed_by_server"] == 0
+        assert s["rps_without"] > 0 and s["rps_with"] > 0
+        assert s["nginx_bytes_per_conn_rss"] > 0
+    report = (tmp_path / "scale.md").read_text()
+    assert "python bench/scale.py --quick" in report
+    assert "One million connections" in report
