@@ -14,7 +14,6 @@
 #define _GNU_SOURCE
 #endif
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -46,25 +45,6 @@ _Static_assert(sizeof(mosn_ep_app_t) % MOSN_CACHELINE == 0,
                "mosn_ep_app_t");
 _Static_assert(MOSN_EP_MAX <= 65535 && MOSN_EP_SITES <= 255,
                "endpoint indexes fit their fields");
-
-
-static void mosn_ep_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-
-static void
-mosn_ep_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list  args;
-
-    if (err == NULL || errlen == 0) {
-        return;
-    }
-
-    va_start(args, fmt);
-    vsnprintf(err, errlen, fmt, args);
-    va_end(args);
-}
 
 
 mosn_ep_app_t *
@@ -520,25 +500,25 @@ mosn_endpoints_set(mosn_region_t *rg, const char *app, size_t app_len,
     mosn_endpoint_t  eps[MOSN_EP_MAX];
 
     if (app_len == 0 || app_len >= MOSN_EP_APP_NAME_MAX) {
-        mosn_ep_err(err, errlen, "app name must be 1..%d bytes, not %zu",
+        mosn_err(err, errlen, "app name must be 1..%d bytes, not %zu",
                     MOSN_EP_APP_NAME_MAX - 1, app_len);
         return -1;
     }
 
     if (memchr(app, '\0', app_len) != NULL) {
-        mosn_ep_err(err, errlen, "app name holds a NUL byte");
+        mosn_err(err, errlen, "app name holds a NUL byte");
         return -1;
     }
 
     if (n > MOSN_EP_MAX) {
-        mosn_ep_err(err, errlen, "app \"%.*s\": %u endpoints, at most %d "
+        mosn_err(err, errlen, "app \"%.*s\": %u endpoints, at most %d "
                     "fit", (int) app_len, app, n, MOSN_EP_MAX);
         return -1;
     }
 
     for (k = 0; k < n; k++) {
         if (!mosn_endpoint_valid(&spec[k].ep)) {
-            mosn_ep_err(err, errlen, "app \"%.*s\": endpoint %u has no "
+            mosn_err(err, errlen, "app \"%.*s\": endpoint %u has no "
                         "address family or no port", (int) app_len, app, k);
             return -1;
         }
@@ -546,7 +526,7 @@ mosn_endpoints_set(mosn_region_t *rg, const char *app, size_t app_len,
         if (spec[k].site_len == 0 || spec[k].site_len >= MOSN_EP_SITE_MAX
             || memchr(spec[k].site, '\0', spec[k].site_len) != NULL)
         {
-            mosn_ep_err(err, errlen, "app \"%.*s\": endpoint %u: a site "
+            mosn_err(err, errlen, "app \"%.*s\": endpoint %u: a site "
                         "name is 1..%d bytes, no NUL", (int) app_len, app,
                         k, MOSN_EP_SITE_MAX - 1);
             return -1;
@@ -554,7 +534,7 @@ mosn_endpoints_set(mosn_region_t *rg, const char *app, size_t app_len,
     }
 
     if (mosn_ep_app(rg, 0) == NULL) {
-        mosn_ep_err(err, errlen, "the region has no endpoint table");
+        mosn_err(err, errlen, "the region has no endpoint table");
         return -1;
     }
 
@@ -587,7 +567,7 @@ mosn_endpoints_set(mosn_region_t *rg, const char *app, size_t app_len,
         }
 
         if (free_app < 0) {
-            mosn_ep_err(err, errlen, "app \"%.*s\": the endpoint table is "
+            mosn_err(err, errlen, "app \"%.*s\": the endpoint table is "
                         "full (%d apps)", (int) app_len, app, MOSN_EP_APPS);
             return -1;
         }
@@ -646,7 +626,7 @@ mosn_endpoints_set(mosn_region_t *rg, const char *app, size_t app_len,
             }
 
             if (i == MOSN_EP_SITES) {
-                mosn_ep_err(err, errlen, "app \"%.*s\": more than %d "
+                mosn_err(err, errlen, "app \"%.*s\": more than %d "
                             "sites", (int) app_len, app, MOSN_EP_SITES);
                 return -1;
             }

@@ -36,11 +36,7 @@
 #define mosn_full_fence()   __atomic_thread_fence(__ATOMIC_SEQ_CST)
 
 
-static void mosn_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-
-static void
+void
 mosn_err(char *err, size_t errlen, const char *fmt, ...)
 {
     va_list  args;

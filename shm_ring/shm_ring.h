@@ -379,6 +379,10 @@ typedef struct {
 } mosn_verdict_iter_t;
 
 
+/* formats a reason into err (the core's error messages) */
+void mosn_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 size_t mosn_region_size(const mosn_region_conf_t *conf);
 int mosn_region_create(mosn_region_t *rg, const char *name,
     const mosn_region_conf_t *conf, uid_t uid, gid_t gid,
