@@ -13,6 +13,8 @@ What is read (MOSN's shape)::
     metrics.sinks[] {"type": "prometheus", "config": {"port", "endpoint"?}}
     metrics.stats_matcher.{exclusion_labels, exclusion_keys}
     pyworker.{modules, bind_any}          this project's own block
+    pyworker.spin_us                      how long a worker looks for more
+                                          work before it sleeps (default 50)
     pyworker.service_file                 MOE's service file, watched for
                                           the endpoints of mosn_subset
                                           (see pyworker.discovery)
@@ -45,6 +47,11 @@ from pyworker import registry
 from pyworker.api import ConfigError, json_type
 from pyworker.chain import Chain
 from pyworker.discovery import service_file_option
+
+# a worker that just served looks for more this long before it sleeps:
+# under load the next request is that close, and a sleep costs two system
+# calls and two context switches; idle, it is paid once per batch only
+SPIN_US_DEFAULT = 50
 from pyworker.verdict import DEFAULT_LIMITS
 
 __all__ = ["ConfigError", "GatewayConfig", "Listener", "Endpoint", "Metrics",
@@ -118,6 +125,7 @@ class GatewayConfig:
     bind_any: bool = False
     modules: tuple = ()
     service_file: str | None = None
+    spin_us: int = 50
     # the "pyworker" block as written (other parts read their own keys)
     options: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
@@ -196,6 +204,11 @@ class _Loader:
                         "pyworker.bind_any")
         modules = _get(options, "modules", list, [], "pyworker.modules")
         service_file = service_file_option(options)
+        spin_us = _get(options, "spin_us", int, SPIN_US_DEFAULT,
+                       "pyworker.spin_us")
+        if isinstance(spin_us, bool) or not 0 <= spin_us <= 10000:
+            raise ConfigError("must be an integer in 0..10000 (microseconds)",
+                              "pyworker.spin_us", self.source)
 
         registry.load_plugins()
         for i, module in enumerate(modules):
@@ -247,7 +260,7 @@ class _Loader:
             admin=self.admin(raw.get("admin"), bind_any),
             metrics=self.metrics(raw.get("metrics"), bind_any),
             bind_any=bind_any, modules=tuple(modules),
-            service_file=service_file, options=options,
+            service_file=service_file, spin_us=spin_us, options=options,
             warnings=self.warnings)
 
     def listener(self, entry, here):

@@ -54,6 +54,7 @@ class Worker:
 
         region = Region.attach(self.shm)
         consumer = region.consumer(self.index)
+        consumer.set_spin(gateway.spin_us)
         self.stats = WorkerStats(self.stats_dir, "worker-%d" % os.getpid())
         for name, chain in gateway.chains.items():
             chain.set_observer(self.stats.observer(name), TIMING_SAMPLE)

@@ -668,6 +668,10 @@ cdef class Consumer:
         self.wake_mask = 0
         return n
 
+    def set_spin(self, double microseconds):
+        """How long wait() looks for work before it sleeps."""
+        mosn_consumer_spin(<uint64_t> (microseconds * 1000))
+
     def wait(self, int timeout_ms=-1):
         """Sleeps until work arrives or the timeout; True if work waits."""
         cdef int r

@@ -1576,8 +1576,19 @@ class Consumer:
         self._wake_mask = 0
         return n
 
+    _spin = 0.0
+
+    def set_spin(self, microseconds):
+        """How long wait() looks for work before it sleeps."""
+        self._spin = microseconds / 1e6
+
     def wait(self, timeout_ms=-1):
         """Sleeps until work arrives or the timeout; True if work waits."""
+        if self._spin:
+            until = time.perf_counter() + self._spin
+            while time.perf_counter() < until:
+                if _consumer_pending(self.region, self.index):
+                    return True
         return _consumer_wait(self.region, self.index, timeout_ms)
 
     def pending(self):

@@ -1237,13 +1237,40 @@ mosn_consumer_pending(mosn_region_t *rg, uint32_t c)
 }
 
 
+static uint64_t  mosn_spin_ns;
+
+
+void
+mosn_consumer_spin(uint64_t ns)
+{
+    mosn_spin_ns = ns;
+}
+
+
 int
 mosn_consumer_wait(mosn_region_t *rg, uint32_t c, int timeout_ms)
 {
     uint32_t          seq;
+    uint64_t          until;
     mosn_consumer_t  *cons;
 
     cons = mosn_consumer(rg, c);
+
+    /* under load the next request comes soon: look again before sleeping */
+    if (mosn_spin_ns > 0) {
+        until = mosn_now_ns() + mosn_spin_ns;
+
+        do {
+            if (mosn_consumer_pending(rg, c)) {
+                return 1;
+            }
+
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+
+        } while (mosn_now_ns() < until);
+    }
 
     mosn_store(&cons->sleeping, 1);
 

@@ -256,6 +256,7 @@ cdef extern from "shm_ring.h" nogil:
                                uint32_t s, uint64_t *wake_mask)
     int mosn_consumer_flush(mosn_region_t *rg, uint32_t c, int sock,
                             uint64_t wake_mask)
+    void mosn_consumer_spin(uint64_t ns)
     int mosn_consumer_wait(mosn_region_t *rg, uint32_t c, int timeout_ms)
     int mosn_consumer_pending(mosn_region_t *rg, uint32_t c)
     int mosn_doorbell_ring(mosn_region_t *rg, int sock, uint32_t p)

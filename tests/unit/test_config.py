@@ -628,3 +628,21 @@ def test_the_error_is_a_single_line_for_a_relative_path(
     )
     assert "\n" not in str(err.value)
     assert os.path.basename(err.value.file) == "mosn.json"
+
+
+def test_spin_us_option():
+    import json as json_
+    from pyworker import config as config_
+
+    def load(options):
+        return config_.loads(json_.dumps({
+            "servers": [{"listeners": [{"name": "l",
+                                        "stream_filters": []}]}],
+            "pyworker": options}), "m.json")
+
+    assert load({}).spin_us == 50
+    assert load({"spin_us": 0}).spin_us == 0
+    for bad in (-1, 10001, "50", True):
+        with pytest.raises(config_.ConfigError) as e:
+            load({"spin_us": bad})
+        assert "m.json: pyworker.spin_us" in str(e.value)
