@@ -576,9 +576,16 @@ def pool_constants():
         return found
     found["package"] = str(package)
     tick = re.search(r"^TICK\s*=\s*([\d.]+)", _read(package / "supervisor.py") or "", re.M)
-    wait = re.search(r"^\s+timeout\s*=\s*(\d+)\s*$", _read(package / "worker.py") or "", re.M)
+    worker = _read(package / "worker.py") or ""
+    wait = (re.search(r"^IDLE_WAIT_MS\s*=\s*(\d+)", worker, re.M)
+            or re.search(r"^\s+timeout\s*=\s*(\d+)\s*$", worker, re.M))
+    admin = _read(package / "admin.py") or ""
+    poll = re.search(r"serve_forever,\s*args=\(([\d.]+),?\)", admin)
     found["tick_s"] = float(tick.group(1)) if tick else None
     found["worker_wait_ms"] = int(wait.group(1)) if wait else None
+    # socketserver's default poll interval is 0.5 s
+    found["admin_poll_s"] = float(poll.group(1)) if poll else (
+        0.5 if "serve_forever" in admin else None)
     return found
 
 
@@ -597,7 +604,8 @@ def notes_for(summary, settings, constants):
             f"{mosn['nginx_pct']:.3f}% CPU"
             + (f" (plain nginx map: {plain['nginx_wakeups_per_s']:.1f} wake-ups/s, "
                f"{plain['nginx_pct']:.3f}%)" if plain else "")
-            + ": the module adds no timer and no polling to nginx's event loop.")
+            + (": the module adds no timer and no polling to nginx's event loop."
+               if ng == 0 else ": nginx wakes at idle, look at the per-process table."))
         ring = mosn.get("ring_totals")
         if ring:
             traffic = ring["producers.submitted"] + ring["consumers.taken"]
@@ -605,24 +613,25 @@ def notes_for(summary, settings, constants):
                 + ring["consumers.doorbells"]
             notes.append(
                 f"- The ring carried {traffic} requests and {wakes} cross-process "
-                f"wake-ups (futex wakes + doorbells) over the idle windows: nobody "
-                f"rings anybody at idle.")
+                "wake-ups (futex wakes + doorbells) over the idle windows"
+                + (": nobody rings anybody at idle." if traffic + wakes == 0 else
+                   ": something talks at idle, see the counters."))
             per_worker = mosn["ring_per_s"]["consumers.sleeps"] / max(
                 1, r.get("py-worker", {}).get("count", 1))
             notes.append(
                 f"- consumers.sleeps = {mosn['ring_per_s']['consumers.sleeps']:.2f}/s "
                 f"({per_worker:.2f}/s per Python worker): each worker sleeps in a "
                 f"futex wait with a {wait_ms if wait_ms else '?'} ms timeout "
-                "(pyworker/worker.py: the timeout only bounds how late a stop is "
-                "seen), wakes, finds nothing, sleeps again: a timed sleep, not a "
-                "poll loop, and the ring's producers rang nobody.")
+                "(pyworker/worker.py), wakes when it expires, finds nothing, sleeps "
+                "again: a timed sleep, not a poll loop, and the ring's producers "
+                f"rang it {ring['producers.futex_wakes']} times (futex_wakes).")
         for role, why in (
                 ("py-supervisor", f"the supervisor's housekeeping tick (TICK = "
                  f"{tick if tick else '?'} s in pyworker/supervisor.py: reap dead "
                  "workers and stale slots, check that nginx lives)"),
                 ("py-admin", "the admin/metrics HTTP servers (socketserver's "
-                 "serve_forever polls its shutdown flag every 0.5 s, per server "
-                 "thread)")):
+                 "serve_forever looks at its shutdown flag every "
+                 f"{constants.get('admin_poll_s') or '?'} s, per server thread)")):
             if role in r:
                 notes.append(f"- {role}: {r[role]['wakeups_per_s']:.1f} wake-ups/s, "
                              f"{r[role]['sched_pct']:.3f}% CPU (schedstat): {why}.")

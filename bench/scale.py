@@ -591,6 +591,30 @@ def with_run(args, gw, procs, settings, region, run, n, plan, base_fds):
     run["fds_after_close"] = wait_fds_back(procs, base_fds)
 
 
+def control_run(args, gw, procs, settings, region, run, n, plan, sink, sink_procs):
+    """The same number of idle connections, but held by another nginx (the
+    sink, a plain map instance) while wrk loads the gateway: what holding
+    that many sockets costs the machine (kernel, anything else that walks
+    them) without the gateway holding any. Separates the gateway's own cost
+    from the machine's."""
+    sink_fds = sum(idle.fd_count(pid) or 0 for pid, r in sink_procs.items()
+                   if r == "nginx-worker")
+    clients = Clients(sink.port, args.connections, plan["clients"],
+                      plan["sources_per_client"], settings.site_ports,
+                      args.open_concurrency)
+    try:
+        run["control_open"] = clients.wait_open()
+        time.sleep(1.0)
+        holders = [p.pid for p in clients.procs] + list(sink_procs)
+        run["control"] = wrk_run(args, gw, procs, settings, region, holders)
+        run["control_still_open"] = clients.check()
+        print(f"  round {n}/{args.runs}: with {run['control_open']['opened']} idle held "
+              f"by another nginx {run['control']['rps']:.0f} req/s", flush=True)
+    finally:
+        clients.close()
+    wait_fds_back(sink_procs, sink_fds)
+
+
 def measure_gateway(args, name, settings, plan, workdir):
     shm = f"mosn_scale_{os.getpid()}_{name}"
     ports = idle.free_ports(2, settings.site_ports.values())
@@ -602,8 +626,16 @@ def measure_gateway(args, name, settings, plan, workdir):
         raise gateways.GatewayError(f"{name}: not built (make build-l7)")
     region = shm if name == "mosn" else None
     out = {"runs": [], "port": gw.port}
+    sink = sink_procs = None
     try:
-        with gateways.running(gw, settings) as live:
+        with contextlib.ExitStack() as stack:
+            if args.control:
+                sink_port = idle.free_ports(1, [*settings.site_ports.values(), *ports])[0]
+                sink = dataclasses.replace(plain, name="sink", ports=[sink_port])
+                sink_live = stack.enter_context(gateways.running(sink, settings))
+                idle.wait_routing(sink.port, settings.site_ports, args.workers)
+                sink_procs = idle.gateway_processes(sink_live)
+            live = stack.enter_context(gateways.running(gw, settings))
             idle.wait_routing(gw.port, settings.site_ports, args.workers)
             peers.probe(gw.port, args.workers, settings.site_ports)
             procs = idle.gateway_processes(live, region)
@@ -618,14 +650,23 @@ def measure_gateway(args, name, settings, plan, workdir):
                               gw.port, args.warmup)
             base_fds = sum(r["fds"] for r in snapshot(procs)["nginx_workers"])
             for n in range(1, args.runs + 1):
-                # ABBA: odd rounds measure without then with, even rounds with
-                # then without, so a drift of the machine favours neither
-                run = {"round": n, "order": "without,with" if n % 2 else "with,without"}
-                if n % 2:
-                    without_run(args, gw, procs, settings, region, run, n)
-                with_run(args, gw, procs, settings, region, run, n, plan, base_fds)
+                # ABBA: odd rounds measure without then with (then the
+                # control), even rounds the other way round, so a drift of
+                # the machine favours none of them
+                steps = [lambda: without_run(args, gw, procs, settings, region, run, n),
+                         lambda: with_run(args, gw, procs, settings, region, run, n,
+                                          plan, base_fds)]
+                names = ["without", "with"]
+                if sink is not None:
+                    steps.append(lambda: control_run(args, gw, procs, settings, region,
+                                                     run, n, plan, sink, sink_procs))
+                    names.append("control")
                 if not n % 2:
-                    without_run(args, gw, procs, settings, region, run, n)
+                    steps.reverse()
+                    names.reverse()
+                run = {"round": n, "order": ",".join(names)}
+                for step in steps:
+                    step()
                 out["runs"].append(run)
             out["error_log"] = error_log_findings(workdir / gw.name)
     finally:
@@ -657,6 +698,10 @@ def summarise(name, data, connections):
     s["rps_with"] = statistics.median(with_) if with_ else None
     s["ratio"] = s["rps_with"] / s["rps_without"] if with_ else None
     s["ratio_per_run"] = [r["with"]["rps"] / r["without"]["rps"] for r in runs if "with" in r]
+    controls = [r["control"]["rps"] for r in runs if "control" in r]
+    s["rps_control"] = statistics.median(controls) if controls else None
+    s["ratio_control"] = s["rps_control"] / s["rps_without"] if controls else None
+    s["ratio_with_vs_control"] = s["rps_with"] / s["rps_control"] if controls else None
     s["p99_without_ms"] = statistics.median(r["without"]["p99_ms"] for r in runs)
     s["p99_with_ms"] = statistics.median(r["with"]["p99_ms"] for r in runs if "with" in r)
     s["cpu_without"] = [statistics.median(r["without"][k] for r in runs)
@@ -664,12 +709,15 @@ def summarise(name, data, connections):
     s["cpu_with"] = [statistics.median(r["with"][k] for r in runs if "with" in r)
                      for k in ("cpu_nginx_pct", "cpu_python_pct")]
     s["errors"] = {
-        "open_errors": sum(r["open"]["errors"] for r in runs),
+        "open_errors": sum(r["open"]["errors"] for r in runs)
+        + sum(r["control_open"]["errors"] for r in runs if "control_open" in r),
         "mismatches": sum(r["open"]["mismatches"] for r in runs),
-        "wrk_non_2xx": sum(r[k]["non_2xx"] for r in runs for k in ("without", "with") if k in r),
+        "wrk_non_2xx": sum(r[k]["non_2xx"] for r in runs
+                           for k in ("without", "with", "control") if k in r),
         "wrk_socket_errors": sum(r[k]["socket_errors"] for r in runs
-                                 for k in ("without", "with") if k in r),
-        "mix_failures": sum(not r[k]["mix_ok"] for r in runs for k in ("without", "with") if k in r),
+                                 for k in ("without", "with", "control") if k in r),
+        "mix_failures": sum(not r[k]["mix_ok"] for r in runs
+                            for k in ("without", "with", "control") if k in r),
         "closed_by_server": sum(r["still_open"]["closed_or_readable"] for r in runs
                                 if "still_open" in r),
     }
@@ -701,7 +749,10 @@ def summarise(name, data, connections):
                            r["with"]["machine"]["quiet_waited_s"]],
         "set_aside": [len(r["without"]["disturbed_attempts"]),
                       len(r["with"]["disturbed_attempts"])],
-        "open_seconds": r["open"]["seconds"]} for r in runs]
+        "open_seconds": r["open"]["seconds"],
+        "control": r["control"]["rps"] if "control" in r else None,
+        "control_foreign_pct": r["control"]["machine"]["foreign_pct"] if "control" in r else None,
+        } for r in runs]
     s["nginx_workers_before_kb"] = r0["mem_before"]["nginx_workers_rss_kb"]
     s["nginx_workers_after_kb"] = r0["mem_after"]["nginx_workers_rss_kb"]
     s["nginx_workers_pss_before_kb"] = r0["mem_before"]["nginx_workers_pss_kb"]
@@ -790,8 +841,10 @@ def report_md(res):
         f"worker_rlimit_nofile {plan['worker_rlimit_nofile']}, keepalive_timeout 3600s; "
         f"mosn_workers {a['mosn_workers']}; load: wrk -t2 -c{WRK_CONNECTIONS} "
         f"-d{a['duration']}s -s bench/uid.lua on other connections; {a['runs']} "
-        "interleaved round(s) of (without idle, open idle, with idle, close), "
-        "in ABBA order (even rounds: open, with, close, without).",
+        "interleaved round(s) of (without idle; open idle, with idle, close"
+        + ("; control: the same idle connections held by another nginx, load on "
+           "the gateway" if a["control"] else "")
+        + "), in ABBA order (even rounds reversed).",
         "",
         "## Throughput beside the idle connections",
         "",
@@ -808,6 +861,25 @@ def report_md(res):
             f"{s['cpu_without'][0]:.0f}+{s['cpu_without'][1]:.0f} / "
             f"{s['cpu_with'][0]:.0f}+{s['cpu_with'][1]:.0f} | "
             f"{'met' if ok else 'MISSED'} (>= {RATIO_TARGET}) |")
+    if any(s.get("rps_control") for s in res["summary"].values()):
+        lines += [
+            "",
+            "Control: the same number of idle connections held by ANOTHER nginx "
+            "(a plain map instance) while wrk loads the gateway. It costs the "
+            "gateway nothing itself, so it measures what holding that many "
+            "sockets costs the machine; with/control is what is left for the "
+            "gateway's own share.",
+            "",
+            "| gateway | req/s without | req/s control | control/without | req/s with | "
+            "with/control (the gateway's own share) |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, s in res["summary"].items():
+            if s.get("rps_control"):
+                lines.append(
+                    f"| {name} | {s['rps_without']:.0f} | {s['rps_control']:.0f} | "
+                    f"{s['ratio_control']:.3f}x | {s['rps_with']:.0f} | "
+                    f"**{s['ratio_with_vs_control']:.3f}x** |")
     lines += [
         "",
         "req/s and p99 are medians over the rounds; with/without is the ratio of "
@@ -821,15 +893,19 @@ def report_md(res):
         f"script waits, up to {res['settings']['quiet_wait']:.0f} s, until others use "
         f"< {res['settings']['quiet_limit']:.0f}% of a core):",
         "",
-        "| gateway | round | order | req/s without | req/s with | ratio | foreign % | "
-        "steal % | waited for quiet | disturbed runs set aside | opening took |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| gateway | round | order | req/s without | req/s with | ratio | req/s control | "
+        "foreign % | steal % | waited for quiet | disturbed runs set aside | "
+        "opening took |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, s in res["summary"].items():
         for i, r in enumerate(s["rounds"], 1):
             lines.append(
                 f"| {name} | {i} | {r['order']} | {r['without']:.0f} | {r['with']:.0f} | "
-                f"{r['ratio']:.3f} | {r['foreign_pct'][0]:.0f} / {r['foreign_pct'][1]:.0f} | "
+                f"{r['ratio']:.3f} | "
+                + (f"{r['control']:.0f} ({r['control_foreign_pct']:.0f}% foreign)"
+                   if r.get("control") else "-")
+                + f" | {r['foreign_pct'][0]:.0f} / {r['foreign_pct'][1]:.0f} | "
                 f"{r['steal_pct'][0]:.0f} / {r['steal_pct'][1]:.0f} | "
                 f"{r['quiet_waited_s'][0]:.0f} / {r['quiet_waited_s'][1]:.0f} s | "
                 f"{r['set_aside'][0]} / {r['set_aside'][1]} | "
@@ -1058,6 +1134,11 @@ def parse_args():
     p.add_argument("--retries", type=int, default=2,
                    help="measure a wrk run again if others took > 2 x quiet-limit")
     p.add_argument("--only", default="mosn,map", help="mosn, map or both (in this order)")
+    p.add_argument("--control", dest="control", action="store_true", default=None,
+                   help="also load the gateway while another nginx holds the idle "
+                        "connections (the machine's share of the cost; default on, "
+                        "off with --quick)")
+    p.add_argument("--no-control", dest="control", action="store_false")
     p.add_argument("--no-prealloc", action="store_true",
                    help="skip the worker_connections 1024 start that prices a slot")
     p.add_argument("--site-port", type=int, default=0,
@@ -1066,6 +1147,8 @@ def parse_args():
     p.add_argument("--nginx", default="nginx")
     p.add_argument("--wrk", default="wrk")
     args = p.parse_args()
+    if args.control is None:
+        args.control = not args.quick
     if args.quick:
         defaults = {"connections": 100000, "runs": 3, "duration": 10}
         for key, value in (("connections", 10000), ("runs", 1), ("duration", 3)):
@@ -1119,7 +1202,7 @@ def main():
         "plan": plan, "load_before": load_before, "load_after": idle.loadavg(),
         "settings": {k: getattr(args, k) for k in
                      ("connections", "quick", "runs", "duration", "warmup", "workers",
-                      "mosn_workers", "open_concurrency", "quiet_limit", "quiet_wait", "retries")},
+                      "mosn_workers", "open_concurrency", "quiet_limit", "quiet_wait", "retries", "control")},
         "summary": summary, "million": million(summary, plan, lim, args.connections),
         "checks": check_lines, "data": data,
     }
