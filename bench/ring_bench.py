@@ -18,8 +18,8 @@ written in C (the ring without Python), and the floor, two processes
 waking each other with a bare futex at the same pace (no ring at all).
 With --profile, one more latency run of each side is sampled with perf.
 
-Needs the Cython binding built in place (python3 setup.py build_ext
---inplace) and a C compiler. Writes ring.md and ring.json into --out.
+Needs the Cython binding, installed (make setup) or built in place
+(python3 setup.py build_ext --inplace), and a C compiler. Writes ring.md and ring.json into --out.
 """
 
 import argparse
@@ -34,7 +34,11 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+try:
+    import shm_ring._ring  # noqa: F401  (the installed binding)
+except ImportError:
+    # or one built in place: python3 setup.py build_ext --inplace
+    sys.path.insert(0, ROOT)
 
 BUILD = os.path.join(ROOT, "build", "bench")
 TARGETS = {"latency_p50_us": 10.0, "throughput_per_s": 500000.0,

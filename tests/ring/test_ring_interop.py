@@ -168,7 +168,8 @@ def test_pure_python_forced_by_environment(cython_impl):
         os.path.abspath(__file__))))
     for env, want in (("1", "python"), ("0", "cython")):
         out = subprocess.run(
-            [sys.executable, "-c",
+            # -P: the installed package, not the source tree in cwd
+            [sys.executable, "-P", "-c",
              "import shm_ring; print(shm_ring.IMPLEMENTATION)"],
             cwd=root, env=dict(os.environ, SHM_RING_PURE=env),
             capture_output=True, text=True, check=True).stdout
