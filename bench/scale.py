@@ -1092,12 +1092,13 @@ def report_md(res):
         "count follows the fd limit and the request rate, not the connection "
         "count; Python workers stay as many as the request rate needs (their "
         "memory does not follow connections, above).",
-        *([f"- On this VM, pid 1 (`process_api`, the sandbox's agent, not part of "
-           f"the gateway) grew by {max(g for g in growths):.1f}% of a core with "
+        *([f"- On this VM, pid 1 (`process_api`, the VM's init, not part of the "
+           f"gateway or the benchmark) grew by {max(g for g in growths):.1f}% of a core with "
            f"{2 * res['settings']['connections']} loopback sockets; if that is linear "
            f"in sockets, a million server sockets alone would cost it "
            f"{max(g for g in growths) * 1e6 / (2 * res['settings']['connections']):.0f}% "
-           "of a core here. A host without such an agent does not pay this."]
+           "of a core here; it is a property of this VM, not of nginx or the "
+           "gateway."]
           if (growths := pid1_growth(res)) else []),
         f"- Clients: one source address carries at most {mil['ports_per_address']} "
         f"connections to one ip:port, so a million need >= "
