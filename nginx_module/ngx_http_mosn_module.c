@@ -571,6 +571,22 @@ ngx_http_mosn_header_filter(ngx_http_request_t *r)
 }
 
 
+/* every mosn variable changes after the verdict: none is cached */
+
+static ngx_int_t
+ngx_http_mosn_variable_set(ngx_http_variable_value_t *v, u_char *data,
+    size_t len)
+{
+    v->data = data;
+    v->len = len;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_http_mosn_upstream_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
@@ -584,13 +600,7 @@ ngx_http_mosn_upstream_variable(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    v->data = ctx->upstream.data;
-    v->len = ctx->upstream.len;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-
-    return NGX_OK;
+    return ngx_http_mosn_variable_set(v, ctx->upstream.data, ctx->upstream.len);
 }
 
 
@@ -615,13 +625,7 @@ ngx_http_mosn_meta_variable(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    v->data = value.data;
-    v->len = value.len;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-
-    return NGX_OK;
+    return ngx_http_mosn_variable_set(v, value.data, value.len);
 }
 
 
@@ -635,13 +639,8 @@ ngx_http_mosn_status_variable(ngx_http_request_t *r,
     ctx = ngx_http_mosn_get_ctx(r->main);
     status = ctx ? ctx->status : NGX_HTTP_MOSN_NONE;
 
-    v->data = ngx_http_mosn_status_names[status].data;
-    v->len = ngx_http_mosn_status_names[status].len;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-
-    return NGX_OK;
+    return ngx_http_mosn_variable_set(v, ngx_http_mosn_status_names[status].data,
+                                 ngx_http_mosn_status_names[status].len);
 }
 
 
@@ -664,14 +663,9 @@ ngx_http_mosn_number_variable(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    v->data = p;
-    v->len = (data == 0 ? ngx_sprintf(p, "%uL", ctx->cost_ns / 1000)
-                        : ngx_sprintf(p, "%uL", ctx->request_id)) - p;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-
-    return NGX_OK;
+    return ngx_http_mosn_variable_set(v, p,
+               (data == 0 ? ngx_sprintf(p, "%uL", ctx->cost_ns / 1000)
+                          : ngx_sprintf(p, "%uL", ctx->request_id)) - p);
 }
 
 
