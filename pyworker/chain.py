@@ -203,11 +203,12 @@ class Chain:
                         and metadata_is_plain(ctx.metadata)):
                     # the common verdict, metadata only: nothing to refuse
                     return Verdict(ACTION_CONTINUE, 0, None, ctx.metadata,
-                                   [], [], [])
+                                   [], [], [], run_senders=self.has_senders)
                 request_set, request_remove = [], []
             verdict = Verdict(ACTION_CONTINUE, 0, ctx.upstream, ctx.metadata,
                               request_set, request_remove,
-                              ctx.response_headers)
+                              ctx.response_headers,
+                              run_senders=self.has_senders)
         try:
             check(verdict, self.limits)
         except VerdictError as exc:
@@ -221,8 +222,9 @@ class Chain:
     def run_send(self, ctx, status, headers):
         """Runs the sender filters over the upstream's response headers.
 
-        Edits of ``headers`` become ``response_set``/``response_remove``,
-        lines added with ``ctx.add_response_header`` in this phase become
+        Edits of ``headers`` become ``response_set``/``response_remove``
+        (a name keeps its lines apart: Set-Cookie cannot be joined), lines
+        added with ``ctx.add_response_header`` in this phase become
         ``response_add``.
         """
         self._send_handler.status = status
@@ -253,7 +255,7 @@ class Chain:
         except Exception as exc:
             return self._failed(ctx, filt, exc)
         response_set, response_remove = (
-            headers.to_records() if headers.edits else ([], [])
+            headers.to_records(join=False) if headers.edits else ([], [])
         )
         verdict = Verdict(
             ACTION_CONTINUE,

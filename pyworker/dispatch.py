@@ -53,7 +53,9 @@ class SlotContext(Context):
 
 
 class Dispatcher:
-    """Runs the chain a request names (its nginx location's listener)."""
+    """Runs the chain a record names (its nginx location's listener): the
+    receiver filters on a request record, the sender filters on a
+    response record."""
 
     __slots__ = ("chains", "stats")
 
@@ -67,6 +69,11 @@ class Dispatcher:
         if chain is None:
             return Verdict.error("no listener %r in the MOSN config" % listener)
         ctx = SlotContext(req, listener)
+        if req.is_response:
+            if not chain.has_senders:
+                # the config changed between the phases: nothing to run
+                return None
+            return chain.run_send(ctx, req.status, SlotHeaders(req))
         verdict = chain.run(ctx, SlotHeaders(req), req.body)
         if self.stats is not None:
             self.stats.request(listener, verdict.action)

@@ -149,7 +149,7 @@ class RequestHeaders:
             entry = overlay[name.lower()] = [False, name, []]
         return entry
 
-    def to_records(self):
+    def to_records(self, join=True):
         """The edits as verdict records: ``(set_lines, removed_names)``.
 
         Declarative, one entry per edited name: ``set_lines`` holds one line
@@ -158,7 +158,8 @@ class RequestHeaders:
         none. A name is in one list or the other, never both, so the records
         can be applied in any order. A header left with several lines (an
         ``add`` to one that exists) becomes one line, its values joined with
-        ", " as RFC 9110 (5.3) allows, or "; " for Cookie.
+        ", " as RFC 9110 (5.3) allows, or "; " for Cookie; with ``join``
+        false (responses: Set-Cookie) it stays several lines of one name.
         """
         set_lines = []
         removed = []
@@ -172,6 +173,8 @@ class RequestHeaders:
                     removed.append(name)
                 elif len(values) == 1:
                     set_lines.append((name, values[0]))
+                elif not join:
+                    set_lines.extend((name, value) for value in values)
                 else:
                     glue = "; " if lname == "cookie" else ", "
                     set_lines.append((name, glue.join(values)))

@@ -46,18 +46,23 @@ class Verdict:
     are all removed; no name is in both, so the order of application does
     not matter. ``response_add`` lines are added to the response;
     ``response_set``/``response_remove`` are the response-phase (sender
-    filter) counterparts of the request records. For a REPLY,
-    ``reply_headers`` and ``reply_body`` are the direct answer.
+    filter) counterparts of the request records; in the response phase a
+    name may have several ``response_set`` lines (Set-Cookie cannot be
+    joined). For a REPLY, ``reply_headers`` and ``reply_body`` are the
+    direct answer. ``run_senders`` asks nginx to bring the upstream's
+    response back through the chain's sender filters.
     """
 
     __slots__ = ("action", "status", "upstream", "metadata", "request_set",
                  "request_remove", "response_add", "reply_headers",
-                 "reply_body", "log", "response_set", "response_remove")
+                 "reply_body", "log", "response_set", "response_remove",
+                 "run_senders")
 
     def __init__(self, action=ACTION_CONTINUE, status=0, upstream=None,
                  metadata=None, request_set=None, request_remove=None,
                  response_add=None, reply_headers=None, reply_body=b"",
-                 log="", response_set=None, response_remove=None):
+                 log="", response_set=None, response_remove=None,
+                 run_senders=False):
         self.action = action
         self.status = status
         self.upstream = upstream
@@ -72,6 +77,7 @@ class Verdict:
         self.response_remove = (
             [] if response_remove is None else response_remove
         )
+        self.run_senders = run_senders
 
     @classmethod
     def error(cls, log):

@@ -396,6 +396,18 @@ cdef class SlotRequest:
         return self._field(MOSN_REQ_PROTOCOL)
 
     @property
+    def is_response(self):
+        """A response record: the headers are the upstream's response."""
+        return (self.req.flags & MOSN_REQ_F_RESPONSE) != 0
+
+    @property
+    def status(self):
+        """The response status of a response record, else 0."""
+        if self.req.flags & MOSN_REQ_F_RESPONSE:
+            return self.req.status
+        return 0
+
+    @property
     def body(self):
         cdef mosn_field_t f = self.req.field[MOSN_REQ_BODY]
         if not (self.req.flags & MOSN_REQ_F_BODY):
@@ -509,6 +521,7 @@ cdef uint32_t _write_verdict(uint8_t *base, uint32_t cap, object v) except *:
     cdef _VerdictWriter w
     cdef mosn_verdict_t hdr
     cdef int action = MOSN_ACTION_CONTINUE, status = 0
+    cdef uint32_t flags = 0
     if cap < sizeof(mosn_verdict_t):
         raise RingError("no room for a verdict in the slot")
     memset(&hdr, 0, sizeof(hdr))
@@ -533,8 +546,14 @@ cdef uint32_t _write_verdict(uint8_t *base, uint32_t cap, object v) except *:
             w.record(MOSN_REC_REQ_SET, _l1(k), _l1(val))
         for k in v.request_remove:
             w.record(MOSN_REC_REQ_DEL, _l1(k), b"")
+        for k, val in v.response_set:
+            w.record(MOSN_REC_RESP_SET, _l1(k), _l1(val))
+        for k in v.response_remove:
+            w.record(MOSN_REC_RESP_DEL, _l1(k), b"")
         for k, val in v.response_add:
             w.record(MOSN_REC_RESP_ADD, _l1(k), _l1(val))
+        if action == MOSN_ACTION_CONTINUE and v.run_senders:
+            flags = MOSN_VERDICT_F_SENDERS
         if action == MOSN_ACTION_REPLY:
             for k, val in v.reply_headers:
                 w.record(MOSN_REC_REPLY_HEADER, _l1(k), _l1(val))
@@ -547,6 +566,7 @@ cdef uint32_t _write_verdict(uint8_t *base, uint32_t cap, object v) except *:
     hdr.action = action
     hdr.status = status
     hdr.nrecords = w.nrecords
+    hdr.flags = flags
     memcpy(base, &hdr, sizeof(hdr))
     return w.pos
 

@@ -17,10 +17,13 @@ RECORD = struct.Struct("<B3xII")
 FIELDS = ("chain", "method", "path", "query", "remote_addr", "protocol",
           "body", "headers")
 F_BODY = 0x1
+F_RESPONSE = 0x2            # a response record (the response phase)
+F_SENDERS = 0x1             # verdict flag: run the response phase
 
 CONTINUE, REPLY, ERROR = 0, 1, 2
 REC_UPSTREAM, REC_META, REC_REQ_SET, REC_REQ_DEL = 1, 2, 3, 4
 REC_RESP_ADD, REC_REPLY_HEADER, REC_REPLY_BODY, REC_LOG = 5, 6, 7, 8
+REC_RESP_SET, REC_RESP_DEL = 9, 10
 MAX_RECORDS = 256
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,255}\Z")
@@ -38,11 +41,13 @@ class Verdict:
 
     __slots__ = ("action", "status", "upstream", "metadata", "request_set",
                  "request_remove", "response_add", "reply_headers",
-                 "reply_body", "log")
+                 "reply_body", "log", "response_set", "response_remove",
+                 "run_senders")
 
     def __init__(self, action=CONTINUE, status=0, upstream=None,
                  metadata=None, request_set=(), request_remove=(),
-                 response_add=(), reply_headers=(), reply_body=b"", log=""):
+                 response_add=(), reply_headers=(), reply_body=b"", log="",
+                 response_set=(), response_remove=(), run_senders=False):
         self.action = action
         self.status = status
         self.upstream = upstream
@@ -53,6 +58,9 @@ class Verdict:
         self.reply_headers = list(reply_headers)
         self.reply_body = reply_body
         self.log = log
+        self.response_set = list(response_set)
+        self.response_remove = list(response_remove)
+        self.run_senders = run_senders
 
     @classmethod
     def error(cls, why):
@@ -74,8 +82,9 @@ def _b(s):
 
 def encode_request(chain="", method="GET", path="/", query="",
                    remote_addr="127.0.0.1", protocol="HTTP/1.1",
-                   headers=(), body=None, request_id=0):
-    """A request record as the nginx module writes it."""
+                   headers=(), body=None, request_id=0, status=None):
+    """A request record as the nginx module writes it; with a status, the
+    response record of the response phase (headers: the response's)."""
     strings = [_b(chain), _b(method), _b(path), _b(query), _b(remote_addr),
                _b(protocol), _b(body or b"")]
     fields = []
@@ -96,8 +105,10 @@ def encode_request(chain="", method="GET", path="/", query="",
         off += len(n) + len(v)
     fields.append((table_off, HEADER_ENTRY.size * len(pairs)))
     flat = [x for f in fields for x in f]
-    head = REQ_HEADER.pack(off, len(pairs), request_id,
-                           F_BODY if body is not None else 0, 0, *flat)
+    flags = (F_BODY if body is not None else 0) \
+        | (F_RESPONSE if status is not None else 0)
+    head = REQ_HEADER.pack(off, len(pairs), request_id, flags, status or 0,
+                           *flat)
     return b"".join([head] + strings + table
                     + [n + v for n, v in pairs])
 
@@ -114,7 +125,8 @@ def decode_request(buf):
     for off, n in fields:
         if off + n > rec_len:
             raise RingError("request field overruns the record")
-    out = {"request_id": request_id}
+    out = {"request_id": request_id,
+           "status": vals[4] if flags & F_RESPONSE else None}
     for name, (off, n) in zip(FIELDS, fields):
         if name != "headers":
             out[name] = bytes(buf[off:off + n])
@@ -141,13 +153,15 @@ def verdict_records(v):
     """The (type, key, value) records of a verdict, in wire order."""
     recs = []
     if v is None:
-        return CONTINUE, 0, recs
+        return CONTINUE, 0, 0, recs
     if v.upstream:
         recs.append((REC_UPSTREAM, b"", _b(v.upstream)))
     for k, val in (v.metadata or {}).items():
         recs.append((REC_META, _b(k), _b(val)))
     recs += [(REC_REQ_SET, _b(k), _b(val)) for k, val in v.request_set]
     recs += [(REC_REQ_DEL, _b(k), b"") for k in v.request_remove]
+    recs += [(REC_RESP_SET, _b(k), _b(val)) for k, val in v.response_set]
+    recs += [(REC_RESP_DEL, _b(k), b"") for k in v.response_remove]
     recs += [(REC_RESP_ADD, _b(k), _b(val)) for k, val in v.response_add]
     if v.action == REPLY:
         recs += [(REC_REPLY_HEADER, _b(k), _b(val))
@@ -156,15 +170,16 @@ def verdict_records(v):
             recs.append((REC_REPLY_BODY, b"", _b(v.reply_body)))
     if v.log:
         recs.append((REC_LOG, b"", v.log.encode("utf-8", "replace")))
-    return v.action, v.status, recs
+    flags = F_SENDERS if v.action == CONTINUE and v.run_senders else 0
+    return v.action, v.status, flags, recs
 
 
 def encode_verdict(v):
-    action, status, recs = verdict_records(v)
+    action, status, flags, recs = verdict_records(v)
     body = b"".join(RECORD.pack(t, len(k), len(val)) + k + val
                     for t, k, val in recs)
     return VERDICT_HEADER.pack(VERDICT_HEADER.size + len(body), action,
-                               status, len(recs), 0) + body
+                               status, len(recs), flags) + body
 
 
 def validate_verdict(buf):
@@ -181,14 +196,15 @@ def decode_verdict(buf):
     buf = bytes(buf)
     if len(buf) < VERDICT_HEADER.size:
         raise RingError("verdict header does not match its length")
-    length, action, status, nrec, _ = VERDICT_HEADER.unpack_from(buf)
+    length, action, status, nrec, flags = VERDICT_HEADER.unpack_from(buf)
     if length != len(buf) or nrec > MAX_RECORDS:
         raise RingError("verdict header does not match its length")
     if action not in (CONTINUE, REPLY, ERROR):
         raise RingError("unknown verdict action")
     if action == REPLY and not 200 <= status <= 599:
         raise RingError("reply status is not in 200..599")
-    v = Verdict(action=action, status=status)
+    v = Verdict(action=action, status=status,
+                run_senders=bool(flags & F_SENDERS))
     pos = VERDICT_HEADER.size
     bodies = 0
     for _ in range(nrec):
@@ -209,16 +225,19 @@ def decode_verdict(buf):
             if not _META_KEY.match(k) or bad_value:
                 raise RingError("bad metadata key or value")
             v.metadata[k.decode()] = val.decode("latin-1")
-        elif t in (REC_REQ_SET, REC_RESP_ADD, REC_REPLY_HEADER):
+        elif t in (REC_REQ_SET, REC_RESP_ADD, REC_RESP_SET,
+                   REC_REPLY_HEADER):
             if not _TOKEN.match(k) or bad_value:
                 raise RingError("bad header name or value")
             pair = (k.decode("latin-1"), val.decode("latin-1"))
             {REC_REQ_SET: v.request_set, REC_RESP_ADD: v.response_add,
+             REC_RESP_SET: v.response_set,
              REC_REPLY_HEADER: v.reply_headers}[t].append(pair)
-        elif t == REC_REQ_DEL:
+        elif t in (REC_REQ_DEL, REC_RESP_DEL):
             if not _TOKEN.match(k) or vlen:
                 raise RingError("bad header name to remove")
-            v.request_remove.append(k.decode("latin-1"))
+            (v.request_remove if t == REC_REQ_DEL
+             else v.response_remove).append(k.decode("latin-1"))
         elif t == REC_REPLY_BODY:
             bodies += 1
             if klen or bodies > 1:

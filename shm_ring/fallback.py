@@ -45,7 +45,7 @@ import time
 from shm_ring import codec
 from shm_ring.codec import RingError
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 IMPLEMENTATION = "python"
 
 # shm_ring.h
@@ -118,6 +118,7 @@ EPA_HEAD = struct.Struct("<IIII64s")        # seq .. name
 
 REQ_SIZE = codec.REQ_HEADER.size            # mosn_req_t
 REQ_F_BODY = codec.F_BODY
+REQ_F_RESPONSE = codec.F_RESPONSE
 F_CHAIN, F_METHOD, F_PATH, F_QUERY, F_ADDR, F_PROTOCOL, F_BODY = range(7)
 F_HEADERS = 7
 
@@ -1398,7 +1399,7 @@ class SlotRequest:
     """A request record, copied out of its slot and checked."""
 
     __slots__ = ("_rec", "_fields", "_flags", "_table", "nheaders",
-                 "request_id")
+                 "request_id", "_status")
 
     def _field(self, i):
         off, n = self._fields[i]
@@ -1427,6 +1428,16 @@ class SlotRequest:
     @property
     def protocol(self):
         return self._field(F_PROTOCOL)
+
+    @property
+    def is_response(self):
+        """A response record: the headers are the upstream's response."""
+        return bool(self._flags & REQ_F_RESPONSE)
+
+    @property
+    def status(self):
+        """The response status of a response record, else 0."""
+        return self._status if self._flags & REQ_F_RESPONSE else 0
 
     @property
     def body(self):
@@ -1474,6 +1485,7 @@ def _slot_request(mm, data, data_size):
     r._rec = mm[data:data + rec_len]
     r._fields = fields
     r._flags = flags
+    r._status = vals[4]
     r._table = fields[F_HEADERS][0]
     r.nheaders = nheaders
     r.request_id = request_id

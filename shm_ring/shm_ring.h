@@ -37,7 +37,7 @@
 
 
 #define MOSN_RING_MAGIC             0x474e4952534f4d21ULL  /* "!MOSRING" */
-#define MOSN_RING_ABI_VERSION       2
+#define MOSN_RING_ABI_VERSION       3
 
 #define MOSN_CACHELINE              64
 #define MOSN_MAX_PRODUCERS          64
@@ -200,6 +200,11 @@ typedef struct {
  * Fields are (offset, length) pairs from the record start.  The header
  * table holds nheaders entries of (offset, name length, value length),
  * the value following its name.
+ *
+ * A response record (MOSN_REQ_F_RESPONSE, ABI version 3) is written when
+ * the request's verdict asked for the response phase: the same request
+ * fields and request_id, the upstream's status in status, and the
+ * response headers in the header table.
  */
 
 #define MOSN_REQ_CHAIN              0
@@ -213,6 +218,7 @@ typedef struct {
 #define MOSN_REQ_NFIELDS            8
 
 #define MOSN_REQ_F_BODY             0x1     /* body present */
+#define MOSN_REQ_F_RESPONSE         0x2     /* a response record */
 
 typedef struct {
     uint32_t                off;
@@ -230,7 +236,7 @@ typedef struct {
     uint32_t                nheaders;
     uint64_t                request_id;
     uint32_t                flags;
-    uint32_t                pad0;
+    uint32_t                status;         /* response records only */
     mosn_field_t            field[MOSN_REQ_NFIELDS];
 } mosn_req_t;
 
@@ -239,6 +245,13 @@ typedef struct {
  * The verdict, written by the consumer at slot data offset verdict_off:
  * a fixed header, then nrecords records of (type, key length, value
  * length, key bytes, value bytes), unpadded.
+ *
+ * A CONTINUE verdict with MOSN_VERDICT_F_SENDERS asks for the response
+ * phase: the chain has sender filters, so the response comes back as a
+ * response record before it goes to the client.  The verdict on a
+ * response record is CONTINUE with RESP_SET, RESP_DEL and RESP_ADD
+ * records: every line of a name that is set or removed goes, the lines
+ * set for it take their place, then the added lines are appended.
  */
 
 #define MOSN_ACTION_CONTINUE        0       /* proxy on, with edits */
@@ -253,6 +266,10 @@ typedef struct {
 #define MOSN_REC_REPLY_HEADER       6       /* name, value */
 #define MOSN_REC_REPLY_BODY         7       /* value */
 #define MOSN_REC_LOG                8       /* value: why, for error_log */
+#define MOSN_REC_RESP_SET           9       /* name, value: response phase */
+#define MOSN_REC_RESP_DEL           10      /* name: response phase */
+
+#define MOSN_VERDICT_F_SENDERS      0x1     /* run the response phase */
 
 #define MOSN_VERDICT_MAX_RECORDS    256
 #define MOSN_META_KEY_MAX           64
@@ -262,7 +279,7 @@ typedef struct {
     uint16_t                action;
     uint16_t                status;
     uint32_t                nrecords;
-    uint32_t                pad0;
+    uint32_t                flags;          /* MOSN_VERDICT_F_* */
 } mosn_verdict_t;
 
 typedef struct {

@@ -36,6 +36,7 @@ cdef extern from "shm_ring.h" nogil:
     int MOSN_REQ_HEADERS
     int MOSN_REQ_NFIELDS
     int MOSN_REQ_F_BODY
+    int MOSN_REQ_F_RESPONSE
 
     int MOSN_ACTION_CONTINUE
     int MOSN_ACTION_REPLY
@@ -49,6 +50,9 @@ cdef extern from "shm_ring.h" nogil:
     int MOSN_REC_REPLY_HEADER
     int MOSN_REC_REPLY_BODY
     int MOSN_REC_LOG
+    int MOSN_REC_RESP_SET
+    int MOSN_REC_RESP_DEL
+    int MOSN_VERDICT_F_SENDERS
     int MOSN_VERDICT_MAX_RECORDS
     uint32_t MOSN_RESCUE_FAILED
 
@@ -155,6 +159,7 @@ cdef extern from "shm_ring.h" nogil:
         uint32_t nheaders
         uint64_t request_id
         uint32_t flags
+        uint32_t status
         mosn_field_t field[8]
 
     ctypedef struct mosn_verdict_t:
@@ -162,6 +167,7 @@ cdef extern from "shm_ring.h" nogil:
         uint16_t action
         uint16_t status
         uint32_t nrecords
+        uint32_t flags
 
     ctypedef struct mosn_record_t:
         uint8_t type

@@ -230,6 +230,7 @@ mosn_verdict_validate(const uint8_t *buf, size_t len, const char **why)
 
         case MOSN_REC_REQ_SET:
         case MOSN_REC_RESP_ADD:
+        case MOSN_REC_RESP_SET:
         case MOSN_REC_REPLY_HEADER:
             if (!mosn_header_name_valid(rec.key, rec.key_len)
                 || !mosn_header_value_valid(rec.value, rec.value_len))
@@ -240,6 +241,7 @@ mosn_verdict_validate(const uint8_t *buf, size_t len, const char **why)
             break;
 
         case MOSN_REC_REQ_DEL:
+        case MOSN_REC_RESP_DEL:
             if (!mosn_header_name_valid(rec.key, rec.key_len)
                 || rec.value_len != 0)
             {

@@ -24,7 +24,7 @@ def request(rid, **kw):
 
 
 def test_module_identity(impl):
-    assert impl.ABI_VERSION == 2
+    assert impl.ABI_VERSION == 3
     assert impl.IMPLEMENTATION in ("cython", "python")
     assert impl.IMPLEMENTATION == ("python" if "fallback" in impl.__name__
                                    else "cython")
