@@ -1,8 +1,7 @@
 
 /*
  * ngx_http_mosn_module: directives, the preaccess handler that parks a
- * request while Python filters decide, the variables, and the header
- * filter that adds response headers.
+ * request while Python filters decide, and the variables.
  */
 
 #include "ngx_http_mosn_module.h"
@@ -23,7 +22,6 @@ static void ngx_http_mosn_body_read(ngx_http_request_t *r);
 static ngx_int_t ngx_http_mosn_oversize(ngx_http_request_t *r,
     ngx_http_mosn_ctx_t *ctx, ngx_http_mosn_loc_conf_t *mlcf,
     ngx_uint_t status, const char *what);
-static ngx_int_t ngx_http_mosn_header_filter(ngx_http_request_t *r);
 
 static ngx_int_t ngx_http_mosn_upstream_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
@@ -229,9 +227,6 @@ static ngx_str_t  ngx_http_mosn_status_names[] = {
 };
 
 
-static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
-
-
 static ngx_int_t
 ngx_http_mosn_handler(ngx_http_request_t *r)
 {
@@ -287,6 +282,7 @@ ngx_http_mosn_handler(ngx_http_request_t *r)
         cln->data = ctx;
 
         ctx->request = r;
+        ctx->chain = mlcf->chain;
         ngx_http_set_ctx(r, ctx, ngx_http_mosn_module);
     }
 
@@ -303,7 +299,7 @@ ngx_http_mosn_handler(ngx_http_request_t *r)
         return ngx_http_mosn_fallback(r, ctx, mlcf, NGX_HTTP_MOSN_FALLBACK);
     }
 
-    rc = ngx_http_mosn_ring_submit(r, ctx, mlcf);
+    rc = ngx_http_mosn_ring_submit(r, ctx, mlcf, 0);
 
     if (rc == NGX_DECLINED) {
         /* the ring is full or no worker is alive: fall back at once */
@@ -469,10 +465,16 @@ ngx_http_mosn_cleanup(void *data)
         ngx_del_timer(&ctx->timer);
     }
 
+    /* the client went away: the late verdict will free the slot */
+
     if (ctx->state == NGX_HTTP_MOSN_WAITING) {
-        /* the client went away: the late verdict will free the slot */
         ngx_http_mosn_ring_abandon(ctx);
         ctx->state = NGX_HTTP_MOSN_APPLIED;
+    }
+
+    if (ctx->resp_state == NGX_HTTP_MOSN_WAITING) {
+        ngx_http_mosn_ring_abandon(ctx);
+        ctx->resp_state = NGX_HTTP_MOSN_APPLIED;
     }
 }
 
@@ -481,6 +483,13 @@ static void
 ngx_http_mosn_timeout_handler(ngx_event_t *ev)
 {
     ngx_http_mosn_ctx_t  *ctx = ev->data;
+
+    if (ctx->resp_state == NGX_HTTP_MOSN_WAITING) {
+        ngx_http_mosn_ring_timed_out(ctx);
+        ngx_http_mosn_response_done(ctx, NULL, 0, "no verdict on the "
+                                    "response within mosn_timeout");
+        return;
+    }
 
     if (ctx->state != NGX_HTTP_MOSN_WAITING) {
         return;
@@ -549,25 +558,6 @@ ngx_http_mosn_fallback(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
     }
 
     return ngx_http_mosn_send_status(r, mlcf->fallback, NULL);
-}
-
-
-static ngx_int_t
-ngx_http_mosn_header_filter(ngx_http_request_t *r)
-{
-    ngx_http_mosn_ctx_t  *ctx;
-
-    if (r == r->main) {
-        ctx = ngx_http_get_module_ctx(r, ngx_http_mosn_module);
-
-        if (ctx != NULL && ctx->status == NGX_HTTP_MOSN_FILTERED
-            && ngx_http_mosn_add_response_headers(r, ctx) != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-    }
-
-    return ngx_http_next_header_filter(r);
 }
 
 
@@ -965,10 +955,7 @@ ngx_http_mosn_init(ngx_conf_t *cf)
 
     *h = ngx_http_mosn_handler;
 
-    ngx_http_next_header_filter = ngx_http_top_header_filter;
-    ngx_http_top_header_filter = ngx_http_mosn_header_filter;
-
-    return NGX_OK;
+    return ngx_http_mosn_response_init(cf);
 }
 
 

@@ -27,10 +27,13 @@
 #define NGX_HTTP_MOSN_TIMEOUT             3
 #define NGX_HTTP_MOSN_ERROR               4
 
-/* ctx states */
+/* ctx states, of each phase */
 #define NGX_HTTP_MOSN_WAITING             1
 #define NGX_HTTP_MOSN_DONE                2
 #define NGX_HTTP_MOSN_APPLIED             3
+
+/* r->buffered: the response is held while the sender filters decide */
+#define NGX_HTTP_MOSN_BUFFERED            0x08
 
 
 typedef struct {
@@ -59,7 +62,9 @@ typedef struct {
 
 typedef struct {
     ngx_http_request_t       *request;
-    ngx_uint_t                state;
+    ngx_str_t                 chain;         /* the listener, both phases */
+    ngx_uint_t                state;         /* of the request phase */
+    ngx_uint_t                resp_state;    /* of the response phase */
     ngx_uint_t                status;        /* $mosn_status */
     uint32_t                  slot;
     uint32_t                  gen;
@@ -75,8 +80,14 @@ typedef struct {
     ngx_uint_t                action;
     ngx_uint_t                reply_status;
 
+    /* the response phase: its cost, and the body held meanwhile */
+    uint64_t                  resp_cost_ns;
+    ngx_chain_t              *held;
+
     unsigned                  body_done:1;
     unsigned                  body_waiting:1;
+    unsigned                  senders:1;     /* the verdict asked for it */
+    unsigned                  discard:1;     /* the response was replaced */
 } ngx_http_mosn_ctx_t;
 
 
@@ -107,7 +118,8 @@ ngx_int_t ngx_http_mosn_ring_init_process(ngx_cycle_t *cycle);
 void ngx_http_mosn_ring_exit_process(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_mosn_ring_ready(ngx_log_t *log);
 ngx_int_t ngx_http_mosn_ring_submit(ngx_http_request_t *r,
-    ngx_http_mosn_ctx_t *ctx, ngx_http_mosn_loc_conf_t *mlcf);
+    ngx_http_mosn_ctx_t *ctx, ngx_http_mosn_loc_conf_t *mlcf,
+    ngx_uint_t response);
 void ngx_http_mosn_ring_abandon(ngx_http_mosn_ctx_t *ctx);
 void ngx_http_mosn_ring_timed_out(ngx_http_mosn_ctx_t *ctx);
 
@@ -122,6 +134,15 @@ ngx_int_t ngx_http_mosn_add_response_headers(ngx_http_request_t *r,
     ngx_http_mosn_ctx_t *ctx);
 ngx_int_t ngx_http_mosn_send_status(ngx_http_request_t *r,
     ngx_uint_t status, ngx_str_t *text);
+ngx_int_t ngx_http_mosn_verdict_copy(ngx_http_mosn_ctx_t *ctx,
+    const u_char *buf, size_t len, u_char **copy);
+ngx_int_t ngx_http_mosn_response_edit(ngx_http_request_t *r,
+    ngx_http_mosn_ctx_t *ctx, u_char *verdict, size_t len);
+
+/* ngx_http_mosn_response.c: the response phase (sender filters) */
+ngx_int_t ngx_http_mosn_response_init(ngx_conf_t *cf);
+void ngx_http_mosn_response_done(ngx_http_mosn_ctx_t *ctx, u_char *verdict,
+    size_t len, const char *why);
 
 /* ngx_http_mosn_pool.c: the region and the Python pool, from the master */
 ngx_int_t ngx_http_mosn_pool_check(ngx_conf_t *cf,

@@ -18,8 +18,9 @@ static void ngx_http_mosn_rescue(void);
 static void ngx_http_mosn_complete(uint32_t s, uint32_t gen,
     ngx_uint_t failed);
 static ngx_int_t ngx_http_mosn_claim(ngx_log_t *log);
-static ngx_int_t ngx_http_mosn_write_request(ngx_http_request_t *r,
-    ngx_http_mosn_loc_conf_t *mlcf, mosn_slot_t *slot);
+static ngx_int_t ngx_http_mosn_write_record(ngx_http_request_t *r,
+    ngx_http_mosn_ctx_t *ctx, ngx_http_mosn_loc_conf_t *mlcf,
+    mosn_slot_t *slot, ngx_uint_t response);
 
 
 ngx_http_mosn_worker_t  ngx_http_mosn_worker = { .p = -1 };
@@ -176,9 +177,11 @@ ngx_http_mosn_ring_ready(ngx_log_t *log)
 }
 
 
+/* the request record, or with response set the response record */
+
 ngx_int_t
 ngx_http_mosn_ring_submit(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
-    ngx_http_mosn_loc_conf_t *mlcf)
+    ngx_http_mosn_loc_conf_t *mlcf, ngx_uint_t response)
 {
     int                      c;
     uint32_t                 s, inc, gen;
@@ -209,9 +212,12 @@ ngx_http_mosn_ring_submit(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
     s = w->free[w->nfree - 1];
     slot = mosn_slot(&w->rg, (uint32_t) w->p, s);
 
-    ctx->request_id = w->next_id++;
+    /* both phases of a request go by one id */
+    if (ctx->request_id == 0) {
+        ctx->request_id = w->next_id++;
+    }
 
-    rc = ngx_http_mosn_write_request(r, mlcf, slot);
+    rc = ngx_http_mosn_write_record(r, ctx, mlcf, slot, response);
 
     if (rc != NGX_OK) {
         return rc;
@@ -397,7 +403,9 @@ ngx_http_mosn_rescue(void)
 static void
 ngx_http_mosn_complete(uint32_t s, uint32_t gen, ngx_uint_t failed)
 {
-    size_t                   room;
+    size_t                   room, len;
+    u_char                  *verdict;
+    uint64_t                 cost;
     mosn_slot_t             *slot;
     ngx_http_mosn_ctx_t     *ctx;
     ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
@@ -417,8 +425,37 @@ ngx_http_mosn_complete(uint32_t s, uint32_t gen, ngx_uint_t failed)
 
     w->inflight[s] = NULL;
 
-    ctx->cost_ns = mosn_now_ns() - ctx->start_ns;
-    mosn_producer(&w->rg, (uint32_t) w->p)->cost_ns += ctx->cost_ns;
+    cost = mosn_now_ns() - ctx->start_ns;
+    mosn_producer(&w->rg, (uint32_t) w->p)->cost_ns += cost;
+
+    room = MOSN_SLOT_DATA_SIZE(w->rg.hdr->slot_size);
+
+    if (ctx->resp_state == NGX_HTTP_MOSN_WAITING) {
+        ctx->resp_cost_ns = cost;
+
+        /* the lengths come from Python: checked before any use */
+        if (failed || slot->verdict_off > room
+            || slot->verdict_len > room - slot->verdict_off
+            || ngx_http_mosn_verdict_copy(ctx,
+                                          slot->data + slot->verdict_off,
+                                          slot->verdict_len, &verdict)
+               != NGX_OK)
+        {
+            verdict = NULL;
+        }
+
+        len = slot->verdict_len;
+
+        mosn_producer_free(&w->rg, (uint32_t) w->p, s);
+        w->free[w->nfree++] = s;
+
+        ngx_http_mosn_response_done(ctx, verdict, len,
+                                    failed ? "its Python worker died"
+                                           : "the verdict was refused");
+        return;
+    }
+
+    ctx->cost_ns = cost;
 
     if (failed) {
         ctx->status = NGX_HTTP_MOSN_ERROR;
@@ -428,8 +465,6 @@ ngx_http_mosn_complete(uint32_t s, uint32_t gen, ngx_uint_t failed)
                       ctx->request_id);
 
     } else {
-        room = MOSN_SLOT_DATA_SIZE(w->rg.hdr->slot_size);
-
         /* the lengths come from Python: checked before any use */
         if (slot->verdict_off > room
             || slot->verdict_len > room - slot->verdict_off
@@ -471,37 +506,61 @@ ngx_http_mosn_put(u_char *base, u_char *p, mosn_field_t *f, ngx_str_t *s)
 }
 
 
-static ngx_int_t
-ngx_http_mosn_write_request(ngx_http_request_t *r,
-    ngx_http_mosn_loc_conf_t *mlcf, mosn_slot_t *slot)
+/*
+ * The header lines a record carries: the request's, or the response's
+ * list without the deleted lines (hash 0) and with the two headers nginx
+ * keeps outside it, Content-Type and Content-Length.
+ */
+
+static ngx_uint_t
+ngx_http_mosn_header_lines(ngx_http_request_t *r, ngx_uint_t response,
+    ngx_table_elt_t *extra, size_t *size)
 {
-    off_t                       size;
-    size_t                      need, room;
-    ssize_t                     n2;
-    u_char                     *base, *p;
-    ngx_buf_t                  *b;
-    ngx_str_t                  *addr;
-    ngx_uint_t                  body;
-    ngx_chain_t                *cl;
-    mosn_req_t                 *req;
-    ngx_uint_t                  i, n;
-    ngx_list_part_t            *part;
-    ngx_table_elt_t            *h;
-    mosn_header_entry_t        *e;
-    ngx_http_mosn_worker_t     *w = &ngx_http_mosn_worker;
-
-    room = MOSN_SLOT_DATA_SIZE(w->rg.hdr->slot_size);
-
-    /* keep a quarter of the slot, and at least 512 bytes, for the verdict */
-    room -= ngx_max(room / 4, 512);
-
-    addr = &r->connection->addr_text;
-
-    need = sizeof(mosn_req_t) + mlcf->chain.len + r->method_name.len
-           + r->uri.len + r->args.len + addr->len + r->http_protocol.len + 3;
+    u_char           *p;
+    ngx_uint_t        i, n, nextra;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
 
     n = 0;
-    part = &r->headers_in.headers.part;
+    nextra = 0;
+
+    if (response) {
+        if (r->headers_out.content_type.len) {
+            ngx_str_set(&extra[nextra].key, "Content-Type");
+            extra[nextra].value = r->headers_out.content_type;
+            extra[nextra].hash = 1;
+            nextra++;
+        }
+
+        if (r->headers_out.content_length == NULL
+            && r->headers_out.content_length_n >= 0)
+        {
+            p = ngx_pnalloc(r->pool, NGX_OFF_T_LEN);
+            if (p == NULL) {
+                return (ngx_uint_t) -1;
+            }
+
+            ngx_str_set(&extra[nextra].key, "Content-Length");
+            extra[nextra].value.data = p;
+            extra[nextra].value.len = ngx_sprintf(p, "%O",
+                                         r->headers_out.content_length_n)
+                                      - p;
+            extra[nextra].hash = 1;
+            nextra++;
+        }
+
+        part = &r->headers_out.headers.part;
+
+    } else {
+        part = &r->headers_in.headers.part;
+    }
+
+    for (i = 0; i < nextra; i++) {
+        *size += sizeof(mosn_header_entry_t) + extra[i].key.len
+                 + extra[i].value.len;
+    }
+
+    n = nextra;
     h = part->elts;
 
     for (i = 0; /* void */; i++) {
@@ -516,8 +575,67 @@ ngx_http_mosn_write_request(ngx_http_request_t *r,
             i = 0;
         }
 
+        if (response && h[i].hash == 0) {
+            continue;
+        }
+
         n++;
-        need += sizeof(mosn_header_entry_t) + h[i].key.len + h[i].value.len;
+        *size += sizeof(mosn_header_entry_t) + h[i].key.len + h[i].value.len;
+    }
+
+    return n;
+}
+
+
+static u_char *
+ngx_http_mosn_put_header(u_char *base, u_char *p, mosn_header_entry_t *e,
+    ngx_table_elt_t *h)
+{
+    e->off = (uint32_t) (p - base);
+    e->name_len = (uint32_t) h->key.len;
+    e->value_len = (uint32_t) h->value.len;
+
+    p = ngx_cpymem(p, h->key.data, h->key.len);
+
+    return ngx_cpymem(p, h->value.data, h->value.len);
+}
+
+
+static ngx_int_t
+ngx_http_mosn_write_record(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
+    ngx_http_mosn_loc_conf_t *mlcf, mosn_slot_t *slot, ngx_uint_t response)
+{
+    off_t                       size;
+    size_t                      need, room;
+    ssize_t                     n2;
+    u_char                     *base, *p;
+    ngx_buf_t                  *b;
+    ngx_str_t                  *addr;
+    ngx_uint_t                  body;
+    ngx_chain_t                *cl;
+    mosn_req_t                 *req;
+    ngx_uint_t                  i, n, nextra;
+    ngx_list_part_t            *part;
+    ngx_table_elt_t            *h, extra[2];
+    mosn_header_entry_t        *e;
+    ngx_http_mosn_worker_t     *w = &ngx_http_mosn_worker;
+
+    room = MOSN_SLOT_DATA_SIZE(w->rg.hdr->slot_size);
+
+    /* keep a quarter of the slot, and at least 512 bytes, for the verdict */
+    room -= ngx_max(room / 4, 512);
+
+    addr = &r->connection->addr_text;
+
+    need = sizeof(mosn_req_t) + ctx->chain.len + r->method_name.len
+           + r->uri.len + r->args.len + addr->len + r->http_protocol.len + 3;
+
+    ngx_memzero(extra, sizeof(extra));
+
+    n = ngx_http_mosn_header_lines(r, response, extra, &need);
+
+    if (n == (ngx_uint_t) -1) {
+        return NGX_ERROR;
     }
 
     if (n > mlcf->max_headers || need > room) {
@@ -526,7 +644,8 @@ ngx_http_mosn_write_request(ngx_http_request_t *r,
 
     body = 0;
 
-    if (mlcf->body && r->request_body && r->request_body->bufs) {
+    if (!response && mlcf->body && r->request_body && r->request_body->bufs)
+    {
         body = 1;
         size = 0;
 
@@ -545,8 +664,13 @@ ngx_http_mosn_write_request(ngx_http_request_t *r,
 
     req->nheaders = (uint32_t) n;
 
+    if (response) {
+        req->flags |= MOSN_REQ_F_RESPONSE;
+        req->status = (uint32_t) r->headers_out.status;
+    }
+
     p = base + sizeof(mosn_req_t);
-    p = ngx_http_mosn_put(base, p, &req->field[MOSN_REQ_CHAIN], &mlcf->chain);
+    p = ngx_http_mosn_put(base, p, &req->field[MOSN_REQ_CHAIN], &ctx->chain);
     p = ngx_http_mosn_put(base, p, &req->field[MOSN_REQ_METHOD],
                           &r->method_name);
     p = ngx_http_mosn_put(base, p, &req->field[MOSN_REQ_PATH], &r->uri);
@@ -565,7 +689,14 @@ ngx_http_mosn_write_request(ngx_http_request_t *r,
     e = (mosn_header_entry_t *) p;
     p += n * sizeof(mosn_header_entry_t);
 
-    part = &r->headers_in.headers.part;
+    nextra = 0;
+
+    while (nextra < 2 && extra[nextra].hash) {
+        p = ngx_http_mosn_put_header(base, p, e++, &extra[nextra++]);
+    }
+
+    part = response ? &r->headers_out.headers.part
+                    : &r->headers_in.headers.part;
     h = part->elts;
 
     for (i = 0; /* void */; i++) {
@@ -580,13 +711,11 @@ ngx_http_mosn_write_request(ngx_http_request_t *r,
             i = 0;
         }
 
-        e->off = (uint32_t) (p - base);
-        e->name_len = (uint32_t) h[i].key.len;
-        e->value_len = (uint32_t) h[i].value.len;
-        e++;
+        if (response && h[i].hash == 0) {
+            continue;
+        }
 
-        p = ngx_cpymem(p, h[i].key.data, h[i].key.len);
-        p = ngx_cpymem(p, h[i].value.data, h[i].value.len);
+        p = ngx_http_mosn_put_header(base, p, e++, &h[i]);
     }
 
     req->field[MOSN_REQ_BODY].off = (uint32_t) (p - base);

@@ -24,12 +24,16 @@ static ngx_str_t  ngx_http_mosn_protected_headers[] = {
 };
 
 
+/*
+ * Copies a verdict out of its slot, checks it whole and logs its log
+ * record: Python may still write to the slot, so only the copy is used.
+ */
+
 ngx_int_t
-ngx_http_mosn_verdict_take(ngx_http_mosn_ctx_t *ctx, const u_char *buf,
-    size_t len)
+ngx_http_mosn_verdict_copy(ngx_http_mosn_ctx_t *ctx, const u_char *buf,
+    size_t len, u_char **copy)
 {
-    int                  rc;
-    u_char              *copy;
+    u_char              *p;
     ngx_uint_t           level;
     const char          *why;
     ngx_log_t           *log;
@@ -38,18 +42,48 @@ ngx_http_mosn_verdict_take(ngx_http_mosn_ctx_t *ctx, const u_char *buf,
 
     log = ctx->request->connection->log;
 
-    copy = ngx_pnalloc(ctx->request->pool, len ? len : 1);
-    if (copy == NULL) {
+    p = ngx_pnalloc(ctx->request->pool, len ? len : 1);
+    if (p == NULL) {
         return NGX_ERROR;
     }
 
-    /* Python may still write there: check the copy, not the slot */
-    ngx_memcpy(copy, buf, len);
+    ngx_memcpy(p, buf, len);
 
-    if (mosn_verdict_validate(copy, len, &why) != 0) {
+    if (mosn_verdict_validate(p, len, &why) != 0) {
         ngx_log_error(NGX_LOG_ERR, log, 0,
                       "mosn: refused the verdict for request %uL: %s",
                       ctx->request_id, why);
+        return NGX_ERROR;
+    }
+
+    (void) mosn_verdict_begin(&it, p, len);
+
+    level = (it.action == MOSN_ACTION_ERROR) ? NGX_LOG_WARN : NGX_LOG_INFO;
+
+    while (mosn_verdict_next(&it, &rec) == 1) {
+        if (rec.type == MOSN_REC_LOG) {
+            ngx_log_error(level, log, 0, "mosn: request %uL: %*s",
+                          ctx->request_id, (size_t) ngx_min(rec.value_len,
+                                                             1024),
+                          rec.value);
+        }
+    }
+
+    *copy = p;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_mosn_verdict_take(ngx_http_mosn_ctx_t *ctx, const u_char *buf,
+    size_t len)
+{
+    u_char              *copy;
+    mosn_rec_view_t      rec;
+    mosn_verdict_iter_t  it;
+
+    if (ngx_http_mosn_verdict_copy(ctx, buf, len, &copy) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -60,20 +94,13 @@ ngx_http_mosn_verdict_take(ngx_http_mosn_ctx_t *ctx, const u_char *buf,
 
     ctx->action = it.action;
     ctx->reply_status = it.status;
+    ctx->senders = (it.action == MOSN_ACTION_CONTINUE
+                    && (it.flags & MOSN_VERDICT_F_SENDERS));
 
-    while ((rc = mosn_verdict_next(&it, &rec)) == 1) {
-
+    while (mosn_verdict_next(&it, &rec) == 1) {
         if (rec.type == MOSN_REC_UPSTREAM) {
             ctx->upstream.data = (u_char *) rec.value;
             ctx->upstream.len = rec.value_len;
-
-        } else if (rec.type == MOSN_REC_LOG) {
-            level = (ctx->action == MOSN_ACTION_ERROR) ? NGX_LOG_WARN
-                                                       : NGX_LOG_INFO;
-            ngx_log_error(level, log, 0, "mosn: request %uL: %*s",
-                          ctx->request_id, (size_t) ngx_min(rec.value_len,
-                                                             1024),
-                          rec.value);
         }
     }
 
@@ -397,6 +424,155 @@ ngx_http_mosn_add_response_headers(ngx_http_request_t *r,
             && ngx_http_mosn_push_header(r, &rec) != NGX_OK)
         {
             return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_uint_t
+ngx_http_mosn_is(mosn_rec_view_t *rec, const char *name, size_t len)
+{
+    return rec->key_len == len
+           && ngx_strncasecmp((u_char *) rec->key, (u_char *) name, len) == 0;
+}
+
+
+static ngx_table_elt_t *
+ngx_http_mosn_response_find(ngx_http_request_t *r, ngx_str_t *name)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    part = &r->headers_out.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return NULL;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].hash != 0 && h[i].key.len == name->len
+            && ngx_strncasecmp(h[i].key.data, name->data, name->len) == 0)
+        {
+            return &h[i];
+        }
+    }
+}
+
+
+/* every line of one response header goes, including nginx's own copies */
+
+static void
+ngx_http_mosn_response_drop(ngx_http_request_t *r, mosn_rec_view_t *rec)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    if (ngx_http_mosn_is(rec, "Content-Type", sizeof("Content-Type") - 1)) {
+        ngx_str_null(&r->headers_out.content_type);
+        ngx_str_null(&r->headers_out.charset);
+        r->headers_out.content_type_len = 0;
+        r->headers_out.content_type_lowcase = NULL;
+        return;
+    }
+
+    if (ngx_http_mosn_is(rec, "Last-Modified", sizeof("Last-Modified") - 1))
+    {
+        /* else the header filter writes it again from the time */
+        r->headers_out.last_modified_time = -1;
+    }
+
+    part = &r->headers_out.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == rec->key_len
+            && ngx_strncasecmp(h[i].key.data, (u_char *) rec->key,
+                               rec->key_len) == 0)
+        {
+            h[i].hash = 0;
+        }
+    }
+}
+
+
+/*
+ * The response phase's edits: every line of a name set or removed goes,
+ * the lines set for it take its place, then the added lines follow.
+ * nginx's own pointers into the list (Location, ETag, ...) then follow
+ * the lines they name.
+ */
+
+ngx_int_t
+ngx_http_mosn_response_edit(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
+    u_char *verdict, size_t len)
+{
+    ngx_table_elt_t        **ph;
+    mosn_rec_view_t          rec;
+    mosn_verdict_iter_t      it;
+    ngx_http_header_out_t   *hh;
+
+    (void) mosn_verdict_begin(&it, verdict, len);
+
+    while (mosn_verdict_next(&it, &rec) == 1) {
+
+        if (rec.type != MOSN_REC_RESP_SET && rec.type != MOSN_REC_RESP_DEL
+            && rec.type != MOSN_REC_RESP_ADD)
+        {
+            continue;
+        }
+
+        if (ngx_http_mosn_protected(&rec)) {
+            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                          "mosn: request %uL: filters may not change the "
+                          "\"%*s\" response header, ignored",
+                          ctx->request_id, (size_t) rec.key_len, rec.key);
+            continue;
+        }
+
+        if (rec.type != MOSN_REC_RESP_ADD) {
+            ngx_http_mosn_response_drop(r, &rec);
+        }
+    }
+
+    (void) mosn_verdict_begin(&it, verdict, len);
+
+    while (mosn_verdict_next(&it, &rec) == 1) {
+        if ((rec.type == MOSN_REC_RESP_SET || rec.type == MOSN_REC_RESP_ADD)
+            && !ngx_http_mosn_protected(&rec)
+            && ngx_http_mosn_push_header(r, &rec) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    for (hh = ngx_http_headers_out; hh->name.len; hh++) {
+        ph = (ngx_table_elt_t **) ((char *) &r->headers_out + hh->offset);
+
+        if (*ph != NULL && (*ph)->hash == 0) {
+            *ph = ngx_http_mosn_response_find(r, &hh->name);
         }
     }
 

@@ -393,6 +393,7 @@ typedef struct {
     uint32_t                left;
     unsigned                action;
     unsigned                status;
+    unsigned                flags;
 } mosn_verdict_iter_t;
 
 

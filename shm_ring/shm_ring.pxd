@@ -222,6 +222,7 @@ cdef extern from "shm_ring.h" nogil:
     ctypedef struct mosn_verdict_iter_t:
         unsigned action
         unsigned status
+        unsigned flags
 
     size_t mosn_region_size(const mosn_region_conf_t *conf)
     int mosn_region_create(mosn_region_t *rg, const char *name,

@@ -130,6 +130,7 @@ mosn_verdict_begin(mosn_verdict_iter_t *it, const uint8_t *buf, size_t len)
     it->left = v.nrecords;
     it->action = v.action;
     it->status = v.status;
+    it->flags = v.flags;
 
     return 0;
 }

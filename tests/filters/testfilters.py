@@ -4,7 +4,8 @@ test then sees over HTTP."""
 import os
 import time
 
-from pyworker import (CONTINUE, STOP, StreamReceiverFilter, register_filter)
+from pyworker import (CONTINUE, STOP, StreamReceiverFilter,
+                      StreamSenderFilter, register_filter)
 
 
 @register_filter("edit_headers")
@@ -133,4 +134,38 @@ class BadVerdict(StreamReceiverFilter):
             headers.set("bad name", "v")
         elif kind == "host":
             headers.set("Host", "evil.example")
+        return CONTINUE
+
+
+@register_filter("edit_response")
+class EditResponse(StreamSenderFilter):
+    """A sender filter: sets, removes and adds response headers, says which
+    status it saw, and can be slow or fail (header x-response-fault)."""
+
+    def __init__(self, config):
+        self.set = config.get("set", {})
+        self.remove = config.get("remove", [])
+        self.add = config.get("add", {})
+        self.cookies = config.get("cookies", [])
+
+    def append(self, ctx, headers, buf, trailers):
+        seen = ",".join(sorted(name.lower() for name, _ in headers.items()))
+        fault = headers.get("x-response-fault")
+        if fault == "boom":
+            raise ValueError("the sender filter failed on purpose")
+        if fault == "slow":
+            time.sleep(1.0)
+        for name, value in self.set.items():
+            headers.set(name, value)
+        for name in self.remove:
+            headers.delete(name)
+        if self.cookies:
+            headers.delete("set-cookie")
+            for cookie in self.cookies:
+                headers.add("Set-Cookie", cookie)
+        for name, value in self.add.items():
+            ctx.add_response_header(name, value)
+        ctx.add_response_header("x-seen-status",
+                                str(self.send_handler.status))
+        ctx.add_response_header("x-seen-headers", seen)
         return CONTINUE
