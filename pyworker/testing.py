@@ -9,6 +9,7 @@
 
 The ``chain_runner`` fixture does the same, keeps the last request's
 context and headers for assertions, and loads each config file once.
+``run_response`` runs a chain's sender filters over a response.
 """
 
 import os
@@ -50,6 +51,18 @@ def run_request(chain, headers=(), method="GET", path="/", query="",
     ctx = Context(request_id, method, path, query, remote_addr, protocol,
                   chain.name)
     return chain.run(ctx, headers, body), ctx, headers
+
+
+def run_response(config_or_path, status=200, headers=(), listener=None,
+                 method="GET", path="/", *, request_id=1):
+    """Runs an upstream response (status, headers) through a chain's sender
+    filters and returns the Verdict: its ``response_set``,
+    ``response_remove`` and ``response_add`` are what nginx applies."""
+    chain = chain_of(config_or_path, listener)
+    if not isinstance(headers, RequestHeaders):
+        headers = RequestHeaders(headers)
+    ctx = Context(request_id, method, path, listener=chain.name)
+    return chain.run_send(ctx, status, headers)
 
 
 def chain_of(config_or_path, listener=None):

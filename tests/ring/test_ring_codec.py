@@ -45,6 +45,8 @@ requests = st.fixed_dictionaries({
                         max_size=12),
     "body": st.none() | st.binary(max_size=200),
     "request_id": st.integers(0, 2 ** 64 - 1),
+    # a status makes it the response record of the response phase
+    "status": st.none() | st.integers(100, 999),
 })
 
 
@@ -58,6 +60,7 @@ def test_request_round_trip(fields):
         assert got[name] == _b(fields[name])
     assert got["body"] == fields["body"]
     assert got["headers"] == [(_b(n), _b(v)) for n, v in fields["headers"]]
+    assert got["status"] == fields["status"]
 
 
 @st.composite
@@ -78,7 +81,11 @@ def verdicts(draw):
         reply_headers=draw(st.lists(st.tuples(token, field_value),
                                     max_size=4)) if reply else [],
         reply_body=draw(st.binary(max_size=100)) if reply else b"",
-        log=draw(log_text))
+        log=draw(log_text),
+        response_set=draw(st.lists(st.tuples(token, field_value),
+                                   max_size=4)),
+        response_remove=draw(st.lists(token, max_size=4)),
+        run_senders=action == CONTINUE and draw(st.booleans()))
 
 
 @SETTINGS
@@ -112,7 +119,7 @@ def mutate(buf, data):
         buf[i] = data.draw(st.sampled_from([0, 10, 13, 32, 0x7F, 0xFF]))
     elif kind == "type":
         # a record's type byte, if one starts here (after the header)
-        buf[i] = data.draw(st.integers(0, 10))
+        buf[i] = data.draw(st.integers(0, 12))
     elif i + 4 <= len(buf):
         struct.pack_into("<I", buf, i, data.draw(st.sampled_from(
             [0, 1, 199, 200, 599, 600, 256, 257, len(buf),
@@ -125,7 +132,7 @@ def raw_verdicts(draw):
     """Verdict-shaped buffers: a header that matches the length, records
     of any type with keys and values that may break the rules."""
     recs = draw(st.lists(st.tuples(
-        st.integers(0, 10),
+        st.integers(0, 12),
         st.binary(max_size=8) | token.map(str.encode),
         st.binary(max_size=8) | field_value.map(lambda s: s.encode(
             "latin-1"))), max_size=6))
@@ -136,7 +143,7 @@ def raw_verdicts(draw):
     return codec.VERDICT_HEADER.pack(
         16 + len(body), draw(st.integers(0, 3)),
         draw(st.sampled_from([0, 199, 200, 404, 599, 600])), nrec,
-        0) + body
+        draw(st.sampled_from([0, 1, 2, 2 ** 32 - 1]))) + body
 
 
 def agree(buf):
@@ -188,6 +195,8 @@ def test_slot_round_trip(round_trip, fields, v):
                  "protocol"):
         assert getattr(req, name) == _b(fields[name]).decode("latin-1")
     assert req.body == fields["body"]
+    assert req.is_response == (fields["status"] is not None)
+    assert req.status == (fields["status"] or 0)
     assert req.header_items() == [
         (_b(n).decode("latin-1"), _b(val).decode("latin-1"))
         for n, val in fields["headers"]]
