@@ -155,3 +155,30 @@ def test_kill_an_nginx_worker_under_load(gateway):
     owned = [p for p in gw.region().stats()["producers"]
              if p["state"] == "owned"]
     assert sorted(p["pid"] for p in owned) == sorted(gw.nginx_worker_pids())
+
+
+def test_kill_python_workers_while_responses_are_held(gateway):
+    """A chain with a sender filter: responses wait on the ring too.  A
+    killed worker's requests and responses are re-queued or go on by the
+    fallback; each phase waits at most the timeout."""
+    mosn = fault_mosn()
+    mosn["servers"][0]["listeners"][-1]["stream_filters"].append(
+        {"type": "edit_response", "module": "testfilters",
+         "config": {"set": {"x-filtered-response": "1"}}})
+    gw = gateway(FAULT, mosn=mosn, workers=2).start()
+    rng = random.Random(11)
+    with Load(gw.port, threads=6) as load:
+        for _ in range(6):                      # 12 s
+            time.sleep(2)
+            os.kill(rng.choice(sorted(gw.python_pids())), signal.SIGKILL)
+    assert not load.errors, load.errors[:5]
+    assert len(load.results) > 100
+    assert all(status == 200 for status, _, _ in load.results)
+    slowest = max(rt for _, rt, _ in request_times(gw))
+    assert slowest <= 2 * TIMEOUT + 0.05, slowest
+    assert "[alert]" not in gw.error_log()
+    submitted = sum(p["submitted"] for p in gw.region().stats()["producers"])
+    # most requests made both round trips
+    assert submitted > 1.5 * len(load.results), (submitted,
+                                                 len(load.results))
+    gw.wait_idle()
