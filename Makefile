@@ -4,6 +4,7 @@
 #   make test        set everything up, then run the whole test suite
 #   make build-l7    build output/ngx_http_mosn_module.so and output/shm_ring.h
 #   make bench       the peers benchmark (results in bench/results/)
+#   make bench-response  what a sender filter (the response phase) costs
 #   make fuzz        the verdict decoder under libFuzzer, long
 #   make soak        locust against the example gateway (SOAK_TIME=10m)
 
@@ -17,7 +18,7 @@ FUZZ_RUNS ?= 10000000
 SOAK_TIME ?= 10m
 
 .PHONY: setup apt venv build-l7 python run stop test test-fast fuzz \
-        fuzz-short bench soak clean
+        fuzz-short bench bench-response soak clean
 
 setup: apt venv build-l7
 
@@ -68,6 +69,9 @@ bench: setup
 
 bench-idle: setup
 	$(PY) bench/idle.py
+
+bench-response: setup
+	$(PY) bench/response.py
 
 bench-scale: setup
 	$(PY) bench/scale.py

@@ -12,6 +12,7 @@ its own (a socket path, the repository root) in `Gateway.extra`.
 import contextlib
 import dataclasses
 import grp
+import json
 import os
 import pwd
 import signal
@@ -130,6 +131,7 @@ load_module @repo/output/ngx_http_mosn_module.so;
 
 @user_line
 worker_processes @workers;
+env PYTHONPATH;
 daemon off;
 master_process on;
 pid @prefix/nginx.pid;
@@ -146,10 +148,10 @@ http {
     uwsgi_temp_path @prefix/uwsgi;
     scgi_temp_path @prefix/scgi;
 
-    mosn_config @repo/conf/mosn.json;
+    mosn_config @mosn_config;
     mosn_workers 1;
     mosn_python @python;
-    mosn_shm_name mosn_bench;
+    mosn_shm_name @shm;
 
     upstream s1 { server 127.0.0.1:@s1a; server 127.0.0.1:@s1b; keepalive 64; keepalive_requests 1000000; }
     upstream s2 { server 127.0.0.1:@s2; keepalive 64; keepalive_requests 1000000; }
@@ -195,8 +197,33 @@ def mosn_gateway(workdir):
         ports=[PEER_PORT + 5],
         template=MOSN_TEMPLATE,
         # the Python that runs this script has the package installed
-        extra={"repo": str(REPO), "python": sys.executable},
+        extra={"repo": str(REPO), "python": sys.executable,
+               "mosn_config": str(REPO / "conf" / "mosn.json"),
+               "shm": "mosn_bench"},
     )
+
+
+def mosn_senders_gateway(workdir):
+    """The project's gateway with a sender filter after the UNIT driver:
+    every response makes a second round trip (bench/senders.py)."""
+    base = mosn_gateway(workdir)
+    if base is None:
+        return None
+    config = json.loads((REPO / "conf" / "mosn.json").read_text())
+    for server in config["servers"]:
+        for listener in server["listeners"]:
+            if listener["name"] == "serverListener":
+                listener["stream_filters"].append(
+                    {"type": "bench_stamp", "module": "senders"})
+    path = Path(workdir) / "mosn_senders.json"
+    path.write_text(json.dumps(config, indent=2))
+    return dataclasses.replace(
+        base, name="mosn_senders",
+        about="this project, the same chain plus one sender filter "
+              "(response phase)",
+        ports=[PEER_PORT + 6],
+        extra=dict(base.extra, mosn_config=str(path), shm="mosn_bench_senders"),
+        env={"PYTHONPATH": str(BENCH)})
 
 
 def all_gateways(workdir):

@@ -398,8 +398,9 @@ def main():
         sys.exit(f"FAILED: {', '.join(failed)} routed wrongly or did not start (see above)")
 
 
-def bench(args, workdir):
-    """Every round over every gateway; returns summary, runs, skipped, failed."""
+def bench(args, workdir, chosen=None):
+    """Every round over every gateway (or the (name, gateway) pairs chosen);
+    returns summary, runs, skipped, failed."""
     workdir.chmod(0o755)  # nginx workers and helpers may run as other users
     base = args.site_port
     settings = gateways.Settings(
@@ -407,7 +408,8 @@ def bench(args, workdir):
         modules=args.modules_dir or modules_dir(args.nginx), workers=args.workers,
         site_ports={"s1a": base, "s1b": base + 1, "s2": base + 2, "s3": base + 3})
 
-    chosen = gateways.all_gateways(workdir)
+    if chosen is None:
+        chosen = gateways.all_gateways(workdir)
     if args.only:
         wanted = args.only.split(",")
         unknown = set(wanted) - {name for name, _ in chosen}

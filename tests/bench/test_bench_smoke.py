@@ -1,5 +1,6 @@
-"""`make bench-idle` and `make bench-scale`, short: bench/idle.py and
-bench/scale.py run for real on loopback, exit 0 and write their reports."""
+"""`make bench-idle`, `make bench-scale` and `make bench-response`, short:
+bench/idle.py, bench/scale.py and bench/response.py run for real on
+loopback, exit 0 and write their reports."""
 
 import json
 import os
@@ -62,3 +63,18 @@ def test_scale_quick_smoke(tmp_path):
     report = (tmp_path / "scale.md").read_text()
     assert "python bench/scale.py --quick" in report
     assert "One million connections" in report
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_response_phase_bench_smoke(tmp_path):
+    """bench/response.py checks that only the chain with a sender filter
+    stamps responses, then measures both beside map."""
+    run("response.py", "--runs", "1", "--duration", "1", "--warmup", "0",
+        "--out", str(tmp_path), timeout=210)
+    result = json.loads((tmp_path / "response.json").read_text())
+    assert set(result["summary"]) == {"map", "mosn", "mosn_senders"}
+    for row in result["summary"].values():
+        assert row["rps"] > 0 and row["non_2xx"] == 0
+    report = (tmp_path / "response.md").read_text()
+    assert "| throughput, with / without |" in report
