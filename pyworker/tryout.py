@@ -2,6 +2,7 @@
 
     pyworker check conf/mosn.json [-l serverListener ...]
     pyworker try conf/mosn.json -l serverListener -H "uid: 2" [/path?query]
+    pyworker try conf/mosn.json --response 200 -R "Server: up"
 
 ``check`` exits 0 when the config loads (every chain is built), 1 when it
 does not or a listener named with ``-l`` is missing. ``try`` prints the
@@ -16,7 +17,7 @@ import sys
 
 from pyworker import discovery
 from pyworker.config import ConfigError, load
-from pyworker.testing import run_request, select_chain
+from pyworker.testing import run_request, run_response, select_chain
 from pyworker.verdict import ACTION_ERROR
 
 
@@ -123,15 +124,17 @@ def main_try(argv=None):
                         help="a request header, as with curl; repeatable")
     parser.add_argument("-X", "--method", default="GET")
     parser.add_argument("-d", "--data", help="request body")
+    parser.add_argument("--response", type=int, metavar="STATUS",
+                        help="then run the sender filters over a response "
+                             "with this status")
+    parser.add_argument("-R", "--response-header", action="append",
+                        default=[], metavar="'NAME: VALUE'",
+                        help="a header of that response; repeatable")
     parser.add_argument("--json", action="store_true",
                         help="print the verdict as JSON")
     args = parser.parse_args(argv)
-    headers = []
-    for line in args.header:
-        name, sep, value = line.partition(":")
-        if not sep or not name.strip():
-            parser.error(f"header {line!r} is not 'NAME: VALUE'")
-        headers.append((name.strip(), value.strip(" \t")))
+    headers = _headers(parser, args.header)
+    response_headers = _headers(parser, args.response_header)
     if not logging.getLogger().handlers:  # show a failing filter's traceback
         logging.basicConfig(level=logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
@@ -145,14 +148,39 @@ def main_try(argv=None):
     if args.listener is None:
         print(f"listener: {chain.name} (the first; -l chooses another)",
               file=sys.stderr)
+    response = None
+    if args.response is not None and verdict.run_senders:
+        response = run_response(chain, args.response, response_headers,
+                                method=args.method, path=args.path)
     if args.json:
-        print(json.dumps(verdict.to_dict(), indent=2))
+        out = verdict.to_dict()
+        if response is not None:
+            out["response_phase"] = response.to_dict()
+        print(json.dumps(out, indent=2))
     else:
         print(format_verdict(verdict))
         if driver_errors:
             print(f"note: {driver_errors} metadata driver(s) raised; their "
                   f"keys are left unset")
-    return 1 if verdict.action == ACTION_ERROR else 0
+        if response is not None:
+            print(f"response phase ({args.response}):")
+            print(format_verdict(response))
+        elif args.response is not None:
+            print("response phase: none (no sender filter runs after this "
+                  "verdict)")
+    failed = verdict.action == ACTION_ERROR or (
+        response is not None and response.action == ACTION_ERROR)
+    return 1 if failed else 0
+
+
+def _headers(parser, lines):
+    headers = []
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if not sep or not name.strip():
+            parser.error(f"header {line!r} is not 'NAME: VALUE'")
+        headers.append((name.strip(), value.strip(" \t")))
+    return headers
 
 
 def format_verdict(verdict):
@@ -164,11 +192,16 @@ def format_verdict(verdict):
     for key, value in verdict.metadata.items():
         lines.append(f"metadata: {key} = {value}")
     for title, pairs in (("set request header", verdict.request_set),
+                         ("set response header", verdict.response_set),
                          ("add response header", verdict.response_add),
                          ("reply header", verdict.reply_headers)):
         lines.extend(f"{title}: {name}: {value}" for name, value in pairs)
     lines.extend(f"remove request header: {name}"
                  for name in verdict.request_remove)
+    lines.extend(f"remove response header: {name}"
+                 for name in verdict.response_remove)
+    if verdict.run_senders:
+        lines.append("then: the sender filters run on the response")
     if verdict.reply_body:
         body = verdict.reply_body.decode("utf-8", "backslashreplace")
         lines.append(f"reply body: {body}")

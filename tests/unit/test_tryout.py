@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from pyworker import ConfigError
+from pyworker import (CONTINUE, ConfigError, StreamSenderFilter,
+                      register_filter)
 from pyworker.testing import run_chain
 from pyworker.tryout import check, main_check, main_try, try_request
 from pyworker.verdict import ACTION_CONTINUE, ACTION_ERROR, ACTION_REPLY
@@ -240,3 +241,36 @@ def test_try_an_error_verdict_as_a_function(
     )
     verdict = try_request(path, {})
     assert verdict.action == ACTION_ERROR and "boom" in verdict.log
+
+
+@register_filter("tryout_hide_server")
+class HideServer(StreamSenderFilter):
+    def __init__(self, config):
+        pass
+
+    def append(self, ctx, headers, buf, trailers):
+        headers.delete("server")
+        headers.set("x-status", str(self.send_handler.status))
+        return CONTINUE
+
+
+def test_main_try_runs_the_response_phase(
+    write_config, mosn_config, unit_filter, capsys
+):
+    path = write_config(mosn_config(unit_filter("uid"),
+                                    {"type": "tryout_hide_server"}))
+    assert main_try([str(path), "-H", "uid: 2", "--response", "503",
+                     "-R", "Server: up", "-R", "X-Other: 1"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "verdict: CONTINUE",
+        "metadata: unit = s1",
+        "then: the sender filters run on the response",
+        "response phase (503):",
+        "verdict: CONTINUE",
+        "set response header: x-status: 503",
+        "remove response header: server",
+    ]
+    # without sender filters there is no response phase to show
+    plain = write_config(mosn_config(unit_filter("uid")), name="plain.json")
+    assert main_try([str(plain), "--response", "200"]) == 0
+    assert "response phase: none" in capsys.readouterr().out
