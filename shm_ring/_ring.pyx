@@ -16,6 +16,12 @@ from cpython.unicode cimport PyUnicode_DecodeLatin1
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset, strncasecmp
 
+cdef extern from "Python.h":
+    # an ASCII str is its own latin-1 (and UTF-8) encoding, read in place
+    bint PyUnicode_IS_COMPACT_ASCII(object)
+    const char *PyUnicode_DATA(object)
+    Py_ssize_t PyUnicode_GET_LENGTH(object)
+
 from shm_ring.shm_ring cimport *
 
 from shm_ring.codec import (RingError, Verdict as _PlainVerdict,
@@ -419,6 +425,34 @@ cdef class SlotRequest:
         return (<uint64_t> e.off + e.name_len + e.value_len
                 <= self.rec_len)
 
+    cdef inline const mosn_header_entry_t *_find(self, const char *k,
+                                                 uint32_t klen):
+        """The first entry whose name is k without case, or NULL."""
+        cdef uint32_t i
+        cdef const mosn_header_entry_t *e
+        for i in range(self.nheaders):
+            e = &self.table[i]
+            if (e.name_len == klen and self._entry_ok(e)
+                    and strncasecmp(<const char *> self.rec + e.off, k,
+                                    klen) == 0):
+                return e
+        return NULL
+
+    def header_get(self, name, default=None):
+        """The first value of one header, name matched without case (as
+        str.lower() does), or default."""
+        cdef const mosn_header_entry_t *e
+        if type(name) is str and PyUnicode_IS_COMPACT_ASCII(name):
+            e = self._find(PyUnicode_DATA(name),
+                           PyUnicode_GET_LENGTH(name))
+            if e == NULL:
+                return default
+            return PyUnicode_DecodeLatin1(
+                <const char *> self.rec + e.off + e.name_len, e.value_len,
+                NULL)
+        values = self.header_get_all(name.lower())
+        return values[0] if values else default
+
     def header_get_all(self, str lname):
         """Values of one header, name matched without case."""
         cdef bytes key = lname.encode("latin-1")
@@ -482,32 +516,34 @@ cdef SlotRequest _slot_request(const uint8_t *data, uint32_t data_size):
     return r
 
 
-cdef class _VerdictWriter:
-    """Writes a verdict into a slot's free tail; refuses what overruns."""
+cdef struct _writer:
+    # a verdict being written into a slot's free tail
+    uint8_t *base
+    uint32_t cap
+    uint32_t pos
+    uint32_t nrecords
 
-    cdef uint8_t *base
-    cdef uint32_t cap
-    cdef uint32_t pos
-    cdef uint32_t nrecords
 
-    cdef int record(self, int rtype, bytes key, bytes value) except -1:
-        cdef mosn_record_t r
-        cdef uint32_t klen = len(key), vlen = len(value)
-        if (<uint64_t> self.pos + sizeof(mosn_record_t) + klen + vlen
-                > self.cap) or self.nrecords >= MOSN_VERDICT_MAX_RECORDS:
-            raise RingError("verdict does not fit in the slot")
-        memset(&r, 0, sizeof(r))
-        r.type = rtype
-        r.key_len = klen
-        r.value_len = vlen
-        memcpy(self.base + self.pos, &r, sizeof(r))
-        self.pos += sizeof(r)
-        memcpy(self.base + self.pos, PyBytes_AS_STRING(key), klen)
-        self.pos += klen
-        memcpy(self.base + self.pos, PyBytes_AS_STRING(value), vlen)
-        self.pos += vlen
-        self.nrecords += 1
-        return 0
+cdef int _put(_writer *w, int rtype, const char *k, Py_ssize_t klen,
+              const char *v, Py_ssize_t vlen) except -1:
+    """Appends one record; refuses what overruns the slot."""
+    cdef mosn_record_t r
+    if (<uint64_t> w.pos + sizeof(mosn_record_t) + <uint64_t> klen
+            + <uint64_t> vlen > w.cap
+            or w.nrecords >= MOSN_VERDICT_MAX_RECORDS):
+        raise RingError("verdict does not fit in the slot")
+    memset(&r, 0, sizeof(r))
+    r.type = rtype
+    r.key_len = <uint32_t> klen
+    r.value_len = <uint32_t> vlen
+    memcpy(w.base + w.pos, &r, sizeof(r))
+    w.pos += sizeof(r)
+    memcpy(w.base + w.pos, k, klen)
+    w.pos += <uint32_t> klen
+    memcpy(w.base + w.pos, v, vlen)
+    w.pos += <uint32_t> vlen
+    w.nrecords += 1
+    return 0
 
 
 cdef bytes _l1(object s):
@@ -516,51 +552,23 @@ cdef bytes _l1(object s):
     return (<str> s).encode("latin-1")
 
 
-cdef uint32_t _write_verdict(uint8_t *base, uint32_t cap, object v) except *:
-    """Encodes a pyworker Verdict (or None: continue) at base."""
-    cdef _VerdictWriter w
+cdef int _record(_writer *w, int rtype, object key, object value) except -1:
+    """A record of str (latin-1) or bytes; ASCII str is copied in place."""
+    cdef bytes kb, vb
+    if type(key) is str and PyUnicode_IS_COMPACT_ASCII(key):
+        if type(value) is str and PyUnicode_IS_COMPACT_ASCII(value):
+            return _put(w, rtype, PyUnicode_DATA(key),
+                        PyUnicode_GET_LENGTH(key), PyUnicode_DATA(value),
+                        PyUnicode_GET_LENGTH(value))
+    kb = _l1(key)
+    vb = _l1(value)
+    return _put(w, rtype, PyBytes_AS_STRING(kb), len(kb),
+                PyBytes_AS_STRING(vb), len(vb))
+
+
+cdef inline void _header(uint8_t *base, _writer *w, int action, int status,
+                         uint32_t flags):
     cdef mosn_verdict_t hdr
-    cdef int action = MOSN_ACTION_CONTINUE, status = 0
-    cdef uint32_t flags = 0
-    if cap < sizeof(mosn_verdict_t):
-        raise RingError("no room for a verdict in the slot")
-    memset(&hdr, 0, sizeof(hdr))
-    if v is None:
-        # the common answer, written without a writer object
-        hdr.len = sizeof(hdr)
-        memcpy(base, &hdr, sizeof(hdr))
-        return sizeof(hdr)
-    w = _VerdictWriter.__new__(_VerdictWriter)
-    w.base = base
-    w.cap = cap
-    w.pos = sizeof(mosn_verdict_t)
-    if v is not None:
-        action = v.action
-        status = v.status
-        if v.upstream:
-            w.record(MOSN_REC_UPSTREAM, b"", _l1(v.upstream))
-        if v.metadata:
-            for k, val in v.metadata.items():
-                w.record(MOSN_REC_META, _l1(k), _l1(val))
-        for k, val in v.request_set:
-            w.record(MOSN_REC_REQ_SET, _l1(k), _l1(val))
-        for k in v.request_remove:
-            w.record(MOSN_REC_REQ_DEL, _l1(k), b"")
-        for k, val in v.response_set:
-            w.record(MOSN_REC_RESP_SET, _l1(k), _l1(val))
-        for k in v.response_remove:
-            w.record(MOSN_REC_RESP_DEL, _l1(k), b"")
-        for k, val in v.response_add:
-            w.record(MOSN_REC_RESP_ADD, _l1(k), _l1(val))
-        if action == MOSN_ACTION_CONTINUE and v.run_senders:
-            flags = MOSN_VERDICT_F_SENDERS
-        if action == MOSN_ACTION_REPLY:
-            for k, val in v.reply_headers:
-                w.record(MOSN_REC_REPLY_HEADER, _l1(k), _l1(val))
-            if v.reply_body:
-                w.record(MOSN_REC_REPLY_BODY, b"", _l1(v.reply_body))
-        if v.log:
-            w.record(MOSN_REC_LOG, b"", v.log.encode("utf-8", "replace"))
     memset(&hdr, 0, sizeof(hdr))
     hdr.len = w.pos
     hdr.action = action
@@ -568,6 +576,56 @@ cdef uint32_t _write_verdict(uint8_t *base, uint32_t cap, object v) except *:
     hdr.nrecords = w.nrecords
     hdr.flags = flags
     memcpy(base, &hdr, sizeof(hdr))
+
+
+cdef uint32_t _write_verdict(uint8_t *base, uint32_t cap, object v) except *:
+    """Encodes a pyworker Verdict at base; None is a plain CONTINUE, and a
+    dict the CONTINUE verdict with that metadata and nothing else (the
+    chain's common answer, handed back without a Verdict)."""
+    cdef _writer w
+    cdef int action = MOSN_ACTION_CONTINUE, status = 0
+    cdef uint32_t flags = 0
+    cdef bytes log
+    if cap < sizeof(mosn_verdict_t):
+        raise RingError("no room for a verdict in the slot")
+    w.base = base
+    w.cap = cap
+    w.pos = sizeof(mosn_verdict_t)
+    w.nrecords = 0
+    if v is None:
+        pass
+    elif type(v) is dict:
+        for k, val in (<dict> v).items():
+            _record(&w, MOSN_REC_META, k, val)
+    else:
+        action = v.action
+        status = v.status
+        if v.upstream:
+            _record(&w, MOSN_REC_UPSTREAM, b"", v.upstream)
+        if v.metadata:
+            for k, val in v.metadata.items():
+                _record(&w, MOSN_REC_META, k, val)
+        for k, val in v.request_set:
+            _record(&w, MOSN_REC_REQ_SET, k, val)
+        for k in v.request_remove:
+            _record(&w, MOSN_REC_REQ_DEL, k, b"")
+        for k, val in v.response_set:
+            _record(&w, MOSN_REC_RESP_SET, k, val)
+        for k in v.response_remove:
+            _record(&w, MOSN_REC_RESP_DEL, k, b"")
+        for k, val in v.response_add:
+            _record(&w, MOSN_REC_RESP_ADD, k, val)
+        if action == MOSN_ACTION_CONTINUE and v.run_senders:
+            flags = MOSN_VERDICT_F_SENDERS
+        if action == MOSN_ACTION_REPLY:
+            for k, val in v.reply_headers:
+                _record(&w, MOSN_REC_REPLY_HEADER, k, val)
+            if v.reply_body:
+                _record(&w, MOSN_REC_REPLY_BODY, b"", v.reply_body)
+        if v.log:
+            log = v.log.encode("utf-8", "replace")
+            _put(&w, MOSN_REC_LOG, "", 0, PyBytes_AS_STRING(log), len(log))
+    _header(base, &w, action, status, flags)
     return w.pos
 
 
@@ -642,8 +700,12 @@ cdef class Consumer:
                              self.rg.hdr.slot_size - MOSN_SLOT_HEADER_SIZE)
 
     def complete(self, uint64_t ps, verdict=None):
-        """Writes the verdict (a Verdict, None, or encoded bytes)."""
-        cdef mosn_slot_t *slot = self._slot(ps)
+        """Writes the verdict (a Verdict, None, a metadata dict, or encoded
+        bytes)."""
+        return self._complete(self._slot(ps), ps, verdict)
+
+    cdef bint _complete(self, mosn_slot_t *slot, uint64_t ps,
+                        object verdict) except *:
         cdef uint32_t data_size = self.rg.hdr.slot_size - MOSN_SLOT_HEADER_SIZE
         cdef uint32_t off, n
         cdef uint32_t req_len
@@ -722,9 +784,10 @@ cdef class Consumer:
             slot = mosn_slot(self.rg, MOSN_PS_P(ps), MOSN_PS_S(ps))
             req = _slot_request(slot.data, data_size)
             if req is None:
-                self.complete(ps, _PlainVerdict.error("malformed request"))
+                self._complete(slot, ps,
+                               _PlainVerdict.error("malformed request"))
                 continue
-            self.complete(ps, dispatch(req))
+            self._complete(slot, ps, dispatch(req))
         if n:
             mosn_consumer_flush(self.rg, self.index, self.sockfd,
                                 self.wake_mask)

@@ -1455,6 +1455,12 @@ class SlotRequest:
                 yield (self._rec[off:off + nlen],
                        self._rec[off + nlen:off + nlen + vlen])
 
+    def header_get(self, name, default=None):
+        """The first value of one header, name matched without case, or
+        default."""
+        values = self.header_get_all(name.lower())
+        return values[0] if values else default
+
     def header_get_all(self, lname):
         """Values of one header, name matched without case."""
         key = lname.encode("latin-1").lower()
@@ -1493,9 +1499,12 @@ def _slot_request(mm, data, data_size):
 
 
 def _encode_verdict(v, cap):
-    """_write_verdict() of _ring.pyx: a Verdict (or None) as bytes."""
+    """_write_verdict() of _ring.pyx: a Verdict (or None, or a metadata
+    dict: the CONTINUE verdict with that metadata only) as bytes."""
     if cap < codec.VERDICT_HEADER.size:
         raise RingError("no room for a verdict in the slot")
+    if type(v) is dict:
+        v = codec.Verdict(metadata=v)
     buf = codec.encode_verdict(v)
     nrecords = codec.VERDICT_HEADER.unpack_from(buf)[3]
     if len(buf) > cap or nrecords > VERDICT_MAX_RECORDS:
@@ -1547,7 +1556,8 @@ class Consumer:
                              self.region._slot_size - SLOT_HEADER_SIZE)
 
     def complete(self, ps, verdict=None):
-        """Writes the verdict (a Verdict, None, or encoded bytes)."""
+        """Writes the verdict (a Verdict, None, a metadata dict, or encoded
+        bytes)."""
         rg = self.region
         slot = self._slot(ps)
         w = rg.ld64(slot + S_STATE)
