@@ -26,7 +26,7 @@ extensions = [
               sources=["pyworker/%s.py" % name],
               extra_compile_args=C_FLAGS)
     for name in ("dispatch", "chain", "headers", "verdict", "api",
-                 "filters/metadata")
+                 "filters/metadata", "drivers/unit")
 ]
 
 setup(

@@ -40,8 +40,8 @@ class Chain:
 
     __slots__ = ("name", "filters", "limits", "has_senders", "_receivers",
                  "_receiver_names", "_senders", "_sender_names", "_handler",
-                 "_send_handler", "_observe", "counts", "_seen",
-                 "_sample_mask")
+                 "_send_handler", "_observe", "_counts", "_passed",
+                 "_seen", "_sample_mask")
 
     def __init__(
         self, name, filters=(), *, observe=None, limits=DEFAULT_LIMITS
@@ -76,7 +76,9 @@ class Chain:
         self._senders = tuple(filt for _, filt in senders)
         self._sender_names = tuple(name for name, _ in senders)
         self.has_senders = bool(senders)
-        self.counts = [[0, 0, 0, 0] for _ in self._receivers]
+        self._counts = [[0, 0, 0, 0] for _ in self._receivers]
+        # requests every receiver let through, not yet added to _counts
+        self._passed = 0
 
     @classmethod
     def from_stream_filters(
@@ -117,6 +119,16 @@ class Chain:
         self._observe = observe
         self._sample_mask = sample - 1
 
+    @property
+    def counts(self):
+        """[continued, stopped, replied, failed] of each receiver filter."""
+        passed = self._passed
+        if passed:
+            self._passed = 0
+            for row in self._counts:
+                row[CONTINUED] += passed
+        return self._counts
+
     def outcome_counts(self):
         """((filter name, outcome name), count) of every receiver filter."""
         for name, row in zip(self._receiver_names, self.counts):
@@ -126,7 +138,7 @@ class Chain:
 
     def _count(self, last, outcome):
         """Filters before `last` continued; `last` ended with outcome."""
-        counts = self.counts
+        counts = self._counts
         for i in range(last):
             counts[i][CONTINUED] += 1
         if last < len(counts):
@@ -139,6 +151,16 @@ class Chain:
 
     def run(self, ctx, headers, buf=None, trailers=None):
         """Runs the receiver filters over one request; returns its Verdict."""
+        verdict = self.decide(ctx, headers, buf, trailers)
+        if type(verdict) is dict:
+            return Verdict(ACTION_CONTINUE, 0, None, verdict, [], [], [])
+        return verdict
+
+    def decide(self, ctx, headers, buf=None, trailers=None):
+        """run() as the ring needs it: the common verdict, metadata only
+        and no response phase, comes back as the metadata dict itself,
+        which the ring encodes as that CONTINUE verdict; any other as a
+        Verdict."""
         self._seen += 1
         if self._observe is not None and not self._seen & self._sample_mask:
             return self._run_observed(ctx, headers, buf, trailers)
@@ -157,7 +179,10 @@ class Chain:
         except Exception as exc:
             self._count(i, FAILED)
             return self._failed(ctx, filt, exc)
-        self._count(i, REPLIED if handler.hijacked else STOPPED)
+        if i == len(self._receivers):
+            self._passed += 1
+        else:
+            self._count(i, REPLIED if handler.hijacked else STOPPED)
         return self._finish(ctx, headers, filt)
 
     def _run_observed(self, ctx, headers, buf, trailers):
@@ -199,11 +224,15 @@ class Chain:
             if headers.edits:
                 request_set, request_remove = headers.to_records()
             else:
+                metadata = ctx.metadata
                 if (ctx.upstream is None and not ctx.response_headers
-                        and metadata_is_plain(ctx.metadata)):
+                        and type(metadata) is dict
+                        and metadata_is_plain(metadata)):
                     # the common verdict, metadata only: nothing to refuse
-                    return Verdict(ACTION_CONTINUE, 0, None, ctx.metadata,
-                                   [], [], [], run_senders=self.has_senders)
+                    if not self.has_senders:
+                        return metadata
+                    return Verdict(ACTION_CONTINUE, 0, None, metadata,
+                                   [], [], [], run_senders=True)
                 request_set, request_remove = [], []
             verdict = Verdict(ACTION_CONTINUE, 0, ctx.upstream, ctx.metadata,
                               request_set, request_remove,

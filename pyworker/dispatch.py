@@ -3,7 +3,8 @@ and a chain.  Compiled with Cython when built; plain Python otherwise."""
 
 from pyworker.api import Context
 from pyworker.headers import RequestHeaders
-from pyworker.verdict import Verdict
+from pyworker.metrics import OUTCOMES
+from pyworker.verdict import ACTION_CONTINUE, Verdict
 
 
 class SlotHeaders(RequestHeaders):
@@ -17,6 +18,12 @@ class SlotHeaders(RequestHeaders):
         self._index = None
         self._overlay = None
         self.edits = []
+
+    def get(self, name, default=None):
+        if self._overlay:
+            return RequestHeaders.get(self, name, default)
+        # unedited: the first value straight from the slot, no list
+        return self._req.header_get(name, default)
 
     def _source_get_all(self, lname):
         return self._req.header_get_all(lname)
@@ -44,7 +51,7 @@ class SlotContext(Context):
 
     def __init__(self, req, listener):
         self._req = req
-        self.request_id = req.request_id
+        self.request_id = req.request_id if req is not None else 0
         self.listener = listener
         self.metadata = {}
         self.upstream = None
@@ -55,26 +62,61 @@ class SlotContext(Context):
 class Dispatcher:
     """Runs the chain a record names (its nginx location's listener): the
     receiver filters on a request record, the sender filters on a
-    response record."""
+    response record.
 
-    __slots__ = ("chains", "stats")
+    One request is served at a time, so each listener keeps one context
+    and one header map, reset for every request rather than made anew.
+    ``chains`` is read once per listener.
+    """
+
+    __slots__ = ("chains", "stats", "_routes")
 
     def __init__(self, chains, stats=None):
         self.chains = chains
         self.stats = stats
+        self._routes = {}
+
+    def _route(self, listener):
+        chain = self.chains.get(listener)
+        if chain is None:
+            return None
+        route = self._routes[listener] = (
+            chain, SlotContext(None, listener), SlotHeaders(None),
+            (listener, OUTCOMES[ACTION_CONTINUE]))
+        return route
 
     def __call__(self, req):
         listener = req.chain
-        chain = self.chains.get(listener)
-        if chain is None:
-            return Verdict.error("no listener %r in the MOSN config" % listener)
-        ctx = SlotContext(req, listener)
+        route = self._routes.get(listener)
+        if route is None:
+            route = self._route(listener)
+            if route is None:
+                return Verdict.error(
+                    "no listener %r in the MOSN config" % listener)
+        chain, ctx, headers, continued = route
+        # what a filter may have changed is fresh for each request
+        ctx._req = req
+        ctx.request_id = req.request_id
+        ctx.listener = listener
+        ctx.metadata = {}
+        ctx.upstream = None
+        ctx.response_headers = []
+        ctx.vars = {}
+        headers._req = req
+        if headers.edits or headers._overlay is not None:
+            headers._reset()
         if req.is_response:
             if not chain.has_senders:
                 # the config changed between the phases: nothing to run
                 return None
-            return chain.run_send(ctx, req.status, SlotHeaders(req))
-        verdict = chain.run(ctx, SlotHeaders(req), req.body)
-        if self.stats is not None:
-            self.stats.request(listener, verdict.action)
+            return chain.run_send(ctx, req.status, headers)
+        verdict = chain.decide(ctx, headers, req.body)
+        stats = self.stats
+        if stats is not None:
+            if type(verdict) is dict:
+                # metadata only: a CONTINUE, counted without a call
+                requests = stats.requests
+                requests[continued] = requests.get(continued, 0) + 1
+            else:
+                stats.request(listener, verdict.action)
         return verdict

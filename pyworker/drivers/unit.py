@@ -23,9 +23,12 @@ class UnitDriver(MetadataDriver):
         uid = headers.get(self.unit_key)
         if uid is None:
             raise LookupError(f"no {self.unit_key} header")
-        uid = uid.strip(" \t")
-        if not INTEGER.fullmatch(uid):
-            raise ValueError(f"{self.unit_key} {uid[:32]!r} is not an integer")
+        # plain ASCII digits, the common form, need no regular expression
+        if not (uid.isdigit() and uid.isascii() and len(uid) <= 64):
+            uid = uid.strip(" \t")
+            if not INTEGER.fullmatch(uid):
+                raise ValueError(
+                    f"{self.unit_key} {uid[:32]!r} is not an integer")
         uid = int(uid)
         if 1 <= uid <= 100:
             return "s1"

@@ -60,6 +60,7 @@ class MetadataFilter(StreamReceiverFilter):
 
     def on_receive(self, ctx, headers, buf, trailers):
         metadata = ctx.metadata
+        lower = not self.case_sensitive
         for key, build in self._builders:
             try:
                 value = build(ctx, headers, buf, trailers)
@@ -68,7 +69,7 @@ class MetadataFilter(StreamReceiverFilter):
                 continue
             if value is not None:
                 # a non-str value fails here, loudly, as a bug in the driver
-                if not self.case_sensitive:
+                if lower:
                     value = value.lower()
                 metadata[key] = value
         return CONTINUE

@@ -56,6 +56,7 @@ def test_unit_maps_uids_to_sites(uid, site):
         "--1",
         "1 2",
         "\u0663",
+        "\xb2",
         "\xa07",
         "1" * 65,
     ],
