@@ -40,8 +40,8 @@ class Chain:
 
     __slots__ = ("name", "filters", "limits", "has_senders", "_receivers",
                  "_receiver_names", "_senders", "_sender_names", "_handler",
-                 "_send_handler", "_observe", "_counts", "_passed",
-                 "_seen", "_sample_mask")
+                 "_send_handler", "_observe", "_counts", "_seen", "_ended",
+                 "_folded", "_sample_mask")
 
     def __init__(
         self, name, filters=(), *, observe=None, limits=DEFAULT_LIMITS
@@ -50,8 +50,11 @@ class Chain:
         self.filters = tuple(filters)
         self.limits = limits
         self._observe = observe
-        self._seen = 0
-        self._sample_mask = 0
+        # requests seen, those that did not pass every receiver, and the
+        # passes already added to _counts: a pass costs no count of its own
+        self._seen = self._ended = self._folded = 0
+        # -1: no request is timed
+        self._sample_mask = 0 if observe is not None else -1
         self._handler = StreamReceiverFilterHandler()
         self._send_handler = StreamSenderFilterHandler()
         receivers, senders = [], []
@@ -77,8 +80,6 @@ class Chain:
         self._sender_names = tuple(name for name, _ in senders)
         self.has_senders = bool(senders)
         self._counts = [[0, 0, 0, 0] for _ in self._receivers]
-        # requests every receiver let through, not yet added to _counts
-        self._passed = 0
 
     @classmethod
     def from_stream_filters(
@@ -117,16 +118,16 @@ class Chain:
         if sample < 1 or sample & (sample - 1):
             raise ValueError("sample must be a power of two")
         self._observe = observe
-        self._sample_mask = sample - 1
+        self._sample_mask = sample - 1 if observe is not None else -1
 
     @property
     def counts(self):
         """[continued, stopped, replied, failed] of each receiver filter."""
-        passed = self._passed
-        if passed:
-            self._passed = 0
+        passed = self._seen - self._ended
+        if passed != self._folded:
             for row in self._counts:
-                row[CONTINUED] += passed
+                row[CONTINUED] += passed - self._folded
+            self._folded = passed
         return self._counts
 
     def outcome_counts(self):
@@ -137,12 +138,13 @@ class Chain:
                     yield (name, outcome), n
 
     def _count(self, last, outcome):
-        """Filters before `last` continued; `last` ended with outcome."""
+        """A request that did not pass: the filters before `last` continued,
+        `last` ended with outcome."""
+        self._ended += 1
         counts = self._counts
         for i in range(last):
             counts[i][CONTINUED] += 1
-        if last < len(counts):
-            counts[last][outcome] += 1
+        counts[last][outcome] += 1
 
     def __repr__(self):
         return f"Chain({self.name!r}, {[name for name, _ in self.filters]!r})"
@@ -161,15 +163,16 @@ class Chain:
         and no response phase, comes back as the metadata dict itself,
         which the ring encodes as that CONTINUE verdict; any other as a
         Verdict."""
-        self._seen += 1
-        if self._observe is not None and not self._seen & self._sample_mask:
+        seen = self._seen = self._seen + 1
+        if not seen & self._sample_mask:
             return self._run_observed(ctx, headers, buf, trailers)
         handler = self._handler
         handler.hijacked = False
+        receivers = self._receivers
         filt = None
         i = 0
         try:
-            for filt in self._receivers:
+            for filt in receivers:
                 if (
                     filt.on_receive(ctx, headers, buf, trailers) == STOP
                     or handler.hijacked
@@ -179,10 +182,18 @@ class Chain:
         except Exception as exc:
             self._count(i, FAILED)
             return self._failed(ctx, filt, exc)
-        if i == len(self._receivers):
-            self._passed += 1
-        else:
-            self._count(i, REPLIED if handler.hijacked else STOPPED)
+        if i != len(receivers):
+            if handler.hijacked:
+                self._count(i, REPLIED)
+                return self._finish(ctx, headers, filt)
+            self._count(i, STOPPED)
+        if not headers.edits and not self.has_senders:
+            metadata = ctx.metadata
+            if (ctx.upstream is None and not ctx.response_headers
+                    and type(metadata) is dict
+                    and metadata_is_plain(metadata)):
+                # the common verdict, metadata only: nothing to refuse
+                return metadata
         return self._finish(ctx, headers, filt)
 
     def _run_observed(self, ctx, headers, buf, trailers):
@@ -208,7 +219,8 @@ class Chain:
                 break
             observe(name, "continue", clock() - start)
             i += 1
-        self._count(i, REPLIED if handler.hijacked else STOPPED)
+        if i != len(self._receivers):
+            self._count(i, REPLIED if handler.hijacked else STOPPED)
         return self._finish(ctx, headers, filt)
 
     def _finish(self, ctx, headers, last):

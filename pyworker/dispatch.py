@@ -66,7 +66,9 @@ class Dispatcher:
 
     One request is served at a time, so each listener keeps one context
     and one header map, reset for every request rather than made anew.
-    ``chains`` is read once per listener.
+    ``chains`` is read once per listener.  CONTINUE verdicts made of
+    metadata only are counted here and reach ``stats`` at
+    ``fold_counts()``; call it before the stats are read.
     """
 
     __slots__ = ("chains", "stats", "_routes")
@@ -81,9 +83,19 @@ class Dispatcher:
         if chain is None:
             return None
         route = self._routes[listener] = (
-            chain, SlotContext(None, listener), SlotHeaders(None),
-            (listener, OUTCOMES[ACTION_CONTINUE]))
+            chain, SlotContext(None, listener), SlotHeaders(None), [0])
         return route
+
+    def fold_counts(self):
+        """Adds the CONTINUE verdicts counted since the last call to
+        ``stats``."""
+        requests = self.stats.requests if self.stats is not None else {}
+        for listener, route in self._routes.items():
+            counted = route[3]
+            if counted[0]:
+                key = (listener, OUTCOMES[ACTION_CONTINUE])
+                requests[key] = requests.get(key, 0) + counted[0]
+                counted[0] = 0
 
     def __call__(self, req):
         listener = req.chain
@@ -103,7 +115,8 @@ class Dispatcher:
         ctx.response_headers = []
         ctx.vars = {}
         headers._req = req
-        if headers.edits or headers._overlay is not None:
+        if headers.edits:
+            # (every edit is in edits, so an unedited map has no overlay)
             headers._reset()
         if req.is_response:
             if not chain.has_senders:
@@ -111,12 +124,9 @@ class Dispatcher:
                 return None
             return chain.run_send(ctx, req.status, headers)
         verdict = chain.decide(ctx, headers, req.body)
-        stats = self.stats
-        if stats is not None:
-            if type(verdict) is dict:
-                # metadata only: a CONTINUE, counted without a call
-                requests = stats.requests
-                requests[continued] = requests.get(continued, 0) + 1
-            else:
-                stats.request(listener, verdict.action)
+        if type(verdict) is dict:
+            # metadata only: a CONTINUE, counted without a call
+            continued[0] += 1
+        elif self.stats is not None:
+            self.stats.request(listener, verdict.action)
         return verdict

@@ -66,6 +66,7 @@ class Worker:
         try:
             self._serve(consumer, dispatch)
         finally:
+            dispatch.fold_counts()
             self.stats.flush(self.chains)
             region.close()
         return 0
@@ -73,7 +74,14 @@ class Worker:
     def _serve(self, consumer, dispatch):
         serve = consumer.serve_batch
         wait = consumer.wait
-        flush = self.stats.maybe_flush
+        maybe_flush = self.stats.maybe_flush
+        fold = dispatch.fold_counts
+
+        def flush(chains):
+            # the dispatcher's counts go in once a batch, not per request
+            fold()
+            return maybe_flush(chains)
+
         chains = self.chains
         dirty = False
         while not self.stopping:

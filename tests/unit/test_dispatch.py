@@ -67,6 +67,10 @@ def test_the_common_verdict_is_the_metadata_dict():
     assert answers[0] in (Verdict(metadata={"unit": "s1"}), {"unit": "s1"})
     assert answers[1:] == [{"unit": "s2"}, {"unit": "s3"}, {"unit": "s1"},
                            {}, {"unit": "s1"}]
+    # the dicts are counted here, in the stats once folded, once
+    assert stats.requests.get(("in", "continue"), 0) <= 1
+    dispatch.fold_counts()
+    dispatch.fold_counts()
     assert stats.requests == {("in", "continue"): 6}
     assert chain.counts == [[6, 0, 0, 0]]
     # the chain's own answer is still a Verdict
