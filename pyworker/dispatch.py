@@ -98,6 +98,9 @@ class Dispatcher:
                 counted[0] = 0
 
     def __call__(self, req):
+        return self._dispatch(req)
+
+    def _dispatch(self, req):
         listener = req.chain
         route = self._routes.get(listener)
         if route is None:

@@ -1,0 +1,19 @@
+# Compiled, Dispatcher is an extension type calling Chain.decide directly.
+# dispatch.py stays the source.
+cimport cython
+
+from pyworker.chain cimport Chain
+from pyworker.headers cimport RequestHeaders
+
+
+cdef class SlotHeaders(RequestHeaders):
+    cdef public object _req
+
+
+cdef class Dispatcher:
+    cdef public object chains, stats
+    cdef dict _routes
+
+    @cython.locals(route=tuple, chain=Chain, headers=SlotHeaders,
+                   continued=list)
+    cpdef _dispatch(self, req)
