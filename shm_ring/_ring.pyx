@@ -14,7 +14,7 @@ import socket
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.unicode cimport PyUnicode_DecodeLatin1
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memset, strncasecmp
+from libc.string cimport memcmp, memcpy, memset, strncasecmp
 
 cdef extern from "Python.h":
     # an ASCII str is its own latin-1 (and UTF-8) encoding, read in place
@@ -362,6 +362,9 @@ cdef class Region:
         return Producer(self)
 
 
+cdef str _last_chain = ""
+
+
 cdef class SlotRequest:
     """A request record, read in place; valid until its verdict is sent."""
 
@@ -379,7 +382,19 @@ cdef class SlotRequest:
 
     @property
     def chain(self):
-        return self._field(MOSN_REQ_CHAIN)
+        # records name few chains: the last name read is handed back as
+        # it is, so the listener lookup finds its hash already computed
+        global _last_chain
+        cdef mosn_field_t f = self.req.field[MOSN_REQ_CHAIN]
+        cdef str name = _last_chain
+        if (PyUnicode_GET_LENGTH(name) == f.len
+                and memcmp(PyUnicode_DATA(name), self.rec + f.off,
+                           f.len) == 0):
+            return name
+        name = self._field(MOSN_REQ_CHAIN)
+        if PyUnicode_IS_COMPACT_ASCII(name):
+            _last_chain = name
+        return name
 
     @property
     def method(self):

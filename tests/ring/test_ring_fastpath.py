@@ -71,3 +71,13 @@ def test_serve_batch_writes_a_metadata_dict(impl, make_region):
     assert cons.serve_batch(lambda req: {"uid": req.header_get("uid")}) == 1
     prod.poll()
     assert prod.verdict(0) == encode_verdict(Verdict(metadata={"uid": "7"}))
+
+
+def test_chain_names_read_again_are_the_same(impl, make_region):
+    r = make_region(slots=8)
+    cons, prod = r.consumer(r.alloc_consumer()), r.producer()
+    names = ["a", "b", "b", "", "caf\xe9", "caf\xe9", "a", "ab"]
+    for slot, name in enumerate(names):
+        prod.submit(slot, encode_request(chain=name))
+    seen = [cons.request(p).chain for p in cons.take(8)]
+    assert seen == names
