@@ -3,6 +3,7 @@
 cimport cython
 
 from pyworker.api cimport StreamReceiverFilterHandler
+from pyworker.verdict cimport metadata_is_plain
 
 
 cdef class Chain:
