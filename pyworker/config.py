@@ -14,7 +14,7 @@ What is read (MOSN's shape)::
     metrics.stats_matcher.{exclusion_labels, exclusion_keys}
     pyworker.{modules, bind_any}          this project's own block
     pyworker.spin_us                      how long a worker looks for more
-                                          work before it sleeps (default 50)
+                                          work before it sleeps (default 0)
     pyworker.service_file                 MOE's service file, watched for
                                           the endpoints of mosn_subset
                                           (see pyworker.discovery)
@@ -48,10 +48,11 @@ from pyworker.api import ConfigError, json_type
 from pyworker.chain import Chain
 from pyworker.discovery import service_file_option
 
-# a worker that just served looks for more this long before it sleeps:
-# under load the next request is that close, and a sleep costs two system
-# calls and two context switches; idle, it is paid once per batch only
-SPIN_US_DEFAULT = 50
+# a worker that just served may look for more this long before it sleeps,
+# saving a futex sleep and wake when requests come close together; off by
+# default, as the CPU it burns is nginx's when no core is spare
+# (bench/results/spin.md)
+SPIN_US_DEFAULT = 0
 from pyworker.verdict import DEFAULT_LIMITS
 
 __all__ = ["ConfigError", "GatewayConfig", "Listener", "Endpoint", "Metrics",
@@ -125,7 +126,7 @@ class GatewayConfig:
     bind_any: bool = False
     modules: tuple = ()
     service_file: str | None = None
-    spin_us: int = 50
+    spin_us: int = SPIN_US_DEFAULT
     # the "pyworker" block as written (other parts read their own keys)
     options: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)

@@ -640,8 +640,8 @@ def test_spin_us_option():
                                         "stream_filters": []}]}],
             "pyworker": options}), "m.json")
 
-    assert load({}).spin_us == 50
-    assert load({"spin_us": 0}).spin_us == 0
+    assert load({}).spin_us == 0
+    assert load({"spin_us": 50}).spin_us == 50
     for bad in (-1, 10001, "50", True):
         with pytest.raises(config_.ConfigError) as e:
             load({"spin_us": bad})

@@ -1,0 +1,96 @@
+"""How long a Python worker should look for work before it sleeps.
+
+The same gateway (the example's UNIT chain, 1 nginx worker, 1 Python
+worker) with several `pyworker.spin_us` values, beside plain nginx `map`,
+under run.py's load, interleaved.  Spinning saves the worker a futex sleep
+and wake when requests come close together, but the CPU it burns is taken
+from nginx, wrk and the sites when the machine has no core to spare.
+Writes bench/results/spin.md and spin.json.
+
+    python3 bench/spin.py [--spins 0,10,50] [--runs 5] [run.py's options]
+"""
+
+import dataclasses
+import datetime
+import json
+import shlex
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import gateways
+import run
+
+
+def spin_gateway(workdir, spin, index):
+    base = gateways.mosn_gateway(workdir)
+    config = json.loads((gateways.REPO / "conf" / "mosn.json").read_text())
+    config.setdefault("pyworker", {})["spin_us"] = spin
+    path = Path(workdir) / f"spin{spin}.json"
+    path.write_text(json.dumps(config, indent=2))
+    return dataclasses.replace(
+        base, name=f"spin_{spin}us",
+        about=f"this project, pyworker.spin_us = {spin}",
+        ports=[gateways.PEER_PORT + 10 + index],
+        extra=dict(base.extra, mosn_config=str(path), shm=f"mosn_spin{spin}"))
+
+
+def main():
+    spins = [0, 10, 50]
+    if "--spins" in sys.argv:
+        i = sys.argv.index("--spins")
+        spins = [int(s) for s in sys.argv[i + 1].split(",")]
+        del sys.argv[i:i + 2]
+    args = run.parse_args()
+    args.only = None
+    started = datetime.datetime.now(datetime.timezone.utc).strftime(
+        "%Y-%m-%d %H:%M UTC")
+    info = run.machine(args)
+    workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    workdir.chmod(0o755)
+    try:
+        if gateways.mosn_gateway(workdir) is None:
+            sys.exit("build the module first: make build-l7")
+        chosen = [(g.name, g) for g in gateways.peer_gateways(workdir)
+                  if g.name == run.BASELINE]
+        chosen += [(g.name, g) for g in (spin_gateway(workdir, s, i)
+                                         for i, s in enumerate(spins))]
+        summary, runs, _, failed = run.bench(args, workdir, chosen)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if failed:
+        sys.exit(f"FAILED: {failed}")
+    command = "python3 bench/spin.py" + (
+        " " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "") + (
+        f" --spins {','.join(map(str, spins))}")
+    lines = [
+        "# How long a Python worker looks for work before it sleeps",
+        "",
+        f"Command: `{command}`  ",
+        f"Date: {started}  ",
+        f"Machine: {info['nproc']} CPUs ({info['cpu']}), Linux "
+        f"{info['kernel']}, {info['nginx']}, {info['wrk']}  ",
+        f"Load: wrk -t{args.threads} -c{args.connections} "
+        f"-d{args.duration}s -s bench/uid.lua, {args.runs} interleaved "
+        f"run(s), {args.workers} nginx worker(s), 1 Python worker",
+        "",
+        run.table(summary),
+        "",
+        "Each `spin_Nus` row is this gateway with `pyworker.spin_us` = N: "
+        "after a batch, the worker looks for more work for N microseconds "
+        "before it sleeps on its futex. wrk, the sites and the gateway "
+        "share the machine's cores, as in run.py.",
+        "",
+    ]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "spin.md").write_text("\n".join(lines))
+    (out / "spin.json").write_text(json.dumps({
+        "command": command, "date": started, "machine": info,
+        "spins": spins, "summary": summary, "runs": runs}, indent=2) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
