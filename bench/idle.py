@@ -189,12 +189,11 @@ def bench_gateways(workdir, map_port, mosn_port, shm, mosn_workers, edits=()):
         raise gateways.GatewayError(mismatch)
     template = tune(base.template, [
         ("mosn_workers 1;", f"mosn_workers {mosn_workers};"),
-        ("mosn_shm_name mosn_bench;", f"mosn_shm_name {shm};"),
-        ("mosn_config @repo/conf/mosn.json;",
-         f"mosn_config {mosn_json_copy(workdir, shm)};"),
         *edits], "mosn")
-    mosn = dataclasses.replace(base, ports=[mosn_port], template=template,
-                               extra={**base.extra, "python": python_for_workers()})
+    mosn = dataclasses.replace(
+        base, ports=[mosn_port], template=template,
+        extra={**base.extra, "python": python_for_workers(), "shm": shm,
+               "mosn_config": str(mosn_json_copy(workdir, shm))})
     # relative log paths of the MOSN config are relative to nginx's prefix
     (Path(workdir) / mosn.name / "logs").mkdir(parents=True, exist_ok=True)
     return plain, mosn

@@ -1,6 +1,8 @@
 """The Dispatcher: one context and one header map per listener, reset for
 every request, and the metadata-only verdict handed back as a dict."""
 
+import os
+
 from pyworker import (CONTINUE, STOP, StreamReceiverFilter, config,
                       register_filter)
 from pyworker.api import Context
@@ -11,7 +13,8 @@ from pyworker.metrics import WorkerStats
 from pyworker.verdict import Verdict
 from shm_ring import codec, fallback
 
-EXAMPLE = "conf/mosn.json"
+EXAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                       os.pardir, os.pardir, "conf", "mosn.json")
 
 
 def slot_request(**fields):
