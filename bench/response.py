@@ -10,13 +10,10 @@ bench/results/response.md and response.json.
     python3 bench/response.py [--runs 5] [--duration 10]   (run.py's options)
 """
 
-import datetime
 import http.client
 import json
 import shlex
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import gateways
@@ -67,18 +64,8 @@ def report(args, summary, runs, info, started):
     command = "python3 bench/response.py" + (
         " " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
     one, two = (summary.get(name) for name in PAIR)
-    lines = [
-        "# The response phase: what a sender filter costs",
-        "",
-        f"Command: `{command}`  ",
-        f"Date: {started}  ",
-        f"Machine: {info['nproc']} CPUs ({info['cpu']}), Linux "
-        f"{info['kernel']}, {info['nginx']}, {info['wrk']}  ",
-        f"Load: wrk -t{args.threads} -c{args.connections} "
-        f"-d{args.duration}s -s bench/uid.lua, {args.runs} interleaved "
-        f"run(s) after {args.warmup}s of warm-up, {args.workers} nginx "
-        f"worker(s), 1 Python worker",
-        "",
+    lines = run.report_head("The response phase: what a sender filter costs",
+                            command, args, info, started) + [
         run.table(summary),
         "",
         "`mosn` runs the example's chain (the metadata filter with the UNIT "
@@ -116,22 +103,7 @@ def report(args, summary, runs, info, started):
 
 def main():
     args = run.parse_args()
-    args.only = None
-    started = datetime.datetime.now(datetime.timezone.utc).strftime(
-        "%Y-%m-%d %H:%M UTC")
-    info = run.machine(args)
-    workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
-    workdir.chmod(0o755)
-    try:
-        if any(g is None for _, g in chosen(workdir)):
-            sys.exit("build the module first: make build-l7")
-        check_stamp(args, workdir)
-        summary, runs, skipped, failed = run.bench(args, workdir,
-                                                   chosen(workdir))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    if failed:
-        sys.exit(f"FAILED: {failed}")
+    summary, runs, info, started = run.bench_these(args, chosen, check_stamp)
     report(args, summary, runs, info, started)
 
 

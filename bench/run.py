@@ -450,5 +450,45 @@ def bench(args, workdir, chosen=None):
     return summary, runs, skipped, failed
 
 
+def bench_these(args, chosen_for, check=None):
+    """run.py's rounds over the (name, gateway) pairs chosen_for(workdir)
+    gives, in a work directory of their own; check(args, workdir) runs
+    first.  For the scripts that compare variants of one gateway.
+    Returns (summary, runs, machine info, start time)."""
+    args.only = None
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    info = machine(args)
+    workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    workdir.chmod(0o755)  # nginx workers may run as another user
+    try:
+        chosen = chosen_for(workdir)
+        if any(g is None for _, g in chosen):
+            sys.exit("build the module first: make build-l7")
+        if check is not None:
+            check(args, workdir)
+        summary, runs, _, failed = bench(args, workdir, chosen)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if failed:
+        sys.exit(f"FAILED: {failed}")
+    return summary, runs, info, started
+
+
+def report_head(title, command, args, info, started):
+    """The first lines of a comparison's report: what ran, when, where."""
+    return [
+        f"# {title}",
+        "",
+        f"Command: `{command}`  ",
+        f"Date: {started}  ",
+        f"Machine: {info['nproc']} CPUs ({info['cpu']}), Linux {info['kernel']}, "
+        f"{info['nginx']}, {info['wrk']}  ",
+        f"Load: wrk -t{args.threads} -c{args.connections} -d{args.duration}s "
+        f"-s bench/uid.lua, {args.runs} interleaved run(s) after {args.warmup}s "
+        f"of warm-up, {args.workers} nginx worker(s), 1 Python worker",
+        "",
+    ]
+
+
 if __name__ == "__main__":
     main()

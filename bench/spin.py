@@ -11,12 +11,9 @@ Writes bench/results/spin.md and spin.json.
 """
 
 import dataclasses
-import datetime
 import json
 import shlex
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import gateways
@@ -43,38 +40,22 @@ def main():
         spins = [int(s) for s in sys.argv[i + 1].split(",")]
         del sys.argv[i:i + 2]
     args = run.parse_args()
-    args.only = None
-    started = datetime.datetime.now(datetime.timezone.utc).strftime(
-        "%Y-%m-%d %H:%M UTC")
-    info = run.machine(args)
-    workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
-    workdir.chmod(0o755)
-    try:
+
+    def chosen(workdir):
         if gateways.mosn_gateway(workdir) is None:
-            sys.exit("build the module first: make build-l7")
-        chosen = [(g.name, g) for g in gateways.peer_gateways(workdir)
-                  if g.name == run.BASELINE]
-        chosen += [(g.name, g) for g in (spin_gateway(workdir, s, i)
-                                         for i, s in enumerate(spins))]
-        summary, runs, _, failed = run.bench(args, workdir, chosen)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    if failed:
-        sys.exit(f"FAILED: {failed}")
+            return [("mosn", None)]
+        return [(g.name, g) for g in gateways.peer_gateways(workdir)
+                if g.name == run.BASELINE] + [
+            (g.name, g) for g in (spin_gateway(workdir, s, i)
+                                  for i, s in enumerate(spins))]
+
+    summary, runs, info, started = run.bench_these(args, chosen)
     command = "python3 bench/spin.py" + (
         " " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "") + (
         f" --spins {','.join(map(str, spins))}")
-    lines = [
-        "# How long a Python worker looks for work before it sleeps",
-        "",
-        f"Command: `{command}`  ",
-        f"Date: {started}  ",
-        f"Machine: {info['nproc']} CPUs ({info['cpu']}), Linux "
-        f"{info['kernel']}, {info['nginx']}, {info['wrk']}  ",
-        f"Load: wrk -t{args.threads} -c{args.connections} "
-        f"-d{args.duration}s -s bench/uid.lua, {args.runs} interleaved "
-        f"run(s), {args.workers} nginx worker(s), 1 Python worker",
-        "",
+    lines = run.report_head(
+        "How long a Python worker looks for work before it sleeps",
+        command, args, info, started) + [
         run.table(summary),
         "",
         "Each `spin_Nus` row is this gateway with `pyworker.spin_us` = N: "

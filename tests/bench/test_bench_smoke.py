@@ -1,6 +1,5 @@
-"""`make bench-idle`, `make bench-scale` and `make bench-response`, short:
-bench/idle.py, bench/scale.py and bench/response.py run for real on
-loopback, exit 0 and write their reports."""
+"""The benchmarks, short: bench/idle.py, scale.py, response.py and spin.py
+run for real on loopback, exit 0 and write their reports."""
 
 import json
 import os
@@ -78,3 +77,17 @@ def test_response_phase_bench_smoke(tmp_path):
         assert row["rps"] > 0 and row["non_2xx"] == 0
     report = (tmp_path / "response.md").read_text()
     assert "| throughput, with / without |" in report
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_spin_bench_smoke(tmp_path):
+    """bench/spin.py measures the gateway once per spin value beside map."""
+    run("spin.py", "--spins", "0,20", "--runs", "1", "--duration", "1",
+        "--warmup", "0", "--out", str(tmp_path), timeout=210)
+    result = json.loads((tmp_path / "spin.json").read_text())
+    assert result["spins"] == [0, 20]
+    assert set(result["summary"]) == {"map", "spin_0us", "spin_20us"}
+    for row in result["summary"].values():
+        assert row["rps"] > 0 and row["non_2xx"] == 0
+    assert "--spins 0,20" in (tmp_path / "spin.md").read_text()
