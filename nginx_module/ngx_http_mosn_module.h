@@ -134,6 +134,8 @@ ngx_int_t ngx_http_mosn_add_response_headers(ngx_http_request_t *r,
     ngx_http_mosn_ctx_t *ctx);
 ngx_int_t ngx_http_mosn_send_status(ngx_http_request_t *r,
     ngx_uint_t status, ngx_str_t *text);
+ngx_table_elt_t *ngx_http_mosn_list_next(ngx_list_part_t **part,
+    ngx_uint_t *i);
 ngx_int_t ngx_http_mosn_verdict_copy(ngx_http_mosn_ctx_t *ctx,
     const u_char *buf, size_t len, u_char **copy);
 ngx_int_t ngx_http_mosn_response_edit(ngx_http_request_t *r,

@@ -561,26 +561,16 @@ ngx_http_mosn_header_lines(ngx_http_request_t *r, ngx_uint_t response,
     }
 
     n = nextra;
-    h = part->elts;
+    i = 0;
 
-    for (i = 0; /* void */; i++) {
+    while ((h = ngx_http_mosn_list_next(&part, &i)) != NULL) {
 
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (response && h[i].hash == 0) {
+        if (response && h->hash == 0) {
             continue;
         }
 
         n++;
-        *size += sizeof(mosn_header_entry_t) + h[i].key.len + h[i].value.len;
+        *size += sizeof(mosn_header_entry_t) + h->key.len + h->value.len;
     }
 
     return n;
@@ -697,25 +687,12 @@ ngx_http_mosn_write_record(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
 
     part = response ? &r->headers_out.headers.part
                     : &r->headers_in.headers.part;
-    h = part->elts;
+    i = 0;
 
-    for (i = 0; /* void */; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
+    while ((h = ngx_http_mosn_list_next(&part, &i)) != NULL) {
+        if (!response || h->hash != 0) {
+            p = ngx_http_mosn_put_header(base, p, e++, h);
         }
-
-        if (response && h[i].hash == 0) {
-            continue;
-        }
-
-        p = ngx_http_mosn_put_header(base, p, e++, &h[i]);
     }
 
     req->field[MOSN_REQ_BODY].off = (uint32_t) (p - base);

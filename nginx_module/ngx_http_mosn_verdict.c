@@ -24,6 +24,28 @@ static ngx_str_t  ngx_http_mosn_protected_headers[] = {
 };
 
 
+/* the next element of a header list, or NULL: nginx's list walk, once */
+
+ngx_table_elt_t *
+ngx_http_mosn_list_next(ngx_list_part_t **part, ngx_uint_t *i)
+{
+    ngx_table_elt_t  *h;
+
+    while (*i >= (*part)->nelts) {
+        if ((*part)->next == NULL) {
+            return NULL;
+        }
+
+        *part = (*part)->next;
+        *i = 0;
+    }
+
+    h = (*part)->elts;
+
+    return &h[(*i)++];
+}
+
+
 /*
  * Copies a verdict out of its slot, checks it whole and logs its log
  * record: Python may still write to the slot, so only the copy is used.
@@ -278,28 +300,16 @@ ngx_http_mosn_edit_headers(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx)
     }
 
     part = &r->headers_in.headers.part;
-    h = part->elts;
+    i = 0;
 
-    for (i = 0; /* void */; i++) {
+    while ((h = ngx_http_mosn_list_next(&part, &i)) != NULL) {
 
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = (ngx_uint_t) -1;
-            continue;
-        }
-
-        type = ngx_http_mosn_last_edit(ctx, h[i].key.data, h[i].key.len,
-                                       &value);
+        type = ngx_http_mosn_last_edit(ctx, h->key.data, h->key.len, &value);
 
         if (type == MOSN_REC_REQ_DEL
             || (type == MOSN_REC_REQ_SET
-                && ngx_http_mosn_list_find(&list, h[i].key.data,
-                                           h[i].key.len)))
+                && ngx_http_mosn_list_find(&list, h->key.data,
+                                           h->key.len)))
         {
             continue;
         }
@@ -309,7 +319,7 @@ ngx_http_mosn_edit_headers(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx)
             return NGX_ERROR;
         }
 
-        *nh = h[i];
+        *nh = *h;
 
         if (type == MOSN_REC_REQ_SET) {
             nh->value = value;
@@ -447,26 +457,17 @@ ngx_http_mosn_response_find(ngx_http_request_t *r, ngx_str_t *name)
     ngx_table_elt_t  *h;
 
     part = &r->headers_out.headers.part;
-    h = part->elts;
+    i = 0;
 
-    for (i = 0; /* void */; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                return NULL;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].hash != 0 && h[i].key.len == name->len
-            && ngx_strncasecmp(h[i].key.data, name->data, name->len) == 0)
+    while ((h = ngx_http_mosn_list_next(&part, &i)) != NULL) {
+        if (h->hash != 0 && h->key.len == name->len
+            && ngx_strncasecmp(h->key.data, name->data, name->len) == 0)
         {
-            return &h[i];
+            return h;
         }
     }
+
+    return NULL;
 }
 
 
@@ -494,25 +495,14 @@ ngx_http_mosn_response_drop(ngx_http_request_t *r, mosn_rec_view_t *rec)
     }
 
     part = &r->headers_out.headers.part;
-    h = part->elts;
+    i = 0;
 
-    for (i = 0; /* void */; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == rec->key_len
-            && ngx_strncasecmp(h[i].key.data, (u_char *) rec->key,
+    while ((h = ngx_http_mosn_list_next(&part, &i)) != NULL) {
+        if (h->key.len == rec->key_len
+            && ngx_strncasecmp(h->key.data, (u_char *) rec->key,
                                rec->key_len) == 0)
         {
-            h[i].hash = 0;
+            h->hash = 0;
         }
     }
 }
