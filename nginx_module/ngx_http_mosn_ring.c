@@ -591,6 +591,54 @@ ngx_http_mosn_put_header(u_char *base, u_char *p, mosn_header_entry_t *e,
 }
 
 
+/* the request's metadata for the response phase, "key=value\n" each */
+
+static size_t
+ngx_http_mosn_meta_size(ngx_http_mosn_ctx_t *ctx)
+{
+    size_t               size;
+    mosn_rec_view_t      rec;
+    mosn_verdict_iter_t  it;
+
+    size = 0;
+
+    if (ctx->verdict == NULL
+        || mosn_verdict_begin(&it, ctx->verdict, ctx->verdict_len) != 0)
+    {
+        return 0;
+    }
+
+    while (mosn_verdict_next(&it, &rec) == 1) {
+        if (rec.type == MOSN_REC_META) {
+            size += rec.key_len + rec.value_len + 2;
+        }
+    }
+
+    return size;
+}
+
+
+static u_char *
+ngx_http_mosn_put_meta(ngx_http_mosn_ctx_t *ctx, u_char *p)
+{
+    mosn_rec_view_t      rec;
+    mosn_verdict_iter_t  it;
+
+    (void) mosn_verdict_begin(&it, ctx->verdict, ctx->verdict_len);
+
+    while (mosn_verdict_next(&it, &rec) == 1) {
+        if (rec.type == MOSN_REC_META) {
+            p = ngx_cpymem(p, rec.key, rec.key_len);
+            *p++ = '=';
+            p = ngx_cpymem(p, rec.value, rec.value_len);
+            *p++ = '\n';
+        }
+    }
+
+    return p;
+}
+
+
 static ngx_int_t
 ngx_http_mosn_write_record(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
     ngx_http_mosn_loc_conf_t *mlcf, mosn_slot_t *slot, ngx_uint_t response)
@@ -602,6 +650,7 @@ ngx_http_mosn_write_record(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
     ngx_buf_t                  *b;
     ngx_str_t                  *addr;
     ngx_uint_t                  body;
+    size_t                      meta;
     ngx_chain_t                *cl;
     mosn_req_t                 *req;
     ngx_uint_t                  i, n, nextra;
@@ -633,9 +682,16 @@ ngx_http_mosn_write_record(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
     }
 
     body = 0;
+    meta = 0;
 
-    if (!response && mlcf->body && r->request_body && r->request_body->bufs)
-    {
+    if (response) {
+        meta = ngx_http_mosn_meta_size(ctx);
+
+        if (need + meta > room) {
+            return NGX_HTTP_REQUEST_HEADER_TOO_LARGE;
+        }
+
+    } else if (mlcf->body && r->request_body && r->request_body->bufs) {
         body = 1;
         size = 0;
 
@@ -696,6 +752,11 @@ ngx_http_mosn_write_record(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
     }
 
     req->field[MOSN_REQ_BODY].off = (uint32_t) (p - base);
+
+    if (response && meta) {
+        req->flags |= MOSN_REQ_F_META;
+        p = ngx_http_mosn_put_meta(ctx, p);
+    }
 
     if (body) {
         req->flags |= MOSN_REQ_F_BODY;

@@ -125,6 +125,7 @@ class Dispatcher:
             if not chain.has_senders:
                 # the config changed between the phases: nothing to run
                 return None
+            ctx.metadata = req.metadata
             return chain.run_send(ctx, req.status, headers)
         verdict = chain.decide(ctx, headers, req.body)
         if type(verdict) is dict:

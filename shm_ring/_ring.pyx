@@ -25,6 +25,7 @@ cdef extern from "Python.h":
 from shm_ring.shm_ring cimport *
 
 from shm_ring.codec import (RingError, Verdict as _PlainVerdict,
+                            decode_metadata,
                             endpoint_app as _ep_app,
                             endpoint_host as _ep_host,
                             endpoint_spec as _ep_spec)
@@ -427,6 +428,15 @@ cdef class SlotRequest:
         if self.req.flags & MOSN_REQ_F_RESPONSE:
             return self.req.status
         return 0
+
+    @property
+    def metadata(self):
+        """The request's metadata, on a response record; else {}."""
+        cdef mosn_field_t f = self.req.field[MOSN_REQ_BODY]
+        if not (self.req.flags & MOSN_REQ_F_META):
+            return {}
+        return decode_metadata(PyBytes_FromStringAndSize(
+            <const char *> self.rec + f.off, f.len))
 
     @property
     def body(self):

@@ -18,6 +18,7 @@ FIELDS = ("chain", "method", "path", "query", "remote_addr", "protocol",
           "body", "headers")
 F_BODY = 0x1
 F_RESPONSE = 0x2            # a response record (the response phase)
+F_META = 0x4                # its body field: the request's metadata
 F_SENDERS = 0x1             # verdict flag: run the response phase
 
 CONTINUE, REPLY, ERROR = 0, 1, 2
@@ -82,11 +83,15 @@ def _b(s):
 
 def encode_request(chain="", method="GET", path="/", query="",
                    remote_addr="127.0.0.1", protocol="HTTP/1.1",
-                   headers=(), body=None, request_id=0, status=None):
+                   headers=(), body=None, request_id=0, status=None,
+                   metadata=None):
     """A request record as the nginx module writes it; with a status, the
-    response record of the response phase (headers: the response's)."""
+    response record of the response phase (headers: the response's), which
+    carries the request's metadata."""
+    if metadata:
+        body = None
     strings = [_b(chain), _b(method), _b(path), _b(query), _b(remote_addr),
-               _b(protocol), _b(body or b"")]
+               _b(protocol), _b(body or encode_metadata(metadata or {}))]
     fields = []
     off = REQ_HEADER.size
     for s in strings:
@@ -106,7 +111,8 @@ def encode_request(chain="", method="GET", path="/", query="",
     fields.append((table_off, HEADER_ENTRY.size * len(pairs)))
     flat = [x for f in fields for x in f]
     flags = (F_BODY if body is not None else 0) \
-        | (F_RESPONSE if status is not None else 0)
+        | (F_RESPONSE if status is not None else 0) \
+        | (F_META if metadata else 0)
     head = REQ_HEADER.pack(off, len(pairs), request_id, flags, status or 0,
                            *flat)
     return b"".join([head] + strings + table
@@ -130,6 +136,8 @@ def decode_request(buf):
     for name, (off, n) in zip(FIELDS, fields):
         if name != "headers":
             out[name] = bytes(buf[off:off + n])
+    out["metadata"] = decode_metadata(out["body"]) \
+        if flags & F_META else None
     if not flags & F_BODY:
         out["body"] = None
     table_off, table_len = fields[7]
@@ -146,6 +154,21 @@ def decode_request(buf):
         headers.append((bytes(buf[off:off + nlen]),
                         bytes(buf[off + nlen:off + nlen + vlen])))
     out["headers"] = headers
+    return out
+
+
+def encode_metadata(metadata):
+    """The metadata of a response record: a "key=value\\n" line each."""
+    return b"".join(_b(k) + b"=" + _b(v) + b"\n" for k, v in metadata.items())
+
+
+def decode_metadata(raw):
+    """encode_metadata()'s dict again; a line without "=" is skipped."""
+    out = {}
+    for line in raw.decode("latin-1").split("\n"):
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key] = value
     return out
 
 

@@ -119,6 +119,7 @@ EPA_HEAD = struct.Struct("<IIII64s")        # seq .. name
 REQ_SIZE = codec.REQ_HEADER.size            # mosn_req_t
 REQ_F_BODY = codec.F_BODY
 REQ_F_RESPONSE = codec.F_RESPONSE
+REQ_F_META = codec.F_META
 F_CHAIN, F_METHOD, F_PATH, F_QUERY, F_ADDR, F_PROTOCOL, F_BODY = range(7)
 F_HEADERS = 7
 
@@ -1438,6 +1439,14 @@ class SlotRequest:
     def status(self):
         """The response status of a response record, else 0."""
         return self._status if self._flags & REQ_F_RESPONSE else 0
+
+    @property
+    def metadata(self):
+        """The request's metadata, on a response record; else {}."""
+        if not self._flags & REQ_F_META:
+            return {}
+        off, n = self._fields[F_BODY]
+        return codec.decode_metadata(self._rec[off:off + n])
 
     @property
     def body(self):

@@ -204,7 +204,9 @@ typedef struct {
  * A response record (MOSN_REQ_F_RESPONSE, ABI version 3) is written when
  * the request's verdict asked for the response phase: the same request
  * fields and request_id, the upstream's status in status, and the
- * response headers in the header table.
+ * response headers in the header table.  With MOSN_REQ_F_META its body
+ * field holds the metadata of the request's verdict, a "key=value\n" line
+ * each (keys and values were checked: no '=' in a key, no LF anywhere).
  */
 
 #define MOSN_REQ_CHAIN              0
@@ -219,6 +221,7 @@ typedef struct {
 
 #define MOSN_REQ_F_BODY             0x1     /* body present */
 #define MOSN_REQ_F_RESPONSE         0x2     /* a response record */
+#define MOSN_REQ_F_META             0x4     /* the body field: metadata */
 
 typedef struct {
     uint32_t                off;

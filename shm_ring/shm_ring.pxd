@@ -37,6 +37,7 @@ cdef extern from "shm_ring.h" nogil:
     int MOSN_REQ_NFIELDS
     int MOSN_REQ_F_BODY
     int MOSN_REQ_F_RESPONSE
+    int MOSN_REQ_F_META
 
     int MOSN_ACTION_CONTINUE
     int MOSN_ACTION_REPLY

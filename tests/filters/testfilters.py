@@ -168,4 +168,6 @@ class EditResponse(StreamSenderFilter):
         ctx.add_response_header("x-seen-status",
                                 str(self.send_handler.status))
         ctx.add_response_header("x-seen-headers", seen)
+        ctx.add_response_header("x-seen-metadata", ",".join(
+            f"{k}={v}" for k, v in sorted(ctx.metadata.items())))
         return CONTINUE

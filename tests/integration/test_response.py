@@ -263,3 +263,15 @@ def test_a_client_that_leaves_while_the_response_is_held(gateway, tmp_path):
     time.sleep(1.2)
     gw.wait_idle()
     assert gw.get("/").header("x-up") == "edited"
+
+
+def test_sender_filters_see_the_request_metadata(gateway, tmp_path):
+    """The metadata drivers' values of the request phase reach the
+    response phase, whichever worker runs it."""
+    unit = {"type": "metadata", "config": {"metadataers": [
+        {"meta_data_key": "UNIT", "config": {"unit_key": "uid"}}]}}
+    gw = start(gateway, tmp_path, [unit, sender()])
+    assert gw.get("/", {"uid": "2"}).header("x-seen-metadata") == "unit=s1"
+    assert gw.get("/", {"uid": "150"}).header("x-seen-metadata") == "unit=s2"
+    # no uid, no metadata: an empty line, not the last request's
+    assert gw.get("/").header("x-seen-metadata") == ""

@@ -45,14 +45,32 @@ requests = st.fixed_dictionaries({
                         max_size=12),
     "body": st.none() | st.binary(max_size=200),
     "request_id": st.integers(0, 2 ** 64 - 1),
-    # a status makes it the response record of the response phase
+    # a status makes it the response record of the response phase,
+    # which carries the request's metadata instead of a body
     "status": st.none() | st.integers(100, 999),
+    "metadata": st.none() | st.dictionaries(
+        st.text(alphabet="ABCxyz019_", min_size=1, max_size=64),
+        st.text(alphabet=st.characters(
+            max_codepoint=255, blacklist_characters="\r\n\0"),
+            max_size=40), max_size=4),
 })
+
+
+def response_fields(fields):
+    """As the module writes them: metadata only on a response record, and
+    then no body."""
+    fields = dict(fields)
+    if fields["status"] is None:
+        fields["metadata"] = None
+    if fields["metadata"]:
+        fields["body"] = None
+    return fields
 
 
 @SETTINGS
 @given(requests)
 def test_request_round_trip(fields):
+    fields = response_fields(fields)
     got = decode_request(encode_request(**fields))
     assert got["request_id"] == fields["request_id"]
     for name in ("chain", "method", "path", "query", "remote_addr",
@@ -61,6 +79,7 @@ def test_request_round_trip(fields):
     assert got["body"] == fields["body"]
     assert got["headers"] == [(_b(n), _b(v)) for n, v in fields["headers"]]
     assert got["status"] == fields["status"]
+    assert got["metadata"] == (fields["metadata"] or None)
 
 
 @st.composite
@@ -187,6 +206,7 @@ def test_slot_round_trip(round_trip, fields, v):
     """A record read in place from a slot has the fields it was encoded
     with, and the verdict written in place is encode_verdict()'s bytes."""
     cons, prod = round_trip
+    fields = response_fields(fields)
     _, gen = prod.submit(0, encode_request(**fields))
     (p,) = cons.take()
     req = cons.request(p)
@@ -197,6 +217,7 @@ def test_slot_round_trip(round_trip, fields, v):
     assert req.body == fields["body"]
     assert req.is_response == (fields["status"] is not None)
     assert req.status == (fields["status"] or 0)
+    assert req.metadata == (fields["metadata"] or {})
     assert req.header_items() == [
         (_b(n).decode("latin-1"), _b(val).decode("latin-1"))
         for n, val in fields["headers"]]
