@@ -114,16 +114,11 @@ def peer_gateways(workdir):
     ]
 
 
-# ==========================================================================
-# ENTRY POINT FOR THE PROJECT'S OWN GATEWAY (ngx_http_mosn_module).
-#
-# TO BE VERIFIED against nginx_module/ and conf/ once the module lands: the
-# directive names and contexts (mosn_config, mosn_workers, mosn_filter_chain),
-# the $mosn_meta_UNIT variable, how the module finds pyworker/ (PYTHONPATH is
-# passed below, nginx clears the environment otherwise) and the listener name.
-# The module starts its own Python workers, so there is no helper; their CPU
-# is counted with nginx's because they are nginx's descendants.
-# ==========================================================================
+# The project's own gateway: the example's config with the module from
+# output/.  @mosn_config and @shm name the MOSN config and the region; `env
+# PYTHONPATH` lets a variant's workers import bench modules.  The module
+# starts its own Python workers, so there is no helper; their CPU is
+# counted with nginx's because they are nginx's descendants.
 
 MOSN_TEMPLATE = """\
 # Gateway "mosn": this project, ngx_http_mosn_module + Python filter chain.

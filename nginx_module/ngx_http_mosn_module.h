@@ -138,6 +138,8 @@ ngx_table_elt_t *ngx_http_mosn_list_next(ngx_list_part_t **part,
     ngx_uint_t *i);
 ngx_int_t ngx_http_mosn_verdict_copy(ngx_http_mosn_ctx_t *ctx,
     const u_char *buf, size_t len, u_char **copy);
+void ngx_http_mosn_verdict_log(ngx_http_mosn_ctx_t *ctx, u_char *verdict,
+    size_t len);
 ngx_int_t ngx_http_mosn_response_edit(ngx_http_request_t *r,
     ngx_http_mosn_ctx_t *ctx, u_char *verdict, size_t len);
 

@@ -141,6 +141,8 @@ ngx_http_mosn_response_done(ngx_http_mosn_ctx_t *ctx, u_char *verdict,
     r->buffered &= ~NGX_HTTP_MOSN_BUFFERED;
 
     if (verdict != NULL) {
+        ngx_http_mosn_verdict_log(ctx, verdict, len);
+
         (void) mosn_verdict_begin(&it, verdict, len);
 
         if (it.action != MOSN_ACTION_CONTINUE) {

@@ -47,22 +47,16 @@ ngx_http_mosn_list_next(ngx_list_part_t **part, ngx_uint_t *i)
 
 
 /*
- * Copies a verdict out of its slot, checks it whole and logs its log
- * record: Python may still write to the slot, so only the copy is used.
+ * Copies a verdict out of its slot and checks it whole: Python may still
+ * write to the slot, so only the copy is used.
  */
 
 ngx_int_t
 ngx_http_mosn_verdict_copy(ngx_http_mosn_ctx_t *ctx, const u_char *buf,
     size_t len, u_char **copy)
 {
-    u_char              *p;
-    ngx_uint_t           level;
-    const char          *why;
-    ngx_log_t           *log;
-    mosn_rec_view_t      rec;
-    mosn_verdict_iter_t  it;
-
-    log = ctx->request->connection->log;
+    u_char      *p;
+    const char  *why;
 
     p = ngx_pnalloc(ctx->request->pool, len ? len : 1);
     if (p == NULL) {
@@ -72,28 +66,49 @@ ngx_http_mosn_verdict_copy(ngx_http_mosn_ctx_t *ctx, const u_char *buf,
     ngx_memcpy(p, buf, len);
 
     if (mosn_verdict_validate(p, len, &why) != 0) {
-        ngx_log_error(NGX_LOG_ERR, log, 0,
+        ngx_log_error(NGX_LOG_ERR, ctx->request->connection->log, 0,
                       "mosn: refused the verdict for request %uL: %s",
                       ctx->request_id, why);
         return NGX_ERROR;
     }
 
-    (void) mosn_verdict_begin(&it, p, len);
-
-    level = (it.action == MOSN_ACTION_ERROR) ? NGX_LOG_WARN : NGX_LOG_INFO;
-
-    while (mosn_verdict_next(&it, &rec) == 1) {
-        if (rec.type == MOSN_REC_LOG) {
-            ngx_log_error(level, log, 0, "mosn: request %uL: %*s",
-                          ctx->request_id, (size_t) ngx_min(rec.value_len,
-                                                             1024),
-                          rec.value);
-        }
-    }
-
     *copy = p;
 
     return NGX_OK;
+}
+
+
+/* a log record: why a filter failed (warn), or what it wants said (info) */
+
+static void
+ngx_http_mosn_log_record(ngx_http_mosn_ctx_t *ctx, ngx_uint_t action,
+    mosn_rec_view_t *rec)
+{
+    ngx_uint_t  level;
+
+    level = (action == MOSN_ACTION_ERROR) ? NGX_LOG_WARN : NGX_LOG_INFO;
+
+    ngx_log_error(level, ctx->request->connection->log, 0,
+                  "mosn: request %uL: %*s",
+                  ctx->request_id, (size_t) ngx_min(rec->value_len, 1024),
+                  rec->value);
+}
+
+
+void
+ngx_http_mosn_verdict_log(ngx_http_mosn_ctx_t *ctx, u_char *verdict,
+    size_t len)
+{
+    mosn_rec_view_t      rec;
+    mosn_verdict_iter_t  it;
+
+    (void) mosn_verdict_begin(&it, verdict, len);
+
+    while (mosn_verdict_next(&it, &rec) == 1) {
+        if (rec.type == MOSN_REC_LOG) {
+            ngx_http_mosn_log_record(ctx, it.action, &rec);
+        }
+    }
 }
 
 
@@ -123,6 +138,9 @@ ngx_http_mosn_verdict_take(ngx_http_mosn_ctx_t *ctx, const u_char *buf,
         if (rec.type == MOSN_REC_UPSTREAM) {
             ctx->upstream.data = (u_char *) rec.value;
             ctx->upstream.len = rec.value_len;
+
+        } else if (rec.type == MOSN_REC_LOG) {
+            ngx_http_mosn_log_record(ctx, ctx->action, &rec);
         }
     }
 

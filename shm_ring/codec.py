@@ -88,8 +88,8 @@ def encode_request(chain="", method="GET", path="/", query="",
     """A request record as the nginx module writes it; with a status, the
     response record of the response phase (headers: the response's), which
     carries the request's metadata."""
-    if metadata:
-        body = None
+    if metadata and body is not None:
+        raise ValueError("a record carries a body or metadata, not both")
     strings = [_b(chain), _b(method), _b(path), _b(query), _b(remote_addr),
                _b(protocol), _b(body or encode_metadata(metadata or {}))]
     fields = []

@@ -52,6 +52,17 @@ def pids_of(pattern):
     return found
 
 
+def wait_for(cond, timeout=5, step=0.02):
+    """cond()'s first true value within timeout seconds, else None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(step)
+    return None
+
+
 class Response:
     def __init__(self, status, headers, body):
         self.status = status

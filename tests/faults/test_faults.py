@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from gateway import ROUTED_UPSTREAMS, example_mosn, listener, sites
+from gateway import (ROUTED_UPSTREAMS, example_mosn, listener, sites,
+                     wait_for)
 from load import Load, request_times
 
 pytestmark = pytest.mark.slow
@@ -54,15 +55,6 @@ def check_answered(gw, load, allow_fallback=True):
     slowest = max(rt for _, rt, _ in times)
     assert slowest <= TIMEOUT + 0.05, (slowest, statuses)
     return statuses
-
-
-def wait_for(cond, timeout, step=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return False
 
 
 def test_kill_a_python_worker_every_two_seconds(gateway):

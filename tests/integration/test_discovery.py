@@ -8,7 +8,7 @@ import os
 import re
 import time
 
-from gateway import SITE_BODY, example_mosn, sites
+from gateway import SITE_BODY, example_mosn, sites, wait_for
 from load import Load
 
 APP = "test"
@@ -92,16 +92,6 @@ def send(gw, uid=None, path="/"):
     r = gw.get(path, {"uid": uid} if uid is not None else {})
     assert r.status == 200, (r.status, r.text, gw.error_log()[-2000:])
     return label(r.text)
-
-
-def wait_for(cond, timeout=5, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(step)
-    return None
 
 
 def generation(gw):

@@ -6,7 +6,8 @@ import signal
 import threading
 import time
 
-from gateway import ROUTED_UPSTREAMS, example_mosn, listener, sites, SITE_BODY
+from gateway import (ROUTED_UPSTREAMS, SITE_BODY, example_mosn, listener,
+                     sites, wait_for)
 
 ROUTED = ROUTED_UPSTREAMS + """
     server {
@@ -34,16 +35,6 @@ def slow_mosn(seconds=0.4, unit_key="uid"):
 
 def site(gw, headers):
     return SITE_BODY.match(gw.get("/", headers).text).group(1)
-
-
-def wait_for(cond, timeout, step=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(step)
-    return None
 
 
 def test_python_workers_run_as_the_nginx_user(gateway):
