@@ -12,7 +12,10 @@ VENV     ?= /opt/mosn-gateway
 PY       := $(VENV)/bin/python
 NGINX    ?= /usr/sbin/nginx
 APT_PKGS := nginx-core nginx-dev libnginx-mod-http-lua libnginx-mod-http-js \
+            libnginx-mod-http-headers-more-filter \
             wrk hyperfine valgrind clang libclang-rt-14-dev curl \
+            nghttp2-client redis-server etcd-server etcd-client \
+            buildah debootstrap \
             python3 python3-venv python3-dev gcc make procps
 FUZZ_RUNS ?= 10000000
 SOAK_TIME ?= 10m
@@ -25,7 +28,8 @@ setup: apt venv build-l7
 apt:
 	@if ! dpkg -s $(APT_PKGS) >/dev/null 2>&1; then \
 	    apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS); \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	        -o DPkg::Lock::Timeout=600 $(APT_PKGS); \
 	fi
 
 $(PY):
