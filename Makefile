@@ -1,7 +1,10 @@
 # The gateway: nginx + ngx_http_mosn_module + the Python worker pool.
 #
 #   make run         set everything up, then run the example gateway
-#   make test        set everything up, then run the whole test suite
+#   make test        set everything up, then run the whole test suite, and
+#                    the integration tests again on a newer nginx
+#   make test-newer-nginx  only the latter: nginx 1.26 from Debian 13's
+#                    source, built with the module under build/
 #   make build-l7    build output/ngx_http_mosn_module.so and output/shm_ring.h
 #   make bench       the peers benchmark (results in bench/results/)
 #   make bench-response  what a sender filter (the response phase) costs
@@ -20,7 +23,8 @@ APT_PKGS := nginx-core nginx-dev libnginx-mod-http-lua libnginx-mod-http-js \
 FUZZ_RUNS ?= 10000000
 SOAK_TIME ?= 10m
 
-.PHONY: setup apt venv build-l7 python run stop test test-fast fuzz \
+.PHONY: setup apt venv build-l7 python run stop test test-newer-nginx \
+        test-fast fuzz \
         fuzz-short bench bench-response soak clean
 
 setup: apt venv build-l7
@@ -56,8 +60,18 @@ run: setup logs
 stop:
 	-$(NGINX) -p . -c conf/nginx.conf -s quit
 
+# the suite that the newer nginx (its source from Debian's mirror, kept
+# under build/) runs with the module built for it
+NEWER_SUITE ?= trixie
+TEST_NEWER   = built=$$(nginx_module/build-nginx.sh $(NEWER_SUITE)) && \
+               set -- $$built && NGINX=$$1 MOSN_MODULE=$$2 $(VENV)/bin/pytest tests/integration
+
 test: setup
 	$(VENV)/bin/pytest tests
+	$(TEST_NEWER)
+
+test-newer-nginx: setup
+	$(TEST_NEWER)
 
 test-fast:
 	$(VENV)/bin/pytest tests -m "not slow"
