@@ -226,6 +226,9 @@ ngx_http_mosn_ring_submit(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
     ((mosn_req_t *) slot->data)->request_id = ctx->request_id;
     slot->request_id = ctx->request_id;
 
+    /* filters that await are cancelled when nginx stops waiting */
+    slot->deadline_ns = mosn_now_ns() + (uint64_t) mlcf->timeout * 1000000;
+
     if (mosn_producer_publish(&w->rg, (uint32_t) w->p, s, (uint32_t) c, inc,
                               &gen)
         != 0)
@@ -262,6 +265,9 @@ ngx_http_mosn_ring_abandon(ngx_http_mosn_ctx_t *ctx)
 
     if (w->p >= 0 && w->inflight[ctx->slot] == ctx) {
         w->inflight[ctx->slot] = NULL;
+
+        /* the Python worker may be awaiting on its behalf: tell it */
+        mosn_producer_abandon(&w->rg, (uint32_t) w->p, ctx->slot, ctx->gen);
     }
 }
 

@@ -6,7 +6,7 @@ fallback.py serves otherwise, or when SHM_RING_PURE=1 asks for it.
 
 import os
 
-from shm_ring.codec import (RingError, Verdict, decode_request,
+from shm_ring.codec import (PENDING, RingError, Verdict, decode_request,
                             decode_verdict, encode_request, encode_verdict)
 
 if os.environ.get("SHM_RING_PURE") == "1":
@@ -23,7 +23,8 @@ else:
                                        Consumer, Producer, Region,
                                        proc_alive, validate_verdict)
 
-__all__ = ["ABI_VERSION", "IMPLEMENTATION", "Consumer", "Producer",
+__all__ = ["ABI_VERSION", "IMPLEMENTATION", "PENDING", "Consumer",
+           "Producer",
            "Region", "RingError", "Verdict", "decode_request",
            "decode_verdict", "encode_request", "encode_verdict",
            "proc_alive", "validate_verdict"]

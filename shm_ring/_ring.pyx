@@ -24,7 +24,7 @@ cdef extern from "Python.h":
 
 from shm_ring.shm_ring cimport *
 
-from shm_ring.codec import (RingError, Verdict as _PlainVerdict,
+from shm_ring.codec import (PENDING, RingError, Verdict as _PlainVerdict,
                             decode_metadata,
                             endpoint_app as _ep_app,
                             endpoint_host as _ep_host,
@@ -32,6 +32,8 @@ from shm_ring.codec import (RingError, Verdict as _PlainVerdict,
 
 ABI_VERSION = MOSN_RING_ABI_VERSION
 IMPLEMENTATION = "cython"
+
+cdef object _PENDING = PENDING
 
 DEF BATCH_MAX = 256
 
@@ -225,7 +227,7 @@ cdef class Region:
                 "incarnation": c.incarnation, "taken": c.taken,
                 "completed": c.completed, "batches": c.batches,
                 "sleeps": c.sleeps, "doorbells": c.doorbells,
-                "errors": c.errors,
+                "errors": c.errors, "abandons": c.abandons,
             })
         return {"producers": producers, "consumers": consumers,
                 "consumer_epoch": self.rg.hdr.consumer_epoch}
@@ -367,14 +369,32 @@ cdef str _last_chain = ""
 
 
 cdef class SlotRequest:
-    """A request record, read in place; valid until its verdict is sent."""
+    """A request record, read in place; valid until its verdict is sent.
+
+    ``ps`` and ``gen`` name the slot and the request in it (hand them to
+    Consumer.complete() to answer later); ``deadline_ns`` is when nginx
+    stops waiting (CLOCK_MONOTONIC, 0 for none) and ``abandoned`` is true
+    once nginx gave up on the request before that (its client went away).
+    """
 
     cdef const uint8_t *rec
     cdef uint32_t rec_len
     cdef const mosn_req_t *req
     cdef const mosn_header_entry_t *table
+    cdef const mosn_slot_t *slot
     cdef readonly uint32_t nheaders
     cdef readonly uint64_t request_id
+    cdef readonly uint64_t ps
+    cdef readonly uint32_t gen
+
+    @property
+    def deadline_ns(self):
+        return self.slot.deadline_ns if self.slot != NULL else 0
+
+    @property
+    def abandoned(self):
+        # a fresh read each call: another process writes it
+        return self.slot != NULL and self.slot.abandoned == self.gen
 
     cdef str _field(self, int i):
         cdef mosn_field_t f = self.req.field[i]
@@ -539,6 +559,13 @@ cdef SlotRequest _slot_request(const uint8_t *data, uint32_t data_size):
     r.nheaders = req.nheaders
     r.request_id = req.request_id
     return r
+
+
+cdef inline void _in_slot(SlotRequest req, const mosn_slot_t *slot,
+                          uint64_t ps):
+    req.slot = slot
+    req.ps = ps
+    req.gen = MOSN_SW_GEN(slot.state)
 
 
 cdef struct _writer:
@@ -721,13 +748,27 @@ cdef class Consumer:
 
     def request(self, uint64_t ps):
         cdef mosn_slot_t *slot = self._slot(ps)
-        return _slot_request(slot.data,
-                             self.rg.hdr.slot_size - MOSN_SLOT_HEADER_SIZE)
+        cdef SlotRequest req = _slot_request(
+            slot.data, self.rg.hdr.slot_size - MOSN_SLOT_HEADER_SIZE)
+        if req is not None:
+            _in_slot(req, slot, ps)
+        return req
 
-    def complete(self, uint64_t ps, verdict=None):
+    def complete(self, uint64_t ps, verdict=None, gen=None):
         """Writes the verdict (a Verdict, None, a metadata dict, or encoded
-        bytes)."""
-        return self._complete(self._slot(ps), ps, verdict)
+        bytes).  With gen (a request's SlotRequest.gen), only into the
+        request of that generation: a slot that holds another one now is
+        left alone and False returned."""
+        cdef mosn_slot_t *slot = self._slot(ps)
+        if gen is not None and MOSN_SW_GEN(slot.state) != <uint32_t> gen:
+            return False
+        return self._complete(slot, ps, verdict)
+
+    @property
+    def abandons(self):
+        """How many times producers gave up on a slot this consumer held;
+        when it moves, look at the requests in flight (abandoned)."""
+        return mosn_consumer(self.rg, self.index).abandons
 
     cdef bint _complete(self, mosn_slot_t *slot, uint64_t ps,
                         object verdict) except *:
@@ -795,7 +836,8 @@ cdef class Consumer:
 
     def serve_batch(self, dispatch, int max=64):
         """Takes a batch, runs dispatch(request) on each, writes verdicts,
-        rings the producers once.  Returns how many were served."""
+        rings the producers once.  Returns how many were taken.  A dispatch
+        that returns PENDING answers later, with complete()."""
         cdef int n, i
         cdef uint64_t ps
         cdef mosn_slot_t *slot
@@ -812,7 +854,10 @@ cdef class Consumer:
                 self._complete(slot, ps,
                                _PlainVerdict.error("malformed request"))
                 continue
-            self._complete(slot, ps, dispatch(req))
+            _in_slot(req, slot, ps)
+            verdict = dispatch(req)
+            if verdict is not _PENDING:
+                self._complete(slot, ps, verdict)
         if n:
             mosn_consumer_flush(self.rg, self.index, self.sockfd,
                                 self.wake_mask)
@@ -853,8 +898,10 @@ cdef class Producer:
             self.fd = -1
         mosn_producer_release(self.rg, self.index)
 
-    def submit(self, uint32_t slot, bytes record, int consumer=-1):
-        """Copies a request record into the slot and publishes it.
+    def submit(self, uint32_t slot, bytes record, int consumer=-1,
+               uint64_t deadline_ns=0):
+        """Copies a request record into the slot and publishes it, with
+        its deadline (CLOCK_MONOTONIC ns, 0: none).
         Returns (consumer, gen), or None if no consumer or no room."""
         cdef uint32_t inc = 0, gen = 0
         cdef int c
@@ -877,6 +924,7 @@ cdef class Producer:
         memcpy(sl.data, PyBytes_AS_STRING(record), n)
         sl.req_len = n
         sl.verdict_len = 0
+        sl.deadline_ns = deadline_ns
         if mosn_producer_submit(self.rg, self.index, slot, c, inc, &gen) != 0:
             return None
         return (c, gen)
@@ -909,6 +957,13 @@ cdef class Producer:
 
     def arm(self):
         return mosn_producer_arm(self.rg, self.index) != 0
+
+    def abandon(self, uint32_t slot, uint32_t gen):
+        """Gives up on the request of generation gen in the slot, as nginx
+        does when its client goes away."""
+        if slot >= self.rg.hdr.slots:
+            raise RingError("no slot %d" % slot)
+        mosn_producer_abandon(self.rg, self.index, slot, gen)
 
     def drain_doorbell(self):
         return mosn_doorbell_drain(self.fd)

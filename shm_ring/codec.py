@@ -33,6 +33,19 @@ _UPSTREAM = re.compile(rb"[A-Za-z0-9_.:\[\]-]{1,255}\Z")
 _BAD_VALUE = re.compile(rb"[\r\n\0]")
 
 
+class _Pending:
+    """What a dispatch hands back for a request it has not answered yet:
+    serve_batch() writes no verdict for it; Consumer.complete() will."""
+
+    __slots__ = ()
+
+    def __repr__(self):
+        return "PENDING"
+
+
+PENDING = _Pending()
+
+
 class RingError(Exception):
     """The region or a record is unusable; the message says why."""
 

@@ -45,7 +45,7 @@ import time
 from shm_ring import codec
 from shm_ring.codec import RingError
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 IMPLEMENTATION = "python"
 
 # shm_ring.h
@@ -89,7 +89,7 @@ P_FALLBACKS, P_FUTEX_WAKES, P_DOORBELLS, P_COST_NS = 72, 80, 88, 96
 CONSUMER_SIZE = 88
 C_STATE, C_INCARNATION, C_PID, C_SLEEPING, C_STARTTIME = 0, 4, 8, 12, 16
 C_FUTEX, C_TAKEN, C_COMPLETED, C_BATCHES, C_SLEEPS = 24, 32, 40, 48, 56
-C_DOORBELLS, C_ERRORS = 64, 72
+C_DOORBELLS, C_ERRORS, C_ABANDONS = 64, 72, 80
 
 # mosn_ring_t: head and tail on lines of their own, then the entries
 R_HEAD, R_TAIL, R_ENTRIES = 0, 64, 128
@@ -97,6 +97,7 @@ R_HEAD, R_TAIL, R_ENTRIES = 0, 64, 128
 # mosn_slot_t
 S_STATE, S_REQUEST_ID, S_SUBMIT_NS = 0, 8, 16
 S_REQ_LEN, S_VERDICT_OFF, S_VERDICT_LEN = 24, 28, 32
+S_ABANDONED, S_DEADLINE_NS = 36, 40
 S_DATA = SLOT_HEADER_SIZE
 
 # the endpoint table: mosn_ep_app_t, mosn_ep_site_t, mosn_endpoint_t
@@ -633,6 +634,7 @@ class Region:
                 "sleeps": self.ld64(o + C_SLEEPS),
                 "doorbells": self.ld64(o + C_DOORBELLS),
                 "errors": self.ld64(o + C_ERRORS),
+                "abandons": self.ld64(o + C_ABANDONS),
             })
         return {"producers": producers, "consumers": consumers,
                 "consumer_epoch": self.ld32(H_CONSUMER_EPOCH)}
@@ -865,6 +867,19 @@ def _producer_submit(rg, p, s, c, inc):
     rg.st32(o + P_IN_USE, rg.ld32(o + P_IN_USE) + 1)
     _wake_consumer(rg, p, c)
     return g
+
+
+def _producer_abandon(rg, p, s, gen):
+    slot = rg.slot(p, s)
+    w = rg.ld64(slot + S_STATE)
+    c = sw_consumer(w)
+    if (sw_gen(w) != gen or sw_state(w) not in (SLOT_SUBMITTED, SLOT_TAKEN)
+            or c >= rg._nc):
+        return
+    rg.st32(slot + S_ABANDONED, gen)
+    # not atomic (see the module's docstring): two producers abandoning at
+    # once may count one; the consumer still finds both slots abandoned
+    rg.add64(rg.cons(c) + C_ABANDONS)
 
 
 def _producer_free(rg, p, s):
@@ -1397,10 +1412,22 @@ def _endpoints_set(rg, name, specs):
 # requests and verdicts in slots
 
 class SlotRequest:
-    """A request record, copied out of its slot and checked."""
+    """A request record, copied out of its slot and checked.  ``ps``,
+    ``gen``, ``deadline_ns`` and ``abandoned`` as in _ring.pyx."""
 
     __slots__ = ("_rec", "_fields", "_flags", "_table", "nheaders",
-                 "request_id", "_status")
+                 "request_id", "_status", "_rg", "_slot", "ps", "gen")
+
+    @property
+    def deadline_ns(self):
+        if self._rg is None:
+            return 0
+        return self._rg.ld64(self._slot + S_DEADLINE_NS)
+
+    @property
+    def abandoned(self):
+        return (self._rg is not None
+                and self._rg.ld32(self._slot + S_ABANDONED) == self.gen)
 
     def _field(self, i):
         off, n = self._fields[i]
@@ -1504,6 +1531,10 @@ def _slot_request(mm, data, data_size):
     r._table = fields[F_HEADERS][0]
     r.nheaders = nheaders
     r.request_id = request_id
+    r._rg = None
+    r._slot = 0
+    r.ps = 0
+    r.gen = 0
     return r
 
 
@@ -1561,15 +1592,29 @@ class Consumer:
         return self.region.slot(p, s)
 
     def request(self, ps):
-        return _slot_request(self.region._mm, self._slot(ps) + S_DATA,
-                             self.region._slot_size - SLOT_HEADER_SIZE)
+        slot = self._slot(ps)
+        req = _slot_request(self.region._mm, slot + S_DATA,
+                            self.region._slot_size - SLOT_HEADER_SIZE)
+        if req is not None:
+            req._rg = self.region
+            req._slot = slot
+            req.ps = ps
+            req.gen = sw_gen(self.region.ld64(slot + S_STATE))
+        return req
 
-    def complete(self, ps, verdict=None):
+    @property
+    def abandons(self):
+        """How many times producers gave up on a slot this consumer held."""
+        return self.region.ld64(self.region.cons(self.index) + C_ABANDONS)
+
+    def complete(self, ps, verdict=None, gen=None):
         """Writes the verdict (a Verdict, None, a metadata dict, or encoded
-        bytes)."""
+        bytes).  With gen, only into the request of that generation."""
         rg = self.region
         slot = self._slot(ps)
         w = rg.ld64(slot + S_STATE)
+        if gen is not None and sw_gen(w) != gen:
+            return False
         if (sw_state(w) != SLOT_TAKEN or sw_consumer(w) != self.index
                 or sw_inc(w) != self.region.ld32(
                     self.region.cons(self.index) + C_INCARNATION) & 0xFFFF):
@@ -1632,14 +1677,17 @@ class Consumer:
 
     def serve_batch(self, dispatch, max=64):
         """Takes a batch, runs dispatch(request) on each, writes verdicts,
-        rings the producers once.  Returns how many were served."""
+        rings the producers once.  Returns how many were taken.  A dispatch
+        that returns PENDING answers later, with complete()."""
         batch = self.take(max)
         for ps in batch:
             req = self.request(ps)
             if req is None:
                 self.complete(ps, codec.Verdict.error("malformed request"))
                 continue
-            self.complete(ps, dispatch(req))
+            verdict = dispatch(req)
+            if verdict is not codec.PENDING:
+                self.complete(ps, verdict)
         if batch:
             self.flush()
         return len(batch)
@@ -1678,8 +1726,9 @@ class Producer:
         if not 0 <= slot < self.region._slots:
             raise RingError("no slot %d" % slot)
 
-    def submit(self, slot, record, consumer=-1):
-        """Copies a request record into the slot and publishes it.
+    def submit(self, slot, record, consumer=-1, deadline_ns=0):
+        """Copies a request record into the slot and publishes it, with
+        its deadline (CLOCK_MONOTONIC ns, 0: none).
         Returns (consumer, gen), or None if no consumer or no room."""
         rg = self.region
         self._check_slot(slot)
@@ -1699,6 +1748,7 @@ class Producer:
         rg._mm[sl + S_DATA:sl + S_DATA + len(record)] = record
         rg.st32(sl + S_REQ_LEN, len(record))
         rg.st32(sl + S_VERDICT_LEN, 0)
+        rg.st64(sl + S_DEADLINE_NS, deadline_ns)
         gen = _producer_submit(rg, self.index, slot, c, inc)
         if gen is None:
             return None
@@ -1726,6 +1776,12 @@ class Producer:
 
     def arm(self):
         return _producer_arm(self.region, self.index)
+
+    def abandon(self, slot, gen):
+        """Gives up on the request of generation gen in the slot, as nginx
+        does when its client goes away."""
+        self._check_slot(slot)
+        _producer_abandon(self.region, self.index, slot, gen)
 
     def drain_doorbell(self):
         n = 0

@@ -743,6 +743,37 @@ mosn_producer_free(mosn_region_t *rg, uint32_t p, uint32_t s)
 }
 
 
+/*
+ * The producer gave up on slot s of generation gen (a timeout, a client
+ * gone): the consumer that holds it is told, so that it can stop work
+ * nobody waits for.  The slot stays the consumer's until it completes it.
+ */
+
+void
+mosn_producer_abandon(mosn_region_t *rg, uint32_t p, uint32_t s,
+    uint32_t gen)
+{
+    uint32_t      c, st;
+    uint64_t      w;
+    mosn_slot_t  *slot;
+
+    slot = mosn_slot(rg, p, s);
+    w = mosn_load(&slot->state);
+    st = MOSN_SW_STATE(w);
+    c = MOSN_SW_CONSUMER(w);
+
+    if (MOSN_SW_GEN(w) != gen
+        || (st != MOSN_SLOT_SUBMITTED && st != MOSN_SLOT_TAKEN)
+        || c >= rg->hdr->nconsumers)
+    {
+        return;
+    }
+
+    mosn_store(&slot->abandoned, gen);
+    __atomic_add_fetch(&mosn_consumer(rg, c)->abandons, 1, __ATOMIC_RELEASE);
+}
+
+
 int
 mosn_producer_poll(mosn_region_t *rg, uint32_t p, uint64_t *out, int max)
 {

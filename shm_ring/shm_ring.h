@@ -22,6 +22,12 @@
  * Every length in a request record or a verdict is checked by its reader
  * against the slot before use.
  *
+ * A slot carries the request's deadline (ABI version 4): past it the
+ * producer has given up and the consumer may stop working on it.  A
+ * producer that gives up on a slot early (its client went away) writes
+ * the slot's gen into abandoned and bumps the consumer's abandons.  The
+ * slot stays the consumer's until it completes it either way.
+ *
  * The endpoint table (ABI version 2) holds the endpoints of up to
  * MOSN_EP_APPS apps for the module's balancer (mosn_subset), written by
  * one writer, the Python supervisor, under a per-app seqlock.
@@ -37,7 +43,7 @@
 
 
 #define MOSN_RING_MAGIC             0x474e4952534f4d21ULL  /* "!MOSRING" */
-#define MOSN_RING_ABI_VERSION       3
+#define MOSN_RING_ABI_VERSION       4
 
 #define MOSN_CACHELINE              64
 #define MOSN_MAX_PRODUCERS          64
@@ -165,7 +171,10 @@ typedef struct {
     uint64_t                sleeps;
     uint64_t                doorbells;      /* producer wake-ups rung */
     uint64_t                errors;
-    uint64_t                pad1[1];
+
+    /* bumped (atomically) by producers that gave up on a slot this
+     * consumer holds; the consumer then looks for slots abandoned */
+    uint64_t                abandons;
 } mosn_consumer_t;
 
 
@@ -186,8 +195,9 @@ typedef struct {
     uint32_t                req_len;
     uint32_t                verdict_off;    /* from data start */
     uint32_t                verdict_len;
-    uint32_t                pad0;
-    uint64_t                pad1[3];
+    uint32_t                abandoned;      /* gen the producer gave up */
+    uint64_t                deadline_ns;    /* CLOCK_MONOTONIC; 0: none */
+    uint64_t                pad1[2];
     uint8_t                 data[];
 } mosn_slot_t;
 
@@ -436,6 +446,8 @@ int mosn_producer_publish(mosn_region_t *rg, uint32_t p, uint32_t s,
     uint32_t c, uint32_t inc, uint32_t *gen);
 void mosn_producer_wake(mosn_region_t *rg, uint32_t p, uint32_t c);
 void mosn_producer_free(mosn_region_t *rg, uint32_t p, uint32_t s);
+void mosn_producer_abandon(mosn_region_t *rg, uint32_t p, uint32_t s,
+    uint32_t gen);
 int mosn_producer_poll(mosn_region_t *rg, uint32_t p, uint64_t *out,
     int max);
 int mosn_producer_arm(mosn_region_t *rg, uint32_t p);

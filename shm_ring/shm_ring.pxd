@@ -136,6 +136,7 @@ cdef extern from "shm_ring.h" nogil:
         uint64_t sleeps
         uint64_t doorbells
         uint64_t errors
+        uint64_t abandons
 
     ctypedef struct mosn_slot_t:
         uint64_t state
@@ -144,6 +145,8 @@ cdef extern from "shm_ring.h" nogil:
         uint32_t req_len
         uint32_t verdict_off
         uint32_t verdict_len
+        uint32_t abandoned
+        uint64_t deadline_ns
         uint8_t data[1]
 
     ctypedef struct mosn_field_t:
@@ -249,6 +252,8 @@ cdef extern from "shm_ring.h" nogil:
     int mosn_producer_submit(mosn_region_t *rg, uint32_t p, uint32_t s,
                              uint32_t c, uint32_t inc, uint32_t *gen)
     void mosn_producer_free(mosn_region_t *rg, uint32_t p, uint32_t s)
+    void mosn_producer_abandon(mosn_region_t *rg, uint32_t p, uint32_t s,
+                               uint32_t gen)
     int mosn_producer_poll(mosn_region_t *rg, uint32_t p, uint64_t *out,
                            int max)
     int mosn_producer_arm(mosn_region_t *rg, uint32_t p)

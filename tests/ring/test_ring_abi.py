@@ -194,10 +194,12 @@ int main(void) {
     F(mosn_consumer_t, taken); F(mosn_consumer_t, completed);
     F(mosn_consumer_t, batches); F(mosn_consumer_t, sleeps);
     F(mosn_consumer_t, doorbells); F(mosn_consumer_t, errors);
+    F(mosn_consumer_t, abandons);
     F(mosn_ring_t, head); F(mosn_ring_t, tail); F(mosn_ring_t, entries);
     F(mosn_slot_t, state); F(mosn_slot_t, request_id);
     F(mosn_slot_t, submit_ns); F(mosn_slot_t, req_len);
     F(mosn_slot_t, verdict_off); F(mosn_slot_t, verdict_len);
+    F(mosn_slot_t, abandoned); F(mosn_slot_t, deadline_ns);
     F(mosn_slot_t, data);
     printf("\"end\": 0}\n");
     return 0;
@@ -286,6 +288,7 @@ def test_python_offsets_match_the_header(tmp_path):
         "mosn_consumer_t.sleeps": f.C_SLEEPS,
         "mosn_consumer_t.doorbells": f.C_DOORBELLS,
         "mosn_consumer_t.errors": f.C_ERRORS,
+        "mosn_consumer_t.abandons": f.C_ABANDONS,
         "mosn_ring_t.head": f.R_HEAD, "mosn_ring_t.tail": f.R_TAIL,
         "mosn_ring_t.entries": f.R_ENTRIES,
         "mosn_slot_t.state": f.S_STATE,
@@ -294,6 +297,8 @@ def test_python_offsets_match_the_header(tmp_path):
         "mosn_slot_t.req_len": f.S_REQ_LEN,
         "mosn_slot_t.verdict_off": f.S_VERDICT_OFF,
         "mosn_slot_t.verdict_len": f.S_VERDICT_LEN,
+        "mosn_slot_t.abandoned": f.S_ABANDONED,
+        "mosn_slot_t.deadline_ns": f.S_DEADLINE_NS,
         "mosn_slot_t.data": f.S_DATA,
         "end": 0,
     }

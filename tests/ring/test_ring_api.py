@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from shm_ring.codec import (ERROR, REPLY, RingError, Verdict, decode_verdict,
-                            encode_request, encode_verdict)
+from shm_ring.codec import (ERROR, PENDING, REPLY, RingError, Verdict,
+                            decode_verdict, encode_request, encode_verdict)
 
 FREE, SUBMITTED, TAKEN, DONE = 0, 1, 2, 3
 
@@ -24,7 +24,7 @@ def request(rid, **kw):
 
 
 def test_module_identity(impl):
-    assert impl.ABI_VERSION == 3
+    assert impl.ABI_VERSION == 4
     assert impl.IMPLEMENTATION in ("cython", "python")
     assert impl.IMPLEMENTATION == ("python" if "fallback" in impl.__name__
                                    else "cython")
@@ -603,3 +603,73 @@ def test_proc_alive(impl):
     assert not impl.proc_alive(pid)                       # a zombie
     os.waitpid(pid, 0)
     assert not impl.proc_alive(pid)                       # gone
+
+
+def test_pending_requests_are_answered_later(impl, make_region):
+    """A dispatch that answers later (a filter that awaits) hands back
+    PENDING: serve_batch writes nothing for it, complete() does, in any
+    order."""
+    r = make_region(slots=16)
+    cons, prod = r.consumer(r.alloc_consumer()), r.producer()
+    for s in range(6):
+        prod.submit(s, request(s))
+    later = []
+
+    def dispatch(req):
+        if req.request_id % 2:
+            later.append(req)
+            return PENDING
+        return Verdict(metadata={"now": str(req.request_id)})
+
+    assert cons.serve_batch(dispatch) == 6
+    assert sorted(s for s, _ in prod.poll()) == [0, 2, 4]
+    assert [prod.slot_state(req.ps & 0xFFFFFFFF)[0] for req in later] \
+        == [TAKEN] * 3
+    for req in reversed(later):
+        assert req.gen == 1
+        assert cons.complete(req.ps, Verdict(metadata={"later": "1"}),
+                             gen=req.gen)
+    assert [s for s, _ in prod.poll()] == [5, 3, 1]
+    assert decode_verdict(prod.verdict(3)).metadata == {"later": "1"}
+
+
+def test_deadline_and_abandon_reach_the_consumer(impl, make_region):
+    r = make_region()
+    cons, prod = r.consumer(r.alloc_consumer()), r.producer()
+    deadline = time.monotonic_ns() + 10**9
+    assert prod.submit(2, request(1), deadline_ns=deadline) == (0, 1)
+    prod.submit(3, request(2))
+    a, b = (cons.request(p) for p in sorted(cons.take()))
+    assert a.deadline_ns == deadline and b.deadline_ns == 0
+    assert not a.abandoned and cons.abandons == 0
+    prod.abandon(2, 7)                   # another generation: nothing
+    assert not a.abandoned and cons.abandons == 0
+    prod.abandon(2, a.gen)               # its client went away
+    assert a.abandoned and not b.abandoned
+    assert cons.abandons == 1
+    assert r.stats()["consumers"][0]["abandons"] == 1
+    # the slot stays the consumer's until it answers; the late verdict is
+    # taken back by the producer, which then frees the slot
+    assert prod.slot_state(2)[0] == TAKEN
+    assert cons.complete(a.ps, Verdict.error("cancelled"), gen=a.gen)
+    assert prod.poll() == [(2, 1)]
+    prod.abandon(2, a.gen)               # done: no longer the consumer's
+    assert cons.abandons == 1
+
+
+def test_complete_with_gen_spares_a_newer_request(impl, make_region):
+    r = make_region()
+    cons, prod = r.consumer(r.alloc_consumer()), r.producer()
+    prod.submit(1, request(1))
+    (p,) = cons.take()
+    old = cons.request(p)
+    # the slot was taken back and holds a new request for this consumer
+    prod.free(1)
+    prod.submit(1, request(2))
+    (p2,) = cons.take()
+    assert p2 == p
+    assert not cons.complete(p, Verdict(metadata={"old": "1"}), gen=old.gen)
+    assert prod.slot_state(1) == (TAKEN, 0, 1, 2)
+    assert prod.poll() == []
+    assert cons.complete(p, Verdict(metadata={"new": "1"}), gen=2)
+    assert decode_verdict(prod.verdict(1)).metadata == {"new": "1"}
