@@ -14,6 +14,7 @@ import socket
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.unicode cimport PyUnicode_DecodeLatin1
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.errno cimport errno
 from libc.string cimport memcmp, memcpy, memset, strncasecmp
 
 cdef extern from "Python.h":
@@ -42,6 +43,12 @@ cdef dict _CONSUMER_STATES = {
     MOSN_CONS_LIVE: "live", MOSN_CONS_DRAINING: "draining",
     MOSN_CONS_DEAD: "dead",
 }
+cdef dict _POOL_STATES = {
+    MOSN_POOL_STARTING: "starting", MOSN_POOL_RUNNING: "running",
+    MOSN_POOL_FAILED: "failed", MOSN_POOL_STOPPED: "stopped",
+}
+cdef dict _POOL_STATE_CODES = {v: k for k, v in _POOL_STATES.items()}
+
 cdef dict _CHANNEL_STATES = {
     MOSN_CHAN_FREE: "free", MOSN_CHAN_CLAIMING: "claiming",
     MOSN_CHAN_OWNED: "owned", MOSN_CHAN_DRAINING: "draining",
@@ -166,6 +173,18 @@ cdef class Region:
         self._live()
         return self.rg.hdr.config_path.decode(errors="replace")
 
+    @property
+    def pool_state(self):
+        """starting, running, failed or stopped: whether nginx waits for
+        a Python worker when none is live."""
+        self._live()
+        return _POOL_STATES.get(self.rg.hdr.pool_state, "?")
+
+    @pool_state.setter
+    def pool_state(self, str state):
+        self._live()
+        self.rg.hdr.pool_state = _POOL_STATE_CODES[state]
+
     cdef int _sockfd(self) except -1:
         if self._sock is None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -212,11 +231,13 @@ cdef class Region:
             producers.append({
                 "index": i, "pid": MOSN_OWNER_PID(p.owner),
                 "state": _CHANNEL_STATES.get(MOSN_OWNER_STATE(p.owner), "?"),
-                "in_use": p.in_use, "submitted": p.submitted,
+                "in_use": p.in_use, "waiting": p.waiting,
+                "submitted": p.submitted,
                 "completed": p.completed, "stale": p.stale,
                 "requeued": p.requeued, "timeouts": p.timeouts,
                 "fallbacks": p.fallbacks, "futex_wakes": p.futex_wakes,
                 "doorbells": p.doorbells, "cost_ns": p.cost_ns,
+                "queued": p.queued, "queue_full": p.queue_full,
             })
         consumers = []
         for i in range(self.rg.hdr.nconsumers):
@@ -719,6 +740,14 @@ cdef class Consumer:
     cdef uint64_t batch[BATCH_MAX]
     cdef object sock
     cdef int sockfd
+    cdef int wakefd
+
+    def __cinit__(self):
+        self.wakefd = -1
+
+    def __dealloc__(self):
+        if self.wakefd >= 0:
+            os.close(self.wakefd)
 
     def __init__(self, Region region, int index):
         region._live()
@@ -829,6 +858,39 @@ cdef class Consumer:
 
     def pending(self):
         return mosn_consumer_pending(self.rg, self.index) != 0
+
+    def fileno(self):
+        """The consumer's wake descriptor, for an event loop: it becomes
+        readable when a producer submits work while the consumer is armed.
+        Opened on first use; closed with the Consumer."""
+        if self.wakefd < 0:
+            self.region._live()
+            self.wakefd = mosn_consumer_doorbell_open(self.rg, self.index)
+            if self.wakefd < 0:
+                raise RingError("cannot bind the doorbell of consumer %d: %s"
+                                % (self.index, os.strerror(errno)))
+        return self.wakefd
+
+    def arm(self):
+        """Says the consumer is about to sleep in its event loop: from now
+        on a producer that submits work rings fileno().  True if work is
+        already waiting (serve it instead of sleeping), False if armed."""
+        if self.wakefd < 0:
+            self.fileno()
+        return mosn_consumer_arm(self.rg, self.index) != 0
+
+    def disarm(self):
+        """Called when fileno() is readable (or before serving for any
+        other reason): drains the descriptor and stops producers ringing
+        it.  True if work waits."""
+        return mosn_consumer_disarm(self.rg, self.index, self.wakefd) != 0
+
+    def close(self):
+        """Closes the wake descriptor; the consumer can still wait()."""
+        if self.wakefd >= 0:
+            mosn_consumer_disarm(self.rg, self.index, -1)
+            os.close(self.wakefd)
+            self.wakefd = -1
 
     @property
     def state(self):

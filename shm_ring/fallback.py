@@ -65,6 +65,11 @@ BATCH_MAX = 256            # as _ring.pyx
 SLOT_FREE, SLOT_SUBMITTED, SLOT_TAKEN, SLOT_DONE = 0, 1, 2, 3
 CHAN_FREE, CHAN_CLAIMING, CHAN_OWNED, CHAN_DRAINING = 0, 1, 2, 3
 CONS_EMPTY, CONS_STARTING, CONS_LIVE, CONS_DRAINING, CONS_DEAD = range(5)
+SLEEP_NONE, SLEEP_FUTEX, SLEEP_FD = 0, 1, 2
+POOL_STARTING, POOL_RUNNING, POOL_FAILED, POOL_STOPPED = range(4)
+_POOL_STATES = {POOL_STARTING: "starting", POOL_RUNNING: "running",
+                POOL_FAILED: "failed", POOL_STOPPED: "stopped"}
+_POOL_STATE_CODES = {v: k for k, v in _POOL_STATES.items()}
 
 _CONSUMER_STATES = {CONS_EMPTY: "empty", CONS_STARTING: "starting",
                     CONS_LIVE: "live", CONS_DRAINING: "draining",
@@ -76,14 +81,17 @@ _CHANNEL_STATES = {CHAN_FREE: "free", CHAN_CLAIMING: "claiming",
 HEADER = struct.Struct("<QIIQ IIII QQQQQ IIQ IIII 64s512s QII")
 H_MAGIC, H_ABI, H_REGION_SIZE = 0, 8, 16
 H_SUPERVISOR_PID, H_CONSUMER_EPOCH = 84, 96
+H_DESIRED_WORKERS, H_POOL_STATE = 104, 108
 H_NAME, H_CONFIG_PATH = 112, 176
 H_ENDPOINTS_OFF, H_EP_APPS, H_EP_APP_SIZE = 688, 696, 700
 
 # mosn_producer_t
 PRODUCER_SIZE = 120
 P_OWNER, P_STARTTIME, P_EPOCH, P_NEED_WAKEUP, P_IN_USE = 0, 8, 16, 20, 24
+P_WAITING = 28
 P_SUBMITTED, P_COMPLETED, P_STALE, P_REQUEUED, P_TIMEOUTS = 32, 40, 48, 56, 64
 P_FALLBACKS, P_FUTEX_WAKES, P_DOORBELLS, P_COST_NS = 72, 80, 88, 96
+P_QUEUED, P_QUEUE_FULL = 104, 112
 
 # mosn_consumer_t
 CONSUMER_SIZE = 88
@@ -294,8 +302,8 @@ HEADER_FIELDS = (
     "magic", "abi", "header_size", "region_size", "nproducers",
     "nconsumers", "slots", "slot_size", "producers_off", "consumers_off",
     "rings_off", "ring_bytes", "slots_off", "master_pid", "supervisor_pid",
-    "created_ns", "consumer_epoch", "reload_seq", "desired_workers", "pad0",
-    "name", "config_path", "endpoints_off", "ep_apps", "ep_app_size")
+    "created_ns", "consumer_epoch", "reload_seq", "desired_workers",
+    "pool_state", "name", "config_path", "endpoints_off", "ep_apps", "ep_app_size")
 
 
 _RING_LAYOUT = ("region_size", "producers_off", "consumers_off", "rings_off",
@@ -562,6 +570,18 @@ class Region:
         raw = _unpack_header(self._mm)["config_path"]
         return raw.split(b"\0", 1)[0].decode(errors="replace")
 
+    @property
+    def pool_state(self):
+        """starting, running, failed or stopped: whether nginx waits for
+        a Python worker when none is live."""
+        self._live()
+        return _POOL_STATES.get(self.ld32(H_POOL_STATE), "?")
+
+    @pool_state.setter
+    def pool_state(self, state):
+        self._live()
+        self.st32(H_POOL_STATE, _POOL_STATE_CODES[state])
+
     # supervisor side
 
     def _sockfd(self):
@@ -611,6 +631,7 @@ class Region:
                 "index": i, "pid": w >> 32,
                 "state": _CHANNEL_STATES.get(w & 0xFF, "?"),
                 "in_use": self.ld32(o + P_IN_USE),
+                "waiting": self.ld32(o + P_WAITING),
                 "submitted": self.ld64(o + P_SUBMITTED),
                 "completed": self.ld64(o + P_COMPLETED),
                 "stale": self.ld64(o + P_STALE),
@@ -620,6 +641,8 @@ class Region:
                 "futex_wakes": self.ld64(o + P_FUTEX_WAKES),
                 "doorbells": self.ld64(o + P_DOORBELLS),
                 "cost_ns": self.ld64(o + P_COST_NS),
+                "queued": self.ld64(o + P_QUEUED),
+                "queue_full": self.ld64(o + P_QUEUE_FULL),
             })
         consumers = []
         for i in range(self._nc):
@@ -787,14 +810,42 @@ def _doorbell_ring(rg, sock, p):
     return 0
 
 
+def _consumer_doorbell_addr(rg, c):
+    # as mosn_doorbell_name_of(rg, "c", c)
+    return b"\0ngx_mosn" + rg._hdr_name + b".c" + str(c).encode()
+
+
+_ring_sock = None       # mosn_ring_sock: made when first needed
+
+
+def _ring_socket():
+    global _ring_sock
+    if _ring_sock is None:
+        _ring_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        _ring_sock.setblocking(False)
+    return _ring_sock
+
+
+def _consumer_doorbell_ring(rg, c):
+    try:
+        _ring_socket().sendto(b"\1", socket.MSG_DONTWAIT,
+                          _consumer_doorbell_addr(rg, c))
+    except OSError:
+        pass        # full: a wake-up is already there; unbound: nobody
+
+
 def _wake_consumer(rg, p, c):
     o = rg.cons(c)
-    _full_fence()       # pairs with the fence in _consumer_wait()
+    _full_fence()       # pairs with the fence in _consumer_wait(), _arm()
     # C: atomic exchange; here two wakers may both ring, which is harmless
-    if rg.ld32(o + C_SLEEPING):
-        rg.st32(o + C_SLEEPING, 0)
-        rg.st32(o + C_FUTEX, rg.ld32(o + C_FUTEX) + 1)
-        _futex_wake(rg._base + o + C_FUTEX)
+    how = rg.ld32(o + C_SLEEPING)
+    if how != SLEEP_NONE:
+        rg.st32(o + C_SLEEPING, SLEEP_NONE)
+        if how == SLEEP_FD:
+            _consumer_doorbell_ring(rg, c)
+        else:
+            rg.st32(o + C_FUTEX, (rg.ld32(o + C_FUTEX) + 1) & U32)
+            _futex_wake(rg._base + o + C_FUTEX)
         rg.add64(rg.prod(p) + P_FUTEX_WAKES)
 
 
@@ -816,6 +867,7 @@ def _producer_claim(rg, pid):
             rg.st32(o + P_EPOCH, rg.ld32(o + P_EPOCH) + 1)
             rg.st32(o + P_NEED_WAKEUP, 0)
             rg.st32(o + P_IN_USE, 0)
+            rg.st32(o + P_WAITING, 0)
             rg.st64(o + P_OWNER, owner(pid, CHAN_OWNED))
             return p
         return -1
@@ -977,6 +1029,8 @@ def _consumer_start(rg, c, pid):
     rg.st32(o + C_SLEEPING, 0)
     rg.st32(o + C_INCARNATION, rg.ld32(o + C_INCARNATION) + 1)
     rg.st32(o + C_STATE, CONS_LIVE)
+    # producers holding requests for a worker submit them now
+    _ring_producers(rg, _ring_socket())
     return rg.ld32(o + C_INCARNATION) & 0xFFFF
 
 
@@ -1060,15 +1114,48 @@ def _consumer_pending(rg, c):
 
 def _consumer_wait(rg, c, timeout_ms):
     o = rg.cons(c)
-    rg.st32(o + C_SLEEPING, 1)
+    rg.st32(o + C_SLEEPING, SLEEP_FUTEX)
     _full_fence()       # pairs with the fence in _wake_consumer()
     seq = rg.ld32(o + C_FUTEX)
     if _consumer_pending(rg, c):
-        rg.st32(o + C_SLEEPING, 0)
+        rg.st32(o + C_SLEEPING, SLEEP_NONE)
         return True
     rg.add64(o + C_SLEEPS)
     _futex_wait(rg._base + o + C_FUTEX, seq, timeout_ms)
-    rg.st32(o + C_SLEEPING, 0)
+    rg.st32(o + C_SLEEPING, SLEEP_NONE)
+    return _consumer_pending(rg, c)
+
+
+def _consumer_doorbell_open(rg, c):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind(_consumer_doorbell_addr(rg, c))
+    except OSError as e:
+        sock.close()
+        raise RingError("cannot bind the doorbell of consumer %d: %s"
+                        % (c, e.strerror)) from None
+    sock.setblocking(False)
+    return sock
+
+
+def _consumer_arm(rg, c):
+    o = rg.cons(c)
+    rg.st32(o + C_SLEEPING, SLEEP_FD)
+    _full_fence()       # pairs with the fence in _wake_consumer()
+    if _consumer_pending(rg, c):
+        rg.st32(o + C_SLEEPING, SLEEP_NONE)
+        return True
+    rg.add64(o + C_SLEEPS)
+    return False
+
+
+def _consumer_disarm(rg, c, sock):
+    rg.st32(rg.cons(c) + C_SLEEPING, SLEEP_NONE)
+    while sock is not None:
+        try:
+            sock.recv(16)
+        except OSError:
+            break
     return _consumer_pending(rg, c)
 
 
@@ -1130,6 +1217,7 @@ def _reap_channel(rg, p):
         return busy
     _drain_completions(rg, p)
     rg.st32(o + P_IN_USE, 0)
+    rg.st32(o + P_WAITING, 0)
     rg.st32(o + P_NEED_WAKEUP, 0)
     if rg.ld64(o + P_OWNER) & 0xFF == CHAN_DRAINING:
         rg.st64(o + P_OWNER, owner(0, CHAN_FREE))
@@ -1669,6 +1757,37 @@ class Consumer:
 
     def pending(self):
         return _consumer_pending(self.region, self.index)
+
+    _wake = None
+
+    def fileno(self):
+        """The consumer's wake descriptor, for an event loop: it becomes
+        readable when a producer submits work while the consumer is armed.
+        Opened on first use; closed with the Consumer."""
+        if self._wake is None:
+            self.region._live()
+            self._wake = _consumer_doorbell_open(self.region, self.index)
+        return self._wake.fileno()
+
+    def arm(self):
+        """Says the consumer is about to sleep in its event loop: from now
+        on a producer that submits work rings fileno().  True if work is
+        already waiting (serve it instead of sleeping), False if armed."""
+        self.fileno()
+        return _consumer_arm(self.region, self.index)
+
+    def disarm(self):
+        """Called when fileno() is readable (or before serving for any
+        other reason): drains the descriptor and stops producers ringing
+        it.  True if work waits."""
+        return _consumer_disarm(self.region, self.index, self._wake)
+
+    def close(self):
+        """Closes the wake descriptor; the consumer can still wait()."""
+        if self._wake is not None:
+            _consumer_disarm(self.region, self.index, None)
+            self._wake.close()
+            self._wake = None
 
     @property
     def state(self):

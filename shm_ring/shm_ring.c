@@ -552,6 +552,7 @@ mosn_producer_claim(mosn_region_t *rg, pid_t pid)
         prod->epoch++;
         prod->need_wakeup = 0;
         prod->in_use = 0;
+        prod->waiting = 0;
 
         mosn_store(&prod->owner, MOSN_OWNER(pid, MOSN_CHAN_OWNED));
 
@@ -644,23 +645,42 @@ mosn_ring_push(mosn_region_t *rg, mosn_ring_t *ring, uint64_t entry)
 }
 
 
+static void mosn_consumer_doorbell_ring(mosn_region_t *rg, uint32_t c);
+static int mosn_ring_socket(void);
+static void mosn_ring_producers(mosn_region_t *rg, int sock);
+
+
 static void
 mosn_wake_consumer(mosn_region_t *rg, uint32_t p, uint32_t c)
 {
+    uint32_t          how;
     mosn_consumer_t  *cons;
 
     cons = mosn_consumer(rg, c);
 
-    /* pairs with the fence in mosn_consumer_wait() */
+    /* pairs with the fence in mosn_consumer_wait() and _arm() */
     mosn_full_fence();
 
-    if (mosn_load_relaxed(&cons->sleeping)
-        && __atomic_exchange_n(&cons->sleeping, 0, __ATOMIC_ACQ_REL))
-    {
+    if (mosn_load_relaxed(&cons->sleeping) == MOSN_SLEEP_NONE) {
+        return;
+    }
+
+    how = __atomic_exchange_n(&cons->sleeping, MOSN_SLEEP_NONE,
+                              __ATOMIC_ACQ_REL);
+
+    if (how == MOSN_SLEEP_NONE) {
+        return;
+    }
+
+    if (how == MOSN_SLEEP_FD) {
+        mosn_consumer_doorbell_ring(rg, c);
+
+    } else {
         __atomic_add_fetch(&cons->futex, 1, __ATOMIC_RELEASE);
         mosn_futex_wake(&cons->futex);
-        mosn_producer(rg, p)->futex_wakes++;
     }
+
+    mosn_producer(rg, p)->futex_wakes++;
 }
 
 
@@ -952,15 +972,30 @@ mosn_producer_rescue(mosn_region_t *rg, uint32_t p, uint32_t *rr,
 }
 
 
+static void mosn_doorbell_name_of(mosn_region_t *rg, const char *kind,
+    uint32_t p, struct sockaddr_un *sa, socklen_t *len);
+
+
 /*
  * The doorbell of channel p: "\0ngx_mosn" NAME "." P in the abstract
- * namespace, where the name lives as long as the socket.  Built by hand:
+ * namespace, where the name lives as long as the socket; consumer c's is
+ * "\0ngx_mosn" NAME ".c" C.  Built by hand:
  * a consumer builds it on every ring, and snprintf() showed in profiles.
  */
 
 static void
 mosn_doorbell_name(mosn_region_t *rg, uint32_t p, struct sockaddr_un *sa,
     socklen_t *len)
+{
+    mosn_doorbell_name_of(rg, "", p, sa, len);
+}
+
+
+/* "" for producer p's doorbell, "c" for consumer p's */
+
+static void
+mosn_doorbell_name_of(mosn_region_t *rg, const char *kind, uint32_t p,
+    struct sockaddr_un *sa, socklen_t *len)
 {
     char    *d, *end, digits[10];
     size_t   n;
@@ -988,6 +1023,10 @@ mosn_doorbell_name(mosn_region_t *rg, uint32_t p, struct sockaddr_un *sa,
 
     if (d < end) {
         *d++ = '.';
+    }
+
+    while (*kind && d < end) {
+        *d++ = *kind++;
     }
 
     while (n && d < end) {
@@ -1099,9 +1138,12 @@ mosn_consumer_start(mosn_region_t *rg, uint32_t c, pid_t pid)
 
     cons->pid = (uint32_t) pid;
     cons->starttime = starttime;
-    cons->sleeping = 0;
+    cons->sleeping = MOSN_SLEEP_NONE;
     __atomic_add_fetch(&cons->incarnation, 1, __ATOMIC_ACQ_REL);
     mosn_store(&cons->state, MOSN_CONS_LIVE);
+
+    /* producers holding requests for a worker submit them now */
+    mosn_ring_producers(rg, mosn_ring_socket());
 
     return (int) (cons->incarnation & 0xffff);
 }
@@ -1303,7 +1345,7 @@ mosn_consumer_wait(mosn_region_t *rg, uint32_t c, int timeout_ms)
         } while (mosn_now_ns() < until);
     }
 
-    mosn_store(&cons->sleeping, 1);
+    mosn_store(&cons->sleeping, MOSN_SLEEP_FUTEX);
 
     /* pairs with the fence in mosn_wake_consumer() */
     mosn_full_fence();
@@ -1311,15 +1353,139 @@ mosn_consumer_wait(mosn_region_t *rg, uint32_t c, int timeout_ms)
     seq = mosn_load(&cons->futex);
 
     if (mosn_consumer_pending(rg, c)) {
-        mosn_store(&cons->sleeping, 0);
+        mosn_store(&cons->sleeping, MOSN_SLEEP_NONE);
         return 1;
     }
 
     cons->sleeps++;
     (void) mosn_futex_wait(&cons->futex, seq, timeout_ms);
-    mosn_store(&cons->sleeping, 0);
+    mosn_store(&cons->sleeping, MOSN_SLEEP_NONE);
 
     return mosn_consumer_pending(rg, c);
+}
+
+
+/*
+ * A consumer that runs an event loop sleeps in that loop, not on its
+ * futex: it polls its doorbell socket, and producers ring it as they
+ * would wake the futex, only when the consumer said it sleeps (arm).
+ *
+ *     fd = mosn_consumer_doorbell_open(rg, c);     once, into the loop
+ *     ...
+ *     serve until nothing is left;
+ *     if (mosn_consumer_arm(rg, c)) serve again;   else back to the loop
+ *     ...
+ *     fd readable: mosn_consumer_disarm(rg, c, fd); serve
+ */
+
+int
+mosn_consumer_doorbell_open(mosn_region_t *rg, uint32_t c)
+{
+    int                 fd;
+    socklen_t           len;
+    struct sockaddr_un  sa;
+
+    if (c >= rg->hdr->nconsumers) {
+        errno = EINVAL;
+        return -1;
+    }
+
+    fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == -1) {
+        return -1;
+    }
+
+    mosn_doorbell_name_of(rg, "c", c, &sa, &len);
+
+    if (bind(fd, (struct sockaddr *) &sa, len) == -1) {
+        close(fd);
+        return -1;
+    }
+
+    return fd;
+}
+
+
+int
+mosn_consumer_arm(mosn_region_t *rg, uint32_t c)
+{
+    mosn_consumer_t  *cons;
+
+    cons = mosn_consumer(rg, c);
+
+    mosn_store(&cons->sleeping, MOSN_SLEEP_FD);
+
+    /* pairs with the fence in mosn_wake_consumer() */
+    mosn_full_fence();
+
+    if (mosn_consumer_pending(rg, c)) {
+        mosn_store(&cons->sleeping, MOSN_SLEEP_NONE);
+        return 1;
+    }
+
+    cons->sleeps++;
+
+    return 0;
+}
+
+
+int
+mosn_consumer_disarm(mosn_region_t *rg, uint32_t c, int fd)
+{
+    mosn_consumer_t  *cons;
+
+    cons = mosn_consumer(rg, c);
+
+    /* awake: producers need not ring while it serves */
+    mosn_store(&cons->sleeping, MOSN_SLEEP_NONE);
+
+    if (fd >= 0) {
+        (void) mosn_doorbell_drain(fd);
+    }
+
+    return mosn_consumer_pending(rg, c);
+}
+
+
+/*
+ * Producers ring consumers' doorbells from one unbound socket of their
+ * own, made when first needed: the nginx module's callers keep their
+ * signatures, and a process that never wakes an event-loop consumer
+ * never makes it.
+ */
+
+static int  mosn_ring_sock = -1;
+
+
+static int
+mosn_ring_socket(void)
+{
+    if (mosn_ring_sock == -1) {
+        mosn_ring_sock = socket(AF_UNIX,
+                                SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    }
+
+    return mosn_ring_sock;
+}
+
+
+static void
+mosn_consumer_doorbell_ring(mosn_region_t *rg, uint32_t c)
+{
+    char                b;
+    socklen_t           len;
+    struct sockaddr_un  sa;
+
+    if (mosn_ring_socket() == -1) {
+        return;
+    }
+
+    mosn_doorbell_name_of(rg, "c", c, &sa, &len);
+    b = 1;
+
+    /* a full socket buffer already holds a wake-up */
+    (void) sendto(mosn_ring_sock, &b, 1, MSG_DONTWAIT,
+                  (struct sockaddr *) &sa, len);
 }
 
 
@@ -1445,6 +1611,7 @@ mosn_reap_channel(mosn_region_t *rg, uint32_t p)
     }
 
     prod->in_use = 0;
+    prod->waiting = 0;
     prod->need_wakeup = 0;
 
     expect = prod->owner;

@@ -94,6 +94,29 @@
 #define MOSN_CONS_DRAINING          3
 #define MOSN_CONS_DEAD              4
 
+/*
+ * How a sleeping consumer is to be woken (its sleeping word, ABI 4): on
+ * its futex (a blocking wait), or by a datagram to its doorbell socket (a
+ * consumer whose event loop polls that socket's descriptor).  The waker
+ * exchanges the word for MOSN_SLEEP_NONE, so one wake-up is rung per
+ * sleep whichever way it sleeps.
+ */
+/*
+ * The pool's state (header pool_state, ABI 4), for producers that find
+ * no live consumer: a request waits for one while the pool starts or
+ * replaces workers, and takes the fallback at once when none can be
+ * expected.  A region starts in MOSN_POOL_STARTING (zero).
+ */
+#define MOSN_POOL_STARTING          0       /* workers are being started */
+#define MOSN_POOL_RUNNING           1       /* the supervisor runs it */
+#define MOSN_POOL_FAILED            2       /* workers keep failing to
+                                               start: do not wait */
+#define MOSN_POOL_STOPPED           3       /* stopped: do not wait */
+
+#define MOSN_SLEEP_NONE             0
+#define MOSN_SLEEP_FUTEX            1
+#define MOSN_SLEEP_FD               2
+
 
 typedef struct {
     uint64_t                magic;
@@ -121,7 +144,8 @@ typedef struct {
     /* bumped by the master on reload; the supervisor rolls workers */
     uint32_t                reload_seq;
     uint32_t                desired_workers;
-    uint32_t                pad0;
+    /* MOSN_POOL_*, written by the supervisor: may nginx wait for one? */
+    uint32_t                pool_state;
 
     char                    name[MOSN_NAME_MAX];
     char                    config_path[MOSN_PATH_MAX];
@@ -139,7 +163,8 @@ typedef struct {
     uint32_t                epoch;          /* bumped on every claim */
     uint32_t                need_wakeup;    /* set while it may sleep */
     uint32_t                in_use;         /* slots not FREE, by owner */
-    uint32_t                pad0;
+    uint32_t                waiting;        /* requests waiting in nginx
+                                               for a slot or a worker */
 
     /* counters, written by the owner only */
     uint64_t                submitted;
@@ -148,10 +173,14 @@ typedef struct {
     uint64_t                requeued;
     uint64_t                timeouts;
     uint64_t                fallbacks;
-    uint64_t                futex_wakes;    /* consumer wake-ups rung */
+    uint64_t                futex_wakes;    /* consumer wake-ups rung:
+                                               futex or doorbell */
     uint64_t                doorbells;      /* wake-ups received */
     uint64_t                cost_ns;        /* sum of filter round trips */
-    uint64_t                pad1[2];
+    uint64_t                queued;         /* waited in nginx for a slot
+                                               or a worker (ABI 4) */
+    uint64_t                queue_full;     /* fallbacks: the wait queue
+                                               was full (ABI 4) */
 } mosn_producer_t;
 
 
@@ -159,7 +188,8 @@ typedef struct {
     uint32_t                state;
     uint32_t                incarnation;
     uint32_t                pid;
-    uint32_t                sleeping;       /* set before futex wait */
+    uint32_t                sleeping;       /* MOSN_SLEEP_*, set before
+                                               it sleeps */
     uint64_t                starttime;
     uint32_t                futex;          /* bumped to wake */
     uint32_t                pad0;
@@ -467,6 +497,9 @@ int mosn_consumer_flush(mosn_region_t *rg, uint32_t c, int sock,
 void mosn_consumer_spin(uint64_t ns);
 int mosn_consumer_wait(mosn_region_t *rg, uint32_t c, int timeout_ms);
 int mosn_consumer_pending(mosn_region_t *rg, uint32_t c);
+int mosn_consumer_doorbell_open(mosn_region_t *rg, uint32_t c);
+int mosn_consumer_arm(mosn_region_t *rg, uint32_t c);
+int mosn_consumer_disarm(mosn_region_t *rg, uint32_t c, int fd);
 int mosn_doorbell_ring(mosn_region_t *rg, int sock, uint32_t p);
 
 /* supervisor side */

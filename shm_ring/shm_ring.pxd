@@ -26,6 +26,15 @@ cdef extern from "shm_ring.h" nogil:
     int MOSN_CONS_DRAINING
     int MOSN_CONS_DEAD
 
+    int MOSN_POOL_STARTING
+    int MOSN_POOL_RUNNING
+    int MOSN_POOL_FAILED
+    int MOSN_POOL_STOPPED
+
+    int MOSN_SLEEP_NONE
+    int MOSN_SLEEP_FUTEX
+    int MOSN_SLEEP_FD
+
     int MOSN_REQ_CHAIN
     int MOSN_REQ_METHOD
     int MOSN_REQ_PATH
@@ -101,6 +110,7 @@ cdef extern from "shm_ring.h" nogil:
         uint32_t consumer_epoch
         uint32_t reload_seq
         uint32_t desired_workers
+        uint32_t pool_state
         char name[64]
         char config_path[512]
         uint64_t endpoints_off
@@ -113,6 +123,7 @@ cdef extern from "shm_ring.h" nogil:
         uint32_t epoch
         uint32_t need_wakeup
         uint32_t in_use
+        uint32_t waiting
         uint64_t submitted
         uint64_t completed
         uint64_t stale
@@ -122,6 +133,8 @@ cdef extern from "shm_ring.h" nogil:
         uint64_t futex_wakes
         uint64_t doorbells
         uint64_t cost_ns
+        uint64_t queued
+        uint64_t queue_full
 
     ctypedef struct mosn_consumer_t:
         uint32_t state
@@ -272,6 +285,9 @@ cdef extern from "shm_ring.h" nogil:
     void mosn_consumer_spin(uint64_t ns)
     int mosn_consumer_wait(mosn_region_t *rg, uint32_t c, int timeout_ms)
     int mosn_consumer_pending(mosn_region_t *rg, uint32_t c)
+    int mosn_consumer_doorbell_open(mosn_region_t *rg, uint32_t c)
+    int mosn_consumer_arm(mosn_region_t *rg, uint32_t c)
+    int mosn_consumer_disarm(mosn_region_t *rg, uint32_t c, int fd)
     int mosn_doorbell_ring(mosn_region_t *rg, int sock, uint32_t p)
 
     int mosn_consumer_alloc(mosn_region_t *rg)

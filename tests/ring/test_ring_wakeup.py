@@ -105,3 +105,139 @@ def test_sleeping_producer_woken_by_consumer(sleeper, waker, region_name):
     assert st["consumers"][c]["doorbells"] == 1
     assert st["producers"][0]["completed"] == 1
     r.close()
+
+
+@pytest.mark.parametrize("sleeper, waker", PAIRS)
+def test_armed_consumer_woken_through_its_descriptor(sleeper, waker,
+                                                     region_name):
+    """An event-loop consumer sleeps on fileno(), not on its futex: a
+    producer in another process that submits while it is armed makes the
+    descriptor readable, and rings once for one sleep."""
+    S, W = load_impl(sleeper), load_impl(waker)
+    r = S.Region.create(region_name, nproducers=2, nconsumers=2, slots=8)
+    cons = r.consumer(r.alloc_consumer())
+    fd = cons.fileno()
+    assert cons.arm() is False
+    rfd, wfd = os.pipe()
+
+    def child():
+        prod = W.Region.attach(region_name).producer()
+        prod.submit(0, encode_request(request_id=41))
+        prod.submit(1, encode_request(request_id=42))
+        os.write(wfd, b"s")
+
+    wait_child(fork(child))
+    assert readable(rfd, 20)
+    assert readable(fd, 20)
+    assert cons.disarm() is True
+    assert not readable(fd, 0)          # drained
+    assert sorted(cons.request(p).request_id for p in cons.take()) == [41, 42]
+
+    st = r.stats()
+    assert st["consumers"][0]["sleeps"] == 1
+    # two submits, one sleep: one wake-up
+    assert st["producers"][0]["futex_wakes"] == 1
+    cons.close()
+    r.close()
+
+
+@pytest.mark.parametrize("impl_name", ["cython", "python"])
+def test_awake_consumer_is_not_rung(impl_name, region_name):
+    """Wake only if it sleeps: a consumer that has not armed (it is busy
+    serving) gets no datagram, and arm() with work already waiting says
+    so instead of sleeping."""
+    M = load_impl(impl_name)
+    r = M.Region.create(region_name, nproducers=2, nconsumers=2, slots=8)
+    cons = r.consumer(r.alloc_consumer())
+    fd = cons.fileno()
+    prod = r.producer()
+    prod.submit(0, encode_request(request_id=1))
+    assert not readable(fd, 0.05)
+    assert r.stats()["producers"][0]["futex_wakes"] == 0
+    assert cons.arm() is True           # work waits: do not sleep
+    assert r.stats()["consumers"][0]["sleeps"] == 0
+    assert len(cons.take()) == 1
+    # armed, then disarmed before any submit: still nothing rung
+    assert cons.arm() is False
+    assert cons.disarm() is False
+    prod.submit(1, encode_request(request_id=2))
+    assert not readable(fd, 0.05)
+    assert r.stats()["producers"][0]["futex_wakes"] == 0
+    cons.close()
+    r.close()
+
+
+@pytest.mark.parametrize("impl_name", ["cython", "python"])
+def test_consumer_descriptor_in_asyncio(impl_name, region_name):
+    """The descriptor as the asyncio worker uses it: add_reader, serve,
+    arm; requests submitted from another process are served while the
+    loop sleeps in epoll."""
+    import asyncio
+
+    M = load_impl(impl_name)
+    r = M.Region.create(region_name, nproducers=2, nconsumers=2, slots=8)
+    cons = r.consumer(r.alloc_consumer())
+    served = []
+
+    def child():
+        prod = M.Region.attach(region_name).producer()
+        for i in range(20):
+            prod.submit(i % 8, encode_request(request_id=100 + i))
+            deadline = time.monotonic() + 20
+            while not prod.poll():
+                assert time.monotonic() < deadline
+                if not prod.arm():
+                    readable(prod.fileno(), 1)
+            prod.drain_doorbell()
+            prod.free(i % 8)
+            time.sleep(0.002)           # let the consumer fall asleep
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def on_wake():
+            cons.disarm()
+            while cons.serve_batch(
+                    lambda req: served.append(req.request_id) or None):
+                pass
+            if len(served) == 20:
+                done.set_result(None)
+            elif cons.arm():
+                loop.call_soon(on_wake)
+
+        loop.add_reader(cons.fileno(), on_wake)
+        assert cons.arm() is False
+        pid = fork(child)
+        await asyncio.wait_for(done, 20)
+        loop.remove_reader(cons.fileno())
+        return pid
+
+    wait_child(asyncio.run(main()))
+    assert served == list(range(100, 120))
+    st = r.stats()
+    assert st["producers"][0]["futex_wakes"] >= 1
+    assert st["producers"][0]["futex_wakes"] <= st["consumers"][0]["sleeps"]
+    cons.close()
+    r.close()
+
+
+@pytest.mark.parametrize("starter, producer_impl", PAIRS)
+def test_consumer_start_rings_the_producers(starter, producer_impl,
+                                            region_name):
+    """A producer holding requests for a worker while none is live learns
+    at once that one started: consumer start rings every producer."""
+    S, P = load_impl(starter), load_impl(producer_impl)
+    r = P.Region.create(region_name, nproducers=2, nconsumers=2, slots=8)
+    prod = r.producer()
+    assert prod.submit(0, encode_request(request_id=1)) is None  # nobody
+    c = r.alloc_consumer()
+
+    def child():
+        S.Region.attach(region_name).consumer(c)
+
+    wait_child(fork(child))
+    assert readable(prod.fileno(), 20)
+    assert prod.drain_doorbell() >= 1
+    assert prod.submit(0, encode_request(request_id=1)) is not None
+    r.close()
