@@ -57,6 +57,10 @@ static ngx_conf_num_bounds_t  ngx_http_mosn_slots_bounds = {
     ngx_conf_check_num_bounds, 2, MOSN_MAX_SLOTS
 };
 
+static ngx_conf_num_bounds_t  ngx_http_mosn_queue_bounds = {
+    ngx_conf_check_num_bounds, 0, 1048576
+};
+
 static ngx_conf_num_bounds_t  ngx_http_mosn_headers_bounds = {
     ngx_conf_check_num_bounds, 1, 10000
 };
@@ -112,6 +116,13 @@ static ngx_command_t  ngx_http_mosn_commands[] = {
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_mosn_main_conf_t, spawn),
       NULL },
+
+    { ngx_string("mosn_queue"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_mosn_main_conf_t, queue),
+      &ngx_http_mosn_queue_bounds },
 
     { ngx_string("mosn_filter_chain"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
@@ -302,7 +313,7 @@ ngx_http_mosn_handler(ngx_http_request_t *r)
     rc = ngx_http_mosn_ring_submit(r, ctx, mlcf, 0);
 
     if (rc == NGX_DECLINED) {
-        /* the ring is full or no worker is alive: fall back at once */
+        /* the wait queue is full, or no worker can be expected */
         ctx->state = NGX_HTTP_MOSN_APPLIED;
         return ngx_http_mosn_fallback(r, ctx, mlcf, NGX_HTTP_MOSN_FALLBACK);
     }
@@ -327,6 +338,7 @@ ngx_http_mosn_handler(ngx_http_request_t *r)
         return ngx_http_mosn_fallback(r, ctx, mlcf, NGX_HTTP_MOSN_ERROR);
     }
 
+    /* in a slot or waiting for one: the same deadline either way */
     ctx->state = NGX_HTTP_MOSN_WAITING;
 
     ctx->timer.handler = ngx_http_mosn_timeout_handler;
@@ -495,9 +507,18 @@ ngx_http_mosn_timeout_handler(ngx_event_t *ev)
         return;
     }
 
-    ngx_log_error(NGX_LOG_WARN, ev->log, 0,
-                  "mosn: no verdict for request %uL within mosn_timeout, "
-                  "taking the fallback", ctx->request_id);
+    if (ctx->queued) {
+        ngx_log_error(NGX_LOG_WARN, ev->log, 0,
+                      "mosn: a request waited mosn_timeout for %s, taking "
+                      "the fallback",
+                      ngx_http_mosn_worker.nfree
+                      ? "a Python worker to start" : "a free slot");
+
+    } else {
+        ngx_log_error(NGX_LOG_WARN, ev->log, 0,
+                      "mosn: no verdict for request %uL within "
+                      "mosn_timeout, taking the fallback", ctx->request_id);
+    }
 
     ngx_http_mosn_ring_timed_out(ctx);
 
@@ -701,6 +722,7 @@ ngx_http_mosn_create_main_conf(ngx_conf_t *cf)
     mmcf->slots = NGX_CONF_UNSET_UINT;
     mmcf->slot_size = NGX_CONF_UNSET_SIZE;
     mmcf->spawn = NGX_CONF_UNSET;
+    mmcf->queue = NGX_CONF_UNSET_UINT;
 
     if (ngx_array_init(&mmcf->chains, cf->pool, 4, sizeof(ngx_str_t))
         != NGX_OK)
@@ -721,6 +743,7 @@ ngx_http_mosn_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_uint_value(mmcf->slots, 256);
     ngx_conf_init_size_value(mmcf->slot_size, 16384);
     ngx_conf_init_value(mmcf->spawn, 1);
+    ngx_conf_init_uint_value(mmcf->queue, 4096);
 
     if (mmcf->python.len == 0) {
         ngx_str_set(&mmcf->python, "python3");

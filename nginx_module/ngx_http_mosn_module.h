@@ -44,6 +44,7 @@ typedef struct {
     ngx_uint_t                slots;
     size_t                    slot_size;
     ngx_flag_t                spawn;
+    ngx_uint_t                queue;         /* waiting requests, a worker */
     ngx_array_t               chains;        /* of ngx_str_t, distinct */
     ngx_flag_t                enabled;
 } ngx_http_mosn_main_conf_t;
@@ -71,7 +72,8 @@ typedef struct {
     uint64_t                  request_id;
     uint64_t                  start_ns;
     uint64_t                  cost_ns;
-    ngx_event_t               timer;
+    ngx_event_t               timer;         /* mosn_timeout, both phases */
+    ngx_queue_t               queue;         /* waiting for a slot/worker */
 
     /* the verdict, copied out of shared memory and checked */
     u_char                   *verdict;
@@ -88,6 +90,7 @@ typedef struct {
     unsigned                  body_waiting:1;
     unsigned                  senders:1;     /* the verdict asked for it */
     unsigned                  discard:1;     /* the response was replaced */
+    unsigned                  queued:1;      /* in the wait queue */
 } ngx_http_mosn_ctx_t;
 
 
@@ -106,6 +109,12 @@ typedef struct {
     time_t                    claim_tried;
     uint64_t                  wake_mask;     /* consumers to wake */
     ngx_event_t               wake;          /* posted: wakes them once */
+
+    /* requests waiting for a free slot or a live Python worker, in order */
+    ngx_queue_t               waiting;
+    ngx_uint_t                nwaiting;
+    ngx_uint_t                max_waiting;   /* mosn_queue */
+    ngx_event_t               retry;         /* looks for a worker again */
 } ngx_http_mosn_worker_t;
 
 
@@ -122,6 +131,7 @@ ngx_int_t ngx_http_mosn_ring_submit(ngx_http_request_t *r,
     ngx_uint_t response);
 void ngx_http_mosn_ring_abandon(ngx_http_mosn_ctx_t *ctx);
 void ngx_http_mosn_ring_timed_out(ngx_http_mosn_ctx_t *ctx);
+ngx_uint_t ngx_http_mosn_ring_expected(void);
 
 /* ngx_http_mosn_verdict.c: applying what the filters decided */
 ngx_int_t ngx_http_mosn_verdict_take(ngx_http_mosn_ctx_t *ctx,

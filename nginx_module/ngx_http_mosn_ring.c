@@ -10,9 +10,28 @@
 
 #define NGX_HTTP_MOSN_BATCH  64
 
+/* how often requests waiting for a Python worker look for one */
+#define NGX_HTTP_MOSN_RETRY  50
+
+/* ngx_http_mosn_publish(): why a request could not be handed over now */
+#define NGX_HTTP_MOSN_NO_SLOT    NGX_AGAIN
+#define NGX_HTTP_MOSN_NO_WORKER  NGX_BUSY
+
 
 static void ngx_http_mosn_doorbell_handler(ngx_event_t *ev);
 static void ngx_http_mosn_wake_handler(ngx_event_t *ev);
+static ngx_int_t ngx_http_mosn_publish(ngx_http_request_t *r,
+    ngx_http_mosn_ctx_t *ctx, ngx_http_mosn_loc_conf_t *mlcf,
+    ngx_uint_t response);
+static ngx_int_t ngx_http_mosn_enqueue(ngx_http_request_t *r,
+    ngx_http_mosn_ctx_t *ctx, ngx_http_mosn_loc_conf_t *mlcf,
+    ngx_uint_t response, ngx_int_t why);
+static void ngx_http_mosn_dequeue(void);
+static void ngx_http_mosn_unqueue(ngx_http_mosn_ctx_t *ctx);
+static void ngx_http_mosn_queue_fail(ngx_http_mosn_ctx_t *ctx,
+    ngx_uint_t status, const char *why);
+static void ngx_http_mosn_retry_handler(ngx_event_t *ev);
+static ngx_uint_t ngx_http_mosn_consumer_live(void);
 static void ngx_http_mosn_drain(void);
 static void ngx_http_mosn_rescue(void);
 static void ngx_http_mosn_complete(uint32_t s, uint32_t gen,
@@ -29,7 +48,8 @@ ngx_http_mosn_worker_t  ngx_http_mosn_worker = { .p = -1 };
 ngx_int_t
 ngx_http_mosn_ring_init_process(ngx_cycle_t *cycle)
 {
-    ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
+    ngx_http_mosn_main_conf_t  *mmcf;
+    ngx_http_mosn_worker_t     *w = &ngx_http_mosn_worker;
 
     if (w->rg.hdr == NULL) {
         return NGX_OK;
@@ -54,6 +74,15 @@ ngx_http_mosn_ring_init_process(ngx_cycle_t *cycle)
     if (w->free == NULL || w->inflight == NULL || w->inflight_gen == NULL) {
         return NGX_ERROR;
     }
+
+    mmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_mosn_module);
+
+    ngx_queue_init(&w->waiting);
+    w->nwaiting = 0;
+    w->max_waiting = mmcf->queue;
+    w->retry.handler = ngx_http_mosn_retry_handler;
+    w->retry.log = cycle->log;
+    w->retry.cancelable = 1;
 
     (void) ngx_http_mosn_claim(cycle->log);
 
@@ -146,6 +175,14 @@ ngx_http_mosn_ring_exit_process(ngx_cycle_t *cycle)
         ngx_delete_posted_event(&w->wake);
     }
 
+    if (w->retry.timer_set) {
+        ngx_del_timer(&w->retry);
+    }
+
+    if (w->retry.posted) {
+        ngx_delete_posted_event(&w->retry);
+    }
+
     /* nginx counts a socket left open at exit as a leak */
     ngx_close_connection(w->doorbell);
     w->doorbell = NULL;
@@ -177,10 +214,50 @@ ngx_http_mosn_ring_ready(ngx_log_t *log)
 }
 
 
-/* the request record, or with response set the response record */
+/*
+ * Hands the request (or, with response set, its response) to the
+ * filters: into a slot now, or into the wait queue when no slot is free
+ * or no Python worker is live yet.  NGX_OK: parked either way, under the
+ * caller's mosn_timeout timer.  NGX_DECLINED: neither is possible (the
+ * queue is full, or no worker can be expected), take the fallback.  431
+ * and 413: the record does not fit in a slot.
+ */
 
 ngx_int_t
 ngx_http_mosn_ring_submit(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
+    ngx_http_mosn_loc_conf_t *mlcf, ngx_uint_t response)
+{
+    ngx_int_t                rc;
+    ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
+
+    if (w->rg.hdr->consumer_epoch != w->epoch) {
+        ngx_http_mosn_rescue();
+
+        /* slots the rescue freed go to those waiting, from the loop */
+        if (w->nwaiting && w->nfree && !w->retry.posted) {
+            ngx_post_event(&w->retry, &ngx_posted_events);
+        }
+    }
+
+    /* those already waiting go first */
+    if (w->nwaiting == 0) {
+        rc = ngx_http_mosn_publish(r, ctx, mlcf, response);
+
+        if (rc != NGX_HTTP_MOSN_NO_SLOT && rc != NGX_HTTP_MOSN_NO_WORKER) {
+            return rc;
+        }
+
+    } else {
+        rc = ngx_http_mosn_consumer_live() ? NGX_HTTP_MOSN_NO_SLOT
+                                           : NGX_HTTP_MOSN_NO_WORKER;
+    }
+
+    return ngx_http_mosn_enqueue(r, ctx, mlcf, response, rc);
+}
+
+
+static ngx_int_t
+ngx_http_mosn_publish(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
     ngx_http_mosn_loc_conf_t *mlcf, ngx_uint_t response)
 {
     int                      c;
@@ -189,24 +266,14 @@ ngx_http_mosn_ring_submit(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
     mosn_slot_t             *slot;
     ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
 
-    if (w->rg.hdr->consumer_epoch != w->epoch) {
-        ngx_http_mosn_rescue();
-    }
-
     if (w->nfree == 0) {
-        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                      "mosn: all %uD slots of this worker are in flight, "
-                      "taking the fallback", w->rg.hdr->slots);
-        return NGX_DECLINED;
+        return NGX_HTTP_MOSN_NO_SLOT;
     }
 
     c = mosn_producer_pick(&w->rg, (uint32_t) w->p, &w->rr, &inc);
 
     if (c < 0) {
-        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                      "mosn: no Python worker is alive, taking the "
-                      "fallback");
-        return NGX_DECLINED;
+        return NGX_HTTP_MOSN_NO_WORKER;
     }
 
     s = w->free[w->nfree - 1];
@@ -233,10 +300,8 @@ ngx_http_mosn_ring_submit(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
                               &gen)
         != 0)
     {
-        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                      "mosn: the ring to Python worker %d is full, taking "
-                      "the fallback", c);
-        return NGX_DECLINED;
+        /* cannot be: a ring holds as many entries as there are slots */
+        return NGX_HTTP_MOSN_NO_SLOT;
     }
 
     /* one wake-up per consumer per event loop iteration, at its end */
@@ -258,10 +323,226 @@ ngx_http_mosn_ring_submit(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
 }
 
 
+/*
+ * No slot is free, or no Python worker is live: the request waits in
+ * arrival order, up to mosn_queue of them, each until its own
+ * mosn_timeout.  Without a live worker it waits only if one is expected
+ * (the pool is starting or replacing workers).
+ */
+
+static ngx_int_t
+ngx_http_mosn_enqueue(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
+    ngx_http_mosn_loc_conf_t *mlcf, ngx_uint_t response, ngx_int_t why)
+{
+    ngx_int_t                rc;
+    mosn_producer_t         *prod;
+    ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
+
+    prod = mosn_producer(&w->rg, (uint32_t) w->p);
+
+    if (why == NGX_HTTP_MOSN_NO_WORKER && !ngx_http_mosn_ring_expected()) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "mosn: no Python worker is alive and none is "
+                      "expected (the pool is %s), taking the fallback",
+                      w->rg.hdr->pool_state == MOSN_POOL_FAILED
+                      ? "failing to start workers" : "stopped");
+        return NGX_DECLINED;
+    }
+
+    if (w->nwaiting >= w->max_waiting) {
+        prod->queue_full++;
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "mosn: %s and %ui requests already wait (see "
+                      "mosn_queue), taking the fallback",
+                      why == NGX_HTTP_MOSN_NO_WORKER
+                      ? "no Python worker is alive yet"
+                      : "all slots of this worker are in flight",
+                      w->nwaiting);
+        return NGX_DECLINED;
+    }
+
+    /* checked now, as it would be in a slot: the answer does not wait */
+    rc = ngx_http_mosn_write_record(r, ctx, mlcf, NULL, response);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    ngx_queue_insert_tail(&w->waiting, &ctx->queue);
+    w->nwaiting++;
+    prod->queued++;
+    prod->waiting = (uint32_t) w->nwaiting;
+
+    ctx->queued = 1;
+    ctx->start_ns = mosn_now_ns();
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "mosn: request waits for a %s, %ui waiting",
+                   why == NGX_HTTP_MOSN_NO_WORKER ? "worker" : "slot",
+                   w->nwaiting);
+
+    if (why == NGX_HTTP_MOSN_NO_WORKER && !w->retry.timer_set) {
+        ngx_add_timer(&w->retry, NGX_HTTP_MOSN_RETRY);
+    }
+
+    return NGX_OK;
+}
+
+
+/* hands waiting requests over while slots and a worker are there */
+
+static void
+ngx_http_mosn_dequeue(void)
+{
+    ngx_int_t                  rc;
+    ngx_queue_t               *q;
+    ngx_http_request_t        *r;
+    ngx_http_mosn_ctx_t       *ctx;
+    ngx_http_mosn_loc_conf_t  *mlcf;
+    ngx_http_mosn_worker_t    *w = &ngx_http_mosn_worker;
+
+    while (w->nwaiting && w->nfree && w->p >= 0) {
+        q = ngx_queue_head(&w->waiting);
+        ctx = ngx_queue_data(q, ngx_http_mosn_ctx_t, queue);
+        r = ctx->request;
+        mlcf = ngx_http_get_module_loc_conf(r, ngx_http_mosn_module);
+
+        rc = ngx_http_mosn_publish(r, ctx, mlcf,
+                                   ctx->resp_state == NGX_HTTP_MOSN_WAITING);
+
+        if (rc == NGX_HTTP_MOSN_NO_WORKER) {
+            if (!ngx_http_mosn_ring_expected()) {
+                /* the pool gave up: nobody waits for it any more */
+                while (w->nwaiting) {
+                    q = ngx_queue_head(&w->waiting);
+                    ctx = ngx_queue_data(q, ngx_http_mosn_ctx_t, queue);
+                    ngx_http_mosn_unqueue(ctx);
+                    ngx_http_mosn_queue_fail(ctx, NGX_HTTP_MOSN_FALLBACK,
+                                             "no Python worker can be "
+                                             "expected");
+                }
+
+                return;
+            }
+
+            if (!w->retry.timer_set) {
+                ngx_add_timer(&w->retry, NGX_HTTP_MOSN_RETRY);
+            }
+
+            return;
+        }
+
+        ngx_http_mosn_unqueue(ctx);
+
+        if (rc != NGX_OK) {
+            ngx_http_mosn_queue_fail(ctx, NGX_HTTP_MOSN_ERROR,
+                                     "its record could not be written");
+        }
+    }
+}
+
+
+static void
+ngx_http_mosn_unqueue(ngx_http_mosn_ctx_t *ctx)
+{
+    ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
+
+    ngx_queue_remove(&ctx->queue);
+    w->nwaiting--;
+    ctx->queued = 0;
+
+    mosn_producer(&w->rg, (uint32_t) w->p)->waiting = (uint32_t) w->nwaiting;
+}
+
+
+/* a waiting request that will get no verdict: it goes on as a timeout */
+
+static void
+ngx_http_mosn_queue_fail(ngx_http_mosn_ctx_t *ctx, ngx_uint_t status,
+    const char *why)
+{
+    if (ctx->resp_state == NGX_HTTP_MOSN_WAITING) {
+        ngx_http_mosn_response_done(ctx, NULL, 0, why);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_WARN, ctx->request->connection->log, 0,
+                  "mosn: request %uL: %s, taking the fallback",
+                  ctx->request_id, why);
+
+    ctx->status = status;
+    ctx->cost_ns = 0;
+    ctx->state = NGX_HTTP_MOSN_DONE;
+
+    ngx_http_mosn_resume(ctx);
+}
+
+
+static void
+ngx_http_mosn_retry_handler(ngx_event_t *ev)
+{
+    ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
+
+    if (w->p < 0) {
+        return;
+    }
+
+    if (w->rg.hdr->consumer_epoch != w->epoch) {
+        ngx_http_mosn_rescue();
+    }
+
+    ngx_http_mosn_dequeue();
+}
+
+
+static ngx_uint_t
+ngx_http_mosn_consumer_live(void)
+{
+    uint32_t                 c;
+    ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
+
+    for (c = 0; c < w->rg.hdr->nconsumers; c++) {
+        if (mosn_consumer(&w->rg, c)->state == MOSN_CONS_LIVE) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
+ * Whether a Python worker can be expected when none is live: the pool
+ * is configured, and its supervisor has not stopped it or given up on
+ * starting workers.
+ */
+
+ngx_uint_t
+ngx_http_mosn_ring_expected(void)
+{
+    uint32_t                 state;
+    ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
+
+    if (w->rg.hdr == NULL || w->rg.hdr->desired_workers == 0) {
+        return 0;
+    }
+
+    state = w->rg.hdr->pool_state;
+
+    return state != MOSN_POOL_FAILED && state != MOSN_POOL_STOPPED;
+}
+
+
 void
 ngx_http_mosn_ring_abandon(ngx_http_mosn_ctx_t *ctx)
 {
     ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
+
+    /* a client gone while it waited leaves the queue at once */
+    if (ctx->queued) {
+        ngx_http_mosn_unqueue(ctx);
+        return;
+    }
 
     if (w->p >= 0 && w->inflight[ctx->slot] == ctx) {
         w->inflight[ctx->slot] = NULL;
@@ -284,8 +565,14 @@ ngx_http_mosn_ring_timed_out(ngx_http_mosn_ctx_t *ctx)
         return;
     }
 
-    ngx_http_mosn_ring_abandon(ctx);
     mosn_producer(&w->rg, (uint32_t) w->p)->timeouts++;
+
+    if (ctx->queued) {
+        ngx_http_mosn_unqueue(ctx);
+        return;
+    }
+
+    ngx_http_mosn_ring_abandon(ctx);
 
     /* a consumer that died unseen (no supervisor) is retired here */
     sw = mosn_slot(&w->rg, (uint32_t) w->p, ctx->slot)->state;
@@ -348,6 +635,11 @@ ngx_http_mosn_doorbell_handler(ngx_event_t *ev)
     }
 
     ngx_http_mosn_drain();
+
+    /* slots freed, or a worker came: those waiting go in */
+    if (w->nwaiting) {
+        ngx_http_mosn_dequeue();
+    }
 }
 
 
@@ -708,6 +1000,11 @@ ngx_http_mosn_write_record(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
         if (size > (off_t) mlcf->max_body || need + size > room) {
             return NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
         }
+    }
+
+    if (slot == NULL) {
+        /* a waiting request: checked, written once it has a slot */
+        return NGX_OK;
     }
 
     base = slot->data;

@@ -89,10 +89,25 @@ class Stats:
         return out
 
     def ready(self):
+        """(ready, the readiness document): ready when a Python worker and
+        an nginx worker are attached.  "requests" says what a request gets
+        now: "filtered", "wait" (no worker is live yet but the pool starts
+        one: it waits up to mosn_timeout) or "fallback" (none can be
+        expected: it takes mosn_fallback at once)."""
         ring = self.region.stats()
         live = [c for c in ring["consumers"] if c["state"] == "live"]
         owned = [p for p in ring["producers"] if p["state"] == "owned"]
-        return bool(live) and bool(owned), len(live), len(owned)
+        pool = self.region.pool_state
+        if live:
+            requests = "filtered"
+        elif pool in ("failed", "stopped") or not self.region.desired_workers:
+            requests = "fallback"
+        else:
+            requests = "wait"
+        ok = bool(live) and bool(owned)
+        return ok, {"ready": ok, "python_workers": len(live),
+                    "nginx_workers": len(owned), "pool": pool,
+                    "requests": requests}
 
 
 class Collector:
@@ -133,6 +148,10 @@ class Collector:
                 ("completed", "verdicts received"),
                 ("timeouts", "requests that waited past mosn_timeout"),
                 ("fallbacks", "requests that took the fallback"),
+                ("queued", "requests that waited in nginx for a slot or a "
+                 "Python worker"),
+                ("queue_full", "requests that took the fallback because "
+                 "mosn_queue requests already waited"),
                 ("requeued", "requests re-queued from a dead worker"),
                 ("stale", "late verdicts dropped"),
                 ("futex_wakes", "wake-ups of sleeping Python workers"),
@@ -143,6 +162,10 @@ class Collector:
         self._add(fams, GaugeMetricFamily, "mosn_ring_slots_in_use",
                   "slots held by requests in flight", ["producer"],
                   [((str(p["index"]),), p["in_use"]) for p in producers])
+        self._add(fams, GaugeMetricFamily, "mosn_ring_waiting",
+                  "requests waiting in nginx for a slot or a worker",
+                  ["producer"],
+                  [((str(p["index"]),), p["waiting"]) for p in producers])
         self._add(fams, GaugeMetricFamily, "mosn_ring_occupancy",
                   "share of a producer's slots in use", ["producer"],
                   [((str(p["index"]),), p["in_use"] / self.stats.region.slots)
@@ -154,9 +177,9 @@ class Collector:
             self._add(fams, CounterMetricFamily, "pyworker_ring_" + field,
                       doc, ["consumer"],
                       [((str(c["index"]),), c[field]) for c in consumers])
-        _, live, _ = self.stats.ready()
+        _, ready = self.stats.ready()
         self._add(fams, GaugeMetricFamily, "pyworker_workers",
-                  "live Python workers", [], [((), live)])
+                  "live Python workers", [], [((), ready["python_workers"])])
         sup = self.stats.supervisor()
         self._add(fams, CounterMetricFamily, "pyworker_worker_restarts",
                   "Python workers replaced after dying", [],
@@ -219,9 +242,8 @@ class AdminHandler(BaseHTTPRequestHandler):
         if path == "/api/v1/workers":
             return self._send(200, admin.stats.workers())
         if path in ("/api/v1/states", "/ready"):
-            ok, live, owned = admin.stats.ready()
-            return self._send(200 if ok else 503, {
-                "ready": ok, "python_workers": live, "nginx_workers": owned})
+            ok, doc = admin.stats.ready()
+            return self._send(200 if ok else 503, doc)
         if path == "/metrics" and admin.metrics_on_admin:
             return self._send(200, generate_latest(admin.registry),
                               CONTENT_TYPE_LATEST)

@@ -26,6 +26,9 @@ START_TIMEOUT = 15.0    # for a new worker to load its config and attach
 DRAIN_TIMEOUT = 10.0    # for a draining worker to finish and leave
 STOP_TIMEOUT = 3.0      # for workers to leave on stop, before SIGKILL
 ADMIN_BACKOFF = 5.0     # between restarts of an admin process that fails
+# workers that fail to start this many times in a row: the pool is marked
+# failed, and nginx stops holding requests for a worker until one serves
+FAIL_LIMIT = 3
 
 
 class Supervisor:
@@ -45,6 +48,7 @@ class Supervisor:
         self.started = {}        # pid -> start time
         self.started_at = {}     # pid -> start time, for crash loops
         self._backoff = 0.0      # grows while workers fail to start
+        self._failures = 0       # workers in a row that never served
         self._respawn_at = []    # when to start replacements
         self.stats_dir = "/dev/shm/%s.stats" % shm.lstrip("/")
         self.admin = None        # the admin process
@@ -218,6 +222,7 @@ class Supervisor:
             if self.stopping:
                 continue
             self.restarts += 1
+            self._failures = 0 if served else self._failures + 1
             lived = time.time() - self.started_at.pop(pid, 0.0)
             self._backoff = 0.0 if served else min(
                 5.0, max(0.1, self._backoff * 2))
@@ -227,6 +232,24 @@ class Supervisor:
                         if self._backoff else "")
             self._respawn_at.append(time.monotonic() + self._backoff)
             self._write_stats()
+
+    def _pool_state(self):
+        """Tells nginx whether to hold requests for a worker while none is
+        live: yes while workers start, no once they keep failing."""
+        live = any(self.region.consumer_state(index) == "live"
+                   for index, _ in self.procs.values())
+        if live:
+            state = "running"
+        elif self._failures >= FAIL_LIMIT:
+            state = "failed"
+        else:
+            state = "starting"
+        if self.region.pool_state != state:
+            if state == "failed":
+                log.error("%d workers in a row failed to start: requests "
+                          "take the fallback at once until one serves",
+                          self._failures)
+            self.region.pool_state = state
 
     def _respawn(self):
         """Starts the replacements that are due (at once, unless workers
@@ -362,6 +385,7 @@ class Supervisor:
             while not self.stopping:
                 self._reap()
                 self._respawn()
+                self._pool_state()
                 if self.reload_asked:
                     self.reload()
                 self._admin_check()
@@ -377,6 +401,9 @@ class Supervisor:
 
     def stop(self):
         self.stopping = True
+        if self.region is not None:
+            # nginx holds no request for a worker that will not come
+            self.region.pool_state = "stopped"
         self._admin_stop()
         for pid in list(self.procs):
             try:

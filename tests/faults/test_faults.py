@@ -82,7 +82,10 @@ def test_kill_a_python_worker_every_two_seconds(gateway):
 
 
 def test_stopped_python_workers_take_the_fallback(gateway):
-    gw = gateway("mosn_slots 16;\n" + FAULT, mosn=fault_mosn(), workers=2)
+    """With no wait queue (mosn_queue 0) a full ring is a fallback at
+    once."""
+    gw = gateway("mosn_slots 16;\nmosn_queue 0;\n" + FAULT,
+                 mosn=fault_mosn(), workers=2)
     gw.start()
     workers = gw.python_pids()
     with Load(gw.port, threads=6) as load:
@@ -105,6 +108,35 @@ def test_stopped_python_workers_take_the_fallback(gateway):
     fast = [t for s, t, m in stopped if m == "fallback"]
     assert fast and sorted(fast)[len(fast) // 2] < 0.05
     print("statuses %r, filtering again after %.3fs" % (statuses, resumed))
+    gw.wait_idle()
+
+
+def test_stopped_python_workers_make_requests_wait(gateway):
+    """With the wait queue, requests that find every slot held by stopped
+    workers wait for one, each within its mosn_timeout: none takes the
+    fallback at once, and filtering resumes when the workers do."""
+    gw = gateway("mosn_slots 16;\n" + FAULT, mosn=fault_mosn(), workers=2)
+    gw.start()
+    workers = gw.python_pids()
+    with Load(gw.port, threads=6) as load:
+        time.sleep(1)
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(1)
+        first = len(load.results)       # the slots are held by now
+        time.sleep(2)
+        stopped = load.results[first:]
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+        assert wait_for(lambda: load.results[-1][2] == "filtered", 1.0)
+        time.sleep(1)
+    statuses = check_answered(gw, load)
+    assert "fallback" not in set(m for _, m in statuses), statuses
+    during = [m for _, _, m in stopped]
+    assert during and set(during) == {"timeout"}, during
+    p = [p for p in gw.region().stats()["producers"]
+         if p["state"] == "owned"][0]
+    assert p["queued"] > 0 and p["fallbacks"] == p["timeouts"]
     gw.wait_idle()
 
 

@@ -171,3 +171,16 @@ class EditResponse(StreamSenderFilter):
         ctx.add_response_header("x-seen-metadata", ",".join(
             f"{k}={v}" for k, v in sorted(ctx.metadata.items())))
         return CONTINUE
+
+
+@register_filter("fail_start")
+class FailStart(StreamReceiverFilter):
+    """A worker that loads it cannot start while the file its config names
+    exists: a pool whose workers keep failing to start."""
+
+    def __init__(self, config):
+        if os.path.exists(config["when"]):
+            raise RuntimeError("fail_start: %s exists" % config["when"])
+
+    def on_receive(self, ctx, headers, buf, trailers):
+        return CONTINUE
