@@ -264,6 +264,7 @@ ngx_http_mosn_publish(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
     uint32_t                 s, inc, gen;
     ngx_int_t                rc;
     mosn_slot_t             *slot;
+    ngx_msec_int_t           left;
     ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
 
     if (w->nfree == 0) {
@@ -293,8 +294,19 @@ ngx_http_mosn_publish(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
     ((mosn_req_t *) slot->data)->request_id = ctx->request_id;
     slot->request_id = ctx->request_id;
 
-    /* filters that await are cancelled when nginx stops waiting */
-    slot->deadline_ns = mosn_now_ns() + (uint64_t) mlcf->timeout * 1000000;
+    /*
+     * filters that await are cancelled when nginx stops waiting: at
+     * mosn_timeout, or for a request that waited for its slot, what is
+     * left of it
+     */
+    left = mlcf->timeout;
+
+    if (ctx->timer.timer_set) {
+        left = (ngx_msec_int_t) (ctx->timer.timer.key - ngx_current_msec);
+        left = ngx_max(left, 0);
+    }
+
+    slot->deadline_ns = mosn_now_ns() + (uint64_t) left * 1000000;
 
     if (mosn_producer_publish(&w->rg, (uint32_t) w->p, s, (uint32_t) c, inc,
                               &gen)
