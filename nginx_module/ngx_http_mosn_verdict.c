@@ -10,7 +10,8 @@
 
 static ngx_int_t ngx_http_mosn_protected(mosn_rec_view_t *rec);
 static ngx_int_t ngx_http_mosn_edit_headers(ngx_http_request_t *r,
-    ngx_http_mosn_ctx_t *ctx);
+    ngx_http_mosn_ctx_t *ctx, ngx_uint_t edits);
+static ngx_int_t ngx_http_mosn_link_headers_in(ngx_http_request_t *r);
 static ngx_int_t ngx_http_mosn_reply(ngx_http_request_t *r,
     ngx_http_mosn_ctx_t *ctx);
 
@@ -78,20 +79,53 @@ ngx_http_mosn_verdict_copy(ngx_http_mosn_ctx_t *ctx, const u_char *buf,
 }
 
 
-/* a log record: why a filter failed (warn), or what it wants said (info) */
+/*
+ * A log record: why a filter failed (warn), or what it wants said
+ * (info).  Its text comes from Python: control bytes (CR and LF that
+ * would start a forged log line, ESC for a terminal) are written as
+ * \xHH, and it is cut at NGX_HTTP_MOSN_LOG_MAX bytes.
+ */
+
+#define NGX_HTTP_MOSN_LOG_MAX  1024
 
 static void
 ngx_http_mosn_log_record(ngx_http_mosn_ctx_t *ctx, ngx_uint_t action,
     mosn_rec_view_t *rec)
 {
-    ngx_uint_t  level;
+    u_char         *p, *last;
+    ngx_uint_t      level, i;
+    u_char          text[NGX_HTTP_MOSN_LOG_MAX];
+    static u_char   hex[] = "0123456789abcdef";
 
     level = (action == MOSN_ACTION_ERROR) ? NGX_LOG_WARN : NGX_LOG_INFO;
 
+    p = text;
+    last = text + NGX_HTTP_MOSN_LOG_MAX;
+
+    for (i = 0; i < rec->value_len; i++) {
+        if (rec->value[i] >= 0x20 && rec->value[i] != 0x7f) {
+            if (p == last) {
+                break;
+            }
+
+            *p++ = rec->value[i];
+            continue;
+        }
+
+        if (last - p < 4) {
+            break;
+        }
+
+        *p++ = '\\';
+        *p++ = 'x';
+        *p++ = hex[rec->value[i] >> 4];
+        *p++ = hex[rec->value[i] & 0xf];
+    }
+
     ngx_log_error(level, ctx->request->connection->log, 0,
-                  "mosn: request %uL: %*s",
-                  ctx->request_id, (size_t) ngx_min(rec->value_len, 1024),
-                  rec->value);
+                  "mosn: request %uL: %*s%s", ctx->request_id,
+                  (size_t) (p - text), text,
+                  i < rec->value_len ? "..." : "");
 }
 
 
@@ -211,7 +245,7 @@ ngx_http_mosn_verdict_apply(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx)
         edits++;
     }
 
-    if (edits && ngx_http_mosn_edit_headers(r, ctx) != NGX_OK) {
+    if (edits && ngx_http_mosn_edit_headers(r, ctx, edits) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -287,37 +321,60 @@ ngx_http_mosn_list_find(ngx_list_t *list, u_char *name, size_t len)
 }
 
 
+/* a copy that ends in NUL, as nginx's own header names and values do */
+
+static u_char *
+ngx_http_mosn_strdup(ngx_pool_t *pool, const uint8_t *s, size_t len)
+{
+    u_char  *p;
+
+    p = ngx_pnalloc(pool, len + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    ngx_memcpy(p, s, len);
+    p[len] = '\0';
+
+    return p;
+}
+
+
 /*
- * The edited request headers are built as a new list in one part: nginx
- * code walks lists assuming no part is empty, so parts are never split.
- * nginx's own pointers into the old list then move to the new elements.
+ * The edited request headers replace the list where it lives, in
+ * r->headers_in, in one part sized for every element: later pushes (the
+ * Lua module, headers-more) then go on from it.  The old elements stay
+ * in the pool; nginx's shortcuts into the list move to the new ones.
  */
 
 static ngx_int_t
-ngx_http_mosn_edit_headers(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx)
+ngx_http_mosn_edit_headers(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
+    ngx_uint_t edits)
 {
     ngx_str_t            value;
     ngx_uint_t           i, n, type;
-    ngx_list_t           list;
+    ngx_list_t          *list, old;
     ngx_list_part_t     *part;
-    ngx_table_elt_t     *h, *nh, **ph;
+    ngx_table_elt_t     *h, *nh;
     mosn_rec_view_t      rec;
-    ngx_http_header_t   *hh;
     mosn_verdict_iter_t  it;
 
-    n = 0;
+    list = &r->headers_in.headers;
+    old = *list;
 
-    for (part = &r->headers_in.headers.part; part; part = part->next) {
+    n = edits;
+
+    for (part = &old.part; part; part = part->next) {
         n += part->nelts;
     }
 
-    n += MOSN_VERDICT_MAX_RECORDS;
-
-    if (ngx_list_init(&list, r->pool, n, sizeof(ngx_table_elt_t)) != NGX_OK) {
+    if (ngx_list_init(list, r->pool, n ? n : 1, sizeof(ngx_table_elt_t))
+        != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
-    part = &r->headers_in.headers.part;
+    part = &old.part;
     i = 0;
 
     while ((h = ngx_http_mosn_list_next(&part, &i)) != NULL) {
@@ -326,13 +383,12 @@ ngx_http_mosn_edit_headers(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx)
 
         if (type == MOSN_REC_REQ_DEL
             || (type == MOSN_REC_REQ_SET
-                && ngx_http_mosn_list_find(&list, h->key.data,
-                                           h->key.len)))
+                && ngx_http_mosn_list_find(list, h->key.data, h->key.len)))
         {
             continue;
         }
 
-        nh = ngx_list_push(&list);
+        nh = ngx_list_push(list);
         if (nh == NULL) {
             return NGX_ERROR;
         }
@@ -340,17 +396,24 @@ ngx_http_mosn_edit_headers(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx)
         *nh = *h;
 
         if (type == MOSN_REC_REQ_SET) {
-            nh->value = value;
+            nh->value.len = value.len;
+            nh->value.data = ngx_http_mosn_strdup(r->pool, value.data,
+                                                  value.len);
+            if (nh->value.data == NULL) {
+                return NGX_ERROR;
+            }
         }
     }
 
     /* headers set that were not there come last, in verdict order */
-    (void) mosn_verdict_begin(&it, ctx->verdict, ctx->verdict_len);
+    if (mosn_verdict_begin(&it, ctx->verdict, ctx->verdict_len) != 0) {
+        return NGX_ERROR;
+    }
 
     while (mosn_verdict_next(&it, &rec) == 1) {
         if (rec.type != MOSN_REC_REQ_SET
             || ngx_http_mosn_protected(&rec)
-            || ngx_http_mosn_list_find(&list, (u_char *) rec.key,
+            || ngx_http_mosn_list_find(list, (u_char *) rec.key,
                                        rec.key_len)
             || ngx_http_mosn_last_edit(ctx, (u_char *) rec.key, rec.key_len,
                                        &value)
@@ -359,49 +422,176 @@ ngx_http_mosn_edit_headers(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx)
             continue;
         }
 
-        nh = ngx_list_push(&list);
+        nh = ngx_list_push(list);
         if (nh == NULL) {
             return NGX_ERROR;
         }
 
-        nh->key.data = (u_char *) rec.key;
         nh->key.len = rec.key_len;
-        nh->value = value;
-        nh->lowcase_key = ngx_pnalloc(r->pool, rec.key_len);
-        if (nh->lowcase_key == NULL) {
+        nh->key.data = ngx_http_mosn_strdup(r->pool, rec.key, rec.key_len);
+        nh->value.len = value.len;
+        nh->value.data = ngx_http_mosn_strdup(r->pool, value.data,
+                                              value.len);
+        nh->lowcase_key = ngx_pnalloc(r->pool, rec.key_len + 1);
+
+        if (nh->key.data == NULL || nh->value.data == NULL
+            || nh->lowcase_key == NULL)
+        {
             return NGX_ERROR;
         }
 
-        nh->hash = ngx_hash_strlow(nh->lowcase_key, (u_char *) rec.key,
+        nh->hash = ngx_hash_strlow(nh->lowcase_key, nh->key.data,
                                    rec.key_len);
+        nh->lowcase_key[rec.key_len] = '\0';
+#if (nginx_version >= 1023000)
+        nh->next = NULL;
+#endif
     }
 
-    for (hh = ngx_http_headers_in; hh->name.len; hh++) {
+    return ngx_http_mosn_link_headers_in(r);
+}
 
-        /* these two keep arrays of pointers, not one pointer */
-        if (hh->offset == 0
-            || (hh->name.len == 6
-                && ngx_strncasecmp(hh->name.data, (u_char *) "Cookie", 6)
-                   == 0)
-            || (hh->name.len == 15
-                && ngx_strncasecmp(hh->name.data,
-                                   (u_char *) "X-Forwarded-For", 15) == 0))
-        {
+
+#if (nginx_version < 1023000)
+
+/* nginx 1.22 keeps these two as arrays of pointers, the rest as one */
+
+static ngx_array_t *
+ngx_http_mosn_headers_in_array(ngx_http_request_t *r, ngx_uint_t offset)
+{
+    if (offset == offsetof(ngx_http_headers_in_t, cookies)
+#if (NGX_HTTP_X_FORWARDED_FOR)
+        || offset == offsetof(ngx_http_headers_in_t, x_forwarded_for)
+#endif
+       )
+    {
+        return (ngx_array_t *) ((char *) &r->headers_in + offset);
+    }
+
+    return NULL;
+}
+
+#endif
+
+
+/*
+ * nginx's shortcuts into the request headers (r->headers_in.cookie,
+ * .user_agent, ...) are made again from the list, as nginx made them
+ * when it read the request: one pointer to the first line on 1.22, or
+ * an array of them (Cookie, X-Forwarded-For); every line of the name,
+ * chained through "next", on 1.23 and later.  What nginx derived from
+ * them goes with them: the browser flags from User-Agent, the user and
+ * password from Authorization, the links between repeated lines.
+ */
+
+static ngx_int_t
+ngx_http_mosn_link_headers_in(ngx_http_request_t *r)
+{
+    ngx_uint_t                  i;
+    ngx_list_part_t            *part;
+    ngx_table_elt_t            *h, **ph;
+    ngx_http_header_t          *hh;
+    ngx_http_core_main_conf_t  *cmcf;
+#if (nginx_version < 1023000)
+    ngx_array_t                *a;
+#endif
+
+    for (hh = ngx_http_headers_in; hh->name.len; hh++) {
+#if (nginx_version < 1023000)
+        a = ngx_http_mosn_headers_in_array(r, hh->offset);
+
+        if (a != NULL) {
+            /* nginx's word for none: no array at all */
+            a->elts = NULL;
+            a->nelts = 0;
+            continue;
+        }
+#endif
+        ph = (ngx_table_elt_t **) ((char *) &r->headers_in + hh->offset);
+        *ph = NULL;
+    }
+
+    r->headers_in.msie = 0;
+    r->headers_in.msie6 = 0;
+    r->headers_in.opera = 0;
+    r->headers_in.gecko = 0;
+    r->headers_in.chrome = 0;
+    r->headers_in.safari = 0;
+    r->headers_in.konqueror = 0;
+
+    /* parsed again from Authorization when asked for */
+    ngx_str_null(&r->headers_in.user);
+    ngx_str_null(&r->headers_in.passwd);
+
+#if (nginx_version >= 1023000)
+    r->headers_in.multi = 0;
+    r->headers_in.multi_linked = 0;
+#endif
+
+    cmcf = ngx_http_get_module_main_conf(r, ngx_http_core_module);
+
+    part = &r->headers_in.headers.part;
+    i = 0;
+
+    while ((h = ngx_http_mosn_list_next(&part, &i)) != NULL) {
+
+#if (nginx_version >= 1023000)
+        h->next = NULL;
+#endif
+
+        hh = ngx_hash_find(&cmcf->headers_in_hash, h->hash, h->lowcase_key,
+                           h->key.len);
+        if (hh == NULL) {
+            continue;
+        }
+
+#if (nginx_version < 1023000)
+        a = ngx_http_mosn_headers_in_array(r, hh->offset);
+
+        if (a != NULL) {
+            if (a->elts == NULL
+                && ngx_array_init(a, r->pool, 1, sizeof(ngx_table_elt_t *))
+                   != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+
+            ph = ngx_array_push(a);
+            if (ph == NULL) {
+                return NGX_ERROR;
+            }
+
+            *ph = h;
+            continue;
+        }
+#endif
+
+        if (hh->offset == offsetof(ngx_http_headers_in_t, user_agent)) {
+            /* nginx's own handler: the shortcut and the browser flags */
+            if (hh->handler(r, h, hh->offset) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
             continue;
         }
 
         ph = (ngx_table_elt_t **) ((char *) &r->headers_in + hh->offset);
 
-        if (*ph != NULL) {
-            *ph = ngx_http_mosn_list_find(&list, hh->name.data, hh->name.len);
+#if (nginx_version >= 1023000)
+        while (*ph) { ph = &(*ph)->next; }
+        *ph = h;
+#else
+        if (*ph == NULL) {
+            *ph = h;
         }
+#endif
     }
-
-    r->headers_in.headers = list;
 
     return NGX_OK;
 }
 
+
+/* a response header line of the verdict's */
 
 static ngx_int_t
 ngx_http_mosn_push_header(ngx_http_request_t *r, mosn_rec_view_t *rec)
@@ -425,31 +615,199 @@ ngx_http_mosn_push_header(ngx_http_request_t *r, mosn_rec_view_t *rec)
     }
 
     h->hash = 1;
-    h->key.data = (u_char *) rec->key;
     h->key.len = rec->key_len;
-    h->value.data = (u_char *) rec->value;
+    h->key.data = ngx_http_mosn_strdup(r->pool, rec->key, rec->key_len);
     h->value.len = rec->value_len;
+    h->value.data = ngx_http_mosn_strdup(r->pool, rec->value,
+                                         rec->value_len);
+    h->lowcase_key = ngx_pnalloc(r->pool, rec->key_len + 1);
+
+    if (h->key.data == NULL || h->value.data == NULL
+        || h->lowcase_key == NULL)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_strlow(h->lowcase_key, h->key.data, h->key.len + 1);
+#if (nginx_version >= 1023000)
+    h->next = NULL;
+#endif
 
     return NGX_OK;
 }
 
 
-ngx_int_t
-ngx_http_mosn_add_response_headers(ngx_http_request_t *r,
-    ngx_http_mosn_ctx_t *ctx)
+/*
+ * The shortcuts nginx keeps into the response headers, by name: the
+ * header filter writes Server, Date and Location from them, expires
+ * rewrites Cache-Control through them, gzip looks at Content-Encoding.
+ * Cache-Control and Link are arrays of pointers on nginx 1.22.
+ */
+
+static ngx_http_header_out_t  ngx_http_mosn_headers_out[] = {
+    { ngx_string("Server"), offsetof(ngx_http_headers_out_t, server) },
+    { ngx_string("Date"), offsetof(ngx_http_headers_out_t, date) },
+    { ngx_string("Content-Encoding"),
+                 offsetof(ngx_http_headers_out_t, content_encoding) },
+    { ngx_string("Location"), offsetof(ngx_http_headers_out_t, location) },
+    { ngx_string("Refresh"), offsetof(ngx_http_headers_out_t, refresh) },
+    { ngx_string("Last-Modified"),
+                 offsetof(ngx_http_headers_out_t, last_modified) },
+    { ngx_string("Content-Range"),
+                 offsetof(ngx_http_headers_out_t, content_range) },
+    { ngx_string("Accept-Ranges"),
+                 offsetof(ngx_http_headers_out_t, accept_ranges) },
+    { ngx_string("WWW-Authenticate"),
+                 offsetof(ngx_http_headers_out_t, www_authenticate) },
+    { ngx_string("Expires"), offsetof(ngx_http_headers_out_t, expires) },
+    { ngx_string("ETag"), offsetof(ngx_http_headers_out_t, etag) },
+#if (nginx_version >= 1023000)
+    { ngx_string("Cache-Control"),
+                 offsetof(ngx_http_headers_out_t, cache_control) },
+    { ngx_string("Link"), offsetof(ngx_http_headers_out_t, link) },
+#endif
+    { ngx_null_string, 0 }
+};
+
+#if (nginx_version < 1023000)
+
+static ngx_http_header_out_t  ngx_http_mosn_headers_out_arrays[] = {
+    { ngx_string("Cache-Control"),
+                 offsetof(ngx_http_headers_out_t, cache_control) },
+    { ngx_string("Link"), offsetof(ngx_http_headers_out_t, link) },
+    { ngx_null_string, 0 }
+};
+
+#endif
+
+
+/*
+ * After an edit of a response header, its shortcut is made again from
+ * the lines left in the list (a hidden line has hash 0): the first on
+ * 1.22, or all of them in an array; all of them, chained, on 1.23+.
+ */
+
+static ngx_int_t
+ngx_http_mosn_link_header_out(ngx_http_request_t *r, const uint8_t *name,
+    size_t len)
+{
+    ngx_uint_t              i;
+    ngx_list_part_t        *part;
+    ngx_table_elt_t        *h, **ph;
+    ngx_http_header_out_t  *hh;
+#if (nginx_version < 1023000)
+    ngx_array_t            *a;
+#endif
+
+    for (hh = ngx_http_mosn_headers_out; hh->name.len; hh++) {
+        if (hh->name.len == len
+            && ngx_strncasecmp(hh->name.data, (u_char *) name, len) == 0)
+        {
+            break;
+        }
+    }
+
+#if (nginx_version < 1023000)
+    a = NULL;
+
+    if (hh->name.len == 0) {
+        for (hh = ngx_http_mosn_headers_out_arrays; hh->name.len; hh++) {
+            if (hh->name.len == len
+                && ngx_strncasecmp(hh->name.data, (u_char *) name, len) == 0)
+            {
+                a = (ngx_array_t *) ((char *) &r->headers_out + hh->offset);
+                a->elts = NULL;
+                a->nelts = 0;
+                break;
+            }
+        }
+    }
+#endif
+
+    if (hh->name.len == 0) {
+        return NGX_OK;
+    }
+
+    ph = (ngx_table_elt_t **) ((char *) &r->headers_out + hh->offset);
+
+#if (nginx_version < 1023000)
+    if (a == NULL) {
+        *ph = NULL;
+    }
+#else
+    *ph = NULL;
+#endif
+
+    part = &r->headers_out.headers.part;
+    i = 0;
+
+    while ((h = ngx_http_mosn_list_next(&part, &i)) != NULL) {
+        if (h->hash == 0 || h->key.len != len
+            || ngx_strncasecmp(h->key.data, (u_char *) name, len) != 0)
+        {
+            continue;
+        }
+
+#if (nginx_version < 1023000)
+        if (a != NULL) {
+            if (a->elts == NULL
+                && ngx_array_init(a, r->pool, 1, sizeof(ngx_table_elt_t *))
+                   != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+
+            ph = ngx_array_push(a);
+            if (ph == NULL) {
+                return NGX_ERROR;
+            }
+
+            *ph = h;
+
+        } else if (*ph == NULL) {
+            *ph = h;
+        }
+#else
+        *ph = h;
+        ph = &h->next;
+        h->next = NULL;
+#endif
+    }
+
+    return NGX_OK;
+}
+
+
+/* pushes the verdict's lines of one type, then links their shortcuts */
+
+static ngx_int_t
+ngx_http_mosn_push_headers(ngx_http_request_t *r, u_char *verdict,
+    size_t len, ngx_uint_t type)
 {
     mosn_rec_view_t      rec;
     mosn_verdict_iter_t  it;
 
-    if (ctx->verdict == NULL || ctx->action != MOSN_ACTION_CONTINUE
-        || mosn_verdict_begin(&it, ctx->verdict, ctx->verdict_len) != 0)
-    {
-        return NGX_OK;
+    if (mosn_verdict_begin(&it, verdict, len) != 0) {
+        return NGX_ERROR;
     }
 
     while (mosn_verdict_next(&it, &rec) == 1) {
-        if (rec.type == MOSN_REC_RESP_ADD
+        if (rec.type == type
+            && !ngx_http_mosn_protected(&rec)
             && ngx_http_mosn_push_header(r, &rec) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    if (mosn_verdict_begin(&it, verdict, len) != 0) {
+        return NGX_ERROR;
+    }
+
+    while (mosn_verdict_next(&it, &rec) == 1) {
+        if (rec.type == type
+            && ngx_http_mosn_link_header_out(r, rec.key, rec.key_len)
+               != NGX_OK)
         {
             return NGX_ERROR;
         }
@@ -459,33 +817,24 @@ ngx_http_mosn_add_response_headers(ngx_http_request_t *r,
 }
 
 
+ngx_int_t
+ngx_http_mosn_add_response_headers(ngx_http_request_t *r,
+    ngx_http_mosn_ctx_t *ctx)
+{
+    if (ctx->verdict == NULL || ctx->action != MOSN_ACTION_CONTINUE) {
+        return NGX_OK;
+    }
+
+    return ngx_http_mosn_push_headers(r, ctx->verdict, ctx->verdict_len,
+                                      MOSN_REC_RESP_ADD);
+}
+
+
 static ngx_uint_t
 ngx_http_mosn_is(mosn_rec_view_t *rec, const char *name, size_t len)
 {
     return rec->key_len == len
            && ngx_strncasecmp((u_char *) rec->key, (u_char *) name, len) == 0;
-}
-
-
-static ngx_table_elt_t *
-ngx_http_mosn_response_find(ngx_http_request_t *r, ngx_str_t *name)
-{
-    ngx_uint_t        i;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h;
-
-    part = &r->headers_out.headers.part;
-    i = 0;
-
-    while ((h = ngx_http_mosn_list_next(&part, &i)) != NULL) {
-        if (h->hash != 0 && h->key.len == name->len
-            && ngx_strncasecmp(h->key.data, name->data, name->len) == 0)
-        {
-            return h;
-        }
-    }
-
-    return NULL;
 }
 
 
@@ -529,20 +878,20 @@ ngx_http_mosn_response_drop(ngx_http_request_t *r, mosn_rec_view_t *rec)
 /*
  * The response phase's edits: every line of a name set or removed goes,
  * the lines set for it take its place, then the added lines follow.
- * nginx's own pointers into the list (Location, ETag, ...) then follow
- * the lines they name.
+ * nginx's own pointers into the list (Location, Cache-Control, ...) then
+ * follow the lines they name.
  */
 
 ngx_int_t
 ngx_http_mosn_response_edit(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
     u_char *verdict, size_t len)
 {
-    ngx_table_elt_t        **ph;
-    mosn_rec_view_t          rec;
-    mosn_verdict_iter_t      it;
-    ngx_http_header_out_t   *hh;
+    mosn_rec_view_t      rec;
+    mosn_verdict_iter_t  it;
 
-    (void) mosn_verdict_begin(&it, verdict, len);
+    if (mosn_verdict_begin(&it, verdict, len) != 0) {
+        return NGX_ERROR;
+    }
 
     while (mosn_verdict_next(&it, &rec) == 1) {
 
@@ -565,22 +914,25 @@ ngx_http_mosn_response_edit(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
         }
     }
 
-    (void) mosn_verdict_begin(&it, verdict, len);
-
-    while (mosn_verdict_next(&it, &rec) == 1) {
-        if ((rec.type == MOSN_REC_RESP_SET || rec.type == MOSN_REC_RESP_ADD)
-            && !ngx_http_mosn_protected(&rec)
-            && ngx_http_mosn_push_header(r, &rec) != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
+    if (ngx_http_mosn_push_headers(r, verdict, len, MOSN_REC_RESP_SET)
+        != NGX_OK
+        || ngx_http_mosn_push_headers(r, verdict, len, MOSN_REC_RESP_ADD)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
     }
 
-    for (hh = ngx_http_headers_out; hh->name.len; hh++) {
-        ph = (ngx_table_elt_t **) ((char *) &r->headers_out + hh->offset);
+    /* names removed and not set again */
+    if (mosn_verdict_begin(&it, verdict, len) != 0) {
+        return NGX_ERROR;
+    }
 
-        if (*ph != NULL && (*ph)->hash == 0) {
-            *ph = ngx_http_mosn_response_find(r, &hh->name);
+    while (mosn_verdict_next(&it, &rec) == 1) {
+        if (rec.type == MOSN_REC_RESP_DEL
+            && ngx_http_mosn_link_header_out(r, rec.key, rec.key_len)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
         }
     }
 
@@ -648,20 +1000,22 @@ ngx_http_mosn_reply(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx)
 
     ngx_str_null(&body);
 
-    (void) mosn_verdict_begin(&it, ctx->verdict, ctx->verdict_len);
+    if (mosn_verdict_begin(&it, ctx->verdict, ctx->verdict_len) != 0) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
     while (mosn_verdict_next(&it, &rec) == 1) {
-
         if (rec.type == MOSN_REC_REPLY_BODY) {
             body.data = (u_char *) rec.value;
             body.len = rec.value_len;
-
-        } else if (rec.type == MOSN_REC_REPLY_HEADER
-                   && !ngx_http_mosn_protected(&rec)
-                   && ngx_http_mosn_push_header(r, &rec) != NGX_OK)
-        {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
+    }
+
+    if (ngx_http_mosn_push_headers(r, ctx->verdict, ctx->verdict_len,
+                                   MOSN_REC_REPLY_HEADER)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     rc = ngx_http_mosn_send(r, ctx->reply_status, &body);

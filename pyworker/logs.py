@@ -8,12 +8,17 @@ import sys
 FORMAT = "%(asctime)s [%(levelname)s] %(name)s[%(process)d]: %(message)s"
 
 
+# control bytes, written as nginx's module writes them: a CR or an ESC in
+# a filter's message must not forge a log line or hide one
+_ESCAPES = {c: "\\x%02x" % c for c in (*range(0x20), 0x7f)}
+
+
 class OneLineFormatter(logging.Formatter):
     """Keeps each record on one line, so a log line is one event."""
 
     def format(self, record):
         text = super().format(record)
-        return text.replace("\n", " | ")
+        return text.replace("\n", " | ").translate(_ESCAPES)
 
 
 def setup_logging(gateway=None, role="worker", level=None):

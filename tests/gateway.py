@@ -322,6 +322,36 @@ class Gateway:
             return b"".join(chunks)
 
 
+def nginx_version(nginx=None):
+    """(major, minor, patch) of an nginx binary, NGINX by default."""
+    out = subprocess.run([nginx or NGINX, "-v"], capture_output=True,
+                         text=True, timeout=10).stderr
+    return tuple(int(n) for n in
+                 re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out).groups())
+
+
+DEBIAN_NGINX = "/usr/sbin/nginx"
+DEBIAN_MODULES = "/usr/lib/nginx/modules"
+
+
+def debian_modules(*names):
+    """load_module lines for Debian's dynamic modules (Lua, headers-more,
+    njs), which are built for Debian's nginx: the test is skipped on any
+    other nginx, which would refuse them."""
+    import pytest
+    mine, theirs = nginx_version(), nginx_version(DEBIAN_NGINX)
+    if mine != theirs:
+        pytest.skip("Debian's %s is built for nginx %s, not %s" % (
+            ", ".join(names), ".".join(map(str, theirs)),
+            ".".join(map(str, mine))))
+    lines = []
+    for name in names:
+        path = os.path.join(DEBIAN_MODULES, name + ".so")
+        assert os.path.exists(path), "%s is not installed (make apt)" % path
+        lines.append("load_module %s;" % path)
+    return "\n".join(lines)
+
+
 def example_mosn(unit_key="uid", extra_listeners=()):
     """The MOSN config of the worked example (MOE's mosn.json)."""
     return {

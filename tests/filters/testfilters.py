@@ -184,3 +184,48 @@ class FailStart(StreamReceiverFilter):
 
     def on_receive(self, ctx, headers, buf, trailers):
         return CONTINUE
+
+
+@register_filter("edits_from_header")
+class EditsFromHeader(StreamReceiverFilter):
+    """Edits the request headers as its x-edits header (JSON) says:
+    {"set": {name: value}, "remove": [name], "log": text}; x-edits goes
+    too.  A "log" is raised, so that it reaches nginx as the log record
+    of a failed filter."""
+
+    def __init__(self, config):
+        pass
+
+    def on_receive(self, ctx, headers, buf, trailers):
+        import json
+        edits = json.loads(headers.get("x-edits") or "{}")
+        headers.delete("x-edits")
+        if "log" in edits:
+            raise ValueError(edits["log"])
+        for name, value in edits.get("set", {}).items():
+            headers.set(name, value)
+        for name in edits.get("remove", []):
+            headers.delete(name)
+        return CONTINUE
+
+
+@register_filter("response_edits_from_header")
+class ResponseEditsFromHeader(StreamSenderFilter):
+    """Edits the response headers as its x-response-edits header (JSON,
+    which the upstream echoes) says: {"set": {name: value}, "remove":
+    [name], "add": [[name, value]]}; x-response-edits goes too."""
+
+    def __init__(self, config):
+        pass
+
+    def append(self, ctx, headers, buf, trailers):
+        import json
+        edits = json.loads(headers.get("x-response-edits") or "{}")
+        headers.delete("x-response-edits")
+        for name, value in edits.get("set", {}).items():
+            headers.set(name, value)
+        for name in edits.get("remove", []):
+            headers.delete(name)
+        for name, value in edits.get("add", []):
+            headers.add(name, value)
+        return CONTINUE
