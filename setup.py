@@ -36,7 +36,7 @@ setup(
                 "shared-memory ring",
     python_requires=">=3.11",
     packages=["shm_ring", "pyworker", "pyworker.filters",
-              "pyworker.drivers"],
+              "pyworker.drivers", "pyworker.discovery"],
     package_data={"shm_ring": ["shm_ring.h", "shm_ring.pxd", "*.c",
                                "_ring.pyx"]},
     ext_modules=cythonize(extensions, language_level=3) if cythonize else [],
@@ -44,6 +44,11 @@ setup(
         "msgpack>=1.0,<2",
         "posix-ipc>=1.1,<2",
         "prometheus-client>=0.17,<1",
+        # service discovery and filter config from etcd and xDS
+        # (pyworker.discovery); imported only by the discovery process
+        "aetcd>=1.0,<2",
+        "grpcio>=1.60,<2",
+        "xds-protos>=1.60,<2",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6",

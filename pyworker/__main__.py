@@ -2,6 +2,7 @@
 
     pyworker serve   --shm NAME --config FILE [--workers N]  the pool
     pyworker worker  --shm NAME --index I --config FILE      one worker
+    pyworker discover --shm NAME --config FILE               etcd / xDS
     pyworker check   FILE [--listener NAME ...]              validate
     pyworker try     FILE [PATH] -H 'uid: 2' [--listener N]  dry run
 
@@ -75,6 +76,22 @@ def _admin(argv):
     return Admin(a.shm, a.config, a.stats_dir, a.uid, a.gid).run()
 
 
+def _discover(argv):
+    from pyworker.discovery.process import run
+
+    p = argparse.ArgumentParser(
+        prog="pyworker discover",
+        description="Follow the etcd or xDS source the config names and "
+                    "write the endpoint table (the supervisor starts it).")
+    p.add_argument("--shm", required=True)
+    p.add_argument("--config", required=True)
+    p.add_argument("--stats-dir")
+    p.add_argument("--uid", type=int)
+    p.add_argument("--gid", type=int)
+    a = p.parse_args(argv)
+    return run(a.shm, a.config, a.stats_dir, a.uid, a.gid)
+
+
 def _check(argv):
     from pyworker.tryout import main_check
 
@@ -92,6 +109,8 @@ COMMANDS = {
     "serve": (_serve, "run the worker pool (nginx starts it by itself)"),
     "worker": (_worker, "run one worker (the pool starts these)"),
     "admin": (_admin, "serve the admin API and metrics (the pool starts it)"),
+    "discover": (_discover, "follow etcd or xDS for the endpoints (the pool "
+                            "starts it)"),
     "check": (_check, "validate a MOSN config and its filters"),
     "try": (_try, "print the verdict a request would get, no nginx needed"),
 }

@@ -30,6 +30,8 @@ log = logging.getLogger("pyworker.admin")
 
 ARCHIVE = "archive.json"
 SUPERVISOR = "supervisor.json"
+DISCOVERY = "discovery.json"                # the endpoints' source
+DISCOVERY_CONFIG = "discovery-config.json"  # the store's filter config
 
 
 class Stats:
@@ -68,6 +70,17 @@ class Stats:
 
     def supervisor(self):
         return self._read(os.path.join(self.stats_dir, SUPERVISOR)) or {}
+
+    def discovery(self):
+        """The discovery source's stats, with the filter config's."""
+        out = self._read(os.path.join(self.stats_dir, DISCOVERY)) or {}
+        config = self._read(os.path.join(self.stats_dir, DISCOVERY_CONFIG))
+        if out and out.get("updated") is not None:
+            out["seconds_since_update"] = round(
+                max(0.0, time.time() - out["updated"]), 3)
+        if config:
+            out["config"] = config
+        return out
 
     def workers(self):
         ring = self.region.stats()
@@ -185,6 +198,7 @@ class Collector:
                   "Python workers replaced after dying", [],
                   [((), sup.get("restarts", 0))])
 
+        self._discovery(fams)
         total = self.stats.workers_total()
         self._add(fams, CounterMetricFamily, "pyworker_requests",
                   "requests by chain and outcome", ["chain", "outcome"],
@@ -214,6 +228,46 @@ class Collector:
         return fams
 
 
+    def _discovery(self, fams):
+        disc = self.stats.discovery()
+        source = disc.get("source")
+        if not source:
+            return
+        self._add(fams, GaugeMetricFamily, "pyworker_discovery_info",
+                  "the endpoints' source and the last revision applied",
+                  ["source", "revision"],
+                  [((source, str(disc.get("revision", ""))), 1)])
+        if disc.get("revision_number") is not None:
+            self._add(fams, GaugeMetricFamily, "pyworker_discovery_revision",
+                      "the source's last revision applied", ["source"],
+                      [((source,), disc["revision_number"])])
+        self._add(fams, CounterMetricFamily, "pyworker_discovery_updates",
+                  "updates applied", ["source"],
+                  [((source,), disc.get("updates", 0))])
+        if "seconds_since_update" in disc:
+            self._add(fams, GaugeMetricFamily,
+                      "pyworker_discovery_seconds_since_update",
+                      "seconds since the last update applied", ["source"],
+                      [((source,), disc["seconds_since_update"])])
+        self._add(fams, GaugeMetricFamily, "pyworker_discovery_connected",
+                  "1 while the source is reachable", ["source"],
+                  [((source,), 1 if disc.get("connected") else 0)])
+        errors = dict(disc.get("errors") or {})
+        config = disc.get("config") or {}
+        if config.get("errors"):
+            errors["config"] = errors.get("config", 0) + config["errors"]
+        self._add(fams, CounterMetricFamily, "pyworker_discovery_errors",
+                  "errors by kind (connect, stream, compacted, value, "
+                  "config, nack, table)", ["source", "kind"],
+                  [((source, kind), n) for kind, n in errors.items()])
+        if config.get("revision") is not None:
+            self._add(fams, GaugeMetricFamily,
+                      "pyworker_discovery_config_revision",
+                      "the store revision of the live filter config",
+                      ["key"], [((config.get("key") or "",),
+                                 config["revision"])])
+
+
 class AdminHandler(BaseHTTPRequestHandler):
     server_version = "pyworker-admin/" + __version__
 
@@ -238,6 +292,7 @@ class AdminHandler(BaseHTTPRequestHandler):
                 "workers": admin.stats.workers(),
                 "filters": to_rows(admin.stats.workers_total()),
                 "supervisor": admin.stats.supervisor(),
+                "discovery": admin.stats.discovery(),
             })
         if path == "/api/v1/workers":
             return self._send(200, admin.stats.workers())

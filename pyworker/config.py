@@ -18,6 +18,9 @@ What is read (MOSN's shape)::
     pyworker.service_file                 MOE's service file, watched for
                                           the endpoints of mosn_subset
                                           (see pyworker.discovery)
+    pyworker.discovery                    the one source of those
+                                          endpoints: {"service_file"},
+                                          {"etcd": {...}} or {"xds": {...}}
 
 ``pprof`` and MOSN's other top-level keys are accepted; keys this loader
 does not know are reported in ``GatewayConfig.warnings`` and logged at
@@ -46,7 +49,7 @@ from dataclasses import dataclass, field
 from pyworker import registry
 from pyworker.api import ConfigError, json_type
 from pyworker.chain import Chain
-from pyworker.discovery import service_file_option
+from pyworker.discovery import FileSource, discovery_option
 
 # a worker that just served may look for more this long before it sleeps,
 # saving a futex sleep and wake when requests come close together; off by
@@ -126,6 +129,7 @@ class GatewayConfig:
     bind_any: bool = False
     modules: tuple = ()
     service_file: str | None = None
+    discovery: object = None    # FileSource, EtcdSource, XdsSource or None
     spin_us: int = SPIN_US_DEFAULT
     # the "pyworker" block as written (other parts read their own keys)
     options: dict = field(default_factory=dict)
@@ -204,7 +208,9 @@ class _Loader:
         bind_any = _get(options, "bind_any", bool, False,
                         "pyworker.bind_any")
         modules = _get(options, "modules", list, [], "pyworker.modules")
-        service_file = service_file_option(options)
+        discovery = discovery_option(options)
+        service_file = discovery.path if isinstance(discovery, FileSource) \
+            else None
         spin_us = _get(options, "spin_us", int, SPIN_US_DEFAULT,
                        "pyworker.spin_us")
         if isinstance(spin_us, bool) or not 0 <= spin_us <= 10000:
@@ -261,7 +267,8 @@ class _Loader:
             admin=self.admin(raw.get("admin"), bind_any),
             metrics=self.metrics(raw.get("metrics"), bind_any),
             bind_any=bind_any, modules=tuple(modules),
-            service_file=service_file, spin_us=spin_us, options=options,
+            service_file=service_file, discovery=discovery,
+            spin_us=spin_us, options=options,
             warnings=self.warnings)
 
     def listener(self, entry, here):

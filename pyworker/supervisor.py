@@ -1,7 +1,7 @@
 """The supervisor of the Python worker pool: starts the workers, replaces
 one that dies, rolls them one at a time on reload, reaps what dead peers
-left in the ring, keeps the endpoint table in step with the service file
-(pyworker.discovery), and leaves with nginx."""
+left in the ring, keeps the endpoint table in step with its discovery
+source (pyworker.discovery), and leaves with nginx."""
 
 import logging
 import os
@@ -14,8 +14,7 @@ import time
 
 from shm_ring import Region, RingError, proc_alive
 
-from pyworker import discovery
-from pyworker.api import ConfigError
+from pyworker.discovery.supervised import Discovery
 from pyworker.logs import setup_logging
 from pyworker.metrics import write_json
 
@@ -35,7 +34,8 @@ class Supervisor:
     def __init__(self, shm, config_path, workers=1, uid=None, gid=None,
                  python=None):
         self.shm = shm
-        self.config_path = config_path
+        self.config_path = config_path  # what the workers load
+        self.base_config = config_path  # the file nginx names
         self.workers = workers
         self.uid = uid
         self.gid = gid
@@ -55,7 +55,7 @@ class Supervisor:
         self.admin_next = 0.0
         self.stopping = False
         self.reload_asked = False
-        self.watcher = None      # of the service file, if one is named
+        self.discovery = None    # the endpoints' source (and config's)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # -- signals ------------------------------------------------------------
@@ -85,35 +85,26 @@ class Supervisor:
     # -- service discovery ----------------------------------------------------
 
     def _discovery_setup(self):
-        """Watches the service file the MOSN config names (at start and on
-        every reload), and loads it at once."""
-        try:
-            path = discovery.service_file_of(self.config_path)
-        except ConfigError as exc:
-            log.error("service discovery: %s; keeping the current "
-                      "endpoints", exc)
-            return
-        if path is None:
-            if self.watcher is not None:
-                log.warning("service discovery: the config names no "
-                            "service file any more; the endpoint table "
-                            "keeps the endpoints of %s", self.watcher.path)
-            self.watcher = None
-            return
-        if self.watcher is None or self.watcher.path != path:
-            log.info("service discovery: watching %s", path)
-            self.watcher = discovery.Watcher(path, self.region)
-        self._discover(force=True)
+        """Follows the source the MOSN config names (at start and on every
+        reload); returns the config the workers should load: the file, or
+        the file with the store's listeners (checked)."""
+        if self.discovery is None:
+            self.discovery = Discovery(self.region, self.shm,
+                                       self.stats_dir, self.python,
+                                       self._user_args())
+        self.discovery.setup(self.base_config)
+        return self.discovery.choose_config(self.base_config,
+                                            self._check_config)
 
     def _discover(self, force=False):
-        if self.watcher is None:
+        if self.discovery is None:
             return
         try:
-            self.watcher.poll(force=force)
+            if self.discovery.poll(force=force) and not self.reload_asked:
+                self.reload_asked = "store"     # a new filter config
         except Exception:
             # the pool must not go down with the endpoints
-            log.exception("service discovery: reading %s failed",
-                          self.watcher.path)
+            log.exception("service discovery failed")
 
     # -- workers --------------------------------------------------------------
 
@@ -317,17 +308,27 @@ class Supervisor:
         return True
 
     def reload(self):
-        """Rolls the workers one at a time onto the config nginx names."""
+        """Rolls the workers one at a time onto the config nginx names
+        (or, asked by the store, onto its new filter config)."""
+        by_store = self.reload_asked == "store"
         self.reload_asked = False
-        path = self.region.config_path or self.config_path
-        desired = self.region.desired_workers or self.workers
-        if not self._check_config(path):
-            log.error("keeping the running workers on %s", self.config_path)
-            return
+        if by_store:
+            path = self.discovery.choose_config(self.base_config,
+                                                self._check_config)
+            if path == self.config_path:
+                return              # refused: the live config serves on
+        else:
+            base = self.region.config_path or self.base_config
+            desired = self.region.desired_workers or self.workers
+            if not self._check_config(base):
+                log.error("keeping the running workers on %s",
+                          self.config_path)
+                return
+            self.base_config = base
+            self.workers = desired
+            path = self._discovery_setup()
         self.config_path = path
-        self.workers = desired
         self.reloads += 1
-        self._discovery_setup()
         # the admin API serves the new config (and its new ports)
         self._admin_stop()
         self.admin_next = 0.0
@@ -378,7 +379,7 @@ class Supervisor:
         log.info("supervisor pid %d for region %s, %d worker(s)",
                  os.getpid(), self.shm, self.workers)
         self._stats_dir_make()
-        self._discovery_setup()
+        self.config_path = self._discovery_setup()
         for _ in range(self.workers):
             self._spawn()
         try:
@@ -405,6 +406,8 @@ class Supervisor:
             # nginx holds no request for a worker that will not come
             self.region.pool_state = "stopped"
         self._admin_stop()
+        if self.discovery is not None:
+            self.discovery.stop()
         for pid in list(self.procs):
             try:
                 os.kill(pid, signal.SIGTERM)

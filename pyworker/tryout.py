@@ -51,6 +51,9 @@ def check(path, listeners=(), *, out=None, err=None):
     if config.metrics.prometheus:
         print(f"  metrics: prometheus on {config.metrics.prometheus}"
               f"{config.metrics.prometheus_path}", file=out)
+    if config.discovery is not None and config.discovery.kind != "file":
+        # reached at run time: nothing to look at now
+        print(f"  discovery: {config.discovery.describe()}", file=out)
     if config.service_file:
         # the file changes at run time: a bad one now is a warning
         try:

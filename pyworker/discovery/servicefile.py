@@ -1,7 +1,5 @@
-"""Service discovery: MOE's service file, watched by the supervisor and
-written into the region's endpoint table, where the module's balancer
-(``mosn_subset`` in an nginx ``upstream`` block) reads it.  Endpoints
-change without a reload.
+"""MOE's service file: its format, checked whole, and the
+``service_file`` key of the MOSN config.
 
 The file is MOE's (``pkg/networkextention``'s file-system discovery)::
 
@@ -9,44 +7,26 @@ The file is MOE's (``pkg/networkextention``'s file-system discovery)::
                "server_list": [{"ip": "127.0.0.1", "port": 3450,
                                 "site": "s1"}, ...]}]}
 
-and the MOSN config names it::
-
-    "pyworker": {"service_file": "conf/service.json"}
-
-(relative to the nginx prefix, like every path of the MOSN config).
-
-The supervisor looks at the file's size, modification time and inode
-every POLL_INTERVAL seconds (a stat, no read, while it does not change).
-A file that changed is read and checked whole: if it is good, every app
-whose endpoints differ is rewritten (one seqlocked write per app) and
-apps gone from the file are emptied; if it is not, the table keeps the
-last good endpoints and the supervisor logs why, in one line naming the
-file, the key and the reason.
+One entry of ``apps`` is also what the etcd source keeps under each key
+of its prefix (``parse_app``).
 """
 
 import json
-import logging
 import os
 import socket
-import time
-
-from shm_ring.codec import RingError
 
 from pyworker.api import ConfigError, json_type
 
-__all__ = ["ServiceFileError", "load", "loads", "service_file_option",
-           "service_file_of", "Watcher", "POLL_INTERVAL", "MAX_APPS",
+__all__ = ["ServiceFileError", "load", "loads", "parse", "parse_app",
+           "service_file_option", "service_file_of", "MAX_APPS",
            "MAX_ENDPOINTS", "MAX_SITES"]
 
-POLL_INTERVAL = 0.5     # seconds between looks at the file
 # the endpoint table's bounds (shm_ring.h: MOSN_EP_*)
 MAX_APPS = 16
 MAX_ENDPOINTS = 256     # per app
 MAX_SITES = 32          # distinct sites per app
 APP_NAME_MAX = 63       # bytes of UTF-8
 SITE_MAX = 31
-
-log = logging.getLogger("pyworker.discovery")
 
 
 class ServiceFileError(ConfigError):
@@ -104,44 +84,58 @@ def parse(raw):
     first_seen = {}
     for i, app in enumerate(apps):
         here = f"apps[{i}]"
-        _expect(app, dict, here)
-        name = app.get("app_name")
-        if not isinstance(name, str) or not name:
-            raise ServiceFileError(f"an app needs a non-empty string "
-                                   f"app_name, not {_shown(name)}",
-                                   f"{here}.app_name")
-        _name_ok(name, APP_NAME_MAX, f"{here}.app_name", "an app name")
+        name, endpoints = parse_app(app, here)
         if name in out:
             raise ServiceFileError(f"duplicate app_name {name!r} (first at "
                                    f"{first_seen[name]})", f"{here}.app_name")
-        servers = app.get("server_list")
-        if servers is None:
-            servers = []
-        _expect(servers, list, f"{here}.server_list")
-        if len(servers) > MAX_ENDPOINTS:
-            raise ServiceFileError(f"{len(servers)} servers; at most "
-                                   f"{MAX_ENDPOINTS} per app fit",
-                                   f"{here}.server_list")
-        endpoints = []
-        seen = {}
-        sites = set()
-        for j, server in enumerate(servers):
-            where = f"{here}.server_list[{j}]"
-            endpoint = _server(server, where)
-            key = endpoint[:2]
-            if key in seen:
-                raise ServiceFileError(
-                    f"duplicate endpoint {_hostport(*key)} (first at "
-                    f"{seen[key]})", where)
-            seen[key] = where
-            sites.add(endpoint[2])
-            if len(sites) > MAX_SITES:
-                raise ServiceFileError(f"more than {MAX_SITES} sites in one "
-                                       f"app", f"{where}.site")
-            endpoints.append(endpoint)
         out[name] = endpoints
         first_seen[name] = here
     return out
+
+
+def parse_app(app, here="", name=None):
+    """One entry of ``apps``: (app name, [(ip, port, site), ...]).  With
+    ``name`` given (the etcd key names the app), ``app_name`` may be left
+    out, and must be that name if it is not."""
+    _expect(app, dict, here, None if here else
+            "an app must be a JSON object, not " + json_type(app))
+    at = f"{here}.app_name" if here else "app_name"
+    given = app.get("app_name")
+    if given is None and name is not None:
+        given = name
+    if not isinstance(given, str) or not given:
+        raise ServiceFileError(f"an app needs a non-empty string "
+                               f"app_name, not {_shown(given)}", at)
+    if name is not None and given != name:
+        raise ServiceFileError(f"app_name {given!r} is not the app the key "
+                               f"names ({name!r})", at)
+    _name_ok(given, APP_NAME_MAX, at, "an app name")
+    where = f"{here}.server_list" if here else "server_list"
+    servers = app.get("server_list")
+    if servers is None:
+        servers = []
+    _expect(servers, list, where)
+    if len(servers) > MAX_ENDPOINTS:
+        raise ServiceFileError(f"{len(servers)} servers; at most "
+                               f"{MAX_ENDPOINTS} per app fit", where)
+    endpoints = []
+    seen = {}
+    sites = set()
+    for j, server in enumerate(servers):
+        at = f"{where}[{j}]"
+        endpoint = _server(server, at)
+        key = endpoint[:2]
+        if key in seen:
+            raise ServiceFileError(
+                f"duplicate endpoint {_hostport(*key)} (first at "
+                f"{seen[key]})", at)
+        seen[key] = at
+        sites.add(endpoint[2])
+        if len(sites) > MAX_SITES:
+            raise ServiceFileError(f"more than {MAX_SITES} sites in one "
+                                   f"app", f"{at}.site")
+        endpoints.append(endpoint)
+    return given, endpoints
 
 
 def _server(server, here):
@@ -252,103 +246,3 @@ def service_file_of(config_path):
         return service_file_option(options)
     except ConfigError as exc:
         raise exc.located(file=config_path) from None
-
-
-# -- the watcher --------------------------------------------------------------
-
-class Watcher:
-    """Keeps the region's endpoint table in step with one service file.
-    ``poll()`` is cheap: call it as often as you like."""
-
-    def __init__(self, path, region, interval=POLL_INTERVAL, clock=None):
-        self.path = path
-        self.region = region
-        self.interval = interval
-        self.clock = clock or time.monotonic
-        self.signature = False      # never looked
-        self.next_look = 0.0
-        self.good = None            # the last good endpoints, as applied
-        self.error = None           # why the file is not used, if it is not
-        self.applied = 0            # good versions applied
-
-    def _stat(self):
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            return ("error", str(exc))
-        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-    def poll(self, force=False):
-        """Looks at the file if it is time to; applies a change.  Returns
-        True if the table was written."""
-        now = self.clock()
-        if not force and now < self.next_look:
-            return False
-        self.next_look = now + self.interval
-        signature = self._stat()
-        if signature == self.signature and not force:
-            return False
-        self.signature = signature
-        try:
-            apps = load(self.path)
-        except ServiceFileError as exc:
-            self._refuse(str(exc))
-            return False
-        try:
-            changed = self.apply(apps)
-        except Exception as exc:        # the table refused it: say why
-            self._refuse(f"{self.path}: {exc}")
-            return False
-        if self.error is not None:
-            log.warning("service file %s is good again", self.path)
-        self.error = None
-        self.good = apps
-        self.applied += 1
-        return changed
-
-    def _refuse(self, why):
-        if why != self.error:
-            kept = ("the last good endpoints" if self.good is not None
-                    else "no endpoints (none was good yet)")
-            log.error("service discovery: %s; keeping %s", why, kept)
-        self.error = why
-
-    def apply(self, apps):
-        """Writes the apps whose endpoints differ from the table's, and
-        empties apps of the table that the file no longer lists."""
-        region = self.region
-        changed = False
-        for app, endpoints in apps.items():
-            if _current(region, app) != _table_order(endpoints):
-                gen = region.set_endpoints(app, endpoints)
-                log.info("service discovery: app %s: %d endpoint(s), "
-                         "generation %d", app, len(endpoints), gen)
-                changed = True
-        for app in region.endpoint_apps():
-            if app not in apps and region.endpoints(app):
-                region.set_endpoints(app, [])
-                log.info("service discovery: app %s is gone from %s: no "
-                         "endpoint", app, self.path)
-                changed = True
-        return changed
-
-
-def _current(region, app):
-    """The app's endpoints in the table; None if the entry cannot be read
-    (a writer died in the middle of a write): it is rewritten then."""
-    try:
-        return region.endpoints(app)
-    except RingError:
-        return None
-
-
-def _table_order(endpoints):
-    """Endpoints as the table returns them: grouped by site, sites in the
-    order they first appear, file order within a site."""
-    order = []
-    for _, _, site in endpoints:
-        if site not in order:
-            order.append(site)
-    return [e for site in order for e in endpoints if e[2] == site]
