@@ -44,9 +44,10 @@ class EndpointTable:
                  app, self.source)
         return True
 
-    def sync(self, apps):
+    def sync(self, apps, keep=()):
         """Makes the table hold exactly ``apps``: changed apps written,
-        others emptied.  True if anything was written."""
+        others emptied, but for those in ``keep`` (left as they are).
+        True if anything was written."""
         if self.known is None:
             # apps a writer before this one left in the table
             self.known = set(self.region.endpoint_apps())
@@ -54,7 +55,7 @@ class EndpointTable:
         for app, endpoints in apps.items():
             changed |= self.write(app, endpoints)
         for app in sorted(self.known | set(self.written)):
-            if app not in apps:
+            if app not in apps and app not in keep:
                 changed |= self.empty(app)
         return changed
 
