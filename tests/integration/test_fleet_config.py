@@ -52,10 +52,26 @@ def start(gateway, etcd, sites, workers=2):
     admin = free_port()
     base["admin"] = {"address": {"socket_address": {
         "address": "127.0.0.1", "port_value": admin}}}
+    metrics = free_port()
+    base["metrics"] = {"sinks": [{"type": "prometheus",
+                                  "config": {"port": metrics}}]}
     gw = gateway(HTTP, mosn=etcd_mosn(etcd.endpoints, CONFIG_KEY, base),
                  workers=workers)
     gw.admin_port = admin
+    gw.metrics_port = metrics
     return gw
+
+
+def metrics(gw):
+    """{(name, labels): value} of the Prometheus endpoint."""
+    r = gw.get("/metrics", port=gw.metrics_port)
+    assert r.status == 200
+    out = {}
+    for line in r.text.splitlines():
+        if line.startswith("pyworker_discovery"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
 
 
 def admin(gw, path):
@@ -128,6 +144,18 @@ def test_a_bad_store_config_is_refused_and_the_last_good_serves(
     stats = admin(gw, "/api/v1/stats")["discovery"]
     assert stats["config"]["errors"] == 3, stats
     assert stats["config"]["revision"] < rev
+    # the metrics say the same: source, revisions, errors by kind
+    m = metrics(gw)
+    assert m['pyworker_discovery_errors_total{kind="config",source="etcd"}'] \
+        == 3, m
+    assert m['pyworker_discovery_config_revision{key="/mosn/config"}'] == \
+        stats["config"]["revision"]
+    assert m['pyworker_discovery_connected{source="etcd"}'] == 1
+    assert m['pyworker_discovery_revision{source="etcd"}'] >= 1
+    assert ('pyworker_discovery_info{revision="%s",source="etcd"}'
+            % stats["revision"]) in m
+    assert 0 <= m['pyworker_discovery_seconds_since_update{source="etcd"}'] \
+        < 600
     # a reload keeps the store's listeners, merged with the file
     gw.reload()
     assert wait_for(lambda: set(gw.python_pids()).isdisjoint(workers), 30)
