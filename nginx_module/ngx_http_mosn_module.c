@@ -8,7 +8,6 @@
 
 
 static ngx_int_t ngx_http_mosn_handler(ngx_http_request_t *r);
-static ngx_http_mosn_ctx_t *ngx_http_mosn_get_ctx(ngx_http_request_t *r);
 static void ngx_http_mosn_cleanup(void *data);
 static void ngx_http_mosn_timeout_handler(ngx_event_t *ev);
 static ngx_int_t ngx_http_mosn_finish(ngx_http_request_t *r,
@@ -446,7 +445,7 @@ ngx_http_mosn_oversize(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
  * again through its pool cleanup, as the realip module does.
  */
 
-static ngx_http_mosn_ctx_t *
+ngx_http_mosn_ctx_t *
 ngx_http_mosn_get_ctx(ngx_http_request_t *r)
 {
     ngx_pool_cleanup_t   *cln;

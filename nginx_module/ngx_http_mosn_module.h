@@ -167,6 +167,7 @@ void ngx_http_mosn_pool_stop(ngx_cycle_t *cycle);
 
 /* the module's own */
 void ngx_http_mosn_resume(ngx_http_mosn_ctx_t *ctx);
+ngx_http_mosn_ctx_t *ngx_http_mosn_get_ctx(ngx_http_request_t *r);
 
 
 #endif /* _NGX_HTTP_MOSN_MODULE_H_INCLUDED_ */

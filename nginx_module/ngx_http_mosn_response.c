@@ -49,7 +49,8 @@ ngx_http_mosn_header_filter(ngx_http_request_t *r)
         return ngx_http_next_header_filter(r);
     }
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_mosn_module);
+    /* an error page's internal redirect does not lose the verdict */
+    ctx = ngx_http_mosn_get_ctx(r);
 
     if (ctx == NULL || ctx->status != NGX_HTTP_MOSN_FILTERED
         || ctx->resp_state != 0)
@@ -227,6 +228,7 @@ ngx_http_mosn_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
         return ngx_http_next_body_filter(r, in);
     }
 
+    /* the header filter found it again after an internal redirect */
     ctx = ngx_http_get_module_ctx(r, ngx_http_mosn_module);
 
     if (ctx == NULL) {
