@@ -5,6 +5,9 @@ headers-more), and the response's own shortcuts (expires after a
 Cache-Control edit), on Debian's nginx and on a newer one."""
 
 import json
+import os
+import subprocess
+import tempfile
 
 from gateway import (debian_modules, example_mosn, free_port, listener,
                      wait_for)
@@ -313,3 +316,111 @@ def test_log_records_cannot_forge_error_log_lines(gateway):
     assert "\\x1b[2J\\x07" in module[0]
     python = [l for l in lines if "mosn: request" not in l]
     assert python and "\\x1b[2J\\x07" in python[0], lines
+
+
+def static_dir():
+    """A folder with one file that nginx's workers can read."""
+    folder = tempfile.mkdtemp(prefix="mosn-static-")
+    os.chmod(folder, 0o755)
+    path = os.path.join(folder, "file.txt")
+    with open(path, "w") as f:
+        f.write("hello, static world\n")
+    os.chmod(path, 0o644)
+    return folder
+
+
+def test_later_modules_act_on_edited_request_headers(gateway):
+    """nginx's own modules read the request headers through the same
+    shortcuts: range requests, conditional requests."""
+    gw = start(gateway, """
+        location /static/ {
+            mosn_filter_chain edits;
+            alias %s/;
+        }
+    """ % static_dir())
+    r = gw.get("/static/file.txt")
+    assert r.status == 200 and r.text == "hello, static world\n"
+    etag = r.header("ETag")
+
+    # Range set by a filter, or removed
+    r = gw.get("/static/file.txt", edits(set={"Range": "bytes=0-4"}))
+    assert r.status == 206 and r.text == "hello"
+    r = gw.get("/static/file.txt", {"Range": "bytes=0-4",
+                                    **edits(remove=["Range"])})
+    assert r.status == 200 and r.text == "hello, static world\n"
+    r = gw.get("/static/file.txt", {"Range": "bytes=0-4",
+                                    **edits(set={"Range": "bytes=7-12"})})
+    assert r.status == 206 and r.text == "static"
+
+    # If-None-Match set by a filter, or removed
+    r = gw.get("/static/file.txt", edits(set={"If-None-Match": etag}))
+    assert r.status == 304
+    r = gw.get("/static/file.txt", {"If-None-Match": etag,
+                                    **edits(remove=["If-None-Match"])})
+    assert r.status == 200
+    r = gw.get("/static/file.txt", {"If-None-Match": etag,
+                                    **edits(set={"If-None-Match": '"x"'})})
+    assert r.status == 200
+
+
+def test_later_modules_act_on_edited_response_headers(gateway):
+    """A Content-Encoding a sender filter sets stops gzip from encoding
+    again; a Location it sets is made absolute as nginx's own are."""
+    gw = start(gateway, """
+        location / {
+            mosn_filter_chain both;
+            gzip on;
+            gzip_types text/plain;
+            gzip_min_length 1;
+            gzip_proxied any;
+            add_header X-Seen-Location "[$sent_http_location]";
+            proxy_pass http://127.0.0.1:UP;
+        }
+    """)
+    r = gw.get("/", {"Accept-Encoding": "gzip"})
+    assert r.header("Content-Encoding") == "gzip"      # gzip does work
+
+    r = gw.get("/", {"Accept-Encoding": "gzip", "X-Response-Edits":
+                     json.dumps({"set": {"Content-Encoding": "br"}})})
+    assert [v for k, v in r.headers if k.lower() == "content-encoding"] \
+        == ["br"]
+    assert r.body.startswith(b"xff=")                  # not gzipped
+
+    r = gw.get("/", {"X-Response-Edits": json.dumps(
+        {"set": {"Location": "/moved"}})})
+    assert r.header("Location") == "http://127.0.0.1:%d/moved" % gw.port
+    # as nginx's own: the variable has it before the header filter
+    assert r.header("X-Seen-Location") == "[/moved]"
+
+
+def test_edits_of_an_http2_request(gateway):
+    """HTTP/2 builds the request's header list its own way (its cookie
+    lines joined into one): the edits are seen the same."""
+    h2_port = free_port()
+    gw = start(gateway, """
+        listen 127.0.0.1:%d http2;
+        location / {
+            mosn_filter_chain edits;
+            SEEN
+            proxy_pass http://127.0.0.1:UP;
+        }
+    """ % h2_port)
+
+    def curl(*headers):
+        cmd = ["curl", "-s", "-i", "--http2-prior-knowledge",
+               "http://127.0.0.1:%d/" % h2_port]
+        for h in headers:
+            cmd += ["-H", h]
+        return subprocess.run(cmd, capture_output=True, text=True,
+                              timeout=20, check=True).stdout
+
+    out = curl("Cookie: a=1", "Cookie: b=2", "X-Forwarded-For: 1.1.1.1",
+               "x-edits: " + json.dumps({"set": {"X-Added": "h2"},
+                                         "remove": ["X-Forwarded-For"]}))
+    assert out.startswith("HTTP/2 200"), out
+    assert "x-seen-cookie-a: [1]" in out and "cookie=[a=1; b=2]" in out
+    assert "xff=[127.0.0.1]" in out and "added=[h2]" in out
+
+    out = curl("Cookie: a=1", "Cookie: b=2",
+               "x-edits: " + json.dumps({"set": {"Cookie": "a=5"}}))
+    assert "x-seen-cookie-a: [5]" in out and "cookie=[a=5]" in out
