@@ -52,6 +52,7 @@ typedef struct {
     uint32_t                p;
     uint32_t                rr;
     int                     fd;
+    int                     nfd;            /* eventfd, or -1 */
     uint32_t                nfree;
     uint32_t               *free;
     uint8_t                 record[512];
@@ -209,19 +210,27 @@ bench_complete(bench_t *b, uint64_t e)
 static void
 bench_sleep(bench_t *b)
 {
-    struct pollfd  pfd;
+    struct pollfd  pfd[2];
 
     if (mosn_producer_arm(&b->rg, b->p)) {
         return;
     }
 
-    pfd.fd = b->fd;
-    pfd.events = POLLIN;
-    pfd.revents = 0;
+    /* as nginx does: the doorbell and the eventfd consumers may write */
+    pfd[0].fd = b->fd;
+    pfd[0].events = POLLIN;
+    pfd[0].revents = 0;
+    pfd[1].fd = b->nfd;
+    pfd[1].events = POLLIN;
+    pfd[1].revents = 0;
 
     b->polls++;
-    (void) poll(&pfd, 1, 1000);
+    (void) poll(pfd, b->nfd >= 0 ? 2 : 1, 1000);
     mosn_producer(&b->rg, b->p)->doorbells += mosn_doorbell_drain(b->fd);
+
+    if (b->nfd >= 0) {
+        mosn_producer(&b->rg, b->p)->doorbells += mosn_notify_drain(b->nfd);
+    }
 }
 
 
@@ -563,6 +572,9 @@ main(int argc, char **argv)
         fprintf(stderr, "ring_producer: doorbell: %s\n", strerror(errno));
         return 1;
     }
+
+    b.nfd = getenv("RING_BENCH_NO_EVENTFD") ? -1
+            : mosn_producer_notify_open(&b.rg, b.p);
 
     b.free = calloc(b.rg.hdr->slots, sizeof(uint32_t));
     if (b.free == NULL) {

@@ -99,6 +99,7 @@ typedef struct {
     mosn_region_t             rg;
     ngx_int_t                 p;             /* channel, -1 if none */
     ngx_connection_t         *doorbell;
+    ngx_connection_t         *notify;        /* eventfd, or NULL */
     uint32_t                  rr;
     uint32_t                  epoch;
     uint32_t                 *free;

@@ -936,12 +936,14 @@ cdef class Producer:
     cdef readonly int index
     cdef uint32_t rr
     cdef int fd
+    cdef int nfd
     cdef uint64_t out[BATCH_MAX]
 
     def __init__(self, Region region):
         region._live()
         self.region = region
         self.rg = &region.rg
+        self.nfd = -1
         self.index = mosn_producer_claim(self.rg, os.getpid())
         if self.index < 0:
             raise RingError("no free producer channel")
@@ -954,10 +956,26 @@ cdef class Producer:
     def fileno(self):
         return self.fd
 
+    def notify_fileno(self):
+        """The channel's eventfd, opened on first use (as nginx does):
+        consumers that can copy it wake this producer through it."""
+        if self.nfd < 0:
+            self.nfd = mosn_producer_notify_open(self.rg, self.index)
+            if self.nfd < 0:
+                raise RingError("eventfd: %s" % os.strerror(errno))
+        return self.nfd
+
+    def drain_notify(self):
+        return mosn_notify_drain(self.nfd) if self.nfd >= 0 else 0
+
     def release(self):
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        if self.nfd >= 0:
+            mosn_producer(self.rg, self.index).notify_fd = -1
+            os.close(self.nfd)
+            self.nfd = -1
         mosn_producer_release(self.rg, self.index)
 
     def submit(self, uint32_t slot, bytes record, int consumer=-1,

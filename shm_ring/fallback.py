@@ -86,12 +86,12 @@ H_NAME, H_CONFIG_PATH = 112, 176
 H_ENDPOINTS_OFF, H_EP_APPS, H_EP_APP_SIZE = 688, 696, 700
 
 # mosn_producer_t
-PRODUCER_SIZE = 120
+PRODUCER_SIZE = 128
 P_OWNER, P_STARTTIME, P_EPOCH, P_NEED_WAKEUP, P_IN_USE = 0, 8, 16, 20, 24
 P_WAITING = 28
 P_SUBMITTED, P_COMPLETED, P_STALE, P_REQUEUED, P_TIMEOUTS = 32, 40, 48, 56, 64
 P_FALLBACKS, P_FUTEX_WAKES, P_DOORBELLS, P_COST_NS = 72, 80, 88, 96
-P_QUEUED, P_QUEUE_FULL = 104, 112
+P_QUEUED, P_QUEUE_FULL, P_NOTIFY_FD = 104, 112, 120
 
 # mosn_consumer_t
 CONSUMER_SIZE = 88
@@ -800,6 +800,64 @@ def _doorbell_addr(rg, p):
     return b"\0ngx_mosn" + rg._hdr_name + b"." + str(p).encode()
 
 
+# a producer's eventfd, copied from its process (mosn_notify_take())
+_SYS_PIDFD_GETFD = 438
+_notify_copies = {}     # p -> (region, owner, epoch, fd or -1)
+
+
+def _notify_take(rg, o, owner_word):
+    pid, target = owner_word >> 32, rg.ld32(o + P_NOTIFY_FD)
+    if owner_word & 0xFF != CHAN_OWNED or pid <= 0 or target >= 0x80000000:
+        return -1
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return -1
+    try:
+        # the pidfd names whoever had the pid: the owner, if it started then
+        if not proc_alive(pid, rg.ld64(o + P_STARTTIME)):
+            return -1
+        fd = _libc.syscall(ctypes.c_long(_SYS_PIDFD_GETFD),
+                           ctypes.c_int(pidfd), ctypes.c_int(target),
+                           ctypes.c_uint(0))
+    finally:
+        os.close(pidfd)
+    if fd < 0:
+        return -1
+    try:
+        # the number comes from the region: write to nothing but an eventfd
+        if os.readlink("/proc/self/fd/%d" % fd) == "anon_inode:[eventfd]":
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return -1
+
+
+def _notify_fd(rg, p):
+    o = rg.prod(p)
+    owner_word, epoch = rg.ld64(o + P_OWNER), rg.ld32(o + P_EPOCH)
+    copy = _notify_copies.get(p)
+    if copy and copy[0] is rg and copy[1:3] == (owner_word, epoch):
+        return copy[3]
+    if copy and copy[3] >= 0:
+        os.close(copy[3])
+    fd = _notify_take(rg, o, owner_word)
+    _notify_copies[p] = (rg, owner_word, epoch, fd)
+    return fd
+
+
+def _producer_notify(rg, sock, p):
+    fd = _notify_fd(rg, p)
+    if fd >= 0:
+        try:
+            os.write(fd, (1).to_bytes(8, "little"))
+            return 0
+        except OSError:
+            pass
+    return _doorbell_ring(rg, sock, p)
+
+
 def _doorbell_ring(rg, sock, p):
     try:
         sock.sendto(b"\1", socket.MSG_DONTWAIT, _doorbell_addr(rg, p))
@@ -868,6 +926,7 @@ def _producer_claim(rg, pid):
             rg.st32(o + P_NEED_WAKEUP, 0)
             rg.st32(o + P_IN_USE, 0)
             rg.st32(o + P_WAITING, 0)
+            rg.st32(o + P_NOTIFY_FD, U32)       # -1
             rg.st64(o + P_OWNER, owner(pid, CHAN_OWNED))
             return p
         return -1
@@ -1098,7 +1157,7 @@ def _consumer_flush(rg, c, sock, wake_mask):
         # C: atomic exchange; a spare doorbell is harmless
         if rg.ld32(o + P_NEED_WAKEUP):
             rg.st32(o + P_NEED_WAKEUP, 0)
-            _doorbell_ring(rg, sock, p)
+            _producer_notify(rg, sock, p)
             n += 1
     rg.add64(rg.cons(c) + C_DOORBELLS, n)
     return n
@@ -1218,6 +1277,7 @@ def _reap_channel(rg, p):
     _drain_completions(rg, p)
     rg.st32(o + P_IN_USE, 0)
     rg.st32(o + P_WAITING, 0)
+    rg.st32(o + P_NOTIFY_FD, U32)
     rg.st32(o + P_NEED_WAKEUP, 0)
     if rg.ld64(o + P_OWNER) & 0xFF == CHAN_DRAINING:
         rg.st64(o + P_OWNER, owner(0, CHAN_FREE))
@@ -1835,10 +1895,31 @@ class Producer:
     def fileno(self):
         return self._sock.fileno() if self._sock is not None else -1
 
+    _notify = -1
+
+    def notify_fileno(self):
+        """The channel's eventfd, opened on first use (as nginx does):
+        consumers that can copy it wake this producer through it."""
+        if self._notify < 0:
+            self._notify = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self.region.st32(self.region.prod(self.index) + P_NOTIFY_FD,
+                             self._notify)
+        return self._notify
+
+    def drain_notify(self):
+        try:
+            return os.eventfd_read(self._notify)
+        except OSError:
+            return 0
+
     def release(self):
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        if self._notify >= 0:
+            self.region.st32(self.region.prod(self.index) + P_NOTIFY_FD, U32)
+            os.close(self._notify)
+            self._notify = -1
         _producer_release(self.region, self.index)
 
     def _check_slot(self, slot):

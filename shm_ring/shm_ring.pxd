@@ -135,6 +135,7 @@ cdef extern from "shm_ring.h" nogil:
         uint64_t cost_ns
         uint64_t queued
         uint64_t queue_full
+        int notify_fd
 
     ctypedef struct mosn_consumer_t:
         uint32_t state
@@ -274,6 +275,8 @@ cdef extern from "shm_ring.h" nogil:
                              uint64_t *out, int max)
     int mosn_doorbell_open(mosn_region_t *rg, uint32_t p)
     int mosn_doorbell_drain(int fd)
+    int mosn_producer_notify_open(mosn_region_t *rg, uint32_t p)
+    int mosn_notify_drain(int fd)
 
     int mosn_consumer_start(mosn_region_t *rg, uint32_t c, int pid)
     int mosn_consumer_take(mosn_region_t *rg, uint32_t c, uint64_t *out,

@@ -136,20 +136,44 @@ def test_first_request_after_start_waits_for_the_pool(gateway):
     assert producer(gw)["fallbacks"] == 0
 
 
+def read_response(s):
+    s.settimeout(30)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    fields = dict(line.split(": ", 1) for line in head.split("\r\n")[1:])
+    return head.split(" ")[1], fields
+
+
 def test_requests_wait_for_a_slot_in_arrival_order(gateway):
     """More requests than slots: the rest wait in nginx and are handed
     over in the order they came; none takes the fallback."""
     gw = gateway("mosn_slots 2;\n" + routed("20s"),
-                 mosn=slow_mosn(0.15)).start()
+                 mosn=slow_mosn(0.2)).start()
     n = 8
-    out = get_all(gw, "/slow", n, stagger=0.03)
-    assert [r.status for _, r in out] == [200] * n, out
-    assert [r.header("X-Mosn-Status") for _, r in out] == ["filtered"] * n
-    # ids are given as requests get a slot: in the order they were sent
-    ids = [int(r.header("X-Mosn-Id")) for _, r in out]
+    conns = []
+    for i in range(n):
+        s = socket.create_connection(("127.0.0.1", gw.port))
+        s.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        conns.append(s)
+        # the next one is sent once nginx holds this one
+        assert wait_for(lambda: (lambda p: p["in_use"] + p["waiting"]
+                                 + p["completed"])(producer(gw)) >= i + 1,
+                        10, step=0.002)
+    out = [read_response(s) for s in conns]
+    for s in conns:
+        s.close()
+    assert [status for status, _ in out] == ["200"] * n, out
+    assert [h["X-Mosn-Status"] for _, h in out] == ["filtered"] * n
+    # ids are given as requests get a slot: in the order they came
+    ids = [int(h["X-Mosn-Id"]) for _, h in out]
     assert ids == sorted(ids), ids
     p = producer(gw)
-    assert p["queued"] >= n - 2 - 1
+    assert p["queued"] >= 4
     assert p["fallbacks"] == 0 and p["queue_full"] == 0
     assert p["waiting"] == 0
     gw.wait_idle()
@@ -298,3 +322,23 @@ def test_readiness_says_requests_wait_while_the_pool_starts(gateway):
     finally:
         pool.send_signal(signal.SIGTERM)
         pool.wait(10)
+
+
+def test_python_worker_wakes_nginx_through_its_eventfd(gateway):
+    """The Python worker wakes a sleeping nginx worker through the
+    eventfd the nginx worker publishes (a copy taken once), not with a
+    doorbell datagram per wake-up."""
+    gw = gateway(routed("10s"), mosn=slow_mosn(0.1)).start()
+    for _ in range(5):
+        assert gw.get("/", {"uid": "150"}).header("X-Mosn-Status") \
+            == "filtered"
+    [pid] = gw.python_pids()
+    links = []
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            links.append(os.readlink("/proc/%d/fd/%s" % (pid, fd)))
+        except OSError:
+            pass
+    assert links.count("anon_inode:[eventfd]") == 1, links
+    p = producer(gw)
+    assert p["doorbells"] >= 5

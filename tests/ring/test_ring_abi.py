@@ -188,6 +188,8 @@ int main(void) {
     F(mosn_producer_t, requeued); F(mosn_producer_t, timeouts);
     F(mosn_producer_t, fallbacks); F(mosn_producer_t, futex_wakes);
     F(mosn_producer_t, doorbells); F(mosn_producer_t, cost_ns);
+    F(mosn_producer_t, waiting); F(mosn_producer_t, queued);
+    F(mosn_producer_t, queue_full); F(mosn_producer_t, notify_fd);
     F(mosn_consumer_t, state); F(mosn_consumer_t, incarnation);
     F(mosn_consumer_t, pid); F(mosn_consumer_t, sleeping);
     F(mosn_consumer_t, starttime); F(mosn_consumer_t, futex);
@@ -276,6 +278,10 @@ def test_python_offsets_match_the_header(tmp_path):
         "mosn_producer_t.futex_wakes": f.P_FUTEX_WAKES,
         "mosn_producer_t.doorbells": f.P_DOORBELLS,
         "mosn_producer_t.cost_ns": f.P_COST_NS,
+        "mosn_producer_t.waiting": f.P_WAITING,
+        "mosn_producer_t.queued": f.P_QUEUED,
+        "mosn_producer_t.queue_full": f.P_QUEUE_FULL,
+        "mosn_producer_t.notify_fd": f.P_NOTIFY_FD,
         "mosn_consumer_t.state": f.C_STATE,
         "mosn_consumer_t.incarnation": f.C_INCARNATION,
         "mosn_consumer_t.pid": f.C_PID,

@@ -33,6 +33,13 @@ def wait_child(pid):
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
+def _link(fd):
+    try:
+        return os.readlink("/proc/self/fd/%s" % fd)
+    except OSError:
+        return None
+
+
 def readable(fd, seconds):
     return bool(select.select([fd], [], [], seconds)[0])
 
@@ -240,4 +247,87 @@ def test_consumer_start_rings_the_producers(starter, producer_impl,
     assert readable(prod.fileno(), 20)
     assert prod.drain_doorbell() >= 1
     assert prod.submit(0, encode_request(request_id=1)) is not None
+    r.close()
+
+
+@pytest.mark.parametrize("sleeper, waker", PAIRS)
+def test_sleeping_producer_woken_through_its_eventfd(sleeper, waker,
+                                                     region_name):
+    """A producer that publishes an eventfd (as nginx does) is woken
+    through it: the consumer copies it once from the producer's process
+    and writes to it instead of sending a datagram."""
+    S, W = load_impl(sleeper), load_impl(waker)
+    r = S.Region.create(region_name, nproducers=2, nconsumers=2, slots=8)
+    c = r.alloc_consumer()
+    prod = r.producer()
+    nfd = prod.notify_fileno()
+    rfd, wfd = os.pipe()
+
+    def child():
+        cons = W.Region.attach(region_name).consumer(c)
+        os.write(wfd, b"r")
+        deadline = time.monotonic() + 20
+        served = 0
+        while served < 2:
+            assert time.monotonic() < deadline
+            served += cons.serve_batch(lambda req: Verdict(upstream="s2"))
+            if not served or served == 1:
+                cons.wait(100)
+        # the copy stays open: one pidfd_getfd per producer, not per wake
+        # (the other eventfd is the producer's own, inherited by the fork)
+        assert sum(_link(f) == "anon_inode:[eventfd]"
+                   for f in os.listdir("/proc/self/fd")) == 2
+
+    pid = fork(child)
+    assert readable(rfd, 20) and os.read(rfd, 1) == b"r"
+    prod.drain_doorbell()           # a consumer's start rings producers
+    for slot in (3, 4):
+        assert prod.arm() is False
+        prod.submit(slot, encode_request(request_id=slot))
+        assert readable(nfd, 20)
+        assert prod.drain_notify() == 1
+        assert not readable(prod.fileno(), 0)       # no datagram
+        assert prod.poll() == [(slot, 1)]
+        prod.free(slot)
+    wait_child(pid)
+    assert r.stats()["consumers"][c]["doorbells"] == 2
+    prod.release()
+    r.close()
+
+
+@pytest.mark.parametrize("impl_name", ["cython", "python"])
+def test_forged_notify_fd_is_not_written(impl_name, region_name):
+    """The eventfd's number comes from the region: a forged one that names
+    another kind of descriptor in the producer's process is not written
+    to; the consumer rings the doorbell instead."""
+    M = load_impl(impl_name)
+    r = M.Region.create(region_name, nproducers=2, nconsumers=2, slots=8)
+    c = r.alloc_consumer()
+    prod = r.producer()
+    rfd, wfd = os.pipe()
+    # what a hostile process could write: the producer's pipe, not its
+    # eventfd
+    from shm_ring import fallback
+    raw = fallback.Region.attach(region_name)
+    raw.st32(raw.prod(prod.index) + fallback.P_NOTIFY_FD, wfd)
+
+    ready_r, ready_w = os.pipe()
+
+    def child():
+        cons = M.Region.attach(region_name).consumer(c)
+        os.write(ready_w, b"r")
+        deadline = time.monotonic() + 20
+        while not cons.serve_batch(lambda req: None):
+            assert time.monotonic() < deadline
+            cons.wait(100)
+
+    pid = fork(child)
+    assert readable(ready_r, 20)
+    prod.drain_doorbell()           # a consumer's start rings producers
+    assert prod.arm() is False
+    prod.submit(0, encode_request(request_id=9))
+    assert readable(prod.fileno(), 20)          # the doorbell rang
+    assert not readable(rfd, 0)                 # nothing went to the pipe
+    wait_child(pid)
+    raw.close()
     r.close()
