@@ -8,6 +8,7 @@
 #   make build-l7    build output/ngx_http_mosn_module.so and output/shm_ring.h
 #   make bench       the peers benchmark (results in bench/results/)
 #   make bench-response  what a sender filter (the response phase) costs
+#   make bench-concurrency  HTTP/1.1 and HTTP/2 at any concurrency, beside map
 #   make fuzz        the verdict decoder under libFuzzer, long
 #   make soak        locust against the example gateway (SOAK_TIME=10m)
 
@@ -25,7 +26,7 @@ SOAK_TIME ?= 10m
 
 .PHONY: setup apt venv build-l7 python run stop test test-newer-nginx \
         test-fast fuzz \
-        fuzz-short bench bench-response soak clean
+        fuzz-short bench bench-response bench-concurrency soak clean
 
 setup: apt venv build-l7
 
@@ -90,6 +91,9 @@ bench-idle: setup
 
 bench-response: setup
 	$(PY) bench/response.py
+
+bench-concurrency: setup
+	$(PY) bench/concurrency.py
 
 bench-scale: setup
 	$(PY) bench/scale.py
