@@ -39,9 +39,13 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from fleet import (FLEET_HTTP, PREFIX, Etcd, Sites, app_value,  # noqa: E402
                    etcd_mosn)
-from gateway import Gateway, MODULE, wait_for  # noqa: E402
+from gateway import Gateway, MODULE, pids_of, wait_for  # noqa: E402
 
 APP_KEY = PREFIX + "test"
+# room for a connection to every endpoint the app may have, times the
+# load's concurrency: with less, the keepalive cache evicts connections
+# each time the set changes, and endpoint churn becomes connection churn
+HTTP = FLEET_HTTP.replace("keepalive 16", "keepalive 64")
 LABELS = ["a", "b", "c", "d"]
 
 
@@ -221,7 +225,29 @@ def parse(text):
             "socket_errors": sum(map(int, sock.groups())) if sock else 0}
 
 
-def throughput(writer, sites, gateways, args):
+def cpu_by_role(gateways, etcd):
+    """CPU seconds used so far by each kind of process of the fleet."""
+    def used(pids):
+        total = 0.0
+        for pid in pids:
+            try:
+                with open("/proc/%d/stat" % pid) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            except (OSError, IndexError, ValueError):
+                pass
+        return total / os.sysconf("SC_CLK_TCK")
+    roles = {"nginx": [], "python workers": [], "discovery": []}
+    for gw in gateways:
+        roles["nginx"] += gw.nginx_worker_pids()
+        roles["python workers"] += gw.python_pids()
+        roles["discovery"] += pids_of("pyworker discover --shm /" + gw.shm)
+    roles["etcd"] = [m.proc.pid for m in etcd.members if m.proc]
+    roles["writer (this process)"] = [os.getpid()]
+    return {role: used(pids) for role, pids in roles.items()}
+
+
+def throughput(writer, sites, gateways, etcd, args):
     sets = [json.dumps(app_value("test", [(sites.ports[l], "s1")
                                           for l in LABELS if l != skip]))
             for skip in LABELS]
@@ -239,10 +265,12 @@ def throughput(writer, sites, gateways, args):
                                              args.rate, stop)
             time.sleep(0.5)
             gens = [generation(gw) for gw in gateways]
+            cpu0 = cpu_by_role(gateways, etcd)
             procs = [wrk(gw.port, args.duration, args.connections)
                      for gw in gateways]
             outs = [p.communicate(timeout=args.duration + 60)[0]
                     for p in procs]
+            cpu1 = cpu_by_role(gateways, etcd)
             after = [generation(gw) for gw in gateways]
             stop.set()
             writes = stream.result(30) if stream else 0
@@ -254,6 +282,8 @@ def throughput(writer, sites, gateways, args):
                 "socket_errors": sum(x["socket_errors"] for x in results),
                 "requests": sum(x["requests"] for x in results),
                 "etcd_writes": writes,
+                "cpu_seconds": {k: round(cpu1[k] - cpu0[k], 2)
+                                for k in cpu1},
                 "table_writes": [a - b for a, b in zip(after, gens)]})
             print("round %d %-17s %8.0f req/s  non-2xx %d  table writes %s"
                   % (r, condition, runs[condition][-1]["rps"],
@@ -306,8 +336,8 @@ def report(args, info, started, prop, runs, elapsed):
         "",
         "Everything on this machine, on loopback: one etcd member (data on "
         "tmpfs), three gateways (1 nginx worker + 1 Python worker each, "
-        "endpoints from etcd through `mosn_subset`), the demo sites in one "
-        "plain nginx, the probes or wrk.",
+        "endpoints from etcd through `mosn_subset`, `keepalive 64` to the "
+        "endpoints), the demo sites in one plain nginx, the probes or wrk.",
         "",
         "## 1. From an etcd write to the first request routed to the new "
         "endpoint",
@@ -352,6 +382,16 @@ def report(args, info, started, prop, runs, elapsed):
             sum(x["non_2xx"] + x["socket_errors"] for x in items),
             sum(x["etcd_writes"] for x in items),
             items[-1]["table_writes"]))
+    lines += ["", "CPU seconds per run (median over the runs) by the fleet's "
+              "processes; the writer is this script's etcd client (wrk, the "
+              "sites and everything else on the machine are not counted):",
+              "", "| condition | " + " | ".join(
+                  runs["quiet"][0]["cpu_seconds"]) + " |",
+              "| --- |" + " --- |" * len(runs["quiet"][0]["cpu_seconds"])]
+    for condition, items in runs.items():
+        lines.append("| %s | %s |" % (condition, " | ".join(
+            "%.2f" % statistics.median(x["cpu_seconds"][role] for x in items)
+            for role in items[0]["cpu_seconds"])))
     changes = runs["endpoint changes"]
     ratio = med["endpoint changes"] / med["quiet"]
     own = med["endpoint changes"] / med["writes elsewhere"]
@@ -381,7 +421,7 @@ def main():
         writer.put(APP_KEY, json.dumps(app_value(
             "test", [(sites.ports["b"], "s1")])))
         for _ in range(3):
-            gw = Gateway(FLEET_HTTP, mosn=etcd_mosn(etcd.endpoints))
+            gw = Gateway(HTTP, mosn=etcd_mosn(etcd.endpoints))
             gateways.append(gw)
             gw.start()
         for gw in gateways:
@@ -390,7 +430,7 @@ def main():
         prop = propagation(writer, sites, gateways, args.changes)
         print("propagation p50 %.1f ms p99 %.1f ms (slowest of three)" % (
             pct(prop["slowest"], .5), pct(prop["slowest"], .99)))
-        runs = throughput(writer, sites, gateways, args)
+        runs = throughput(writer, sites, gateways, etcd, args)
     finally:
         if writer:
             writer.close()

@@ -26,7 +26,9 @@ log = logging.getLogger("pyworker.discovery")
 
 def run(shm, config_path, stats_dir=None, uid=None, gid=None):
     die_with_parent(signal.SIGTERM)
-    setup_logging(None, role="discovery", level=logging.INFO)
+    # it has no log file: what reaches nginx's error_log (WARNING and up)
+    # is all it says, and a record per change would cost at 100 a second
+    setup_logging(None, role="discovery", level=logging.WARNING)
     spec = discovery_of(config_path)
     if spec is None or spec.kind == "file":
         log.error("discovery: %s names no etcd or xDS source", config_path)
