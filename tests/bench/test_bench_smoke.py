@@ -91,3 +91,21 @@ def test_spin_bench_smoke(tmp_path):
     for row in result["summary"].values():
         assert row["rps"] > 0 and row["non_2xx"] == 0
     assert "--spins 0,20" in (tmp_path / "spin.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_fleet_smoke(tmp_path):
+    out = tmp_path / "fleet"
+    run("fleet.py", "--changes", "5", "--rounds", "1", "--duration", "2",
+        "--rate", "20", "--out", str(out), timeout=280)
+    result = json.loads(out.with_suffix(".json").read_text())
+    # every change reached every gateway, and was timed
+    assert result["propagation"]["missed"] == 0
+    assert [len(v) for v in result["propagation"]["per_gateway"]] == [5] * 3
+    runs = result["throughput"]
+    assert set(runs) == {"quiet", "writes elsewhere", "endpoint changes"}
+    changes = runs["endpoint changes"][0]
+    assert changes["etcd_writes"] > 0 and min(changes["table_writes"]) > 0
+    assert runs["quiet"][0]["table_writes"] == [0, 0, 0]
+    assert "Target p99 <= 100 ms" in out.with_suffix(".md").read_text()
