@@ -214,3 +214,23 @@ def _try_put(cluster, sites, label):
         return True
     except AssertionError:
         return False
+
+
+def test_a_dead_discovery_process_is_replaced_and_the_table_kept(
+        gateway, etcd, sites):
+    from gateway import pids_of
+    put_app(etcd, sites, "a")
+    gw = fleet(gateway, lambda i: etcd.endpoints, n=1)[0]
+    assert all_route_to([gw], "a")
+    find = lambda: pids_of("pyworker discover --shm /" + gw.shm)  # noqa
+    (victim,) = find()
+    import os
+    import signal
+    os.kill(victim, signal.SIGKILL)
+    # routing goes on from the table while it is away
+    assert [routed(gw) for _ in range(3)] == ["a"] * 3
+    assert wait_for(lambda: find() and find() != [victim], 10), \
+        gw.error_log()
+    assert "the discovery process %d exited" % victim in gw.error_log()
+    put_app(etcd, sites, "b")
+    assert all_route_to([gw], "b")

@@ -163,3 +163,19 @@ def test_a_bad_store_config_is_refused_and_the_last_good_serves(
     # good again: live
     etcd.put(CONFIG_KEY, servers("v4"))
     assert wait_for(lambda: gw.get("/echo").text == "v4", 30)
+
+
+def test_etcd_down_at_start_the_file_serves_until_it_answers(
+        gateway, etcd, sites):
+    etcd.put(CONFIG_KEY, servers("v1"))
+    gw = start(gateway, etcd, sites, workers=1)
+    etcd.stop()
+    gw.start()
+    # no answer within the wait: the file's own listeners serve
+    assert gw.get("/echo").text == "from the file"
+    assert "service discovery: etcd connect" in gw.error_log()
+    etcd.start()
+    assert wait_for(lambda: gw.get("/echo").text == "v1", 30), \
+        gw.error_log()[-2000:]
+    # the endpoints came with it
+    assert gw.get("/", {"uid": "150"}).text.endswith("b")
