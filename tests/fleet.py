@@ -106,6 +106,7 @@ class Etcd:
                         for i in range(members)]
         self.initial = ",".join("%s=%s" % (m.name, m.peer_url)
                                 for m in self.members)
+        self.auth = []          # etcdctl's --user, once auth is on
 
     @property
     def endpoints(self):
@@ -157,7 +158,8 @@ class Etcd:
         proc = subprocess.run(
             [ETCDCTL, "--endpoints", ",".join(endpoints or
                                               self.live_endpoints()),
-             "--command-timeout", "%ds" % max(1, timeout - 1), *args],
+             "--command-timeout", "%ds" % max(1, timeout - 1), *self.auth,
+             *args],
             env=env, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError("etcdctl %s: %s%s" % (

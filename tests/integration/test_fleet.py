@@ -234,3 +234,32 @@ def test_a_dead_discovery_process_is_replaced_and_the_table_kept(
     assert "the discovery process %d exited" % victim in gw.error_log()
     put_app(etcd, sites, "b")
     assert all_route_to([gw], "b")
+
+
+def test_etcd_with_authentication(gateway, etcd, sites):
+    put_app(etcd, sites, "a")
+    etcd.ctl("user", "add", "root:rootpw")
+    etcd.ctl("user", "add", "gw:gwpw")
+    etcd.ctl("role", "add", "gateway")
+    etcd.ctl("role", "grant-permission", "gateway", "--prefix=true", "read",
+             PREFIX)
+    etcd.ctl("user", "grant-role", "gw", "gateway")
+    etcd.ctl("auth", "enable")
+    etcd.auth = ["--user", "root:rootpw"]
+    try:
+        good = etcd_mosn(etcd.endpoints)
+        good["pyworker"]["discovery"]["etcd"].update(username="gw",
+                                                     password="gwpw")
+        bad = etcd_mosn(etcd.endpoints)
+        bad["pyworker"]["discovery"]["etcd"].update(username="gw",
+                                                    password="wrong")
+        gws = [gateway(FLEET_HTTP, mosn=m).start() for m in (good, bad)]
+        assert all_route_to(gws[:1], "a")
+        assert wait_for(lambda: "authentication failed" in
+                        gws[1].error_log(), 10), gws[1].error_log()
+        assert gws[1].get("/", {"uid": "2"}).status == 502
+        put_app(etcd, sites, "b")
+        assert all_route_to(gws[:1], "b")
+    finally:
+        etcd.ctl("auth", "disable")
+        etcd.auth = []
