@@ -333,6 +333,7 @@ def cleanup_region(shm, timeout=5.0):
     with contextlib.suppress(FileNotFoundError):
         os.unlink(f"/dev/shm/{shm}")
     shutil.rmtree(f"/dev/shm/{shm}.stats", ignore_errors=True)
+    shutil.rmtree(f"/dev/shm/{shm}.wake", ignore_errors=True)
     return left
 
 

@@ -184,7 +184,7 @@ bench_complete(bench_t *b, uint64_t e)
 
     s = MOSN_ENTRY_SLOT(e);
     slot = mosn_slot(&b->rg, b->p, s);
-    room = MOSN_SLOT_DATA_SIZE(b->rg.hdr->slot_size);
+    room = MOSN_SLOT_DATA_SIZE(b->rg.slot_size);
 
     if (slot->verdict_off > room
         || slot->verdict_len > room - slot->verdict_off
@@ -316,7 +316,7 @@ bench_throughput(bench_t *b, uint32_t count, uint32_t inflight)
     uint32_t  sent, done, slots;
     uint64_t  t0, t, out[BENCH_BATCH];
 
-    slots = b->rg.hdr->slots;
+    slots = b->rg.slots;
 
     if (inflight > slots) {
         inflight = slots;
@@ -381,7 +381,7 @@ bench_consume(mosn_region_t *rg, uint32_t c)
     memset(&v, 0, sizeof(v));
     v.len = sizeof(v);
     v.action = MOSN_ACTION_CONTINUE;
-    room = MOSN_SLOT_DATA_SIZE(rg->hdr->slot_size);
+    room = MOSN_SLOT_DATA_SIZE(rg->slot_size);
     mask = 0;
 
     for ( ;; ) {
@@ -567,22 +567,22 @@ main(int argc, char **argv)
     }
 
     b.p = (uint32_t) p;
-    b.fd = mosn_doorbell_open(&b.rg, b.p);
+    b.fd = mosn_doorbell_open(&b.rg, b.p, err, sizeof(err));
     if (b.fd < 0) {
-        fprintf(stderr, "ring_producer: doorbell: %s\n", strerror(errno));
+        fprintf(stderr, "ring_producer: %s\n", err);
         return 1;
     }
 
     b.nfd = getenv("RING_BENCH_NO_EVENTFD") ? -1
             : mosn_producer_notify_open(&b.rg, b.p);
 
-    b.free = calloc(b.rg.hdr->slots, sizeof(uint32_t));
+    b.free = calloc(b.rg.slots, sizeof(uint32_t));
     if (b.free == NULL) {
         return 1;
     }
 
-    for (s = 0; s < b.rg.hdr->slots; s++) {
-        b.free[b.nfree++] = b.rg.hdr->slots - 1 - s;
+    for (s = 0; s < b.rg.slots; s++) {
+        b.free[b.nfree++] = b.rg.slots - 1 - s;
     }
 
     b.next_id = 1;

@@ -297,18 +297,15 @@ ngx_http_mosn_pool_start(ngx_cycle_t *cycle, ngx_http_mosn_main_conf_t *mmcf)
                       name, (uint32_t) w->rg.size, conf.nproducers,
                       conf.nconsumers, conf.slots, conf.slot_size);
 
-    } else {
-        h = w->rg.hdr;
-
-        if (h->slots != conf.slots || h->slot_size != conf.slot_size
-            || h->nproducers < conf.nproducers
-            || h->nconsumers < conf.nconsumers)
-        {
-            ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
-                          "mosn: mosn_slots, mosn_slot_size, mosn_workers "
-                          "and worker_processes beyond the region's room "
-                          "take effect on restart, not on reload");
-        }
+    } else if (w->rg.slots != conf.slots
+               || w->rg.slot_size != conf.slot_size
+               || w->rg.nproducers < conf.nproducers
+               || w->rg.nconsumers < conf.nconsumers)
+    {
+        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                      "mosn: mosn_slots, mosn_slot_size, mosn_workers "
+                      "and worker_processes beyond the region's room "
+                      "take effect on restart, not on reload");
     }
 
     h = w->rg.hdr;
@@ -316,7 +313,7 @@ ngx_http_mosn_pool_start(ngx_cycle_t *cycle, ngx_http_mosn_main_conf_t *mmcf)
     ngx_snprintf((u_char *) h->config_path, MOSN_PATH_MAX, "%V%Z",
                  &mmcf->config);
     h->desired_workers = (uint32_t) ngx_min(mmcf->workers,
-                                            h->nconsumers / 2 - 1);
+                                            w->rg.nconsumers / 2 - 1);
     __atomic_add_fetch(&h->reload_seq, 1, __ATOMIC_RELEASE);
 
     if (!mmcf->spawn) {
@@ -358,7 +355,7 @@ ngx_http_mosn_supervisor_start(ngx_cycle_t *cycle,
     argv[argc++] = "pyworker";
     argv[argc++] = "serve";
     argv[argc++] = "--shm";
-    argv[argc++] = w->rg.hdr->name;
+    argv[argc++] = w->rg.name;
     argv[argc++] = "--config";
     argv[argc++] = (char *) mmcf->config.data;
     argv[argc++] = "--workers";
@@ -410,7 +407,7 @@ ngx_http_mosn_pool_stop(ngx_cycle_t *cycle)
     }
 
     if (w->rg.hdr != NULL) {
-        (void) shm_unlink(w->rg.hdr->name);
+        (void) mosn_region_unlink(w->rg.name);
     }
 }
 
@@ -422,6 +419,7 @@ ngx_http_mosn_clean_stale(ngx_log_t *log)
 {
     DIR            *dir;
     char            path[MOSN_NAME_MAX + 1];
+    size_t          len;
     ngx_int_t       pid;
     struct dirent  *de;
 
@@ -435,16 +433,26 @@ ngx_http_mosn_clean_stale(ngx_log_t *log)
             continue;
         }
 
-        pid = ngx_atoi((u_char *) de->d_name + 9,
-                       ngx_strlen(de->d_name + 9));
+        /* the region "ngx_mosn.PID", or its "ngx_mosn.PID.wake" */
+        len = ngx_strlen(de->d_name + 9);
+
+        if (len > sizeof(MOSN_WAKE_DIR_SUFFIX) - 1
+            && ngx_strcmp(de->d_name + 9 + len
+                          - (sizeof(MOSN_WAKE_DIR_SUFFIX) - 1),
+                          MOSN_WAKE_DIR_SUFFIX) == 0)
+        {
+            len -= sizeof(MOSN_WAKE_DIR_SUFFIX) - 1;
+        }
+
+        pid = ngx_atoi((u_char *) de->d_name + 9, len);
 
         if (pid <= 0 || kill((pid_t) pid, 0) == 0 || ngx_errno != ESRCH) {
             continue;
         }
 
-        ngx_snprintf((u_char *) path, sizeof(path), "/%s%Z", de->d_name);
+        ngx_snprintf((u_char *) path, sizeof(path), "/ngx_mosn.%i%Z", pid);
 
-        if (shm_unlink(path) == 0) {
+        if (mosn_region_unlink(path) == 0) {
             ngx_log_error(NGX_LOG_NOTICE, log, 0,
                           "mosn: removed the stale region \"%s\"", path);
         }

@@ -67,10 +67,10 @@ ngx_http_mosn_ring_init_process(ngx_cycle_t *cycle)
     w->rg.hdr->master_pid = (uint32_t) (ngx_process == NGX_PROCESS_WORKER
                                         ? getppid() : ngx_pid);
 
-    w->free = ngx_alloc(sizeof(uint32_t) * w->rg.hdr->slots, cycle->log);
-    w->inflight = ngx_alloc(sizeof(ngx_http_mosn_ctx_t *) * w->rg.hdr->slots,
+    w->free = ngx_alloc(sizeof(uint32_t) * w->rg.slots, cycle->log);
+    w->inflight = ngx_alloc(sizeof(ngx_http_mosn_ctx_t *) * w->rg.slots,
                             cycle->log);
-    w->inflight_gen = ngx_alloc(sizeof(uint32_t) * w->rg.hdr->slots,
+    w->inflight_gen = ngx_alloc(sizeof(uint32_t) * w->rg.slots,
                                 cycle->log);
 
     if (w->free == NULL || w->inflight == NULL || w->inflight_gen == NULL) {
@@ -96,6 +96,7 @@ static ngx_int_t
 ngx_http_mosn_claim(ngx_log_t *log)
 {
     int                      fd, p;
+    char                     err[256];
     uint32_t                 s;
     ngx_event_t             *rev;
     ngx_connection_t        *c;
@@ -109,15 +110,15 @@ ngx_http_mosn_claim(ngx_log_t *log)
         ngx_log_error(NGX_LOG_ERR, log, 0,
                       "mosn: no free producer channel in \"%s\" (%uD in "
                       "use); requests take the fallback until one frees",
-                      w->rg.hdr->name, w->rg.hdr->nproducers);
+                      w->rg.name, w->rg.nproducers);
         return NGX_DECLINED;
     }
 
-    fd = mosn_doorbell_open(&w->rg, (uint32_t) p);
+    fd = mosn_doorbell_open(&w->rg, (uint32_t) p, err, sizeof(err));
 
     if (fd == -1) {
-        ngx_log_error(NGX_LOG_ERR, log, ngx_errno,
-                      "mosn: cannot bind the doorbell of channel %d", p);
+        ngx_log_error(NGX_LOG_ERR, log, 0, "mosn: channel %d: %s; requests "
+                      "take the fallback", p, err);
         mosn_producer_release(&w->rg, (uint32_t) p);
         return NGX_DECLINED;
     }
@@ -125,6 +126,7 @@ ngx_http_mosn_claim(ngx_log_t *log)
     c = ngx_get_connection(fd, log);
     if (c == NULL) {
         close(fd);
+        mosn_doorbell_unlink(&w->rg, (uint32_t) p);
         mosn_producer_release(&w->rg, (uint32_t) p);
         return NGX_DECLINED;
     }
@@ -136,17 +138,18 @@ ngx_http_mosn_claim(ngx_log_t *log)
 
     if (ngx_add_event(rev, NGX_READ_EVENT, 0) != NGX_OK) {
         ngx_close_connection(c);
+        mosn_doorbell_unlink(&w->rg, (uint32_t) p);
         mosn_producer_release(&w->rg, (uint32_t) p);
         return NGX_DECLINED;
     }
 
-    for (s = 0; s < w->rg.hdr->slots; s++) {
-        w->free[s] = w->rg.hdr->slots - 1 - s;
+    for (s = 0; s < w->rg.slots; s++) {
+        w->free[s] = w->rg.slots - 1 - s;
         w->inflight[s] = NULL;
         w->inflight_gen[s] = 0;
     }
 
-    w->nfree = w->rg.hdr->slots;
+    w->nfree = w->rg.slots;
     w->doorbell = c;
     w->notify = ngx_http_mosn_notify_open(log, (uint32_t) p);
     w->wake.handler = ngx_http_mosn_wake_handler;
@@ -159,7 +162,7 @@ ngx_http_mosn_claim(ngx_log_t *log)
     (void) mosn_producer_arm(&w->rg, (uint32_t) p);
 
     ngx_log_error(NGX_LOG_INFO, log, 0, "mosn: worker took channel %d of "
-                  "\"%s\"", p, w->rg.hdr->name);
+                  "\"%s\"", p, w->rg.name);
 
     return NGX_OK;
 }
@@ -244,6 +247,9 @@ ngx_http_mosn_ring_exit_process(ngx_cycle_t *cycle)
         ngx_close_connection(w->notify);
         w->notify = NULL;
     }
+
+    /* before the release: the channel's next owner binds the name anew */
+    mosn_doorbell_unlink(&w->rg, (uint32_t) w->p);
 
     /* the reaper hands the channel on once its slots are back */
     mosn_producer_release(&w->rg, (uint32_t) w->p);
@@ -571,7 +577,7 @@ ngx_http_mosn_consumer_live(void)
     uint32_t                 c;
     ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
 
-    for (c = 0; c < w->rg.hdr->nconsumers; c++) {
+    for (c = 0; c < w->rg.nconsumers; c++) {
         if (mosn_consumer(&w->rg, c)->state == MOSN_CONS_LIVE) {
             return 1;
         }
@@ -648,7 +654,7 @@ ngx_http_mosn_ring_timed_out(ngx_http_mosn_ctx_t *ctx)
     sw = mosn_slot(&w->rg, (uint32_t) w->p, ctx->slot)->state;
     c = MOSN_SW_CONSUMER(sw);
 
-    if (MOSN_SW_STATE(sw) == MOSN_SLOT_FREE || c >= w->rg.hdr->nconsumers) {
+    if (MOSN_SW_STATE(sw) == MOSN_SLOT_FREE || c >= w->rg.nconsumers) {
         return;
     }
 
@@ -779,7 +785,7 @@ ngx_http_mosn_complete(uint32_t s, uint32_t gen, ngx_uint_t failed)
     ngx_http_mosn_ctx_t     *ctx;
     ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
 
-    if (s >= w->rg.hdr->slots) {
+    if (s >= w->rg.slots) {
         return;
     }
 
@@ -797,7 +803,7 @@ ngx_http_mosn_complete(uint32_t s, uint32_t gen, ngx_uint_t failed)
     cost = mosn_now_ns() - ctx->start_ns;
     mosn_producer(&w->rg, (uint32_t) w->p)->cost_ns += cost;
 
-    room = MOSN_SLOT_DATA_SIZE(w->rg.hdr->slot_size);
+    room = MOSN_SLOT_DATA_SIZE(w->rg.slot_size);
 
     if (ctx->resp_state == NGX_HTTP_MOSN_WAITING) {
         ctx->resp_cost_ns = cost;
@@ -1028,7 +1034,7 @@ ngx_http_mosn_write_record(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
     mosn_header_entry_t        *e;
     ngx_http_mosn_worker_t     *w = &ngx_http_mosn_worker;
 
-    room = MOSN_SLOT_DATA_SIZE(w->rg.hdr->slot_size);
+    room = MOSN_SLOT_DATA_SIZE(w->rg.slot_size);
 
     /* keep a quarter of the slot, and at least 512 bytes, for the verdict */
     room -= ngx_max(room / 4, 512);

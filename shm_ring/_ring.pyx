@@ -17,6 +17,9 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.errno cimport errno
 from libc.string cimport memcmp, memcpy, memset, strncasecmp
 
+cdef extern from "string.h":
+    size_t strnlen(const char *s, size_t maxlen)
+
 cdef extern from "Python.h":
     # an ASCII str is its own latin-1 (and UTF-8) encoding, read in place
     bint PyUnicode_IS_COMPACT_ASCII(object)
@@ -102,10 +105,8 @@ cdef class Region:
         mosn_region_detach(&self.rg)
 
     def unlink(self):
-        try:
-            os.unlink("/dev/shm/" + self.name.lstrip("/"))
-        except FileNotFoundError:
-            pass
+        """Removes the region's name and its wake-up directory."""
+        mosn_region_unlink(self.name.encode())
 
     def __dealloc__(self):
         mosn_region_detach(&self.rg)
@@ -117,22 +118,22 @@ cdef class Region:
     @property
     def nproducers(self):
         self._live()
-        return self.rg.hdr.nproducers
+        return self.rg.nproducers
 
     @property
     def nconsumers(self):
         self._live()
-        return self.rg.hdr.nconsumers
+        return self.rg.nconsumers
 
     @property
     def slots(self):
         self._live()
-        return self.rg.hdr.slots
+        return self.rg.slots
 
     @property
     def slot_size(self):
         self._live()
-        return self.rg.hdr.slot_size
+        return self.rg.slot_size
 
     @property
     def size(self):
@@ -170,8 +171,12 @@ cdef class Region:
 
     @property
     def config_path(self):
+        cdef const char *raw
         self._live()
-        return self.rg.hdr.config_path.decode(errors="replace")
+        # a writer may have left it unterminated: read within its bounds
+        raw = self.rg.hdr.config_path
+        return PyBytes_FromStringAndSize(raw, strnlen(raw, MOSN_PATH_MAX)) \
+            .decode(errors="replace")
 
     @property
     def pool_state(self):
@@ -198,12 +203,12 @@ cdef class Region:
     def drain_consumer(self, int c):
         """Stops new work for consumer c; it finishes what it holds."""
         self._live()
-        if 0 <= c < <int> self.rg.hdr.nconsumers:
+        if 0 <= c < <int> self.rg.nconsumers:
             mosn_consumer(&self.rg, c).state = MOSN_CONS_DRAINING
 
     def consumer_state(self, int c):
         self._live()
-        if not 0 <= c < <int> self.rg.hdr.nconsumers:
+        if not 0 <= c < <int> self.rg.nconsumers:
             raise IndexError(c)
         return _CONSUMER_STATES.get(mosn_consumer(&self.rg, c).state, "?")
 
@@ -226,7 +231,7 @@ cdef class Region:
         cdef mosn_consumer_t *c
         self._live()
         producers = []
-        for i in range(self.rg.hdr.nproducers):
+        for i in range(self.rg.nproducers):
             p = mosn_producer(&self.rg, i)
             producers.append({
                 "index": i, "pid": MOSN_OWNER_PID(p.owner),
@@ -240,7 +245,7 @@ cdef class Region:
                 "queued": p.queued, "queue_full": p.queue_full,
             })
         consumers = []
-        for i in range(self.rg.hdr.nconsumers):
+        for i in range(self.rg.nconsumers):
             c = mosn_consumer(&self.rg, i)
             consumers.append({
                 "index": i, "pid": c.pid,
@@ -751,9 +756,9 @@ cdef class Consumer:
 
     def __init__(self, Region region, int index):
         region._live()
-        if not 0 <= index < <int> region.rg.hdr.nconsumers:
+        if not 0 <= index < <int> region.rg.nconsumers:
             raise RingError("consumer index %d is not in 0..%d"
-                            % (index, region.rg.hdr.nconsumers - 1))
+                            % (index, region.rg.nconsumers - 1))
         self.region = region
         self.rg = &region.rg
         self.index = index
@@ -771,14 +776,14 @@ cdef class Consumer:
 
     cdef mosn_slot_t *_slot(self, uint64_t ps) except NULL:
         cdef uint32_t p = MOSN_PS_P(ps), s = MOSN_PS_S(ps)
-        if p >= self.rg.hdr.nproducers or s >= self.rg.hdr.slots:
+        if p >= self.rg.nproducers or s >= self.rg.slots:
             raise RingError("no slot %d/%d" % (p, s))
         return mosn_slot(self.rg, p, s)
 
     def request(self, uint64_t ps):
         cdef mosn_slot_t *slot = self._slot(ps)
         cdef SlotRequest req = _slot_request(
-            slot.data, self.rg.hdr.slot_size - MOSN_SLOT_HEADER_SIZE)
+            slot.data, self.rg.slot_size - MOSN_SLOT_HEADER_SIZE)
         if req is not None:
             _in_slot(req, slot, ps)
         return req
@@ -801,7 +806,7 @@ cdef class Consumer:
 
     cdef bint _complete(self, mosn_slot_t *slot, uint64_t ps,
                         object verdict) except *:
-        cdef uint32_t data_size = self.rg.hdr.slot_size - MOSN_SLOT_HEADER_SIZE
+        cdef uint32_t data_size = self.rg.slot_size - MOSN_SLOT_HEADER_SIZE
         cdef uint32_t off, n
         cdef uint32_t req_len
         cdef uint64_t w = slot.state
@@ -904,7 +909,7 @@ cdef class Consumer:
         cdef uint64_t ps
         cdef mosn_slot_t *slot
         cdef SlotRequest req
-        cdef uint32_t data_size = self.rg.hdr.slot_size - MOSN_SLOT_HEADER_SIZE
+        cdef uint32_t data_size = self.rg.slot_size - MOSN_SLOT_HEADER_SIZE
         if max > BATCH_MAX:
             max = BATCH_MAX
         n = mosn_consumer_take(self.rg, self.index, self.batch, max)
@@ -947,11 +952,12 @@ cdef class Producer:
         self.index = mosn_producer_claim(self.rg, os.getpid())
         if self.index < 0:
             raise RingError("no free producer channel")
-        self.fd = mosn_doorbell_open(self.rg, self.index)
+        cdef char err[256]
+        self.fd = mosn_doorbell_open(self.rg, self.index, err, sizeof(err))
         if self.fd < 0:
             # hand the channel to the reaper rather than hold it for ever
             mosn_producer_release(self.rg, self.index)
-            raise RingError("cannot bind the doorbell socket")
+            raise RingError(err.decode(errors="replace"))
 
     def fileno(self):
         return self.fd
@@ -970,6 +976,7 @@ cdef class Producer:
 
     def release(self):
         if self.fd >= 0:
+            mosn_doorbell_unlink(self.rg, self.index)
             os.close(self.fd)
             self.fd = -1
         if self.nfd >= 0:
@@ -987,16 +994,16 @@ cdef class Producer:
         cdef int c
         cdef mosn_slot_t *sl
         cdef uint32_t n = len(record)
-        if slot >= self.rg.hdr.slots:
+        if slot >= self.rg.slots:
             raise RingError("no slot %d" % slot)
-        if n > self.rg.hdr.slot_size - MOSN_SLOT_HEADER_SIZE:
+        if n > self.rg.slot_size - MOSN_SLOT_HEADER_SIZE:
             raise RingError("record does not fit in a slot")
         if consumer < 0:
             c = mosn_producer_pick(self.rg, self.index, &self.rr, &inc)
             if c < 0:
                 return None
         else:
-            if consumer >= <int> self.rg.hdr.nconsumers:
+            if consumer >= <int> self.rg.nconsumers:
                 raise RingError("no consumer %d" % consumer)
             c = consumer
             inc = mosn_consumer(self.rg, c).incarnation & 0xffff
@@ -1020,8 +1027,8 @@ cdef class Producer:
     def verdict(self, uint32_t slot):
         """The verdict bytes, checked against the slot as nginx does."""
         cdef mosn_slot_t *sl
-        cdef uint32_t data_size = self.rg.hdr.slot_size - MOSN_SLOT_HEADER_SIZE
-        if slot >= self.rg.hdr.slots:
+        cdef uint32_t data_size = self.rg.slot_size - MOSN_SLOT_HEADER_SIZE
+        if slot >= self.rg.slots:
             raise RingError("no slot %d" % slot)
         sl = mosn_slot(self.rg, self.index, slot)
         if (sl.verdict_off > data_size
@@ -1031,7 +1038,7 @@ cdef class Producer:
                                          sl.verdict_len)
 
     def free(self, uint32_t slot):
-        if slot >= self.rg.hdr.slots:
+        if slot >= self.rg.slots:
             raise RingError("no slot %d" % slot)
         mosn_producer_free(self.rg, self.index, slot)
 
@@ -1041,7 +1048,7 @@ cdef class Producer:
     def abandon(self, uint32_t slot, uint32_t gen):
         """Gives up on the request of generation gen in the slot, as nginx
         does when its client goes away."""
-        if slot >= self.rg.hdr.slots:
+        if slot >= self.rg.slots:
             raise RingError("no slot %d" % slot)
         mosn_producer_abandon(self.rg, self.index, slot, gen)
 
@@ -1059,7 +1066,7 @@ cdef class Producer:
 
     def slot_state(self, uint32_t slot):
         cdef uint64_t w
-        if slot >= self.rg.hdr.slots:
+        if slot >= self.rg.slots:
             raise RingError("no slot %d" % slot)
         w = mosn_slot(self.rg, self.index, slot).state
         return (MOSN_SW_STATE(w), MOSN_SW_CONSUMER(w), MOSN_SW_INC(w),

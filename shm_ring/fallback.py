@@ -33,11 +33,13 @@ checks and stores, and says so at each place:
 """
 
 import ctypes
+import errno
 import fcntl
 import mmap
 import os
 import platform
 import socket
+import stat
 import struct
 import threading
 import time
@@ -57,6 +59,8 @@ MAX_SLOTS = 65536
 MIN_SLOT_SIZE = 1024
 MAX_SLOT_SIZE = 16 * 1024 * 1024
 NAME_MAX = 64
+PATH_MAX = 512
+WAKE_DIR_SUFFIX = ".wake"
 SLOT_HEADER_SIZE = 64
 VERDICT_MAX_RECORDS = 256
 RESCUE_FAILED = 0x80000000
@@ -316,7 +320,9 @@ def _unpack_header(buf):
 
 
 def _region_check(buf, size):
-    """mosn_region_check(): raises RingError if the image is unusable."""
+    """mosn_region_check(): the header, unpacked once and checked; raises
+    RingError if the image is unusable.  Only this copy's layout is used
+    afterwards: the live header is never read for an address again."""
     if size < HEADER.size:
         raise RingError("region is %d bytes, smaller than its header "
                         "(%d bytes)" % (size, HEADER.size))
@@ -337,7 +343,7 @@ def _region_check(buf, size):
     if why:
         raise RingError(why)
     layout = _layout(*conf)
-    if any(layout[k] != h[k] for k in _RING_LAYOUT):
+    if any(layout[k] != h[k] for k in _RING_LAYOUT + ("header_size",)):
         raise RingError("region layout does not match its sizes")
     if any(layout[k] != h[k] for k in _EP_LAYOUT):
         raise RingError(
@@ -347,6 +353,7 @@ def _region_check(buf, size):
             % (h["ep_apps"], h["ep_app_size"], h["endpoints_off"],
                layout["ep_apps"], layout["ep_app_size"],
                layout["endpoints_off"]))
+    return h
 
 
 def _shm_path(name):
@@ -354,10 +361,103 @@ def _shm_path(name):
     return "/dev/shm/" + name.lstrip("/")
 
 
+def _wake_dir(name):
+    """The region's wake-up directory, as mosn_wake_dir_name()."""
+    n = len(name.encode())
+    if not 0 < n < NAME_MAX:
+        raise RingError('region name "%s" is %s (1..%d bytes)'
+                        % (name[:128], "too long" if n else "empty",
+                           NAME_MAX - 1))
+    return _shm_path(name) + WAKE_DIR_SUFFIX
+
+
+def _in_the_way(err):
+    return {errno.ELOOP: "it is a symbolic link",
+            errno.ENOTDIR: "it is not a directory"}.get(err,
+                                                        os.strerror(err))
+
+
+def _wake_dir_clear(fd):
+    """Removes what the directory holds (wake-up sockets), no deeper."""
+    for entry in os.listdir(fd):
+        try:
+            os.unlink(entry, dir_fd=fd)
+        except IsADirectoryError:
+            os.rmdir(entry, dir_fd=fd)
+        except OSError:
+            pass
+
+
+def _wake_dir_make(path):
+    """mosn_wake_dir_make(): the directory, ours and closed to others; or
+    RingError naming what is in the way."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise RingError('mkdir("%s") failed: %s'
+                        % (path, os.strerror(e.errno))) from None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as e:
+        raise RingError('"%s" is in the way: %s; remove it'
+                        % (path, _in_the_way(e.errno))) from None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise RingError('"%s" is in the way: it belongs to uid %d; '
+                            'remove it' % (path, st.st_uid))
+        os.fchmod(fd, 0o700)
+        _wake_dir_clear(fd)
+    finally:
+        os.close(fd)
+
+
+def _wake_dir_check(path, owner):
+    """mosn_wake_dir_check(): the region owner's, mode 0700."""
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        raise RingError('the wake-up directory "%s" of the region is '
+                        'missing: %s' % (path, os.strerror(e.errno))) \
+            from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise RingError('"%s" is in the way: %s' % (
+            path, "it is a symbolic link" if stat.S_ISLNK(st.st_mode)
+            else "it is not a directory"))
+    if st.st_uid != owner or st.st_mode & 0o077:
+        raise RingError('"%s" is in the way: uid %d mode %04o, not uid %d '
+                        "mode 0700 as the region's owner would make it"
+                        % (path, st.st_uid, stat.S_IMODE(st.st_mode),
+                           owner))
+
+
+def region_unlink(name):
+    """mosn_region_unlink(): the region's name and its wake-up directory."""
+    try:
+        os.unlink(_shm_path(name))
+    except FileNotFoundError:
+        pass
+    try:
+        path = _wake_dir(name)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except (OSError, RingError):
+        return
+    try:
+        _wake_dir_clear(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
 class Region:
     """An attached shared-memory region."""
 
-    def __init__(self, name, fd, size):
+    def __init__(self, name, fd, size, checked):
         self.name = name
         self._size = size
         self._mm = mmap.mmap(fd, size, mmap.MAP_SHARED,
@@ -368,10 +468,12 @@ class Region:
         self._anchor = ctypes.c_char.from_buffer(self._mm)
         self._base = ctypes.addressof(self._anchor)
         self._sock = None
-        self._read_layout()
+        self._wake_dir = _wake_dir(name)
+        self._take_layout(checked)
 
-    def _read_layout(self):
-        h = _unpack_header(self._mm)
+    def _take_layout(self, h):
+        """The layout of the header copy _region_check() passed; the live
+        header is not read for it again."""
         self._np = h["nproducers"]
         self._nc = h["nconsumers"]
         self._slots = h["slots"]
@@ -382,23 +484,26 @@ class Region:
         self._ring_bytes = h["ring_bytes"]
         self._slots_off = h["slots_off"]
         self._endpoints_off = h["endpoints_off"]
-        self._hdr_name = h["name"].split(b"\0", 1)[0]
 
     @staticmethod
     def attach(name):
+        wake_dir = _wake_dir(name)
         try:
-            fd = os.open(_shm_path(name), os.O_RDWR)
+            fd = os.open(_shm_path(name), os.O_RDWR | os.O_NOFOLLOW)
         except OSError as e:
             raise RingError('shm_open("%s") failed: %s'
                             % (name, os.strerror(e.errno))) from None
         try:
-            size = os.fstat(fd).st_size
-            if size <= 0:
+            st = os.fstat(fd)
+            if st.st_size <= 0:
                 raise RingError('region "%s" is empty' % name)
-            with mmap.mmap(fd, size, mmap.MAP_SHARED,
+            _wake_dir_check(wake_dir, st.st_uid)
+            with mmap.mmap(fd, st.st_size, mmap.MAP_SHARED,
                            mmap.PROT_READ) as image:
-                _region_check(image, size)
-            return Region(name, fd, size)
+                # one copy of the header, checked, is all the layout used
+                checked = _region_check(bytes(image[:HEADER.size]),
+                                        st.st_size)
+            return Region(name, fd, st.st_size, checked)
         finally:
             os.close(fd)
 
@@ -407,19 +512,29 @@ class Region:
         why = _conf_check(nproducers, nconsumers, slots, slot_size)
         if why:
             raise RingError(why)
-        if len(name.encode()) >= NAME_MAX:
-            raise RingError('region name "%s" is too long' % name)
+        wake_dir = _wake_dir(name)
         layout = _layout(nproducers, nconsumers, slots, slot_size)
         path = _shm_path(name)
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
+        except OSError:
+            pass            # another user's: O_EXCL below says so
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL
+                         | os.O_NOFOLLOW, 0o600)
         except OSError as e:
-            raise RingError('shm_open("%s") failed: %s'
-                            % (name, os.strerror(e.errno))) from None
+            raise RingError('shm_open("%s") failed: %s%s' % (
+                name, os.strerror(e.errno),
+                " (it belongs to another user: remove it)"
+                if e.errno == errno.EEXIST else "")) from None
+        try:
+            _wake_dir_make(wake_dir)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
         try:
             os.ftruncate(fd, layout["region_size"])
             image = HEADER.pack(
@@ -431,9 +546,10 @@ class Region:
                 0, 0, 0, 0, name.encode(), b"", layout["endpoints_off"],
                 EP_APPS, EP_APP_SIZE)
             os.pwrite(fd, image, 0)
-            r = Region(name, fd, layout["region_size"])
+            r = Region(name, fd, layout["region_size"],
+                       _unpack_header(image))
         except BaseException:
-            os.unlink(path)
+            region_unlink(name)
             raise
         finally:
             os.close(fd)
@@ -460,10 +576,8 @@ class Region:
             self._sock = None
 
     def unlink(self):
-        try:
-            os.unlink(_shm_path(self.name))
-        except FileNotFoundError:
-            pass
+        """Removes the region's name and its wake-up directory."""
+        region_unlink(self.name)
 
     def _live(self):
         if self._mm is None:
@@ -796,8 +910,8 @@ def _ring_holds(rg, ring, s, gen):
 
 
 def _doorbell_addr(rg, p):
-    # abstract namespace, as mosn_doorbell_name()
-    return b"\0ngx_mosn" + rg._hdr_name + b"." + str(p).encode()
+    # a socket in the region's wake-up directory, as mosn_doorbell_name()
+    return "%s/p%d" % (rg._wake_dir, p)
 
 
 # a producer's eventfd, copied from its process (mosn_notify_take())
@@ -869,8 +983,8 @@ def _doorbell_ring(rg, sock, p):
 
 
 def _consumer_doorbell_addr(rg, c):
-    # as mosn_doorbell_name_of(rg, "c", c)
-    return b"\0ngx_mosn" + rg._hdr_name + b".c" + str(c).encode()
+    # as mosn_doorbell_name_of(rg, 'c', c)
+    return "%s/c%d" % (rg._wake_dir, c)
 
 
 _ring_sock = None       # mosn_ring_sock: made when first needed
@@ -1187,6 +1301,11 @@ def _consumer_wait(rg, c, timeout_ms):
 
 def _consumer_doorbell_open(rg, c):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        # the directory is the owner's alone: what is there is a leftover
+        os.unlink(_consumer_doorbell_addr(rg, c))
+    except OSError:
+        pass
     try:
         sock.bind(_consumer_doorbell_addr(rg, c))
     except OSError as e:
@@ -1884,12 +2003,19 @@ class Producer:
         if self.index < 0:
             raise RingError("no free producer channel")
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        addr = _doorbell_addr(region, self.index)
         try:
-            self._sock.bind(_doorbell_addr(region, self.index))
+            # left by an earlier owner of the channel that crashed
+            os.unlink(addr)
         except OSError:
+            pass
+        try:
+            self._sock.bind(addr)
+        except OSError as e:
             self._sock.close()
             _producer_release(region, self.index)
-            raise RingError("cannot bind the doorbell socket") from None
+            raise RingError('cannot bind the doorbell "%s": %s'
+                            % (addr, os.strerror(e.errno))) from None
         self._sock.setblocking(False)
 
     def fileno(self):
@@ -1914,6 +2040,10 @@ class Producer:
 
     def release(self):
         if self._sock is not None:
+            try:
+                os.unlink(_doorbell_addr(self.region, self.index))
+            except OSError:
+                pass
             self._sock.close()
             self._sock = None
         if self._notify >= 0:

@@ -50,18 +50,12 @@ _Static_assert(MOSN_EP_MAX <= 65535 && MOSN_EP_SITES <= 255,
 mosn_ep_app_t *
 mosn_ep_app(mosn_region_t *rg, uint32_t app)
 {
-    uint64_t  off;
-
-    off = rg->hdr->endpoints_off;
-
-    /* the header was checked at attach; a scribble since is not followed */
-    if (app >= MOSN_EP_APPS || off > rg->size
-        || rg->size - off < sizeof(mosn_ep_app_t) * MOSN_EP_APPS)
-    {
+    /* the table's offset was copied and checked at create/attach */
+    if (app >= MOSN_EP_APPS) {
         return NULL;
     }
 
-    return (mosn_ep_app_t *) ((uint8_t *) rg->hdr + rg->hdr->endpoints_off
+    return (mosn_ep_app_t *) ((uint8_t *) rg->hdr + rg->endpoints_off
                               + sizeof(mosn_ep_app_t) * (uint64_t) app);
 }
 

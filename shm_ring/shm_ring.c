@@ -8,12 +8,14 @@
 #define _GNU_SOURCE
 #endif
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,6 +144,295 @@ mosn_region_size(const mosn_region_conf_t *conf)
 }
 
 
+/*
+ * The layout is taken from one copy of the header, checked, and kept in
+ * rg: the live header is never trusted for an address again.
+ */
+
+static int
+mosn_region_load(mosn_region_t *rg, const void *base, size_t size,
+    char *err, size_t errlen)
+{
+    mosn_shm_header_t   h, layout;
+    mosn_region_conf_t  conf;
+
+    if (size < sizeof(mosn_shm_header_t)) {
+        mosn_err(err, errlen, "region is %zu bytes, smaller than its "
+                 "header (%zu bytes)", size, sizeof(mosn_shm_header_t));
+        return -1;
+    }
+
+    /* the magic is stored last: a reader that sees it sees the layout */
+    h.magic = mosn_load(&((const mosn_shm_header_t *) base)->magic);
+
+    if (h.magic != MOSN_RING_MAGIC) {
+        mosn_err(err, errlen, "region has no ring magic (found 0x%llx)",
+                 (unsigned long long) h.magic);
+        return -1;
+    }
+
+    memcpy(&h, base, sizeof(h));
+
+    if (h.abi_version != MOSN_RING_ABI_VERSION) {
+        mosn_err(err, errlen, "region speaks ring ABI version %u, this "
+                 "build speaks version %u: rebuild the nginx module and "
+                 "the Python extension from the same source",
+                 h.abi_version, MOSN_RING_ABI_VERSION);
+        return -1;
+    }
+
+    if (h.region_size != size) {
+        mosn_err(err, errlen, "region is %zu bytes but its header says "
+                 "%llu bytes", size, (unsigned long long) h.region_size);
+        return -1;
+    }
+
+    conf.nproducers = h.nproducers;
+    conf.nconsumers = h.nconsumers;
+    conf.slots = h.slots;
+    conf.slot_size = h.slot_size;
+
+    if (mosn_conf_check(&conf, err, errlen) != 0) {
+        return -1;
+    }
+
+    memset(&layout, 0, sizeof(layout));
+    mosn_layout(&conf, &layout);
+
+    if (layout.region_size != h.region_size
+        || layout.header_size != h.header_size
+        || layout.producers_off != h.producers_off
+        || layout.consumers_off != h.consumers_off
+        || layout.rings_off != h.rings_off
+        || layout.ring_bytes != h.ring_bytes
+        || layout.slots_off != h.slots_off)
+    {
+        mosn_err(err, errlen, "region layout does not match its sizes");
+        return -1;
+    }
+
+    if (h.ep_apps != layout.ep_apps || h.ep_app_size != layout.ep_app_size
+        || h.endpoints_off != layout.endpoints_off)
+    {
+        mosn_err(err, errlen, "region endpoint table (%u apps of %u bytes "
+                 "at %llu) is not this build's (%u apps of %u bytes at "
+                 "%llu): rebuild the nginx module and the Python extension "
+                 "from the same source", h.ep_apps, h.ep_app_size,
+                 (unsigned long long) h.endpoints_off, layout.ep_apps,
+                 layout.ep_app_size,
+                 (unsigned long long) layout.endpoints_off);
+        return -1;
+    }
+
+    /* from the recomputed layout: the same numbers, now known to be ours */
+    rg->nproducers = layout.nproducers;
+    rg->nconsumers = layout.nconsumers;
+    rg->slots = layout.slots;
+    rg->slot_size = layout.slot_size;
+    rg->producers_off = layout.producers_off;
+    rg->consumers_off = layout.consumers_off;
+    rg->rings_off = layout.rings_off;
+    rg->ring_bytes = layout.ring_bytes;
+    rg->slots_off = layout.slots_off;
+    rg->endpoints_off = layout.endpoints_off;
+
+    return 0;
+}
+
+
+int
+mosn_region_check(const void *base, size_t size, char *err, size_t errlen)
+{
+    mosn_region_t  rg;
+
+    return mosn_region_load(&rg, base, size, err, errlen);
+}
+
+
+/* "/dev/shm/NAME.wake" for the shm name "/NAME" */
+
+static int
+mosn_wake_dir_name(mosn_region_t *rg, const char *name, char *err,
+    size_t errlen)
+{
+    int     n;
+    size_t  len;
+
+    len = strlen(name);
+
+    if (len == 0 || len >= MOSN_NAME_MAX) {
+        mosn_err(err, errlen, "region name \"%.*s\" is %s (1..%d bytes)",
+                 (int) (len < 128 ? len : 128), name,
+                 len ? "too long" : "empty", MOSN_NAME_MAX - 1);
+        return -1;
+    }
+
+    memcpy(rg->name, name, len + 1);
+
+    while (*name == '/') {
+        name++;
+    }
+
+    n = snprintf(rg->wake_dir, sizeof(rg->wake_dir), "/dev/shm/%s%s", name,
+                 MOSN_WAKE_DIR_SUFFIX);
+
+    if (n < 0 || (size_t) n >= sizeof(rg->wake_dir)) {
+        mosn_err(err, errlen, "region name \"%s\" is too long", rg->name);
+        return -1;
+    }
+
+    rg->wake_dir_len = (size_t) n;
+
+    return 0;
+}
+
+
+static const char *
+mosn_in_the_way(int err)
+{
+    switch (err) {
+
+    case ELOOP:
+        return "it is a symbolic link";
+
+    case ENOTDIR:
+        return "it is not a directory";
+
+    default:
+        return strerror(err);
+    }
+}
+
+
+/* removes what a directory holds (wake-up sockets), not what is beyond */
+
+static void
+mosn_wake_dir_clear(int fd)
+{
+    int             dfd;
+    DIR            *dir;
+    struct dirent  *de;
+
+    dfd = dup(fd);
+    if (dfd == -1) {
+        return;
+    }
+
+    dir = fdopendir(dfd);
+    if (dir == NULL) {
+        close(dfd);
+        return;
+    }
+
+    while ((de = readdir(dir)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) {
+            continue;
+        }
+
+        if (unlinkat(fd, de->d_name, 0) == -1 && errno == EISDIR) {
+            (void) unlinkat(fd, de->d_name, AT_REMOVEDIR);
+        }
+    }
+
+    closedir(dir);
+}
+
+
+/*
+ * Makes the wake-up directory, or takes over one left by an earlier run
+ * of the same owner.  Anything else at its name is in the way: /dev/shm is
+ * writable by all, and a directory or link of another user's there must
+ * not become ours.
+ */
+
+static int
+mosn_wake_dir_make(mosn_region_t *rg, uid_t uid, gid_t gid, char *err,
+    size_t errlen)
+{
+    int          fd;
+    uid_t        owner;
+    struct stat  st;
+
+    owner = (uid != (uid_t) -1) ? uid : geteuid();
+
+    if (mkdir(rg->wake_dir, 0700) == -1 && errno != EEXIST) {
+        mosn_err(err, errlen, "mkdir(\"%s\") failed: %s", rg->wake_dir,
+                 strerror(errno));
+        return -1;
+    }
+
+    fd = open(rg->wake_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd == -1) {
+        mosn_err(err, errlen, "\"%s\" is in the way: %s; remove it",
+                 rg->wake_dir, mosn_in_the_way(errno));
+        return -1;
+    }
+
+    if (fstat(fd, &st) == -1) {
+        mosn_err(err, errlen, "fstat(\"%s\") failed: %s", rg->wake_dir,
+                 strerror(errno));
+        goto failed;
+    }
+
+    if (st.st_uid != owner && st.st_uid != geteuid()) {
+        mosn_err(err, errlen, "\"%s\" is in the way: it belongs to uid %u; "
+                 "remove it", rg->wake_dir, (unsigned) st.st_uid);
+        goto failed;
+    }
+
+    if (fchown(fd, owner, gid) == -1 || fchmod(fd, 0700) == -1) {
+        mosn_err(err, errlen, "cannot make \"%s\" a directory of uid %u "
+                 "of mode 0700: %s", rg->wake_dir, (unsigned) owner,
+                 strerror(errno));
+        goto failed;
+    }
+
+    mosn_wake_dir_clear(fd);
+    close(fd);
+
+    return 0;
+
+failed:
+
+    close(fd);
+
+    return -1;
+}
+
+
+/* the directory must be the region owner's, and closed to everyone else */
+
+static int
+mosn_wake_dir_check(mosn_region_t *rg, uid_t owner, char *err,
+    size_t errlen)
+{
+    struct stat  st;
+
+    if (lstat(rg->wake_dir, &st) == -1) {
+        mosn_err(err, errlen, "the wake-up directory \"%s\" of the region "
+                 "is missing: %s", rg->wake_dir, strerror(errno));
+        return -1;
+    }
+
+    if (!S_ISDIR(st.st_mode)) {
+        mosn_err(err, errlen, "\"%s\" is in the way: %s", rg->wake_dir,
+                 S_ISLNK(st.st_mode) ? "it is a symbolic link"
+                                     : "it is not a directory");
+        return -1;
+    }
+
+    if (st.st_uid != owner || (st.st_mode & 0077) != 0) {
+        mosn_err(err, errlen, "\"%s\" is in the way: uid %u mode %04o, "
+                 "not uid %u mode 0700 as the region's owner would make it",
+                 rg->wake_dir, (unsigned) st.st_uid,
+                 (unsigned) (st.st_mode & 07777), (unsigned) owner);
+        return -1;
+    }
+
+    return 0;
+}
+
+
 int
 mosn_region_create(mosn_region_t *rg, const char *name,
     const mosn_region_conf_t *conf, uid_t uid, gid_t gid,
@@ -149,14 +440,16 @@ mosn_region_create(mosn_region_t *rg, const char *name,
 {
     int                 fd;
     void               *base;
+    mosn_region_t       r;
     mosn_shm_header_t   layout, *h;
 
     if (mosn_conf_check(conf, err, errlen) != 0) {
         return -1;
     }
 
-    if (strlen(name) >= MOSN_NAME_MAX) {
-        mosn_err(err, errlen, "region name \"%s\" is too long", name);
+    memset(&r, 0, sizeof(r));
+
+    if (mosn_wake_dir_name(&r, name, err, errlen) != 0) {
         return -1;
     }
 
@@ -165,10 +458,12 @@ mosn_region_create(mosn_region_t *rg, const char *name,
 
     (void) shm_unlink(name);
 
+    /* glibc's shm_open() adds O_NOFOLLOW; O_EXCL: never someone else's */
     fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0600);
     if (fd == -1) {
-        mosn_err(err, errlen, "shm_open(\"%s\") failed: %s", name,
-                 strerror(errno));
+        mosn_err(err, errlen, "shm_open(\"%s\") failed: %s%s", name,
+                 strerror(errno), errno == EEXIST ? " (it belongs to "
+                 "another user: remove it)" : "");
         return -1;
     }
 
@@ -178,10 +473,14 @@ mosn_region_create(mosn_region_t *rg, const char *name,
         goto failed;
     }
 
+    if (mosn_wake_dir_make(&r, uid, gid, err, errlen) != 0) {
+        goto failed;
+    }
+
     if (ftruncate(fd, (off_t) layout.region_size) == -1) {
         mosn_err(err, errlen, "ftruncate(\"%s\", %llu) failed: %s", name,
                  (unsigned long long) layout.region_size, strerror(errno));
-        goto failed;
+        goto failed_dir;
     }
 
     base = mmap(NULL, layout.region_size, PROT_READ | PROT_WRITE,
@@ -189,7 +488,7 @@ mosn_region_create(mosn_region_t *rg, const char *name,
     if (base == MAP_FAILED) {
         mosn_err(err, errlen, "mmap(\"%s\") failed: %s", name,
                  strerror(errno));
-        goto failed;
+        goto failed_dir;
     }
 
     close(fd);
@@ -203,10 +502,24 @@ mosn_region_create(mosn_region_t *rg, const char *name,
     /* the magic goes last: a reader that sees it sees the layout */
     mosn_store(&h->magic, MOSN_RING_MAGIC);
 
-    rg->hdr = h;
-    rg->size = layout.region_size;
+    if (mosn_region_load(&r, base, layout.region_size, err, errlen) != 0) {
+        munmap(base, layout.region_size);
+        (void) mosn_region_unlink(name);
+        return -1;
+    }
+
+    r.hdr = h;
+    r.size = layout.region_size;
+    *rg = r;
 
     return 0;
+
+failed_dir:
+
+    close(fd);
+    (void) mosn_region_unlink(name);
+
+    return -1;
 
 failed:
 
@@ -218,85 +531,19 @@ failed:
 
 
 int
-mosn_region_check(const void *base, size_t size, char *err, size_t errlen)
-{
-    const mosn_shm_header_t  *h = base;
-    mosn_shm_header_t         layout;
-    mosn_region_conf_t        conf;
-
-    if (size < sizeof(mosn_shm_header_t)) {
-        mosn_err(err, errlen, "region is %zu bytes, smaller than its "
-                 "header (%zu bytes)", size, sizeof(mosn_shm_header_t));
-        return -1;
-    }
-
-    if (mosn_load(&h->magic) != MOSN_RING_MAGIC) {
-        mosn_err(err, errlen, "region has no ring magic (found 0x%llx)",
-                 (unsigned long long) h->magic);
-        return -1;
-    }
-
-    if (h->abi_version != MOSN_RING_ABI_VERSION) {
-        mosn_err(err, errlen, "region speaks ring ABI version %u, this "
-                 "build speaks version %u: rebuild the nginx module and "
-                 "the Python extension from the same source",
-                 h->abi_version, MOSN_RING_ABI_VERSION);
-        return -1;
-    }
-
-    if (h->region_size != size) {
-        mosn_err(err, errlen, "region is %zu bytes but its header says "
-                 "%llu bytes", size, (unsigned long long) h->region_size);
-        return -1;
-    }
-
-    conf.nproducers = h->nproducers;
-    conf.nconsumers = h->nconsumers;
-    conf.slots = h->slots;
-    conf.slot_size = h->slot_size;
-
-    if (mosn_conf_check(&conf, err, errlen) != 0) {
-        return -1;
-    }
-
-    memset(&layout, 0, sizeof(layout));
-    mosn_layout(&conf, &layout);
-
-    if (layout.region_size != h->region_size
-        || layout.producers_off != h->producers_off
-        || layout.consumers_off != h->consumers_off
-        || layout.rings_off != h->rings_off
-        || layout.ring_bytes != h->ring_bytes
-        || layout.slots_off != h->slots_off)
-    {
-        mosn_err(err, errlen, "region layout does not match its sizes");
-        return -1;
-    }
-
-    if (h->ep_apps != layout.ep_apps || h->ep_app_size != layout.ep_app_size
-        || h->endpoints_off != layout.endpoints_off)
-    {
-        mosn_err(err, errlen, "region endpoint table (%u apps of %u bytes "
-                 "at %llu) is not this build's (%u apps of %u bytes at "
-                 "%llu): rebuild the nginx module and the Python extension "
-                 "from the same source", h->ep_apps, h->ep_app_size,
-                 (unsigned long long) h->endpoints_off, layout.ep_apps,
-                 layout.ep_app_size,
-                 (unsigned long long) layout.endpoints_off);
-        return -1;
-    }
-
-    return 0;
-}
-
-
-int
 mosn_region_attach(mosn_region_t *rg, const char *name, char *err,
     size_t errlen)
 {
-    int          fd;
-    void        *base;
-    struct stat  st;
+    int            fd;
+    void          *base;
+    struct stat    st;
+    mosn_region_t  r;
+
+    memset(&r, 0, sizeof(r));
+
+    if (mosn_wake_dir_name(&r, name, err, errlen) != 0) {
+        return -1;
+    }
 
     fd = shm_open(name, O_RDWR, 0);
     if (fd == -1) {
@@ -318,6 +565,11 @@ mosn_region_attach(mosn_region_t *rg, const char *name, char *err,
         return -1;
     }
 
+    if (mosn_wake_dir_check(&r, st.st_uid, err, errlen) != 0) {
+        close(fd);
+        return -1;
+    }
+
     base = mmap(NULL, (size_t) st.st_size, PROT_READ | PROT_WRITE,
                 MAP_SHARED, fd, 0);
     close(fd);
@@ -328,13 +580,14 @@ mosn_region_attach(mosn_region_t *rg, const char *name, char *err,
         return -1;
     }
 
-    if (mosn_region_check(base, (size_t) st.st_size, err, errlen) != 0) {
+    if (mosn_region_load(&r, base, (size_t) st.st_size, err, errlen) != 0) {
         munmap(base, (size_t) st.st_size);
         return -1;
     }
 
-    rg->hdr = base;
-    rg->size = (size_t) st.st_size;
+    r.hdr = base;
+    r.size = (size_t) st.st_size;
+    *rg = r;
 
     return 0;
 }
@@ -350,10 +603,36 @@ mosn_region_detach(mosn_region_t *rg)
 }
 
 
+/* the region and its wake-up directory: 0, or -1 if no region was there */
+
+int
+mosn_region_unlink(const char *name)
+{
+    int            fd, rc;
+    mosn_region_t  r;
+
+    rc = shm_unlink(name);
+
+    if (mosn_wake_dir_name(&r, name, NULL, 0) != 0) {
+        return rc;
+    }
+
+    fd = open(r.wake_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+    if (fd != -1) {
+        mosn_wake_dir_clear(fd);
+        close(fd);
+        (void) rmdir(r.wake_dir);
+    }
+
+    return rc;
+}
+
+
 mosn_producer_t *
 mosn_producer(mosn_region_t *rg, uint32_t p)
 {
-    return (mosn_producer_t *) ((uint8_t *) rg->hdr + rg->hdr->producers_off
+    return (mosn_producer_t *) ((uint8_t *) rg->hdr + rg->producers_off
            + mosn_align(sizeof(mosn_producer_t), MOSN_CACHELINE) * p);
 }
 
@@ -361,7 +640,7 @@ mosn_producer(mosn_region_t *rg, uint32_t p)
 mosn_consumer_t *
 mosn_consumer(mosn_region_t *rg, uint32_t c)
 {
-    return (mosn_consumer_t *) ((uint8_t *) rg->hdr + rg->hdr->consumers_off
+    return (mosn_consumer_t *) ((uint8_t *) rg->hdr + rg->consumers_off
            + mosn_align(sizeof(mosn_consumer_t), MOSN_CACHELINE) * c);
 }
 
@@ -369,30 +648,24 @@ mosn_consumer(mosn_region_t *rg, uint32_t c)
 mosn_ring_t *
 mosn_submit_ring(mosn_region_t *rg, uint32_t p, uint32_t c)
 {
-    mosn_shm_header_t  *h = rg->hdr;
-
-    return (mosn_ring_t *) ((uint8_t *) h + h->rings_off
-           + h->ring_bytes * (2 * ((uint64_t) p * h->nconsumers + c)));
+    return (mosn_ring_t *) ((uint8_t *) rg->hdr + rg->rings_off
+           + rg->ring_bytes * (2 * ((uint64_t) p * rg->nconsumers + c)));
 }
 
 
 mosn_ring_t *
 mosn_completion_ring(mosn_region_t *rg, uint32_t p, uint32_t c)
 {
-    mosn_shm_header_t  *h = rg->hdr;
-
-    return (mosn_ring_t *) ((uint8_t *) h + h->rings_off
-           + h->ring_bytes * (2 * ((uint64_t) p * h->nconsumers + c) + 1));
+    return (mosn_ring_t *) ((uint8_t *) rg->hdr + rg->rings_off
+           + rg->ring_bytes * (2 * ((uint64_t) p * rg->nconsumers + c) + 1));
 }
 
 
 mosn_slot_t *
 mosn_slot(mosn_region_t *rg, uint32_t p, uint32_t s)
 {
-    mosn_shm_header_t  *h = rg->hdr;
-
-    return (mosn_slot_t *) ((uint8_t *) h + h->slots_off
-           + (uint64_t) h->slot_size * ((uint64_t) p * h->slots + s));
+    return (mosn_slot_t *) ((uint8_t *) rg->hdr + rg->slots_off
+           + (uint64_t) rg->slot_size * ((uint64_t) p * rg->slots + s));
 }
 
 
@@ -512,7 +785,7 @@ mosn_consumer_alive(mosn_region_t *rg, uint32_t c, uint32_t inc)
     uint32_t          st;
     mosn_consumer_t  *cons;
 
-    if (c >= rg->hdr->nconsumers) {
+    if (c >= rg->nconsumers) {
         return 0;
     }
 
@@ -537,7 +810,7 @@ mosn_producer_claim(mosn_region_t *rg, pid_t pid)
         starttime = 0;
     }
 
-    for (p = 0; p < rg->hdr->nproducers; p++) {
+    for (p = 0; p < rg->nproducers; p++) {
         prod = mosn_producer(rg, p);
         expect = MOSN_OWNER(0, MOSN_CHAN_FREE);
 
@@ -587,7 +860,7 @@ mosn_producer_pick(mosn_region_t *rg, uint32_t p, uint32_t *rr,
     mosn_ring_t      *ring;
     mosn_consumer_t  *cons;
 
-    n = rg->hdr->nconsumers;
+    n = rg->nconsumers;
     best = -1;
     best_pending = UINT32_MAX;
 
@@ -625,7 +898,7 @@ mosn_producer_pick(mosn_region_t *rg, uint32_t p, uint32_t *rr,
 static int
 mosn_ring_room(mosn_region_t *rg, mosn_ring_t *ring)
 {
-    return ring->head - mosn_load(&ring->tail) < rg->hdr->slots;
+    return ring->head - mosn_load(&ring->tail) < rg->slots;
 }
 
 
@@ -636,11 +909,11 @@ mosn_ring_push(mosn_region_t *rg, mosn_ring_t *ring, uint64_t entry)
 
     head = ring->head;
 
-    if (head - mosn_load(&ring->tail) >= rg->hdr->slots) {
+    if (head - mosn_load(&ring->tail) >= rg->slots) {
         return -1;
     }
 
-    ring->entries[head & (rg->hdr->slots - 1)] = entry;
+    ring->entries[head & (rg->slots - 1)] = entry;
     mosn_store(&ring->head, head + 1);
 
     return 0;
@@ -705,7 +978,7 @@ mosn_producer_publish(mosn_region_t *rg, uint32_t p, uint32_t s, uint32_t c,
     slot = mosn_slot(rg, p, s);
     ring = mosn_submit_ring(rg, p, c);
 
-    if (ring->head - mosn_load(&ring->tail) >= rg->hdr->slots) {
+    if (ring->head - mosn_load(&ring->tail) >= rg->slots) {
         return -1;
     }
 
@@ -786,7 +1059,7 @@ mosn_producer_abandon(mosn_region_t *rg, uint32_t p, uint32_t s,
 
     if (MOSN_SW_GEN(w) != gen
         || (st != MOSN_SLOT_SUBMITTED && st != MOSN_SLOT_TAKEN)
-        || c >= rg->hdr->nconsumers)
+        || c >= rg->nconsumers)
     {
         return;
     }
@@ -806,10 +1079,10 @@ mosn_producer_poll(mosn_region_t *rg, uint32_t p, uint64_t *out, int max)
     mosn_producer_t  *prod;
 
     n = 0;
-    mask = rg->hdr->slots - 1;
+    mask = rg->slots - 1;
     prod = mosn_producer(rg, p);
 
-    for (c = 0; c < rg->hdr->nconsumers && n < max; c++) {
+    for (c = 0; c < rg->nconsumers && n < max; c++) {
         ring = mosn_completion_ring(rg, p, c);
         tail = ring->tail;
         head = mosn_load(&ring->head);
@@ -820,7 +1093,7 @@ mosn_producer_poll(mosn_region_t *rg, uint32_t p, uint64_t *out, int max)
 
             s = MOSN_ENTRY_SLOT(e);
 
-            if (s >= rg->hdr->slots) {
+            if (s >= rg->slots) {
                 prod->stale++;
                 continue;
             }
@@ -859,7 +1132,7 @@ mosn_producer_arm(mosn_region_t *rg, uint32_t p)
     /* pairs with the fence in mosn_consumer_flush() */
     mosn_full_fence();
 
-    for (c = 0; c < rg->hdr->nconsumers; c++) {
+    for (c = 0; c < rg->nconsumers; c++) {
         ring = mosn_completion_ring(rg, p, c);
 
         if (mosn_load(&ring->head) != ring->tail) {
@@ -877,11 +1150,11 @@ mosn_ring_holds(mosn_region_t *rg, mosn_ring_t *ring, uint32_t s,
 {
     uint32_t  tail, head, mask;
 
-    mask = rg->hdr->slots - 1;
+    mask = rg->slots - 1;
     head = mosn_load(&ring->head);
     tail = mosn_load(&ring->tail);
 
-    if (head - tail > rg->hdr->slots) {
+    if (head - tail > rg->slots) {
         return 0;
     }
 
@@ -915,7 +1188,7 @@ mosn_producer_rescue(mosn_region_t *rg, uint32_t p, uint32_t *rr,
     n = 0;
     prod = mosn_producer(rg, p);
 
-    for (s = 0; s < rg->hdr->slots && n < max; s++) {
+    for (s = 0; s < rg->slots && n < max; s++) {
         slot = mosn_slot(rg, p, s);
         w = mosn_load(&slot->state);
         st = MOSN_SW_STATE(w);
@@ -933,7 +1206,7 @@ mosn_producer_rescue(mosn_region_t *rg, uint32_t p, uint32_t *rr,
         }
 
         if (st == MOSN_SLOT_DONE) {
-            if (c < rg->hdr->nconsumers
+            if (c < rg->nconsumers
                 && mosn_ring_holds(rg, mosn_completion_ring(rg, p, c), s,
                                    gen))
             {
@@ -974,91 +1247,105 @@ mosn_producer_rescue(mosn_region_t *rg, uint32_t p, uint32_t *rr,
 }
 
 
-static void mosn_doorbell_name_of(mosn_region_t *rg, const char *kind,
-    uint32_t p, struct sockaddr_un *sa, socklen_t *len);
-
-
 /*
- * The doorbell of channel p: "\0ngx_mosn" NAME "." P in the abstract
- * namespace, where the name lives as long as the socket; consumer c's is
- * "\0ngx_mosn" NAME ".c" C.  Built by hand:
- * a consumer builds it on every ring, and snprintf() showed in profiles.
+ * The doorbell of channel p: the datagram socket WAKE_DIR "/p" P, in the
+ * region's wake-up directory, which only the region's owner may enter;
+ * consumer c's is WAKE_DIR "/c" C.  Built by hand: a consumer builds it
+ * on every ring, and snprintf() showed in profiles.
  */
 
-static void
-mosn_doorbell_name(mosn_region_t *rg, uint32_t p, struct sockaddr_un *sa,
-    socklen_t *len)
+_Static_assert(MOSN_WAKE_DIR_MAX + sizeof("/p4294967295")
+               <= sizeof(((struct sockaddr_un *) 0)->sun_path),
+               "a doorbell's path fits in sun_path");
+
+static socklen_t
+mosn_doorbell_name_of(mosn_region_t *rg, char kind, uint32_t n,
+    struct sockaddr_un *sa)
 {
-    mosn_doorbell_name_of(rg, "", p, sa, len);
-}
-
-
-/* "" for producer p's doorbell, "c" for consumer p's */
-
-static void
-mosn_doorbell_name_of(mosn_region_t *rg, const char *kind, uint32_t p,
-    struct sockaddr_un *sa, socklen_t *len)
-{
-    char    *d, *end, digits[10];
-    size_t   n;
+    char    *d, digits[10];
+    size_t   i;
 
     sa->sun_family = AF_UNIX;
 
+    /* the name was checked to fit with room to spare at create/attach */
     d = sa->sun_path;
-    end = sa->sun_path + sizeof(sa->sun_path);
-    *d++ = '\0';
+    memcpy(d, rg->wake_dir, rg->wake_dir_len);
+    d += rg->wake_dir_len;
+    *d++ = '/';
+    *d++ = kind;
 
-    memcpy(d, "ngx_mosn", sizeof("ngx_mosn") - 1);
-    d += sizeof("ngx_mosn") - 1;
-
-    n = strnlen(rg->hdr->name, MOSN_NAME_MAX - 1);
-    n = n < (size_t) (end - d) ? n : (size_t) (end - d);
-    memcpy(d, rg->hdr->name, n);
-    d += n;
-
-    n = 0;
+    i = 0;
 
     do {
-        digits[n++] = (char) ('0' + p % 10);
-        p /= 10;
-    } while (p);
+        digits[i++] = (char) ('0' + n % 10);
+        n /= 10;
+    } while (n);
 
-    if (d < end) {
-        *d++ = '.';
+    while (i) {
+        *d++ = digits[--i];
     }
 
-    while (*kind && d < end) {
-        *d++ = *kind++;
-    }
+    *d = '\0';
 
-    while (n && d < end) {
-        *d++ = digits[--n];
-    }
-
-    *len = (socklen_t) (d - (char *) sa);
+    return (socklen_t) (offsetof(struct sockaddr_un, sun_path)
+                        + (size_t) (d - sa->sun_path) + 1);
 }
 
 
-int
-mosn_doorbell_open(mosn_region_t *rg, uint32_t p)
+static socklen_t
+mosn_doorbell_name(mosn_region_t *rg, uint32_t p, struct sockaddr_un *sa)
 {
-    int                 fd;
-    socklen_t           len;
-    struct sockaddr_un  sa;
+    return mosn_doorbell_name_of(rg, 'p', p, sa);
+}
+
+
+/* binds a doorbell, taking over the name a crashed owner left */
+
+static int
+mosn_doorbell_bind(struct sockaddr_un *sa, socklen_t len, char *err,
+    size_t errlen)
+{
+    int  fd;
 
     fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd == -1) {
+        mosn_err(err, errlen, "socket() failed: %s", strerror(errno));
         return -1;
     }
 
-    mosn_doorbell_name(rg, p, &sa, &len);
+    /* the directory is the owner's alone: what is there is a leftover */
+    (void) unlink(sa->sun_path);
 
-    if (bind(fd, (struct sockaddr *) &sa, len) == -1) {
+    if (bind(fd, (struct sockaddr *) sa, len) == -1) {
+        mosn_err(err, errlen, "cannot bind the doorbell \"%s\": %s",
+                 sa->sun_path, strerror(errno));
         close(fd);
         return -1;
     }
 
     return fd;
+}
+
+
+int
+mosn_doorbell_open(mosn_region_t *rg, uint32_t p, char *err, size_t errlen)
+{
+    socklen_t           len;
+    struct sockaddr_un  sa;
+
+    len = mosn_doorbell_name(rg, p, &sa);
+
+    return mosn_doorbell_bind(&sa, len, err, errlen);
+}
+
+
+void
+mosn_doorbell_unlink(mosn_region_t *rg, uint32_t p)
+{
+    struct sockaddr_un  sa;
+
+    (void) mosn_doorbell_name(rg, p, &sa);
+    (void) unlink(sa.sun_path);
 }
 
 
@@ -1267,7 +1554,7 @@ mosn_doorbell_ring(mosn_region_t *rg, int sock, uint32_t p)
     socklen_t           len;
     struct sockaddr_un  sa;
 
-    mosn_doorbell_name(rg, p, &sa, &len);
+    len = mosn_doorbell_name(rg, p, &sa);
     b = 1;
 
     /* a full socket buffer already holds a wake-up */
@@ -1289,7 +1576,7 @@ mosn_consumer_start(mosn_region_t *rg, uint32_t c, pid_t pid)
     uint64_t          starttime;
     mosn_consumer_t  *cons;
 
-    if (c >= rg->hdr->nconsumers) {
+    if (c >= rg->nconsumers) {
         return -1;
     }
 
@@ -1323,8 +1610,8 @@ mosn_consumer_take(mosn_region_t *rg, uint32_t c, uint64_t *out, int max)
     mosn_consumer_t  *cons;
 
     n = 0;
-    np = rg->hdr->nproducers;
-    mask = rg->hdr->slots - 1;
+    np = rg->nproducers;
+    mask = rg->slots - 1;
     cons = mosn_consumer(rg, c);
     inc = cons->incarnation & 0xffff;
 
@@ -1333,7 +1620,7 @@ mosn_consumer_take(mosn_region_t *rg, uint32_t c, uint64_t *out, int max)
         tail = ring->tail;
         head = mosn_load(&ring->head);
 
-        if (head - tail > rg->hdr->slots) {
+        if (head - tail > rg->slots) {
             /* a producer scribbled: skip what cannot be real */
             tail = head;
         }
@@ -1344,7 +1631,7 @@ mosn_consumer_take(mosn_region_t *rg, uint32_t c, uint64_t *out, int max)
 
             s = MOSN_ENTRY_SLOT(e);
 
-            if (s >= rg->hdr->slots) {
+            if (s >= rg->slots) {
                 continue;
             }
 
@@ -1384,7 +1671,7 @@ mosn_consumer_complete(mosn_region_t *rg, uint32_t c, uint32_t p,
     mosn_slot_t      *slot;
     mosn_consumer_t  *cons;
 
-    if (p >= rg->hdr->nproducers || s >= rg->hdr->slots) {
+    if (p >= rg->nproducers || s >= rg->slots) {
         return -1;
     }
 
@@ -1434,7 +1721,7 @@ mosn_consumer_flush(mosn_region_t *rg, uint32_t c, int sock,
 
     n = 0;
 
-    for (p = 0; p < rg->hdr->nproducers; p++) {
+    for (p = 0; p < rg->nproducers; p++) {
         if (!(wake_mask & (1ULL << p))) {
             continue;
         }
@@ -1461,7 +1748,7 @@ mosn_consumer_pending(mosn_region_t *rg, uint32_t c)
     uint32_t      p;
     mosn_ring_t  *ring;
 
-    for (p = 0; p < rg->hdr->nproducers; p++) {
+    for (p = 0; p < rg->nproducers; p++) {
         ring = mosn_submit_ring(rg, p, c);
 
         if (mosn_load(&ring->head) != ring->tail) {
@@ -1548,22 +1835,13 @@ mosn_consumer_doorbell_open(mosn_region_t *rg, uint32_t c)
     socklen_t           len;
     struct sockaddr_un  sa;
 
-    if (c >= rg->hdr->nconsumers) {
+    if (c >= rg->nconsumers) {
         errno = EINVAL;
         return -1;
     }
 
-    fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd == -1) {
-        return -1;
-    }
-
-    mosn_doorbell_name_of(rg, "c", c, &sa, &len);
-
-    if (bind(fd, (struct sockaddr *) &sa, len) == -1) {
-        close(fd);
-        return -1;
-    }
+    len = mosn_doorbell_name_of(rg, 'c', c, &sa);
+    fd = mosn_doorbell_bind(&sa, len, NULL, 0);
 
     return fd;
 }
@@ -1643,7 +1921,7 @@ mosn_consumer_doorbell_ring(mosn_region_t *rg, uint32_t c)
         return;
     }
 
-    mosn_doorbell_name_of(rg, "c", c, &sa, &len);
+    len = mosn_doorbell_name_of(rg, 'c', c, &sa);
     b = 1;
 
     /* a full socket buffer already holds a wake-up */
@@ -1660,7 +1938,7 @@ mosn_consumer_alloc(mosn_region_t *rg)
     uint32_t          c, st;
     mosn_consumer_t  *cons;
 
-    for (c = 0; c < rg->hdr->nconsumers; c++) {
+    for (c = 0; c < rg->nconsumers; c++) {
         cons = mosn_consumer(rg, c);
         st = mosn_load(&cons->state);
 
@@ -1679,7 +1957,7 @@ mosn_ring_producers(mosn_region_t *rg, int sock)
 {
     uint32_t  p;
 
-    for (p = 0; p < rg->hdr->nproducers; p++) {
+    for (p = 0; p < rg->nproducers; p++) {
         if (MOSN_OWNER_STATE(mosn_load(&mosn_producer(rg, p)->owner))
             == MOSN_CHAN_OWNED)
         {
@@ -1692,7 +1970,7 @@ mosn_ring_producers(mosn_region_t *rg, int sock)
 void
 mosn_consumer_retire(mosn_region_t *rg, uint32_t c, int sock)
 {
-    if (c >= rg->hdr->nconsumers) {
+    if (c >= rg->nconsumers) {
         return;
     }
 
@@ -1723,12 +2001,12 @@ mosn_reap_channel(mosn_region_t *rg, uint32_t p)
     prod = mosn_producer(rg, p);
     busy = 0;
 
-    for (c = 0; c < rg->hdr->nconsumers; c++) {
+    for (c = 0; c < rg->nconsumers; c++) {
         ring = mosn_completion_ring(rg, p, c);
         mosn_store(&ring->tail, mosn_load(&ring->head));
     }
 
-    for (s = 0; s < rg->hdr->slots; s++) {
+    for (s = 0; s < rg->slots; s++) {
         slot = mosn_slot(rg, p, s);
         w = mosn_load(&slot->state);
         st = MOSN_SW_STATE(w);
@@ -1768,7 +2046,7 @@ mosn_reap_channel(mosn_region_t *rg, uint32_t p)
         return busy;
     }
 
-    for (c = 0; c < rg->hdr->nconsumers; c++) {
+    for (c = 0; c < rg->nconsumers; c++) {
         ring = mosn_completion_ring(rg, p, c);
         mosn_store(&ring->tail, mosn_load(&ring->head));
     }
@@ -1801,7 +2079,7 @@ mosn_reap(mosn_region_t *rg, int sock)
 
     reaped = 0;
 
-    for (c = 0; c < rg->hdr->nconsumers; c++) {
+    for (c = 0; c < rg->nconsumers; c++) {
         cons = mosn_consumer(rg, c);
         st = mosn_load(&cons->state);
 
@@ -1813,7 +2091,7 @@ mosn_reap(mosn_region_t *rg, int sock)
         }
     }
 
-    for (p = 0; p < rg->hdr->nproducers; p++) {
+    for (p = 0; p < rg->nproducers; p++) {
         prod = mosn_producer(rg, p);
         w = mosn_load(&prod->owner);
 
@@ -1863,8 +2141,8 @@ mosn_slots_in_use(mosn_region_t *rg)
 
     n = 0;
 
-    for (p = 0; p < rg->hdr->nproducers; p++) {
-        for (s = 0; s < rg->hdr->slots; s++) {
+    for (p = 0; p < rg->nproducers; p++) {
+        for (s = 0; s < rg->slots; s++) {
             if (MOSN_SW_STATE(mosn_load(&mosn_slot(rg, p, s)->state))
                 != MOSN_SLOT_FREE)
             {

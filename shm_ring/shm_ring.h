@@ -31,6 +31,9 @@
  * The endpoint table (ABI version 2) holds the endpoints of up to
  * MOSN_EP_APPS apps for the module's balancer (mosn_subset), written by
  * one writer, the Python supervisor, under a per-app seqlock.
+ *
+ * Since ABI version 4 the wake-up sockets live in the region's own
+ * directory (MOSN_WAKE_DIR_SUFFIX), not in the abstract namespace.
  */
 
 #ifndef _SHM_RING_H_INCLUDED_
@@ -417,11 +420,44 @@ typedef struct {
 } mosn_ep_spec_t;
 
 
+/*
+ * The wake-up sockets of a region live in a directory of their own,
+ * /dev/shm/NAME.wake, of mode 0700 and owned by the region's owner: only
+ * the processes that may map the region may bind or reach them.  An nginx
+ * worker binds "p" CHANNEL there.
+ */
+
+#define MOSN_WAKE_DIR_SUFFIX        ".wake"
+#define MOSN_WAKE_DIR_MAX           (sizeof("/dev/shm/") + MOSN_NAME_MAX      \
+                                     + sizeof(MOSN_WAKE_DIR_SUFFIX))
+
+
 /* the C core */
 
 typedef struct {
-    mosn_shm_header_t      *hdr;
+    mosn_shm_header_t      *hdr;            /* shared words only */
     size_t                  size;
+
+    /*
+     * The layout, copied out of the header and checked once, at create
+     * or attach: every address is computed from these, and a process
+     * that rewrites the live header later changes none of them.
+     */
+    uint32_t                nproducers;
+    uint32_t                nconsumers;
+    uint32_t                slots;
+    uint32_t                slot_size;
+    uint64_t                producers_off;
+    uint64_t                consumers_off;
+    uint64_t                rings_off;
+    uint64_t                ring_bytes;
+    uint64_t                slots_off;
+    uint64_t                endpoints_off;
+
+    /* the name it was opened by, and its wake-up directory */
+    char                    name[MOSN_NAME_MAX];
+    char                    wake_dir[MOSN_WAKE_DIR_MAX];
+    size_t                  wake_dir_len;
 } mosn_region_t;
 
 typedef struct {
@@ -462,6 +498,7 @@ int mosn_region_attach(mosn_region_t *rg, const char *name,
 int mosn_region_check(const void *base, size_t size, char *err,
     size_t errlen);
 void mosn_region_detach(mosn_region_t *rg);
+int mosn_region_unlink(const char *name);
 
 mosn_producer_t *mosn_producer(mosn_region_t *rg, uint32_t p);
 mosn_consumer_t *mosn_consumer(mosn_region_t *rg, uint32_t c);
@@ -492,7 +529,9 @@ int mosn_producer_poll(mosn_region_t *rg, uint32_t p, uint64_t *out,
 int mosn_producer_arm(mosn_region_t *rg, uint32_t p);
 int mosn_producer_rescue(mosn_region_t *rg, uint32_t p, uint32_t *rr,
     uint64_t *done, int max);
-int mosn_doorbell_open(mosn_region_t *rg, uint32_t p);
+int mosn_doorbell_open(mosn_region_t *rg, uint32_t p, char *err,
+    size_t errlen);
+void mosn_doorbell_unlink(mosn_region_t *rg, uint32_t p);
 int mosn_doorbell_drain(int fd);
 int mosn_producer_notify_open(mosn_region_t *rg, uint32_t p);
 int mosn_notify_drain(int fd);

@@ -9,6 +9,8 @@ cdef extern from "shm_ring.h" nogil:
     int MOSN_MAX_PRODUCERS
     int MOSN_MAX_CONSUMERS
     int MOSN_SLOT_HEADER_SIZE
+    int MOSN_NAME_MAX
+    int MOSN_PATH_MAX
 
     int MOSN_SLOT_FREE
     int MOSN_SLOT_SUBMITTED
@@ -223,6 +225,12 @@ cdef extern from "shm_ring.h" nogil:
     ctypedef struct mosn_region_t:
         mosn_shm_header_t *hdr
         size_t size
+        uint32_t nproducers
+        uint32_t nconsumers
+        uint32_t slots
+        uint32_t slot_size
+        char name[64]
+        char wake_dir[80]
 
     ctypedef struct mosn_region_conf_t:
         uint32_t nproducers
@@ -251,6 +259,7 @@ cdef extern from "shm_ring.h" nogil:
     int mosn_region_check(const void *base, size_t size, char *err,
                           size_t errlen)
     void mosn_region_detach(mosn_region_t *rg)
+    int mosn_region_unlink(const char *name)
 
     mosn_producer_t *mosn_producer(mosn_region_t *rg, uint32_t p)
     mosn_consumer_t *mosn_consumer(mosn_region_t *rg, uint32_t c)
@@ -273,7 +282,9 @@ cdef extern from "shm_ring.h" nogil:
     int mosn_producer_arm(mosn_region_t *rg, uint32_t p)
     int mosn_producer_rescue(mosn_region_t *rg, uint32_t p, uint32_t *rr,
                              uint64_t *out, int max)
-    int mosn_doorbell_open(mosn_region_t *rg, uint32_t p)
+    int mosn_doorbell_open(mosn_region_t *rg, uint32_t p, char *err,
+                           size_t errlen)
+    void mosn_doorbell_unlink(mosn_region_t *rg, uint32_t p)
     int mosn_doorbell_drain(int fd)
     int mosn_producer_notify_open(mosn_region_t *rg, uint32_t p)
     int mosn_notify_drain(int fd)

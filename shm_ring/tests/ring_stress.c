@@ -359,7 +359,7 @@ stress_serve(uint32_t p, uint32_t s, uint32_t gen)
     mosn_verdict_t  hdr;
 
     slot = mosn_slot(&region, p, s);
-    room = MOSN_SLOT_DATA_SIZE(region.hdr->slot_size);
+    room = MOSN_SLOT_DATA_SIZE(region.slot_size);
 
     off = (slot->req_len + 7) & ~7u;
     if (slot->req_len > room || off + 512 > room) {
@@ -480,7 +480,7 @@ stress_check_verdict(stress_prod_t *pr, uint32_t s)
     mosn_verdict_iter_t  it;
 
     slot = mosn_slot(&region, pr->p, s);
-    room = MOSN_SLOT_DATA_SIZE(region.hdr->slot_size);
+    room = MOSN_SLOT_DATA_SIZE(region.slot_size);
 
     if (slot->verdict_off > room
         || slot->verdict_len > room - slot->verdict_off
@@ -546,7 +546,7 @@ stress_complete(stress_prod_t *pr, uint32_t s, uint32_t gen, int rescue_failed)
 {
     uint64_t  id;
 
-    if (s >= region.hdr->slots || pr->id[s] == 0 || pr->gen[s] != gen) {
+    if (s >= region.slots || pr->id[s] == 0 || pr->gen[s] != gen) {
         /* the core handed back what is not in flight: never apply it */
         pr->st->stale++;
         return;
@@ -662,12 +662,12 @@ stress_producer(uint32_t index)
     pr.st = &shared->prod[index];
     pr.rnd = conf.seed * 0x9e3779b97f4a7c15ULL + index + 1;
 
-    fd = mosn_doorbell_open(&region, pr.p);
+    fd = mosn_doorbell_open(&region, pr.p, NULL, 0);
     if (fd < 0) {
         _exit(2);
     }
 
-    slots = region.hdr->slots;
+    slots = region.slots;
     pr.free = calloc(slots, sizeof(uint32_t));
     pr.id = calloc(slots, sizeof(uint64_t));
     pr.gen = calloc(slots, sizeof(uint32_t));
@@ -792,7 +792,7 @@ stress_doomed_producer(void)
     rnd = conf.seed + 77;
     rr = 0;
 
-    for (s = 0; s < region.hdr->slots; s++) {
+    for (s = 0; s < region.slots; s++) {
         c = mosn_producer_pick(&region, (uint32_t) pc, &rr, &inc);
         if (c < 0) {
             break;
@@ -807,7 +807,7 @@ stress_doomed_producer(void)
                                     inc, &gen);
 
         /* let some be taken and done, and poll a few, never freed */
-        if (s == region.hdr->slots / 2) {
+        if (s == region.slots / 2) {
             usleep(2000);
             (void) mosn_producer_poll(&region, (uint32_t) pc, out, 4);
         }
@@ -866,8 +866,8 @@ stress_held(uint32_t c)
 
     n = 0;
 
-    for (p = 0; p < region.hdr->nproducers; p++) {
-        for (s = 0; s < region.hdr->slots; s++) {
+    for (p = 0; p < region.nproducers; p++) {
+        for (s = 0; s < region.slots; s++) {
             w = __atomic_load_n(&mosn_slot(&region, p, s)->state,
                                 __ATOMIC_ACQUIRE);
 
@@ -1023,7 +1023,7 @@ stress_channel_free(uint32_t p)
         return 0;
     }
 
-    for (s = 0; s < region.hdr->slots; s++) {
+    for (s = 0; s < region.slots; s++) {
         if (MOSN_SW_STATE(mosn_slot(&region, p, s)->state)
             != MOSN_SLOT_FREE)
         {
@@ -1153,7 +1153,8 @@ main(int argc, char **argv)
         return 1;
     }
 
-    /* the region name is not needed once every process has it mapped */
+    /* the region's name is not needed once every process has it mapped;
+     * its wake-up directory is, until the end */
     (void) shm_unlink(name);
 
     sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -1324,6 +1325,7 @@ main(int argc, char **argv)
            (unsigned long long) bells, (unsigned long long) sleeps);
 
     mosn_region_detach(&region);
+    (void) mosn_region_unlink(name);
     close(sock);
 
     printf("%u passed, %u failed\n", passed, failed);

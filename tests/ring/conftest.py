@@ -3,6 +3,7 @@ binding or the pure-Python fallback) and regions that do not outlive a
 test."""
 
 import os
+import shutil
 import uuid
 
 import pytest
@@ -31,10 +32,16 @@ def region_name():
     """A name no other test uses; its region is unlinked afterwards."""
     name = "/mosn-ring-test-%d-%s" % (os.getpid(), uuid.uuid4().hex[:10])
     yield name
+    unlink_region(name)
+
+
+def unlink_region(name):
+    """The region's name and its wake-up directory, if left."""
     try:
         os.unlink("/dev/shm" + name)
     except FileNotFoundError:
         pass
+    shutil.rmtree("/dev/shm" + name + ".wake", ignore_errors=True)
 
 
 @pytest.fixture

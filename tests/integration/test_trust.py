@@ -1,0 +1,195 @@
+"""The trust boundary against other local users: nothing the gateway
+creates can be taken first, redirected or reached by them.
+
+An "other user" here is a process that switched to a uid that is neither
+root nor nginx's worker user before doing what it does.
+"""
+
+import os
+import socket
+
+import pytest
+
+from gateway import ROUTED_UPSTREAMS, SITE_BODY, sites
+
+OTHER_UID = 23456
+
+ROUTED = ROUTED_UPSTREAMS + """
+    server {
+        listen 127.0.0.1:%PORT%;
+        mosn_fallback continue;
+        location / {
+            mosn_filter_chain serverListener;
+            add_header X-Mosn-Status $mosn_status always;
+            proxy_pass http://$site;
+        }
+    }
+""" + sites([("s1", 3450), ("s2", 3452), ("s3", 3453)])
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="switching users needs root")
+
+
+class OtherUser:
+    """A child process running as OTHER_UID; run(fn) runs fn there and
+    hands back what it returned (or raised), keep(fn) runs fn and holds
+    what it made until close()."""
+
+    def __init__(self):
+        self.pid = None
+
+    def _fork(self, fn, hold):
+        r, w = os.pipe()
+        back_r, back_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            os.close(back_w)
+            try:
+                os.setgroups([])
+                os.setgid(OTHER_UID)
+                os.setuid(OTHER_UID)
+                made = fn()
+                out = repr(made)
+            except Exception as e:      # reported to the parent
+                out = "%s: %s" % (type(e).__name__, e)
+            os.write(w, out.encode()[:4000])
+            os.close(w)
+            if hold:
+                os.read(back_r, 1)      # until the parent closes its end
+            os._exit(0)
+        os.close(w)
+        os.close(back_r)
+        out = b""
+        while True:             # the child closes its end once it answered
+            chunk = os.read(r, 4096)
+            if not chunk:
+                break
+            out += chunk
+        os.close(r)
+        return pid, back_w, out.decode()
+
+    def run(self, fn):
+        pid, back_w, out = self._fork(fn, False)
+        os.close(back_w)
+        os.waitpid(pid, 0)
+        return out
+
+    def keep(self, fn):
+        self.pid, self._back_w, out = self._fork(fn, True)
+        return out
+
+    def close(self):
+        if self.pid is not None:
+            os.close(self._back_w)
+            os.waitpid(self.pid, 0)
+            self.pid = None
+
+
+@pytest.fixture
+def other_user():
+    made = []
+
+    def make():
+        u = OtherUser()
+        made.append(u)
+        return u
+
+    yield make
+    for u in made:
+        u.close()
+
+
+def routed(gw, uid):
+    resp = gw.get("/", {"uid": str(uid)})
+    m = SITE_BODY.match(resp.text)
+    return (m.group(1) if m else None), resp.header("X-Mosn-Status")
+
+
+def test_doorbell_names_taken_first_do_not_switch_the_filters_off(
+        gateway, other_user):
+    """Binding the doorbell names before nginx starts used to leave every
+    nginx worker without a channel, so every request took the fallback
+    (here: no filtering at all)."""
+    gw = gateway(ROUTED, nginx_workers=2)
+    # every name the abstract doorbells of this region could have had
+    names = [b"\0ngx_mosn/" + gw.shm.encode() + b"." + str(p).encode()
+             for p in range(64)]
+
+    def squat():
+        socks = []
+        for name in names:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            s.bind(name)
+            socks.append(s)
+        squat.socks = socks         # held until the process ends
+        return len(socks)
+
+    assert other_user().keep(squat) == "64"
+    gw.start()
+    for uid, want in ((2, "s1"), (150, "s2"), (201, "s3")):
+        assert routed(gw, uid) == (want, "filtered")
+    assert "doorbell" not in gw.error_log()
+
+
+def test_other_users_cannot_reach_the_doorbells(gateway, other_user):
+    gw = gateway(ROUTED, nginx_workers=2).start()
+    wake_dir = "/dev/shm/%s.wake" % gw.shm
+    st = os.lstat(wake_dir)
+    assert st.st_mode & 0o7777 == 0o700
+    assert st.st_uid not in (0, OTHER_UID)
+    bells = sorted(os.listdir(wake_dir))
+    assert bells and all(b.startswith("p") for b in bells)
+
+    def ring():
+        outcomes = []
+        for b in bells:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            try:
+                s.sendto(b"\1", os.path.join(wake_dir, b))
+                outcomes.append("sent")
+            except OSError as e:
+                outcomes.append(type(e).__name__)
+        return outcomes
+
+    assert other_user().run(ring) == repr(["PermissionError"] * len(bells))
+    assert routed(gw, 2) == ("s1", "filtered")
+
+
+@pytest.mark.parametrize("planted", ["directory", "symlink", "file"])
+def test_something_in_the_way_of_the_wake_directory_stops_the_start(
+        gateway, other_user, tmp_path, planted):
+    """Another user's directory, link or file at the wake-up directory's
+    name is neither used nor followed: nginx refuses to start and says
+    which path is in the way."""
+    gw = gateway(ROUTED)
+    wake_dir = "/dev/shm/%s.wake" % gw.shm
+    target = tmp_path / "target"
+    target.mkdir(mode=0o755)
+    os.chown(target, OTHER_UID, OTHER_UID)
+
+    def plant():
+        if planted == "directory":
+            os.mkdir(wake_dir, 0o777)
+        elif planted == "symlink":
+            os.symlink(str(target), wake_dir)
+        else:
+            with open(wake_dir, "w"):
+                pass
+        return "planted"
+
+    assert other_user().run(plant) == repr("planted")
+    try:
+        rc, out = gw.nginx(check=False)
+        assert rc != 0, out
+        assert '"%s" is in the way' % wake_dir in out + gw.error_log()
+        # nothing was made through the link, nothing changed hands
+        assert os.listdir(target) == []
+        assert os.stat(target).st_uid == OTHER_UID
+        assert os.lstat(wake_dir).st_uid == OTHER_UID
+        assert not os.path.exists("/dev/shm/" + gw.shm)
+    finally:
+        if os.path.isdir(wake_dir) and not os.path.islink(wake_dir):
+            os.rmdir(wake_dir)
+        else:
+            os.unlink(wake_dir)
