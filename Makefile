@@ -9,7 +9,7 @@
 #   make bench       the peers benchmark (results in bench/results/)
 #   make bench-response  what a sender filter (the response phase) costs
 #   make bench-concurrency  HTTP/1.1 and HTTP/2 at any concurrency, beside map
-#   make fuzz        the verdict decoder under libFuzzer, long
+#   make fuzz        what nginx reads from shared memory, fuzzed, long
 #   make soak        locust against the example gateway (SOAK_TIME=10m)
 
 VENV     ?= /opt/mosn-gateway
@@ -77,11 +77,11 @@ test-newer-nginx: setup
 test-fast:
 	$(VENV)/bin/pytest tests -m "not slow"
 
-fuzz: build-l7
-	fuzz/run.sh $(FUZZ_RUNS)
+fuzz: setup
+	PYTHON=$(PY) nice fuzz/run.sh $(FUZZ_RUNS)
 
-fuzz-short:
-	fuzz/run.sh 200000
+fuzz-short: setup
+	PYTHON=$(PY) fuzz/run.sh 200000
 
 bench: setup
 	$(PY) bench/run.py

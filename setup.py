@@ -52,7 +52,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6",
-                 "locust>=2.20", "h2>=4"],
+                 "locust>=2.20", "h2>=4",
+                 "atheris>=2.3"],
         "bench": ["aiohttp>=3.9", "uvloop>=0.19", "matplotlib>=3.7"],
     },
     entry_points={

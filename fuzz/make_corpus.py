@@ -1,6 +1,7 @@
-"""Writes a seed corpus of valid verdicts for the verdict fuzzer.
+"""Writes a seed corpus of valid verdicts for the verdict fuzzer, or with
+--requests of request records for the request parser's.
 
-    python3 fuzz/make_corpus.py DIR
+    python3 fuzz/make_corpus.py [--requests] DIR
 
 Every seed is encoded by shm_ring.codec.encode_verdict, the reference
 encoder, so the fuzzer starts from what a Python worker really writes.
@@ -13,7 +14,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
 
 from shm_ring.codec import (CONTINUE, ERROR, REPLY,  # noqa: E402
-                            Verdict, encode_verdict)
+                            Verdict, encode_request, encode_verdict)
 
 
 def verdicts():
@@ -43,16 +44,44 @@ def verdicts():
                   request_set=[("!#$%&'*+-.^_`|~", "\t value ")])
     yield Verdict(action=REPLY, status=500, reply_body=bytes(range(256)),
                   log="\u00e9t\u00e9")
+    # the response phase: the request's verdict asks for it, and the
+    # verdict on the response sets, removes and adds header lines
+    yield Verdict(upstream="s1", metadata={"UNIT": "s1"}, run_senders=True)
+    yield Verdict(response_set=[("Cache-Control", "no-store"),
+                                ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")],
+                  response_remove=["Server", "X-Internal"],
+                  response_add=[("Retry-After", "1")])
+    yield Verdict(response_remove=["x-%d" % i for i in range(100)])
+
+
+def requests():
+    yield encode_request()
+    yield encode_request("serverListener", "GET", "/a/b", "x=1&y=2",
+                         headers=[("Host", "gw"), ("uid", "2"),
+                                  ("Cookie", "a=1"), ("cookie", "b=2")],
+                         request_id=7)
+    yield encode_request("l", "POST", "/up", body=b"\0\1\2" * 100,
+                         headers=[("Content-Length", "300")])
+    yield encode_request("l", status=502, headers=[("Server", "up")],
+                         metadata={"UNIT": "s1", "IDC": ""})
+    yield encode_request("l", headers=[("h%d" % i, "v" * i)
+                                       for i in range(60)])
+    yield encode_request("\u00e9", path="/\u00ff", remote_addr="::1",
+                         protocol="HTTP/2.0")
 
 
 def main():
-    if len(sys.argv) != 2:
+    args = sys.argv[1:]
+    make = [encode_verdict(v) for v in verdicts()]
+    if args[:1] == ["--requests"]:
+        args = args[1:]
+        make = list(requests())
+    if len(args) != 1:
         sys.exit(__doc__.strip())
-    out = sys.argv[1]
+    out = args[0]
     os.makedirs(out, exist_ok=True)
     n = 0
-    for v in verdicts():
-        data = encode_verdict(v)
+    for data in make:
         name = hashlib.sha1(data).hexdigest()
         with open(os.path.join(out, name), "wb") as f:
             f.write(data)

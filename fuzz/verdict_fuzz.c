@@ -121,6 +121,7 @@ mosn_fuzz_walk(const uint8_t *buf, size_t len)
 
         case MOSN_REC_REQ_SET:
         case MOSN_REC_RESP_ADD:
+        case MOSN_REC_RESP_SET:
         case MOSN_REC_REPLY_HEADER:
             mosn_fuzz_assert(mosn_header_name_valid(rec.key, rec.key_len));
             mosn_fuzz_assert(mosn_fuzz_clean_value(rec.key, rec.key_len));
@@ -129,6 +130,7 @@ mosn_fuzz_walk(const uint8_t *buf, size_t len)
             break;
 
         case MOSN_REC_REQ_DEL:
+        case MOSN_REC_RESP_DEL:
             mosn_fuzz_assert(mosn_header_name_valid(rec.key, rec.key_len));
             mosn_fuzz_assert(rec.value_len == 0);
             break;

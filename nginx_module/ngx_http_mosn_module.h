@@ -106,6 +106,7 @@ typedef struct {
     ngx_uint_t                nfree;
     ngx_http_mosn_ctx_t     **inflight;      /* by slot */
     uint32_t                 *inflight_gen;
+    u_char                   *held;          /* by slot: ours, in flight */
     uint64_t                  next_id;
     time_t                    claim_tried;
     uint64_t                  wake_mask;     /* consumers to wake */

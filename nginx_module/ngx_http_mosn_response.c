@@ -144,9 +144,10 @@ ngx_http_mosn_response_done(ngx_http_mosn_ctx_t *ctx, u_char *verdict,
     if (verdict != NULL) {
         ngx_http_mosn_verdict_log(ctx, verdict, len);
 
-        (void) mosn_verdict_begin(&it, verdict, len);
+        if (mosn_verdict_begin(&it, verdict, len) != 0) {
+            verdict = NULL;
 
-        if (it.action != MOSN_ACTION_CONTINUE) {
+        } else if (it.action != MOSN_ACTION_CONTINUE) {
             verdict = NULL;
             why = "a sender filter failed";
         }

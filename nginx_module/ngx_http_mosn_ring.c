@@ -36,6 +36,7 @@ static void ngx_http_mosn_drain(void);
 static void ngx_http_mosn_rescue(void);
 static void ngx_http_mosn_complete(uint32_t s, uint32_t gen,
     ngx_uint_t failed);
+static void ngx_http_mosn_release(uint32_t s);
 static ngx_int_t ngx_http_mosn_claim(ngx_log_t *log);
 static ngx_connection_t *ngx_http_mosn_notify_open(ngx_log_t *log,
     uint32_t p);
@@ -72,8 +73,11 @@ ngx_http_mosn_ring_init_process(ngx_cycle_t *cycle)
                             cycle->log);
     w->inflight_gen = ngx_alloc(sizeof(uint32_t) * w->rg.slots,
                                 cycle->log);
+    w->held = ngx_alloc(w->rg.slots, cycle->log);
 
-    if (w->free == NULL || w->inflight == NULL || w->inflight_gen == NULL) {
+    if (w->free == NULL || w->inflight == NULL || w->inflight_gen == NULL
+        || w->held == NULL)
+    {
         return NGX_ERROR;
     }
 
@@ -147,6 +151,7 @@ ngx_http_mosn_claim(ngx_log_t *log)
         w->free[s] = w->rg.slots - 1 - s;
         w->inflight[s] = NULL;
         w->inflight_gen[s] = 0;
+        w->held[s] = 0;
     }
 
     w->nfree = w->rg.slots;
@@ -390,10 +395,11 @@ ngx_http_mosn_publish(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
     w->nfree--;
     w->inflight[s] = ctx;
     w->inflight_gen[s] = gen;
+    w->held[s] = 1;
 
     ctx->slot = s;
     ctx->gen = gen;
-    ctx->start_ns = slot->submit_ns;
+    ctx->start_ns = mosn_now_ns();
 
     return NGX_OK;
 }
@@ -748,123 +754,174 @@ ngx_http_mosn_drain(void)
 }
 
 
+/*
+ * A consumer left: each slot this worker holds is looked at once, with the
+ * generation this worker published it at, whatever the region says.
+ */
+
 static void
 ngx_http_mosn_rescue(void)
 {
-    int                      n, i;
-    uint32_t                 s;
-    uint64_t                 out[NGX_HTTP_MOSN_BATCH];
+    uint32_t                 s, gen;
+    static ngx_uint_t        rescuing;
     ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
 
-    w->epoch = w->rg.hdr->consumer_epoch;
+    /* a request resumed below may submit and find the epoch moved again */
+    if (rescuing) {
+        return;
+    }
 
-    do {
-        n = mosn_producer_rescue(&w->rg, (uint32_t) w->p, &w->rr, out,
-                                 NGX_HTTP_MOSN_BATCH);
+    rescuing = 1;
+    w->epoch = MOSN_READ_ONCE(w->rg.hdr->consumer_epoch);
 
-        for (i = 0; i < n; i++) {
-            s = MOSN_ENTRY_SLOT(out[i]);
-            ngx_http_mosn_complete(s & ~MOSN_RESCUE_FAILED,
-                                   MOSN_ENTRY_GEN(out[i]),
-                                   s & MOSN_RESCUE_FAILED);
+    for (s = 0; s < w->rg.slots && w->p >= 0; s++) {
+        if (!w->held[s]) {
+            continue;
         }
 
-    } while (n == NGX_HTTP_MOSN_BATCH);
+        gen = w->inflight_gen[s];
+
+        switch (mosn_producer_rescue_slot(&w->rg, (uint32_t) w->p, s, gen,
+                                          &w->rr))
+        {
+        case MOSN_RESCUE_DONE:
+            ngx_http_mosn_complete(s, gen, 0);
+            break;
+
+        case MOSN_RESCUE_LOST:
+            ngx_http_mosn_complete(s, gen, 1);
+            break;
+
+        default:
+            break;
+        }
+    }
+
+    rescuing = 0;
 }
 
 
-/* a verdict arrived for slot s, or the slot could not be re-queued */
+/*
+ * A verdict arrived for slot s, or the slot could not be re-queued.  Only
+ * a slot this worker holds in flight, at the generation it published, is
+ * taken back: anything else a consumer pushed is forged, counted, and
+ * left alone (it is not freed a second time).  Every value read from the
+ * slot is read once into a local, checked, and only the local is used.
+ */
 
 static void
 ngx_http_mosn_complete(uint32_t s, uint32_t gen, ngx_uint_t failed)
 {
-    size_t                   room, len;
+    size_t                   room;
     u_char                  *verdict;
+    uint32_t                 off, len;
     uint64_t                 cost;
+    ngx_int_t                rc;
+    const char              *why;
     mosn_slot_t             *slot;
+    mosn_producer_t         *prod;
     ngx_http_mosn_ctx_t     *ctx;
     ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
 
-    if (s >= w->rg.slots) {
+    prod = mosn_producer(&w->rg, (uint32_t) w->p);
+
+    if (s >= w->rg.slots || !w->held[s] || w->inflight_gen[s] != gen) {
+        prod->forged++;
         return;
     }
 
     slot = mosn_slot(&w->rg, (uint32_t) w->p, s);
     ctx = w->inflight[s];
 
-    if (ctx == NULL || w->inflight_gen[s] != gen) {
+    /* the lengths come from Python: read once, checked, then only used */
+    room = MOSN_SLOT_DATA_SIZE(w->rg.slot_size);
+    off = MOSN_READ_ONCE(slot->verdict_off);
+    len = MOSN_READ_ONCE(slot->verdict_len);
+
+    if (!failed && (off > room || len > room - off)) {
+        prod->refused++;
+        failed = 2;
+    }
+
+    if (ctx == NULL) {
         /* late: the request timed out or its client went away */
-        mosn_producer(&w->rg, (uint32_t) w->p)->stale++;
-        goto free;
+        prod->stale++;
+        ngx_http_mosn_release(s);
+        return;
     }
 
     w->inflight[s] = NULL;
 
     cost = mosn_now_ns() - ctx->start_ns;
-    mosn_producer(&w->rg, (uint32_t) w->p)->cost_ns += cost;
+    prod->cost_ns += cost;
 
-    room = MOSN_SLOT_DATA_SIZE(w->rg.slot_size);
+    verdict = NULL;
 
     if (ctx->resp_state == NGX_HTTP_MOSN_WAITING) {
         ctx->resp_cost_ns = cost;
 
-        /* the lengths come from Python: checked before any use */
-        if (failed || slot->verdict_off > room
-            || slot->verdict_len > room - slot->verdict_off
-            || ngx_http_mosn_verdict_copy(ctx,
-                                          slot->data + slot->verdict_off,
-                                          slot->verdict_len, &verdict)
-               != NGX_OK)
-        {
-            verdict = NULL;
+        if (failed == 0) {
+            rc = ngx_http_mosn_verdict_copy(ctx, slot->data + off, len,
+                                            &verdict);
+            if (rc != NGX_OK) {
+                prod->refused += (rc == NGX_DECLINED);
+                verdict = NULL;
+            }
         }
 
-        len = slot->verdict_len;
+        ngx_http_mosn_release(s);
 
-        mosn_producer_free(&w->rg, (uint32_t) w->p, s);
-        w->free[w->nfree++] = s;
+        why = (failed == 1) ? "its Python worker died"
+                            : "the verdict was refused";
 
-        ngx_http_mosn_response_done(ctx, verdict, len,
-                                    failed ? "its Python worker died"
-                                           : "the verdict was refused");
+        ngx_http_mosn_response_done(ctx, verdict, verdict ? len : 0, why);
         return;
     }
 
     ctx->cost_ns = cost;
 
-    if (failed) {
+    if (failed == 1) {
         ctx->status = NGX_HTTP_MOSN_ERROR;
         ngx_log_error(NGX_LOG_WARN, ctx->request->connection->log, 0,
                       "mosn: request %uL was in flight on a Python worker "
                       "that died and could not be re-queued",
                       ctx->request_id);
 
-    } else {
-        /* the lengths come from Python: checked before any use */
-        if (slot->verdict_off > room
-            || slot->verdict_len > room - slot->verdict_off
-            || ngx_http_mosn_verdict_take(ctx,
-                                          slot->data + slot->verdict_off,
-                                          slot->verdict_len)
-               != NGX_OK)
-        {
-            ctx->status = NGX_HTTP_MOSN_ERROR;
+    } else if (failed == 2) {
+        ctx->status = NGX_HTTP_MOSN_ERROR;
+        ngx_log_error(NGX_LOG_ERR, ctx->request->connection->log, 0,
+                      "mosn: refused the verdict for request %uL: %uD bytes "
+                      "at %uD overrun the slot", ctx->request_id, len, off);
 
-        } else {
-            ctx->status = NGX_HTTP_MOSN_FILTERED;
+    } else {
+        rc = ngx_http_mosn_verdict_take(ctx, slot->data + off, len);
+
+        if (rc == NGX_DECLINED) {
+            prod->refused++;
         }
+
+        /* NGX_ERROR: a filter failed and said so, the fallback too */
+        ctx->status = (rc == NGX_OK) ? NGX_HTTP_MOSN_FILTERED
+                                     : NGX_HTTP_MOSN_ERROR;
     }
 
     ctx->state = NGX_HTTP_MOSN_DONE;
 
-    mosn_producer_free(&w->rg, (uint32_t) w->p, s);
-    w->free[w->nfree++] = s;
+    ngx_http_mosn_release(s);
 
     ngx_http_mosn_resume(ctx);
+}
 
-    return;
 
-free:
+/* slot s is no longer in flight: back to the region and the free list */
+
+static void
+ngx_http_mosn_release(uint32_t s)
+{
+    ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
+
+    w->held[s] = 0;
+    w->inflight[s] = NULL;
 
     mosn_producer_free(&w->rg, (uint32_t) w->p, s);
     w->free[w->nfree++] = s;
@@ -999,7 +1056,9 @@ ngx_http_mosn_put_meta(ngx_http_mosn_ctx_t *ctx, u_char *p)
     mosn_rec_view_t      rec;
     mosn_verdict_iter_t  it;
 
-    (void) mosn_verdict_begin(&it, ctx->verdict, ctx->verdict_len);
+    if (mosn_verdict_begin(&it, ctx->verdict, ctx->verdict_len) != 0) {
+        return p;
+    }
 
     while (mosn_verdict_next(&it, &rec) == 1) {
         if (rec.type == MOSN_REC_META) {

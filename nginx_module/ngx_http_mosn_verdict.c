@@ -70,7 +70,7 @@ ngx_http_mosn_verdict_copy(ngx_http_mosn_ctx_t *ctx, const u_char *buf,
         ngx_log_error(NGX_LOG_ERR, ctx->request->connection->log, 0,
                       "mosn: refused the verdict for request %uL: %s",
                       ctx->request_id, why);
-        return NGX_ERROR;
+        return NGX_DECLINED;
     }
 
     *copy = p;
@@ -136,7 +136,9 @@ ngx_http_mosn_verdict_log(ngx_http_mosn_ctx_t *ctx, u_char *verdict,
     mosn_rec_view_t      rec;
     mosn_verdict_iter_t  it;
 
-    (void) mosn_verdict_begin(&it, verdict, len);
+    if (mosn_verdict_begin(&it, verdict, len) != 0) {
+        return;
+    }
 
     while (mosn_verdict_next(&it, &rec) == 1) {
         if (rec.type == MOSN_REC_LOG) {
@@ -151,17 +153,22 @@ ngx_http_mosn_verdict_take(ngx_http_mosn_ctx_t *ctx, const u_char *buf,
     size_t len)
 {
     u_char              *copy;
+    ngx_int_t            rc;
     mosn_rec_view_t      rec;
     mosn_verdict_iter_t  it;
 
-    if (ngx_http_mosn_verdict_copy(ctx, buf, len, &copy) != NGX_OK) {
-        return NGX_ERROR;
+    rc = ngx_http_mosn_verdict_copy(ctx, buf, len, &copy);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    if (mosn_verdict_begin(&it, copy, len) != 0) {
+        return NGX_DECLINED;
     }
 
     ctx->verdict = copy;
     ctx->verdict_len = len;
-
-    (void) mosn_verdict_begin(&it, copy, len);
 
     ctx->action = it.action;
     ctx->reply_status = it.status;
@@ -226,7 +233,9 @@ ngx_http_mosn_verdict_apply(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx)
 
     edits = 0;
 
-    (void) mosn_verdict_begin(&it, ctx->verdict, ctx->verdict_len);
+    if (mosn_verdict_begin(&it, ctx->verdict, ctx->verdict_len) != 0) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
     while (mosn_verdict_next(&it, &rec) == 1) {
 
@@ -282,7 +291,9 @@ ngx_http_mosn_last_edit(ngx_http_mosn_ctx_t *ctx, u_char *name, size_t len,
 
     type = 0;
 
-    (void) mosn_verdict_begin(&it, ctx->verdict, ctx->verdict_len);
+    if (mosn_verdict_begin(&it, ctx->verdict, ctx->verdict_len) != 0) {
+        return 0;
+    }
 
     while (mosn_verdict_next(&it, &rec) == 1) {
         if ((rec.type == MOSN_REC_REQ_SET || rec.type == MOSN_REC_REQ_DEL)

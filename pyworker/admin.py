@@ -167,6 +167,8 @@ class Collector:
                  "mosn_queue requests already waited"),
                 ("requeued", "requests re-queued from a dead worker"),
                 ("stale", "late verdicts dropped"),
+                ("forged", "completions of slots not in flight, ignored"),
+                ("refused", "verdicts refused by the module's checks"),
                 ("futex_wakes", "wake-ups of sleeping Python workers"),
                 ("doorbells", "wake-ups of nginx workers")):
             self._add(fams, CounterMetricFamily, "mosn_ring_" + field, doc,

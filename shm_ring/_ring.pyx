@@ -243,6 +243,7 @@ cdef class Region:
                 "fallbacks": p.fallbacks, "futex_wakes": p.futex_wakes,
                 "doorbells": p.doorbells, "cost_ns": p.cost_ns,
                 "queued": p.queued, "queue_full": p.queue_full,
+                "forged": p.forged, "refused": p.refused,
             })
         consumers = []
         for i in range(self.rg.nconsumers):
@@ -405,8 +406,9 @@ cdef class SlotRequest:
 
     cdef const uint8_t *rec
     cdef uint32_t rec_len
-    cdef const mosn_req_t *req
+    cdef mosn_req_t req                 # the record's head, copied once
     cdef const mosn_header_entry_t *table
+    cdef object _owner                  # what rec points into, if not a slot
     cdef const mosn_slot_t *slot
     cdef readonly uint32_t nheaders
     cdef readonly uint64_t request_id
@@ -492,31 +494,32 @@ cdef class SlotRequest:
         return PyBytes_FromStringAndSize(<const char *> self.rec + f.off,
                                          f.len)
 
-    cdef inline bint _entry_ok(self, const mosn_header_entry_t *e):
+    cdef inline bint _entry(self, uint32_t i, mosn_header_entry_t *e):
+        """Copies entry i out of the record (another process can write the
+        record: only the copy is checked and used); false if it overruns
+        the record."""
+        e[0] = self.table[i]
         return (<uint64_t> e.off + e.name_len + e.value_len
                 <= self.rec_len)
 
-    cdef inline const mosn_header_entry_t *_find(self, const char *k,
-                                                 uint32_t klen):
-        """The first entry whose name is k without case, or NULL."""
+    cdef inline bint _find(self, const char *k, uint32_t klen,
+                           mosn_header_entry_t *e):
+        """The first entry whose name is k without case, into e."""
         cdef uint32_t i
-        cdef const mosn_header_entry_t *e
         for i in range(self.nheaders):
-            e = &self.table[i]
-            if (e.name_len == klen and self._entry_ok(e)
+            if (self._entry(i, e) and e.name_len == klen
                     and strncasecmp(<const char *> self.rec + e.off, k,
                                     klen) == 0):
-                return e
-        return NULL
+                return True
+        return False
 
     def header_get(self, name, default=None):
         """The first value of one header, name matched without case (as
         str.lower() does), or default."""
-        cdef const mosn_header_entry_t *e
+        cdef mosn_header_entry_t e
         if type(name) is str and PyUnicode_IS_COMPACT_ASCII(name):
-            e = self._find(PyUnicode_DATA(name),
-                           PyUnicode_GET_LENGTH(name))
-            if e == NULL:
+            if not self._find(PyUnicode_DATA(name),
+                              PyUnicode_GET_LENGTH(name), &e):
                 return default
             return PyUnicode_DecodeLatin1(
                 <const char *> self.rec + e.off + e.name_len, e.value_len,
@@ -529,11 +532,10 @@ cdef class SlotRequest:
         cdef bytes key = lname.encode("latin-1")
         cdef const char *k = PyBytes_AS_STRING(key)
         cdef uint32_t klen = len(key), i
-        cdef const mosn_header_entry_t *e
+        cdef mosn_header_entry_t e
         cdef list out = []
         for i in range(self.nheaders):
-            e = &self.table[i]
-            if e.name_len != klen or not self._entry_ok(e):
+            if not self._entry(i, &e) or e.name_len != klen:
                 continue
             if strncasecmp(<const char *> self.rec + e.off, k, klen) == 0:
                 out.append(PyUnicode_DecodeLatin1(
@@ -543,11 +545,10 @@ cdef class SlotRequest:
 
     def header_items(self):
         cdef uint32_t i
-        cdef const mosn_header_entry_t *e
+        cdef mosn_header_entry_t e
         cdef list out = []
         for i in range(self.nheaders):
-            e = &self.table[i]
-            if not self._entry_ok(e):
+            if not self._entry(i, &e):
                 continue
             out.append((
                 PyUnicode_DecodeLatin1(<const char *> self.rec + e.off,
@@ -559,19 +560,21 @@ cdef class SlotRequest:
 
 
 cdef SlotRequest _slot_request(const uint8_t *data, uint32_t data_size):
-    """Checks the record's lengths against the slot; None if malformed."""
-    cdef const mosn_req_t *req = <const mosn_req_t *> data
-    cdef uint32_t i, rec_len
+    """Checks the record's lengths against the slot; None if malformed.
+    The record's head is copied and checked once: the fields read later
+    are the copy's."""
+    cdef mosn_req_t req
+    cdef uint32_t i
     cdef mosn_field_t f
     cdef SlotRequest r
     if data_size < sizeof(mosn_req_t):
         return None
-    rec_len = req.len
-    if rec_len < sizeof(mosn_req_t) or rec_len > data_size:
+    memcpy(&req, data, sizeof(mosn_req_t))
+    if req.len < sizeof(mosn_req_t) or req.len > data_size:
         return None
     for i in range(MOSN_REQ_NFIELDS):
         f = req.field[i]
-        if <uint64_t> f.off + f.len > rec_len:
+        if <uint64_t> f.off + f.len > req.len:
             return None
     f = req.field[MOSN_REQ_HEADERS]
     if (f.len != <uint64_t> req.nheaders * sizeof(mosn_header_entry_t)
@@ -579,11 +582,21 @@ cdef SlotRequest _slot_request(const uint8_t *data, uint32_t data_size):
         return None
     r = SlotRequest.__new__(SlotRequest)
     r.rec = data
-    r.rec_len = rec_len
+    r.rec_len = req.len
     r.req = req
     r.table = <const mosn_header_entry_t *> (data + f.off)
     r.nheaders = req.nheaders
     r.request_id = req.request_id
+    return r
+
+
+def parse_request(bytes record):
+    """The Python workers' record parser on a record held in bytes (tests,
+    the fuzzer): a SlotRequest that keeps record alive, or None."""
+    cdef SlotRequest r = _slot_request(
+        <const uint8_t *> PyBytes_AS_STRING(record), len(record))
+    if r is not None:
+        r._owner = record
     return r
 
 

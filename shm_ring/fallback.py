@@ -64,6 +64,7 @@ WAKE_DIR_SUFFIX = ".wake"
 SLOT_HEADER_SIZE = 64
 VERDICT_MAX_RECORDS = 256
 RESCUE_FAILED = 0x80000000
+RESCUE_NONE, RESCUE_REQUEUED, RESCUE_DONE, RESCUE_LOST = range(4)
 BATCH_MAX = 256            # as _ring.pyx
 
 SLOT_FREE, SLOT_SUBMITTED, SLOT_TAKEN, SLOT_DONE = 0, 1, 2, 3
@@ -90,12 +91,13 @@ H_NAME, H_CONFIG_PATH = 112, 176
 H_ENDPOINTS_OFF, H_EP_APPS, H_EP_APP_SIZE = 688, 696, 700
 
 # mosn_producer_t
-PRODUCER_SIZE = 128
+PRODUCER_SIZE = 144
 P_OWNER, P_STARTTIME, P_EPOCH, P_NEED_WAKEUP, P_IN_USE = 0, 8, 16, 20, 24
 P_WAITING = 28
 P_SUBMITTED, P_COMPLETED, P_STALE, P_REQUEUED, P_TIMEOUTS = 32, 40, 48, 56, 64
 P_FALLBACKS, P_FUTEX_WAKES, P_DOORBELLS, P_COST_NS = 72, 80, 88, 96
 P_QUEUED, P_QUEUE_FULL, P_NOTIFY_FD = 104, 112, 120
+P_FORGED, P_REFUSED = 128, 136
 
 # mosn_consumer_t
 CONSUMER_SIZE = 88
@@ -757,6 +759,8 @@ class Region:
                 "cost_ns": self.ld64(o + P_COST_NS),
                 "queued": self.ld64(o + P_QUEUED),
                 "queue_full": self.ld64(o + P_QUEUE_FULL),
+                "forged": self.ld64(o + P_FORGED),
+                "refused": self.ld64(o + P_REFUSED),
             })
         consumers = []
         for i in range(self._nc):
@@ -1124,12 +1128,17 @@ def _producer_poll(rg, p, max_):
         ring = rg.completion_ring(p, c)
         tail = rg.ld32(ring + R_TAIL)
         head = rg.ld32(ring + R_HEAD)
+        if (head - tail) & U32 > rg._slots:
+            # no ring holds more than a channel's slots: a scribble
+            rg.add64(o + P_FORGED)
+            rg.st32(ring + R_TAIL, head)
+            continue
         while tail != head and len(out) < max_:
             e = rg.ring_entry(ring, tail)
             tail = (tail + 1) & U32
             s, gen = e & U32, e >> 32
             if s >= rg._slots:
-                rg.add64(o + P_STALE)
+                rg.add64(o + P_FORGED)
                 continue
             w = rg.ld64(rg.slot(p, s) + S_STATE)
             if sw_state(w) != SLOT_DONE or sw_gen(w) != gen:
@@ -1151,43 +1160,56 @@ def _producer_arm(rg, p):
     return False
 
 
-def _producer_rescue(rg, p, rr, max_):
-    """Slots held by dead consumer incarnations go to a live consumer;
-    verdicts written but never published come back as done; the rest
-    come back failed.  Returns ([(slot, gen, failed)], rr)."""
-    out = []
+def _producer_rescue_slot(rg, p, s, gen, rr):
+    """mosn_producer_rescue_slot(): (RESCUE_*, rr) for slot s held in
+    flight at generation gen."""
+    if not 0 <= s < rg._slots:
+        return RESCUE_NONE, rr
     o = rg.prod(p)
+    slot = rg.slot(p, s)
+    w = rg.ld64(slot + S_STATE)
+    st, c, inc = sw_state(w), sw_consumer(w), sw_inc(w)
+    if sw_gen(w) != gen or st == SLOT_FREE:
+        rg.add64(o + P_FORGED)
+        return RESCUE_LOST, rr
+    if _consumer_alive(rg, c, inc):
+        return RESCUE_NONE, rr
+    if st == SLOT_DONE:
+        if c < rg._nc and _ring_holds(rg, rg.completion_ring(p, c), s, gen):
+            return RESCUE_NONE, rr      # poll will see it
+        return RESCUE_DONE, rr
+    picked = _producer_pick(rg, p, rr)
+    # room first: the new consumer may take the slot once named
+    if picked and _ring_room(rg, rg.submit_ring(p, picked[0])):
+        c2, inc2, rr = picked
+        rg.st64(slot + S_STATE, sw(gen, inc2, c2, SLOT_SUBMITTED))
+        _ring_push(rg, rg.submit_ring(p, c2), entry(s, gen))
+        rg.add64(o + P_REQUEUED)
+        _wake_consumer(rg, p, c2)
+        return RESCUE_REQUEUED, rr
+    if picked:
+        rr = picked[2]
+    # no consumer or no room: done by nobody, so lost
+    rg.st64(slot + S_STATE, sw(gen, 0, 0, SLOT_TAKEN))
+    return RESCUE_LOST, rr
+
+
+def _producer_rescue(rg, p, rr, max_):
+    """Every slot's rescue, each slot's generation taken as the
+    producer's.  Returns ([(slot, gen, failed)], rr)."""
+    out = []
     for s in range(rg._slots):
         if len(out) >= max_:
             break
-        slot = rg.slot(p, s)
-        w = rg.ld64(slot + S_STATE)
-        st = sw_state(w)
-        if st == SLOT_FREE:
+        w = rg.ld64(rg.slot(p, s) + S_STATE)
+        if sw_state(w) == SLOT_FREE:
             continue
-        c, inc, gen = sw_consumer(w), sw_inc(w), sw_gen(w)
-        if _consumer_alive(rg, c, inc):
-            continue
-        if st == SLOT_DONE:
-            if c < rg._nc and _ring_holds(rg, rg.completion_ring(p, c), s,
-                                          gen):
-                continue        # poll will see it
+        gen = sw_gen(w)
+        got, rr = _producer_rescue_slot(rg, p, s, gen, rr)
+        if got == RESCUE_DONE:
             out.append((s, gen, False))
-            continue
-        picked = _producer_pick(rg, p, rr)
-        # room first: the new consumer may take the slot once named
-        if picked and _ring_room(rg, rg.submit_ring(p, picked[0])):
-            c2, inc2, rr = picked
-            rg.st64(slot + S_STATE, sw(gen, inc2, c2, SLOT_SUBMITTED))
-            _ring_push(rg, rg.submit_ring(p, c2), entry(s, gen))
-            rg.add64(o + P_REQUEUED)
-            _wake_consumer(rg, p, c2)
-            continue
-        if picked:
-            rr = picked[2]
-        # no consumer or no room: done by nobody, so failed
-        rg.st64(slot + S_STATE, sw(gen, 0, 0, SLOT_TAKEN))
-        out.append((s, gen, True))
+        elif got == RESCUE_LOST:
+            out.append((s, gen, True))
     return out, rr
 
 
@@ -2137,3 +2159,9 @@ class Producer:
 def validate_verdict(buf):
     """The decoder's verdict: None if valid, else the reason."""
     return codec.validate_verdict(buf)
+
+
+def parse_request(record):
+    """The Python workers' record parser on a record held in bytes: a
+    SlotRequest, or None if malformed."""
+    return _slot_request(record, 0, len(record))

@@ -145,13 +145,15 @@ mosn_region_size(const mosn_region_conf_t *conf)
 
 
 /*
- * The layout is taken from one copy of the header, checked, and kept in
- * rg: the live header is never trusted for an address again.
+ * Takes the region image at base into rg: the layout is taken from one
+ * copy of the header, checked, and kept in rg; the live header is never
+ * trusted for an address again.  rg->name and rg->wake_dir are left as
+ * they were (attach and create set them).
  */
 
-static int
-mosn_region_load(mosn_region_t *rg, const void *base, size_t size,
-    char *err, size_t errlen)
+int
+mosn_region_load(mosn_region_t *rg, void *base, size_t size, char *err,
+    size_t errlen)
 {
     mosn_shm_header_t   h, layout;
     mosn_region_conf_t  conf;
@@ -235,6 +237,8 @@ mosn_region_load(mosn_region_t *rg, const void *base, size_t size,
     rg->ring_bytes = layout.ring_bytes;
     rg->slots_off = layout.slots_off;
     rg->endpoints_off = layout.endpoints_off;
+    rg->hdr = base;
+    rg->size = size;
 
     return 0;
 }
@@ -245,7 +249,37 @@ mosn_region_check(const void *base, size_t size, char *err, size_t errlen)
 {
     mosn_region_t  rg;
 
-    return mosn_region_load(&rg, base, size, err, errlen);
+    return mosn_region_load(&rg, (void *) base, size, err, errlen);
+}
+
+
+/* writes a fresh region's header at base, zeroed and mosn_region_size() */
+
+int
+mosn_region_format(void *base, size_t size, const mosn_region_conf_t *conf,
+    char *err, size_t errlen)
+{
+    mosn_shm_header_t  *h;
+
+    if (mosn_conf_check(conf, err, errlen) != 0) {
+        return -1;
+    }
+
+    if (size != mosn_region_size(conf)) {
+        mosn_err(err, errlen, "region of %zu bytes is not %zu", size,
+                 mosn_region_size(conf));
+        return -1;
+    }
+
+    h = base;
+    mosn_layout(conf, h);
+    h->abi_version = MOSN_RING_ABI_VERSION;
+    h->created_ns = (uint64_t) time(NULL) * 1000000000ULL;
+
+    /* the magic goes last: a reader that sees it sees the layout */
+    mosn_store(&h->magic, MOSN_RING_MAGIC);
+
+    return 0;
 }
 
 
@@ -494,22 +528,16 @@ mosn_region_create(mosn_region_t *rg, const char *name,
     close(fd);
 
     h = base;
-    memcpy(h, &layout, sizeof(layout));
-    h->abi_version = MOSN_RING_ABI_VERSION;
-    h->created_ns = (uint64_t) time(NULL) * 1000000000ULL;
     snprintf(h->name, sizeof(h->name), "%s", name);
 
-    /* the magic goes last: a reader that sees it sees the layout */
-    mosn_store(&h->magic, MOSN_RING_MAGIC);
-
-    if (mosn_region_load(&r, base, layout.region_size, err, errlen) != 0) {
+    if (mosn_region_format(base, layout.region_size, conf, err, errlen) != 0
+        || mosn_region_load(&r, base, layout.region_size, err, errlen) != 0)
+    {
         munmap(base, layout.region_size);
         (void) mosn_region_unlink(name);
         return -1;
     }
 
-    r.hdr = h;
-    r.size = layout.region_size;
     *rg = r;
 
     return 0;
@@ -585,8 +613,6 @@ mosn_region_attach(mosn_region_t *rg, const char *name, char *err,
         return -1;
     }
 
-    r.hdr = base;
-    r.size = (size_t) st.st_size;
     *rg = r;
 
     return 0;
@@ -1084,17 +1110,24 @@ mosn_producer_poll(mosn_region_t *rg, uint32_t p, uint64_t *out, int max)
 
     for (c = 0; c < rg->nconsumers && n < max; c++) {
         ring = mosn_completion_ring(rg, p, c);
-        tail = ring->tail;
+        tail = MOSN_READ_ONCE(ring->tail);
         head = mosn_load(&ring->head);
 
+        if (head - tail > rg->slots) {
+            /* no ring holds more than a channel's slots: a scribble */
+            prod->forged++;
+            mosn_store(&ring->tail, head);
+            continue;
+        }
+
         while (tail != head && n < max) {
-            e = ring->entries[tail & mask];
+            e = MOSN_READ_ONCE(ring->entries[tail & mask]);
             tail++;
 
             s = MOSN_ENTRY_SLOT(e);
 
             if (s >= rg->slots) {
-                prod->stale++;
+                prod->forged++;
                 continue;
             }
 
@@ -1169,78 +1202,120 @@ mosn_ring_holds(mosn_region_t *rg, mosn_ring_t *ring, uint32_t s,
 
 
 /*
- * Called by a producer when a consumer has left: slots that a dead
- * consumer incarnation held go to a live consumer, verdicts it wrote but
- * did not publish are handed back as done, and slots that cannot be
- * re-queued come back flagged MOSN_RESCUE_FAILED.
+ * Called by a producer when a consumer has left, for a slot it holds in
+ * flight at generation gen: a slot that a dead consumer incarnation held
+ * goes to a live consumer; a verdict written but never published is
+ * MOSN_RESCUE_DONE; a slot that cannot be re-queued, or whose state is
+ * not the producer's (another generation, or FREE: a scribble), is
+ * MOSN_RESCUE_LOST, and the request takes the fallback.
+ */
+
+int
+mosn_producer_rescue_slot(mosn_region_t *rg, uint32_t p, uint32_t s,
+    uint32_t gen, uint32_t *rr)
+{
+    int               c2;
+    uint32_t          c, inc, inc2, st;
+    uint64_t          w;
+    mosn_slot_t      *slot;
+    mosn_producer_t  *prod;
+
+    if (s >= rg->slots) {
+        return MOSN_RESCUE_NONE;
+    }
+
+    prod = mosn_producer(rg, p);
+    slot = mosn_slot(rg, p, s);
+    w = mosn_load(&slot->state);
+    st = MOSN_SW_STATE(w);
+    c = MOSN_SW_CONSUMER(w);
+    inc = MOSN_SW_INC(w);
+
+    if (MOSN_SW_GEN(w) != gen || st == MOSN_SLOT_FREE) {
+        prod->forged++;
+        return MOSN_RESCUE_LOST;
+    }
+
+    if (mosn_consumer_alive(rg, c, inc)) {
+        return MOSN_RESCUE_NONE;
+    }
+
+    if (st == MOSN_SLOT_DONE) {
+        if (c < rg->nconsumers
+            && mosn_ring_holds(rg, mosn_completion_ring(rg, p, c), s, gen))
+        {
+            /* poll will see it */
+            return MOSN_RESCUE_NONE;
+        }
+
+        return MOSN_RESCUE_DONE;
+    }
+
+    c2 = mosn_producer_pick(rg, p, rr, &inc2);
+
+    /*
+     * Room is checked before the slot names c2: c2's ring may still hold
+     * an entry for this very (slot, gen) from an incarnation that died,
+     * so c2 can take the slot as soon as the state names it, and the
+     * state must not be taken back after that.  Only this producer pushes
+     * to the ring, so the room cannot vanish before the push.
+     */
+    if (c2 >= 0 && mosn_ring_room(rg, mosn_submit_ring(rg, p, (uint32_t) c2)))
+    {
+        mosn_store(&slot->state, MOSN_SW(gen, inc2, c2, MOSN_SLOT_SUBMITTED));
+        (void) mosn_ring_push(rg, mosn_submit_ring(rg, p, (uint32_t) c2),
+                              MOSN_ENTRY(s, gen));
+        prod->requeued++;
+        mosn_wake_consumer(rg, p, (uint32_t) c2);
+        return MOSN_RESCUE_REQUEUED;
+    }
+
+    /* no consumer or no room: mark it done by nobody, it is lost */
+    mosn_store(&slot->state, MOSN_SW(gen, 0, 0, MOSN_SLOT_TAKEN));
+
+    return MOSN_RESCUE_LOST;
+}
+
+
+/*
+ * The rescue of every slot of the channel, taking each slot's own
+ * generation as the producer's: for a producer that keeps no account of
+ * its slots (tools, tests).  Verdicts to collect come back as entries,
+ * lost slots flagged MOSN_RESCUE_FAILED.
  */
 
 int
 mosn_producer_rescue(mosn_region_t *rg, uint32_t p, uint32_t *rr,
     uint64_t *out, int max)
 {
-    int               n, c2;
-    uint32_t          s, c, inc, inc2, gen, st;
-    uint64_t          w;
-    mosn_slot_t      *slot;
-    mosn_producer_t  *prod;
+    int       n;
+    uint32_t  s, gen;
+    uint64_t  w;
 
     n = 0;
-    prod = mosn_producer(rg, p);
 
     for (s = 0; s < rg->slots && n < max; s++) {
-        slot = mosn_slot(rg, p, s);
-        w = mosn_load(&slot->state);
-        st = MOSN_SW_STATE(w);
+        w = mosn_load(&mosn_slot(rg, p, s)->state);
 
-        if (st == MOSN_SLOT_FREE) {
+        if (MOSN_SW_STATE(w) == MOSN_SLOT_FREE) {
             continue;
         }
 
-        c = MOSN_SW_CONSUMER(w);
-        inc = MOSN_SW_INC(w);
         gen = MOSN_SW_GEN(w);
 
-        if (mosn_consumer_alive(rg, c, inc)) {
-            continue;
-        }
+        switch (mosn_producer_rescue_slot(rg, p, s, gen, rr)) {
 
-        if (st == MOSN_SLOT_DONE) {
-            if (c < rg->nconsumers
-                && mosn_ring_holds(rg, mosn_completion_ring(rg, p, c), s,
-                                   gen))
-            {
-                continue;
-            }
-
+        case MOSN_RESCUE_DONE:
             out[n++] = MOSN_ENTRY(s, gen);
-            continue;
+            break;
+
+        case MOSN_RESCUE_LOST:
+            out[n++] = MOSN_ENTRY(s | MOSN_RESCUE_FAILED, gen);
+            break;
+
+        default:
+            break;
         }
-
-        c2 = mosn_producer_pick(rg, p, rr, &inc2);
-
-        /*
-         * Room is checked before the slot names c2: c2's ring may still
-         * hold an entry for this very (slot, gen) from an incarnation that
-         * died, so c2 can take the slot as soon as the state names it, and
-         * the state must not be taken back after that.  Only this producer
-         * pushes to the ring, so the room cannot vanish before the push.
-         */
-        if (c2 >= 0
-            && mosn_ring_room(rg, mosn_submit_ring(rg, p, (uint32_t) c2)))
-        {
-            mosn_store(&slot->state,
-                       MOSN_SW(gen, inc2, c2, MOSN_SLOT_SUBMITTED));
-            (void) mosn_ring_push(rg, mosn_submit_ring(rg, p, (uint32_t) c2),
-                                  MOSN_ENTRY(s, gen));
-            prod->requeued++;
-            mosn_wake_consumer(rg, p, (uint32_t) c2);
-            continue;
-        }
-
-        /* no consumer or no room: mark it done by nobody, it is failed */
-        mosn_store(&slot->state, MOSN_SW(gen, 0, 0, MOSN_SLOT_TAKEN));
-        out[n++] = MOSN_ENTRY(s | MOSN_RESCUE_FAILED, gen);
     }
 
     return n;

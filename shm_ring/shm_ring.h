@@ -193,6 +193,10 @@ typedef struct {
      */
     int32_t                 notify_fd;
     uint32_t                pad2;
+    uint64_t                forged;         /* completions of slots not
+                                               in flight, ignored */
+    uint64_t                refused;        /* verdicts that failed the
+                                               checks */
 } mosn_producer_t;
 
 
@@ -497,6 +501,10 @@ int mosn_region_attach(mosn_region_t *rg, const char *name,
     char *err, size_t errlen);
 int mosn_region_check(const void *base, size_t size, char *err,
     size_t errlen);
+int mosn_region_load(mosn_region_t *rg, void *base, size_t size, char *err,
+    size_t errlen);
+int mosn_region_format(void *base, size_t size,
+    const mosn_region_conf_t *conf, char *err, size_t errlen);
 void mosn_region_detach(mosn_region_t *rg);
 int mosn_region_unlink(const char *name);
 
@@ -529,6 +537,8 @@ int mosn_producer_poll(mosn_region_t *rg, uint32_t p, uint64_t *out,
 int mosn_producer_arm(mosn_region_t *rg, uint32_t p);
 int mosn_producer_rescue(mosn_region_t *rg, uint32_t p, uint32_t *rr,
     uint64_t *done, int max);
+int mosn_producer_rescue_slot(mosn_region_t *rg, uint32_t p, uint32_t s,
+    uint32_t gen, uint32_t *rr);
 int mosn_doorbell_open(mosn_region_t *rg, uint32_t p, char *err,
     size_t errlen);
 void mosn_doorbell_unlink(mosn_region_t *rg, uint32_t p);
@@ -580,8 +590,22 @@ int mosn_endpoints_pick(mosn_region_t *rg, const char *app, size_t app_len,
     uint32_t ntried, mosn_endpoint_t *out);
 int mosn_endpoint_same(const mosn_endpoint_t *a, const mosn_endpoint_t *b);
 
-/* rescue results: the slot could not be re-queued, take the fallback */
+/* mosn_producer_rescue_slot() results */
+#define MOSN_RESCUE_NONE            0       /* in flight, or poll sees it */
+#define MOSN_RESCUE_REQUEUED        1       /* handed to a live consumer */
+#define MOSN_RESCUE_DONE            2       /* its verdict waits: take it */
+#define MOSN_RESCUE_LOST            3       /* take the fallback */
+
+/* rescue entries: the slot could not be re-queued, take the fallback */
 #define MOSN_RESCUE_FAILED          0x80000000u
+
+/*
+ * A read of a word another process may change at any time, done once:
+ * the compiler may neither repeat it nor tear it.  Whatever is read from
+ * the region goes through a local read so, is checked, and only the local
+ * is used.
+ */
+#define MOSN_READ_ONCE(x)           __atomic_load_n(&(x), __ATOMIC_RELAXED)
 
 /* "(p, slot)" pairs handed between the two sides */
 #define MOSN_PS(p, s)               (((uint64_t) (p) << 32) | (uint32_t) (s))

@@ -138,6 +138,8 @@ cdef extern from "shm_ring.h" nogil:
         uint64_t queued
         uint64_t queue_full
         int notify_fd
+        uint64_t forged
+        uint64_t refused
 
     ctypedef struct mosn_consumer_t:
         uint32_t state

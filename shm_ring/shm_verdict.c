@@ -110,10 +110,23 @@ mosn_upstream_valid(const uint8_t *p, size_t len)
 }
 
 
+/*
+ * Starts a walk over a verdict.  On -1 the iterator is still set, to an
+ * ERROR verdict with no record, so that a caller that walks it anyway
+ * reads nothing.
+ */
+
 int
 mosn_verdict_begin(mosn_verdict_iter_t *it, const uint8_t *buf, size_t len)
 {
     mosn_verdict_t  v;
+
+    it->pos = buf;
+    it->end = buf;
+    it->left = 0;
+    it->action = MOSN_ACTION_ERROR;
+    it->status = 0;
+    it->flags = 0;
 
     if (len < sizeof(mosn_verdict_t)) {
         return -1;

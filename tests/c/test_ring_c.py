@@ -63,12 +63,17 @@ def test_ring_stress_chaos(ring_stress):
     assert "was reaped" in text
 
 
+FUZZ_TARGETS = ("verdict", "region", "producer", "endpoints", "request")
+
+
 @pytest.mark.skipif(shutil.which("clang") is None, reason="no clang")
-def test_verdict_fuzz_short():
-    out = run([os.path.join(ROOT, "fuzz", "run.sh"), "20000"], 240,
+@pytest.mark.parametrize("target", FUZZ_TARGETS)
+def test_fuzz_short(target):
+    """A short run of each fuzz target (make fuzz runs them long)."""
+    out = run([os.path.join(ROOT, "fuzz", "run.sh"), "20000", target], 300,
               env=dict(os.environ, PYTHON=sys.executable))
     assert out.returncode == 0, out.stdout + out.stderr
-    assert re.search(r"verdict_fuzz: \d+ executions .* no finding",
+    assert re.search(r"%s_fuzz: 20000 executions .* no finding" % target,
                      out.stdout), out.stdout
 
 

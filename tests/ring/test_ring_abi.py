@@ -190,6 +190,7 @@ int main(void) {
     F(mosn_producer_t, doorbells); F(mosn_producer_t, cost_ns);
     F(mosn_producer_t, waiting); F(mosn_producer_t, queued);
     F(mosn_producer_t, queue_full); F(mosn_producer_t, notify_fd);
+    F(mosn_producer_t, forged); F(mosn_producer_t, refused);
     F(mosn_consumer_t, state); F(mosn_consumer_t, incarnation);
     F(mosn_consumer_t, pid); F(mosn_consumer_t, sleeping);
     F(mosn_consumer_t, starttime); F(mosn_consumer_t, futex);
@@ -282,6 +283,8 @@ def test_python_offsets_match_the_header(tmp_path):
         "mosn_producer_t.queued": f.P_QUEUED,
         "mosn_producer_t.queue_full": f.P_QUEUE_FULL,
         "mosn_producer_t.notify_fd": f.P_NOTIFY_FD,
+        "mosn_producer_t.forged": f.P_FORGED,
+        "mosn_producer_t.refused": f.P_REFUSED,
         "mosn_consumer_t.state": f.C_STATE,
         "mosn_consumer_t.incarnation": f.C_INCARNATION,
         "mosn_consumer_t.pid": f.C_PID,
