@@ -82,12 +82,17 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         mosn_fuzz_assert(mosn_endpoints_set(&rg, "other", 5, spec, 2, NULL,
                                             0)
                          >= 0);
+        memcpy(fuzz_base, fuzz_pristine, fuzz_size);
     }
 
     base = fuzz_base;
-    memcpy(base, fuzz_pristine, fuzz_size);
     memset(&rg, 0, sizeof(rg));
     mosn_fuzz_assert(mosn_region_load(&rg, base, fuzz_size, NULL, 0) == 0);
+
+    /* the two apps written, laid fresh: the input reaches nothing else */
+    memcpy(mosn_ep_app(&rg, 0),
+           fuzz_pristine + ((uint8_t *) mosn_ep_app(&rg, 0) - base),
+           2 * sizeof(mosn_ep_app_t));
 
     /* the input over an app entry, from the offset its first bytes say */
     if (size >= 3) {

@@ -34,7 +34,7 @@
 #define FUZZ_SLOT_SIZE   1024
 
 
-static size_t    fuzz_size;
+static size_t    fuzz_size, fuzz_dirty;
 static uint8_t  *fuzz_base, *fuzz_pristine;
 
 
@@ -96,7 +96,8 @@ fuzz_target(mosn_region_t *rg, uint8_t kind, uint16_t idx)
         return (uint8_t *) rg->hdr + (idx % (sizeof(mosn_shm_header_t) - 8));
 
     default:
-        return (uint8_t *) rg->hdr + (idx * 8) % (fuzz_size - 8);
+        /* anywhere before the endpoint table, which has its own target */
+        return (uint8_t *) rg->hdr + (idx * 8) % (rg->endpoints_off - 8);
     }
 }
 
@@ -125,10 +126,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         mosn_fuzz_assert(mosn_region_format(fuzz_pristine, fuzz_size, &conf,
                                             NULL, 0)
                          == 0);
+        memcpy(fuzz_base, fuzz_pristine, fuzz_size);
+        fuzz_dirty = ((mosn_shm_header_t *) fuzz_pristine)->endpoints_off;
     }
 
+    /* the scribbles reach no further than the endpoint table */
     base = fuzz_base;
-    memcpy(base, fuzz_pristine, fuzz_size);
+    memcpy(base, fuzz_pristine, fuzz_dirty);
 
     memset(&rg, 0, sizeof(rg));
     mosn_fuzz_assert(mosn_region_load(&rg, base, fuzz_size, NULL, 0) == 0);
