@@ -369,7 +369,7 @@ bench_consume(mosn_region_t *rg, uint32_t c)
 {
     int             n, i, sock;
     uint32_t        p, s, off, room;
-    uint64_t        batch[BENCH_BATCH], mask;
+    uint64_t        batch[BENCH_BATCH], mask[MOSN_WAKE_WORDS];
     mosn_slot_t    *slot;
     mosn_verdict_t  v;
 
@@ -382,7 +382,7 @@ bench_consume(mosn_region_t *rg, uint32_t c)
     v.len = sizeof(v);
     v.action = MOSN_ACTION_CONTINUE;
     room = MOSN_SLOT_DATA_SIZE(rg->slot_size);
-    mask = 0;
+    memset(mask, 0, sizeof(mask));
 
     for ( ;; ) {
         n = mosn_consumer_take(rg, c, batch, 128);
@@ -403,12 +403,11 @@ bench_consume(mosn_region_t *rg, uint32_t c)
             slot->verdict_len = sizeof(v);
             v.action = MOSN_ACTION_CONTINUE;
 
-            (void) mosn_consumer_complete(rg, c, p, s, &mask);
+            (void) mosn_consumer_complete(rg, c, p, s, mask);
         }
 
         if (n) {
             (void) mosn_consumer_flush(rg, c, sock, mask);
-            mask = 0;
             continue;
         }
 

@@ -34,6 +34,8 @@ static ngx_int_t ngx_http_mosn_number_variable(ngx_http_request_t *r,
 static ngx_int_t ngx_http_mosn_add_variables(ngx_conf_t *cf);
 static void *ngx_http_mosn_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_mosn_init_main_conf(ngx_conf_t *cf, void *conf);
+static ngx_int_t ngx_http_mosn_check_shm_name(ngx_conf_t *cf,
+    ngx_str_t *name);
 static void *ngx_http_mosn_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_mosn_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
@@ -767,9 +769,22 @@ ngx_http_mosn_init_main_conf(ngx_conf_t *cf, void *conf)
 
     mmcf->slot_size = ngx_align(mmcf->slot_size, MOSN_CACHELINE);
 
+    if (ngx_http_mosn_check_shm_name(cf, &mmcf->shm_name) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
     if (mmcf->config.len
         && ngx_conf_full_name(cf->cycle, &mmcf->config, 1) != NGX_OK)
     {
+        return NGX_CONF_ERROR;
+    }
+
+    /* the region keeps it with its NUL; the supervisor gets it in argv */
+    if (mmcf->config.len >= MOSN_PATH_MAX) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "the \"mosn_config\" path \"%V\" is %uz bytes "
+                           "long, more than %d", &mmcf->config,
+                           mmcf->config.len, MOSN_PATH_MAX - 1);
         return NGX_CONF_ERROR;
     }
 
@@ -780,6 +795,45 @@ ngx_http_mosn_init_main_conf(ngx_conf_t *cf, void *conf)
     }
 
     return NGX_CONF_OK;
+}
+
+
+/* "/" NAME names the region, NAME.wake its wake-up directory */
+
+static ngx_int_t
+ngx_http_mosn_check_shm_name(ngx_conf_t *cf, ngx_str_t *name)
+{
+    u_char      c;
+    ngx_uint_t  i;
+
+    if (name->len == 0) {
+        return NGX_OK;
+    }
+
+    if (name->len > MOSN_NAME_MAX - 2) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"mosn_shm_name\" \"%V\" is %uz bytes long, "
+                           "more than %d", name, name->len,
+                           MOSN_NAME_MAX - 2);
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < name->len; i++) {
+        c = name->data[i];
+
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+              || (c >= '0' && c <= '9') || c == '_' || c == '-'
+              || (c == '.' && i > 0)))
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"mosn_shm_name\" \"%V\" may hold letters, "
+                               "digits, \"_\", \"-\" and \".\" (not first) "
+                               "only", name);
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
 }
 
 
@@ -984,15 +1038,36 @@ ngx_http_mosn_init(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_mosn_init_module(ngx_cycle_t *cycle)
 {
+    ngx_core_conf_t            *ccf;
     ngx_http_mosn_main_conf_t  *mmcf;
 
-    if (ngx_test_config || ngx_process == NGX_PROCESS_SIGNALLER) {
+    if (ngx_process == NGX_PROCESS_SIGNALLER) {
         return NGX_OK;
     }
 
     mmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_mosn_module);
 
     if (mmcf == NULL || !mmcf->enabled) {
+        return NGX_OK;
+    }
+
+    /* old and new workers side by side on reload: a channel each */
+    ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
+
+    if (ccf->master && 2 * (ngx_uint_t) ccf->worker_processes + 2
+                       > MOSN_MAX_PRODUCERS)
+    {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                      "mosn: worker_processes %i needs %i ring channels "
+                      "(each worker one, twice over while a reload rolls "
+                      "the workers), more than the ring's %d: use at most "
+                      "%d worker processes", ccf->worker_processes,
+                      2 * ccf->worker_processes + 2, MOSN_MAX_PRODUCERS,
+                      MOSN_MAX_PRODUCERS / 2 - 1);
+        return NGX_ERROR;
+    }
+
+    if (ngx_test_config) {
         return NGX_OK;
     }
 

@@ -35,6 +35,7 @@ from shm_ring.codec import (PENDING, RingError, Verdict as _PlainVerdict,
                             endpoint_spec as _ep_spec)
 
 ABI_VERSION = MOSN_RING_ABI_VERSION
+assert MOSN_WAKE_WORDS == 4, "Consumer.wake_mask is 4 words"
 IMPLEMENTATION = "cython"
 
 cdef object _PENDING = PENDING
@@ -55,6 +56,7 @@ cdef dict _POOL_STATE_CODES = {v: k for k, v in _POOL_STATES.items()}
 cdef dict _CHANNEL_STATES = {
     MOSN_CHAN_FREE: "free", MOSN_CHAN_CLAIMING: "claiming",
     MOSN_CHAN_OWNED: "owned", MOSN_CHAN_DRAINING: "draining",
+    MOSN_CHAN_REAPING: "reaping",
 }
 
 
@@ -754,7 +756,7 @@ cdef class Consumer:
     cdef mosn_region_t *rg
     cdef readonly int index
     cdef readonly int incarnation
-    cdef uint64_t wake_mask
+    cdef uint64_t wake_mask[4]         # MOSN_WAKE_WORDS
     cdef uint64_t batch[BATCH_MAX]
     cdef object sock
     cdef int sockfd
@@ -830,7 +832,7 @@ cdef class Consumer:
             # taken back (freed, re-queued, reaped): the slot and its
             # verdict are someone else's now; refused and counted, untouched
             return mosn_consumer_complete(self.rg, self.index, MOSN_PS_P(ps),
-                                          MOSN_PS_S(ps), &self.wake_mask) == 0
+                                          MOSN_PS_S(ps), self.wake_mask) == 0
         req_len = slot.req_len
         if req_len > data_size:
             req_len = data_size
@@ -854,13 +856,12 @@ cdef class Consumer:
         slot.verdict_off = off
         slot.verdict_len = n
         return mosn_consumer_complete(self.rg, self.index, MOSN_PS_P(ps),
-                                      MOSN_PS_S(ps), &self.wake_mask) == 0
+                                      MOSN_PS_S(ps), self.wake_mask) == 0
 
     def flush(self):
         """Rings the doorbells of producers that sleep; returns how many."""
         cdef int n = mosn_consumer_flush(self.rg, self.index, self.sockfd,
                                          self.wake_mask)
-        self.wake_mask = 0
         return n
 
     def set_spin(self, double microseconds):
@@ -941,7 +942,6 @@ cdef class Consumer:
         if n:
             mosn_consumer_flush(self.rg, self.index, self.sockfd,
                                 self.wake_mask)
-            self.wake_mask = 0
         return n
 
 

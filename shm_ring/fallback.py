@@ -53,7 +53,7 @@ IMPLEMENTATION = "python"
 # shm_ring.h
 MAGIC = 0x474E4952534F4D21
 CACHELINE = 64
-MAX_PRODUCERS = 64
+MAX_PRODUCERS = 256
 MAX_CONSUMERS = 64
 MAX_SLOTS = 65536
 MIN_SLOT_SIZE = 1024
@@ -68,7 +68,7 @@ RESCUE_NONE, RESCUE_REQUEUED, RESCUE_DONE, RESCUE_LOST = range(4)
 BATCH_MAX = 256            # as _ring.pyx
 
 SLOT_FREE, SLOT_SUBMITTED, SLOT_TAKEN, SLOT_DONE = 0, 1, 2, 3
-CHAN_FREE, CHAN_CLAIMING, CHAN_OWNED, CHAN_DRAINING = 0, 1, 2, 3
+CHAN_FREE, CHAN_CLAIMING, CHAN_OWNED, CHAN_DRAINING, CHAN_REAPING = range(5)
 CONS_EMPTY, CONS_STARTING, CONS_LIVE, CONS_DRAINING, CONS_DEAD = range(5)
 SLEEP_NONE, SLEEP_FUTEX, SLEEP_FD = 0, 1, 2
 POOL_STARTING, POOL_RUNNING, POOL_FAILED, POOL_STOPPED = range(4)
@@ -80,7 +80,8 @@ _CONSUMER_STATES = {CONS_EMPTY: "empty", CONS_STARTING: "starting",
                     CONS_LIVE: "live", CONS_DRAINING: "draining",
                     CONS_DEAD: "dead"}
 _CHANNEL_STATES = {CHAN_FREE: "free", CHAN_CLAIMING: "claiming",
-                   CHAN_OWNED: "owned", CHAN_DRAINING: "draining"}
+                   CHAN_OWNED: "owned", CHAN_DRAINING: "draining",
+                   CHAN_REAPING: "reaping"}
 
 # mosn_shm_header_t, whole, and its fields' offsets
 HEADER = struct.Struct("<QIIQ IIII QQQQQ IIQ IIII 64s512s QII")
@@ -1028,6 +1029,14 @@ def _wake_consumer(rg, p, c):
 # producer side
 
 def _producer_claim(rg, pid):
+    p = _producer_claim_free(rg, pid)
+    # none free: take back those of dead owners (no supervisor may run)
+    if p < 0 and _reap_producers(rg)[1]:
+        p = _producer_claim_free(rg, pid)
+    return p
+
+
+def _producer_claim_free(rg, pid):
     starttime = proc_starttime(pid) or 0
     # C: compare-and-swap.  The flock keeps fallback claimers apart; it
     # does not keep out a C claimer (see the module docstring).
@@ -1396,6 +1405,11 @@ def _reap_channel(rg, p):
     """Hands a dead producer's channel back once nothing is in flight."""
     o = rg.prod(p)
     busy = 0
+    # one reaper at a time; C: compare-and-swap
+    held = rg.ld64(o + P_OWNER)
+    if held & 0xFF != CHAN_DRAINING:
+        return 1
+    rg.st64(o + P_OWNER, owner(os.getpid(), CHAN_REAPING))
     _drain_completions(rg, p)
     for s in range(rg._slots):
         slot = rg.slot(p, s)
@@ -1414,15 +1428,41 @@ def _reap_channel(rg, p):
             continue
         busy += 1
     if busy:
+        rg.st64(o + P_OWNER, held)      # another pass, later
         return busy
     _drain_completions(rg, p)
     rg.st32(o + P_IN_USE, 0)
     rg.st32(o + P_WAITING, 0)
     rg.st32(o + P_NOTIFY_FD, U32)
     rg.st32(o + P_NEED_WAKEUP, 0)
-    if rg.ld64(o + P_OWNER) & 0xFF == CHAN_DRAINING:
-        rg.st64(o + P_OWNER, owner(0, CHAN_FREE))
+    rg.st64(o + P_OWNER, owner(0, CHAN_FREE))
     return 0
+
+
+def _reap_producers(rg):
+    """mosn_reap_producers(): (dead owners found, channels freed)."""
+    reaped = freed = 0
+    for p in range(rg._np):
+        o = rg.prod(p)
+        w = rg.ld64(o + P_OWNER)
+        st, pid = w & 0xFF, w >> 32
+        if st == CHAN_OWNED:
+            if proc_alive(pid, rg.ld64(o + P_STARTTIME)):
+                continue
+        elif st in (CHAN_CLAIMING, CHAN_REAPING):
+            if proc_alive(pid, 0):
+                continue
+        elif st == CHAN_DRAINING:
+            freed += _reap_channel(rg, p) == 0
+            continue
+        else:
+            continue
+        # C: compare-and-swap
+        if rg.ld64(o + P_OWNER) == w:
+            rg.st64(o + P_OWNER, owner(pid, CHAN_DRAINING))
+            reaped += 1
+            freed += _reap_channel(rg, p) == 0
+    return reaped, freed
 
 
 def _reap(rg, sock):
@@ -1434,27 +1474,7 @@ def _reap(rg, sock):
                                    rg.ld64(o + C_STARTTIME))):
             _consumer_retire(rg, c, sock)
             reaped += 1
-    for p in range(rg._np):
-        o = rg.prod(p)
-        w = rg.ld64(o + P_OWNER)
-        st, pid = w & 0xFF, w >> 32
-        if st == CHAN_OWNED:
-            if proc_alive(pid, rg.ld64(o + P_STARTTIME)):
-                continue
-        elif st == CHAN_CLAIMING:
-            if proc_alive(pid, 0):
-                continue
-        elif st == CHAN_DRAINING:
-            _reap_channel(rg, p)
-            continue
-        else:
-            continue
-        # C: compare-and-swap; the owner is dead, nobody else writes it
-        if rg.ld64(o + P_OWNER) == w:
-            rg.st64(o + P_OWNER, owner(pid, CHAN_DRAINING))
-            reaped += 1
-            _reap_channel(rg, p)
-    return reaped
+    return reaped + _reap_producers(rg)[0]
 
 
 # the endpoint table: shm_endpoints.c, function by function.  The

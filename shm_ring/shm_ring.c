@@ -825,8 +825,32 @@ mosn_consumer_alive(mosn_region_t *rg, uint32_t c, uint32_t inc)
 
 /* producer side */
 
+static int mosn_producer_claim_free(mosn_region_t *rg, pid_t pid);
+static int mosn_reap_channel(mosn_region_t *rg, uint32_t p);
+
 int
 mosn_producer_claim(mosn_region_t *rg, pid_t pid)
+{
+    int       p;
+    uint32_t  freed;
+
+    p = mosn_producer_claim_free(rg, pid);
+
+    /* none free: take back those of dead owners (no supervisor may run) */
+    if (p < 0) {
+        (void) mosn_reap_producers(rg, &freed);
+
+        if (freed) {
+            p = mosn_producer_claim_free(rg, pid);
+        }
+    }
+
+    return p;
+}
+
+
+static int
+mosn_producer_claim_free(mosn_region_t *rg, pid_t pid)
 {
     uint32_t          p;
     uint64_t          expect, starttime;
@@ -1773,7 +1797,7 @@ mosn_consumer_complete(mosn_region_t *rg, uint32_t c, uint32_t p,
     }
 
     cons->completed++;
-    *wake_mask |= 1ULL << p;
+    wake_mask[p / 64] |= 1ULL << (p % 64);
 
     return 0;
 }
@@ -1781,13 +1805,20 @@ mosn_consumer_complete(mosn_region_t *rg, uint32_t c, uint32_t p,
 
 int
 mosn_consumer_flush(mosn_region_t *rg, uint32_t c, int sock,
-    uint64_t wake_mask)
+    uint64_t *wake_mask)
 {
     int               n;
-    uint32_t          p;
+    uint32_t          p, i;
+    uint64_t          bits;
     mosn_producer_t  *prod;
 
-    if (wake_mask == 0) {
+    bits = 0;
+
+    for (i = 0; i < MOSN_WAKE_WORDS; i++) {
+        bits |= wake_mask[i];
+    }
+
+    if (bits == 0) {
         return 0;
     }
 
@@ -1797,7 +1828,7 @@ mosn_consumer_flush(mosn_region_t *rg, uint32_t c, int sock,
     n = 0;
 
     for (p = 0; p < rg->nproducers; p++) {
-        if (!(wake_mask & (1ULL << p))) {
+        if (!(wake_mask[p / 64] & (1ULL << (p % 64)))) {
             continue;
         }
 
@@ -1809,6 +1840,10 @@ mosn_consumer_flush(mosn_region_t *rg, uint32_t c, int sock,
             (void) mosn_producer_notify(rg, sock, p);
             n++;
         }
+    }
+
+    for (i = 0; i < MOSN_WAKE_WORDS; i++) {
+        wake_mask[i] = 0;
     }
 
     mosn_consumer(rg, c)->doorbells += (uint64_t) n;
@@ -2068,13 +2103,27 @@ mosn_reap_channel(mosn_region_t *rg, uint32_t p)
 {
     int               busy;
     uint32_t          s, c, st, gen;
-    uint64_t          w, expect;
+    uint64_t          w, expect, owner;
     mosn_slot_t      *slot;
     mosn_ring_t      *ring;
     mosn_producer_t  *prod;
 
     prod = mosn_producer(rg, p);
     busy = 0;
+
+    /* one reaper at a time: the supervisor, or an nginx worker claiming */
+    expect = mosn_load(&prod->owner);
+    owner = expect;
+
+    if (MOSN_OWNER_STATE(expect) != MOSN_CHAN_DRAINING
+        || !__atomic_compare_exchange_n(&prod->owner, &expect,
+                                        MOSN_OWNER(getpid(),
+                                                   MOSN_CHAN_REAPING),
+                                        0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
+    {
+        return 1;
+    }
 
     for (c = 0; c < rg->nconsumers; c++) {
         ring = mosn_completion_ring(rg, p, c);
@@ -2118,6 +2167,8 @@ mosn_reap_channel(mosn_region_t *rg, uint32_t p)
     }
 
     if (busy) {
+        /* a live consumer holds some: another pass, later */
+        mosn_store(&prod->owner, owner);
         return busy;
     }
 
@@ -2131,15 +2182,74 @@ mosn_reap_channel(mosn_region_t *rg, uint32_t p)
     prod->notify_fd = -1;
     prod->need_wakeup = 0;
 
-    expect = prod->owner;
-
-    if (MOSN_OWNER_STATE(expect) == MOSN_CHAN_DRAINING) {
-        __atomic_compare_exchange_n(&prod->owner, &expect,
-                                    MOSN_OWNER(0, MOSN_CHAN_FREE), 0,
-                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
-    }
+    mosn_store(&prod->owner, MOSN_OWNER(0, MOSN_CHAN_FREE));
 
     return 0;
+}
+
+
+/*
+ * Channels whose owner died (or whose reaper did) are drained and handed
+ * back: by the supervisor, and by an nginx worker that finds no free
+ * channel, so that crashed workers' channels come back with no
+ * supervisor running.  Returns how many dead owners it found; *freed
+ * counts the channels that came free.
+ */
+
+int
+mosn_reap_producers(mosn_region_t *rg, uint32_t *freed)
+{
+    int               reaped;
+    uint32_t          p;
+    uint64_t          w;
+    mosn_producer_t  *prod;
+
+    reaped = 0;
+    *freed = 0;
+
+    for (p = 0; p < rg->nproducers; p++) {
+        prod = mosn_producer(rg, p);
+        w = mosn_load(&prod->owner);
+
+        switch (MOSN_OWNER_STATE(w)) {
+
+        case MOSN_CHAN_OWNED:
+            if (mosn_proc_alive(MOSN_OWNER_PID(w),
+                                MOSN_READ_ONCE(prod->starttime)))
+            {
+                continue;
+            }
+
+            break;
+
+        case MOSN_CHAN_CLAIMING:
+        case MOSN_CHAN_REAPING:
+            if (mosn_proc_alive(MOSN_OWNER_PID(w), 0)) {
+                continue;
+            }
+
+            break;
+
+        case MOSN_CHAN_DRAINING:
+            *freed += (mosn_reap_channel(rg, p) == 0);
+            continue;
+
+        default:
+            continue;
+        }
+
+        if (__atomic_compare_exchange_n(&prod->owner, &w,
+                                        MOSN_OWNER(MOSN_OWNER_PID(w),
+                                                   MOSN_CHAN_DRAINING),
+                                        0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
+        {
+            reaped++;
+            *freed += (mosn_reap_channel(rg, p) == 0);
+        }
+    }
+
+    return reaped;
 }
 
 
@@ -2147,10 +2257,8 @@ int
 mosn_reap(mosn_region_t *rg, int sock)
 {
     int               reaped;
-    uint32_t          p, c, st;
-    uint64_t          w;
+    uint32_t          c, st, freed;
     mosn_consumer_t  *cons;
-    mosn_producer_t  *prod;
 
     reaped = 0;
 
@@ -2166,46 +2274,7 @@ mosn_reap(mosn_region_t *rg, int sock)
         }
     }
 
-    for (p = 0; p < rg->nproducers; p++) {
-        prod = mosn_producer(rg, p);
-        w = mosn_load(&prod->owner);
-
-        switch (MOSN_OWNER_STATE(w)) {
-
-        case MOSN_CHAN_OWNED:
-            if (mosn_proc_alive(MOSN_OWNER_PID(w), prod->starttime)) {
-                continue;
-            }
-
-            break;
-
-        case MOSN_CHAN_CLAIMING:
-            if (mosn_proc_alive(MOSN_OWNER_PID(w), 0)) {
-                continue;
-            }
-
-            break;
-
-        case MOSN_CHAN_DRAINING:
-            (void) mosn_reap_channel(rg, p);
-            continue;
-
-        default:
-            continue;
-        }
-
-        if (__atomic_compare_exchange_n(&prod->owner, &w,
-                                        MOSN_OWNER(MOSN_OWNER_PID(w),
-                                                   MOSN_CHAN_DRAINING),
-                                        0, __ATOMIC_ACQ_REL,
-                                        __ATOMIC_ACQUIRE))
-        {
-            reaped++;
-            (void) mosn_reap_channel(rg, p);
-        }
-    }
-
-    return reaped;
+    return reaped + mosn_reap_producers(rg, &freed);
 }
 
 

@@ -49,7 +49,8 @@
 #define MOSN_RING_ABI_VERSION       4
 
 #define MOSN_CACHELINE              64
-#define MOSN_MAX_PRODUCERS          64
+#define MOSN_MAX_PRODUCERS          256     /* 2 per nginx worker: reload */
+#define MOSN_WAKE_WORDS             (MOSN_MAX_PRODUCERS / 64)
 #define MOSN_MAX_CONSUMERS          64
 #define MOSN_MAX_SLOTS              65536
 #define MOSN_MIN_SLOT_SIZE          1024
@@ -84,6 +85,7 @@
 #define MOSN_CHAN_CLAIMING          1
 #define MOSN_CHAN_OWNED             2
 #define MOSN_CHAN_DRAINING          3
+#define MOSN_CHAN_REAPING           4       /* pid: the reaper's */
 
 #define MOSN_OWNER(pid, st)                                                   \
     (((uint64_t) (uint32_t) (pid) << 32) | (uint64_t) ((st) & 0xff))
@@ -550,10 +552,11 @@ int mosn_notify_drain(int fd);
 int mosn_consumer_start(mosn_region_t *rg, uint32_t c, pid_t pid);
 int mosn_consumer_take(mosn_region_t *rg, uint32_t c, uint64_t *out,
     int max);
+/* wake_mask: MOSN_WAKE_WORDS words, a bit per producer; flush clears it */
 int mosn_consumer_complete(mosn_region_t *rg, uint32_t c, uint32_t p,
     uint32_t s, uint64_t *wake_mask);
 int mosn_consumer_flush(mosn_region_t *rg, uint32_t c, int sock,
-    uint64_t wake_mask);
+    uint64_t *wake_mask);
 void mosn_consumer_spin(uint64_t ns);
 int mosn_consumer_wait(mosn_region_t *rg, uint32_t c, int timeout_ms);
 int mosn_consumer_pending(mosn_region_t *rg, uint32_t c);
@@ -566,6 +569,7 @@ int mosn_doorbell_ring(mosn_region_t *rg, int sock, uint32_t p);
 int mosn_consumer_alloc(mosn_region_t *rg);
 void mosn_consumer_retire(mosn_region_t *rg, uint32_t c, int sock);
 int mosn_reap(mosn_region_t *rg, int sock);
+int mosn_reap_producers(mosn_region_t *rg, uint32_t *freed);
 uint32_t mosn_slots_in_use(mosn_region_t *rg);
 
 /* verdicts: validated in full before anything is applied */

@@ -7,6 +7,7 @@ cdef extern from "shm_ring.h" nogil:
     uint64_t MOSN_RING_MAGIC
     int MOSN_RING_ABI_VERSION
     int MOSN_MAX_PRODUCERS
+    int MOSN_WAKE_WORDS
     int MOSN_MAX_CONSUMERS
     int MOSN_SLOT_HEADER_SIZE
     int MOSN_NAME_MAX
@@ -21,6 +22,7 @@ cdef extern from "shm_ring.h" nogil:
     int MOSN_CHAN_CLAIMING
     int MOSN_CHAN_OWNED
     int MOSN_CHAN_DRAINING
+    int MOSN_CHAN_REAPING
 
     int MOSN_CONS_EMPTY
     int MOSN_CONS_STARTING
@@ -297,7 +299,7 @@ cdef extern from "shm_ring.h" nogil:
     int mosn_consumer_complete(mosn_region_t *rg, uint32_t c, uint32_t p,
                                uint32_t s, uint64_t *wake_mask)
     int mosn_consumer_flush(mosn_region_t *rg, uint32_t c, int sock,
-                            uint64_t wake_mask)
+                            uint64_t *wake_mask)
     void mosn_consumer_spin(uint64_t ns)
     int mosn_consumer_wait(mosn_region_t *rg, uint32_t c, int timeout_ms)
     int mosn_consumer_pending(mosn_region_t *rg, uint32_t c)

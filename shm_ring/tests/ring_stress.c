@@ -400,7 +400,7 @@ stress_consumer(uint32_t c)
 {
     int       n, i, sock;
     uint32_t  p, s;
-    uint64_t  batch[STRESS_BATCH], mask, w;
+    uint64_t  batch[STRESS_BATCH], mask[MOSN_WAKE_WORDS], w;
 
     sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
@@ -408,7 +408,7 @@ stress_consumer(uint32_t c)
         _exit(2);
     }
 
-    mask = 0;
+    memset(mask, 0, sizeof(mask));
 
     while (!shared->stop) {
         n = mosn_consumer_take(&region, c, batch, STRESS_BATCH);
@@ -420,12 +420,11 @@ stress_consumer(uint32_t c)
                                 __ATOMIC_ACQUIRE);
 
             stress_serve(p, s, MOSN_SW_GEN(w));
-            (void) mosn_consumer_complete(&region, c, p, s, &mask);
+            (void) mosn_consumer_complete(&region, c, p, s, mask);
         }
 
         if (n) {
             (void) mosn_consumer_flush(&region, c, sock, mask);
-            mask = 0;
             continue;
         }
 
