@@ -59,7 +59,7 @@ def test_create_and_attach(impl, make_region, region_name):
 
 
 @pytest.mark.parametrize("sizes, message", [
-    (dict(nproducers=0), "producer count 0 is not in 1..64"),
+    (dict(nproducers=0), "producer count 0 is not in 1..256"),
     (dict(nconsumers=65), "consumer count 65 is not in 1..64"),
     (dict(slots=12), "slot count 12 is not a power of two"),
     (dict(slots=1), "slot count 1 is not a power of two"),
