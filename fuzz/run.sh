@@ -11,6 +11,8 @@
 #
 #   fuzz/run.sh [RUNS [TARGET...]]     RUNS default 200000, every target
 #
+# FUZZ_FLAGS adds libFuzzer flags (-max_total_time=SECONDS, -jobs=N...).
+#
 # Builds build/fuzz/TARGET, runs RUNS executions of each and prints one
 # closing line per target with the executions and exec/s.  Exits non-zero
 # on a finding; the crashing input is left in build/fuzz/TARGET/ as
@@ -64,7 +66,7 @@ for target in $targets; do
             >/dev/null
         start=$(date +%s%N)
         "$python" "$root/fuzz/request_fuzz.py" -runs="$runs" \
-            -print_final_stats=1 -artifact_prefix="$dir/" "$dir/corpus" \
+            ${FUZZ_FLAGS:-} -print_final_stats=1 -artifact_prefix="$dir/" "$dir/corpus" \
             >"$log" 2>&1 || rc=$?
         report "$target" "$log" "$start" "$rc"
         continue
@@ -82,7 +84,7 @@ for target in $targets; do
     fi
 
     start=$(date +%s%N)
-    "$dir/${target}_fuzz" -runs="$runs" -print_final_stats=1 \
+    "$dir/${target}_fuzz" -runs="$runs" ${FUZZ_FLAGS:-} -print_final_stats=1 \
         -artifact_prefix="$dir/" "$dir/corpus" >"$log" 2>&1 || rc=$?
     report "$target" "$log" "$start" "$rc"
 done
