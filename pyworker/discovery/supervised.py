@@ -296,7 +296,8 @@ class Discovery:
         options["config_from"] = {"etcd_key": self.spec.config_key,
                                   "revision": revision, "file": base}
         if self.dir is None:
-            self.dir = tempfile.mkdtemp(prefix="pyworker-config-")
+            self._remove_stale_dirs()
+            self.dir = tempfile.mkdtemp(prefix=self._dir_prefix())
         path = os.path.join(self.dir, f"mosn-r{revision}.json")
         tmp = path + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
@@ -306,6 +307,31 @@ class Discovery:
         os.replace(tmp, path)
         self._prune(keep=path)
         return path
+
+    def _dir_prefix(self):
+        return "pyworker-config-%s-" % self.shm.strip("/")
+
+    def _remove_stale_dirs(self):
+        """Removes what a supervisor of this region that died left: its
+        directories, ours (owner, mode 0700), no link followed."""
+        import stat
+        base = tempfile.gettempdir()
+        prefix = self._dir_prefix()
+        try:
+            names = os.listdir(base)
+        except OSError:
+            return
+        for name in names:
+            if not name.startswith(prefix):
+                continue
+            path = os.path.join(base, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() \
+                    and stat.S_IMODE(st.st_mode) == 0o700:
+                shutil.rmtree(path, ignore_errors=True)
 
     def _prune(self, keep):
         live = {keep}

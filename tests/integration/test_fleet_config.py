@@ -4,7 +4,10 @@ one with no failed request; a bad one refused with the reason in the
 error log and the metrics, the last good serving on; config_dump shows
 the live revision."""
 
+import glob
 import json
+import os
+import tempfile
 
 import pytest
 
@@ -90,7 +93,13 @@ def admin(gw, path):
 def test_the_store_config_is_rolled_out_with_no_failed_request(
         gateway, etcd, sites):
     rev1 = etcd.put(CONFIG_KEY, servers("v1"))
-    gw = start(gateway, etcd, sites).start()
+    gw = start(gateway, etcd, sites)
+    # what a supervisor of this region that died left is cleared
+    merged = os.path.join(tempfile.gettempdir(),
+                          "pyworker-config-%s-" % gw.shm)
+    os.mkdir(merged + "stale", 0o700)
+    gw.start()
+    assert not os.path.exists(merged + "stale")
     # the workers start on the store's listeners, not the file's
     assert gw.get("/echo").text == "v1"
     assert gw.get("/", {"uid": "150"}).text.endswith("b")
@@ -115,6 +124,11 @@ def test_the_store_config_is_rolled_out_with_no_failed_request(
                     ["config_from"]["revision"] == rev2, 15)
     assert "etcd key /mosn/config revision %d is live" % rev2 \
         in gw.error_log()
+    # the merged configs live in one private directory, gone at the end
+    (live_dir,) = glob.glob(merged + "*")
+    assert os.stat(live_dir).st_mode & 0o777 == 0o700
+    gw.stop()
+    assert not glob.glob(merged + "*")
 
 
 def test_a_bad_store_config_is_refused_and_the_last_good_serves(
