@@ -5,6 +5,7 @@ connections of 10 streams and 8 of 100), at 1, 2 and 4 nginx workers
 
     python3 bench/concurrency.py [--runs 3] [--duration 10] [--out DIR]
         [--configs 1,2,4] [--loads c1,c64,c512,h2_64x10,h2_8x100]
+        [--port 3020] [--site-port 3450]
 
 Every round starts each gateway once per config and runs every load on
 it, map and mosn back to back, so a noisy minute hurts both alike; the
@@ -56,19 +57,19 @@ RING_COUNTERS = ("submitted", "fallbacks", "queued", "queue_full",
                  "timeouts", "futex_wakes", "doorbells")
 
 
-def with_h2(gateway, workers):
-    """The gateway with an HTTP/2 listener beside its HTTP/1.1 one, and as
-    many Python workers as nginx workers."""
+def with_h2(gateway, workers, port):
+    """The gateway on port with an HTTP/2 listener beside its HTTP/1.1
+    one, and as many Python workers as nginx workers."""
     template = gateway.template.replace(
         "listen 127.0.0.1:@port;",
         "listen 127.0.0.1:@port;\n        listen 127.0.0.1:@h2port http2;"
         "\n        http2_max_concurrent_streams 128;")
     template = template.replace("mosn_workers 1;", f"mosn_workers {workers};")
-    extra = dict(gateway.extra, h2port=str(gateway.port + H2_PORT_OFFSET))
+    extra = dict(gateway.extra, h2port=str(port + H2_PORT_OFFSET))
     if "shm" in extra:
-        extra["shm"] = f"mosn_conc{workers}"
+        extra["shm"] = f"mosn_conc{port}_{workers}"
     return dataclasses.replace(gateway, template=template, extra=extra,
-                               name=f"{gateway.name}")
+                               ports=[port])
 
 
 def ring_counters(shm):
@@ -92,7 +93,7 @@ def parse_h2load(text, log_path):
     m = grab(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) "
              r"succeeded, (\d+) failed, (\d+) errored, (\d+) timeout")
     done, ok, failed, errored, timeout = map(int, m.groups()[1:])
-    codes = grab(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx")
+    codes = grab(r"status codes: \d+ 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx")
     lat = []
     with open(log_path) as f:
         for line in f:
@@ -104,7 +105,9 @@ def parse_h2load(text, log_path):
         if lat else (lambda q: float("nan"))
     return {"rps": rps, "requests": done, "p50_ms": pick(0.50),
             "p99_ms": pick(0.99),
-            "non_2xx": done - int(codes.group(1)),
+            # not done - 2xx: with -D the two counts differ by the
+            # requests in flight at the end
+            "non_2xx": sum(map(int, codes.groups())), "codes_counted": True,
             "socket_errors": failed + errored + timeout}
 
 
@@ -185,7 +188,7 @@ def measure(args, gateway, loads, settings, workers):
 def target(load, workers, row, base):
     """(what the row must show, met?) for this gateway's row."""
     ring = row["ring"]
-    clean = (ring["fallbacks"] == 0 and row["non_2xx"] == 0
+    clean = (ring["fallbacks"] == 0 and not row["non_2xx"]
              and row["routed_ok"])
     text = "0 fallbacks"
     met = clean
@@ -210,7 +213,8 @@ def summarise(runs):
                for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req",
                          "cpu_pct")}
         med.update(runs=len(mine),
-                   non_2xx=sum(r["non_2xx"] for r in mine),
+                   non_2xx=(None if any(r["non_2xx"] is None for r in mine)
+                            else sum(r["non_2xx"] for r in mine)),
                    socket_errors=sum(r["socket_errors"] for r in mine),
                    routed_ok=all(r["routed_ok"] for r in mine))
         if "ring" in mine[0]:
@@ -232,8 +236,8 @@ def summarise(runs):
 
 def table(rows):
     head = ["nginx + Python workers", "load", "gateway", "req/s", "vs map",
-            "p50 ms", "p99 ms", "CPU us/req", "CPU vs map", "fallbacks",
-            "queued", "wake-ups/req", "target", "met"]
+            "p50 ms", "p99 ms", "CPU us/req", "CPU vs map", "non-2xx",
+            "fallbacks", "queued", "wake-ups/req", "target", "met"]
     out = [head, ["---"] * len(head)]
     for (workers, load, gw), r in rows.items():
         ring = r.get("ring")
@@ -244,6 +248,7 @@ def table(rows):
             f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
             f"{r['cpu_us_per_req']:.0f}",
             f"{r['cpu_vs_map']:.2f}" if "cpu_vs_map" in r else "1.00",
+            "?" if r["non_2xx"] is None else str(r["non_2xx"]),
             str(ring["fallbacks"]) if ring else "-",
             str(ring["queued"]) if ring else "-",
             f"{r['wakeups_per_req']:.2f}" if ring else "-",
@@ -261,17 +266,38 @@ def parse_args():
                    help="nginx workers (as many Python workers)")
     p.add_argument("--loads", default=",".join(LOADS))
     p.add_argument("--out", default=str(gateways.BENCH / "results"))
+    p.add_argument("--port", type=int, default=3020,
+                   help="map listens here, this gateway one above; "
+                   "HTTP/2 100 above each")
     p.add_argument("--site-port", type=int, default=3450)
     p.add_argument("--site-workers", type=int, default=1)
     p.add_argument("--nginx", default="/usr/sbin/nginx")
     p.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
     p.add_argument("--h2load", default=shutil.which("h2load") or "h2load")
     p.add_argument("--modules-dir", default=None)
+    p.add_argument("--render", metavar="JSON",
+                   help="write the report again from a concurrency.json")
     return p.parse_args()
+
+
+def render(args):
+    """The report again from a run's JSON.  Runs of h2load recorded before
+    its status codes were counted have no non-2xx count."""
+    doc = json.loads(Path(args.render).read_text())
+    for r in doc["runs"]:
+        if LOADS[r["load"]][0] == "h2load" and not r.get("codes_counted"):
+            r["non_2xx"] = None
+    rows = summarise(doc["runs"])
+    write_report(args, doc["command"], doc["date"], doc["machine"],
+                 doc["load_average"], rows, doc["runs"],
+                 doc.get("duration", 8), doc.get("warmup", 2),
+                 doc.get("rounds", 3))
 
 
 def main():
     args = parse_args()
+    if args.render:
+        return render(args)
     configs = [int(c) for c in args.configs.split(",")]
     loads = args.loads.split(",")
     started = datetime.datetime.now(datetime.timezone.utc).strftime(
@@ -300,7 +326,8 @@ def main():
                 for workers in configs:
                     order = [plain, mosn] if round_no % 2 else [mosn, plain]
                     for base in order:
-                        gw = with_h2(base, workers)
+                        gw = with_h2(base, workers, args.port
+                                     + (base is mosn))
                         print(f"round {round_no}/{args.runs}, {workers} "
                               f"worker(s): {gw.name}", flush=True)
                         for load, res in measure(args, gw, loads, settings,
@@ -313,6 +340,15 @@ def main():
     load_after = Path("/proc/loadavg").read_text().split()[:3]
     rows = summarise(runs)
     command = "python3 bench/concurrency.py " + shlex.join(sys.argv[1:])
+    write_report(args, command, started, info, [load_before, load_after],
+                 rows, runs, args.duration, args.warmup, args.runs)
+
+
+def write_report(args, command, started, info, loadavg, rows, runs,
+                 duration, warmup, rounds):
+    load_before, load_after = loadavg
+    h2 = subprocess.run([args.h2load, "--version"], capture_output=True,
+                        text=True).stdout.split()[-1]
     lines = [
         "# Any concurrency, no wrong answer",
         "",
@@ -320,12 +356,12 @@ def main():
         f"Date: {started}  ",
         f"Machine: {info['nproc']} CPUs ({info['cpu']}), Linux "
         f"{info['kernel']}, {info['nginx']}, {info['wrk']}, "
-        f"h2load {subprocess.run([args.h2load, '--version'], capture_output=True, text=True).stdout.split()[-1]}, "
+        f"h2load {h2}, "
         f"Python {info['python']}  ",
         f"Load average: {' '.join(load_before)} before, "
         f"{' '.join(load_after)} after (the machine is shared)  ",
-        f"Each run: {args.duration} s measured ({args.warmup} s wrk warm-up, "
-        f"1 s h2load warm-up), {args.runs} round(s); map and mosn back to "
+        f"Each run: {duration} s measured ({warmup} s wrk warm-up, "
+        f"1 s h2load warm-up), {rounds} round(s); map and mosn back to "
         "back in each round, in alternating order; medians.",
         "",
         table(rows),
@@ -343,6 +379,9 @@ def main():
         "requests that waited in nginx for a slot (`mosn_slots` 256).",
         "- wake-ups/req: futex wake-ups of sleeping Python workers plus "
         "doorbells to sleeping nginx workers, per request.",
+        "- non-2xx: responses other than 2xx over all rounds; `?` where "
+        "the run did not count them (h2load rows of runs made before the "
+        "script read h2load's status codes).",
         "",
     ]
     out = Path(args.out)
@@ -350,7 +389,8 @@ def main():
     (out / "concurrency.md").write_text("\n".join(lines))
     (out / "concurrency.json").write_text(json.dumps({
         "command": command, "date": started, "machine": info,
-        "load_average": [load_before, load_after],
+        "load_average": [load_before, load_after], "duration": duration,
+        "warmup": warmup, "rounds": rounds,
         "rows": [dict(workers=k[0], load=k[1], gateway=k[2], **v)
                  for k, v in rows.items()],
         "runs": runs}, indent=2) + "\n")

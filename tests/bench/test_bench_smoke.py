@@ -1,5 +1,5 @@
-"""The benchmarks, short: bench/idle.py, scale.py, response.py and spin.py
-run for real on loopback, exit 0 and write their reports."""
+"""The benchmarks, short: bench/idle.py, scale.py, response.py, spin.py and
+concurrency.py run for real on loopback, exit 0 and write their reports."""
 
 import json
 import os
@@ -109,3 +109,28 @@ def test_fleet_smoke(tmp_path):
     assert changes["etcd_writes"] > 0 and min(changes["table_writes"]) > 0
     assert runs["quiet"][0]["table_writes"] == [0, 0, 0]
     assert "Target p99 <= 100 ms" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_concurrency_bench_smoke(tmp_path):
+    """bench/concurrency.py runs wrk and h2load against map and this
+    gateway and gives every row of this gateway a target and a verdict."""
+    run("concurrency.py", "--runs", "1", "--duration", "2", "--warmup", "0",
+        "--configs", "1", "--loads", "c1,h2_8x100", "--site-port", "23450",
+        "--port", "23020",
+        "--out", str(tmp_path), timeout=270)
+    result = json.loads((tmp_path / "concurrency.json").read_text())
+    rows = {(r["load"], r["gateway"]): r for r in result["rows"]}
+    assert set(rows) == {("c1", "map"), ("c1", "mosn"),
+                         ("h2_8x100", "map"), ("h2_8x100", "mosn")}
+    for (load, gw), row in rows.items():
+        assert row["rps"] > 0 and row["non_2xx"] == 0 and row["routed_ok"]
+        if gw == "mosn":
+            assert row["target"] and row["met"] in (True, False)
+            assert row["ring"]["submitted"] > 0
+    # 800 streams on 256 slots: some waited, none fell back
+    assert rows[("h2_8x100", "mosn")]["ring"]["queued"] > 0
+    assert rows[("h2_8x100", "mosn")]["ring"]["fallbacks"] == 0
+    md = (tmp_path / "concurrency.md").read_text()
+    assert "| target | met |" in md
