@@ -107,6 +107,9 @@ def test_metrics_add_up_over_workers_and_the_module(gateway):
     assert submitted == 45
     assert metric(text, "pyworker_workers") == 2
     assert metric(text, "mosn_ring_slots_in_use", producer=0) == 0
+    # honest workers: nothing forged, nothing refused, and both counted
+    assert metric(text, "mosn_ring_forged_total", producer=0) == 0
+    assert metric(text, "mosn_ring_refused_total", producer=0) == 0
     # both workers took part, and the view is one
     taken = [c["completed"] for c in gw.region().stats()["consumers"]
              if c["state"] == "live"]
