@@ -12,12 +12,11 @@ one source feeds this gateway's endpoint table.
 the service file; naming it both ways is an error.
 """
 
-import json
-import os
 from dataclasses import dataclass
 
 from pyworker.api import ConfigError, json_type
-from pyworker.discovery.servicefile import _address, service_file_option
+from pyworker.discovery.servicefile import (_address, option_of,
+                                            service_file_option)
 
 __all__ = ["FileSource", "EtcdSource", "XdsSource", "discovery_option",
            "discovery_of"]
@@ -211,20 +210,4 @@ def discovery_of(config_path):
     """The source the MOSN config at ``config_path`` names, or None.
     Reads only the ``pyworker`` block: the supervisor imports no filter.
     Raises ConfigError."""
-    config_path = os.fspath(config_path)
-    try:
-        with open(config_path, "rb") as f:
-            raw = json.loads(f.read().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read the config: {exc}",
-                          file=config_path) from None
-    options = raw.get("pyworker") if isinstance(raw, dict) else None
-    if options is None:
-        return None
-    if not isinstance(options, dict):
-        raise ConfigError(f"must be an object, not {json_type(options)}",
-                          "pyworker", config_path)
-    try:
-        return discovery_option(options)
-    except ConfigError as exc:
-        raise exc.located(file=config_path) from None
+    return option_of(config_path, discovery_option)

@@ -229,6 +229,13 @@ def service_file_of(config_path):
     """The service file the MOSN config at ``config_path`` names, or None.
     Reads only that key: the supervisor does not import filters.  Raises
     ConfigError."""
+    return option_of(config_path, service_file_option)
+
+
+def option_of(config_path, parse):
+    """``parse(options)`` of the ``pyworker`` block of the MOSN config at
+    ``config_path`` (None without one), errors located in the file.  Reads
+    nothing else: the supervisor does not import filters."""
     config_path = os.fspath(config_path)
     try:
         with open(config_path, "rb") as f:
@@ -243,6 +250,6 @@ def service_file_of(config_path):
         raise ConfigError(f"must be an object, not {json_type(options)}",
                           "pyworker", config_path)
     try:
-        return service_file_option(options)
+        return parse(options)
     except ConfigError as exc:
         raise exc.located(file=config_path) from None
