@@ -31,7 +31,8 @@ if [ ! -f objs/Makefile ] || [ "$(cat objs/.mosn-flags 2>/dev/null)" != \
         "$flags --add-dynamic-module=$root/nginx_module" ]; then
     # shellcheck disable=SC2086
     ./configure --prefix="$out/prefix" $flags \
-        --add-dynamic-module="$root/nginx_module" >"$out/configure.log" 2>&1 || {
+        --add-dynamic-module="$root/nginx_module" \
+        >"$out/configure.log" 2>&1 || {
         tail -30 "$out/configure.log" >&2
         exit 1
     }

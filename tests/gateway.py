@@ -22,10 +22,12 @@ import uuid
 from shm_ring import Region, RingError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# another nginx and the module built for it (make test-newer-nginx)
+# another nginx and the module built for it (make test-newer-nginx).
+# nginx itself reads $NGINX as sockets inherited from an old binary, and
+# then stays in the foreground: no nginx the tests start may inherit it.
 MODULE = os.environ.get("MOSN_MODULE") or os.path.join(
     ROOT, "output", "ngx_http_mosn_module.so")
-NGINX = os.environ.get("NGINX", "/usr/sbin/nginx")
+NGINX = os.environ.pop("NGINX", None) or "/usr/sbin/nginx"
 PYTHON = sys.executable
 FILTERS = os.path.join(ROOT, "tests", "filters")
 
@@ -98,8 +100,6 @@ class Gateway:
         self.port = free_port()
         self.workers = workers
         self.env = dict(os.environ, PYTHONPATH=FILTERS)
-        # nginx takes $NGINX for sockets inherited from an old binary
-        self.env.pop("NGINX", None)
         self.env.update(env or {})
         self.mosn = mosn if mosn is not None else example_mosn()
         self.mosn_path = os.path.join(self.prefix, "conf", "mosn.json")

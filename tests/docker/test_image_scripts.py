@@ -24,10 +24,11 @@ import urllib.request
 
 import pytest
 
+from gateway import NGINX                 # $NGINX, or Debian's
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 DOCKER = os.path.join(ROOT, "docker")
-NGINX = os.environ.get("NGINX", "/usr/sbin/nginx")
 NGINX_SRC = "/usr/share/nginx/src"       # Debian's nginx-dev
 DOCKERFILES = ("Dockerfile.debian", "Dockerfile.openresty")
 SCRIPTS = ("docker/build-module-openresty.sh", "docker/prepare-prefix.sh",

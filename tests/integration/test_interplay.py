@@ -43,7 +43,10 @@ UPSTREAM = """
             add_header X-Response-Fault $http_x_fault;
             return 200 "hello from upstream\\n";
         }
-        location /big { alias BIGFILE; add_header X-Response-Fault $http_x_fault; }
+        location /big {
+            alias BIGFILE;
+            add_header X-Response-Fault $http_x_fault;
+        }
         location /missing { return 404 "upstream's own 404\\n"; }
         location /errpage {
             add_header X-Response-Fault $http_x_fault;
