@@ -212,6 +212,14 @@ class Collector:
         self._add(fams, CounterMetricFamily, "pyworker_driver_errors",
                   "metadata drivers that raised", ["chain", "filter"],
                   list(total.get("driver_errors", {}).items()))
+        self._add(fams, CounterMetricFamily, "pyworker_async_requests",
+                  "requests served by filters that await, by how they "
+                  "ended", ["chain", "outcome"],
+                  list(total.get("tasks", {}).items()))
+        self._add(fams, CounterMetricFamily, "pyworker_filter_events",
+                  "what filters counted themselves", ["chain", "filter",
+                                                      "event"],
+                  list(total.get("events", {}).items()))
         fam, kept = self._family(HistogramMetricFamily,
                                  "pyworker_filter_duration_seconds",
                                  "time spent in each filter",

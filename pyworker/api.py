@@ -5,13 +5,29 @@ The shape is MOSN's (``mosn.io/api``): receiver filters with
 ``append(...)``, a handler for hijack replies, metadata drivers with
 ``init(config)`` and ``build_metadata(...)``; the names are snake_case.
 
+``on_receive``, ``append`` and ``build_metadata`` may be coroutines
+(``async def``).  A chain whose filters are all plain functions runs inline,
+one request at a time; a chain with one that awaits runs each request as a
+task of its own, so many requests of it are in flight in one worker.
+
 A filter instance is built once per chain in each worker and then serves
-every request of that chain, one request at a time: keep per-request state
-in ``ctx.vars``, never on the filter.
+every request of that chain: keep per-request state in ``ctx.vars``, never
+on the filter.  A filter may define ``start()`` and ``stop()`` (plain or
+``async def``), run once per worker before its first request and after its
+last: open a connection pool there, and close it.
 """
+
+import contextvars
+import inspect
 
 CONTINUE = 0
 STOP = 1
+
+
+def awaits(method):
+    """True if ``method`` is a coroutine function (``async def``, compiled
+    or not): what it returns must be awaited."""
+    return inspect.iscoroutinefunction(method)
 
 
 class ConfigError(Exception):
@@ -152,6 +168,58 @@ class StreamSenderFilterHandler:
         self.status = 0
 
 
+# The handlers of the request a task serves.  A chain that awaits has many
+# requests in flight, each a task with a context of its own, while its
+# filters hold one handler for their whole life: that handler forwards to
+# the request of the task that calls it.
+_receive_handler = contextvars.ContextVar("pyworker_receive_handler")
+_send_handler = contextvars.ContextVar("pyworker_send_handler")
+
+
+def _forward(field):
+    return property(lambda self: getattr(self._current(), field),
+                    doc="the %s of the request this task serves" % field)
+
+
+class TaskReceiverFilterHandler:
+    """The receiver handler of a chain that awaits: the hijack reply goes
+    to the request of the task that calls it."""
+
+    __slots__ = ()
+
+    hijacked = _forward("hijacked")
+    status = _forward("status")
+    headers = _forward("headers")
+    body = _forward("body")
+
+    @staticmethod
+    def _current():
+        try:
+            return _receive_handler.get()
+        except LookupError:
+            raise RuntimeError("send_hijack_reply outside a request of its "
+                               "chain") from None
+
+    def send_hijack_reply(self, status, headers=None, body=None):
+        """Answers the request directly and ends the chain."""
+        self._current().send_hijack_reply(status, headers, body)
+
+
+class TaskSenderFilterHandler:
+    """The sender handler of a chain that awaits: the status is that of the
+    response of the task that reads it."""
+
+    __slots__ = ()
+
+    @property
+    def status(self):
+        try:
+            return _send_handler.get().status
+        except LookupError:
+            raise RuntimeError("status read outside a response of its "
+                               "chain") from None
+
+
 class StreamReceiverFilter:
     """Base of request-phase filters (MOSN's StreamReceiverFilter)."""
 
@@ -162,7 +230,8 @@ class StreamReceiverFilter:
         self.handler = handler
 
     def on_receive(self, ctx, headers, buf, trailers):
-        """Reads or edits the request; returns CONTINUE or STOP."""
+        """Reads or edits the request; returns CONTINUE or STOP.  May be
+        ``async def``."""
         return CONTINUE
 
 
@@ -176,7 +245,8 @@ class StreamSenderFilter:
         self.send_handler = handler
 
     def append(self, ctx, headers, buf, trailers):
-        """Reads or edits the response headers; returns CONTINUE or STOP."""
+        """Reads or edits the response headers; returns CONTINUE or STOP.
+        May be ``async def``."""
         return CONTINUE
 
 
@@ -186,7 +256,9 @@ class MetadataDriver:
     ``init(config)`` runs once when the config is loaded (raise to reject
     it); ``build_metadata(...)`` returns the value as a str, or raises (the
     key is then left unset and the request goes on), or returns None to
-    leave the key unset without counting an error.
+    leave the key unset without counting an error.  ``build_metadata`` may
+    be ``async def``, and a driver may have ``start()`` and ``stop()`` as
+    a filter may.
     """
 
     def init(self, config):

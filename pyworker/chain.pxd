@@ -8,7 +8,9 @@ from pyworker.verdict cimport metadata_is_plain
 
 cdef class Chain:
     cdef public object name, filters, limits, has_senders
+    cdef public bint is_async, sends_async
     cdef tuple _receivers, _receiver_names, _senders, _sender_names
+    cdef tuple _receiver_awaits, _sender_awaits
     cdef StreamReceiverFilterHandler _handler
     cdef object _send_handler, _observe
     cdef list _counts

@@ -2,27 +2,37 @@
 
 This is the per-request hot path: no closures or logging on the success
 path, one try around the loop, the handler reused from request to request.
-A chain serves one request at a time (one chain per worker process).
+A chain of plain filters serves one request at a time, inline; a chain
+with a filter that awaits (``async def``) runs each request as a task
+(``decide_async``), many in flight at once, each with a handler of its
+own.
 """
 
+import asyncio
 import copy
+import inspect
 import logging
 import time
 
 from pyworker import registry
 from pyworker.api import (STOP, ConfigError, StreamReceiverFilter,
                           StreamReceiverFilterHandler, StreamSenderFilter,
-                          StreamSenderFilterHandler, join_path, json_type)
+                          StreamSenderFilterHandler, TaskReceiverFilterHandler,
+                          TaskSenderFilterHandler, _receive_handler,
+                          _send_handler, awaits, join_path, json_type)
 from pyworker.verdict import (ACTION_CONTINUE, ACTION_ERROR, ACTION_REPLY,
                               metadata_is_plain,
                               DEFAULT_LIMITS, Verdict, VerdictError, check)
 
 _filter_log = logging.getLogger("pyworker.filter")
 
-# how a receiver filter ended, as counted in Chain.counts
-CONTINUED, STOPPED, REPLIED, FAILED = range(4)
-OUTCOME_NAMES = ("continue", "stop", "reply", "error")
+# how a receiver filter ended, as counted in Chain.counts; CANCELLED: its
+# request's task was cancelled (deadline, client gone, worker stopping)
+CONTINUED, STOPPED, REPLIED, FAILED, CANCELLED = range(5)
+OUTCOME_NAMES = ("continue", "stop", "reply", "error", "cancelled")
 _MAX_LOG = 1024  # the verdict's log record stays well inside a slot
+# how long a stop() hook may take before the worker goes on without it
+STOP_HOOK_TIMEOUT = 5.0
 
 
 class Chain:
@@ -31,17 +41,22 @@ class Chain:
     ``filters`` are (name, filter) pairs in order; the name is the filter's
     type and appears in logs and metrics. A filter with ``on_receive`` runs
     in the request phase, one with ``append`` in the response phase.
-    ``counts`` holds, per receiver filter, how often it ended in each
-    outcome (CONTINUED, STOPPED, REPLIED, FAILED), exactly.  Timing costs
-    two clock reads per filter, so it is sampled: ``observe(filter_name,
-    outcome, seconds)``, if given, is called after every filter of one
-    request in ``sample`` (a power of two; 1 times every request).
+    ``is_async`` says the request phase awaits (run it with
+    ``decide_async``), ``sends_async`` the response phase
+    (``run_send_async``).  ``counts`` holds, per receiver filter, how
+    often it ended in each outcome (CONTINUED, STOPPED, REPLIED, FAILED,
+    CANCELLED), exactly.  Timing costs two clock reads per filter, so it
+    is sampled: ``observe(filter_name, outcome, seconds)``, if given, is
+    called after every filter of one request in ``sample`` (a power of
+    two; 1 times every request); a filter that awaits is timed from its
+    call to its answer.
     """
 
-    __slots__ = ("name", "filters", "limits", "has_senders", "_receivers",
-                 "_receiver_names", "_senders", "_sender_names", "_handler",
-                 "_send_handler", "_observe", "_counts", "_seen", "_ended",
-                 "_folded", "_sample_mask")
+    __slots__ = ("name", "filters", "limits", "has_senders", "is_async",
+                 "sends_async", "_receivers", "_receiver_names",
+                 "_receiver_awaits", "_senders", "_sender_names",
+                 "_sender_awaits", "_handler", "_send_handler", "_observe",
+                 "_counts", "_seen", "_ended", "_folded", "_sample_mask")
 
     def __init__(
         self, name, filters=(), *, observe=None, limits=DEFAULT_LIMITS
@@ -55,8 +70,6 @@ class Chain:
         self._seen = self._ended = self._folded = 0
         # -1: no request is timed
         self._sample_mask = 0 if observe is not None else -1
-        self._handler = StreamReceiverFilterHandler()
-        self._send_handler = StreamSenderFilterHandler()
         receivers, senders = [], []
         for filter_name, filt in self.filters:
             if not (is_receiver(filt) or is_sender(filt)):
@@ -65,21 +78,37 @@ class Chain:
                     f"on_receive nor append"
                 )
             if is_receiver(filt):
-                setter = getattr(filt, "set_receive_handler", None)
-                if setter is not None:
-                    setter(self._handler)
                 receivers.append((filter_name, filt))
             if is_sender(filt):
-                setter = getattr(filt, "set_send_handler", None)
-                if setter is not None:
-                    setter(self._send_handler)
                 senders.append((filter_name, filt))
         self._receivers = tuple(filt for _, filt in receivers)
         self._receiver_names = tuple(name for name, _ in receivers)
+        self._receiver_awaits = tuple(awaits(filt.on_receive)
+                                      for filt in self._receivers)
         self._senders = tuple(filt for _, filt in senders)
         self._sender_names = tuple(name for name, _ in senders)
+        self._sender_awaits = tuple(awaits(filt.append)
+                                    for filt in self._senders)
         self.has_senders = bool(senders)
-        self._counts = [[0, 0, 0, 0] for _ in self._receivers]
+        self.is_async = any(self._receiver_awaits)
+        self.sends_async = any(self._sender_awaits)
+        # one handler for a chain served inline; for one whose requests
+        # are tasks, one that finds the handler of the task's request
+        self._handler = StreamReceiverFilterHandler()
+        self._send_handler = StreamSenderFilterHandler()
+        receive_handler = (TaskReceiverFilterHandler() if self.is_async
+                           else self._handler)
+        send_handler = (TaskSenderFilterHandler() if self.sends_async
+                        else self._send_handler)
+        for filt in self._receivers:
+            setter = getattr(filt, "set_receive_handler", None)
+            if setter is not None:
+                setter(receive_handler)
+        for filt in self._senders:
+            setter = getattr(filt, "set_send_handler", None)
+            if setter is not None:
+                setter(send_handler)
+        self._counts = [[0, 0, 0, 0, 0] for _ in self._receivers]
 
     @classmethod
     def from_stream_filters(
@@ -152,7 +181,11 @@ class Chain:
     # -- request phase -------------------------------------------------
 
     def run(self, ctx, headers, buf=None, trailers=None):
-        """Runs the receiver filters over one request; returns its Verdict."""
+        """Runs the receiver filters over one request; returns its Verdict.
+        A chain that awaits is run with ``run_async``."""
+        if self.is_async:
+            raise TypeError(f"chain {self.name!r} has filters that await: "
+                            f"run it with run_async()")
         verdict = self.decide(ctx, headers, buf, trailers)
         if type(verdict) is dict:
             return Verdict(ACTION_CONTINUE, 0, None, verdict, [], [], [])
@@ -224,7 +257,9 @@ class Chain:
         return self._finish(ctx, headers, filt)
 
     def _finish(self, ctx, headers, last):
-        handler = self._handler
+        return self._finish_with(ctx, headers, last, self._handler)
+
+    def _finish_with(self, ctx, headers, last, handler):
         if handler.hijacked:
             reply_headers = handler.headers
             if ctx.response_headers:
@@ -257,6 +292,153 @@ class Chain:
                 ctx, last, exc, self._receivers, self._receiver_names
             )
         return verdict
+
+    # -- a chain that awaits ---------------------------------------------
+
+    async def run_async(self, ctx, headers, buf=None, trailers=None):
+        """run() for any chain, from a coroutine: awaits what awaits."""
+        if self.is_async:
+            verdict = await self.decide_async(ctx, headers, buf, trailers)
+        else:
+            verdict = self.decide(ctx, headers, buf, trailers)
+        if type(verdict) is dict:
+            return Verdict(ACTION_CONTINUE, 0, None, verdict, [], [], [])
+        return verdict
+
+    async def decide_async(self, ctx, headers, buf=None, trailers=None):
+        """decide() for a chain with a filter that awaits.
+
+        Many requests of the chain are in flight at once, so each gets a
+        handler of its own, found by the filters through the task's
+        context; run each call as a task of its own.  Cancelling the task
+        (a deadline, a client gone) cancels the filter that awaits, counts
+        it as cancelled and raises CancelledError.
+        """
+        handler = StreamReceiverFilterHandler()
+        token = _receive_handler.set(handler)
+        observe = self._observe if not (
+            (self._seen + 1) & self._sample_mask) else None
+        clock = time.perf_counter
+        filt = None
+        i = 0
+        try:
+            for filt, name, waits in zip(self._receivers,
+                                         self._receiver_names,
+                                         self._receiver_awaits):
+                if observe is not None:
+                    start = clock()
+                try:
+                    status = filt.on_receive(ctx, headers, buf, trailers)
+                    if waits:
+                        status = await status
+                except Exception:
+                    if observe is not None:
+                        observe(name, "error", clock() - start)
+                    raise
+                except BaseException:
+                    if observe is not None:
+                        observe(name, "cancelled", clock() - start)
+                    raise
+                if handler.hijacked:
+                    if observe is not None:
+                        observe(name, "reply", clock() - start)
+                    break
+                if status == STOP:
+                    if observe is not None:
+                        observe(name, "stop", clock() - start)
+                    break
+                if observe is not None:
+                    observe(name, "continue", clock() - start)
+                i += 1
+        except Exception as exc:
+            self._seen += 1
+            self._count(i, FAILED)
+            return self._failed(ctx, filt, exc)
+        except BaseException:
+            # cancelled: counted, and the task ends cancelled
+            self._seen += 1
+            self._count(i, CANCELLED)
+            raise
+        finally:
+            _receive_handler.reset(token)
+        # counted once the outcome is known, so a scrape of a chain with
+        # requests in flight never counts one as passed that later stops
+        self._seen += 1
+        if i != len(self._receivers):
+            self._count(i, REPLIED if handler.hijacked else STOPPED)
+        return self._finish_with(ctx, headers, filt, handler)
+
+    async def run_send_async(self, ctx, status, headers):
+        """run_send() for a chain whose sender filters await; run each
+        call as a task of its own."""
+        handler = StreamSenderFilterHandler()
+        handler.status = status
+        token = _send_handler.set(handler)
+        try:
+            return await self._send_async(ctx, headers)
+        finally:
+            _send_handler.reset(token)
+
+    async def _send_async(self, ctx, headers):
+        added_before = len(ctx.response_headers)
+        observe = self._observe
+        clock = time.perf_counter
+        filt = None
+        try:
+            for filt, name, waits in zip(self._senders, self._sender_names,
+                                         self._sender_awaits):
+                start = clock()
+                try:
+                    outcome = filt.append(ctx, headers, None, None)
+                    if waits:
+                        outcome = await outcome
+                except Exception:
+                    if observe is not None:
+                        observe(name, "error", clock() - start)
+                    raise
+                if observe is not None:
+                    observe(name, "stop" if outcome == STOP else "continue",
+                            clock() - start)
+                if outcome == STOP:
+                    break
+        except Exception as exc:
+            return self._failed(ctx, filt, exc)
+        return self._send_verdict(ctx, headers, filt, added_before)
+
+    # -- the filters' life in a worker ----------------------------------
+
+    async def start(self):
+        """Runs the filters' start() hooks, in order; a hook that raises
+        stops the worker from serving (it is reported by name)."""
+        for name, filt in self.filters:
+            hook = getattr(filt, "start", None)
+            if not callable(hook):
+                continue
+            try:
+                result = hook()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                raise RuntimeError(
+                    f"filter {name} of chain {self.name}: start() raised "
+                    f"{type(exc).__name__}: {exc}") from exc
+
+    async def stop(self):
+        """Runs the filters' stop() hooks in reverse order, each bounded by
+        STOP_HOOK_TIMEOUT; failures are logged, not raised."""
+        for name, filt in reversed(self.filters):
+            hook = getattr(filt, "stop", None)
+            if not callable(hook):
+                continue
+            try:
+                result = hook()
+                if inspect.isawaitable(result):
+                    await asyncio.wait_for(result, STOP_HOOK_TIMEOUT)
+            except Exception as exc:
+                _filter_log.error(
+                    "filter %s of chain %s: stop() raised %s: %s", name,
+                    self.name, type(exc).__name__, exc, exc_info=exc,
+                    extra={"filter_name": name, "chain": self.name})
 
     # -- response phase ------------------------------------------------
 
@@ -295,6 +477,9 @@ class Chain:
                         break
         except Exception as exc:
             return self._failed(ctx, filt, exc)
+        return self._send_verdict(ctx, headers, filt, added_before)
+
+    def _send_verdict(self, ctx, headers, filt, added_before):
         response_set, response_remove = (
             headers.to_records(join=False) if headers.edits else ([], [])
         )

@@ -15,6 +15,8 @@ What is read (MOSN's shape)::
     pyworker.{modules, bind_any}          this project's own block
     pyworker.spin_us                      how long a worker looks for more
                                           work before it sleeps (default 0)
+    pyworker.max_in_flight                requests one worker serves as
+                                          tasks at once (filters that await)
     pyworker.service_file                 MOE's service file, watched for
                                           the endpoints of mosn_subset
                                           (see pyworker.discovery)
@@ -56,6 +58,8 @@ from pyworker.discovery import FileSource, discovery_option
 # default, as the CPU it burns is nginx's when no core is spare
 # (bench/results/spin.md)
 SPIN_US_DEFAULT = 0
+MAX_IN_FLIGHT_DEFAULT = 1024
+MAX_IN_FLIGHT_LIMIT = 65536
 from pyworker.verdict import DEFAULT_LIMITS
 
 __all__ = ["ConfigError", "GatewayConfig", "Listener", "Endpoint", "Metrics",
@@ -131,6 +135,7 @@ class GatewayConfig:
     service_file: str | None = None
     discovery: object = None    # FileSource, EtcdSource, XdsSource or None
     spin_us: int = SPIN_US_DEFAULT
+    max_in_flight: int = MAX_IN_FLIGHT_DEFAULT
     # the "pyworker" block as written (other parts read their own keys)
     options: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
@@ -216,6 +221,13 @@ class _Loader:
         if isinstance(spin_us, bool) or not 0 <= spin_us <= 10000:
             raise ConfigError("must be an integer in 0..10000 (microseconds)",
                               "pyworker.spin_us", self.source)
+        max_in_flight = _get(options, "max_in_flight", int,
+                             MAX_IN_FLIGHT_DEFAULT, "pyworker.max_in_flight")
+        if (isinstance(max_in_flight, bool)
+                or not 1 <= max_in_flight <= MAX_IN_FLIGHT_LIMIT):
+            raise ConfigError(f"must be an integer in "
+                              f"1..{MAX_IN_FLIGHT_LIMIT} (requests)",
+                              "pyworker.max_in_flight", self.source)
 
         registry.load_plugins()
         for i, module in enumerate(modules):
@@ -268,7 +280,7 @@ class _Loader:
             metrics=self.metrics(raw.get("metrics"), bind_any),
             bind_any=bind_any, modules=tuple(modules),
             service_file=service_file, discovery=discovery,
-            spin_us=spin_us, options=options,
+            spin_us=spin_us, max_in_flight=max_in_flight, options=options,
             warnings=self.warnings)
 
     def listener(self, entry, here):

@@ -11,7 +11,7 @@ cdef class SlotHeaders(RequestHeaders):
 
 
 cdef class Dispatcher:
-    cdef public object chains, stats
+    cdef public object chains, stats, spawn
     cdef dict _routes
 
     @cython.locals(route=tuple, chain=Chain, headers=SlotHeaders,

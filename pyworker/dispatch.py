@@ -1,6 +1,8 @@
 """From a request slot to a verdict: the per-request glue between the ring
 and a chain.  Compiled with Cython when built; plain Python otherwise."""
 
+from shm_ring import PENDING
+
 from pyworker.api import Context
 from pyworker.headers import RequestHeaders
 from pyworker.metrics import OUTCOMES
@@ -64,18 +66,23 @@ class Dispatcher:
     receiver filters on a request record, the sender filters on a
     response record.
 
-    One request is served at a time, so each listener keeps one context
-    and one header map, reset for every request rather than made anew.
-    ``chains`` is read once per listener.  CONTINUE verdicts made of
-    metadata only are counted here and reach ``stats`` at
-    ``fold_counts()``; call it before the stats are read.
+    A chain of plain filters serves one request at a time, inline, so each
+    such listener keeps one context and one header map, reset for every
+    request rather than made anew.  A phase whose filters await gets a
+    context and a header map of its own per request and is handed to
+    ``spawn(req, coroutine, listener)``, which runs it as a task and
+    writes its verdict later; the dispatch returns PENDING.  ``chains`` is
+    read once per listener.  CONTINUE verdicts made of metadata only are
+    counted here and reach ``stats`` at ``fold_counts()``; call it before
+    the stats are read.
     """
 
-    __slots__ = ("chains", "stats", "_routes")
+    __slots__ = ("chains", "stats", "spawn", "_routes")
 
-    def __init__(self, chains, stats=None):
+    def __init__(self, chains, stats=None, spawn=None):
         self.chains = chains
         self.stats = stats
+        self.spawn = spawn
         self._routes = {}
 
     def _route(self, listener):
@@ -109,6 +116,8 @@ class Dispatcher:
                 return Verdict.error(
                     "no listener %r in the MOSN config" % listener)
         chain, ctx, headers, continued = route
+        if chain.is_async or chain.sends_async:
+            return self._dispatch_async(req, chain, listener)
         # what a filter may have changed is fresh for each request
         ctx._req = req
         ctx.request_id = req.request_id
@@ -134,3 +143,35 @@ class Dispatcher:
         elif self.stats is not None:
             self.stats.request(listener, verdict.action)
         return verdict
+
+    def _dispatch_async(self, req, chain, listener):
+        """A chain with a phase that awaits: its requests may be in flight
+        together, so each has its own context and header map."""
+        ctx = SlotContext(req, listener)
+        headers = SlotHeaders(req)
+        if req.is_response:
+            if not chain.has_senders:
+                return None
+            ctx.metadata = req.metadata
+            if not chain.sends_async:
+                return chain.run_send(ctx, req.status, headers)
+            work = chain.run_send_async(ctx, req.status, headers)
+        else:
+            if not chain.is_async:
+                verdict = chain.decide(ctx, headers, req.body)
+                if self.stats is not None:
+                    self.stats.request(listener, verdict_action(verdict))
+                return verdict
+            work = chain.decide_async(ctx, headers, req.body)
+        if self.spawn is None:
+            work.close()
+            return Verdict.error("chain %r awaits, and this worker runs no "
+                                 "event loop" % listener)
+        self.spawn(req, work, listener)
+        return PENDING
+
+
+def verdict_action(verdict):
+    """The action of what a chain hands back (a metadata dict is a
+    CONTINUE)."""
+    return ACTION_CONTINUE if type(verdict) is dict else verdict.action

@@ -13,6 +13,8 @@ BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001,
            0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 OUTCOMES = {0: "continue", 1: "hijack", 2: "error"}
+# the counted tables of a snapshot: rows of labels then a count
+COUNTED = ("requests", "filters", "driver_errors", "tasks", "events")
 FLUSH_EVERY = 1.0
 # filter timing: one request in this many (a power of two) is timed
 TIMING_SAMPLE = 8
@@ -25,6 +27,7 @@ class WorkerStats:
         self.path = os.path.join(stats_dir, name + ".json") if stats_dir \
             else None
         self.requests = {}      # (chain, outcome) -> n
+        self.tasks = {}         # (chain, outcome) -> n: requests that awaited
         self.latency = {}       # (chain, filter) -> [bucket counts..., sum]
         self.started = time.time()
         self.next_flush = 0.0
@@ -49,14 +52,26 @@ class WorkerStats:
         key = (chain, OUTCOMES.get(action, "error"))
         self.requests[key] = self.requests.get(key, 0) + 1
 
+    def task(self, chain, outcome):
+        """A request served as a task ended: answered, late, deadline,
+        client_gone or stopped (see pyworker.inflight)."""
+        key = (chain, outcome)
+        self.tasks[key] = self.tasks.get(key, 0) + 1
+
     def snapshot(self, chains=None):
         driver_errors = []
         filters = []
+        events = []
         for name, chain in (chains or {}).items():
             for filter_name, filt in chain.filters:
                 n = getattr(filt, "driver_errors", None)
                 if n is not None:
                     driver_errors.append([name, filter_name, n])
+                # a filter's own counts: {event name: n}
+                counted = getattr(filt, "events", None)
+                if isinstance(counted, dict):
+                    for event, n in counted.items():
+                        events.append([name, filter_name, str(event), n])
             for (filter_name, outcome), n in chain.outcome_counts():
                 filters.append([name, filter_name, outcome, n])
         return {
@@ -66,6 +81,8 @@ class WorkerStats:
             "filters": filters,
             "latency": [[c, f, h] for (c, f), h in self.latency.items()],
             "driver_errors": driver_errors,
+            "tasks": [[c, o, n] for (c, o), n in self.tasks.items()],
+            "events": events,
         }
 
     def maybe_flush(self, chains, now=None):
@@ -93,7 +110,7 @@ def write_json(path, data):
 
 def merge(into, data):
     """Adds one worker's snapshot to a running total (same shape)."""
-    for key in ("requests", "filters", "driver_errors"):
+    for key in COUNTED:
         table = into.setdefault(key, {})
         for row in data.get(key, ()):
             k, n = tuple(row[:-1]), row[-1]
@@ -112,7 +129,7 @@ def merge(into, data):
 def to_rows(total):
     """A merged total back in the file's row shape (for the archive)."""
     out = {}
-    for key in ("requests", "filters", "driver_errors"):
+    for key in COUNTED:
         out[key] = [list(k) + [n] for k, n in total.get(key, {}).items()]
     out["latency"] = [[c, f, h] for (c, f), h in
                       total.get("latency", {}).items()]

@@ -10,8 +10,14 @@
 The ``chain_runner`` fixture does the same, keeps the last request's
 context and headers for assertions, and loads each config file once.
 ``run_response`` runs a chain's sender filters over a response.
+
+A chain whose filters await runs in an event loop of its own, its filters'
+``start()`` and ``stop()`` hooks around the request, as in a worker.  From
+a test that already runs a loop, ``await arun_chain(...)`` instead (start
+the chain's filters yourself: ``await chain.start()``).
 """
 
+import asyncio
 import os
 
 from pyworker.api import Context
@@ -40,17 +46,55 @@ def run_chain(config_or_path, headers=(), listener=None, method="GET",
                        remote_addr, protocol, request_id)[0]
 
 
+async def arun_chain(config_or_path, headers=(), listener=None,
+                     method="GET", path="/", query="", body=None, *,
+                     remote_addr="127.0.0.1", protocol="HTTP/1.1",
+                     request_id=1):
+    """run_chain() from a coroutine, in the running loop; the chain's
+    filters are not started or stopped here."""
+    chain = chain_of(config_or_path, listener)
+    headers, body, ctx = _request(chain, headers, method, path, query, body,
+                                  remote_addr, protocol, request_id)
+    return await chain.run_async(ctx, headers, body)
+
+
 def run_request(chain, headers=(), method="GET", path="/", query="",
                 body=None, remote_addr="127.0.0.1", protocol="HTTP/1.1",
                 request_id=1):
     """Runs one request through ``chain``: (verdict, context, headers)."""
+    headers, body, ctx = _request(chain, headers, method, path, query, body,
+                                  remote_addr, protocol, request_id)
+    if chain.is_async:
+        return _in_loop(chain, chain.run_async(ctx, headers, body)), ctx, \
+            headers
+    return chain.run(ctx, headers, body), ctx, headers
+
+
+def _request(chain, headers, method, path, query, body, remote_addr,
+             protocol, request_id):
     if not isinstance(headers, RequestHeaders):
         headers = RequestHeaders(headers)
     if isinstance(body, str):
         body = body.encode("utf-8")
     ctx = Context(request_id, method, path, query, remote_addr, protocol,
                   chain.name)
-    return chain.run(ctx, headers, body), ctx, headers
+    return headers, body, ctx
+
+
+def _in_loop(chain, work):
+    """Runs a chain's coroutine in a loop of its own, with the chain's
+    filters started before and stopped after, as a worker does."""
+    async def main():
+        await chain.start()
+        try:
+            return await work
+        finally:
+            await chain.stop()
+    try:
+        return asyncio.run(main())
+    except RuntimeError:
+        work.close()
+        raise
 
 
 def run_response(config_or_path, status=200, headers=(), listener=None,
@@ -62,6 +106,8 @@ def run_response(config_or_path, status=200, headers=(), listener=None,
     if not isinstance(headers, RequestHeaders):
         headers = RequestHeaders(headers)
     ctx = Context(request_id, method, path, listener=chain.name)
+    if chain.sends_async:
+        return _in_loop(chain, chain.run_send_async(ctx, status, headers))
     return chain.run_send(ctx, status, headers)
 
 

@@ -22,9 +22,17 @@ A driver that raises leaves its key unset and the request goes on (as in
 MOSN); the failures are counted in ``driver_errors``. ``disable: true``
 makes the filter a no-op (its drivers are still built, so a bad config is
 still reported at load).
+
+A driver whose ``build_metadata`` is ``async def`` makes the filter one
+that awaits (its chain then runs each request as a task); drivers run in
+order either way.  Drivers' ``start()`` and ``stop()`` hooks run with the
+filter's.
 """
 
-from pyworker.api import CONTINUE, ConfigError, StreamReceiverFilter, json_type
+import inspect
+
+from pyworker.api import (CONTINUE, ConfigError, StreamReceiverFilter, awaits,
+                          json_type)
 from pyworker.registry import NotRegisteredError, get_driver, register_filter
 from pyworker.verdict import is_metadata_key
 
@@ -57,6 +65,17 @@ class MetadataFilter(StreamReceiverFilter):
         self._builders = () if self.disable else tuple(
             (key, driver.build_metadata)
             for key, driver in self.drivers.items())
+        if any(awaits(build) for _, build in self._builders):
+            # the same filter, with an on_receive that awaits its drivers
+            self.__class__ = AsyncMetadataFilter
+
+    async def start(self):
+        for driver in self.drivers.values():
+            await _hook(driver, "start")
+
+    async def stop(self):
+        for driver in reversed(list(self.drivers.values())):
+            await _hook(driver, "stop")
 
     def on_receive(self, ctx, headers, buf, trailers):
         metadata = ctx.metadata
@@ -73,6 +92,37 @@ class MetadataFilter(StreamReceiverFilter):
                     value = value.lower()
                 metadata[key] = value
         return CONTINUE
+
+
+class AsyncMetadataFilter(MetadataFilter):
+    """The metadata filter when a driver awaits."""
+
+    __slots__ = ()
+
+    async def on_receive(self, ctx, headers, buf, trailers):
+        metadata = ctx.metadata
+        lower = not self.case_sensitive
+        for key, build in self._builders:
+            try:
+                value = build(ctx, headers, buf, trailers)
+                if inspect.isawaitable(value):
+                    value = await value
+            except Exception:
+                self.driver_errors += 1
+                continue
+            if value is not None:
+                if lower:
+                    value = value.lower()
+                metadata[key] = value
+        return CONTINUE
+
+
+async def _hook(driver, name):
+    hook = getattr(driver, name, None)
+    if callable(hook):
+        result = hook()
+        if inspect.isawaitable(result):
+            await result
 
 
 def _flag(config, name):

@@ -75,7 +75,7 @@ def test_the_common_verdict_is_the_metadata_dict():
     dispatch.fold_counts()
     dispatch.fold_counts()
     assert stats.requests == {("in", "continue"): 6}
-    assert chain.counts == [[6, 0, 0, 0]]
+    assert chain.counts == [[6, 0, 0, 0, 0]]
     # the chain's own answer is still a Verdict
     verdict = chain.run(Context(), RequestHeaders([("uid", "2")]))
     assert verdict == Verdict(metadata={"unit": "s1"})
@@ -97,9 +97,9 @@ def test_counts_add_up_with_passes_folded_in():
     for rid in range(5):
         dispatch(slot_request(chain="l", request_id=rid))
     # 0, 2, 4 pass both filters; 1 and 3 stop at the first
-    assert chain.counts == [[3, 2, 0, 0], [3, 0, 0, 0]]
+    assert chain.counts == [[3, 2, 0, 0, 0], [3, 0, 0, 0, 0]]
     assert list(chain.outcome_counts()) == [
         (("test_stop_odd", "continue"), 3), (("test_stop_odd", "stop"), 2),
         (("test_stop_odd", "continue"), 3)]
     # read again: the passes are added once
-    assert chain.counts == [[3, 2, 0, 0], [3, 0, 0, 0]]
+    assert chain.counts == [[3, 2, 0, 0, 0], [3, 0, 0, 0, 0]]

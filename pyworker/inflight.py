@@ -1,0 +1,226 @@
+"""Requests a worker serves as tasks: those of chains whose filters await.
+
+The dispatcher hands each such request here (``spawn``) and moves on; the
+task runs the chain, and its verdict is written into the request's slot
+when it ends, in whatever order tasks end.  Each request has a deadline,
+the one nginx gave it (``mosn_timeout``): a task still running then is
+cancelled, as is one whose client went away (nginx marks the slot
+abandoned and bumps this consumer's ``abandons``, looked at every
+ABANDON_POLL while tasks run).  A cancelled task's request gets an error
+verdict, which nginx drops as late (or, if it is not late yet, answers
+with the fallback); either way the slot is handed back, so nothing leaks.
+
+Every verdict is written with the request's generation: a slot that holds
+another request by then is left alone.  A task that ignores its
+cancellation for GRACE seconds has its slot answered and handed back
+without it; it stays counted against ``limit`` until it ends, so a filter
+that never ends cannot make the worker take more than ``limit`` requests.
+
+How each request ended is counted per chain (``WorkerStats.task``):
+``answered`` in time, ``late`` (answered after its deadline, when nginx
+no longer waited), ``deadline`` and ``client_gone`` (cancelled), and
+``stopped`` (handed back to the ring when the worker stopped: nginx gives
+it to another worker).
+"""
+
+import logging
+import time
+from functools import partial
+
+from pyworker.dispatch import verdict_action
+from pyworker.verdict import Verdict
+
+log = logging.getLogger("pyworker.worker")
+
+ABANDON_POLL = 0.01     # seconds between looks for requests nginx dropped
+GRACE = 1.0             # for a cancelled task to end before it is left
+
+_WHY = {
+    "deadline": "no verdict within mosn_timeout: the filters were "
+                "cancelled",
+    "client_gone": "the client went away: the filters were cancelled",
+}
+
+
+class _Request:
+    """One request in flight as a task."""
+
+    __slots__ = ("ps", "gen", "listener", "req", "task", "timer", "why",
+                 "answered", "deadline_ns")
+
+    def __init__(self, req, listener):
+        self.ps = req.ps
+        self.gen = req.gen
+        self.listener = listener
+        self.req = req
+        self.task = None
+        self.timer = None
+        self.why = None          # set when cancelled: deadline, client_gone
+        self.answered = False    # its slot was answered without the task
+        self.deadline_ns = req.deadline_ns
+
+
+class InFlight:
+    """The requests of one consumer served as tasks, at most ``limit``.
+
+    ``on_room()`` is called (soon, from the loop) when a task ends while
+    the table was full, so the worker takes requests again.
+    """
+
+    def __init__(self, consumer, loop, limit, stats=None, on_room=None):
+        self.consumer = consumer
+        self.loop = loop
+        self.limit = limit
+        self.stats = stats
+        self.on_room = on_room
+        self.requests = {}       # ps -> _Request
+        self.left = set()        # answered without their task, still running
+        self._abandons = consumer.abandons
+        self._watching = None
+        self._flushing = False
+
+    def __len__(self):
+        """Requests in flight, with the tasks left running."""
+        return len(self.requests) + len(self.left)
+
+    @property
+    def room(self):
+        return self.limit - len(self.requests) - len(self.left)
+
+    # -- from the dispatcher --------------------------------------------------
+
+    def spawn(self, req, work, listener):
+        """Runs ``work`` (the chain's coroutine for ``req``) as a task."""
+        entry = _Request(req, listener)
+        why = None
+        if req.abandoned:
+            why = "client_gone"
+        elif entry.deadline_ns and time.monotonic_ns() >= entry.deadline_ns:
+            why = "deadline"
+        if why is not None:
+            # nginx stopped waiting before the request was taken
+            work.close()
+            self._answer(entry, Verdict.error(_WHY[why]), why)
+            return
+        task = entry.task = self.loop.create_task(work)
+        task.add_done_callback(partial(self._ended, entry))
+        self.requests[entry.ps] = entry
+        if entry.deadline_ns:
+            delay = (entry.deadline_ns - time.monotonic_ns()) / 1e9
+            entry.timer = self.loop.call_later(delay, self._cancel, entry,
+                                               "deadline")
+        if self._watching is None:
+            self._watching = self.loop.call_later(ABANDON_POLL, self._watch)
+
+    # -- cancellation ---------------------------------------------------------
+
+    def _cancel(self, entry, why):
+        if entry.why is not None or entry.task.done():
+            return
+        entry.why = why
+        entry.timer = self.loop.call_later(GRACE, self._leave, entry)
+        entry.task.cancel(_WHY[why])
+
+    def _leave(self, entry):
+        """A cancelled task still runs: answer its slot without it."""
+        entry.timer = None
+        if entry.task.done() or entry.answered:
+            return
+        log.warning("request %d (chain %s): a filter went on for %.1f s "
+                    "after its task was cancelled (%s); the request is "
+                    "answered without it", entry.req.request_id,
+                    entry.listener, GRACE, entry.why)
+        del self.requests[entry.ps]
+        self.left.add(entry)
+        entry.answered = True
+        self._answer(entry, Verdict.error(_WHY[entry.why]), entry.why)
+
+    def _watch(self):
+        """Cancels the tasks of requests nginx gave up on."""
+        self._watching = None
+        if not self.requests:
+            return
+        self.check_abandoned()
+        self._watching = self.loop.call_later(ABANDON_POLL, self._watch)
+
+    def check_abandoned(self):
+        abandons = self.consumer.abandons
+        if abandons == self._abandons:
+            return
+        self._abandons = abandons
+        for entry in list(self.requests.values()):
+            if entry.why is None and entry.req.abandoned:
+                self._cancel(entry, "client_gone")
+
+    def cancel_all(self):
+        """The worker stops: cancels every task and leaves its request to
+        the ring, which re-queues it to a live worker once this one has
+        left (or, with none, lets nginx take the fallback)."""
+        for entry in list(self.requests.values()) + list(self.left):
+            entry.answered = True
+            if entry.timer is not None:
+                entry.timer.cancel()
+            entry.task.cancel("the worker stopped")
+            if entry in self.left:
+                continue
+            if self.stats is not None:
+                self.stats.task(entry.listener, "stopped")
+        self.requests.clear()
+        self.left.clear()
+
+    # -- the end of a task --------------------------------------------------
+
+    def _ended(self, entry, task):
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
+        if entry.answered:
+            # answered without it, or the worker stopped
+            self.left.discard(entry)
+            self._room_made()
+            return
+        full = self.room <= 0
+        del self.requests[entry.ps]
+        if task.cancelled():
+            why = entry.why or "stopped"
+            verdict = Verdict.error(_WHY.get(why, "the filters were "
+                                                  "cancelled"))
+        else:
+            why = None
+            exc = task.exception()
+            if exc is not None:
+                # the chain turns a filter's exception into its verdict:
+                # this is a bug of the chain itself
+                log.error("request %d (chain %s): %s: %s",
+                          entry.req.request_id, entry.listener,
+                          type(exc).__name__, exc, exc_info=exc)
+                verdict = Verdict.error("the chain failed: %s"
+                                        % type(exc).__name__)
+            else:
+                verdict = task.result()
+        self._answer(entry, verdict, why)
+        if full:
+            self._room_made()
+
+    def _answer(self, entry, verdict, why):
+        if why is None:
+            late = (entry.deadline_ns
+                    and time.monotonic_ns() >= entry.deadline_ns)
+            why = "late" if late else "answered"
+            if self.stats is not None:
+                self.stats.request(entry.listener, verdict_action(verdict))
+        if self.stats is not None:
+            self.stats.task(entry.listener, why)
+        self.consumer.complete(entry.ps, verdict, entry.gen)
+        if not self._flushing:
+            # one doorbell round for every verdict of this loop iteration
+            self._flushing = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self):
+        self._flushing = False
+        self.consumer.flush()
+
+    def _room_made(self):
+        if self.on_room is not None and self.room > 0:
+            self.on_room()

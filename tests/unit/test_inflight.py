@@ -1,0 +1,271 @@
+"""Requests served as tasks, on a real ring in one process: verdicts in
+any order, the in-flight bound, deadlines, clients that went away, tasks
+that ignore their cancellation, and a worker that stops with tasks in
+flight.  A Python producer plays nginx."""
+
+import asyncio
+import os
+import time
+import uuid
+
+import pytest
+
+from pyworker import CONTINUE, StreamReceiverFilter, register_filter
+from pyworker import inflight as inflight_mod
+from pyworker.chain import Chain
+from pyworker.dispatch import Dispatcher
+from pyworker.inflight import InFlight
+from pyworker.metrics import WorkerStats
+from shm_ring import Region, codec
+
+FREE, SUBMITTED, TAKEN, DONE = 0, 1, 2, 3
+GATES = {}
+
+
+@register_filter("test_gate")
+class Gate(StreamReceiverFilter):
+    """Waits until the test opens the gate named by the x-gate header (a
+    request with none passes at once); x-stubborn ignores cancellation."""
+
+    def __init__(self, config):
+        self.cancelled = []
+
+    async def on_receive(self, ctx, headers, buf, trailers):
+        name = headers.get("x-gate")
+        if name is not None:
+            gate = GATES.setdefault(name, asyncio.Event())
+            try:
+                await gate.wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(name)
+                if headers.get("x-stubborn") is None:
+                    raise
+                await GATES.setdefault(name + "-late", asyncio.Event()).wait()
+        ctx.metadata["gate"] = name or "open"
+        return CONTINUE
+
+
+class Rig:
+    """A region, a producer (nginx), the consumer's dispatcher and its
+    table of tasks, in one loop."""
+
+    def __init__(self, loop, limit=8, slots=16):
+        self.loop = loop
+        self.name = "/mosn-inflight-%d-%s" % (os.getpid(), uuid.uuid4().hex[:8])
+        self.region = Region.create(self.name, nproducers=1, nconsumers=1,
+                                    slots=slots, slot_size=4096)
+        self.consumer = self.region.consumer(self.region.alloc_consumer())
+        self.producer = self.region.producer()
+        self.stats = WorkerStats(None, "t")
+        self.chain = Chain.from_stream_filters("g", [{"type": "test_gate"}])
+        self.gate = self.chain.filters[0][1]
+        self.rooms = 0
+        self.inflight = InFlight(self.consumer, loop, limit, self.stats,
+                                 on_room=self._room)
+        self.dispatch = Dispatcher({"g": self.chain}, self.stats,
+                                   spawn=self.inflight.spawn)
+        self.gens = {}
+
+    def _room(self):
+        self.rooms += 1
+
+    def submit(self, slot, gate=None, deadline_ms=None, stubborn=False):
+        headers = [("X-Gate", gate)] if gate else []
+        if stubborn:
+            headers.append(("X-Stubborn", "1"))
+        deadline = (time.monotonic_ns() + deadline_ms * 10**6
+                    if deadline_ms is not None else 0)
+        c, gen = self.producer.submit(
+            slot, codec.encode_request(chain="g", headers=headers,
+                                       request_id=100 + slot),
+            deadline_ns=deadline)
+        self.gens[slot] = gen
+        return gen
+
+    def serve(self, n=64):
+        return self.consumer.serve_batch(self.dispatch, n)
+
+    def answers(self):
+        """{slot: metadata or the error's log} of the verdicts nginx
+        would see now."""
+        out = {}
+        for slot, gen in self.producer.poll():
+            v = codec.decode_verdict(self.producer.verdict(slot))
+            out[slot] = v.metadata.get("gate") if v.action == 0 else v.log
+            self.producer.free(slot)
+        return out
+
+    def close(self):
+        self.region.close()
+        try:
+            os.unlink("/dev/shm" + self.name)
+        except FileNotFoundError:
+            pass
+
+
+@pytest.fixture
+def rig():
+    GATES.clear()
+    made = []
+
+    def make(loop, **kw):
+        r = Rig(loop, **kw)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()
+
+
+async def until(cond, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+def open_gate(name):
+    GATES.setdefault(name, asyncio.Event()).set()
+
+
+def test_verdicts_are_written_as_tasks_end_in_any_order(rig):
+    async def main():
+        r = rig(asyncio.get_running_loop())
+        for slot, gate in enumerate(["a", "b", None, "c"]):
+            r.submit(slot, gate)
+        assert r.serve() == 4
+        assert len(r.inflight) == 4
+        await until(lambda: r.producer.slot_state(2)[0] == DONE)
+        assert r.answers() == {2: "open"}
+        for gate, slot in (("c", 3), ("a", 0), ("b", 1)):
+            open_gate(gate)
+            await until(lambda: r.producer.slot_state(slot)[0] == DONE)
+            assert r.answers() == {slot: gate}
+        assert len(r.inflight) == 0
+        assert r.stats.tasks == {("g", "answered"): 4}
+        assert r.stats.requests == {("g", "continue"): 4}
+
+    asyncio.run(main())
+
+
+def test_the_worker_takes_no_more_than_max_in_flight(rig):
+    async def main():
+        r = rig(asyncio.get_running_loop(), limit=3)
+        for slot in range(5):
+            r.submit(slot, "g%d" % slot)
+        assert r.serve(r.inflight.room) == 3
+        assert r.inflight.room == 0
+        # the two others wait in the ring, not in Python
+        assert [r.producer.slot_state(s)[0] for s in range(5)] == \
+            [TAKEN, TAKEN, TAKEN, SUBMITTED, SUBMITTED]
+        open_gate("g1")
+        await until(lambda: r.rooms == 1)
+        assert r.inflight.room == 1
+        assert r.serve(r.inflight.room) == 1
+        assert r.producer.slot_state(4)[0] == SUBMITTED
+
+    asyncio.run(main())
+
+
+def test_a_task_past_its_deadline_is_cancelled_and_its_slot_answered(rig):
+    async def main():
+        r = rig(asyncio.get_running_loop())
+        r.submit(0, "slow", deadline_ms=50)
+        r.submit(1, "fast", deadline_ms=5000)
+        r.serve()
+        started = time.monotonic()
+        await until(lambda: r.producer.slot_state(0)[0] == DONE)
+        assert time.monotonic() - started >= 0.03
+        assert r.answers() == {0: "no verdict within mosn_timeout: the "
+                                  "filters were cancelled"}
+        assert r.gate.cancelled == ["slow"]
+        open_gate("fast")
+        await until(lambda: r.producer.slot_state(1)[0] == DONE)
+        assert r.answers() == {1: "fast"}
+        assert r.stats.tasks == {("g", "deadline"): 1, ("g", "answered"): 1}
+        assert r.chain.counts == [[1, 0, 0, 0, 1]]
+        assert len(r.inflight) == 0
+
+    asyncio.run(main())
+
+
+def test_a_request_whose_client_went_away_is_cancelled(rig):
+    async def main():
+        r = rig(asyncio.get_running_loop())
+        r.submit(0, "x", deadline_ms=5000)
+        r.submit(1, "y", deadline_ms=5000)
+        r.serve()
+        r.producer.abandon(0, r.gens[0])    # nginx: the client is gone
+        await until(lambda: r.producer.slot_state(0)[0] == DONE)
+        assert r.answers() == {0: "the client went away: the filters were "
+                                  "cancelled"}
+        assert r.gate.cancelled == ["x"]
+        assert r.producer.slot_state(1)[0] == TAKEN
+        assert r.stats.tasks == {("g", "client_gone"): 1}
+
+    asyncio.run(main())
+
+
+def test_requests_nginx_gave_up_on_before_they_were_taken_never_run(rig):
+    async def main():
+        r = rig(asyncio.get_running_loop())
+        r.submit(0, "late", deadline_ms=-1)
+        r.submit(1, "gone", deadline_ms=5000)
+        r.producer.abandon(1, r.gens[1])
+        r.serve()
+        assert len(r.inflight) == 0
+        await until(lambda: r.producer.slot_state(1)[0] == DONE)
+        assert sorted(r.answers()) == [0, 1]
+        assert r.chain.counts == [[0, 0, 0, 0, 0]]
+        assert r.gate.cancelled == [] and not GATES
+        assert r.stats.tasks == {("g", "deadline"): 1,
+                                 ("g", "client_gone"): 1}
+
+    asyncio.run(main())
+
+
+def test_a_task_that_ignores_its_cancellation_is_left_bounded(
+        rig, monkeypatch):
+    monkeypatch.setattr(inflight_mod, "GRACE", 0.05)
+
+    async def main():
+        r = rig(asyncio.get_running_loop(), limit=2)
+        r.submit(0, "stuck", deadline_ms=20, stubborn=True)
+        r.serve()
+        await until(lambda: r.producer.slot_state(0)[0] == DONE)
+        assert "cancelled" in r.answers()[0]
+        # answered without the task, which still counts against the bound
+        assert len(r.inflight) == 1 and r.inflight.room == 1
+        # the slot is reused by a new request: the old task's end must
+        # not write into it
+        r.submit(0, "new", deadline_ms=5000)
+        r.serve()
+        open_gate("stuck-late")
+        await until(lambda: len(r.inflight) == 1 and not r.inflight.left)
+        assert r.producer.slot_state(0)[0] == TAKEN
+        open_gate("new")
+        await until(lambda: r.producer.slot_state(0)[0] == DONE)
+        assert r.answers() == {0: "new"}
+        assert len(r.inflight) == 0
+
+    asyncio.run(main())
+
+
+def test_a_stopping_worker_leaves_its_requests_to_the_ring(rig):
+    async def main():
+        r = rig(asyncio.get_running_loop())
+        r.submit(0, "a", deadline_ms=5000)
+        r.serve()
+        task = next(iter(r.inflight.requests.values())).task
+        r.inflight.cancel_all()
+        await asyncio.sleep(0.01)
+        assert task.cancelled()
+        # no verdict: the slot is still the consumer's, for the ring to
+        # re-queue to a live worker once this one is gone
+        assert r.producer.slot_state(0)[0] == TAKEN
+        assert r.producer.poll() == []
+        assert r.stats.tasks == {("g", "stopped"): 1}
+        assert len(r.inflight) == 0
+
+    asyncio.run(main())
