@@ -46,7 +46,7 @@ venv: $(PY) python
 # the package is installed, not linked: the Python workers run as the
 # nginx workers' user and must not need to read this tree
 python: $(PY)
-	$(PY) -m pip install -q ".[test,bench]"
+	$(PY) -m pip install -q ".[test,bench,fast]"
 
 build-l7:
 	nginx_module/build.sh

@@ -1,0 +1,260 @@
+"""The ``ext_authz`` filter: asks an HTTP authorization service about each
+request, with the semantics of Envoy's HTTP ext_authz filter
+(https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/ext_authz_filter).
+
+Config (Envoy's field names)::
+
+    {"type": "ext_authz",
+     "config": {
+       "http_service": {
+         "server_uri": {"uri": "http://127.0.0.1:9000", "timeout": "200ms"},
+         "path_prefix": "/auth",
+         "authorization_request": {
+           "allowed_headers": {"patterns": [{"exact": "cookie"},
+                                            {"prefix": "x-auth-"}]},
+           "headers_to_add": [{"key": "x-gateway", "value": "edge"}]},
+         "authorization_response": {
+           "allowed_upstream_headers": {"patterns": [{"exact": "x-user"}]},
+           "allowed_upstream_headers_to_append": [...],
+           "allowed_client_headers": [...],
+           "allowed_client_headers_on_success": [...]}},
+       "failure_mode_allow": false,
+       "failure_mode_allow_header_add": false,
+       "status_on_error": 403,
+       "max_connections": 100}}
+
+The service gets the request's method and its path (with the query) after
+``path_prefix``, no body, its ``Host`` and ``Authorization`` headers, the
+headers ``allowed_headers`` matches and ``headers_to_add``.
+
+- A 2xx answer lets the request go on (Envoy takes 200 only): the
+  service's headers that ``allowed_upstream_headers`` matches replace the
+  request's of that name, those ``allowed_upstream_headers_to_append``
+  matches are added, and those ``allowed_client_headers_on_success``
+  matches go to the client's response.
+- Any other status is the client's answer, with the service's body and
+  its headers (those ``allowed_client_headers`` matches, or all of them
+  when it is not set, framing and hop-by-hop headers left out).
+- No answer within ``server_uri.timeout``, or no connection, is a
+  failure: with ``failure_mode_allow`` the request goes on (and, with
+  ``failure_mode_allow_header_add``, upstream gets
+  ``x-envoy-auth-failure-mode-allowed: true``); without, the client gets
+  ``status_on_error`` (403).
+
+Connections to the service are pooled per worker (one aiohttp session per
+filter, at most ``max_connections``), opened by the filter's start() and
+closed by its stop().  Each outcome is counted in ``events``: allowed,
+denied, failure_allowed, failure_denied.
+"""
+
+import asyncio
+import logging
+import time
+from urllib.parse import urlsplit
+
+from pyworker.api import CONTINUE, STOP, ConfigError, StreamReceiverFilter
+from pyworker.filters import options
+from pyworker.registry import register_filter
+
+# never copied from the service's answer to the client or upstream: nginx
+# owns framing and hop-by-hop headers (and refuses verdicts that set them)
+_NOT_COPIED = frozenset((
+    "content-length", "transfer-encoding", "connection", "keep-alive",
+    "proxy-connection", "upgrade", "te", "trailer", "host", "date",
+    "server"))
+# a denial's body goes into the slot with the verdict
+MAX_DENIED_BODY = 8192
+FAILURE_HEADER = "x-envoy-auth-failure-mode-allowed"
+
+log = logging.getLogger("pyworker.filter.ext_authz")
+# what a failed check raises (aiohttp's errors join once it is imported)
+_FAILURES = (OSError, TimeoutError, ValueError)
+
+
+@register_filter("ext_authz")
+class ExtAuthzFilter(StreamReceiverFilter):
+    __slots__ = ("url", "timeout", "path_prefix", "allowed_headers",
+                 "headers_to_add", "upstream_headers", "upstream_append",
+                 "client_headers", "client_on_success", "failure_mode_allow",
+                 "failure_header", "status_on_error", "max_connections",
+                 "session", "events", "handler", "_logged", "_unlogged")
+
+    def __init__(self, config):
+        http = options.obj(config, "http_service")
+        try:
+            self._service(http)
+        except ConfigError as exc:
+            raise exc.located("http_service") from None
+        self.failure_mode_allow = options.flag(config, "failure_mode_allow")
+        self.failure_header = options.flag(config,
+                                           "failure_mode_allow_header_add")
+        self.status_on_error = options.status(config, "status_on_error", 403)
+        self.max_connections = options.integer(config, "max_connections",
+                                               100, 1, 100000)
+        self.session = None
+        self.events = {"allowed": 0, "denied": 0, "failure_allowed": 0,
+                       "failure_denied": 0}
+        self._logged = 0.0       # failures are logged once a second at most
+        self._unlogged = 0
+
+    def _service(self, http):
+        server = options.obj(http, "server_uri")
+        try:
+            uri = options.string(server, "uri")
+            parts = urlsplit(uri)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"{uri!r} is not an http:// or https:// "
+                                  f"URI", "uri")
+            try:
+                parts.port
+            except ValueError as exc:
+                raise ConfigError(f"{uri!r}: {exc}", "uri") from None
+            if parts.query or parts.fragment:
+                raise ConfigError(f"{uri!r}: no query or fragment here",
+                                  "uri")
+            self.timeout = options.duration(server, "timeout", 0.2,
+                                            low=0.001, high=60.0)
+        except ConfigError as exc:
+            raise exc.located("server_uri") from None
+        self.url = uri.rstrip("/")
+        prefix = http.get("path_prefix", "")
+        if not isinstance(prefix, str) or (prefix and not
+                                           prefix.startswith("/")):
+            raise ConfigError("must be a path starting with /",
+                              "path_prefix")
+        self.path_prefix = prefix.rstrip("/")
+        request = options.obj(http, "authorization_request")
+        response = options.obj(http, "authorization_response")
+        try:
+            self.allowed_headers = options.header_matcher(request,
+                                                          "allowed_headers")
+            self.headers_to_add = options.header_pairs(request,
+                                                       "headers_to_add")
+        except ConfigError as exc:
+            raise exc.located("authorization_request") from None
+        try:
+            self.upstream_headers = options.header_matcher(
+                response, "allowed_upstream_headers")
+            self.upstream_append = options.header_matcher(
+                response, "allowed_upstream_headers_to_append")
+            self.client_headers = options.header_matcher(
+                response, "allowed_client_headers")
+            self.client_on_success = options.header_matcher(
+                response, "allowed_client_headers_on_success")
+        except ConfigError as exc:
+            raise exc.located("authorization_response") from None
+
+    # -- the worker's life ---------------------------------------------------
+
+    async def start(self):
+        global _FAILURES
+        import aiohttp
+        _FAILURES = (OSError, TimeoutError, ValueError, aiohttp.ClientError)
+        connector = aiohttp.TCPConnector(limit=self.max_connections,
+                                         limit_per_host=self.max_connections,
+                                         keepalive_timeout=30)
+        self.session = aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+            timeout=aiohttp.ClientTimeout(total=None))
+
+    async def stop(self):
+        session, self.session = self.session, None
+        if session is not None:
+            await session.close()
+
+    # -- a request -------------------------------------------------------------
+
+    async def on_receive(self, ctx, headers, buf, trailers):
+        if self.session is None:
+            await self.start()
+        path = self.path_prefix + ctx.path
+        if ctx.query:
+            path += "?" + ctx.query
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self.session.request(
+                        ctx.method, self.url + path,
+                        headers=self._check_headers(headers),
+                        allow_redirects=False) as answer:
+                    status = answer.status
+                    if 200 <= status < 300:
+                        allowed = True
+                        body = b""
+                    else:
+                        allowed = False
+                        body = await _read_some(answer, MAX_DENIED_BODY)
+                    answer_headers = list(answer.headers.items())
+        except _FAILURES as exc:
+            return self._failed(ctx, headers, exc)
+        if allowed:
+            self.events["allowed"] += 1
+            for name, value in answer_headers:
+                lname = name.lower()
+                if lname in _NOT_COPIED:
+                    continue
+                if self.upstream_headers and self.upstream_headers(lname):
+                    headers.set(name, value)
+                elif self.upstream_append and self.upstream_append(lname):
+                    headers.add(name, value)
+                if self.client_on_success and self.client_on_success(lname):
+                    ctx.add_response_header(name, value)
+            return CONTINUE
+        self.events["denied"] += 1
+        reply = [(name, value) for name, value in answer_headers
+                 if name.lower() not in _NOT_COPIED
+                 and (self.client_headers is None
+                      or self.client_headers(name))]
+        self.handler.send_hijack_reply(status, reply, body)
+        return STOP
+
+    def _check_headers(self, headers):
+        """What the service is sent: Host and Authorization always, the
+        headers allowed_headers matches, then headers_to_add."""
+        out = []
+        allowed = self.allowed_headers
+        for name, value in headers.items():
+            lname = name.lower()
+            if lname in ("host", "authorization") or (
+                    allowed and allowed(lname)):
+                if lname not in ("content-length", "transfer-encoding",
+                                 "connection"):
+                    out.append((name, value))
+        out.extend(self.headers_to_add)
+        return out
+
+    def _failed(self, ctx, headers, exc):
+        now = time.monotonic()
+        if now - self._logged >= 1.0:
+            log.warning("ext_authz: %s did not answer request %s: %s%s; %s",
+                        self.url, ctx.request_id,
+                        type(exc).__name__ if not str(exc) else exc,
+                        " (and %d more since the last such line)"
+                        % self._unlogged if self._unlogged else "",
+                        "allowed (failure_mode_allow)"
+                        if self.failure_mode_allow
+                        else "denied with %d" % self.status_on_error)
+            self._logged, self._unlogged = now, 0
+        else:
+            self._unlogged += 1
+        if self.failure_mode_allow:
+            self.events["failure_allowed"] += 1
+            if self.failure_header:
+                headers.set(FAILURE_HEADER, "true")
+            return CONTINUE
+        self.events["failure_denied"] += 1
+        self.handler.send_hijack_reply(self.status_on_error)
+        return STOP
+
+
+async def _read_some(answer, limit):
+    """Up to limit bytes of the body: a longer one is cut there."""
+    chunks, size = [], 0
+    while size < limit:
+        chunk = await answer.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
