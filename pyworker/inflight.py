@@ -63,16 +63,19 @@ class _Request:
 class InFlight:
     """The requests of one consumer served as tasks, at most ``limit``.
 
-    ``on_room()`` is called (soon, from the loop) when a task ends while
-    the table was full, so the worker takes requests again.
+    ``on_room()`` is called when a task ends while the table was full, so
+    the worker takes requests again; ``on_answer()`` after a verdict is
+    written (the stats changed).
     """
 
-    def __init__(self, consumer, loop, limit, stats=None, on_room=None):
+    def __init__(self, consumer, loop, limit, stats=None, on_room=None,
+                 on_answer=None):
         self.consumer = consumer
         self.loop = loop
         self.limit = limit
         self.stats = stats
         self.on_room = on_room
+        self.on_answer = on_answer
         self.requests = {}       # ps -> _Request
         self.left = set()        # answered without their task, still running
         self._abandons = consumer.abandons
@@ -212,6 +215,8 @@ class InFlight:
         if self.stats is not None:
             self.stats.task(entry.listener, why)
         self.consumer.complete(entry.ps, verdict, entry.gen)
+        if self.on_answer is not None:
+            self.on_answer()
         if not self._flushing:
             # one doorbell round for every verdict of this loop iteration
             self._flushing = True

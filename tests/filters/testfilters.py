@@ -229,3 +229,52 @@ class ResponseEditsFromHeader(StreamSenderFilter):
         for name, value in edits.get("add", []):
             headers.add(name, value)
         return CONTINUE
+
+
+@register_filter("await_header")
+class AwaitHeader(StreamReceiverFilter):
+    """Awaits as long as its x-await-ms header says (0 without one), then
+    tells the client which worker and how many requests it had in flight
+    at once (x-in-flight-most, in this worker)."""
+
+    in_flight = [0, 0]
+
+    def __init__(self, config):
+        pass
+
+    async def on_receive(self, ctx, headers, buf, trailers):
+        import asyncio
+        counts = AwaitHeader.in_flight
+        counts[0] += 1
+        counts[1] = max(counts)
+        try:
+            await asyncio.sleep(int(headers.get("x-await-ms") or 0) / 1000)
+        finally:
+            counts[0] -= 1
+        ctx.add_response_header("x-worker-pid", str(os.getpid()))
+        ctx.add_response_header("x-in-flight-most", str(counts[1]))
+        return CONTINUE
+
+
+@register_filter("lifecycle")
+class Lifecycle(StreamReceiverFilter):
+    """Appends "start PID" and "stop PID" lines to the file its config
+    names, from its start() and stop() hooks."""
+
+    def __init__(self, config):
+        self.path = config["file"]
+
+    def _note(self, what):
+        with open(self.path, "a") as f:
+            f.write("%s %d\n" % (what, os.getpid()))
+
+    async def start(self):
+        self._note("start")
+
+    async def stop(self):
+        import asyncio
+        await asyncio.sleep(0)
+        self._note("stop")
+
+    def on_receive(self, ctx, headers, buf, trailers):
+        return CONTINUE

@@ -1,0 +1,337 @@
+"""Filters that await, through the real nginx, module and workers: many
+requests in flight in one Python worker, the in-flight bound, deadlines,
+clients that go away, reloads and killed workers while filters await,
+start()/stop() hooks, ext_authz against a real aiohttp authorization
+service and ratelimit on a real redis-server shared by two gateways."""
+
+import os
+import pathlib
+import re
+import signal
+import socket
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from gateway import free_port, listener, sites, wait_for
+from services import AuthService, RedisServer, started, until
+
+SITE = sites([("s1", 3450)])
+
+PLAIN = """
+    upstream s1 { server 127.0.0.1:%P3450%; keepalive 16; }
+    server {
+        listen 127.0.0.1:%PORT%;
+        mosn_timeout @TIMEOUT@;
+        mosn_fallback @FALLBACK@;
+        location / {
+            mosn_filter_chain @CHAIN@;
+            add_header X-Mosn-Status $mosn_status always;
+            proxy_pass http://s1;
+        }
+    }
+""" + SITE
+
+
+def http(chain="awaits", timeout="5s", fallback="503"):
+    return (PLAIN.replace("@CHAIN@", chain).replace("@TIMEOUT@", timeout)
+            .replace("@FALLBACK@", fallback))
+
+
+def mosn(*listeners, metrics=None, **pyworker):
+    config = {"servers": [{"default_log_path": "logs/mosn.log",
+                           "default_log_level": "INFO",
+                           "listeners": list(listeners)}],
+              "pyworker": {"modules": ["testfilters"], **pyworker}}
+    if metrics:
+        config["metrics"] = {"sinks": [{"type": "prometheus",
+                                        "config": {"port": metrics}}]}
+    return config
+
+
+AWAITS = listener("awaits", {"type": "await_header"})
+
+
+def scrape(port):
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port,
+                                    timeout=5) as r:
+            return r.read().decode()
+    except OSError:         # the admin process is not up yet
+        return ""
+
+
+def metric(port, name, **labels):
+    """A sample's value from the Prometheus endpoint (0 if absent)."""
+    want = ",".join('%s="%s"' % kv for kv in sorted(labels.items()))
+    for line in scrape(port).splitlines():
+        m = re.match(r"(\w+)(?:\{(.*)\})? (\S+)$", line)
+        if m and m.group(1) == name:
+            got = ",".join(sorted(re.findall(r'\w+="[^"]*"',
+                                             m.group(2) or "")))
+            if got == want:
+                return float(m.group(3))
+    return 0.0
+
+
+def many(gw, n, headers=None, path="/", timeout=30):
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(
+            lambda i: gw.get(path, dict(headers or {}), timeout=timeout),
+            range(n)))
+
+
+def test_one_worker_has_many_requests_in_flight(gateway):
+    gw = gateway(http(), mosn=mosn(AWAITS)).start()
+    answers = many(gw, 60, {"X-Await-Ms": "1000"})
+    assert [r.status for r in answers] == [200] * 60
+    assert {r.text for r in answers} == {"site s1 from 3450"}
+    assert {r.header("X-Mosn-Status") for r in answers} == {"filtered"}
+    # one worker awaited for all of them at once
+    assert len({r.header("x-worker-pid") for r in answers}) == 1
+    assert max(int(r.header("x-in-flight-most")) for r in answers) >= 30
+
+
+def test_past_max_in_flight_requests_wait_in_nginx(gateway):
+    gw = gateway(http(timeout="20s"), mosn=mosn(AWAITS, max_in_flight=4)
+                 ).start()
+    answers = many(gw, 16, {"X-Await-Ms": "300"})
+    assert [r.status for r in answers] == [200] * 16
+    assert {r.header("X-Mosn-Status") for r in answers} == {"filtered"}
+    assert max(int(r.header("x-in-flight-most")) for r in answers) == 4
+
+
+def test_a_filter_past_mosn_timeout_is_cancelled(gateway):
+    prom = free_port()
+    gw = gateway(http(timeout="300ms"),
+                 mosn=mosn(AWAITS, metrics=prom)).start()
+    t0 = time.monotonic()
+    r = gw.get("/", {"X-Await-Ms": "5000"})
+    assert r.status == 503 and r.header("X-Mosn-Status") in ("timeout",
+                                                             "error")
+    assert time.monotonic() - t0 < 3
+    until(lambda: metric(prom, "pyworker_async_requests_total",
+                         chain="awaits", outcome="deadline") == 1)
+    # its slot came back long before the filter would have ended
+    gw.wait_idle(timeout=2)
+    assert gw.get("/", {"X-Await-Ms": "10"}).status == 200
+    assert metric(prom, "pyworker_filter_requests_total", chain="awaits",
+                  filter="await_header", outcome="cancelled") == 1
+
+
+def test_a_client_that_goes_away_cancels_its_filter(gateway):
+    prom = free_port()
+    gw = gateway(http(timeout="30s"), mosn=mosn(AWAITS, metrics=prom)
+                 ).start()
+    with socket.create_connection(("127.0.0.1", gw.port)) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Await-Ms: 20000\r\n\r\n")
+        until(lambda: gw.slots_in_use() == 1)
+    # the connection is closed: nginx abandons the request and tells the
+    # worker, which cancels the filter and hands the slot back
+    t0 = time.monotonic()
+    gw.wait_idle(timeout=5)
+    assert time.monotonic() - t0 < 5
+    until(lambda: metric(prom, "pyworker_async_requests_total",
+                         chain="awaits", outcome="client_gone") == 1)
+    assert metric(prom, "pyworker_async_requests_total", chain="awaits",
+                  outcome="answered") == 0
+
+
+def test_a_reload_loses_no_request_that_awaits(gateway):
+    gw = gateway(http(timeout="10s"), mosn=mosn(AWAITS), workers=2).start()
+    before = set(gw.python_pids())
+    with ThreadPoolExecutor(20) as pool:
+        futures = [pool.submit(gw.get, "/", {"X-Await-Ms": "1500"},
+                               timeout=30) for _ in range(20)]
+        until(lambda: gw.slots_in_use() == 20)
+        gw.reload()
+        answers = [f.result() for f in futures]
+    assert [r.status for r in answers] == [200] * 20
+    assert {r.header("X-Mosn-Status") for r in answers} == {"filtered"}
+    # the old workers answered what they held, then left
+    assert {int(r.header("x-worker-pid")) for r in answers} <= before
+    until(lambda: not set(gw.python_pids()) & before, 15)
+    assert gw.get("/", {"X-Await-Ms": "0"}).status == 200
+
+
+def test_a_killed_worker_loses_no_request_that_awaits(gateway):
+    gw = gateway(http(timeout="10s"), mosn=mosn(AWAITS), workers=2).start()
+    with ThreadPoolExecutor(20) as pool:
+        futures = [pool.submit(gw.get, "/", {"X-Await-Ms": "1500"},
+                               timeout=30) for _ in range(20)]
+        until(lambda: gw.slots_in_use() == 20)
+        held = {c["pid"]: c["taken"] - c["completed"]
+                for c in gw.region().stats()["consumers"]
+                if c["state"] == "live"}
+        victim = max(held, key=held.get)
+        assert held[victim] > 0
+        os.kill(victim, signal.SIGKILL)
+        answers = [f.result() for f in futures]
+    assert [r.status for r in answers] == [200] * 20
+    assert {r.header("X-Mosn-Status") for r in answers} == {"filtered"}
+    # what the killed worker held was served again by another
+    assert victim not in {int(r.header("x-worker-pid")) for r in answers}
+    gw.wait_idle()
+
+
+def test_start_and_stop_hooks_run_once_per_worker(gateway):
+    gw = gateway(http(), workers=2)
+    # the workers run as nginx's user: a file they may write
+    notes = pathlib.Path(gw.prefix, "hooks")
+    notes.touch()
+    os.chmod(notes, 0o666)
+    gw.write_mosn(mosn(listener("awaits", {"type": "await_header"},
+                                {"type": "lifecycle",
+                                 "config": {"file": str(notes)}})))
+    gw.start()
+    pids = set(gw.python_pids())
+    assert gw.get("/").status == 200
+    lines = notes.read_text().split("\n")[:-1]
+    assert sorted(lines) == sorted("start %d" % p for p in pids)
+    gw.reload()
+    until(lambda: not set(gw.python_pids()) & pids, 15)
+    gw.wait_ready()
+    gw.stop()
+    lines = notes.read_text().split("\n")[:-1]
+    started = {int(l.split()[1]) for l in lines if l.startswith("start")}
+    stopped = {int(l.split()[1]) for l in lines if l.startswith("stop")}
+    # every worker, old and new, started once and stopped once
+    assert len(started) == 4 and started == stopped
+    assert len(lines) == 8
+
+
+# -- ext_authz -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def auth():
+    yield from started(AuthService())
+
+
+ECHO_HEADERS = """
+    server {
+        listen 127.0.0.1:%P3450%;
+        location / {
+            add_header X-Upstream-User $http_x_user always;
+            add_header X-Upstream-Auth-Failed
+                       $http_x_envoy_auth_failure_mode_allowed always;
+            return 200 "upstream";
+        }
+    }
+"""
+
+
+def authz_http(timeout="5s"):
+    return PLAIN.replace("@CHAIN@", "authz").replace(
+        "@TIMEOUT@", timeout).replace("@FALLBACK@", "503").replace(
+        SITE, "") + ECHO_HEADERS
+
+
+def authz_listener(url, **config):
+    config.setdefault("http_service", {
+        "server_uri": {"uri": url, "timeout": "2s"},
+        "authorization_request": {"allowed_headers": ["x-delay-ms"]},
+        "authorization_response": {
+            "allowed_upstream_headers": ["x-user"],
+            "allowed_client_headers_on_success": ["set-cookie"]}})
+    return listener("authz", {"type": "ext_authz", "config": config})
+
+
+def test_ext_authz_allows_and_denies_as_the_service_says(gateway, auth):
+    prom = free_port()
+    gw = gateway(authz_http(), mosn=mosn(authz_listener(auth.url),
+                                         metrics=prom)).start()
+    r = gw.get("/x", {"Authorization": "Bearer good",
+                      "X-User": "mallory"})
+    assert r.status == 200 and r.text == "upstream"
+    assert r.header("X-Upstream-User") == "alice"
+    assert r.header("Set-Cookie") == "seen=1"
+    r = gw.get("/x", {"Authorization": "Bearer nope"})
+    assert r.status == 401 and r.text == "denied by the service"
+    assert r.header("WWW-Authenticate") == "Bearer"
+    assert r.header("X-Mosn-Status") == "filtered"
+    until(lambda: metric(prom, "pyworker_filter_events_total",
+                         chain="authz", filter="ext_authz",
+                         event="denied") == 1)
+    assert metric(prom, "pyworker_filter_events_total", chain="authz",
+                  filter="ext_authz", event="allowed") == 1
+
+
+def test_ext_authz_checks_many_requests_at_once(gateway, auth):
+    until(lambda: auth.in_flight()[0] == 0)
+    auth.forget()
+    gw = gateway(authz_http(), mosn=mosn(authz_listener(auth.url))).start()
+    answers = many(gw, 50, {"Authorization": "Bearer slow",
+                            "X-Delay-Ms": "1000"})
+    assert [r.status for r in answers] == [200] * 50
+    assert auth.in_flight()[1] >= 25
+
+
+@pytest.mark.parametrize("allow, expect", [(False, 403), (True, 200)])
+def test_ext_authz_failure_mode(gateway, auth, allow, expect):
+    listener_ = authz_listener(auth.url, failure_mode_allow=allow,
+                               failure_mode_allow_header_add=True,
+                               http_service={
+        "server_uri": {"uri": auth.url, "timeout": "100ms"},
+        "authorization_request": {"allowed_headers": ["x-delay-ms"]}})
+    gw = gateway(authz_http(), mosn=mosn(listener_)).start()
+    r = gw.get("/", {"Authorization": "Bearer slow", "X-Delay-Ms": "3000"})
+    assert r.status == expect
+    if allow:
+        assert r.header("X-Upstream-Auth-Failed") == "true"
+
+
+# -- ratelimit -------------------------------------------------------------------
+
+@pytest.fixture
+def redis_server():
+    yield from started(RedisServer())
+
+
+def limited_listener(url, n=5, **config):
+    return listener("limited", {"type": "ratelimit", "config": dict(
+        domain="fleet", redis={"url": url, "timeout": "200ms"},
+        rate_limits=[{"actions": [{"request_headers": {
+            "header_name": "x-user", "descriptor_key": "user"}}],
+            "limit": {"requests_per_unit": n, "unit": "minute"}}],
+        **config)})
+
+
+def test_two_gateways_share_one_limit(gateway, redis_server):
+    a = gateway(http("limited"), mosn=mosn(limited_listener(
+        redis_server.url))).start()
+    b = gateway(http("limited"), mosn=mosn(limited_listener(
+        redis_server.url))).start()
+    answers = [(a if i % 2 else b).get("/", {"X-User": "ann"})
+               for i in range(8)]
+    assert [r.status for r in answers] == [200] * 5 + [429] * 3
+    assert [r.header("RateLimit-Remaining") for r in answers[:5]] == \
+        ["4", "3", "2", "1", "0"]
+    over = answers[5]
+    assert 1 <= int(over.header("Retry-After")) <= 60
+    assert over.header("RateLimit-Limit") == "5"
+    # another user is not limited by ann's requests, on either gateway
+    assert a.get("/", {"X-User": "bob"}).status == 200
+    assert b.get("/", {"X-User": "bob"}).status == 200
+
+
+@pytest.mark.parametrize("deny, expect, event", [
+    (False, 200, "failure_allowed"), (True, 500, "failure_denied")])
+def test_a_redis_outage_fails_open_or_closed(gateway, deny, expect, event):
+    prom = free_port()
+    server = RedisServer()
+    gw = gateway(http("limited"), mosn=mosn(
+        limited_listener(server.url, n=1, failure_mode_deny=deny),
+        metrics=prom)).start()
+    server.start()
+    try:
+        assert gw.get("/", {"X-User": "ann"}).status == 200
+        assert gw.get("/", {"X-User": "ann"}).status == 429
+    finally:
+        server.stop()
+    assert gw.get("/", {"X-User": "ann"}).status == expect
+    until(lambda: metric(prom, "pyworker_filter_events_total",
+                         chain="limited", filter="ratelimit",
+                         event=event) == 1)
