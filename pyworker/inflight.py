@@ -33,6 +33,9 @@ from pyworker.verdict import Verdict
 log = logging.getLogger("pyworker.worker")
 
 ABANDON_POLL = 0.01     # seconds between looks for requests nginx dropped
+# nginx abandons a request at its timeout too: one abandoned this close to
+# its deadline (nginx's timers have a millisecond's grain) timed out
+DEADLINE_SLACK_NS = 20 * 10**6
 GRACE = 1.0             # for a cancelled task to end before it is left
 
 _WHY = {
@@ -151,9 +154,13 @@ class InFlight:
         if abandons == self._abandons:
             return
         self._abandons = abandons
+        now = time.monotonic_ns()
         for entry in list(self.requests.values()):
             if entry.why is None and entry.req.abandoned:
-                self._cancel(entry, "client_gone")
+                timed_out = (entry.deadline_ns and now >= entry.deadline_ns
+                             - DEADLINE_SLACK_NS)
+                self._cancel(entry, "deadline" if timed_out
+                             else "client_gone")
 
     def cancel_all(self):
         """The worker stops: cancels every task and leaves its request to

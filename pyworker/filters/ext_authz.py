@@ -41,14 +41,15 @@ headers ``allowed_headers`` matches and ``headers_to_add``.
   ``x-envoy-auth-failure-mode-allowed: true``); without, the client gets
   ``status_on_error`` (403).
 
-Connections to the service are pooled per worker (one aiohttp session per
-filter, at most ``max_connections``), opened by the filter's start() and
-closed by its stop().  Each outcome is counted in ``events``: allowed,
+Connections to the service are kept alive and pooled per worker
+(pyworker.httpclient, at most ``max_connections`` per filter), closed by
+the filter's stop().  Each outcome is counted in ``events``: allowed,
 denied, failure_allowed, failure_denied.
 """
 
 import asyncio
 import logging
+import ssl
 import time
 from urllib.parse import urlsplit
 
@@ -67,13 +68,13 @@ MAX_DENIED_BODY = 8192
 FAILURE_HEADER = "x-envoy-auth-failure-mode-allowed"
 
 log = logging.getLogger("pyworker.filter.ext_authz")
-# what a failed check raises (aiohttp's errors join once it is imported)
+# what a failed check raises (HttpError is a ConnectionError)
 _FAILURES = (OSError, TimeoutError, ValueError)
 
 
 @register_filter("ext_authz")
 class ExtAuthzFilter(StreamReceiverFilter):
-    __slots__ = ("url", "timeout", "path_prefix", "allowed_headers",
+    __slots__ = ("url", "origin", "base_path", "timeout", "path_prefix", "allowed_headers",
                  "headers_to_add", "upstream_headers", "upstream_append",
                  "client_headers", "client_on_success", "failure_mode_allow",
                  "failure_header", "status_on_error", "max_connections",
@@ -117,6 +118,10 @@ class ExtAuthzFilter(StreamReceiverFilter):
         except ConfigError as exc:
             raise exc.located("server_uri") from None
         self.url = uri.rstrip("/")
+        self.origin = (parts.hostname, parts.port or (
+            443 if parts.scheme == "https" else 80),
+            parts.scheme == "https")
+        self.base_path = parts.path.rstrip("/")
         prefix = http.get("path_prefix", "")
         if not isinstance(prefix, str) or (prefix and not
                                            prefix.startswith("/")):
@@ -147,17 +152,11 @@ class ExtAuthzFilter(StreamReceiverFilter):
     # -- the worker's life ---------------------------------------------------
 
     async def start(self):
-        global _FAILURES
-        import aiohttp
-        _FAILURES = (OSError, TimeoutError, ValueError, aiohttp.ClientError)
-        connector = aiohttp.TCPConnector(limit=self.max_connections,
-                                         limit_per_host=self.max_connections,
-                                         keepalive_timeout=30)
-        self.session = aiohttp.ClientSession(
-            connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
-            timeout=aiohttp.ClientTimeout(total=None))
+        from pyworker.httpclient import HttpPool
+        host, port, tls = self.origin
+        self.session = HttpPool(
+            host, port, max_connections=self.max_connections,
+            ssl=ssl.create_default_context() if tls else None)
 
     async def stop(self):
         session, self.session = self.session, None
@@ -169,26 +168,17 @@ class ExtAuthzFilter(StreamReceiverFilter):
     async def on_receive(self, ctx, headers, buf, trailers):
         if self.session is None:
             await self.start()
-        path = self.path_prefix + ctx.path
+        path = self.base_path + self.path_prefix + ctx.path
         if ctx.query:
             path += "?" + ctx.query
         try:
             async with asyncio.timeout(self.timeout):
-                async with self.session.request(
-                        ctx.method, self.url + path,
-                        headers=self._check_headers(headers),
-                        allow_redirects=False) as answer:
-                    status = answer.status
-                    if 200 <= status < 300:
-                        allowed = True
-                        body = b""
-                    else:
-                        allowed = False
-                        body = await _read_some(answer, MAX_DENIED_BODY)
-                    answer_headers = list(answer.headers.items())
+                status, answer_headers, body = await self.session.request(
+                    ctx.method, path, self._check_headers(headers),
+                    limit=MAX_DENIED_BODY)
         except _FAILURES as exc:
             return self._failed(ctx, headers, exc)
-        if allowed:
+        if 200 <= status < 300:
             self.events["allowed"] += 1
             for name, value in answer_headers:
                 lname = name.lower()
@@ -246,15 +236,3 @@ class ExtAuthzFilter(StreamReceiverFilter):
         self.events["failure_denied"] += 1
         self.handler.send_hijack_reply(self.status_on_error)
         return STOP
-
-
-async def _read_some(answer, limit):
-    """Up to limit bytes of the body: a longer one is cut there."""
-    chunks, size = [], 0
-    while size < limit:
-        chunk = await answer.content.read(limit - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)

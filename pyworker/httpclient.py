@@ -1,0 +1,202 @@
+"""A small HTTP/1.1 client for filters that call a service per request:
+kept-alive connections to one origin, at most ``max_connections``, with
+responses parsed by httptools (llhttp, Node.js's parser).
+
+It does one thing, fast: a request per call, no redirects, cookies or
+decompression.  aiohttp's ClientSession does much more, and costs about
+ten times the CPU per request on the same loop (bench/results/async.md),
+which alone would hold a worker far below the rate a gateway needs.
+
+A request that is cancelled (its deadline) or fails mid-way closes its
+connection: a connection goes back to the pool only after a whole
+response.  A request on a kept-alive connection that the server had
+closed meanwhile is sent again once on a new one (RFC 9112, 9.3.1).
+"""
+
+import asyncio
+import collections
+
+import httptools
+
+__all__ = ["HttpPool", "HttpError"]
+
+
+class HttpError(ConnectionError):
+    """The connection failed or the answer was not HTTP."""
+
+
+class _Answer:
+    __slots__ = ("status", "headers", "body", "size", "limit")
+
+    def __init__(self, limit):
+        self.status = 0
+        self.headers = []
+        self.body = []
+        self.size = 0
+        self.limit = limit
+
+
+class _Connection(asyncio.Protocol):
+    """One connection; one request at a time."""
+
+    def __init__(self, pool):
+        self.pool = pool
+        self.transport = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter = None
+        self.answer = None
+        self.got_bytes = False
+        self.closed = False
+        self._name = None
+
+    # asyncio's side
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(HttpError("not an HTTP answer: %s" % exc))
+            self.transport.close()
+
+    def connection_lost(self, exc):
+        self.closed = True
+        self._fail(HttpError("the connection closed%s"
+                             % (": %s" % exc if exc else "")))
+
+    # httptools' side
+    def on_header(self, name, value):
+        self.answer.headers.append((name.decode("latin-1"),
+                                    value.decode("latin-1")))
+
+    def on_headers_complete(self):
+        self.answer.status = self.parser.get_status_code()
+
+    def on_body(self, body):
+        answer = self.answer
+        if answer.size < answer.limit:
+            answer.body.append(body[:answer.limit - answer.size])
+        answer.size += len(body)
+
+    def on_message_complete(self):
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(self.parser.should_keep_alive())
+
+    def _fail(self, exc):
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    async def exchange(self, head, limit):
+        self.answer = _Answer(limit)
+        self.got_bytes = False
+        self.waiter = self.pool.loop.create_future()
+        self.transport.write(head)
+        keep_alive = await self.waiter
+        return self.answer, keep_alive
+
+    def close(self):
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class HttpPool:
+    """Connections to one origin (``host``, ``port``, TLS with ``ssl``)."""
+
+    def __init__(self, host, port, *, ssl=None, max_connections=100,
+                 host_header=None):
+        self.host = host
+        self.port = port
+        self.ssl = ssl
+        self.max_connections = max_connections
+        self.host_header = host_header or (
+            host if port in (80, 443) else "%s:%d" % (host, port))
+        self.loop = None
+        self.idle = collections.deque()     # most recently used on the right
+        self.open = 0
+        self.waiters = collections.deque()
+        self.closing = False
+
+    async def _connect(self):
+        _, conn = await self.loop.create_connection(
+            lambda: _Connection(self), self.host, self.port, ssl=self.ssl)
+        return conn
+
+    async def _acquire(self):
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed:
+                return conn, True
+            self.open -= 1
+        if self.open < self.max_connections:
+            self.open += 1
+            try:
+                return await self._connect(), False
+            except BaseException:
+                self.open -= 1
+                self._wake()
+                raise
+        waiter = self.loop.create_future()
+        self.waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in self.waiters:
+                self.waiters.remove(waiter)
+        return await self._acquire()
+
+    def _wake(self):
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _release(self, conn, keep):
+        if keep and not conn.closed and not self.closing:
+            self.idle.append(conn)
+        else:
+            conn.close()
+            self.open -= 1
+        self._wake()
+
+    async def request(self, method, target, headers=(), *, limit=65536):
+        """(status, [(name, value)], body) of one request; the body is cut
+        at ``limit`` bytes.  ``headers`` are (name, value) pairs; Host is
+        the origin's unless given."""
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        lines = ["%s %s HTTP/1.1\r\n" % (method, target)]
+        has_host = False
+        for name, value in headers:
+            if name.lower() == "host":
+                has_host = True
+            lines.append("%s: %s\r\n" % (name, value))
+        if not has_host:
+            lines.append("Host: %s\r\n" % self.host_header)
+        lines.append("\r\n")
+        head = "".join(lines).encode("latin-1")
+        for attempt in (0, 1):
+            conn, reused = await self._acquire()
+            keep = False
+            try:
+                answer, keep = await conn.exchange(head, limit)
+            except HttpError:
+                # a kept-alive connection the server had closed: once more
+                # on a new one, if nothing of an answer came
+                if attempt == 0 and reused and not conn.got_bytes:
+                    continue
+                raise
+            finally:
+                self._release(conn, keep)
+            return answer.status, answer.headers, b"".join(answer.body)
+
+    async def close(self):
+        self.closing = True
+        while self.idle:
+            self.idle.pop().close()
+            self.open -= 1
