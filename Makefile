@@ -9,6 +9,7 @@
 #   make bench       the peers benchmark (results in bench/results/)
 #   make bench-response  what a sender filter (the response phase) costs
 #   make bench-concurrency  HTTP/1.1 and HTTP/2 at any concurrency, beside map
+#   make bench-async  ext_authz against auth_request and Lua; a Redis limit
 #   make fuzz        what nginx reads from shared memory, fuzzed, long
 #   make soak        locust against the example gateway (SOAK_TIME=10m)
 
@@ -26,7 +27,7 @@ SOAK_TIME ?= 10m
 
 .PHONY: setup apt venv build-l7 python run stop test test-newer-nginx \
         test-fast fuzz \
-        fuzz-short bench bench-response bench-concurrency soak clean
+        fuzz-short bench bench-response bench-concurrency bench-async soak clean
 
 setup: apt venv build-l7
 
@@ -91,6 +92,9 @@ bench-idle: setup
 
 bench-response: setup
 	$(PY) bench/response.py
+
+bench-async: setup
+	$(PY) bench/async_bench.py
 
 bench-concurrency: setup
 	$(PY) bench/concurrency.py

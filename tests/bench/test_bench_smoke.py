@@ -134,3 +134,20 @@ def test_concurrency_bench_smoke(tmp_path):
     assert rows[("h2_8x100", "mosn")]["ring"]["fallbacks"] == 0
     md = (tmp_path / "concurrency.md").read_text()
     assert "| target | met |" in md
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_async_bench_smoke(tmp_path):
+    run("async_bench.py", "--runs", "1", "--duration", "2", "--warmup", "0",
+        "--blocking-duration", "2", "--connections", "32",
+        "--out", str(tmp_path), timeout=280)
+    result = json.loads((tmp_path / "async.json").read_text())
+    summary = result["summary"]
+    assert set(summary) == {"mosn_ext_authz", "auth_request", "lua",
+                            "mosn_blocking", "mosn_unit", "mosn_limited"}
+    for name, row in summary.items():
+        assert row["rps"] > 0 and row["non_2xx"] == 0, (name, row)
+    # the rate limit asked Redis once per request
+    assert 0.95 <= summary["mosn_limited"]["redis_per_request"] <= 1.05
+    assert "## Targets" in (tmp_path / "async.md").read_text()
