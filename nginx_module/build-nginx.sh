@@ -27,8 +27,11 @@ flags="--with-compat --with-threads --with-pcre-jit \
 
 cd "$src"
 
-if [ ! -f objs/Makefile ] || [ "$(cat objs/.mosn-flags 2>/dev/null)" != \
-        "$flags --add-dynamic-module=$root/nginx_module" ]; then
+# configured again when the flags or the module's file list change
+stamp="$flags $root $(cksum <"$root/nginx_module/config")"
+
+if [ ! -f objs/Makefile ] || [ "$(cat objs/.mosn-stamp 2>/dev/null)" != \
+        "$stamp" ]; then
     # shellcheck disable=SC2086
     ./configure --prefix="$out/prefix" $flags \
         --add-dynamic-module="$root/nginx_module" \
@@ -36,7 +39,7 @@ if [ ! -f objs/Makefile ] || [ "$(cat objs/.mosn-flags 2>/dev/null)" != \
         tail -30 "$out/configure.log" >&2
         exit 1
     }
-    echo "$flags --add-dynamic-module=$root/nginx_module" >objs/.mosn-flags
+    echo "$stamp" >objs/.mosn-stamp
 fi
 
 make -j2 -f objs/Makefile binary modules >"$out/make.log" 2>&1 || {
