@@ -3,27 +3,65 @@
  * From the master: the shared-memory region, the check of the MOSN config
  * (so "nginx -t" and a reload refuse a broken one), and the Python
  * supervisor that keeps the worker pool alive.
+ *
+ * The supervisor is one of the master's processes, spawned and respawned
+ * as nginx spawns its cache manager: a slot of ngx_processes[] with
+ * NGX_PROCESS_RESPAWN, so ngx_reap_children() starts a new one when it
+ * dies and nginx's own channel tells it to quit, terminate or reopen its
+ * logs.  Everything a supervisor, which runs as root, acts on comes from
+ * the master: its arguments, and on reload the orders the master sends
+ * over a socket only the two of them hold.  The region is never asked.
  */
 
 #include "ngx_http_mosn_module.h"
 
 #include <dirent.h>
 #include <poll.h>
+#include <sys/prctl.h>
 
 
 #define NGX_HTTP_MOSN_CHECK_TIMEOUT  30000
 #define NGX_HTTP_MOSN_CHECK_OUTPUT   16384
+
+/* the fds a supervisor finds nginx's channel and the master's orders on */
+#define NGX_HTTP_MOSN_CHANNEL_FD     3
+#define NGX_HTTP_MOSN_ORDERS_FD      4
+
+/* a supervisor that failed to start waits this long before the next */
+#define NGX_HTTP_MOSN_RESPAWN_DELAY  1000
 
 
 static ngx_pid_t ngx_http_mosn_spawn(ngx_cycle_t *cycle, char *const *argv,
     int out_fd);
 static char *ngx_http_mosn_prefix(ngx_cycle_t *cycle);
 static void ngx_http_mosn_clean_stale(ngx_log_t *log);
+static ngx_int_t ngx_http_mosn_supervisor_alive(void);
 static ngx_int_t ngx_http_mosn_supervisor_start(ngx_cycle_t *cycle,
+    ngx_int_t respawn);
+static void ngx_http_mosn_supervisor_process(ngx_cycle_t *cycle, void *data);
+static ngx_int_t ngx_http_mosn_send_orders(ngx_cycle_t *cycle,
     ngx_http_mosn_main_conf_t *mmcf);
+static void ngx_http_mosn_unlink(void);
+static void ngx_http_mosn_atexit(void);
 
 
-static ngx_pid_t  ngx_http_mosn_supervisor = -1;
+/* the slot of ngx_processes[] the supervisor has, and how it got it */
+static ngx_int_t  ngx_http_mosn_slot = -1;
+static ngx_pid_t  ngx_http_mosn_spawned = NGX_INVALID_PID;
+
+/* the master's own copy of the region's name: never read back */
+static char       ngx_http_mosn_shm[MOSN_NAME_MAX];
+static ngx_uint_t ngx_http_mosn_max_workers;
+static ngx_pid_t  ngx_http_mosn_owner = NGX_INVALID_PID;
+
+/*
+ * The master's orders to the supervisor: one datagram per reload,
+ * "SEQ WORKERS CONFIG".  Both ends stay open in the master, so a
+ * supervisor respawned by ngx_reap_children() inherits the same socket;
+ * it was started with the newest SEQ and skips older orders.
+ */
+static int        ngx_http_mosn_orders[2] = { -1, -1 };
+static ngx_uint_t ngx_http_mosn_seq;
 
 
 /*
@@ -247,6 +285,7 @@ ngx_http_mosn_pool_start(ngx_cycle_t *cycle, ngx_http_mosn_main_conf_t *mmcf)
 {
     int                      uid, gid;
     char                     err[256], name[MOSN_NAME_MAX];
+    ngx_int_t                pid;
     ngx_uint_t               nworkers;
     ngx_core_conf_t         *ccf;
     mosn_region_conf_t       conf;
@@ -263,6 +302,36 @@ ngx_http_mosn_pool_start(ngx_cycle_t *cycle, ngx_http_mosn_main_conf_t *mmcf)
     conf.slot_size = (uint32_t) mmcf->slot_size;
 
     if (w->rg.hdr == NULL) {
+
+        /*
+         * nginx daemonizes after the modules are initialised: a
+         * supervisor started before that would be a child of the process
+         * that exits, and no master could reap or respawn it.  So the
+         * first start forks into the daemon here, as main() would have.
+         */
+
+        if (mmcf->spawn && ngx_process == NGX_PROCESS_SINGLE
+            && ccf->master && ccf->daemon && !ngx_inherited)
+        {
+            pid = ngx_daemon(cycle->log);
+
+            if (pid == NGX_ERROR) {
+                return NGX_ERROR;
+            }
+
+            if (pid > 0) {
+                /*
+                 * Debian's nginx returns the daemon's pid to the parent,
+                 * which writes the pid file before it exits
+                 */
+                ngx_pid = (ngx_pid_t) pid;
+                exit(ngx_create_pidfile(&ccf->pid, cycle->log) == NGX_OK
+                     ? 0 : 1);
+            }
+
+            ngx_daemonized = 1;
+            ccf->daemon = 0;
+        }
 
         if (mmcf->shm_name.len) {
             ngx_snprintf((u_char *) name, sizeof(name), "/%V%Z",
@@ -291,6 +360,19 @@ ngx_http_mosn_pool_start(ngx_cycle_t *cycle, ngx_http_mosn_main_conf_t *mmcf)
             return NGX_ERROR;
         }
 
+        (void) ngx_cpystrn((u_char *) ngx_http_mosn_shm, (u_char *) name,
+                           sizeof(ngx_http_mosn_shm));
+
+        /* a consumer entry for each worker and one for each replacement */
+        ngx_http_mosn_max_workers = conf.nconsumers / 2 - 1;
+
+        /* a start that fails from here on leaves no region behind */
+        if (ngx_http_mosn_owner == NGX_INVALID_PID) {
+            (void) atexit(ngx_http_mosn_atexit);
+        }
+
+        ngx_http_mosn_owner = ngx_pid;
+
         ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
                       "mosn: region \"%s\": %uD bytes, %uD producers, "
                       "%uD consumers, %uD slots of %uD bytes each",
@@ -308,58 +390,180 @@ ngx_http_mosn_pool_start(ngx_cycle_t *cycle, ngx_http_mosn_main_conf_t *mmcf)
                       "take effect on restart, not on reload");
     }
 
+    /* for tools only: no process acts on these */
     h = w->rg.hdr;
 
-    ngx_snprintf((u_char *) h->config_path, MOSN_PATH_MAX, "%V%Z",
+    ngx_snprintf((u_char *) h->config_path, MOSN_PATH_MAX - 1, "%V%Z",
                  &mmcf->config);
+    h->config_path[MOSN_PATH_MAX - 1] = '\0';
     h->desired_workers = (uint32_t) ngx_min(mmcf->workers,
-                                            w->rg.nconsumers / 2 - 1);
+                                            ngx_http_mosn_max_workers);
     __atomic_add_fetch(&h->reload_seq, 1, __ATOMIC_RELEASE);
 
     if (!mmcf->spawn) {
         return NGX_OK;
     }
 
-    if (ngx_http_mosn_supervisor > 0
-        && kill(ngx_http_mosn_supervisor, SIGHUP) == 0)
-    {
-        ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
-                      "mosn: asked the Python supervisor %P to reload",
-                      ngx_http_mosn_supervisor);
-        return NGX_OK;
+    ngx_http_mosn_seq++;
+
+    if (ngx_http_mosn_supervisor_alive()) {
+
+        /*
+         * A reload: the running supervisor rolls its workers onto the new
+         * config; the shutdown that ngx_signal_worker_processes() sends
+         * to the old cycle's processes is not for it.
+         */
+
+        ngx_processes[ngx_http_mosn_slot].just_spawn = 1;
+
+        return ngx_http_mosn_send_orders(cycle, mmcf);
     }
 
-    return ngx_http_mosn_supervisor_start(cycle, mmcf);
+    if (ngx_http_mosn_supervisor_start(cycle,
+                                       ngx_process == NGX_PROCESS_MASTER
+                                       ? NGX_PROCESS_JUST_RESPAWN
+                                       : NGX_PROCESS_RESPAWN)
+        != NGX_OK)
+    {
+        ngx_http_mosn_unlink();
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/* the master's own bookkeeping: never a pid read from anywhere else */
+
+static ngx_int_t
+ngx_http_mosn_supervisor_alive(void)
+{
+    ngx_process_t  *p;
+
+    if (ngx_http_mosn_slot < 0 || ngx_http_mosn_slot >= ngx_last_process) {
+        return 0;
+    }
+
+    p = &ngx_processes[ngx_http_mosn_slot];
+
+    return p->proc == ngx_http_mosn_supervisor_process
+           && p->pid != NGX_INVALID_PID && !p->exited && !p->exiting;
 }
 
 
 static ngx_int_t
-ngx_http_mosn_supervisor_start(ngx_cycle_t *cycle,
-    ngx_http_mosn_main_conf_t *mmcf)
+ngx_http_mosn_supervisor_start(ngx_cycle_t *cycle, ngx_int_t respawn)
 {
-    char                    *argv[16], workers[NGX_INT_T_LEN + 1],
-                             uid[NGX_INT_T_LEN + 1], gid[NGX_INT_T_LEN + 1];
-    ngx_uint_t               argc;
-    ngx_core_conf_t         *ccf;
-    ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
+    ngx_pid_t  pid;
+
+    if (ngx_http_mosn_orders[0] != -1) {
+        /* orders for the one before stay unread: start afresh */
+        close(ngx_http_mosn_orders[0]);
+        close(ngx_http_mosn_orders[1]);
+    }
+
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0,
+                   ngx_http_mosn_orders)
+        == -1)
+    {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                      "mosn: socketpair() failed");
+        ngx_http_mosn_orders[0] = -1;
+        ngx_http_mosn_orders[1] = -1;
+        return NGX_ERROR;
+    }
+
+    pid = ngx_spawn_process(cycle, ngx_http_mosn_supervisor_process, NULL,
+                            "mosn supervisor process", respawn);
+
+    if (pid == NGX_INVALID_PID) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_mosn_slot = ngx_process_slot;
+    ngx_http_mosn_spawned = pid;
+
+    return NGX_OK;
+}
+
+
+/*
+ * In the child, at every (re)spawn: the arguments come from the cycle the
+ * master runs now, so a respawned supervisor starts on the current config.
+ */
+
+static void
+ngx_http_mosn_supervisor_process(ngx_cycle_t *cycle, void *data)
+{
+    int                         fd, ch, od, status;
+    char                       *argv[24], *dir, workers[NGX_INT_T_LEN + 1],
+                                uid[NGX_INT_T_LEN + 1],
+                                gid[NGX_INT_T_LEN + 1],
+                                seq[NGX_INT_T_LEN + 1],
+                                channel[NGX_INT_T_LEN + 1],
+                                orders[NGX_INT_T_LEN + 1];
+    sigset_t                    set;
+    ngx_uint_t                  argc, n;
+    ngx_process_t              *prev;
+    ngx_core_conf_t            *ccf;
+    ngx_http_mosn_main_conf_t  *mmcf;
 
     ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
+    mmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_mosn_module);
 
-    ngx_snprintf((u_char *) workers, sizeof(workers), "%uD%Z",
-                 w->rg.hdr->desired_workers);
+    /* the kernel ends the supervisor if the master is killed */
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM) == -1 || getppid() != ngx_parent) {
+        _exit(2);
+    }
+
+    /*
+     * One that exited by itself failed to start (a supervisor only exits
+     * when told to): the next try waits, as nginx has no delay of its own.
+     */
+    prev = &ngx_processes[ngx_process_slot];
+    status = prev->status;
+
+    if (prev->proc == ngx_http_mosn_supervisor_process && prev->exited
+        && WIFEXITED(status) && WEXITSTATUS(status) != 0)
+    {
+        ngx_msleep(NGX_HTTP_MOSN_RESPAWN_DELAY);
+    }
+
+    dir = ngx_http_mosn_prefix(cycle);
+    if (mmcf == NULL || dir == NULL || chdir(dir) == -1) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                      "mosn: cannot start the Python supervisor in \"%s\"",
+                      dir ? dir : "");
+        _exit(2);
+    }
+
+    n = ngx_min(mmcf->workers, ngx_http_mosn_max_workers);
+
+    ngx_snprintf((u_char *) workers, sizeof(workers), "%ui%Z", n);
+    ngx_snprintf((u_char *) seq, sizeof(seq), "%ui%Z", ngx_http_mosn_seq);
+    ngx_snprintf((u_char *) channel, sizeof(channel), "%d%Z",
+                 NGX_HTTP_MOSN_CHANNEL_FD);
+    ngx_snprintf((u_char *) orders, sizeof(orders), "%d%Z",
+                 NGX_HTTP_MOSN_ORDERS_FD);
 
     argc = 0;
     argv[argc++] = (char *) mmcf->python.data;
-    argv[argc++] = "-P";
+    argv[argc++] = "-P";        /* not the working directory's modules */
     argv[argc++] = "-m";
     argv[argc++] = "pyworker";
     argv[argc++] = "serve";
     argv[argc++] = "--shm";
-    argv[argc++] = w->rg.name;
+    argv[argc++] = ngx_http_mosn_shm;
     argv[argc++] = "--config";
     argv[argc++] = (char *) mmcf->config.data;
     argv[argc++] = "--workers";
     argv[argc++] = workers;
+    argv[argc++] = "--nginx-channel";
+    argv[argc++] = channel;
+    argv[argc++] = "--orders";
+    argv[argc++] = orders;
+    argv[argc++] = "--orders-seq";
+    argv[argc++] = seq;
 
     if (geteuid() == 0) {
         ngx_snprintf((u_char *) uid, sizeof(uid), "%d%Z", (int) ccf->user);
@@ -374,23 +578,85 @@ ngx_http_mosn_supervisor_start(ngx_cycle_t *cycle,
     argv[argc] = NULL;
 
     /*
-     * The pool's stderr is nginx's error_log: this runs before nginx
-     * points its own stderr there on the first start, and the Python side
-     * logs its warnings and errors to stderr.
+     * nginx's channel and the orders on fixed fds; the pool's stdout and
+     * stderr are nginx's error_log (the Python side logs its warnings and
+     * errors to stderr); nothing else of nginx's crosses the exec
      */
 
-    ngx_http_mosn_supervisor = ngx_http_mosn_spawn(cycle, argv,
-                               ngx_log_get_file_log(cycle->log)->file->fd);
+    fd = ngx_log_get_file_log(cycle->log)->file->fd;
 
-    if (ngx_http_mosn_supervisor == NGX_INVALID_PID) {
+    if ((fd != STDERR_FILENO && dup2(fd, STDERR_FILENO) == -1)
+        || dup2(STDERR_FILENO, STDOUT_FILENO) == -1)
+    {
+        _exit(2);
+    }
+
+    /* out of the way first: either may sit on the other's number */
+    ch = fcntl(ngx_channel, F_DUPFD, NGX_HTTP_MOSN_ORDERS_FD + 1);
+    od = fcntl(ngx_http_mosn_orders[1], F_DUPFD, NGX_HTTP_MOSN_ORDERS_FD + 1);
+
+    if (ch == -1 || od == -1
+        || dup2(ch, NGX_HTTP_MOSN_CHANNEL_FD) == -1
+        || dup2(od, NGX_HTTP_MOSN_ORDERS_FD) == -1)
+    {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                      "mosn: dup2() failed");
+        _exit(2);
+    }
+
+    fd = open("/dev/null", O_RDONLY);
+    if (fd != -1) {
+        (void) dup2(fd, STDIN_FILENO);
+    }
+
+    close_range(NGX_HTTP_MOSN_ORDERS_FD + 1, ~0U, 0);
+
+    sigemptyset(&set);
+    sigprocmask(SIG_SETMASK, &set, NULL);
+    signal(SIGPIPE, SIG_DFL);
+    signal(SIGSYS, SIG_DFL);
+
+    /* Ctrl-C in a terminal is for nginx: the master stops the pool */
+    setsid();
+
+    execvp(argv[0], argv);
+
+    ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                  "mosn: cannot run \"%s\"", argv[0]);
+
+    /* nginx respawns anything but this */
+    _exit(2);
+}
+
+
+static ngx_int_t
+ngx_http_mosn_send_orders(ngx_cycle_t *cycle, ngx_http_mosn_main_conf_t *mmcf)
+{
+    u_char  *buf, *p;
+    size_t   len;
+
+    len = 2 * NGX_INT_T_LEN + 2 + mmcf->config.len;
+
+    buf = ngx_pnalloc(cycle->pool, len);
+    if (buf == NULL) {
         return NGX_ERROR;
     }
 
-    w->rg.hdr->supervisor_pid = (uint32_t) ngx_http_mosn_supervisor;
+    p = ngx_snprintf(buf, len, "%ui %ui %V", ngx_http_mosn_seq,
+                     ngx_min(mmcf->workers, ngx_http_mosn_max_workers),
+                     &mmcf->config);
+
+    if (send(ngx_http_mosn_orders[0], buf, p - buf, 0) == -1) {
+        ngx_log_error(NGX_LOG_ALERT, cycle->log, ngx_errno,
+                      "mosn: cannot send the Python supervisor %P its "
+                      "orders; it keeps its workers on the old config",
+                      ngx_processes[ngx_http_mosn_slot].pid);
+        return NGX_OK;
+    }
 
     ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
-                  "mosn: started the Python supervisor %P with %uD workers",
-                  ngx_http_mosn_supervisor, w->rg.hdr->desired_workers);
+                  "mosn: asked the Python supervisor %P to reload",
+                  ngx_processes[ngx_http_mosn_slot].pid);
 
     return NGX_OK;
 }
@@ -399,15 +665,36 @@ ngx_http_mosn_supervisor_start(ngx_cycle_t *cycle,
 void
 ngx_http_mosn_pool_stop(ngx_cycle_t *cycle)
 {
-    ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
+    /*
+     * The master leaves after its processes, the supervisor among them;
+     * without a master (master_process off) nothing else tells it.
+     */
 
-    if (ngx_http_mosn_supervisor > 0) {
-        (void) kill(ngx_http_mosn_supervisor, SIGTERM);
-        ngx_http_mosn_supervisor = -1;
+    if (ngx_http_mosn_supervisor_alive()) {
+        (void) kill(ngx_processes[ngx_http_mosn_slot].pid, SIGTERM);
     }
 
-    if (w->rg.hdr != NULL) {
-        (void) mosn_region_unlink(w->rg.name);
+    ngx_http_mosn_unlink();
+}
+
+
+static void
+ngx_http_mosn_unlink(void)
+{
+    if (ngx_http_mosn_shm[0] != '\0' && ngx_pid == ngx_http_mosn_owner) {
+        (void) mosn_region_unlink(ngx_http_mosn_shm);
+        ngx_http_mosn_shm[0] = '\0';
+    }
+}
+
+
+/* nginx's worker processes exit too: only the master unlinks */
+
+static void
+ngx_http_mosn_atexit(void)
+{
+    if (getpid() == ngx_http_mosn_owner) {
+        ngx_http_mosn_unlink();
     }
 }
 
@@ -429,7 +716,9 @@ ngx_http_mosn_clean_stale(ngx_log_t *log)
     }
 
     while ((de = readdir(dir)) != NULL) {
-        if (ngx_strncmp(de->d_name, "ngx_mosn.", 9) != 0) {
+        if (ngx_strncmp(de->d_name, "ngx_mosn.", 9) != 0
+            || ngx_strlen(de->d_name) >= MOSN_NAME_MAX)
+        {
             continue;
         }
 

@@ -27,11 +27,29 @@ def _serve(argv):
                    help="how many worker processes (default 1)")
     p.add_argument("--uid", type=int, help="run workers as this user id")
     p.add_argument("--gid", type=int, help="and this group id")
+    # nginx's, when it spawns the pool (see pyworker.master)
+    p.add_argument("--nginx-channel", type=int, metavar="FD",
+                   help=argparse.SUPPRESS)
+    p.add_argument("--orders", type=int, metavar="FD",
+                   help=argparse.SUPPRESS)
+    p.add_argument("--orders-seq", type=int, default=0,
+                   help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.workers < 1:
         p.error("--workers must be at least 1")
     shm = a.shm if a.shm.startswith("/") else "/" + a.shm
-    return Supervisor(shm, a.config, a.workers, a.uid, a.gid).run()
+    channel = orders = None
+    try:
+        if a.nginx_channel is not None:
+            from pyworker.master import NginxChannel
+            channel = NginxChannel(a.nginx_channel)
+        if a.orders is not None:
+            from pyworker.master import Orders
+            orders = Orders(a.orders, a.orders_seq)
+    except OSError as exc:
+        p.error("the descriptors nginx hands over: %s" % exc)
+    return Supervisor(shm, a.config, a.workers, a.uid, a.gid,
+                      channel=channel, orders=orders).run()
 
 
 def _worker(argv):

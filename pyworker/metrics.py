@@ -6,6 +6,7 @@ call into any worker."""
 import bisect
 import json
 import os
+import tempfile
 import time
 
 # filter latency buckets, seconds: from 10 us to 2.5 s
@@ -101,11 +102,25 @@ class WorkerStats:
 
 
 def write_json(path, data):
-    """Replaces the file whole, so a reader never sees half of it."""
-    tmp = "%s.%d.tmp" % (path, os.getpid())
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    """Replaces the file whole, so a reader never sees half of it.
+
+    The temporary file gets a fresh name, made with O_EXCL: nothing
+    planted in the directory (a symlink) is ever written through, and the
+    rename replaces whatever is at path, never what it points to."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".",
+                               prefix=os.path.basename(path) + ".",
+                               suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)    # the admin process may run as another user
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def merge(into, data):

@@ -18,7 +18,6 @@ Filter types are case-sensitive, as in MOSN; driver names are not.
 import importlib
 import logging
 import types
-from importlib.metadata import entry_points
 
 FILTER_GROUP = "pyworker.filters"
 DRIVER_GROUP = "pyworker.drivers"
@@ -126,6 +125,13 @@ def import_module(name):
         raise ValueError(f"a module name must be a non-empty str, not "
                          f"{name!r}")
     return importlib.import_module(name)
+
+
+def entry_points(group):
+    """importlib.metadata's, imported when first needed: the import is
+    slow, and a supervisor that only starts workers never needs it."""
+    from importlib.metadata import entry_points as installed
+    return installed(group=group)
 
 
 def load_plugins():

@@ -1,12 +1,16 @@
 """The supervisor of the Python worker pool: starts the workers, replaces
 one that dies, rolls them one at a time on reload, reaps what dead peers
 left in the ring, keeps the endpoint table in step with its discovery
-source (pyworker.discovery), and leaves with nginx."""
+source (pyworker.discovery), and leaves with nginx.
+
+Spawned by nginx, it is one of the master's processes: the master
+respawns it if it dies, tells it to quit or reload (pyworker.master), and
+its death ends its workers and admin process at once (the kernel's
+parent-death signal), so a new one starts from a clean slate."""
 
 import logging
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,9 +18,11 @@ import time
 
 from shm_ring import Region, RingError, proc_alive
 
+from pyworker import statsdir
 from pyworker.discovery.supervised import Discovery
 from pyworker.logs import setup_logging
 from pyworker.metrics import write_json
+from pyworker.privileges import PARENT_ENV
 
 log = logging.getLogger("pyworker.supervisor")
 
@@ -24,6 +30,8 @@ TICK = 0.5              # seconds between housekeeping rounds at idle
 START_TIMEOUT = 15.0    # for a new worker to load its config and attach
 DRAIN_TIMEOUT = 10.0    # for a draining worker to finish and leave
 STOP_TIMEOUT = 3.0      # for workers to leave on stop, before SIGKILL
+TERMINATE_TIMEOUT = 0.5  # the same when nginx terminates (it waits 1 s)
+QUIT_TIMEOUT = 60.0     # on quit, for nginx's workers to finish first
 ADMIN_BACKOFF = 5.0     # between restarts of an admin process that fails
 # workers that fail to start this many times in a row: the pool is marked
 # failed, and nginx stops holding requests for a worker until one serves
@@ -32,7 +40,7 @@ FAIL_LIMIT = 3
 
 class Supervisor:
     def __init__(self, shm, config_path, workers=1, uid=None, gid=None,
-                 python=None):
+                 python=None, channel=None, orders=None):
         self.shm = shm
         self.config_path = config_path  # what the workers load
         self.base_config = config_path  # the file nginx names
@@ -50,11 +58,17 @@ class Supervisor:
         self._backoff = 0.0      # grows while workers fail to start
         self._failures = 0       # workers in a row that never served
         self._respawn_at = []    # when to start replacements
-        self.stats_dir = "/dev/shm/%s.stats" % shm.lstrip("/")
+        self.stats_dir = None
         self.admin = None        # the admin process
         self.admin_next = 0.0
         self.stopping = False
-        self.reload_asked = False
+        self.quitting = False    # nginx quits: its workers finish first
+        self.terminating = False
+        self.reload_asked = None  # (workers, config) to roll onto
+        self.channel = channel   # pyworker.master.NginxChannel, from nginx
+        self.orders = orders     # pyworker.master.Orders, from nginx
+        self.parent = os.getppid()
+        self.region_id = None
         self.discovery = None    # the endpoints' source (and config's)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -62,7 +76,8 @@ class Supervisor:
 
     def _on_signal(self, signum, frame):
         if signum == signal.SIGHUP:
-            self.reload_asked = True
+            # run by hand: the config and workers it was started with
+            self.reload_asked = (self.workers, self.base_config)
         elif signum in (signal.SIGTERM, signal.SIGINT):
             self.stopping = True
 
@@ -73,14 +88,38 @@ class Supervisor:
         signal.signal(signal.SIGCHLD, lambda s, f: None)
 
     def _sleep(self, seconds):
+        fds = [self._wake_r] + [f for f in (self.channel, self.orders)
+                                if f is not None]
+        if self.channel is not None and self.channel.closed:
+            fds.remove(self.channel)
         try:
-            select.select([self._wake_r], [], [], seconds)
-            os.read(self._wake_r, 512)
-        except (BlockingIOError, InterruptedError):
-            pass
+            ready = select.select(fds, [], [], seconds)[0]
+        except InterruptedError:
+            ready = []
+        if self._wake_r in ready:
+            try:
+                os.read(self._wake_r, 512)
+            except BlockingIOError:
+                pass
+        if self.channel is not None and self.channel in ready:
+            self._on_nginx(self.channel.read())
+        if self.orders is not None and self.orders in ready:
+            order = self.orders.read()
+            if order is not None:
+                self.reload_asked = order
         # every wait of the supervisor, rolls and drains included, keeps
         # the service file watched; a look is a stat, twice a second
         self._discover()
+
+    def _on_nginx(self, commands):
+        for command in commands:
+            if command == "quit":
+                log.info("nginx quits: serving until its workers have left")
+                self.quitting = self.stopping = True
+            elif command == "terminate":
+                self.terminating = self.stopping = True
+            elif command == "reopen":
+                log.info("nginx reopens its logs")
 
     # -- service discovery ----------------------------------------------------
 
@@ -115,8 +154,8 @@ class Supervisor:
             return None
         cmd = [self.python, "-P", "-m", "pyworker", "worker", "--shm", self.shm,
                "--index", str(index), "--config", self.config_path,
-               "--stats-dir", self.stats_dir] + self._user_args()
-        proc = subprocess.Popen(cmd, close_fds=True)
+               ] + self._stats_args() + self._user_args()
+        proc = subprocess.Popen(cmd, close_fds=True, env=self._child_env())
         self.procs[proc.pid] = (index, proc)
         self.started[proc.pid] = time.time()
         self.started_at[proc.pid] = time.time()
@@ -129,8 +168,18 @@ class Supervisor:
             return []
         return ["--uid", str(self.uid), "--gid", str(self.gid)]
 
+    def _stats_args(self):
+        return ["--stats-dir", self.stats_dir] if self.stats_dir else []
+
+    def _child_env(self):
+        # children die with the supervisor; this lets them check it is
+        # still the parent they asked the kernel about
+        return dict(os.environ, **{PARENT_ENV: str(os.getpid())})
+
     def _write_stats(self):
         """What only the supervisor knows, for the admin API."""
+        if self.stats_dir is None:
+            return
         try:
             write_json(os.path.join(self.stats_dir, "supervisor.json"), {
                 "pid": os.getpid(), "restarts": self.restarts,
@@ -144,10 +193,8 @@ class Supervisor:
             log.warning("cannot write the supervisor's stats: %s", exc)
 
     def _stats_dir_make(self):
-        shutil.rmtree(self.stats_dir, ignore_errors=True)
-        os.makedirs(self.stats_dir, mode=0o700)
-        if self.uid is not None and os.geteuid() == 0:
-            os.chown(self.stats_dir, self.uid, self.gid)
+        statsdir.clean_stale(self.uid)
+        self.stats_dir = statsdir.make(self.shm, self.uid, self.gid)
 
     # -- the admin process ------------------------------------------------------
 
@@ -170,7 +217,8 @@ class Supervisor:
         cmd = [self.python, "-P", "-m", "pyworker", "admin", "--shm", self.shm,
                "--config", self.config_path, "--stats-dir",
                self.stats_dir] + self._user_args()
-        self.admin = subprocess.Popen(cmd, close_fds=True)
+        self.admin = subprocess.Popen(cmd, close_fds=True,
+                                      env=self._child_env())
 
     def _admin_stop(self):
         if self.admin is not None:
@@ -273,6 +321,16 @@ class Supervisor:
             self._reap_quietly()
         return False
 
+    def _wait_all_live(self, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stopping:
+            self._reap()
+            self._respawn()
+            if all(self.region.consumer_state(index) == "live"
+                   for index, _ in self.procs.values()):
+                return
+            self._sleep(0.02)
+
     def _reap_quietly(self):
         """Reaps during a roll without respawning what the roll replaces."""
         self._reap()
@@ -308,18 +366,17 @@ class Supervisor:
         return True
 
     def reload(self):
-        """Rolls the workers one at a time onto the config nginx names
-        (or, asked by the store, onto its new filter config)."""
-        by_store = self.reload_asked == "store"
-        self.reload_asked = False
-        if by_store:
+        """Rolls the workers one at a time onto the config nginx names (on
+        nginx's reload, or the one it was started with on SIGHUP), or,
+        asked by the store, onto its new filter config."""
+        asked, self.reload_asked = self.reload_asked, None
+        if asked == "store":
             path = self.discovery.choose_config(self.base_config,
                                                 self._check_config)
             if path == self.config_path:
                 return              # refused: the live config serves on
         else:
-            base = self.region.config_path or self.base_config
-            desired = self.region.desired_workers or self.workers
+            desired, base = asked
             if not self._check_config(base):
                 log.error("keeping the running workers on %s",
                           self.config_path)
@@ -363,25 +420,62 @@ class Supervisor:
                     raise
                 time.sleep(0.05)
 
+    def _region_identity(self):
+        st = os.stat(os.path.join(statsdir.SHM, self.shm.lstrip("/")))
+        return st.st_dev, st.st_ino
+
     def _nginx_gone(self):
-        if not os.path.exists("/dev/shm/" + self.shm.lstrip("/")):
+        if self.channel is not None:
+            # spawned by nginx: the kernel's parent-death signal stops it,
+            # this is the check for a master that died before it was set
+            if os.getppid() != self.parent:
+                return "the nginx master %d is gone" % self.parent
+            return None
+        try:
+            if self._region_identity() != self.region_id:
+                return "the region was replaced"
+        except OSError:
             return "the region was removed"
-        master = self.region.master_pid
-        if master and not proc_alive(master):
-            return "the nginx master %d is gone" % master
         return None
+
+    def _take_over(self):
+        """What a supervisor that died left in the region: entries of
+        workers that died with it are retired (nginx re-queues what they
+        held), and any that outlived it are asked to drain and leave by
+        themselves.  No pid read from the region is ever signalled."""
+        ours = {index for index, _ in self.procs.values()}
+        for c in self.region.stats()["consumers"]:
+            if c["state"] in ("empty", "dead") or c["index"] in ours:
+                continue
+            if c["pid"] and proc_alive(c["pid"]):
+                log.warning("worker pid %d (consumer %d) of an earlier "
+                            "supervisor is alive: draining it", c["pid"],
+                            c["index"])
+                self.region.drain_consumer(c["index"])
+            else:
+                self.region.retire_consumer(c["index"])
 
     def run(self):
         setup_logging(None, role="supervisor", level=logging.INFO)
         self._install_signals()
-        self.region = self._attach()
+        try:
+            self.region = self._attach()
+            self.region_id = self._region_identity()
+            self._stats_dir_make()
+        except (RingError, OSError) as exc:
+            log.error("the supervisor cannot start on %s: %s", self.shm, exc)
+            return 2
         self.region.supervisor_pid = os.getpid()
         log.info("supervisor pid %d for region %s, %d worker(s)",
                  os.getpid(), self.shm, self.workers)
-        self._stats_dir_make()
         self.config_path = self._discovery_setup()
         for _ in range(self.workers):
             self._spawn()
+        # What a supervisor before left is retired once these serve: nginx
+        # then re-queues the requests its dead workers held onto them, and
+        # meanwhile queues new ones behind those instead of giving up.
+        self._wait_all_live(START_TIMEOUT)
+        self._take_over()
         try:
             while not self.stopping:
                 self._reap()
@@ -396,9 +490,23 @@ class Supervisor:
                     log.warning("%s; stopping the workers", gone)
                     break
                 self._sleep(self._tick())
+            if self.quitting and not self.terminating:
+                self._serve_nginx_out()
         finally:
             self.stop()
         return 0
+
+    def _serve_nginx_out(self):
+        """On nginx's quit its workers finish their requests, some of
+        them at the filters: the pool serves until the last has left."""
+        deadline = time.monotonic() + QUIT_TIMEOUT
+        while time.monotonic() < deadline and not self.terminating:
+            self._reap()
+            self.region.reap()
+            if not any(p["state"] in ("owned", "claiming")
+                       for p in self.region.stats()["producers"]):
+                return
+            self._sleep(0.05)
 
     def stop(self):
         self.stopping = True
@@ -413,7 +521,8 @@ class Supervisor:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + STOP_TIMEOUT
+        deadline = time.monotonic() + (TERMINATE_TIMEOUT if self.terminating
+                                       else STOP_TIMEOUT)
         while self.procs and time.monotonic() < deadline:
             self._sleep(0.02)
             self._reap()
@@ -424,7 +533,7 @@ class Supervisor:
                 pass
             self.procs[pid][1].wait()
             self.region.retire_consumer(self.procs.pop(pid)[0])
-        shutil.rmtree(self.stats_dir, ignore_errors=True)
+        statsdir.remove(self.stats_dir, self.uid)
 
 
 def _status_text(status):

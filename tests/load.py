@@ -13,6 +13,7 @@ class Load:
         self.path = path
         self.headers_for = headers_for or (lambda i: {"uid": str(i % 250)})
         self.results = []        # (status, seconds, mosn_status)
+        self.timeline = []       # (monotonic time answered, status, mosn)
         self.errors = []
         # a keep-alive connection closed by the server just as a request
         # went out: clients retry those (RFC 9112, 9.3.1); counted here
@@ -38,8 +39,9 @@ class Load:
                 resp.read()
                 took = time.monotonic() - t0
                 with self._lock:
-                    self.results.append((resp.status, took,
-                                         resp.getheader("X-Mosn-Status")))
+                    mosn = resp.getheader("X-Mosn-Status")
+                    self.results.append((resp.status, took, mosn))
+                    self.timeline.append((t0 + took, resp.status, mosn))
                 reused = True
                 if resp.getheader("connection", "").lower() == "close":
                     conn.close()
@@ -82,6 +84,32 @@ class Load:
         for status, _, mosn in self.results:
             key = (status, mosn)
             out[key] = out.get(key, 0) + 1
+        return out
+
+    def filtered_again(self, since, within):
+        """When, after since, requests were filtered again for good (the
+        first filtered answer after the last unfiltered one), or None if
+        that was not within `within` seconds."""
+        with self._lock:
+            after = [(t, mosn) for t, _, mosn in self.timeline if t >= since]
+        last_bad = max((t for t, mosn in after if mosn != "filtered"),
+                       default=since)
+        good = [t for t, mosn in after if mosn == "filtered" and t > last_bad]
+        if not good or good[0] - since > within:
+            return None
+        return good[0] - since
+
+    def describe(self, since):
+        """The answers after since, run-length encoded, for a failure."""
+        with self._lock:
+            after = [(t - since, mosn) for t, _, mosn in self.timeline
+                     if t >= since]
+        out = []
+        for t, mosn in after:
+            if out and out[-1][1] == mosn:
+                out[-1][2] += 1
+            else:
+                out.append([round(t, 3), mosn, 1])
         return out
 
     def __enter__(self):
