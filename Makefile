@@ -25,11 +25,27 @@ APT_PKGS := nginx-core nginx-dev libnginx-mod-http-lua libnginx-mod-http-js \
 FUZZ_RUNS ?= 10000000
 SOAK_TIME ?= 10m
 
-.PHONY: setup apt venv build-l7 python run stop test test-newer-nginx \
-        test-fast fuzz \
-        fuzz-short bench bench-response bench-concurrency bench-async soak clean
+.PHONY: setup apt venv build-l7 python python-extras run stop test \
+        test-newer-nginx test-fast fuzz fuzz-short bench bench-response \
+        bench-concurrency bench-async soak clean
 
-setup: apt venv build-l7
+# Everything below builds only what changed: a stamp per virtual
+# environment stands for "this tree's package is installed there", the
+# module is rebuilt when its sources change, and both builds are
+# incremental themselves (setuptools' build/ and nginx's objs/ are kept).
+STAMP      := build/stamp$(subst /,-,$(VENV))
+MODULE     := output/ngx_http_mosn_module.so
+MODULE_SRC := $(wildcard nginx_module/*.c nginx_module/*.h) \
+              nginx_module/config nginx_module/build.sh \
+              shm_ring/shm_ring.h shm_ring/shm_ring.c shm_ring/shm_verdict.c \
+              shm_ring/shm_endpoints.c
+PY_SRC     := setup.py pyproject.toml \
+              $(wildcard pyworker/*.py pyworker/*.pxd pyworker/*/*.py \
+                         shm_ring/*.py shm_ring/*.pyx shm_ring/*.pxd) \
+              shm_ring/shm_ring.h shm_ring/shm_ring.c shm_ring/shm_verdict.c \
+              shm_ring/shm_endpoints.c
+
+setup: apt python-extras build-l7
 
 apt:
 	@if ! dpkg -s $(APT_PKGS) >/dev/null 2>&1; then \
@@ -44,23 +60,53 @@ $(PY):
 
 venv: $(PY) python
 
+# pyproject.toml's build requirements, in the venv: builds reuse build/
+$(STAMP).build-deps: pyproject.toml | $(PY)
+	@mkdir -p build
+	$(PY) -m pip install -q $$($(PY) -c 'import tomllib; print(*tomllib.load( \
+	    open("pyproject.toml", "rb"))["build-system"]["requires"])')
+	@touch $@
+
 # the package is installed, not linked: the Python workers run as the
 # nginx workers' user and must not need to read this tree
-python: $(PY)
-	$(PY) -m pip install -q ".[test,bench,fast]"
+$(STAMP).python: $(STAMP).build-deps $(PY_SRC) | $(PY)
+	$(PY) -m pip install -q --no-build-isolation ".[fast]"
+	@touch $@
 
-build-l7:
+# what the tests and benchmarks need besides (make test, make bench)
+$(STAMP).extras: $(STAMP).python setup.py
+	$(PY) -m pip install -q --no-build-isolation ".[test,bench,fast]"
+	@touch $@
+
+python: $(STAMP).python
+
+python-extras: $(STAMP).extras
+
+build-l7: $(MODULE)
+
+$(MODULE): $(MODULE_SRC)
 	nginx_module/build.sh
+	@touch $@
 
 logs:
 	mkdir -p logs
 
-run: setup logs
+# mosn_python in conf/nginx.conf names the default venv; another one gets
+# a copy of the example that names it instead
+RUN_CONF := $(if $(filter /opt/mosn-gateway,$(VENV)),conf/nginx.conf,build/run$(subst /,-,$(VENV)).conf)
+
+build/run%.conf: conf/nginx.conf
+	@mkdir -p build
+	sed -e 's#^\( *mosn_python \+\)[^;]*;#\1$(PY);#' \
+	    -e 's#^\( *mosn_config \+\)\([^/][^;]*\);#\1$(CURDIR)/conf/\2;#' \
+	    conf/nginx.conf > $@
+
+run: apt $(STAMP).python $(MODULE) $(RUN_CONF) logs
 	@echo "gateway on http://127.0.0.1:2990 (Ctrl-C stops it)"
-	$(NGINX) -p . -c conf/nginx.conf -g "daemon off;"
+	$(NGINX) -p . -c $(RUN_CONF) -g "daemon off;"
 
 stop:
-	-$(NGINX) -p . -c conf/nginx.conf -s quit
+	-$(NGINX) -p . -c $(RUN_CONF) -s quit
 
 # the suite that the newer nginx (its source from Debian's mirror, kept
 # under build/) runs with the module built for it
@@ -68,7 +114,7 @@ NEWER_SUITE ?= trixie
 TEST_NEWER   = built=$$(nginx_module/build-nginx.sh $(NEWER_SUITE)) && \
                set -- $$built && NGINX=$$1 MOSN_MODULE=$$2 $(VENV)/bin/pytest tests/integration
 
-test: setup
+test: apt $(STAMP).extras $(MODULE)
 	$(VENV)/bin/pytest tests
 	$(TEST_NEWER)
 
@@ -107,7 +153,7 @@ soak: setup
 
 clean:
 	rm -rf build output shm_ring/_ring.c shm_ring/*.so pyworker/*.so \
-	       pyworker/dispatch.c
+	       pyworker/*.c pyworker/*/*.c pyworker/*/*.so
 
 # Images (need a Docker engine; docker/README.md says what is tested how).
 # BuildKit reads docker/Dockerfile.*.dockerignore for the context.

@@ -16,23 +16,33 @@ if [ ! -x "$src/configure" ]; then
     exit 1
 fi
 
-rm -rf "$work"
-mkdir -p "$work" "$root/output"
-cp -r "$src/." "$work/"
-
 flags=""
 if [ -f "$src/conf_flags" ]; then
     # Debian keeps the flags of its nginx build as a bash array
     flags=$(bash -c ". '$src/conf_flags'; printf '%s ' \"\${NGX_CONF_FLAGS[@]}\"")
 fi
 
+# configured once per source tree, flags and module config; after that
+# nginx's own Makefile recompiles only the files that changed
+configured="$src $root $flags $(cksum < "$root/nginx_module/config")"
+if [ "$(cat "$work/.configured" 2>/dev/null)" != "$configured" ]; then
+    rm -rf "$work"
+    mkdir -p "$work"
+    cp -r "$src/." "$work/"
+    (
+        cd "$work"
+        # shellcheck disable=SC2086
+        ./configure $flags --with-compat \
+            --add-dynamic-module="$root/nginx_module" >configure.log 2>&1
+    ) || {
+        tail -30 "$work/configure.log" >&2
+        exit 1
+    }
+    echo "$configured" > "$work/.configured"
+fi
+mkdir -p "$root/output"
+
 cd "$work"
-# shellcheck disable=SC2086
-./configure $flags --with-compat \
-    --add-dynamic-module="$root/nginx_module" >configure.log 2>&1 || {
-    tail -30 configure.log >&2
-    exit 1
-}
 make -j2 -f objs/Makefile modules >make.log 2>&1 || { grep -E -A3 "error|Error" make.log >&2; exit 1; }
 
 if grep -E "warning:" make.log >&2; then
