@@ -110,8 +110,8 @@ def test_the_shipped_example_config(gateway):
     from gateway import MODULE, PYTHON, ROOT
     gw = gateway("")
     conf = open(os.path.join(ROOT, "conf", "nginx.conf")).read()
-    conf = conf.replace("load_module output/", "load_module %s/" %
-                        os.path.dirname(MODULE))
+    conf = re_.sub(r"load_module\s+output/", "load_module %s/" %
+                   os.path.dirname(MODULE), conf)
     conf = re_.sub(r"mosn_python\s+\S+;", "mosn_python %s;" % PYTHON, conf)
     conf = re_.sub(r"mosn_shm_name\s+\S+;", "mosn_shm_name %s;" % gw.shm,
                    conf)
@@ -126,3 +126,20 @@ def test_the_shipped_example_config(gateway):
     assert r.text == "hello from echo\n" and r.header("x-mosn-echo") == "1"
     access = open(gw.prefix + "/logs/access.log").read()
     assert re_.search(r"mosn=filtered cost=\d+us unit=s1 id=\d+", access)
+    # the sites' connections stay open for the next requests (keepalive)
+    for _ in range(20):
+        gw.get("/", {"uid": "2"})
+    assert kept_alive_to({3450, 3451, 3452, 3453}) >= 1
+
+
+def kept_alive_to(ports):
+    """Established connections to any of ports, from their client side."""
+    n = 0
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            remote_port = int(fields[2].split(":")[1], 16)
+            if fields[3] == "01" and remote_port in ports:
+                n += 1
+    return n
