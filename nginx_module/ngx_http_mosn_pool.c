@@ -35,6 +35,7 @@ static ngx_pid_t ngx_http_mosn_spawn(ngx_cycle_t *cycle, char *const *argv,
     int out_fd);
 static char *ngx_http_mosn_prefix(ngx_cycle_t *cycle);
 static void ngx_http_mosn_clean_stale(ngx_log_t *log);
+static ngx_int_t ngx_http_mosn_pid_gone(ngx_pid_t pid);
 static ngx_int_t ngx_http_mosn_supervisor_alive(void);
 static ngx_int_t ngx_http_mosn_supervisor_start(ngx_cycle_t *cycle,
     ngx_int_t respawn);
@@ -735,7 +736,7 @@ ngx_http_mosn_clean_stale(ngx_log_t *log)
 
         pid = ngx_atoi((u_char *) de->d_name + 9, len);
 
-        if (pid <= 0 || kill((pid_t) pid, 0) == 0 || ngx_errno != ESRCH) {
+        if (pid <= 0 || !ngx_http_mosn_pid_gone((ngx_pid_t) pid)) {
             continue;
         }
 
@@ -748,4 +749,38 @@ ngx_http_mosn_clean_stale(ngx_log_t *log)
     }
 
     closedir(dir);
+}
+
+
+/* a killed master may wait as a zombie for its reaper: that is gone too */
+
+static ngx_int_t
+ngx_http_mosn_pid_gone(ngx_pid_t pid)
+{
+    int      fd;
+    char     path[32], buf[512], *p;
+    ssize_t  n;
+
+    if (kill(pid, 0) == -1) {
+        return ngx_errno == ESRCH;
+    }
+
+    ngx_snprintf((u_char *) path, sizeof(path), "/proc/%P/stat%Z", pid);
+
+    fd = open(path, O_RDONLY);
+    if (fd == -1) {
+        return 0;
+    }
+
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+
+    if (n <= 0) {
+        return 0;
+    }
+
+    buf[n] = '\0';
+    p = strrchr(buf, ')');
+
+    return p != NULL && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
 }

@@ -132,10 +132,9 @@ def _remove_fallbacks(shm, uid):
 
 
 def _pid_alive(pid):
+    """A killed master may wait as a zombie for its reaper: not alive."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return True
