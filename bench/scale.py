@@ -952,37 +952,17 @@ def report_md(res):
         "connections held, in % of one core:",
         "",
         "| gateway | gateway CPU without / with | clients holding them | rest of the "
-        "machine without / with | busiest other task with them held |",
-        "| --- | --- | --- | --- | --- |",
+        "machine without / with |",
+        "| --- | --- | --- | --- |",
     ]
     for name, s in res["summary"].items():
         rest = s.get("rest") or {}
         a, b = rest.get("without"), rest.get("with")
         if not a or not b:
             continue
-        busiest = b["top_others"][0] if b["top_others"] else None
         lines.append(
             f"| {name} | {a['gateway_pct']:.3f} / {b['gateway_pct']:.3f} | "
-            f"{b['clients_pct']:.3f} | {a['others_pct']:.1f} / {b['others_pct']:.1f} | "
-            + (f"pid {busiest['pid']} `{busiest['comm']}` {busiest['pct']:.1f}"
-               if busiest else "-") + " |")
-    for name, s in res["summary"].items():
-        rest = s.get("rest") or {}
-        a, b = rest.get("without"), rest.get("with")
-        if not (a and b):
-            continue
-        # the task outside the benchmark whose CPU grew most once the
-        # connections were there (the same pid in both samples)
-        grew = sorted(((pct - a["others"].get(pid, [comm, 0.0])[1], pid, comm, pct)
-                       for pid, (comm, pct) in b["others"].items() if pid in a["others"]),
-                      reverse=True)
-        if grew and grew[0][0] > 2:
-            d, pid, comm, pct = grew[0]
-            lines += ["", f"While {name}'s idle connections were held, pid {pid} "
-                      f"`{comm}` (not part of the benchmark) went from "
-                      f"{pct - d:.1f}% to {pct:.1f}% of a core: something on this "
-                      "machine pays per socket there, and it competes with the wrk runs "
-                      "\"with\" for the two cores."]
+            f"{b['clients_pct']:.3f} | {a['others_pct']:.1f} / {b['others_pct']:.1f} |")
     lines += [
         "",
         "## Memory per idle connection",
@@ -1092,14 +1072,6 @@ def report_md(res):
         "count follows the fd limit and the request rate, not the connection "
         "count; Python workers stay as many as the request rate needs (their "
         "memory does not follow connections, above).",
-        *([f"- On this VM, pid 1 (`process_api`, the VM's init, not part of the "
-           f"gateway or the benchmark) grew by {max(g for g in growths):.1f}% of a core with "
-           f"{2 * res['settings']['connections']} loopback sockets; if that is linear "
-           f"in sockets, a million server sockets alone would cost it "
-           f"{max(g for g in growths) * 1e6 / (2 * res['settings']['connections']):.0f}% "
-           "of a core here; it is a property of this VM, not of nginx or the "
-           "gateway."]
-          if (growths := pid1_growth(res)) else []),
         f"- Clients: one source address carries at most {mil['ports_per_address']} "
         f"connections to one ip:port, so a million need >= "
         f"{mil['client_source_addresses']} source addresses (or several listen "
@@ -1108,17 +1080,6 @@ def report_md(res):
     ]
     lines += ["## Checks", ""] + res["checks"] + [""]
     return "\n".join(lines)
-
-
-def pid1_growth(res):
-    """How much more CPU pid 1 used at rest with the idle connections held."""
-    out = []
-    for s in res["summary"].values():
-        rest = s.get("rest") or {}
-        a, b = rest.get("without"), rest.get("with")
-        if a and b and "1" in a.get("others", {}) and "1" in b.get("others", {}):
-            out.append(b["others"]["1"][1] - a["others"]["1"][1])
-    return [g for g in out if g > 1]
 
 
 def checks(summary, args):

@@ -1,7 +1,6 @@
 """Shared fixtures of the unit tests of the filter layer."""
 
 import json
-import os
 import pathlib
 
 import pytest
@@ -12,20 +11,13 @@ from pyworker.testing import (
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-# MOSN MOE's own mosn.json (with unit_key "uid"), kept beside the project
-MOE_REFERENCE = pathlib.Path(
-    os.environ.get(
-        "PYWORKER_MOE_REFERENCE",
-        REPO.parent / "shared" / "moe-reference" / "mosn.json",
-    )
-)
+# MOSN MOE's own mosn.json (with unit_key "uid"), kept with the tests
+MOE_REFERENCE = HERE.parent / "moe" / "mosn.json"
 
 
 @pytest.fixture
 def moe_reference():
-    """The path of MOE's reference mosn.json; skips where it is absent."""
-    if not MOE_REFERENCE.is_file():
-        pytest.skip(f"MOE reference config not found at {MOE_REFERENCE}")
+    """The path of MOE's reference mosn.json."""
     return MOE_REFERENCE
 
 
