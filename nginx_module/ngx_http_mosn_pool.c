@@ -27,6 +27,9 @@
 #define NGX_HTTP_MOSN_CHANNEL_FD     3
 #define NGX_HTTP_MOSN_ORDERS_FD      4
 
+/* how long the first start waits for the pool before nginx's workers */
+#define NGX_HTTP_MOSN_START_WAIT     10000
+
 /* a supervisor that failed to start waits this long before the next */
 #define NGX_HTTP_MOSN_RESPAWN_DELAY  1000
 
@@ -40,6 +43,7 @@ static ngx_int_t ngx_http_mosn_supervisor_alive(void);
 static ngx_int_t ngx_http_mosn_supervisor_start(ngx_cycle_t *cycle,
     ngx_int_t respawn);
 static void ngx_http_mosn_supervisor_process(ngx_cycle_t *cycle, void *data);
+static void ngx_http_mosn_wait_pool(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_mosn_send_orders(ngx_cycle_t *cycle,
     ngx_http_mosn_main_conf_t *mmcf);
 static void ngx_http_mosn_unlink(void);
@@ -430,7 +434,72 @@ ngx_http_mosn_pool_start(ngx_cycle_t *cycle, ngx_http_mosn_main_conf_t *mmcf)
         return NGX_ERROR;
     }
 
+    if (ngx_process == NGX_PROCESS_SINGLE && ccf->master) {
+        ngx_http_mosn_wait_pool(cycle);
+    }
+
     return NGX_OK;
+}
+
+
+/*
+ * On the first start nginx's workers come after the pool serves: the
+ * listening sockets are open, so the first connections wait in the listen
+ * queue for a worker that finds the filters ready, instead of waiting at
+ * the filters within mosn_timeout.  The state is only a cue to go on: a
+ * region that lies about it costs at most the bound.
+ *
+ * nginx has no signal handlers yet: the signals its master acts on are
+ * blocked here as its master process cycle blocks them, and reach it when
+ * that cycle first waits for signals, not the default action now.
+ */
+
+static void
+ngx_http_mosn_wait_pool(ngx_cycle_t *cycle)
+{
+    sigset_t                 set;
+    ngx_pid_t                pid;
+    ngx_msec_t               waited;
+    siginfo_t                info;
+    ngx_http_mosn_worker_t  *w = &ngx_http_mosn_worker;
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, ngx_signal_value(NGX_RECONFIGURE_SIGNAL));
+    sigaddset(&set, ngx_signal_value(NGX_REOPEN_SIGNAL));
+    sigaddset(&set, ngx_signal_value(NGX_NOACCEPT_SIGNAL));
+    sigaddset(&set, ngx_signal_value(NGX_TERMINATE_SIGNAL));
+    sigaddset(&set, ngx_signal_value(NGX_SHUTDOWN_SIGNAL));
+    sigaddset(&set, ngx_signal_value(NGX_CHANGEBIN_SIGNAL));
+
+    if (sigprocmask(SIG_BLOCK, &set, NULL) == -1) {
+        return;
+    }
+
+    pid = ngx_http_mosn_spawned;
+
+    for (waited = 0; waited < NGX_HTTP_MOSN_START_WAIT; waited += 10) {
+
+        if (w->rg.hdr->pool_state != MOSN_POOL_STARTING) {
+            return;
+        }
+
+        /* dead already: nginx reaps and respawns it once it runs */
+        info.si_pid = 0;
+
+        if (waitid(P_PID, pid, &info, WEXITED | WNOHANG | WNOWAIT) == -1
+            || info.si_pid == pid)
+        {
+            return;
+        }
+
+        ngx_msleep(10);
+    }
+
+    ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                  "mosn: no Python worker serves after %d s; nginx starts "
+                  "and requests wait for one within mosn_timeout",
+                  NGX_HTTP_MOSN_START_WAIT / 1000);
 }
 
 

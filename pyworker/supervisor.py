@@ -326,6 +326,7 @@ class Supervisor:
         while time.monotonic() < deadline and not self.stopping:
             self._reap()
             self._respawn()
+            self._pool_state()
             if all(self.region.consumer_state(index) == "live"
                    for index, _ in self.procs.values()):
                 return
@@ -471,6 +472,7 @@ class Supervisor:
         self.config_path = self._discovery_setup()
         for _ in range(self.workers):
             self._spawn()
+        self._pool_state()
         # What a supervisor before left is retired once these serve: nginx
         # then re-queues the requests its dead workers held onto them, and
         # meanwhile queues new ones behind those instead of giving up.

@@ -187,9 +187,6 @@ def same(expected, actual):
     return True
 
 
-# Until requests wait for a starting pool instead of taking the fallback,
-# the first answers right after start are the fallback's.
-@pytest.mark.xfail(reason="requests do not yet wait for a starting pool")
 def test_the_readme_session_right_after_make_run(tmp_path, example_ports):
     session = readme_session()
     run = MakeRun(tmp_path)

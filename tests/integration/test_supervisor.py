@@ -215,7 +215,8 @@ def test_nothing_left_of_a_default_named_region_after_a_crash(gateway):
     new = "ngx_mosn.%d" % gw.master_pid()
     assert wait_for(lambda: os.path.exists("/dev/shm/" + new + ".stats"), 10)
     gw.stop()
-    assert not [n for n in os.listdir("/dev/shm") if n.startswith(new)]
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(new)], \
+        gw.error_log()[-3000:]
 
 
 def test_nothing_left_after_a_failed_start(gateway):
