@@ -280,24 +280,28 @@ def test_root_takes_no_config_path_from_the_region(gateway, tmp_path):
 import mmap, os, sys, time
 fd = os.open(sys.argv[1], os.O_RDWR)
 m = mmap.mmap(fd, 4096)
+path = sys.argv[2].encode() + b"\\0"
 end = time.monotonic() + 4
 while time.monotonic() < end:
-    path = sys.argv[2].encode() + b"\\0"
     m[%d:%d + len(path)] = path
     m[%d:%d + 4] = (3).to_bytes(4, 'little')
+    if sys.stdout:
+        print("writing", flush=True)
+        sys.stdout = None
 """ % (fallback.H_CONFIG_PATH, fallback.H_CONFIG_PATH, 104, 104),
-        "/dev/shm/" + gw.shm, evil_path])
+        "/dev/shm/" + gw.shm, evil_path], stdout=subprocess.PIPE, text=True)
+    old = set(gw.python_pids())
     try:
-        time.sleep(0.2)
+        assert writer.stdout.readline() == "writing\n"
         gw.reload()
-        time.sleep(3)
+        # the reload rolls the worker onto a config
+        assert wait_for(lambda: not (set(gw.python_pids()) & old)
+                        and len(gw.python_pids()) == 1
+                        and len(gw.live_workers()) == 1, 30), gw.error_log()
     finally:
         writer.wait(10)
     assert not marker.exists(), "the region's config was loaded, as uid " \
         + marker.read_text()
-    # the reload rolled the worker onto the config nginx names
-    assert wait_for(lambda: len(gw.python_pids()) == 1
-                    and len(gw.live_workers()) == 1, 15), gw.error_log()
 
 
 def test_master_takes_no_name_from_the_region(gateway):
