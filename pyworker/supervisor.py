@@ -70,6 +70,8 @@ class Supervisor:
         self.parent = os.getppid()
         self.region_id = None
         self.discovery = None    # the endpoints' source (and config's)
+        self._reaped_at = 0.0    # the region's reaper, last run (0: not
+                                 # before the workers of a start serve)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # -- signals ------------------------------------------------------------
@@ -110,6 +112,12 @@ class Supervisor:
         # every wait of the supervisor, rolls and drains included, keeps
         # the service file watched; a look is a stat, twice a second
         self._discover()
+        # and hands back what dead peers held: nginx workers started by a
+        # reload need the channels of those it retired, even mid-roll
+        now = time.monotonic()
+        if self._reaped_at and now >= self._reaped_at + TICK:
+            self._reaped_at = now
+            self.region.reap()
 
     def _on_nginx(self, commands):
         for command in commands:
@@ -478,6 +486,7 @@ class Supervisor:
         # meanwhile queues new ones behind those instead of giving up.
         self._wait_all_live(START_TIMEOUT)
         self._take_over()
+        self._reaped_at = time.monotonic()
         try:
             while not self.stopping:
                 self._reap()
