@@ -336,6 +336,9 @@ ngx_http_mosn_pool_start(ngx_cycle_t *cycle, ngx_http_mosn_main_conf_t *mmcf)
 
             ngx_daemonized = 1;
             ccf->daemon = 0;
+
+            /* as early as a stock nginx would: "nginx -s" finds it */
+            (void) ngx_create_pidfile(&ccf->pid, cycle->log);
         }
 
         if (mmcf->shm_name.len) {

@@ -198,6 +198,8 @@ def test_nothing_left_of_a_default_named_region_after_a_crash(gateway):
     open(gw.conf_path, "w").write(
         conf.replace("mosn_shm_name %s;" % gw.shm, ""))
     gw.start(wait=False)
+    pid_file = os.path.join(gw.prefix, "logs", "nginx.pid")
+    assert wait_for(lambda: os.path.exists(pid_file), 10)
     master = gw.master_pid()
     region = "ngx_mosn.%d" % master
     assert wait_for(lambda: os.path.exists("/dev/shm/" + region + ".stats"),
@@ -208,7 +210,9 @@ def test_nothing_left_of_a_default_named_region_after_a_crash(gateway):
         os.kill(pid, signal.SIGKILL)
     assert wait_for(lambda: not any(alive(p) for p in everyone), 5)
     assert os.path.exists("/dev/shm/" + region + ".stats")
+    os.unlink(pid_file)
     gw.start(wait=False)
+    assert wait_for(lambda: os.path.exists(pid_file), 10)
     assert wait_for(lambda: not os.path.exists("/dev/shm/" + region)
                     and not os.path.exists("/dev/shm/" + region + ".stats"),
                     10), os.listdir("/dev/shm")
