@@ -43,6 +43,8 @@ static ngx_int_t ngx_http_mosn_supervisor_alive(void);
 static ngx_int_t ngx_http_mosn_supervisor_start(ngx_cycle_t *cycle,
     ngx_int_t respawn);
 static void ngx_http_mosn_supervisor_process(ngx_cycle_t *cycle, void *data);
+static ngx_int_t ngx_http_mosn_daemon(ngx_cycle_t *cycle,
+    ngx_core_conf_t *ccf);
 static void ngx_http_mosn_wait_pool(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_mosn_send_orders(ngx_cycle_t *cycle,
     ngx_http_mosn_main_conf_t *mmcf);
@@ -67,6 +69,9 @@ static ngx_pid_t  ngx_http_mosn_owner = NGX_INVALID_PID;
  */
 static int        ngx_http_mosn_orders[2] = { -1, -1 };
 static ngx_uint_t ngx_http_mosn_seq;
+
+/* the daemon's report to the process that started it, till it is sent */
+static int        ngx_http_mosn_started = -1;
 
 
 /*
@@ -290,7 +295,6 @@ ngx_http_mosn_pool_start(ngx_cycle_t *cycle, ngx_http_mosn_main_conf_t *mmcf)
 {
     int                      uid, gid;
     char                     err[256], name[MOSN_NAME_MAX];
-    ngx_int_t                pid;
     ngx_uint_t               nworkers;
     ngx_core_conf_t         *ccf;
     mosn_region_conf_t       conf;
@@ -308,37 +312,11 @@ ngx_http_mosn_pool_start(ngx_cycle_t *cycle, ngx_http_mosn_main_conf_t *mmcf)
 
     if (w->rg.hdr == NULL) {
 
-        /*
-         * nginx daemonizes after the modules are initialised: a
-         * supervisor started before that would be a child of the process
-         * that exits, and no master could reap or respawn it.  So the
-         * first start forks into the daemon here, as main() would have.
-         */
-
         if (mmcf->spawn && ngx_process == NGX_PROCESS_SINGLE
-            && ccf->master && ccf->daemon && !ngx_inherited)
+            && ccf->master && ccf->daemon && !ngx_inherited
+            && ngx_http_mosn_daemon(cycle, ccf) != NGX_OK)
         {
-            pid = ngx_daemon(cycle->log);
-
-            if (pid == NGX_ERROR) {
-                return NGX_ERROR;
-            }
-
-            if (pid > 0) {
-                /*
-                 * Debian's nginx returns the daemon's pid to the parent,
-                 * which writes the pid file before it exits
-                 */
-                ngx_pid = (ngx_pid_t) pid;
-                exit(ngx_create_pidfile(&ccf->pid, cycle->log) == NGX_OK
-                     ? 0 : 1);
-            }
-
-            ngx_daemonized = 1;
-            ccf->daemon = 0;
-
-            /* as early as a stock nginx would: "nginx -s" finds it */
-            (void) ngx_create_pidfile(&ccf->pid, cycle->log);
+            return NGX_ERROR;
         }
 
         if (mmcf->shm_name.len) {
@@ -437,9 +415,81 @@ ngx_http_mosn_pool_start(ngx_cycle_t *cycle, ngx_http_mosn_main_conf_t *mmcf)
         return NGX_ERROR;
     }
 
+    if (ngx_http_mosn_started != -1) {
+        (void) write(ngx_http_mosn_started, "1", 1);
+        (void) close(ngx_http_mosn_started);
+        ngx_http_mosn_started = -1;
+    }
+
     if (ngx_process == NGX_PROCESS_SINGLE && ccf->master) {
         ngx_http_mosn_wait_pool(cycle);
     }
+
+    return NGX_OK;
+}
+
+
+/*
+ * nginx daemonizes after the modules are initialised: a supervisor started
+ * before that would be a child of the process that exits, and no master
+ * could reap or respawn it.  So the first start forks into the daemon
+ * here, as main() would have.  The process that started nginx exits with
+ * the start's outcome, as a stock nginx's does: the daemon reports over a
+ * pipe once its region and supervisor are up, and one that fails before
+ * that closes the pipe by exiting.
+ */
+
+static ngx_int_t
+ngx_http_mosn_daemon(ngx_cycle_t *cycle, ngx_core_conf_t *ccf)
+{
+    int        fd[2];
+    u_char     ok;
+    ssize_t    n;
+    ngx_int_t  pid;
+
+    if (pipe2(fd, O_CLOEXEC) == -1) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                      "mosn: pipe2() failed");
+        return NGX_ERROR;
+    }
+
+    pid = ngx_daemon(cycle->log);
+
+    if (pid == NGX_ERROR) {
+        (void) close(fd[0]);
+        (void) close(fd[1]);
+        return NGX_ERROR;
+    }
+
+    if (pid > 0) {
+        (void) close(fd[1]);
+
+        do {
+            n = read(fd[0], &ok, 1);
+        } while (n == -1 && ngx_errno == NGX_EINTR);
+
+        if (n != 1) {
+            /* the daemon wrote the pid file before it failed */
+            (void) ngx_delete_file(ccf->pid.data);
+            exit(1);
+        }
+
+        /*
+         * Debian's nginx returns the daemon's pid to the parent, which
+         * writes the pid file before it exits
+         */
+        ngx_pid = (ngx_pid_t) pid;
+        exit(ngx_create_pidfile(&ccf->pid, cycle->log) == NGX_OK ? 0 : 1);
+    }
+
+    (void) close(fd[0]);
+    ngx_http_mosn_started = fd[1];
+
+    ngx_daemonized = 1;
+    ccf->daemon = 0;
+
+    /* as early as a stock nginx would: "nginx -s" finds it */
+    (void) ngx_create_pidfile(&ccf->pid, cycle->log);
 
     return NGX_OK;
 }
