@@ -67,6 +67,22 @@ def wait_for(cond, timeout=5, step=0.02):
     return None
 
 
+def boot_clock():
+    """Now, on the clock the kernel's process start times count on."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def process_start(pid):
+    """When the kernel started process pid, on boot_clock() (to the
+    clock tick); None if it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    except OSError:
+        return None
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 class Response:
     def __init__(self, status, headers, body):
         self.status = status
