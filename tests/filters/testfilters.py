@@ -278,3 +278,20 @@ class Lifecycle(StreamReceiverFilter):
 
     def on_receive(self, ctx, headers, buf, trailers):
         return CONTINUE
+
+
+@register_filter("start_gate")
+class StartGate(StreamReceiverFilter):
+    """A worker that loads it starts serving only once the file its config
+    names exists: a pool the test lets start when it has done its part."""
+
+    def __init__(self, config):
+        self.path = config["file"]
+
+    async def start(self):
+        import asyncio
+        while not os.path.exists(self.path):
+            await asyncio.sleep(0.01)
+
+    def on_receive(self, ctx, headers, buf, trailers):
+        return CONTINUE
