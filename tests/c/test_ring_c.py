@@ -3,6 +3,7 @@ the verdict decoder under libFuzzer, both built from the tree."""
 
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -77,7 +78,35 @@ def test_fuzz_short(target):
                      out.stdout), out.stdout
 
 
-def test_fuzz_corpus_c_and_python_agree():
+def verdict_corpus(tmp_path):
+    """The verdict fuzzer's seeds (fuzz/make_corpus.py), each cut short
+    and with bytes changed (seeded, so every run checks the same inputs),
+    and whatever the fuzzer kept in build/ from an earlier run."""
+    seeds = tmp_path / "seeds"
+    made = run([sys.executable, os.path.join(ROOT, "fuzz", "make_corpus.py"),
+                str(seeds)], 60)
+    assert made.returncode == 0, made.stdout + made.stderr
+    rng = random.Random(14)
+    corpus = {}
+    for path in sorted(seeds.iterdir()):
+        data = path.read_bytes()
+        corpus[path.name] = data
+        for cut in sorted({0, 1, len(data) // 2, len(data) - 1}):
+            corpus["%s-cut%d" % (path.name, cut)] = data[:cut]
+        for i in range(16):
+            flipped = bytearray(data)
+            at = rng.randrange(len(data))
+            flipped[at] = rng.choice((0x00, 0xff, 0x0a, flipped[at] ^ 0x80))
+            corpus["%s-flip%d" % (path.name, i)] = bytes(flipped)
+    kept = os.path.join(ROOT, "build", "fuzz", "verdict", "corpus")
+    if os.path.isdir(kept):
+        for name in sorted(os.listdir(kept)):
+            with open(os.path.join(kept, name), "rb") as f:
+                corpus["kept-" + name] = f.read()
+    return corpus
+
+
+def test_fuzz_corpus_c_and_python_agree(tmp_path):
     """The C decoder and the pure-Python reference refuse the same
     verdicts, for the same reason, over the fuzzer's corpus."""
     try:
@@ -85,15 +114,14 @@ def test_fuzz_corpus_c_and_python_agree():
     except ImportError:
         pytest.skip("the Cython binding is not built")
     from shm_ring import codec
-    corpus = os.path.join(ROOT, "build", "fuzz", "corpus")
-    if not os.path.isdir(corpus):
-        pytest.skip("no fuzz corpus yet")
-    names = sorted(os.listdir(corpus))
-    for name in names:
-        with open(os.path.join(corpus, name), "rb") as f:
-            data = f.read()
-        assert _ring.validate_verdict(data) == codec.validate_verdict(data), \
-            name
+    refused = 0
+    corpus = verdict_corpus(tmp_path)
+    for name, data in corpus.items():
+        why = _ring.validate_verdict(data)
+        assert why == codec.validate_verdict(data), name
+        refused += why is not None
+    # both kinds were checked: verdicts taken and verdicts refused
+    assert 0 < refused < len(corpus), (refused, len(corpus))
 
 
 def test_ring_bench_smoke(tmp_path):
