@@ -51,7 +51,8 @@ class Rig:
 
     def __init__(self, loop, limit=8, slots=16):
         self.loop = loop
-        self.name = "/mosn-inflight-%d-%s" % (os.getpid(), uuid.uuid4().hex[:8])
+        self.name = "/mosn-inflight-%d-%s" % (os.getpid(),
+                                              uuid.uuid4().hex[:8])
         self.region = Region.create(self.name, nproducers=1, nconsumers=1,
                                     slots=slots, slot_size=4096)
         self.consumer = self.region.consumer(self.region.alloc_consumer())
@@ -97,10 +98,7 @@ class Rig:
 
     def close(self):
         self.region.close()
-        try:
-            os.unlink("/dev/shm" + self.name)
-        except FileNotFoundError:
-            pass
+        self.region.unlink()    # its wake-up directory too
 
 
 @pytest.fixture
