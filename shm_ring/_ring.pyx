@@ -482,7 +482,7 @@ cdef class SlotRequest:
     @property
     def metadata(self):
         """The request's metadata, on a response record; else {}."""
-        cdef mosn_field_t f = self.req.field[MOSN_REQ_BODY]
+        cdef mosn_field_t f = self.req.field[MOSN_REQ_META]
         if not (self.req.flags & MOSN_REQ_F_META):
             return {}
         return decode_metadata(PyBytes_FromStringAndSize(
@@ -659,6 +659,21 @@ cdef int _record(_writer *w, int rtype, object key, object value) except -1:
                 PyBytes_AS_STRING(vb), len(vb))
 
 
+cdef int _body(_writer *w, object body) except -1:
+    """The response body record, refused with the room it lacked."""
+    cdef const uint8_t[::1] view = body
+    cdef Py_ssize_t n = view.shape[0]
+    cdef uint64_t used = <uint64_t> w.pos + sizeof(mosn_record_t)
+    cdef uint64_t left = w.cap - used if w.cap > used else 0
+    if <uint64_t> n > left:
+        raise RingError("the new response body of %d bytes does not fit in "
+                        "the slot (%d bytes left; see mosn_slot_size)"
+                        % (n, left))
+    if n == 0:
+        return _put(w, MOSN_REC_RESP_BODY, "", 0, "", 0)
+    return _put(w, MOSN_REC_RESP_BODY, "", 0, <const char *> &view[0], n)
+
+
 cdef inline void _header(uint8_t *base, _writer *w, int action, int status,
                          uint32_t flags):
     cdef mosn_verdict_t hdr
@@ -708,8 +723,12 @@ cdef uint32_t _write_verdict(uint8_t *base, uint32_t cap, object v) except *:
             _record(&w, MOSN_REC_RESP_DEL, k, b"")
         for k, val in v.response_add:
             _record(&w, MOSN_REC_RESP_ADD, k, val)
+        if v.response_body is not None:
+            _body(&w, v.response_body)
         if action == MOSN_ACTION_CONTINUE and v.run_senders:
             flags = MOSN_VERDICT_F_SENDERS
+            if v.decode_body:
+                flags |= MOSN_VERDICT_F_DECODE
         if action == MOSN_ACTION_REPLY:
             for k, val in v.reply_headers:
                 _record(&w, MOSN_REC_REPLY_HEADER, k, val)

@@ -9,22 +9,23 @@ import re
 import socket
 import struct
 
-REQ_HEADER = struct.Struct("<IIQII" + "II" * 8)
+REQ_HEADER = struct.Struct("<IIQII" + "II" * 9)
 HEADER_ENTRY = struct.Struct("<III")
 VERDICT_HEADER = struct.Struct("<IHHII")
 RECORD = struct.Struct("<B3xII")
 
 FIELDS = ("chain", "method", "path", "query", "remote_addr", "protocol",
-          "body", "headers")
-F_BODY = 0x1
+          "body", "headers", "meta")
+F_BODY = 0x1                # the body field holds the (response's) body
 F_RESPONSE = 0x2            # a response record (the response phase)
-F_META = 0x4                # its body field: the request's metadata
+F_META = 0x4                # its meta field: the request's metadata
 F_SENDERS = 0x1             # verdict flag: run the response phase
+F_DECODE = 0x2              # verdict flag: hold compressed bodies too
 
 CONTINUE, REPLY, ERROR = 0, 1, 2
 REC_UPSTREAM, REC_META, REC_REQ_SET, REC_REQ_DEL = 1, 2, 3, 4
 REC_RESP_ADD, REC_REPLY_HEADER, REC_REPLY_BODY, REC_LOG = 5, 6, 7, 8
-REC_RESP_SET, REC_RESP_DEL = 9, 10
+REC_RESP_SET, REC_RESP_DEL, REC_RESP_BODY = 9, 10, 11
 MAX_RECORDS = 256
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,255}\Z")
@@ -56,12 +57,13 @@ class Verdict:
     __slots__ = ("action", "status", "upstream", "metadata", "request_set",
                  "request_remove", "response_add", "reply_headers",
                  "reply_body", "log", "response_set", "response_remove",
-                 "run_senders")
+                 "run_senders", "response_body", "decode_body")
 
     def __init__(self, action=CONTINUE, status=0, upstream=None,
                  metadata=None, request_set=(), request_remove=(),
                  response_add=(), reply_headers=(), reply_body=b"", log="",
-                 response_set=(), response_remove=(), run_senders=False):
+                 response_set=(), response_remove=(), run_senders=False,
+                 response_body=None, decode_body=False):
         self.action = action
         self.status = status
         self.upstream = upstream
@@ -75,6 +77,8 @@ class Verdict:
         self.response_set = list(response_set)
         self.response_remove = list(response_remove)
         self.run_senders = run_senders
+        self.response_body = response_body
+        self.decode_body = decode_body
 
     @classmethod
     def error(cls, why):
@@ -99,12 +103,11 @@ def encode_request(chain="", method="GET", path="/", query="",
                    headers=(), body=None, request_id=0, status=None,
                    metadata=None):
     """A request record as the nginx module writes it; with a status, the
-    response record of the response phase (headers: the response's), which
-    carries the request's metadata."""
-    if metadata and body is not None:
-        raise ValueError("a record carries a body or metadata, not both")
+    response record of the response phase (headers and body: the
+    response's), which carries the request's metadata."""
     strings = [_b(chain), _b(method), _b(path), _b(query), _b(remote_addr),
-               _b(protocol), _b(body or encode_metadata(metadata or {}))]
+               _b(protocol), _b(body or b"")]
+    meta = encode_metadata(metadata or {})
     fields = []
     off = REQ_HEADER.size
     for s in strings:
@@ -122,6 +125,8 @@ def encode_request(chain="", method="GET", path="/", query="",
         table.append(HEADER_ENTRY.pack(off, len(n), len(v)))
         off += len(n) + len(v)
     fields.append((table_off, HEADER_ENTRY.size * len(pairs)))
+    fields.append((off, len(meta)))
+    off += len(meta)
     flat = [x for f in fields for x in f]
     flags = (F_BODY if body is not None else 0) \
         | (F_RESPONSE if status is not None else 0) \
@@ -129,7 +134,7 @@ def encode_request(chain="", method="GET", path="/", query="",
     head = REQ_HEADER.pack(off, len(pairs), request_id, flags, status or 0,
                            *flat)
     return b"".join([head] + strings + table
-                    + [n + v for n, v in pairs])
+                    + [n + v for n, v in pairs] + [meta])
 
 
 def decode_request(buf):
@@ -149,7 +154,7 @@ def decode_request(buf):
     for name, (off, n) in zip(FIELDS, fields):
         if name != "headers":
             out[name] = bytes(buf[off:off + n])
-    out["metadata"] = decode_metadata(out["body"]) \
+    out["metadata"] = decode_metadata(out.pop("meta")) \
         if flags & F_META else None
     if not flags & F_BODY:
         out["body"] = None
@@ -199,6 +204,8 @@ def verdict_records(v):
     recs += [(REC_RESP_SET, _b(k), _b(val)) for k, val in v.response_set]
     recs += [(REC_RESP_DEL, _b(k), b"") for k in v.response_remove]
     recs += [(REC_RESP_ADD, _b(k), _b(val)) for k, val in v.response_add]
+    if v.response_body is not None:
+        recs.append((REC_RESP_BODY, b"", _b(v.response_body)))
     if v.action == REPLY:
         recs += [(REC_REPLY_HEADER, _b(k), _b(val))
                  for k, val in v.reply_headers]
@@ -206,7 +213,9 @@ def verdict_records(v):
             recs.append((REC_REPLY_BODY, b"", _b(v.reply_body)))
     if v.log:
         recs.append((REC_LOG, b"", v.log.encode("utf-8", "replace")))
-    flags = F_SENDERS if v.action == CONTINUE and v.run_senders else 0
+    flags = 0
+    if v.action == CONTINUE and v.run_senders:
+        flags = F_SENDERS | (F_DECODE if v.decode_body else 0)
     return v.action, v.status, flags, recs
 
 
@@ -240,7 +249,8 @@ def decode_verdict(buf):
     if action == REPLY and not 200 <= status <= 599:
         raise RingError("reply status is not in 200..599")
     v = Verdict(action=action, status=status,
-                run_senders=bool(flags & F_SENDERS))
+                run_senders=bool(flags & F_SENDERS),
+                decode_body=bool(flags & F_DECODE))
     pos = VERDICT_HEADER.size
     bodies = 0
     for _ in range(nrec):
@@ -279,6 +289,10 @@ def decode_verdict(buf):
             if klen or bodies > 1:
                 raise RingError("bad reply body record")
             v.reply_body = val
+        elif t == REC_RESP_BODY:
+            if klen or v.response_body is not None:
+                raise RingError("bad response body record")
+            v.response_body = val
         elif t == REC_LOG:
             if klen:
                 raise RingError("bad log record")

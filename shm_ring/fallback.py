@@ -137,7 +137,7 @@ REQ_F_BODY = codec.F_BODY
 REQ_F_RESPONSE = codec.F_RESPONSE
 REQ_F_META = codec.F_META
 F_CHAIN, F_METHOD, F_PATH, F_QUERY, F_ADDR, F_PROTOCOL, F_BODY = range(7)
-F_HEADERS = 7
+F_HEADERS, F_META = 7, 8
 
 U32 = 0xFFFFFFFF
 
@@ -1781,7 +1781,7 @@ class SlotRequest:
         """The request's metadata, on a response record; else {}."""
         if not self._flags & REQ_F_META:
             return {}
-        off, n = self._fields[F_BODY]
+        off, n = self._fields[F_META]
         return codec.decode_metadata(self._rec[off:off + n])
 
     @property
@@ -1856,6 +1856,18 @@ def _encode_verdict(v, cap):
         v = codec.Verdict(metadata=v)
     buf = codec.encode_verdict(v)
     nrecords = codec.VERDICT_HEADER.unpack_from(buf)[3]
+    if len(buf) > cap and v.response_body is not None:
+        # the body is written after these records: what they left
+        pos = codec.VERDICT_HEADER.size
+        for t, key, value in codec.verdict_records(v)[3]:
+            if t == codec.REC_RESP_BODY:
+                break
+            pos += codec.RECORD.size + len(key) + len(value)
+        left = max(cap - pos - codec.RECORD.size, 0)
+        if len(v.response_body) > left:
+            raise RingError("the new response body of %d bytes does not "
+                            "fit in the slot (%d bytes left; see "
+                            "mosn_slot_size)" % (len(v.response_body), left))
     if len(buf) > cap or nrecords > VERDICT_MAX_RECORDS:
         raise RingError("verdict does not fit in the slot")
     return buf

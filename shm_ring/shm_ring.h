@@ -262,9 +262,12 @@ typedef struct {
  * A response record (MOSN_REQ_F_RESPONSE, ABI version 3) is written when
  * the request's verdict asked for the response phase: the same request
  * fields and request_id, the upstream's status in status, and the
- * response headers in the header table.  With MOSN_REQ_F_META its body
+ * response headers in the header table.  With MOSN_REQ_F_META its meta
  * field holds the metadata of the request's verdict, a "key=value\n" line
  * each (keys and values were checked: no '=' in a key, no LF anywhere).
+ * With MOSN_REQ_F_BODY (ABI version 4) its body field holds the
+ * response's body, whole, as the upstream sent it (still compressed if
+ * it came so: the headers say).
  */
 
 #define MOSN_REQ_CHAIN              0
@@ -275,11 +278,12 @@ typedef struct {
 #define MOSN_REQ_PROTOCOL           5
 #define MOSN_REQ_BODY               6
 #define MOSN_REQ_HEADERS            7       /* the header table */
-#define MOSN_REQ_NFIELDS            8
+#define MOSN_REQ_META               8       /* response records only */
+#define MOSN_REQ_NFIELDS            9
 
 #define MOSN_REQ_F_BODY             0x1     /* body present */
 #define MOSN_REQ_F_RESPONSE         0x2     /* a response record */
-#define MOSN_REQ_F_META             0x4     /* the body field: metadata */
+#define MOSN_REQ_F_META             0x4     /* metadata present */
 
 typedef struct {
     uint32_t                off;
@@ -312,7 +316,12 @@ typedef struct {
  * response record before it goes to the client.  The verdict on a
  * response record is CONTINUE with RESP_SET, RESP_DEL and RESP_ADD
  * records: every line of a name that is set or removed goes, the lines
- * set for it take their place, then the added lines are appended.
+ * set for it take their place, then the added lines are appended.  A
+ * RESP_BODY record (ABI version 4, at most one) replaces the response's
+ * body: nginx frames the new one itself (Content-Length, or chunked) and
+ * throws the upstream's away.  MOSN_VERDICT_F_DECODE asks nginx to hold
+ * compressed response bodies too (gzip, deflate), which the worker
+ * decodes for the filters.
  */
 
 #define MOSN_ACTION_CONTINUE        0       /* proxy on, with edits */
@@ -329,8 +338,10 @@ typedef struct {
 #define MOSN_REC_LOG                8       /* value: why, for error_log */
 #define MOSN_REC_RESP_SET           9       /* name, value: response phase */
 #define MOSN_REC_RESP_DEL           10      /* name: response phase */
+#define MOSN_REC_RESP_BODY          11      /* value: response phase */
 
 #define MOSN_VERDICT_F_SENDERS      0x1     /* run the response phase */
+#define MOSN_VERDICT_F_DECODE       0x2     /* hold compressed bodies too */
 
 #define MOSN_VERDICT_MAX_RECORDS    256
 #define MOSN_META_KEY_MAX           64

@@ -47,6 +47,7 @@ cdef extern from "shm_ring.h" nogil:
     int MOSN_REQ_PROTOCOL
     int MOSN_REQ_BODY
     int MOSN_REQ_HEADERS
+    int MOSN_REQ_META
     int MOSN_REQ_NFIELDS
     int MOSN_REQ_F_BODY
     int MOSN_REQ_F_RESPONSE
@@ -66,7 +67,9 @@ cdef extern from "shm_ring.h" nogil:
     int MOSN_REC_LOG
     int MOSN_REC_RESP_SET
     int MOSN_REC_RESP_DEL
+    int MOSN_REC_RESP_BODY
     int MOSN_VERDICT_F_SENDERS
+    int MOSN_VERDICT_F_DECODE
     int MOSN_VERDICT_MAX_RECORDS
     uint32_t MOSN_RESCUE_FAILED
 
@@ -184,7 +187,7 @@ cdef extern from "shm_ring.h" nogil:
         uint64_t request_id
         uint32_t flags
         uint32_t status
-        mosn_field_t field[8]
+        mosn_field_t field[9]
 
     ctypedef struct mosn_verdict_t:
         uint32_t len

@@ -190,7 +190,7 @@ mosn_verdict_next(mosn_verdict_iter_t *it, mosn_rec_view_t *rec)
 int
 mosn_verdict_validate(const uint8_t *buf, size_t len, const char **why)
 {
-    int                  rc, bodies, upstreams;
+    int                  rc, bodies, resp_bodies, upstreams;
     mosn_rec_view_t      rec;
     mosn_verdict_iter_t  it;
 
@@ -218,6 +218,7 @@ mosn_verdict_validate(const uint8_t *buf, size_t len, const char **why)
     }
 
     bodies = 0;
+    resp_bodies = 0;
     upstreams = 0;
 
     while ((rc = mosn_verdict_next(&it, &rec)) == 1) {
@@ -267,6 +268,13 @@ mosn_verdict_validate(const uint8_t *buf, size_t len, const char **why)
         case MOSN_REC_REPLY_BODY:
             if (rec.key_len != 0 || ++bodies > 1) {
                 *why = "bad reply body record";
+                return -1;
+            }
+            break;
+
+        case MOSN_REC_RESP_BODY:
+            if (rec.key_len != 0 || ++resp_bodies > 1) {
+                *why = "bad response body record";
                 return -1;
             }
             break;

@@ -160,6 +160,10 @@ VERDICTS = [
             log="blocked by rule 7"),
     Verdict(action=ERROR, log="filter raised: ValueError('\u2603')"),
     Verdict(request_set=[("X-Set", "v\xe9")], request_remove=["A", "B"]),
+    Verdict(run_senders=True, decode_body=True),
+    Verdict(response_set=[("Content-Type", "application/json")],
+            response_body=b'{"card": "****"}\0\xff'),
+    Verdict(response_body=b""),
 ]
 
 
@@ -206,6 +210,9 @@ def test_verdict_bytes_pass_through(impl, make_region):
     (Verdict(metadata={"k%d" % i: "v" for i in range(300)}),
      "verdict not encodable: verdict does not fit in the slot"),
     (Verdict(upstream="\u20ac"), "verdict not encodable: "),
+    (Verdict(response_remove=["ETag"], response_body=b"b" * 9000),
+     "verdict not encodable: the new response body of 9000 bytes does not "
+     "fit in the slot (7940 bytes left; see mosn_slot_size)"),
     (Verdict(request_set=[("X", 5)]), "verdict not encodable: "),
 ])
 def test_unwritable_verdict_becomes_error(impl, make_region, verdict, why):
@@ -673,3 +680,31 @@ def test_complete_with_gen_spares_a_newer_request(impl, make_region):
     assert prod.poll() == []
     assert cons.complete(p, Verdict(metadata={"new": "1"}), gen=2)
     assert decode_verdict(prod.verdict(1)).metadata == {"new": "1"}
+
+
+def test_response_record_carries_body_and_metadata(impl, make_region):
+    """A response record holds the upstream's body and, apart, the
+    request's metadata; the verdict's new body comes back whole."""
+    r = make_region(slot_size=8192)
+    cons, prod = r.consumer(r.alloc_consumer()), r.producer()
+    body = bytes(range(256)) * 8
+    prod.submit(2, encode_request(
+        chain="l", headers=[("Content-Type", "application/json")],
+        body=body, status=502, metadata={"UNIT": "s2", "mode": "x=y"},
+        request_id=7))
+    (p,) = cons.take()
+    req = cons.request(p)
+    assert req.is_response and req.status == 502
+    assert req.body == body
+    assert req.metadata == {"UNIT": "s2", "mode": "x=y"}
+    assert req.header_items() == [("Content-Type", "application/json")]
+    verdict = Verdict(response_body=body[::-1])
+    assert cons.complete(p, verdict)
+    assert prod.poll() == [(2, 1)]
+    assert decode_verdict(prod.verdict(2)) == verdict
+    # a response record without a body says so
+    prod.free(2)
+    prod.submit(2, encode_request(status=204, metadata={"UNIT": "s1"}))
+    (p,) = cons.take()
+    req = cons.request(p)
+    assert req.body is None and req.metadata == {"UNIT": "s1"}

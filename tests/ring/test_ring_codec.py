@@ -57,13 +57,11 @@ requests = st.fixed_dictionaries({
 
 
 def response_fields(fields):
-    """As the module writes them: metadata only on a response record, and
-    then no body."""
+    """As the module writes them: metadata only on a response record,
+    which may carry the response's body beside it."""
     fields = dict(fields)
     if fields["status"] is None:
         fields["metadata"] = None
-    if fields["metadata"]:
-        fields["body"] = None
     return fields
 
 
@@ -104,7 +102,10 @@ def verdicts(draw):
         response_set=draw(st.lists(st.tuples(token, field_value),
                                    max_size=4)),
         response_remove=draw(st.lists(token, max_size=4)),
-        run_senders=action == CONTINUE and draw(st.booleans()))
+        response_body=draw(st.none() | st.binary(max_size=100)),
+        **draw(st.sampled_from([{}, {"run_senders": True},
+                                {"run_senders": True, "decode_body": True}])
+               if action == CONTINUE else st.just({})))
 
 
 @SETTINGS
