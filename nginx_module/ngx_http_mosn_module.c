@@ -43,6 +43,8 @@ static char *ngx_http_mosn_chain(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_mosn_status_or(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static ngx_int_t ngx_http_mosn_response_body_fits(ngx_conf_t *cf,
+    ngx_http_mosn_loc_conf_t *mlcf, ngx_http_mosn_main_conf_t *mmcf);
 static ngx_int_t ngx_http_mosn_init(ngx_conf_t *cf);
 static ngx_int_t ngx_http_mosn_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_mosn_init_process(ngx_cycle_t *cycle);
@@ -166,6 +168,27 @@ static ngx_command_t  ngx_http_mosn_commands[] = {
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_mosn_loc_conf_t, max_body),
       NULL },
+
+    { ngx_string("mosn_response_body"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_mosn_loc_conf_t, response_body),
+      NULL },
+
+    { ngx_string("mosn_max_response_body"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_mosn_loc_conf_t, max_response_body),
+      NULL },
+
+    { ngx_string("mosn_response_oversize"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_mosn_status_or,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_mosn_loc_conf_t, response_oversize),
+      "pass" },
 
     { ngx_string("mosn_max_headers"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
@@ -860,6 +883,9 @@ ngx_http_mosn_create_loc_conf(ngx_conf_t *cf)
     mlcf->max_headers = NGX_CONF_UNSET_UINT;
     mlcf->body = NGX_CONF_UNSET;
     mlcf->max_body = NGX_CONF_UNSET_SIZE;
+    mlcf->response_body = NGX_CONF_UNSET;
+    mlcf->max_response_body = NGX_CONF_UNSET_SIZE;
+    mlcf->response_oversize = NGX_CONF_UNSET;
 
     return mlcf;
 }
@@ -892,6 +918,11 @@ ngx_http_mosn_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_uint_value(conf->max_headers, prev->max_headers, 100);
     ngx_conf_merge_value(conf->body, prev->body, 0);
     ngx_conf_merge_size_value(conf->max_body, prev->max_body, 65536);
+    ngx_conf_merge_value(conf->response_body, prev->response_body, 0);
+    ngx_conf_merge_size_value(conf->max_response_body,
+                              prev->max_response_body, 65536);
+    ngx_conf_merge_value(conf->response_oversize, prev->response_oversize,
+                         NGX_HTTP_MOSN_OVERSIZE_PASS);
 
     if (conf->chain.len == 0) {
         return NGX_CONF_OK;
@@ -899,6 +930,12 @@ ngx_http_mosn_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_mosn_module);
     mmcf->enabled = 1;
+
+    if (conf->response_body
+        && ngx_http_mosn_response_body_fits(cf, conf, mmcf) != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
 
     name = mmcf->chains.elts;
 
@@ -955,6 +992,43 @@ ngx_http_mosn_chain(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     mlcf->chain = value[1];
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * A response body reaches the filters in the response record and comes
+ * back in the verdict, after the record in the same slot: the slot holds
+ * it twice, with room for the headers.
+ */
+
+static ngx_int_t
+ngx_http_mosn_response_body_fits(ngx_conf_t *cf,
+    ngx_http_mosn_loc_conf_t *mlcf, ngx_http_mosn_main_conf_t *mmcf)
+{
+    size_t  data, need;
+
+    data = MOSN_SLOT_DATA_SIZE(mmcf->slot_size);
+    need = 2 * mlcf->max_response_body + NGX_HTTP_MOSN_HEADERS_ROOM;
+
+    if (mlcf->max_response_body <= MOSN_MAX_SLOT_SIZE && need <= data) {
+        return NGX_OK;
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "\"mosn_max_response_body\" %uzk does not fit in a "
+                       "slot of \"mosn_slot_size\" %uzk: a slot holds the "
+                       "body twice (as the filters get it and as they "
+                       "return it) and %uzk of headers, so raise "
+                       "\"mosn_slot_size\" to %uzk or lower "
+                       "\"mosn_max_response_body\" to %uz",
+                       (mlcf->max_response_body + 1023) / 1024,
+                       mmcf->slot_size / 1024,
+                       (size_t) NGX_HTTP_MOSN_HEADERS_ROOM / 1024,
+                       (need + MOSN_SLOT_HEADER_SIZE + 1023) / 1024,
+                       data > NGX_HTTP_MOSN_HEADERS_ROOM
+                       ? (data - NGX_HTTP_MOSN_HEADERS_ROOM) / 2 : 0);
+
+    return NGX_ERROR;
 }
 
 

@@ -31,6 +31,14 @@
 #define NGX_HTTP_MOSN_WAITING             1
 #define NGX_HTTP_MOSN_DONE                2
 #define NGX_HTTP_MOSN_APPLIED             3
+#define NGX_HTTP_MOSN_COLLECTING          4    /* the response body */
+
+/* mosn_response_oversize */
+#define NGX_HTTP_MOSN_OVERSIZE_PASS       0
+
+/* the room mosn_slot_size keeps for a response's headers besides the
+ * body, which it holds twice: as the filters get it, as they return it */
+#define NGX_HTTP_MOSN_HEADERS_ROOM        4096
 
 /* r->buffered: the response is held while the sender filters decide */
 #define NGX_HTTP_MOSN_BUFFERED            0x08
@@ -58,6 +66,9 @@ typedef struct {
     ngx_uint_t                max_headers;
     ngx_flag_t                body;          /* request body to filters */
     size_t                    max_body;
+    ngx_flag_t                response_body; /* response body to filters */
+    size_t                    max_response_body;
+    ngx_int_t                 response_oversize; /* 0: pass, or a status */
 } ngx_http_mosn_loc_conf_t;
 
 
@@ -86,9 +97,13 @@ typedef struct {
     uint64_t                  resp_cost_ns;
     ngx_chain_t              *held;
 
+    /* the response body collected for the filters, a copy in one buffer */
+    ngx_buf_t                *resp_body;
+
     unsigned                  body_done:1;
     unsigned                  body_waiting:1;
     unsigned                  senders:1;     /* the verdict asked for it */
+    unsigned                  decode:1;      /* ... and for coded bodies */
     unsigned                  discard:1;     /* the response was replaced */
     unsigned                  queued:1;      /* in the wait queue */
 } ngx_http_mosn_ctx_t;

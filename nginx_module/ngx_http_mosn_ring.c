@@ -1125,6 +1125,18 @@ ngx_http_mosn_write_record(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
             return NGX_HTTP_REQUEST_HEADER_TOO_LARGE;
         }
 
+        /* the response body, held whole by the body filter */
+        if (ctx->resp_body != NULL) {
+            if (need + meta
+                + (size_t) (ctx->resp_body->last - ctx->resp_body->pos)
+                > room)
+            {
+                return NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
+            }
+
+            body = 1;
+        }
+
     } else if (mlcf->body && r->request_body && r->request_body->bufs) {
         body = 1;
         size = 0;
@@ -1190,14 +1202,25 @@ ngx_http_mosn_write_record(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
         }
     }
 
-    req->field[MOSN_REQ_BODY].off = (uint32_t) (p - base);
-
     if (response && meta) {
         req->flags |= MOSN_REQ_F_META;
+        req->field[MOSN_REQ_META].off = (uint32_t) (p - base);
         p = ngx_http_mosn_put_meta(ctx, p);
+        req->field[MOSN_REQ_META].len = (uint32_t) (p - base)
+                                        - req->field[MOSN_REQ_META].off;
     }
 
-    if (body) {
+    req->field[MOSN_REQ_BODY].off = (uint32_t) (p - base);
+
+    if (body && response) {
+        req->flags |= MOSN_REQ_F_BODY;
+
+        if (ctx->resp_body->last != ctx->resp_body->pos) {
+            p = ngx_cpymem(p, ctx->resp_body->pos,
+                           ctx->resp_body->last - ctx->resp_body->pos);
+        }
+
+    } else if (body) {
         req->flags |= MOSN_REQ_F_BODY;
 
         for (cl = r->request_body->bufs; cl; cl = cl->next) {

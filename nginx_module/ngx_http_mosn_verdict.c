@@ -174,6 +174,7 @@ ngx_http_mosn_verdict_take(ngx_http_mosn_ctx_t *ctx, const u_char *buf,
     ctx->reply_status = it.status;
     ctx->senders = (it.action == MOSN_ACTION_CONTINUE
                     && (it.flags & MOSN_VERDICT_F_SENDERS));
+    ctx->decode = (ctx->senders && (it.flags & MOSN_VERDICT_F_DECODE));
 
     while (mosn_verdict_next(&it, &rec) == 1) {
         if (rec.type == MOSN_REC_UPSTREAM) {

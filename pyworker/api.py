@@ -160,12 +160,32 @@ class StreamReceiverFilterHandler:
 
 
 class StreamSenderFilterHandler:
-    """What a sender filter can see of the response besides its headers."""
+    """What a sender filter can see of the response besides its headers,
+    and the body it may put in its place.
 
-    __slots__ = ("status",)
+    ``status`` is the response's status; ``body`` is None, or the new body
+    a sender filter gave with ``set_body`` (the filters after it get that
+    as ``buf``).
+    """
+
+    __slots__ = ("status", "body")
 
     def __init__(self):
         self.status = 0
+        self.body = None
+
+    def set_body(self, data):
+        """Replaces the response body: ``data`` is bytes, or str (sent as
+        UTF-8). nginx frames the new body itself and drops the upstream's.
+        """
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        elif isinstance(data, (bytearray, memoryview)):
+            data = bytes(data)
+        elif not isinstance(data, bytes):
+            raise TypeError(f"a response body must be str or bytes, not "
+                            f"{type(data).__name__}")
+        self.body = data
 
 
 # The handlers of the request a task serves.  A chain that awaits has many
@@ -206,18 +226,30 @@ class TaskReceiverFilterHandler:
 
 
 class TaskSenderFilterHandler:
-    """The sender handler of a chain that awaits: the status is that of the
-    response of the task that reads it."""
+    """The sender handler of a chain that awaits: the status and the body
+    are those of the response of the task that uses it."""
 
     __slots__ = ()
 
+    @staticmethod
+    def _current():
+        try:
+            return _send_handler.get()
+        except LookupError:
+            raise RuntimeError("the sender handler used outside a response "
+                               "of its chain") from None
+
     @property
     def status(self):
-        try:
-            return _send_handler.get().status
-        except LookupError:
-            raise RuntimeError("status read outside a response of its "
-                               "chain") from None
+        return self._current().status
+
+    @property
+    def body(self):
+        return self._current().body
+
+    def set_body(self, data):
+        """Replaces the body of the response this task serves."""
+        self._current().set_body(data)
 
 
 class StreamReceiverFilter:
@@ -236,17 +268,25 @@ class StreamReceiverFilter:
 
 
 class StreamSenderFilter:
-    """Base of response-phase filters (MOSN's StreamSenderFilter)."""
+    """Base of response-phase filters (MOSN's StreamSenderFilter).
+
+    ``buf`` is the response body (bytes) where nginx hands it over
+    (``mosn_response_body on``), else None. Compressed bodies come only if
+    a sender filter of the chain sets ``decode_body`` (from its config,
+    say): then gzip and deflate bodies come decoded.
+    """
 
     __slots__ = ()
     send_handler = None
+    decode_body = False
 
     def set_send_handler(self, handler):
         self.send_handler = handler
 
     def append(self, ctx, headers, buf, trailers):
-        """Reads or edits the response headers; returns CONTINUE or STOP.
-        May be ``async def``."""
+        """Reads or edits the response headers, reads ``buf`` and may
+        replace it (``self.send_handler.set_body``); returns CONTINUE or
+        STOP.  May be ``async def``."""
         return CONTINUE
 
 

@@ -7,7 +7,7 @@ from pyworker.verdict cimport metadata_is_plain
 
 
 cdef class Chain:
-    cdef public object name, filters, limits, has_senders
+    cdef public object name, filters, limits, has_senders, decode_body
     cdef public bint is_async, sends_async
     cdef tuple _receivers, _receiver_names, _senders, _sender_names
     cdef tuple _receiver_awaits, _sender_awaits

@@ -13,6 +13,7 @@ import copy
 import inspect
 import logging
 import time
+import zlib
 
 from pyworker import registry
 from pyworker.api import (STOP, ConfigError, StreamReceiverFilter,
@@ -52,7 +53,8 @@ class Chain:
     call to its answer.
     """
 
-    __slots__ = ("name", "filters", "limits", "has_senders", "is_async",
+    __slots__ = ("name", "filters", "limits", "has_senders", "decode_body",
+                 "is_async",
                  "sends_async", "_receivers", "_receiver_names",
                  "_receiver_awaits", "_senders", "_sender_names",
                  "_sender_awaits", "_handler", "_send_handler", "_observe",
@@ -90,6 +92,10 @@ class Chain:
         self._sender_awaits = tuple(awaits(filt.append)
                                     for filt in self._senders)
         self.has_senders = bool(senders)
+        # one sender filter that wants compressed bodies decoded asks
+        # nginx to hold them for the chain
+        self.decode_body = any(getattr(filt, "decode_body", False) is True
+                               for filt in self._senders)
         self.is_async = any(self._receiver_awaits)
         self.sends_async = any(self._sender_awaits)
         # one handler for a chain served inline; for one whose requests
@@ -279,12 +285,14 @@ class Chain:
                     if not self.has_senders:
                         return metadata
                     return Verdict(ACTION_CONTINUE, 0, None, metadata,
-                                   [], [], [], run_senders=True)
+                                   [], [], [], run_senders=True,
+                                   decode_body=self.decode_body)
                 request_set, request_remove = [], []
             verdict = Verdict(ACTION_CONTINUE, 0, ctx.upstream, ctx.metadata,
                               request_set, request_remove,
                               ctx.response_headers,
-                              run_senders=self.has_senders)
+                              run_senders=self.has_senders,
+                              decode_body=self.decode_body)
         try:
             check(verdict, self.limits)
         except VerdictError as exc:
@@ -368,18 +376,21 @@ class Chain:
             self._count(i, REPLIED if handler.hijacked else STOPPED)
         return self._finish_with(ctx, headers, filt, handler)
 
-    async def run_send_async(self, ctx, status, headers):
+    async def run_send_async(self, ctx, status, headers, buf=None):
         """run_send() for a chain whose sender filters await; run each
         call as a task of its own."""
         handler = StreamSenderFilterHandler()
         handler.status = status
         token = _send_handler.set(handler)
         try:
-            return await self._send_async(ctx, headers)
+            return await self._send_async(ctx, headers, buf, handler)
         finally:
             _send_handler.reset(token)
 
-    async def _send_async(self, ctx, headers):
+    async def _send_async(self, ctx, headers, buf, handler):
+        decoded = False
+        if buf is not None and self.decode_body:
+            buf, decoded = self._decode(ctx, headers, buf)
         added_before = len(ctx.response_headers)
         observe = self._observe
         clock = time.perf_counter
@@ -389,7 +400,7 @@ class Chain:
                                          self._sender_awaits):
                 start = clock()
                 try:
-                    outcome = filt.append(ctx, headers, None, None)
+                    outcome = filt.append(ctx, headers, buf, None)
                     if waits:
                         outcome = await outcome
                 except Exception:
@@ -401,9 +412,12 @@ class Chain:
                             clock() - start)
                 if outcome == STOP:
                     break
+                if handler.body is not None:
+                    buf = handler.body
         except Exception as exc:
             return self._failed(ctx, filt, exc)
-        return self._send_verdict(ctx, headers, filt, added_before)
+        return self._send_verdict(ctx, headers, filt, added_before,
+                                  handler.body, decoded)
 
     # -- the filters' life in a worker ----------------------------------
 
@@ -442,29 +456,38 @@ class Chain:
 
     # -- response phase ------------------------------------------------
 
-    def run_send(self, ctx, status, headers):
-        """Runs the sender filters over the upstream's response headers.
+    def run_send(self, ctx, status, headers, buf=None):
+        """Runs the sender filters over the upstream's response.
 
         Edits of ``headers`` become ``response_set``/``response_remove``
         (a name keeps its lines apart: Set-Cookie cannot be joined), lines
         added with ``ctx.add_response_header`` in this phase become
-        ``response_add``.
+        ``response_add``. ``buf`` is the body (bytes) or None; a body a
+        filter sets with ``send_handler.set_body`` is the next filters'
+        ``buf`` and becomes ``response_body``.
         """
-        self._send_handler.status = status
+        handler = self._send_handler
+        handler.status = status
+        handler.body = None
+        decoded = False
+        if buf is not None and self.decode_body:
+            buf, decoded = self._decode(ctx, headers, buf)
         added_before = len(ctx.response_headers)
         observe = self._observe
         filt = None
         try:
             if observe is None:
                 for filt in self._senders:
-                    if filt.append(ctx, headers, None, None) == STOP:
+                    if filt.append(ctx, headers, buf, None) == STOP:
                         break
+                    if handler.body is not None:
+                        buf = handler.body
             else:
                 clock = time.perf_counter
                 for filt, name in zip(self._senders, self._sender_names):
                     start = clock()
                     try:
-                        outcome = filt.append(ctx, headers, None, None)
+                        outcome = filt.append(ctx, headers, buf, None)
                     except Exception:
                         observe(name, "error", clock() - start)
                         raise
@@ -475,19 +498,30 @@ class Chain:
                     )
                     if outcome == STOP:
                         break
+                    if handler.body is not None:
+                        buf = handler.body
         except Exception as exc:
             return self._failed(ctx, filt, exc)
-        return self._send_verdict(ctx, headers, filt, added_before)
+        return self._send_verdict(ctx, headers, filt, added_before,
+                                  handler.body, decoded)
 
-    def _send_verdict(self, ctx, headers, filt, added_before):
+    def _send_verdict(self, ctx, headers, filt, added_before, body=None,
+                      decoded=False):
         response_set, response_remove = (
             headers.to_records(join=False) if headers.edits else ([], [])
         )
+        if decoded and body is not None and not any(
+            name.lower() == "content-encoding" for _, name, _ in headers.edits
+        ):
+            # the filters replaced a body they got decoded: the new one is
+            # sent as it is
+            response_remove.append("Content-Encoding")
         verdict = Verdict(
             ACTION_CONTINUE,
             response_add=ctx.response_headers[added_before:],
             response_set=response_set,
             response_remove=response_remove,
+            response_body=body,
         )
         try:
             check(verdict, self.limits)
@@ -496,6 +530,39 @@ class Chain:
                 ctx, filt, exc, self._senders, self._sender_names
             )
         return verdict
+
+    def _decode(self, ctx, headers, buf):
+        """(body, decoded) for filters that asked for compressed bodies
+        decoded: gzip and deflate, bounded by ``limits.max_decoded_body``;
+        a body that cannot be decoded within it is not given (None)."""
+        coding = (headers.get("content-encoding") or "").strip().lower()
+        if coding in ("", "identity"):
+            return buf, False
+        if coding in ("gzip", "x-gzip"):
+            wbits = 16 + zlib.MAX_WBITS
+        elif coding == "deflate":
+            # RFC 9110's deflate is zlib-wrapped; some send it raw
+            wbits = zlib.MAX_WBITS if buf[:1] == b"\x78" else -zlib.MAX_WBITS
+        else:
+            return None, False
+        limit = self.limits.max_decoded_body
+        try:
+            decoder = zlib.decompressobj(wbits)
+            out = decoder.decompress(buf, limit + 1)
+            if len(out) > limit:
+                raise ValueError(f"it decodes past {limit} bytes")
+            if not decoder.eof:
+                raise ValueError("it ends before its compressed stream")
+        except (zlib.error, ValueError) as exc:
+            _filter_log.warning(
+                "request %s (chain %s): the %s response body cannot be "
+                "decoded for the filters, which get none: %s",
+                getattr(ctx, "request_id", None), self.name, coding, exc,
+                extra={"request_id": getattr(ctx, "request_id", None),
+                       "chain": self.name},
+            )
+            return None, False
+        return out, True
 
     # -- failures (off the hot path) ------------------------------------
 

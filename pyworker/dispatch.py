@@ -135,7 +135,7 @@ class Dispatcher:
                 # the config changed between the phases: nothing to run
                 return None
             ctx.metadata = req.metadata
-            return chain.run_send(ctx, req.status, headers)
+            return chain.run_send(ctx, req.status, headers, req.body)
         verdict = chain.decide(ctx, headers, req.body)
         if type(verdict) is dict:
             # metadata only: a CONTINUE, counted without a call
@@ -154,8 +154,8 @@ class Dispatcher:
                 return None
             ctx.metadata = req.metadata
             if not chain.sends_async:
-                return chain.run_send(ctx, req.status, headers)
-            work = chain.run_send_async(ctx, req.status, headers)
+                return chain.run_send(ctx, req.status, headers, req.body)
+            work = chain.run_send_async(ctx, req.status, headers, req.body)
         else:
             if not chain.is_async:
                 verdict = chain.decide(ctx, headers, req.body)

@@ -98,17 +98,28 @@ def _in_loop(chain, work):
 
 
 def run_response(config_or_path, status=200, headers=(), listener=None,
-                 method="GET", path="/", *, request_id=1):
-    """Runs an upstream response (status, headers) through a chain's sender
-    filters and returns the Verdict: its ``response_set``,
-    ``response_remove`` and ``response_add`` are what nginx applies."""
+                 method="GET", path="/", *, body=None, request_id=1,
+                 metadata=None):
+    """Runs an upstream response (status, headers and, if given, body)
+    through a chain's sender filters and returns the Verdict: its
+    ``response_set``, ``response_remove``, ``response_add`` and
+    ``response_body`` (None: unchanged) are what nginx applies.
+
+    ``body``: bytes or str (UTF-8), as nginx hands it over with
+    ``mosn_response_body on``; None, as without. ``metadata``: what the
+    request phase set (``ctx.metadata``).
+    """
     chain = chain_of(config_or_path, listener)
     if not isinstance(headers, RequestHeaders):
         headers = RequestHeaders(headers)
+    if isinstance(body, str):
+        body = body.encode("utf-8")
     ctx = Context(request_id, method, path, listener=chain.name)
+    ctx.metadata = dict(metadata or {})
     if chain.sends_async:
-        return _in_loop(chain, chain.run_send_async(ctx, status, headers))
-    return chain.run_send(ctx, status, headers)
+        return _in_loop(chain, chain.run_send_async(ctx, status, headers,
+                                                    body))
+    return chain.run_send(ctx, status, headers, body)
 
 
 def chain_of(config_or_path, listener=None):

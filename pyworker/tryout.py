@@ -3,6 +3,7 @@
     pyworker check conf/mosn.json [-l serverListener ...]
     pyworker try conf/mosn.json -l serverListener -H "uid: 2" [/path?query]
     pyworker try conf/mosn.json --response 200 -R "Server: up"
+    pyworker try conf/mosn.json --response 200 --body page.json
 
 ``check`` exits 0 when the config loads (every chain is built), 1 when it
 does not or a listener named with ``-l`` is missing. ``try`` prints the
@@ -133,11 +134,28 @@ def main_try(argv=None):
     parser.add_argument("-R", "--response-header", action="append",
                         default=[], metavar="'NAME: VALUE'",
                         help="a header of that response; repeatable")
+    parser.add_argument("--body", metavar="FILE",
+                        help="the body of that response, read from FILE "
+                             "('-': standard input), as nginx hands it over "
+                             "with mosn_response_body on")
     parser.add_argument("--json", action="store_true",
                         help="print the verdict as JSON")
     args = parser.parse_args(argv)
     headers = _headers(parser, args.header)
     response_headers = _headers(parser, args.response_header)
+    if args.body is not None and args.response is None:
+        parser.error("--body is the response's: give --response STATUS too")
+    response_body = None
+    if args.body is not None:
+        try:
+            if args.body == "-":
+                response_body = sys.stdin.buffer.read()
+            else:
+                with open(args.body, "rb") as f:
+                    response_body = f.read()
+        except OSError as exc:
+            print(f"error: cannot read the body: {exc}", file=sys.stderr)
+            return 2
     if not logging.getLogger().handlers:  # show a failing filter's traceback
         logging.basicConfig(level=logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
@@ -154,7 +172,9 @@ def main_try(argv=None):
     response = None
     if args.response is not None and verdict.run_senders:
         response = run_response(chain, args.response, response_headers,
-                                method=args.method, path=args.path)
+                                method=args.method, path=args.path,
+                                body=response_body,
+                                metadata=verdict.metadata)
     if args.json:
         out = verdict.to_dict()
         if response is not None:
@@ -208,6 +228,10 @@ def format_verdict(verdict):
     if verdict.reply_body:
         body = verdict.reply_body.decode("utf-8", "backslashreplace")
         lines.append(f"reply body: {body}")
+    if verdict.response_body is not None:
+        body = verdict.response_body.decode("utf-8", "backslashreplace")
+        lines.append(f"response body ({len(verdict.response_body)} bytes, "
+                     f"replaces the upstream's): {body}")
     if verdict.log:
         lines.append(f"log: {verdict.log}")
     return "\n".join(lines)

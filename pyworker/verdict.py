@@ -23,6 +23,8 @@ ACTION_NAMES = {ACTION_CONTINUE: "CONTINUE", ACTION_REPLY: "REPLY",
 class Limits:
     max_reply_body: int = 65536
     max_records: int = 256
+    # a compressed response body decoded for the filters, at most
+    max_decoded_body: int = 1 << 20
 
 
 DEFAULT_LIMITS = Limits()
@@ -50,19 +52,21 @@ class Verdict:
     name may have several ``response_set`` lines (Set-Cookie cannot be
     joined). For a REPLY, ``reply_headers`` and ``reply_body`` are the
     direct answer. ``run_senders`` asks nginx to bring the upstream's
-    response back through the chain's sender filters.
+    response back through the chain's sender filters, ``decode_body`` to
+    hand them compressed bodies too (decoded). ``response_body``, in the
+    response phase, is the new body (bytes), or None to leave it.
     """
 
     __slots__ = ("action", "status", "upstream", "metadata", "request_set",
                  "request_remove", "response_add", "reply_headers",
                  "reply_body", "log", "response_set", "response_remove",
-                 "run_senders")
+                 "run_senders", "response_body", "decode_body")
 
     def __init__(self, action=ACTION_CONTINUE, status=0, upstream=None,
                  metadata=None, request_set=None, request_remove=None,
                  response_add=None, reply_headers=None, reply_body=b"",
                  log="", response_set=None, response_remove=None,
-                 run_senders=False):
+                 run_senders=False, response_body=None, decode_body=False):
         self.action = action
         self.status = status
         self.upstream = upstream
@@ -78,6 +82,8 @@ class Verdict:
             [] if response_remove is None else response_remove
         )
         self.run_senders = run_senders
+        self.response_body = response_body
+        self.decode_body = decode_body
 
     @classmethod
     def error(cls, log):
@@ -92,8 +98,9 @@ class Verdict:
         out = {"action": self.action_name}
         for name in self.__slots__[1:]:
             value = getattr(self, name)
-            if name == "reply_body":
-                if value:
+            if name in ("reply_body", "response_body"):
+                # an empty new body is a body; an empty reply body is none
+                if value or (name == "response_body" and value is not None):
                     try:
                         out[name] = value.decode("utf-8")
                     except UnicodeDecodeError:
@@ -211,6 +218,13 @@ def check(verdict, limits=DEFAULT_LIMITS):
         records += len(verdict.reply_headers) + (1 if body else 0)
     elif verdict.action not in (ACTION_CONTINUE, ACTION_ERROR):
         raise VerdictError(f"unknown verdict action {verdict.action!r}")
+    if verdict.response_body is not None:
+        if not isinstance(verdict.response_body, bytes):
+            raise VerdictError(
+                f"response body must be bytes, not "
+                f"{type(verdict.response_body).__name__}"
+            )
+        records += 1
     if verdict.log:
         records += 1
     if records > limits.max_records:

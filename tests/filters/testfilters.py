@@ -1,6 +1,7 @@
 """Filters the integration tests configure: each does one thing that a
 test then sees over HTTP."""
 
+import hashlib
 import os
 import time
 
@@ -295,3 +296,63 @@ class StartGate(StreamReceiverFilter):
 
     def on_receive(self, ctx, headers, buf, trailers):
         return CONTINUE
+
+
+@register_filter("rewrite_body")
+class RewriteBody(StreamSenderFilter):
+    """A sender filter with the response body: says what it saw (header
+    x-seen-body: "none", or length and digest) and rewrites it as the
+    request's x-body-mode header, else its config's mode, says."""
+
+    def __init__(self, config):
+        self.mode = config.get("mode", "none")
+        self.decode_body = bool(config.get("decode_body", False))
+
+    def append(self, ctx, headers, buf, trailers):
+        ctx.add_response_header("x-seen-body", "none" if buf is None else
+                                "%d:%s" % (len(buf), digest(buf)))
+        mode = ctx.metadata.get("mode") or self.mode
+        if buf is None and mode in ("upper", "grow", "shrink"):
+            mode = "none"
+        if mode == "upper":
+            self.send_handler.set_body(buf.upper())
+        elif mode == "grow":
+            self.send_handler.set_body(buf * 3 + b"!")
+        elif mode == "shrink":
+            self.send_handler.set_body(buf[:len(buf) // 2])
+        elif mode == "empty":
+            self.send_handler.set_body(b"")
+        elif mode == "text":
+            self.send_handler.set_body("h\u00e9llo \u2603\n")
+        elif mode == "json":
+            # whatever the upstream sent, or whether it was given at all
+            self.send_handler.set_body('{"error": %d}' %
+                                       self.send_handler.status)
+            headers.set("Content-Type", "application/json")
+        elif mode == "huge":
+            self.send_handler.set_body(b"h" * (1 << 20))
+        elif mode == "slow":
+            time.sleep(1.0)
+            self.send_handler.set_body(b"late")
+        elif mode == "boom":
+            raise ValueError("the body filter failed on purpose")
+        return CONTINUE
+
+
+@register_filter("body_mode")
+class BodyMode(StreamReceiverFilter):
+    """Carries the request's x-body-mode header to the response phase, in
+    the metadata."""
+
+    def __init__(self, config):
+        pass
+
+    def on_receive(self, ctx, headers, buf, trailers):
+        mode = headers.get("x-body-mode")
+        if mode:
+            ctx.metadata["mode"] = mode
+        return CONTINUE
+
+
+def digest(data):
+    return hashlib.sha256(data).hexdigest()[:16]

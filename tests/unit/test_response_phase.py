@@ -1,12 +1,20 @@
 """The response phase in Python: which verdicts ask for it, what sender
 filters see of a response record, and how their edits are written."""
 
+import gzip
+import zlib
+
+import pytest
+
 from pyworker import (CONTINUE, StreamReceiverFilter, StreamSenderFilter,
                       register_filter)
+from pyworker.api import StreamSenderFilterHandler
 from pyworker.chain import Chain
 from pyworker.dispatch import Dispatcher
 from pyworker.headers import RequestHeaders
 from pyworker.testing import run_chain, run_response
+from pyworker.verdict import (ACTION_CONTINUE, ACTION_ERROR, Limits, Verdict,
+                              VerdictError, check)
 from shm_ring import codec, fallback
 
 
@@ -93,3 +101,130 @@ def test_the_dispatcher_runs_the_senders_on_a_response_record():
     assert dispatch(slot_request(chain="l")).run_senders is True
     # a chain that lost its senders (a reload between the phases)
     assert dispatch(slot_request(**dict(response, chain="plain"))) is None
+
+
+# -- the response body ------------------------------------------------------
+
+
+@register_filter("test_redact")
+class Redact(StreamSenderFilter):
+    """Replaces one word of the body; says what it was given."""
+
+    def __init__(self, config):
+        self.word = config.get("word", "secret").encode()
+        self.decode_body = config.get("decode_body", False)
+
+    def append(self, ctx, headers, buf, trailers):
+        ctx.add_response_header("x-given", "none" if buf is None
+                                else str(len(buf)))
+        if buf is not None and self.word in buf:
+            self.send_handler.set_body(buf.replace(self.word, b"***"))
+        return CONTINUE
+
+
+@register_filter("test_body_as")
+class BodyAs(StreamSenderFilter):
+    """Sets whatever its config says, as it says it."""
+
+    def __init__(self, config):
+        self.value = config["value"]
+
+    def append(self, ctx, headers, buf, trailers):
+        self.send_handler.set_body(self.value)
+        return CONTINUE
+
+
+REDACT = [{"type": "test_redact"}]
+
+
+def test_a_sender_filter_reads_and_replaces_the_body():
+    verdict = run_response(REDACT, 200, [("Content-Type", "text/plain")],
+                           body=b"the secret is out")
+    assert verdict.response_body == b"the *** is out"
+    assert verdict.response_add == [("x-given", "17")]
+    # left alone, the body is not in the verdict: nginx sends the old one
+    assert run_response(REDACT, 200, body=b"nothing").response_body is None
+    # without body access the filters get None
+    assert run_response(REDACT, 200).response_add == [("x-given", "none")]
+    # the new body reaches the wire, and comes back as it went
+    wire = codec.encode_verdict(verdict)
+    assert codec.decode_verdict(wire).response_body == b"the *** is out"
+
+
+def test_the_next_filter_sees_the_new_body():
+    chain = [{"type": "test_redact", "config": {"word": "one"}},
+             {"type": "test_redact", "config": {"word": "two"}}]
+    verdict = run_response(chain, 200, body="one two three")
+    assert verdict.response_body == b"*** *** three"
+
+
+def test_set_body_takes_str_and_bytes_only():
+    for value, want in [("h\u00e9", "h\u00e9".encode()), (b"", b""),
+                        (bytearray(b"ab"), b"ab")]:
+        handler = StreamSenderFilterHandler()
+        handler.set_body(value)
+        assert handler.body == want
+    verdict = run_response([{"type": "test_body_as",
+                             "config": {"value": ["no"]}}], 200, body=b"x")
+    assert verdict.action == ACTION_ERROR
+    assert "must be str or bytes, not list" in verdict.log
+
+
+def test_compressed_bodies_decoded_for_filters_that_ask():
+    raw = b"the secret of gzip " * 50
+    asks = [{"type": "test_redact", "config": {"decode_body": True}}]
+    assert run_chain(asks).decode_body is True
+    assert run_chain(REDACT).decode_body is False
+    flags = codec.VERDICT_HEADER.unpack_from(
+        codec.encode_verdict(run_chain(asks)))[4]
+    assert flags == codec.F_SENDERS | codec.F_DECODE
+    deflated = zlib.compress(raw)
+    raw_deflate = zlib.compressobj(wbits=-15)
+    raw_deflate = raw_deflate.compress(raw) + raw_deflate.flush()
+    for coding, data in [("gzip", gzip.compress(raw)),
+                         ("x-gzip", gzip.compress(raw)),
+                         ("deflate", deflated), ("deflate", raw_deflate)]:
+        verdict = run_response(asks, 200, [("Content-Encoding", coding)],
+                               body=data)
+        assert verdict.response_body == raw.replace(b"secret", b"***")
+        # the new body is sent as it is, not as the upstream's coding
+        assert verdict.response_remove == ["Content-Encoding"]
+    # a filter that did not ask gets the compressed bytes as they came
+    verdict = run_response(REDACT, 200, [("Content-Encoding", "gzip")],
+                           body=gzip.compress(raw))
+    assert verdict.response_add == [("x-given", str(len(gzip.compress(raw))))]
+
+
+def test_bodies_that_cannot_be_decoded_are_not_given(caplog):
+    asks = Chain.from_stream_filters(
+        "l", [{"type": "test_redact", "config": {"decode_body": True}}],
+        limits=Limits(max_decoded_body=1000))
+    bomb = gzip.compress(b"\0" * 100000)
+    for coding, data, why in [("gzip", bomb, "decodes past 1000 bytes"),
+                              ("gzip", b"not gzip", "Error -3"),
+                              ("gzip", gzip.compress(b"x" * 500)[:-12],
+                               "ends before its compressed stream"),
+                              ("br", b"?", None)]:
+        caplog.clear()
+        verdict = run_response(asks, 200, [("Content-Encoding", coding)],
+                               body=data)
+        assert verdict.action == ACTION_CONTINUE
+        assert verdict.response_add == [("x-given", "none")]
+        assert verdict.response_body is None
+        if why:
+            assert why in caplog.text
+
+
+def test_the_dispatcher_hands_over_the_response_body():
+    dispatch = Dispatcher({"l": Chain.from_stream_filters("l", REDACT)})
+    verdict = dispatch(slot_request(chain="l", status=200, request_id=3,
+                                    metadata={"UNIT": "s1"},
+                                    body=b"a secret"))
+    assert verdict.response_body == b"a ***"
+    assert verdict.response_add == [("x-given", "8")]
+
+
+def test_check_refuses_a_body_that_is_not_bytes():
+    with pytest.raises(VerdictError, match="response body must be bytes"):
+        check(Verdict(response_body="text"))
+    check(Verdict(response_body=b""))

@@ -1,5 +1,6 @@
 """`pyworker check` and `pyworker try`, as functions and as command lines."""
 
+import io
 import json
 
 import pytest
@@ -274,3 +275,41 @@ def test_main_try_runs_the_response_phase(
     plain = write_config(mosn_config(unit_filter("uid")), name="plain.json")
     assert main_try([str(plain), "--response", "200"]) == 0
     assert "response phase: none" in capsys.readouterr().out
+
+
+@register_filter("tryout_redact")
+class TryoutRedact(StreamSenderFilter):
+    def __init__(self, config):
+        pass
+
+    def append(self, ctx, headers, buf, trailers):
+        if buf is not None:
+            self.send_handler.set_body(buf.replace(b"4111", b"****"))
+        return CONTINUE
+
+
+def test_main_try_runs_the_response_phase_over_a_body(
+    write_config, mosn_config, unit_filter, tmp_path, capsys, monkeypatch
+):
+    path = write_config(mosn_config(unit_filter("uid"),
+                                    {"type": "tryout_redact"}))
+    page = tmp_path / "page.json"
+    page.write_bytes(b'{"card": "4111"}')
+    assert main_try([str(path), "--response", "200", "--body",
+                     str(page)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == ('response body (16 bytes, replaces the upstream\'s): '
+                       '{"card": "****"}')
+    assert main_try([str(path), "--response", "200", "--body", str(page),
+                     "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["response_phase"]["response_body"] == '{"card": "****"}'
+    # from standard input, and the errors
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"4111")))
+    assert main_try([str(path), "--response", "200", "--body", "-"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith(": ****")
+    assert main_try([str(path), "--response", "200", "--body",
+                     str(tmp_path / "none")]) == 2
+    assert "cannot read the body" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main_try([str(path), "--body", str(page)])
