@@ -3,6 +3,9 @@ filters, passed on to the upstream unchanged."""
 
 import hashlib
 import http.server
+import os
+import shutil
+import subprocess
 import threading
 
 import pytest
@@ -29,22 +32,28 @@ class EchoUpstream(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class Server(http.server.ThreadingHTTPServer):
+    # nginx may open many connections at once (HTTP/2 streams)
+    request_queue_size = 128
+    daemon_threads = True
+
+
 @pytest.fixture
 def upstream():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), EchoUpstream)
+    server = Server(("127.0.0.1", 0), EchoUpstream)
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
     yield server.server_address[1]
     server.shutdown()
 
 
-def body_gateway(gateway, upstream, extra=""):
+def body_gateway(gateway, upstream, extra="", listen=""):
     mosn = example_mosn(extra_listeners=[listener(
         "l", {"type": "body_digest", "module": "testfilters", "config": {}})])
     return gateway("""
         mosn_slot_size 128k;
         server {
-            listen 127.0.0.1:%PORT%;
+            listen 127.0.0.1:%PORT% LISTEN;
             mosn_filter_chain l;
             add_header X-Mosn-Status $mosn_status always;
             location / {
@@ -62,7 +71,8 @@ def body_gateway(gateway, upstream, extra=""):
             }
             EXTRA
         }
-    """.replace("UP", str(upstream)).replace("EXTRA", extra),
+    """.replace("UP", str(upstream)).replace("EXTRA", extra)
+       .replace("LISTEN", listen),
         mosn=mosn, env=None).start()
 
 
@@ -114,3 +124,53 @@ def test_body_over_the_bound(gateway, upstream):
     assert r.status == 200 and r.header("X-Mosn-Status") == "fallback"
     assert r.text == "filter=None upstream=%s" % digest(b"y" * 2048)
     assert "larger than mosn_max_body" in gw.error_log()
+
+
+def curl_h2(url, *args, data=None):
+    out = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-D",
+                          "-", *args, url], input=data, capture_output=True,
+                         timeout=30)
+    assert out.returncode == 0, out.stderr
+    head, _, body = out.stdout.partition(b"\r\n\r\n")
+    return head.decode("latin-1"), body.decode()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_http2_request_bodies(gateway, upstream):
+    """Over HTTP/2 the filters get the body as over HTTP/1.1: with a
+    Content-Length, streamed without one, kept in a temp file, and over
+    the bound."""
+    gw = body_gateway(gateway, upstream, listen="http2")
+    url = "http://127.0.0.1:%d/" % gw.port
+    small = bytes(range(256)) * 40
+    head, text = curl_h2(url, "--data-binary", "@-", data=small)
+    assert head.startswith("HTTP/2 200")
+    assert text == "filter=%s upstream=%s" % (digest(small), digest(small))
+    # no Content-Length: the body comes in DATA frames until END_STREAM
+    streamed = b"z" * (101 * 1024)    # over mosn_max_body
+    head, text = curl_h2(url, "-T", "-", "-X", "POST", data=streamed[:1000])
+    assert "filter=%s" % digest(streamed[:1000]) in text
+    big = b"x" * (60 * 1024)            # beyond client_body_buffer_size
+    head, text = curl_h2(url, "-T", "-", "-X", "POST", data=big)
+    assert text == "filter=%s upstream=%s" % (digest(big), digest(big))
+    head, text = curl_h2(url, "-T", "-", "-X", "POST", data=streamed)
+    assert head.startswith("HTTP/2 413")
+    head, text = curl_h2(url + "nobody", "--data-binary", "@-", data=b"abc")
+    assert text == "filter=none upstream=%s" % digest(b"abc")
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="needs h2load")
+def test_http2_request_bodies_on_many_streams(gateway, upstream, tmp_path):
+    gw = body_gateway(gateway, upstream, listen="http2")
+    body = os.urandom(20000)
+    path = tmp_path / "body"
+    path.write_bytes(body)
+    out = subprocess.run(
+        ["h2load", "-n", "200", "-c", "2", "-m", "16", "-d", str(path),
+         "http://127.0.0.1:%d/" % gw.port],
+        capture_output=True, text=True, timeout=60)
+    assert "200 succeeded, 0 failed, 0 errored" in out.stdout, out.stdout
+    assert "status codes: 200 2xx" in out.stdout, out.stdout
+    # every answer was the same digest, seen by the filter and upstream
+    answer = "filter=%s upstream=%s" % (digest(body), digest(body))
+    assert "(%d) data" % (200 * len(answer)) in out.stdout, out.stdout

@@ -121,10 +121,15 @@ class Upstream(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class Server(http.server.ThreadingHTTPServer):
+    # nginx may open many connections at once (HTTP/2 streams)
+    request_queue_size = 128
+    daemon_threads = True
+
+
 @pytest.fixture
 def upstream():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
-    server.daemon_threads = True
+    server = Server(("127.0.0.1", 0), Upstream)
     server.peers = set()
     server.requests = 0
     t = threading.Thread(target=server.serve_forever, daemon=True)
@@ -176,6 +181,9 @@ def start(gateway, upstream, extra="", config=None, slot="160k", main="",
             location /stall {
                 proxy_read_timeout 1s;
                 proxy_pass http://up;
+            }
+            location /down {
+                proxy_pass http://127.0.0.1:1;
             }
             location /events {
                 proxy_buffering off;
@@ -415,6 +423,18 @@ def test_an_upgrade_is_not_held(gateway, upstream):
             got += chunk
     # the header came before the upgraded bytes, not after
     assert got.index(b"HTTP/1.1 101") < got.index(b"echo ping")
+
+
+def test_nginx_error_pages_are_bodies_too(gateway, upstream):
+    gw = start(gateway, upstream)
+    r = gw.get("/down")
+    assert r.status == 502 and b"502 Bad Gateway" in r.body
+    assert r.header("x-seen-body") == digest(r.body)
+    r = gw.get("/down", headers=mode("json"))
+    assert r.status == 502
+    assert r.body == b'{"error": 502}'
+    assert r.header("Content-Type") == "application/json"
+    assert r.header("Content-Length") == str(len(r.body))
 
 
 def test_without_body_access_the_body_streams(gateway, upstream):
