@@ -52,6 +52,12 @@ def verdicts():
                   response_remove=["Server", "X-Internal"],
                   response_add=[("Retry-After", "1")])
     yield Verdict(response_remove=["x-%d" % i for i in range(100)])
+    # a new body, and the flag that asks for compressed bodies decoded
+    yield Verdict(run_senders=True, decode_body=True)
+    yield Verdict(response_remove=["ETag", "Content-Encoding"],
+                  response_body=b'{"card": "****"}')
+    yield Verdict(response_body=b"")
+    yield Verdict(response_body=bytes(range(256)) * 4, log="redacted")
 
 
 def requests():
@@ -64,6 +70,9 @@ def requests():
                          headers=[("Content-Length", "300")])
     yield encode_request("l", status=502, headers=[("Server", "up")],
                          metadata={"UNIT": "s1", "IDC": ""})
+    yield encode_request("l", status=200, body=b'{"card": "4111"}',
+                         headers=[("Content-Type", "application/json")],
+                         metadata={"UNIT": "s1"})
     yield encode_request("l", headers=[("h%d" % i, "v" * i)
                                        for i in range(60)])
     yield encode_request("\u00e9", path="/\u00ff", remote_addr="::1",

@@ -62,7 +62,7 @@ static void
 mosn_fuzz_walk(const uint8_t *buf, size_t len)
 {
     int                  rc;
-    uint32_t             n, sum, nrecords, upstreams, bodies;
+    uint32_t             n, sum, nrecords, upstreams, bodies, resp_bodies;
     const uint8_t       *end;
     mosn_verdict_t       v;
     mosn_rec_view_t      rec;
@@ -88,6 +88,7 @@ mosn_fuzz_walk(const uint8_t *buf, size_t len)
     sum = 0;
     upstreams = 0;
     bodies = 0;
+    resp_bodies = 0;
 
     while ((rc = mosn_verdict_next(&it, &rec)) == 1) {
         n++;
@@ -138,6 +139,11 @@ mosn_fuzz_walk(const uint8_t *buf, size_t len)
         case MOSN_REC_REPLY_BODY:
             mosn_fuzz_assert(rec.key_len == 0);
             mosn_fuzz_assert(++bodies == 1);
+            break;
+
+        case MOSN_REC_RESP_BODY:
+            mosn_fuzz_assert(rec.key_len == 0);
+            mosn_fuzz_assert(++resp_bodies == 1);
             break;
 
         case MOSN_REC_LOG:
