@@ -2,6 +2,7 @@
 filters see of a response record, and how their edits are written."""
 
 import gzip
+import os
 import zlib
 
 import pytest
@@ -228,3 +229,22 @@ def test_check_refuses_a_body_that_is_not_bytes():
     with pytest.raises(VerdictError, match="response body must be bytes"):
         check(Verdict(response_body="text"))
     check(Verdict(response_body=b""))
+
+
+def test_the_readme_body_filter_works_as_shown():
+    readme = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir,
+                          "README.md")
+    with open(readme) as f:
+        text = f.read()
+    section = text[text.index("## Response bodies"):]
+    code = section[section.index("```python") + 9:]
+    exec(code[:code.index("```")], {})
+    page = b'{"user": "ada", "card" : "4111-1111-1111-1111"}'
+    verdict = run_response([{"type": "redact_card"}], 200, body=page)
+    assert verdict.response_body == b'{"user": "ada", "card" : "****"}'
+    raw = run_response([{"type": "redact_card",
+                         "config": {"decode_body": True}}], 200,
+                       [("Content-Encoding", "gzip")],
+                       body=gzip.compress(page))
+    assert raw.response_body == b'{"user": "ada", "card" : "****"}'
+    assert raw.response_remove == ["Content-Encoding"]
