@@ -248,3 +248,30 @@ def test_the_readme_body_filter_works_as_shown():
                        body=gzip.compress(page))
     assert raw.response_body == b'{"user": "ada", "card" : "****"}'
     assert raw.response_remove == ["Content-Encoding"]
+
+
+@register_filter("test_redact_async")
+class RedactAsync(StreamSenderFilter):
+    """An async sender filter: each response a task, its body its own."""
+
+    def __init__(self, config):
+        pass
+
+    async def append(self, ctx, headers, buf, trailers):
+        import asyncio
+        await asyncio.sleep(0)
+        if buf is not None:
+            self.send_handler.set_body(buf.replace(b"secret", b"***"))
+            ctx.add_response_header("x-new", str(len(self.send_handler.body)))
+        return CONTINUE
+
+
+def test_an_async_sender_filter_replaces_the_body():
+    chain = [{"type": "test_redact_async"}, {"type": "test_redact",
+                                             "config": {"word": "a "}}]
+    verdict = run_response(chain, 200, body=b"a secret")
+    # the plain filter after it got the new body, and replaced it again
+    assert verdict.response_body == b"******"
+    assert ("x-new", "5") in verdict.response_add
+    assert ("x-given", "5") in verdict.response_add
+    assert run_response(chain, 200).response_body is None
