@@ -7,7 +7,8 @@
 #                    source, built with the module under build/
 #   make build-l7    build output/ngx_http_mosn_module.so and output/shm_ring.h
 #   make bench       the peers benchmark (results in bench/results/)
-#   make bench-response  what a sender filter (the response phase) costs
+#   make bench-response  what a sender filter (the response phase) costs,
+#                        and one that rewrites the body, beside njs and Lua
 #   make bench-concurrency  HTTP/1.1 and HTTP/2 at any concurrency, beside map
 #   make bench-async  ext_authz against auth_request and Lua; a Redis limit
 #   make fuzz        what nginx reads from shared memory, fuzzed, long
@@ -138,6 +139,7 @@ bench-idle: setup
 
 bench-response: setup
 	$(PY) bench/response.py
+	$(PY) bench/response_body.py
 
 bench-async: setup
 	$(PY) bench/async_bench.py

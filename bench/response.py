@@ -20,6 +20,7 @@ import gateways
 import run
 
 PAIR = ("mosn", "mosn_senders")
+BODY_SECTION = "## Response bodies"
 
 
 def chosen(workdir):
@@ -94,7 +95,12 @@ def report(args, summary, runs, info, started):
     lines.append("")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "response.md").write_text("\n".join(lines))
+    path = out / "response.md"
+    # the body comparison's section (bench/response_body.py) stays
+    old = path.read_text() if path.exists() else ""
+    if BODY_SECTION in old:
+        lines += [old[old.index(BODY_SECTION):].rstrip("\n"), ""]
+    path.write_text("\n".join(lines))
     (out / "response.json").write_text(json.dumps({
         "command": command, "date": started, "machine": info,
         "summary": summary, "runs": runs}, indent=2) + "\n")

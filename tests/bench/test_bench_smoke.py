@@ -1,5 +1,6 @@
-"""The benchmarks, short: bench/idle.py, scale.py, response.py, spin.py and
-concurrency.py run for real on loopback, exit 0 and write their reports."""
+"""The benchmarks, short: bench/idle.py, scale.py, response.py,
+response_body.py, spin.py and concurrency.py run for real on loopback,
+exit 0 and write their reports."""
 
 import json
 import os
@@ -77,6 +78,28 @@ def test_response_phase_bench_smoke(tmp_path):
         assert row["rps"] > 0 and row["non_2xx"] == 0
     report = (tmp_path / "response.md").read_text()
     assert "| throughput, with / without |" in report
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_response_body_bench_smoke(tmp_path):
+    """bench/response_body.py checks that the three body filters mask the
+    card and the other two do not, then measures all five and writes its
+    section of response.md after what is there."""
+    (tmp_path / "response.md").write_text("# The response phase\n\nkept\n")
+    out = run("response_body.py", "--runs", "1", "--duration", "1",
+              "--warmup", "0", "--port", "23101", "--site-port", "23160",
+              "--out", str(tmp_path), timeout=210)
+    result = json.loads((tmp_path / "response_body.json").read_text())
+    assert list(result["summary"]) == ["plain", "mosn_headers", "mosn_body",
+                                       "njs_body", "lua_body"]
+    for name, row in result["summary"].items():
+        assert row["rps"] > 0 and row["non_2xx"] == 0, (name, row)
+    report = (tmp_path / "response.md").read_text()
+    assert report.startswith("# The response phase\n\nkept\n")
+    assert "## Response bodies" in report
+    assert "| req/s, `mosn_body` / `lua_body` (target >= 0.90) |" in report
+    assert "--port 23101" in out
 
 
 @pytest.mark.slow
