@@ -160,6 +160,23 @@ def wrk(args, port, seconds):
     return run.parse_wrk(done.stdout, uid_mix=False)
 
 
+def cpu_by_role(pgids):
+    """CPU seconds used so far by the gateway's nginx processes and by its
+    Python ones (supervisor and workers)."""
+    stats = gateways._all_stats()
+    used = {"nginx": 0.0, "python": 0.0}
+    for pid in gateways.descendants(pgids, stats):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        role = "python" if b"pyworker" in argv else "nginx"
+        fields = stats[pid]
+        used[role] += (int(fields[11]) + int(fields[12])) \
+            / gateways.CLOCK_TICKS
+    return used
+
+
 def measure(args, gateway, settings, text):
     prefix = settings.workdir / gateway.name
     with gateways.running(gateway, settings) as live:
@@ -167,11 +184,16 @@ def measure(args, gateway, settings, text):
         if args.warmup > 0:
             wrk(args, gateway.port, args.warmup)
         groups = {live.nginx.pgid}
-        cpu = gateways.cpu_seconds(groups)
+        before = cpu_by_role(groups)
         started = time.monotonic()
         result = wrk(args, gateway.port, args.duration)
         elapsed = time.monotonic() - started
-        result["cpu_pct"] = 100 * (gateways.cpu_seconds(groups) - cpu) / elapsed
+        after = cpu_by_role(groups)
+        used = {k: after[k] - before[k] for k in after}
+        result["cpu_pct"] = 100 * sum(used.values()) / elapsed
+        # CPU microseconds per request, nginx's and Python's
+        for role, seconds in used.items():
+            result[f"{role}_us"] = 1e6 * seconds / max(result["requests"], 1)
         # still right after the load
         check(gateway.name, gateway.port, text, prefix)
     return result
@@ -182,7 +204,8 @@ def summarise(runs, names):
     for name in names:
         mine = [r for r in runs if r["gateway"] == name]
         med = {k: statistics.median(r[k] for r in mine)
-               for k in ("rps", "p50_ms", "p99_ms", "cpu_pct")}
+               for k in ("rps", "p50_ms", "p99_ms", "cpu_pct", "nginx_us",
+                         "python_us")}
         summary[name] = dict(
             med, runs=len(mine),
             rps_min=min(r["rps"] for r in mine),
@@ -197,16 +220,16 @@ def summarise(runs, names):
 def table(summary):
     lua = summary["lua_body"]["rps"]
     rows = [["gateway", "req/s (min-max)", "vs lua_body", "p50 ms", "p99 ms",
-             "non-2xx", "sock err", "gateway CPU %", "req per CPU-s",
-             "runs"]]
+             "non-2xx", "sock err", "gateway CPU %", "nginx CPU us/req",
+             "Python CPU us/req", "runs"]]
     rows.append(["---"] * len(rows[0]))
     for name, s in summary.items():
         rows.append([
             name, "%.0f (%.0f-%.0f)" % (s["rps"], s["rps_min"], s["rps_max"]),
             "%.2f" % (s["rps"] / lua), "%.2f" % s["p50_ms"],
             "%.2f" % s["p99_ms"], str(s["non_2xx"]), str(s["socket_errors"]),
-            "%.0f" % s["cpu_pct"],
-            "%.0f" % s["rps_per_cpu"] if s["rps_per_cpu"] else "-",
+            "%.0f" % s["cpu_pct"], "%.1f" % s["nginx_us"],
+            "%.1f" % s["python_us"] if s["python_us"] else "-",
             str(s["runs"])])
     return "\n".join("| " + " | ".join(r) + " |" for r in rows)
 
@@ -239,8 +262,10 @@ def report(args, summary, runs, info, started, load):
         "",
         "Every gateway's answer is checked before and after its load: the "
         "document, with the card masked by those that redact. Gateway CPU "
-        "is that of its nginx and, for this project, its Python workers "
-        "(not the upstream's, not wrk's).",
+        "is that of its nginx and, for this project, its Python processes "
+        "(not the upstream's, not wrk's); per request, the two apart. On a "
+        "machine whose cores wrk and the upstream share, CPU per request is "
+        "the figure that decides req/s.",
         "",
         "| body access | value |",
         "| --- | --- |",
