@@ -247,7 +247,8 @@ def report(args, summary, runs, info, started, load):
         f"Date: {started}  ",
         f"Machine: {info['nproc']} CPUs ({info['cpu']}), Linux "
         f"{info['kernel']}, {info['nginx']}, {info['wrk']}, Python "
-        f"{info['python']}; load average before: {load}  ",
+        f"{info['python']}; load average before: {load[0]}, after: "
+        f"{load[1]}  ",
         f"Load: wrk -t{args.threads} -c{args.connections} -d{args.duration}s "
         f"on one 4 KiB JSON document, {args.runs} interleaved run(s) after "
         f"{args.warmup}s of warm-up, {args.workers} nginx worker(s), 1 "
@@ -285,7 +286,19 @@ def report(args, summary, runs, info, started, load):
     if body["rps_per_cpu"] and lua["rps_per_cpu"]:
         lines.append(f"| CPU per request, `mosn_body` / `lua_body` | "
                      f"{lua['rps_per_cpu'] / body['rps_per_cpu']:.2f}x |")
-    lines.append("")
+    find = summary["mosn_body_find"]
+    lines += [
+        f"| CPU per request, `mosn_body` - `lua_body` | nginx "
+        f"{body['nginx_us'] - lua['nginx_us']:+.1f} us, Python "
+        f"{body['python_us']:+.1f} us |",
+        f"| Python CPU per request, the filter's `re.sub` (`mosn_body` - "
+        f"`mosn_body_find`) | {body['python_us'] - find['python_us']:.1f} "
+        f"us |",
+        f"| Python CPU per request, body access (`mosn_body_find` - "
+        f"`mosn_headers`) | {find['python_us'] - heads['python_us']:.1f} "
+        f"us |",
+        "",
+    ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "response.md"
@@ -296,7 +309,8 @@ def report(args, summary, runs, info, started, load):
                     if head.strip() else "\n".join(lines))
     (out / "response_body.json").write_text(json.dumps({
         "command": command, "date": started, "machine": info,
-        "load_before": load, "summary": summary, "runs": runs},
+        "load_before": load[0], "load_after": load[1],
+        "summary": summary, "runs": runs},
         indent=2) + "\n")
     print("\n".join(lines))
 
@@ -357,7 +371,9 @@ def main():
     if args.only:
         print(table(summary) if "lua_body" in summary else summary)
         return
-    report(args, summary, runs, info, started, " ".join(load))
+    after = Path("/proc/loadavg").read_text().split()[:3]
+    report(args, summary, runs, info, started,
+           (" ".join(load), " ".join(after)))
 
 
 if __name__ == "__main__":
