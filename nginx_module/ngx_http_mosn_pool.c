@@ -416,6 +416,12 @@ ngx_http_mosn_pool_start(ngx_cycle_t *cycle, ngx_http_mosn_main_conf_t *mmcf)
     }
 
     if (ngx_http_mosn_started != -1) {
+        /*
+         * a stock nginx's parent exits in ngx_daemon() and never reads:
+         * the report must not end the daemon by SIGPIPE, which nginx
+         * ignores only once the modules are initialised
+         */
+        signal(SIGPIPE, SIG_IGN);
         (void) write(ngx_http_mosn_started, "1", 1);
         (void) close(ngx_http_mosn_started);
         ngx_http_mosn_started = -1;
