@@ -11,8 +11,7 @@ fixed window).  Config::
     {"type": "ratelimit",
      "config": {
        "domain": "edge",
-       "redis": {"url": "redis://127.0.0.1:6379/0", "timeout": "50ms",
-                 "max_connections": 64},
+       "redis": {"url": "redis://127.0.0.1:6379/0", "timeout": "50ms"},
        "rate_limits": [
          {"actions": [{"request_headers": {"header_name": "x-user",
                                            "descriptor_key": "user"}}],
@@ -39,11 +38,14 @@ against that limit.
 Every descriptor of a request is counted in one round trip: one server
 side script (EVALSHA) increments each descriptor's counter for the
 current window, by Redis's clock, so that every gateway counts in the
-same windows.  A request over any limit gets ``rate_limited_status``
-(429) with ``Retry-After`` (seconds until the window ends) and, with
-``rate_limit_headers``, ``RateLimit-Limit``, ``RateLimit-Remaining`` and
-``RateLimit-Reset`` (draft-ietf-httpapi-ratelimit-headers), which allowed
-requests also carry, for their most constrained limit.
+same windows.  The commands of requests in flight together share a
+connection and its round trips (pyworker.redisclient: pipelined, one
+write per turn of the event loop).  A request over any limit gets
+``rate_limited_status`` (429) with ``Retry-After`` (seconds until the
+window ends) and, with ``rate_limit_headers``, ``RateLimit-Limit``,
+``RateLimit-Remaining`` and ``RateLimit-Reset``
+(draft-ietf-httpapi-ratelimit-headers), which allowed requests also
+carry, for their most constrained limit.
 
 If Redis cannot be reached or does not answer within ``redis.timeout``,
 the request goes on (``failure_mode_deny: false``, Envoy's default) or
@@ -51,7 +53,7 @@ gets ``status_on_error`` (500).  Counted in ``events``: ok, over_limit,
 failure_allowed, failure_denied.
 """
 
-import asyncio
+import hashlib
 import logging
 import math
 import time
@@ -59,6 +61,7 @@ import time
 from pyworker.api import CONTINUE, STOP, ConfigError, StreamReceiverFilter
 from pyworker.api import json_type
 from pyworker.filters import options
+from pyworker.redisclient import RedisError, parse_url
 from pyworker.registry import register_filter
 
 log = logging.getLogger("pyworker.filter.ratelimit")
@@ -88,7 +91,11 @@ end
 return out
 """
 
-_FAILURES = (OSError, TimeoutError, ValueError)
+SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+
+# what a failed count raises: ConnectionError and TimeoutError from the
+# connection, RedisError from Redis, ValueError from a bad URL
+_FAILURES = (OSError, TimeoutError, ValueError, RedisError)
 
 
 class _Limit:
@@ -238,9 +245,9 @@ def _escape(text):
 
 @register_filter("ratelimit")
 class RateLimitFilter(StreamReceiverFilter):
-    __slots__ = ("domain", "limits", "url", "timeout", "max_connections",
+    __slots__ = ("domain", "limits", "url", "timeout",
                  "failure_mode_deny", "limited_status", "status_on_error",
-                 "headers_on", "redis", "script", "events", "handler",
+                 "headers_on", "redis", "events", "handler",
                  "_logged", "_unlogged")
 
     def __init__(self, config):
@@ -251,14 +258,12 @@ class RateLimitFilter(StreamReceiverFilter):
         try:
             self.url = options.string(redis, "url",
                                       "redis://127.0.0.1:6379/0")
-            if not self.url.startswith(("redis://", "rediss://",
-                                        "unix://")):
-                raise ConfigError(f"{self.url!r} is not a redis://, "
-                                  f"rediss:// or unix:// URL", "url")
+            try:
+                parse_url(self.url)
+            except ValueError as exc:
+                raise ConfigError(str(exc), "url") from None
             self.timeout = options.duration(redis, "timeout", 0.05,
                                             low=0.001, high=60.0)
-            self.max_connections = options.integer(
-                redis, "max_connections", 64, 1, 10000)
         except ConfigError as exc:
             raise exc.located("redis") from None
         entries = config.get("rate_limits")
@@ -273,7 +278,6 @@ class RateLimitFilter(StreamReceiverFilter):
                                               500)
         self.headers_on = options.flag(config, "rate_limit_headers", True)
         self.redis = None
-        self.script = None
         self.events = {"ok": 0, "over_limit": 0, "failure_allowed": 0,
                        "failure_denied": 0}
         self._logged = 0.0
@@ -282,22 +286,13 @@ class RateLimitFilter(StreamReceiverFilter):
     # -- the worker's life ---------------------------------------------------
 
     async def start(self):
-        global _FAILURES
-        import redis.asyncio
-        import redis.exceptions
-        _FAILURES = (OSError, TimeoutError, ValueError,
-                     redis.exceptions.RedisError)
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            self.url, max_connections=self.max_connections,
-            timeout=self.timeout, socket_timeout=self.timeout,
-            socket_connect_timeout=self.timeout)
-        self.redis = redis.asyncio.Redis(connection_pool=pool)
-        self.script = self.redis.register_script(SCRIPT)
+        from pyworker.redisclient import RedisClient
+        self.redis = RedisClient(self.url, self.timeout)
 
     async def stop(self):
         client, self.redis = self.redis, None
         if client is not None:
-            await client.aclose()
+            await client.close()
 
     # -- a request -------------------------------------------------------------
 
@@ -317,8 +312,7 @@ class RateLimitFilter(StreamReceiverFilter):
         if self.redis is None:
             await self.start()
         try:
-            async with asyncio.timeout(self.timeout):
-                counts = await self.script(keys=keys, args=[1] + units)
+            counts = await self._count(keys, units)
         except _FAILURES as exc:
             return self._failed(ctx, exc)
         # the most constrained limit: the least left, then the longest wait
@@ -342,6 +336,19 @@ class RateLimitFilter(StreamReceiverFilter):
             for name, value in _rate_headers(allowed, left, reset):
                 ctx.add_response_header(name, value)
         return CONTINUE
+
+    async def _count(self, keys, units):
+        """The script's answer for these counters: EVALSHA, or EVAL once
+        if Redis does not have the script (yet, or any more)."""
+        redis = self.redis
+        try:
+            return await redis.call("EVALSHA", SCRIPT_SHA, len(keys), *keys,
+                                    1, *units)
+        except RedisError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        # EVAL runs it and keeps it for the EVALSHA of later requests
+        return await redis.call("EVAL", SCRIPT, len(keys), *keys, 1, *units)
 
     def _failed(self, ctx, exc):
         now = time.monotonic()
