@@ -7,9 +7,13 @@ decompression.  aiohttp's ClientSession does much more, and costs about
 ten times the CPU per request on the same loop (bench/results/async.md),
 which alone would hold a worker far below the rate a gateway needs.
 
-A request that is cancelled (its deadline) or fails mid-way closes its
-connection: a connection goes back to the pool only after a whole
-response.  A request on a kept-alive connection that the server had
+A request's ``timeout`` covers waiting for a connection, connecting,
+and the exchange.  It is kept without a timer per request
+(pyworker.deadlines: one timer looks every tick, a tenth of the timeout
+or 10 ms at most): a request fails with TimeoutError after its timeout,
+late by at most that tick.  A request that times out, is cancelled or
+fails mid-way closes its connection: a connection goes back to the pool
+only after a whole response.  A request on a kept-alive connection that the server had
 closed meanwhile is sent again once on a new one (RFC 9112, 9.3.1).
 """
 
@@ -17,6 +21,8 @@ import asyncio
 import collections
 
 import httptools
+
+from pyworker.deadlines import Deadlines
 
 __all__ = ["HttpPool", "HttpError"]
 
@@ -90,12 +96,19 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
 
-    async def exchange(self, head, limit):
+    async def exchange(self, head, limit, deadline=None):
         self.answer = _Answer(limit)
         self.got_bytes = False
-        self.waiter = self.pool.loop.create_future()
+        waiter = self.waiter = self.pool.loop.create_future()
         self.transport.write(head)
-        keep_alive = await self.waiter
+        if deadline is None:
+            return self.answer, await waiter
+        deadlines = self.pool.deadlines
+        key = deadlines.add(waiter, deadline)
+        try:
+            keep_alive = await waiter
+        finally:
+            deadlines.discard(waiter, key)
         return self.answer, keep_alive
 
     def close(self):
@@ -120,13 +133,28 @@ class HttpPool:
         self.open = 0
         self.waiters = collections.deque()
         self.closing = False
+        self.deadlines = None
 
-    async def _connect(self):
-        _, conn = await self.loop.create_connection(
+    def _expire(self, waiter):
+        """A request's timeout: it fails, and a connection it was
+        exchanging on is closed (its answer, if one comes, is no one's)."""
+        if waiter.done():
+            return
+        waiter.set_exception(TimeoutError("no answer from %s:%d in time"
+                                          % (self.host, self.port)))
+
+    async def _connect(self, deadline):
+        connecting = self.loop.create_connection(
             lambda: _Connection(self), self.host, self.port, ssl=self.ssl)
+        if deadline is None:
+            _, conn = await connecting
+        else:
+            # rare (the pool keeps connections): a timer of its own
+            async with asyncio.timeout_at(deadline):
+                _, conn = await connecting
         return conn
 
-    async def _acquire(self):
+    async def _acquire(self, deadline):
         while self.idle:
             conn = self.idle.pop()
             if not conn.closed:
@@ -135,19 +163,23 @@ class HttpPool:
         if self.open < self.max_connections:
             self.open += 1
             try:
-                return await self._connect(), False
+                return await self._connect(deadline), False
             except BaseException:
                 self.open -= 1
                 self._wake()
                 raise
         waiter = self.loop.create_future()
         self.waiters.append(waiter)
+        key = None if deadline is None else self.deadlines.add(waiter,
+                                                               deadline)
         try:
             await waiter
         finally:
+            if key is not None:
+                self.deadlines.discard(waiter, key)
             if waiter in self.waiters:
                 self.waiters.remove(waiter)
-        return await self._acquire()
+        return await self._acquire(deadline)
 
     def _wake(self):
         while self.waiters:
@@ -164,12 +196,21 @@ class HttpPool:
             self.open -= 1
         self._wake()
 
-    async def request(self, method, target, headers=(), *, limit=65536):
+    async def request(self, method, target, headers=(), *, limit=65536,
+                      timeout=None):
         """(status, [(name, value)], body) of one request; the body is cut
         at ``limit`` bytes.  ``headers`` are (name, value) pairs; Host is
-        the origin's unless given."""
+        the origin's unless given.  TimeoutError past ``timeout`` seconds,
+        HttpError (a ConnectionError) if the connection fails."""
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
+        deadline = None
+        if timeout is not None:
+            if self.deadlines is None:
+                self.deadlines = Deadlines(
+                    self.loop, self._expire,
+                    tick=max(0.001, min(0.01, timeout / 10)))
+            deadline = self.loop.time() + timeout
         lines = ["%s %s HTTP/1.1\r\n" % (method, target)]
         has_host = False
         for name, value in headers:
@@ -181,10 +222,10 @@ class HttpPool:
         lines.append("\r\n")
         head = "".join(lines).encode("latin-1")
         for attempt in (0, 1):
-            conn, reused = await self._acquire()
+            conn, reused = await self._acquire(deadline)
             keep = False
             try:
-                answer, keep = await conn.exchange(head, limit)
+                answer, keep = await conn.exchange(head, limit, deadline)
             except HttpError:
                 # a kept-alive connection the server had closed: once more
                 # on a new one, if nothing of an answer came
@@ -197,6 +238,8 @@ class HttpPool:
 
     async def close(self):
         self.closing = True
+        if self.deadlines is not None:
+            self.deadlines.close()
         while self.idle:
             self.idle.pop().close()
             self.open -= 1

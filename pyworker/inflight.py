@@ -4,7 +4,8 @@ The dispatcher hands each such request here (``spawn``) and moves on; the
 task runs the chain, and its verdict is written into the request's slot
 when it ends, in whatever order tasks end.  Each request has a deadline,
 the one nginx gave it (``mosn_timeout``): a task still running then is
-cancelled, as is one whose client went away (nginx marks the slot
+cancelled (within DEADLINE_TICK: the deadlines of every task are looked
+at by one timer, not a timer each), as is one whose client went away (nginx marks the slot
 abandoned and bumps this consumer's ``abandons``, looked at every
 ABANDON_POLL while tasks run).  A cancelled task's request gets an error
 verdict, which nginx drops as late (or, if it is not late yet, answers
@@ -27,6 +28,7 @@ import logging
 import time
 from functools import partial
 
+from pyworker.deadlines import Deadlines
 from pyworker.dispatch import verdict_action
 from pyworker.verdict import Verdict
 
@@ -37,6 +39,7 @@ ABANDON_POLL = 0.01     # seconds between looks for requests nginx dropped
 # its deadline (nginx's timers have a millisecond's grain) timed out
 DEADLINE_SLACK_NS = 20 * 10**6
 GRACE = 1.0             # for a cancelled task to end before it is left
+DEADLINE_TICK = 0.01    # seconds a task may run past its deadline
 
 _WHY = {
     "deadline": "no verdict within mosn_timeout: the filters were "
@@ -49,7 +52,7 @@ class _Request:
     """One request in flight as a task."""
 
     __slots__ = ("ps", "gen", "listener", "req", "task", "timer", "why",
-                 "answered", "deadline_ns")
+                 "answered", "deadline_ns", "due")
 
     def __init__(self, req, listener):
         self.ps = req.ps
@@ -57,7 +60,8 @@ class _Request:
         self.listener = listener
         self.req = req
         self.task = None
-        self.timer = None
+        self.timer = None        # the GRACE of a cancelled task
+        self.due = None          # its key in InFlight.deadlines
         self.why = None          # set when cancelled: deadline, client_gone
         self.answered = False    # its slot was answered without the task
         self.deadline_ns = req.deadline_ns
@@ -82,6 +86,7 @@ class InFlight:
         self.requests = {}       # ps -> _Request
         self.left = set()        # answered without their task, still running
         self._abandons = consumer.abandons
+        self.deadlines = Deadlines(loop, self._expired, DEADLINE_TICK)
         self._watching = None
         self._flushing = False
 
@@ -113,12 +118,15 @@ class InFlight:
         self.requests[entry.ps] = entry
         if entry.deadline_ns:
             delay = (entry.deadline_ns - time.monotonic_ns()) / 1e9
-            entry.timer = self.loop.call_later(delay, self._cancel, entry,
-                                               "deadline")
+            entry.due = self.deadlines.add(entry, self.loop.time() + delay)
         if self._watching is None:
             self._watching = self.loop.call_later(ABANDON_POLL, self._watch)
 
     # -- cancellation ---------------------------------------------------------
+
+    def _expired(self, entry):
+        entry.due = None
+        self._cancel(entry, "deadline")
 
     def _cancel(self, entry, why):
         if entry.why is not None or entry.task.done():
@@ -166,6 +174,7 @@ class InFlight:
         """The worker stops: cancels every task and leaves its request to
         the ring, which re-queues it to a live worker once this one has
         left (or, with none, lets nginx take the fallback)."""
+        self.deadlines.close()
         for entry in list(self.requests.values()) + list(self.left):
             entry.answered = True
             if entry.timer is not None:
@@ -181,6 +190,9 @@ class InFlight:
     # -- the end of a task --------------------------------------------------
 
     def _ended(self, entry, task):
+        if entry.due is not None:
+            self.deadlines.discard(entry, entry.due)
+            entry.due = None
         if entry.timer is not None:
             entry.timer.cancel()
             entry.timer = None
