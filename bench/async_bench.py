@@ -35,6 +35,7 @@ import datetime
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -55,8 +56,14 @@ PROXY = ("proxy_pass http://s1; proxy_http_version 1.1; "
          "proxy_set_header Connection \"\";")
 
 AUTHZ = ("mosn_ext_authz", "auth_request", "lua")
-LIMIT = ("mosn_unit", "mosn_limited")
+LIMIT = ("mosn_unit", "mosn_limited", "mosn_limited_redispy")
+# what the gateways' services give with no gateway in front
+DIRECT = ("service", "upstream")
+# the processes on a request's path whose CPU each run records
+CPU_ROLES = ("nginx", "python", "service", "upstream", "redis", "wrk")
 ABOUT = {
+    "service": "the authorization service alone, no gateway",
+    "upstream": "the upstream alone, no gateway",
     "mosn_ext_authz": "this project: the ext_authz filter, 1 Python worker",
     "auth_request": "nginx auth_request subrequest",
     "lua": "access_by_lua_block, cosocket HTTP request",
@@ -64,6 +71,8 @@ ABOUT = {
                      "filter, 1 Python worker",
     "mosn_unit": "this project: the UNIT chain",
     "mosn_limited": "this project: the UNIT chain + ratelimit on Redis",
+    "mosn_limited_redispy": "the same ratelimit counting through redis-py's "
+                            "asyncio client and a pool of 64 connections",
 }
 
 
@@ -143,25 +152,30 @@ def mosn_config(workdir, authz_port, redis_port):
                 "type": "bench_blocking_authz", "module": "authz_filters",
                 "config": {"port": authz_port}}]},
             {"name": "unit", "stream_filters": [UNIT]},
-            {"name": "limited", "stream_filters": [UNIT, {
-                "type": "ratelimit", "config": {
-                    "domain": "bench",
-                    "redis": {"url": "redis://127.0.0.1:%d/0" % redis_port,
-                              "timeout": "1s", "max_connections": 64},
-                    "rate_limits": [
-                        {"actions": [{"request_headers": {
-                            "header_name": "x-user",
-                            "descriptor_key": "user"}}],
-                         "limit": {"requests_per_unit": 10 ** 9,
-                                   "unit": "second"}},
-                        {"actions": [{"generic_key": {
-                            "descriptor_value": "all"}}],
-                         "limit": {"requests_per_unit": 10 ** 9,
-                                   "unit": "minute"}}]}}]}]}],
+            {"name": "limited", "stream_filters": [UNIT, limiter(
+                "ratelimit", redis_port)]},
+            {"name": "limited_redispy", "stream_filters": [UNIT, limiter(
+                "bench_ratelimit_redispy", redis_port)]}]}],
         "pyworker": {"max_in_flight": 4096}}
     path = workdir / "mosn.json"
     path.write_text(json.dumps(config, indent=2))
     return path
+
+
+def limiter(kind, redis_port):
+    """Two descriptors per request, limits never reached."""
+    return {
+        "type": kind, "module": "authz_filters", "config": {
+            "domain": "bench",
+            "redis": {"url": "redis://127.0.0.1:%d/0" % redis_port,
+                      "timeout": "1s"},
+            "rate_limits": [
+                {"actions": [{"request_headers": {
+                    "header_name": "x-user", "descriptor_key": "user"}}],
+                 "limit": {"requests_per_unit": 10 ** 9, "unit": "second"}},
+                {"actions": [{"generic_key": {"descriptor_value": "all"}}],
+                 "limit": {"requests_per_unit": 10 ** 9,
+                           "unit": "minute"}}]}}
 
 
 UNIT = {"type": "metadata", "config": {"metadataers": [
@@ -242,18 +256,53 @@ def upstream_hits(settings):
     return log.stat().st_size // 2 if log.exists() else 0
 
 
-def measure(args, name, url, groups, settings, redis=None, duration=None):
+def cpu_by_role(roles):
+    """CPU seconds used so far by each role's process groups (and their
+    children); in the gateway's group, Python processes count as
+    "python", the rest as "nginx"."""
+    stats = gateways._all_stats()
+    out = {}
+    for role, pgids in roles.items():
+        for pid in gateways.descendants(pgids, stats):
+            seconds = (int(stats[pid][11]) + int(stats[pid][12])) \
+                / gateways.CLOCK_TICKS
+            name = role
+            if role == "nginx":
+                try:
+                    comm = Path("/proc/%d/comm" % pid).read_text()
+                except OSError:
+                    comm = ""
+                if not comm.startswith("nginx"):
+                    name = "python"
+            out[name] = out.get(name, 0.0) + seconds
+    return out
+
+
+def wrk_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure(args, name, url, roles, settings, redis=None, duration=None):
     duration = duration or args.duration
-    if args.warmup:
+    if args.warmup and name != "mosn_blocking":
+        # (one request at a time: a warm-up would only queue requests
+        # that the measured run then waits for)
         wrk(args, url, args.warmup)
     if redis:
         time.sleep(0.6)
         calls, hits = redis.client_calls(), upstream_hits(settings)
-    cpu = gateways.cpu_seconds(groups)
+    cpu, client = cpu_by_role(roles), wrk_cpu()
     started = time.monotonic()
     result = wrk(args, url, duration)
     elapsed = time.monotonic() - started
-    result["cpu_pct"] = 100 * (gateways.cpu_seconds(groups) - cpu) / elapsed
+    after = cpu_by_role(roles)
+    # percent of one CPU each process of the path used while wrk ran
+    result["cpu"] = {role: 100 * (after[role] - cpu.get(role, 0.0)) / elapsed
+                     for role in after}
+    result["cpu"]["wrk"] = 100 * (wrk_cpu() - client) / elapsed
+    result["cpu_pct"] = (result["cpu"].get("nginx", 0.0)
+                         + result["cpu"].get("python", 0.0))
     if redis:
         # requests that reached the upstream, against the commands Redis
         # got for them
@@ -351,14 +400,24 @@ def bench(args, workdir):
                "mosn_blocking": (ports["mosn"], "/blocking"),
                "mosn_unit": (ports["mosn"], "/unit"),
                "mosn_limited": (ports["mosn"], "/limited"),
+               "mosn_limited_redispy": (ports["mosn"], "/limited_redispy"),
                "auth_request": (ports["auth_request"], "/x"),
-               "lua": (ports["lua"], "/x")}
-        groups = {name: {live["mosn" if name.startswith("mosn")
-                              else name].nginx.pgid} for name in url}
+               "lua": (ports["lua"], "/x"),
+               "service": (authz_port, "/auth/x"),
+               "upstream": (settings.site_ports["s1a"], "/x")}
+        common = {"service": {live["authz_service"].nginx.pgid},
+                  "upstream": {live["sites"].nginx.pgid},
+                  "redis": {redis.proc.pid}}
+        roles = {name: dict(common) for name in url}
+        for name in url:
+            if name not in DIRECT:
+                roles[name]["nginx"] = {live["mosn" if name.startswith("mosn")
+                                         else name].nginx.pgid}
         for name, (port, path) in url.items():
-            probe(name, port, path)
+            if name not in DIRECT:
+                probe(name, port, path)
         for round_no in range(1, args.runs + 1):
-            order = list(AUTHZ) + list(LIMIT)
+            order = list(DIRECT) + list(AUTHZ) + list(LIMIT)
             if round_no == 1:
                 order.append("mosn_blocking")
             for name in order:
@@ -367,7 +426,7 @@ def bench(args, workdir):
                       end=" ", flush=True)
                 result = measure(
                     args, name, "http://127.0.0.1:%d%s" % (port, path),
-                    groups[name], settings,
+                    roles[name], settings,
                     redis if name in LIMIT else None,
                     args.blocking_duration if name == "mosn_blocking"
                     else None)
@@ -386,12 +445,15 @@ def bench(args, workdir):
 
 def summarise(runs):
     out = {}
-    for name in AUTHZ + ("mosn_blocking",) + LIMIT:
+    for name in DIRECT + AUTHZ + ("mosn_blocking",) + LIMIT:
         mine = [r for r in runs if r["gateway"] == name]
         if not mine:
             continue
         row = {k: statistics.median(r[k] for r in mine)
                for k in ("rps", "p50_ms", "p99_ms", "cpu_pct")}
+        row["cpu"] = {role: statistics.median(r.get("cpu", {}).get(role, 0.0)
+                                              for r in mine)
+                      for role in CPU_ROLES}
         row.update(runs=len(mine), every=[round(r["rps"]) for r in mine],
                    non_2xx=sum(r["non_2xx"] for r in mine),
                    socket_errors=sum(r["socket_errors"] for r in mine),
@@ -454,6 +516,28 @@ def report(args, runs, info, started, load_before, load_after):
                         ", ".join(map(str, row["every"])), row["p50_ms"],
                         row["p99_ms"], row["cpu_pct"], row["non_2xx"],
                         row["socket_errors"]))
+    lines += [
+        "",
+        "CPU of each process on the path while wrk ran, % of one CPU "
+        "(medians): the gateway's nginx worker, its Python worker, the "
+        "authorization service, the upstream, Redis and wrk itself; "
+        "req/s per CPU is the rate over the sum, so that a gateway held "
+        "back by the machine's share is still compared fairly.",
+        "",
+        "| gateway | nginx | python | service | upstream | redis | wrk "
+        "| sum | req/s per CPU | gateway µs of CPU per request |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, row in summary.items():
+        cpu = row.get("cpu", {})
+        total = sum(cpu.values())
+        own = cpu.get("nginx", 0.0) + cpu.get("python", 0.0)
+        lines.append("| %s | %s | %.0f | %.0f | %s |" % (
+            name, " | ".join("%.0f" % cpu.get(role, 0.0)
+                             for role in CPU_ROLES),
+            total, 100 * row["rps"] / total if total else 0.0,
+            "%.0f" % (1e4 * own / row["rps"]) if own and row["rps"]
+            else "-"))
     a = summary.get("mosn_ext_authz")
     b = summary.get("auth_request")
     c = summary.get("lua")
@@ -491,6 +575,29 @@ def report(args, runs, info, started, load_before, load_after):
             "rates are those of this machine's share, the ratios those of "
             "gateways measured side by side." % (
                 a["cpu_pct"], b["cpu_pct"], load_after[0], info["nproc"]))
+    service = summary.get("service")
+    if service and a:
+        lines.append(
+            "- the authorization service alone (wrk straight to it, same "
+            "load): %.0f req/s, %.1fx the best gateway's rate through it: "
+            "it is not what holds the gateways back" % (
+                service["rps"], service["rps"] / max(
+                    summary[name]["rps"] for name in AUTHZ
+                    if name in summary)))
+    ceilings = []
+    for name in AUTHZ:
+        row = summary.get(name)
+        if row and sum(row["cpu"].values()):
+            # CPU seconds per request of every process on the path
+            per_request = sum(row["cpu"].values()) / 100 / row["rps"]
+            ceilings.append("%s %.0f µs, %.0f req/s" % (
+                name, 1e6 * per_request, int(info["nproc"]) / per_request))
+    if ceilings:
+        lines.append(
+            "- CPU of the whole path per request (gateway, service, "
+            "upstream, wrk) and the rate it allows on %s CPUs with "
+            "nothing else running: %s" % (info["nproc"],
+                                          "; ".join(ceilings)))
     unit, limited = summary.get("mosn_unit"), summary.get("mosn_limited")
     if unit and limited:
         lines += [
@@ -500,8 +607,8 @@ def report(args, runs, info, started, load_before, load_after):
             "- Redis round trips per request by mosn_limited (two "
             "descriptors): %.3f EVALSHA per request that reached the "
             "upstream (all commands clients sent: %s, for %d requests; "
-            "HELLO opens a pooled connection; the few EVALSHA over the "
-            "count are requests wrk left in flight), target 1: %s" % (
+            "the few EVALSHA over the count are requests wrk left in "
+            "flight), target 1: %s" % (
                 limited["redis_per_request"],
                 ", ".join("%s %d" % kv for kv in
                           sorted(limited["redis_calls"].items())),
@@ -512,6 +619,17 @@ def report(args, runs, info, started, load_before, load_after):
                 limited["rps"], unit["rps"], limited["rps"] / unit["rps"],
                 limited["p99_ms"], unit["p99_ms"]),
         ]
+        redispy = summary.get("mosn_limited_redispy")
+        if redispy:
+            lines.append(
+                "- the same filter counting through redis-py's asyncio "
+                "client and a pool of 64 connections: %.0f req/s (%.2fx the "
+                "chain without it, %.2fx the filter's own client); Python "
+                "CPU %.0f µs per request against %.0f µs" % (
+                    redispy["rps"], redispy["rps"] / unit["rps"],
+                    redispy["rps"] / limited["rps"],
+                    1e4 * redispy["cpu"]["python"] / redispy["rps"],
+                    1e4 * limited["cpu"]["python"] / limited["rps"]))
     (out / "async.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

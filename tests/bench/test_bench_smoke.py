@@ -168,8 +168,10 @@ def test_async_bench_smoke(tmp_path):
         "--out", str(tmp_path), timeout=280)
     result = json.loads((tmp_path / "async.json").read_text())
     summary = result["summary"]
-    assert set(summary) == {"mosn_ext_authz", "auth_request", "lua",
-                            "mosn_blocking", "mosn_unit", "mosn_limited"}
+    assert set(summary) == {"service", "upstream", "mosn_ext_authz",
+                            "auth_request", "lua", "mosn_blocking",
+                            "mosn_unit", "mosn_limited",
+                            "mosn_limited_redispy"}
     for name, row in summary.items():
         assert row["rps"] > 0 and row["non_2xx"] == 0, (name, row)
     # the rate limit asked Redis once per request
