@@ -46,7 +46,8 @@ setup(
         "prometheus-client>=0.17,<1",
         # service discovery and filter config from etcd and xDS
         # (pyworker.discovery); imported only by the discovery process
-        "aetcd>=1.0,<2",
+        "hpack>=4,<5",
+        "protobuf>=4.25",
         "grpcio>=1.60,<2",
         "xds-protos>=1.60,<2",
         # the ext_authz filter's HTTP parser, the ratelimit filter's Redis

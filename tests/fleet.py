@@ -238,6 +238,10 @@ class Sites:
                        check=True, capture_output=True, timeout=30)
         return self
 
+    def master_pid(self):
+        with open(os.path.join(self.prefix, "logs", "nginx.pid")) as f:
+            return int(f.read())
+
     def stop(self):
         subprocess.run([NGINX, "-p", self.prefix + "/", "-c", self.conf,
                         "-s", "quit"], capture_output=True, timeout=30)
@@ -264,11 +268,14 @@ FLEET_HTTP = """
 """
 
 
-def etcd_mosn(endpoints, config_key=None, base=None):
-    """The example's MOSN config, its endpoints from etcd."""
+def etcd_mosn(endpoints, config_key=None, base=None, prefix=PREFIX,
+              **options):
+    """The example's MOSN config, its endpoints from etcd (``options``
+    are more keys of the etcd block)."""
     from gateway import example_mosn
     mosn = base or example_mosn()
-    etcd = {"endpoints": list(endpoints), "prefix": PREFIX, "timeout": 2}
+    etcd = {"endpoints": list(endpoints), "prefix": prefix, "timeout": 2,
+            **options}
     if config_key:
         etcd["config_key"] = config_key
     mosn["pyworker"] = {"discovery": {"etcd": etcd}}

@@ -41,6 +41,7 @@ class EtcdSource:
     username: str | None = None
     password: str | None = None
     timeout: float = 5.0        # for a connect and a read
+    coalesce: float = 0.05      # seconds a busy watch lets changes gather
     kind = "etcd"
 
     def describe(self):
@@ -63,7 +64,7 @@ class XdsSource:
 
 
 ETCD_KEYS = {"endpoints", "prefix", "config_key", "username", "password",
-             "timeout"}
+             "timeout", "coalesce"}
 XDS_KEYS = {"server", "node_id", "node_cluster", "site_key", "timeout"}
 
 
@@ -118,8 +119,15 @@ def _etcd(raw, here):
     if (username is None) != (password is None):
         raise ConfigError("username and password go together",
                           f"{here}.username")
+    coalesce = raw.get("coalesce", EtcdSource.coalesce)
+    if isinstance(coalesce, bool) or not isinstance(coalesce, (int, float)) \
+            or not 0 <= coalesce <= 1:
+        raise ConfigError(f"must be a number of seconds in 0..1 (0: every "
+                          f"change read on its own), not {coalesce!r}",
+                          f"{here}.coalesce")
     return EtcdSource(parsed, prefix, config_key, username, password,
-                      _seconds(raw.get("timeout"), f"{here}.timeout"))
+                      _seconds(raw.get("timeout"), f"{here}.timeout"),
+                      float(coalesce))
 
 
 def _xds(raw, here):

@@ -11,8 +11,10 @@ One entry of ``apps`` is also what the etcd source keeps under each key
 of its prefix (``parse_app``).
 """
 
+import functools
 import json
 import os
+import re
 import socket
 
 from pyworker.api import ConfigError, json_type
@@ -163,8 +165,10 @@ def _server(server, here):
     return host, port, site
 
 
+@functools.lru_cache(maxsize=4096)
 def _address(text):
-    """The canonical text of an IPv4 or IPv6 address, or None."""
+    """The canonical text of an IPv4 or IPv6 address, or None.  (A
+    fleet's endpoints come back change after change: remembered.)"""
     bare = text[1:-1] if text.startswith("[") and text.endswith("]") \
         else text
     for family in (socket.AF_INET, socket.AF_INET6):
@@ -173,6 +177,9 @@ def _address(text):
         except (OSError, ValueError):
             continue
     return None
+
+
+_SPACE_OR_CONTROL = re.compile(rb"[\x00-\x20\x7f]")
 
 
 def _name_ok(name, limit, path, what):
@@ -184,7 +191,7 @@ def _name_ok(name, limit, path, what):
     if len(raw) > limit:
         raise ServiceFileError(f"{what} is at most {limit} bytes, not "
                                f"{len(raw)}", path)
-    if any(c < 0x21 or c == 0x7f for c in raw):
+    if _SPACE_OR_CONTROL.search(raw):
         raise ServiceFileError(f"{what} may not hold spaces or control "
                                f"characters: {name!r}", path)
 

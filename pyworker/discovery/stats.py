@@ -39,11 +39,12 @@ class SourceStats:
         self._dirty = True
         self._next = 0.0
 
-    def applied(self, revision, number=None):
+    def applied(self, revision, number=None, count=1):
+        """``count`` updates applied, the last at ``revision``."""
         self.revision = str(revision)
         self.revision_number = number
         self.updated = time.time()
-        self.updates += 1
+        self.updates += count
         self._dirty = True
 
     def moved(self, revision, number=None):

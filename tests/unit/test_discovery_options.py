@@ -34,6 +34,8 @@ def test_each_source():
                               ("127.0.0.3", 2379))
     assert (etcd.config_key, etcd.username, etcd.timeout) == ("/cfg", "u",
                                                               1.0)
+    assert etcd.coalesce == 0.05
+    assert option({"etcd": {"prefix": "/a/", "coalesce": 0}}).coalesce == 0
     xds = option({"xds": {"server": "127.0.0.1:15010", "node_id": "n"}})
     assert xds == XdsSource(("127.0.0.1", 15010), "n", "mosn-gateway")
     # the older spelling
@@ -62,6 +64,10 @@ def test_each_source():
      "pyworker.discovery.etcd.username", "go together"),
     ({"etcd": {"prefix": "/a/", "timeout": 0}},
      "pyworker.discovery.etcd.timeout", "0.1..300"),
+    ({"etcd": {"prefix": "/a/", "coalesce": 2}},
+     "pyworker.discovery.etcd.coalesce", "0..1"),
+    ({"etcd": {"prefix": "/a/", "coalesce": True}},
+     "pyworker.discovery.etcd.coalesce", "0..1"),
     ({"etcd": {"prefix": "/a/", "prefx": 1}},
      "pyworker.discovery.etcd.prefx", "unknown key"),
     ({"xds": {"node_id": "n"}}, "pyworker.discovery.xds.server", "missing"),
