@@ -122,17 +122,32 @@ def test_spin_bench_smoke(tmp_path):
 def test_fleet_smoke(tmp_path):
     out = tmp_path / "fleet"
     run("fleet.py", "--changes", "5", "--rounds", "1", "--duration", "2",
-        "--rate", "20", "--out", str(out), timeout=280)
+        "--rate", "20", "--cost-changes", "20", "--out", str(out),
+        timeout=280)
     result = json.loads(out.with_suffix(".json").read_text())
     # every change reached every gateway, and was timed
-    assert result["propagation"]["missed"] == 0
-    assert [len(v) for v in result["propagation"]["per_gateway"]] == [5] * 3
-    runs = result["throughput"]
-    assert set(runs) == {"quiet", "writes elsewhere", "endpoint changes"}
-    changes = runs["endpoint changes"][0]
-    assert changes["etcd_writes"] > 0 and min(changes["table_writes"]) > 0
-    assert runs["quiet"][0]["table_writes"] == [0, 0, 0]
-    assert "Target p99 <= 100 ms" in out.with_suffix(".md").read_text()
+    for spacing in ("apart", "close"):
+        prop = result["propagation"][spacing]
+        assert prop["missed"] == 0
+        assert [len(v) for v in prop["per_gateway"]] == [5] * 3
+    runs = {r["condition"]: r for r in result["throughput"]}
+    assert set(runs) == {"quiet", "A changes", "B changes"}
+    for name in ("A", "B"):
+        changing = runs[name + " changes"]
+        other = "B" if name == "A" else "A"
+        assert changing["etcd_writes"] > 0
+        assert min(changing["sets"][name]["table_writes"]) > 0
+        # the control set's endpoints did not move
+        assert changing["sets"][other]["table_writes"] == [0, 0, 0]
+    assert runs["quiet"]["sets"]["A"]["table_writes"] == [0, 0, 0]
+    assert len(result["ratios"]) == 2
+    # the cost part: coalescing on (A) and off (B), every change applied
+    assert {c["coalesce"] for c in result["cost"]} == {0.05, 0.0}
+    assert all(c["changes"] > 0 and min(c["table_writes"]) > 0
+               for c in result["cost"])
+    text = out.with_suffix(".md").read_text()
+    assert "Target p99 <= 100 ms" in text
+    assert "Requests per CPU-second" in text
 
 
 @pytest.mark.slow
