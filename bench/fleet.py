@@ -367,12 +367,21 @@ def throughput(fleet, args):
     return runs
 
 
-def per_cpu(run, name):
-    """A set's requests per CPU-second of its own processes (nginx,
-    Python workers, discovery): its throughput on cores of its own."""
-    cpu = sum(run["cpu_seconds"][role + " " + name]
-              for role in ("nginx", "workers", "discovery"))
-    return run["sets"][name]["rps"] / cpu if cpu else float("nan")
+def request_cpu(run, name):
+    """CPU-seconds of a set's nginx and Python workers per request."""
+    cpu = run["cpu_seconds"]["nginx " + name] + \
+        run["cpu_seconds"]["workers " + name]
+    return cpu / (run["sets"][name]["rps"] * run["seconds"])
+
+
+def one_core(run, changing, control):
+    """The changing set over the control set, were each gateway alone on
+    a core of its own: what its discovery process leaves of the core
+    (1 - its CPU-seconds per second), over the CPU a request costs its
+    nginx and worker, against the same for the control set."""
+    busy = run["cpu_seconds"]["discovery " + changing] / (
+        len(run["sets"][changing]["per_gateway_rps"]) * run["seconds"])
+    return (1 - busy) * request_cpu(run, control) / request_cpu(run, changing)
 
 
 def ratios(runs):
@@ -392,11 +401,7 @@ def ratios(runs):
         control_gw = other["rps"] / len(other["per_gateway_rps"])
         before = quiet.get(run["round"])
         out.append({
-            "cpu_side_by_side": per_cpu(run, run["changing"])
-            / per_cpu(run, other_name),
-            "cpu_own_quiet": (per_cpu(run, run["changing"])
-                              / per_cpu(before, run["changing"]))
-            if before else None,
+            "one_core": one_core(run, run["changing"], other_name),
             "round": run["round"], "changing": run["changing"],
             "side_by_side": mine["rps"] / other["rps"],
             "per_gateway": [x / control_gw
@@ -576,14 +581,12 @@ def report(args, info, started, prop, runs, costs, elapsed, load_after):
             "Changing set / itself in the round's quiet run (median): "
             "**%.3f**: etcd and the writer busy, besides the gateways' own "
             "work, and the machine's load moving between runs." % own, "",
-            "Requests per CPU-second of the set's own processes (nginx, "
-            "Python workers, discovery), which is its throughput on cores "
-            "of its own, whatever else the machine runs: changing set / "
-            "control set **%.3f**, changing set / itself quiet **%.3f** "
-            "(medians; per run: %s)." % (
-                med(x["cpu_side_by_side"] for x in rs),
-                med(x["cpu_own_quiet"] for x in rs),
-                " / ".join("%.3f" % x["cpu_side_by_side"] for x in rs)),
+            "Were each gateway alone on a core (what its discovery process "
+            "leaves of the core, over the CPU its nginx and worker spend "
+            "per request; against the control set in the same run): "
+            "**%.3f** (median; per run: %s)." % (
+                med(x["one_core"] for x in rs),
+                " / ".join("%.3f" % x["one_core"] for x in rs)),
             "",
             "Non-2xx or socket errors while endpoints change: **%d**. "
             "Target >= 0.95x (each gateway, against gateways whose "
