@@ -243,11 +243,26 @@ class Sites:
             return int(f.read())
 
     def stop(self):
+        try:
+            pid = self.master_pid()
+        except (OSError, ValueError):
+            pid = None
         subprocess.run([NGINX, "-p", self.prefix + "/", "-c", self.conf,
                         "-s", "quit"], capture_output=True, timeout=30)
-        pid_file = os.path.join(self.prefix, "logs", "nginx.pid")
-        wait_for(lambda: not os.path.exists(pid_file), 10)
+        if pid is not None and not wait_for(lambda: not _alive(pid), 10):
+            # a graceful quit waits for open connections: close them
+            os.kill(pid, signal.SIGTERM)
+            assert wait_for(lambda: not _alive(pid), 10), \
+                "the sites' nginx %d does not stop" % pid
         shutil.rmtree(self.prefix, ignore_errors=True)
+
+
+def _alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 FLEET_HTTP = """
