@@ -417,9 +417,9 @@ ngx_http_mosn_pool_start(ngx_cycle_t *cycle, ngx_http_mosn_main_conf_t *mmcf)
 
     if (ngx_http_mosn_started != -1) {
         /*
-         * a stock nginx's parent exits in ngx_daemon() and never reads:
-         * the report must not end the daemon by SIGPIPE, which nginx
-         * ignores only once the modules are initialised
+         * a parent killed while it waits must not take the daemon with
+         * it: nginx ignores SIGPIPE, but only once the modules are
+         * initialised
          */
         signal(SIGPIPE, SIG_IGN);
         (void) write(ngx_http_mosn_started, "1", 1);
@@ -448,10 +448,10 @@ ngx_http_mosn_pool_start(ngx_cycle_t *cycle, ngx_http_mosn_main_conf_t *mmcf)
 static ngx_int_t
 ngx_http_mosn_daemon(ngx_cycle_t *cycle, ngx_core_conf_t *ccf)
 {
-    int        fd[2];
+    int        fd[2], null;
     u_char     ok;
     ssize_t    n;
-    ngx_int_t  pid;
+    ngx_pid_t  pid;
 
     if (pipe2(fd, O_CLOEXEC) == -1) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
@@ -459,9 +459,15 @@ ngx_http_mosn_daemon(ngx_cycle_t *cycle, ngx_core_conf_t *ccf)
         return NGX_ERROR;
     }
 
-    pid = ngx_daemon(cycle->log);
+    /*
+     * ngx_daemon() of its own: a stock nginx's exits in the parent at
+     * once, where this parent waits for the daemon's report
+     */
 
-    if (pid == NGX_ERROR) {
+    pid = fork();
+
+    if (pid == -1) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno, "fork() failed");
         (void) close(fd[0]);
         (void) close(fd[1]);
         return NGX_ERROR;
@@ -480,16 +486,39 @@ ngx_http_mosn_daemon(ngx_cycle_t *cycle, ngx_core_conf_t *ccf)
             exit(1);
         }
 
-        /*
-         * Debian's nginx returns the daemon's pid to the parent, which
-         * writes the pid file before it exits
-         */
-        ngx_pid = (ngx_pid_t) pid;
+        /* the pid file is there when the command that started nginx ends */
+        ngx_pid = pid;
         exit(ngx_create_pidfile(&ccf->pid, cycle->log) == NGX_OK ? 0 : 1);
     }
 
     (void) close(fd[0]);
     ngx_http_mosn_started = fd[1];
+
+    ngx_parent = ngx_pid;
+    ngx_pid = ngx_getpid();
+
+    if (setsid() == -1) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno, "setsid() failed");
+        return NGX_ERROR;
+    }
+
+    umask(0);
+
+    /* stderr stays: the errors of the rest of the start reach the user */
+    null = open("/dev/null", O_RDWR);
+
+    if (null == -1
+        || dup2(null, STDIN_FILENO) == -1
+        || dup2(null, STDOUT_FILENO) == -1)
+    {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                      "mosn: cannot open \"/dev/null\"");
+        return NGX_ERROR;
+    }
+
+    if (null > STDERR_FILENO) {
+        (void) close(null);
+    }
 
     ngx_daemonized = 1;
     ccf->daemon = 0;
