@@ -157,22 +157,23 @@ clean:
 	rm -rf build output shm_ring/_ring.c shm_ring/*.so pyworker/*.so \
 	       pyworker/*.c pyworker/*/*.c pyworker/*/*.so
 
-# Images (need a Docker engine; docker/README.md says what is tested how).
-# BuildKit reads docker/Dockerfile.*.dockerignore for the context.
+# Images: docker/build-image.py builds with Docker where an engine answers
+# and with buildah otherwise, making the Debian base with debootstrap when
+# no registry has it; pip in the build gets this host's index settings and
+# trust store as build secrets (docker/README.md).
 IMAGE             ?= mosn-gateway
 OPENRESTY_VERSION ?= 1.27.1.2
-DOCKER            ?= docker
+# the Python whose pip settings the build uses: the venv's once it exists
+IMAGE_PY          = $(if $(wildcard $(PY)),$(PY),python3)
 
 .PHONY: build-image build-moe-image build-image-debian
 
-build-image:
-	DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/Dockerfile.openresty \
-	    --build-arg OPENRESTY_VERSION=$(OPENRESTY_VERSION) \
-	    -t $(IMAGE):openresty .
+build-image: apt
+	$(IMAGE_PY) docker/build-image.py docker/Dockerfile.openresty \
+	    $(IMAGE):openresty --build-arg OPENRESTY_VERSION=$(OPENRESTY_VERSION)
 
 # MOE's name for the same image
 build-moe-image: build-image
 
-build-image-debian:
-	DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/Dockerfile.debian \
-	    -t $(IMAGE):debian .
+build-image-debian: apt
+	$(IMAGE_PY) docker/build-image.py docker/Dockerfile.debian $(IMAGE):debian
