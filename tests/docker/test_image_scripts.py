@@ -283,9 +283,9 @@ def tree_copy(tmp):
     return tmp
 
 
-def run(argv, **kwargs):
-    return subprocess.run(argv, capture_output=True, text=True, timeout=600,
-                          **kwargs)
+def run(argv, timeout=600, **kwargs):
+    return subprocess.run(argv, capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -303,15 +303,16 @@ def debian_module(tmp_path_factory):
     return tree, module
 
 
-def fake_openresty(tmp, nginx_ver=None):
-    """An OpenResty-shaped source tree: Debian's nginx sources (less its
-    configure flags) as bundle/nginx-X.Y.Z, optionally renamed in nginx.h
-    the way OpenResty renames its bundled nginx."""
+def fake_openresty(tmp, nginx_ver=None, src=NGINX_SRC):
+    """An OpenResty-shaped source tree: nginx sources (Debian's less its
+    configure flags, or another release's, unbuilt) as bundle/nginx-X.Y.Z,
+    optionally renamed in nginx.h the way OpenResty renames its nginx."""
     version = re.search(r'NGINX_VERSION\s+"([^"]+)"', open(os.path.join(
-        NGINX_SRC, "src", "core", "nginx.h")).read()).group(1)
+        src, "src", "core", "nginx.h")).read()).group(1)
     bundle = os.path.join(tmp, "bundle", f"nginx-{version}")
-    shutil.copytree(NGINX_SRC, bundle, symlinks=True,
-                    ignore=shutil.ignore_patterns("conf_flags", "debian"))
+    shutil.copytree(src, bundle, symlinks=True,
+                    ignore=shutil.ignore_patterns("conf_flags", "debian",
+                                                  "objs", "Makefile"))
     if nginx_ver:
         header = os.path.join(bundle, "src", "core", "nginx.h")
         text = re.sub(r"#define NGINX_VER .*",
@@ -361,6 +362,53 @@ def test_openresty_build_script_against_a_bundled_nginx(tmp_path):
     nginx_t(prefix)
 
 
+@pytest.fixture(scope="module")
+def newer_nginx():
+    """nginx 1.26 (Debian 13's source, fetched and built under build/ by
+    the scripts `make test` runs it with) and its unbuilt source tree."""
+    built = run([os.path.join(ROOT, "nginx_module", "build-nginx.sh")],
+                timeout=1200)
+    assert built.returncode == 0, built.stdout + built.stderr
+    binary = built.stdout.split()[-2]
+    fetched = run([os.path.join(ROOT, "nginx_module", "fetch-nginx.sh")])
+    assert fetched.returncode == 0, fetched.stderr
+    return binary, fetched.stdout.split()[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)     # a first run builds nginx 1.26
+def test_openresty_build_script_against_nginx_1_26(newer_nginx, tmp_path):
+    """The OpenResty path against the newer nginx, nearer OpenResty
+    1.27's core than Debian's 1.22: the script checks the 1.26 binary's
+    version and --with-compat, builds the module against a bundle of the
+    1.26 sources with nothing but --with-compat, and that nginx loads it."""
+    binary, source = newer_nginx
+    tree = tree_copy(str(tmp_path / "tree"))
+    src, version = fake_openresty(str(tmp_path / "openresty"), src=source)
+    assert version.startswith("1.26.")
+    script = os.path.join(tree, "docker", "build-module-openresty.sh")
+    proc = run([script, src, binary])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"against nginx/{version} in {src}/bundle/nginx-{version}" \
+        in proc.stdout
+    config = open(os.path.join(tree, "build", "nginx", "objs",
+                               "ngx_auto_config.h")).read()
+    configure = re.search(r'NGX_CONFIGURE "([^"]*)"', config).group(1)
+    assert configure.split()[0] == "--with-compat", configure
+    module = os.path.join(tree, "output", "ngx_http_mosn_module.so")
+    prefix = str(tmp_path / "gw")
+    proc = run([os.path.join(tree, "docker", "prepare-prefix.sh"), prefix,
+                "--module", module])
+    assert proc.returncode == 0, proc.stderr
+    nginx_t(prefix, binary)
+    # and Debian's 1.22 refuses it: the script's version check is what
+    # keeps such a module from reaching a binary it does not fit
+    proc = run([script, src, NGINX])
+    assert proc.returncode == 1
+    assert f"but the sources in {src}/bundle/nginx-{version} are " \
+        f"nginx/{version}" in proc.stderr
+
+
 def test_openresty_build_script_refuses_a_mismatched_binary(tmp_path):
     if not os.path.exists(os.path.join(NGINX_SRC, "configure")):
         pytest.skip("no nginx-dev sources (make setup installs them)")
@@ -388,8 +436,8 @@ def test_openresty_build_script_refuses_a_mismatched_binary(tmp_path):
 
 # --- the prefix the images run -----------------------------------------------
 
-def nginx_t(prefix):
-    proc = run([NGINX, "-p", prefix + "/", "-c", "conf/nginx.conf", "-t"],
+def nginx_t(prefix, nginx=NGINX):
+    proc = run([nginx, "-p", prefix + "/", "-c", "conf/nginx.conf", "-t"],
                cwd=prefix)
     assert proc.returncode == 0, proc.stderr
     assert "test is successful" in proc.stderr
