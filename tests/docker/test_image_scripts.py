@@ -525,6 +525,12 @@ def test_the_image_command_on_a_prepared_prefix(debian_module, tmp_path):
                 "--module", module, "--listen", "127.0.0.1",
                 "--user", "www-data", "--console-logs"])
     assert proc.returncode == 0, proc.stderr
+    # the Python of this test run, where the image has /opt/mosn-gateway's
+    conf = os.path.join(prefix, "conf", "nginx.conf")
+    text = open(conf).read()
+    assert "mosn_python    /opt/mosn-gateway/bin/python;" in text
+    with open(conf, "w") as f:
+        f.write(text.replace("/opt/mosn-gateway/bin/python", sys.executable))
     health = os.path.join(DOCKER, "healthcheck.py")
     console = open(tmp_path / "console.log", "w+")
     # its own process group: a failed test can take all of it down
