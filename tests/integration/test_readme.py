@@ -8,8 +8,6 @@ test fails at once, naming the port, if something else has one.
 """
 
 import os
-import re
-import shlex
 import signal
 import socket
 import subprocess
@@ -19,6 +17,7 @@ import time
 import pytest
 
 from gateway import ROOT, pids_of, wait_for
+from readme import curl, readme_session, same
 
 pytestmark = pytest.mark.slow
 
@@ -27,24 +26,6 @@ SHM = "mosn_example"
 DEFAULT_VENV = "/opt/mosn-gateway"
 # longer than any build: make run builds what is out of date first
 START_TIMEOUT = 600
-
-
-def readme_session():
-    """The README's curl session: [(command, expected output)], read from
-    the code block that follows "With `make run` going:"."""
-    with open(os.path.join(ROOT, "README.md")) as f:
-        text = f.read()
-    m = re.search(r"With `make run` going:\s*```\n(.*?)```", text, re.S)
-    assert m, "README.md has no curl session after 'With `make run` going:'"
-    session = []
-    for line in m.group(1).splitlines():
-        if line.startswith("$ "):
-            session.append((line[2:], []))
-        else:
-            assert session, "output before the first command: %r" % line
-            session[-1][1].append(line)
-    assert len(session) >= 4, session
-    return [(cmd, "\n".join(out)) for cmd, out in session]
 
 
 def make_command():
@@ -164,27 +145,6 @@ def example_ports():
             run.ctrl_c()
     assert wait_for(lambda: not gateway_leftovers(runs), 10), \
         gateway_leftovers(runs)
-
-
-def curl(command):
-    args = shlex.split(command)
-    assert args[0] == "curl", command
-    proc = subprocess.run(args + ["--silent", "--show-error"],
-                          capture_output=True, timeout=10)
-    return proc.stdout.decode().replace("\r\n", "\n").rstrip("\n")
-
-
-def same(expected, actual):
-    """Line for line; a Date header is whatever time it is."""
-    exp, act = expected.split("\n"), actual.split("\n")
-    if len(exp) != len(act):
-        return False
-    for e, a in zip(exp, act):
-        if e.startswith("Date: ") and a.startswith("Date: "):
-            continue
-        if e != a:
-            return False
-    return True
 
 
 def test_the_readme_session_right_after_make_run(tmp_path, example_ports):
