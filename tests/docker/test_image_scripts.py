@@ -16,7 +16,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import urllib.request
 
 import pytest
 
+from example_ports import taken_ports, the_example_ports
 from gateway import NGINX                 # $NGINX, or Debian's
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -34,7 +34,6 @@ DOCKERFILES = ("Dockerfile.debian", "Dockerfile.openresty")
 SCRIPTS = ("docker/build-module-openresty.sh", "docker/prepare-prefix.sh",
            "docker/healthcheck.py", "docker/build-image.py",
            "docker/debian-base.sh", "nginx_module/build.sh")
-PORTS = (2990, 3450, 3451, 3452, 3453)   # of conf/nginx.conf
 REGION = "mosn_example"
 
 
@@ -472,15 +471,6 @@ def test_prepare_prefix_lays_out_the_image_config(tmp_path):
     assert bad.returncode == 1 and "no user" in bad.stderr
 
 
-def ports_busy():
-    busy = []
-    for port in PORTS:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                busy.append(port)
-    return busy
-
-
 def uid_of(pid):
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -515,10 +505,18 @@ def test_the_image_command_on_a_prepared_prefix(debian_module, tmp_path):
     by its STOPSIGNAL. Loopback only: --listen 127.0.0.1."""
     if os.geteuid() != 0:
         pytest.skip("the image's master runs as root (user www-data)")
-    busy = ports_busy()
-    if busy:
-        pytest.skip(f"ports {busy} in use: the example cannot start here")
-    _, module = debian_module
+    with the_example_ports():
+        run_the_image_command(debian_module[1], tmp_path)
+    # nothing outlives the test: no process of the prefix or the region,
+    # no port of the example bound, no region
+    assert not processes_with(str(tmp_path / "srv") + "/")
+    assert not processes_with(f"/{REGION} ")
+    assert not taken_ports(), taken_ports()
+    assert not [n for n in os.listdir("/dev/shm")
+                if n == REGION or n.startswith(REGION + ".")]
+
+
+def run_the_image_command(module, tmp_path):
     prefix = str(tmp_path / "srv")
     os.chmod(str(tmp_path), 0o755)   # the workers (www-data) read conf/
     proc = run([os.path.join(DOCKER, "prepare-prefix.sh"), prefix,
@@ -582,9 +580,23 @@ def test_the_image_command_on_a_prepared_prefix(debian_module, tmp_path):
                 master.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
-        try:  # workers outlive a killed master: the whole group goes
-            os.killpg(master.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        # workers outlive a killed master: its group goes, and the Python
+        # pool, which has a session of its own, goes by its command line
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(master.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            left = processes_with(prefix + "/") + \
+                processes_with(f"/{REGION} ")
+            if not left:
+                break
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.1)
         master.wait()
         console.close()

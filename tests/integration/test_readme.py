@@ -3,8 +3,9 @@ curl session the moment port 2990 accepts, answer for answer as the
 README prints it; Ctrl-C on `make run` leaves nothing behind, and a second
 `make run` right after starts cleanly.
 
-These bind the example's fixed ports (2990, 3450-3453, 34901, 34903): a
-test fails at once, naming the port, if something else has one.
+These bind the example's fixed ports (2990, 3450-3453, 34901, 34903): they
+hold the lock tests/example_ports.py takes for them, and a test fails,
+naming the port, if something else has one.
 """
 
 import os
@@ -16,6 +17,7 @@ import time
 
 import pytest
 
+from example_ports import the_example_ports
 from gateway import ROOT, pids_of, wait_for
 from readme import curl, readme_session, same
 
@@ -136,15 +138,16 @@ def gateway_leftovers(runs=()):
 
 @pytest.fixture
 def example_ports():
-    check_ports_free()
-    assert not gateway_leftovers(), gateway_leftovers()
-    runs = []
-    yield runs
-    for run in runs:
-        if run.proc.poll() is None:
-            run.ctrl_c()
-    assert wait_for(lambda: not gateway_leftovers(runs), 10), \
-        gateway_leftovers(runs)
+    with the_example_ports():
+        check_ports_free()
+        assert not gateway_leftovers(), gateway_leftovers()
+        runs = []
+        yield runs
+        for run in runs:
+            if run.proc.poll() is None:
+                run.ctrl_c()
+        assert wait_for(lambda: not gateway_leftovers(runs), 10), \
+            gateway_leftovers(runs)
 
 
 def test_the_readme_session_right_after_make_run(tmp_path, example_ports):
