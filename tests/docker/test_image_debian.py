@@ -7,7 +7,12 @@ removed. pip's settings and trust store reach the build as secrets, and no
 layer of the image or of its build stage keeps them.
 
 The example binds fixed ports (2990, 3450-3453, admin 34901 and 34903): the
-test fails, saying which, if one is taken. `podman run` cannot set rlimits
+test holds the lock every test running the example takes (tests/
+example_ports.py) and fails, saying which, if one is taken all the same.
+Nothing of the container outlives the test: every process whose root is
+the container's root filesystem is killed on the way out, and the test
+checks that none is left, no port of the example is bound and no region
+remains. `podman run` cannot set rlimits
 on this kind of machine, so the container runs under `buildah run
 --isolation chroot --network host`, which shares the host's PID space
 (the test sees the container's processes in /proc) and /dev/shm.
@@ -16,25 +21,25 @@ on this kind of machine, so the container runs under `buildah run
 import json
 import os
 import re
-import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
 import time
+import urllib.request
 import uuid
 
 import pytest
 
+from example_ports import taken_ports, the_example_ports
+from readme import curl, readme_session, same
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
-README = os.path.join(ROOT, "README.md")
 IMAGE = "mosn-gateway"
 TAG = IMAGE + ":debian"
 BUILD_STAGE_TAG = IMAGE + ":debian-build"
-PORTS = (2990, 3450, 3451, 3452, 3453, 34901, 34903)
 REGION = "/dev/shm/mosn_example"
 SECRET_NAMES = ("pip.conf", "pip-cert.pem")
 
@@ -170,18 +175,6 @@ def test_no_layer_keeps_the_pip_secrets(image, tmp_path):
 
 # --- the gateway in the image -------------------------------------------------
 
-def taken_ports():
-    taken = []
-    for port in PORTS:
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("0.0.0.0", port))
-            except OSError as e:
-                taken.append(f"{port} ({e.strerror})")
-    return taken
-
-
 def proc_table():
     """{pid: (ppid, uid, cmdline)} of the live processes."""
     table = {}
@@ -231,60 +224,79 @@ def processes_in(root):
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.readlink(f"/proc/{entry}/root") == root:
+                if os.path.realpath(f"/proc/{entry}/root") == root:
                     found.append(int(entry))
             except OSError:
                 pass
     return found
 
 
-def readme_session():
-    """[(curl argv, expected output lines)] of the README's worked example."""
-    text = open(README).read()
-    section = text.split("## The worked example", 1)[1]
-    block = re.search(r"```\n(\$ curl.*?)```", section, re.S).group(1)
-    steps = []
-    for line in block.splitlines():
-        if line.startswith("$ "):
-            steps.append((shlex.split(line[2:]), []))
-        else:
-            steps[-1][1].append(line)
-    return steps
-
-
-def check_curl(argv, expected):
-    proc = run(argv, timeout=20)
-    assert proc.returncode == 0, f"{' '.join(argv)}: {proc.stderr}"
-    got = proc.stdout
-    if "-i" not in argv:
-        assert got == "\n".join(expected), f"{' '.join(argv)}: {got!r}"
-        return
-    head, _, body = got.partition("\n\n")   # text mode: \r\n read as \n
-    want_head = expected[:expected.index("")]
-    want_body = "\n".join(expected[expected.index("") + 1:])
-    lines = head.split("\n")
-    assert lines[0] == want_head[0], f"{' '.join(argv)}: {lines[0]!r}"
-    headers = {line.split(":", 1)[0].lower(): line.split(":", 1)[1].strip()
-               for line in lines[1:]}
-    for line in want_head[1:]:
-        name, value = (part.strip() for part in line.split(":", 1))
-        assert headers.get(name.lower()) == value, \
-            f"{' '.join(argv)}: {name}: {headers.get(name.lower())!r}"
-    assert body == want_body + "\n" or body == want_body, \
-        f"{' '.join(argv)}: {body!r}"
-
-
 def test_the_example_runs_in_the_image(image, tmp_path):
     """buildah run of the image's own command: the README's curl session
     from the host, the HEALTHCHECK inside, the workers as www-data, the
-    STOPSIGNAL a clean stop, the container removed."""
-    taken = taken_ports()
-    assert not taken, f"the example's ports are taken: {', '.join(taken)}; " \
-                      f"stop what holds them (another example gateway?)"
-    assert not os.path.exists(REGION), \
-        f"{REGION} exists: another example gateway runs on this machine"
-    name = f"mosn-gateway-test-{uuid.uuid4().hex[:8]}"
-    buildah("from", "--pull=never", "--name", name, TAG)
+    STOPSIGNAL a clean stop, the container removed, nothing left behind."""
+    with the_example_ports():
+        assert not os.path.exists(REGION), \
+            f"{REGION} exists: another example gateway runs on this machine"
+        name = f"mosn-gateway-test-{uuid.uuid4().hex[:8]}"
+        buildah("from", "--pull=never", "--name", name, TAG)
+        try:
+            left = run_the_example(image, name, tmp_path)
+        finally:
+            removed = run(["buildah", "rm", name])
+        assert not left, f"left behind by the container: {left}"
+        assert removed.returncode == 0, removed.stderr
+        assert name not in buildah("containers", "--format",
+                                   "{{.ContainerName}}")
+        assert not taken_ports(), taken_ports()
+
+
+def session(sid):
+    """The live processes of session sid."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def root_of_session(sid):
+    """The container's root: that of any process of the runner's session
+    inside it (buildah run binds the container's files at a new path for
+    each run)."""
+    for pid in session(sid):
+        try:
+            root = os.path.realpath(f"/proc/{pid}/root")
+        except OSError:
+            continue
+        if root != "/":
+            return root
+    return None
+
+
+def leftovers(sid, container_root):
+    """What a container's gateway may leave: processes of the runner's
+    session or in the container's root, the example's ports bound, its
+    region."""
+    left = [f"process {p}" for p in session(sid)]
+    if container_root:
+        left += [f"process {p}" for p in processes_in(container_root)]
+    left += [f"port {p}" for p in taken_ports()]
+    left += [path for path in (REGION, REGION + ".stats", REGION + ".wake")
+             if os.path.exists(path)]
+    return left
+
+
+def run_the_example(image, name, tmp_path):
+    """Runs the image's command in container name, checks it, stops it.
+    Returns what was left behind after the cleanup (nothing, or a
+    list that says what)."""
     health = image["Healthcheck"]["Test"]
     assert health[0] == "CMD"
     run_args = ["buildah", "run", "--isolation", "chroot", "--network",
@@ -296,13 +308,18 @@ def test_the_example_runs_in_the_image(image, tmp_path):
     def logged():
         return (tmp_path / "console.log").read_text(errors="replace")
 
+    # a session of its own: the runner and the nginx processes; the Python
+    # supervisor makes its own session, so the cleanup goes by root too
     runner = subprocess.Popen(run_args + image["Cmd"], stdout=console,
                               stderr=subprocess.STDOUT,
                               start_new_session=True)
     master = container_root = None
 
+    def check_health():
+        return run(run_args + health[1:], timeout=60)
+
     def healthy():
-        return run(run_args + health[1:], timeout=60).returncode == 0
+        return check_health().returncode == 0
 
     try:
         # healthy within the check's start period and retries, and then some
@@ -310,10 +327,7 @@ def test_the_example_runs_in_the_image(image, tmp_path):
         deadline = time.monotonic() + 30 + (
             hc["StartPeriod"] + hc["Retries"] * hc["Interval"]) / 1e9
         while not healthy():
-            if container_root is None:      # known early, for the cleanup
-                first = main_process(runner.pid)
-                if first:
-                    container_root = os.readlink(f"/proc/{first}/root")
+            container_root = container_root or root_of_session(runner.pid)
             assert runner.poll() is None, \
                 f"the gateway exited ({runner.returncode}):\n" + logged()
             assert time.monotonic() < deadline, \
@@ -321,22 +335,41 @@ def test_the_example_runs_in_the_image(image, tmp_path):
             time.sleep(0.5)
         master = main_process(runner.pid)
         assert master is not None, "no process under buildah-chroot-exec"
-        container_root = os.readlink(f"/proc/{master}/root")
+        container_root = os.path.realpath(f"/proc/{master}/root")
         assert container_root != "/"
         table = proc_table()
         assert re.match(r"nginx: master process \S*nginx -p /srv/gateway/ ",
                         table[master][2]), table[master][2]
 
-        # the README's curl session, from the host
-        session = readme_session()
-        assert len(session) >= 7
-        for argv, expected in session:
-            check_curl(argv, expected)
+        # the README's curl session, from the host, answer for answer
+        answers = [(cmd, expected, curl(cmd))
+                   for cmd, expected in readme_session()]
+        wrong = [a for a in answers if not same(a[1], a[2])]
+        assert len(answers) >= 7 and not wrong, \
+            "README answers that differ (command, README, actual):\n%r" % wrong
+
+        # the admin API and the metrics answer from the host; they serve
+        # only once the admin process has dropped root, checked below
+        def answers(url):
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    return response.status == 200
+            except OSError:
+                return False
+        for url in ("http://127.0.0.1:34901/api/v1/stats",
+                    "http://127.0.0.1:34903/metrics"):
+            deadline = time.monotonic() + 30
+            while not answers(url):
+                assert time.monotonic() < deadline, f"{url}: no answer"
+                time.sleep(0.2)
 
         # nginx's and Python's workers run as www-data (uid from the
-        # image's own /etc/passwd); only the master and the supervisor,
+        # image's own /etc/passwd, seen through the master's root: the
+        # container's files are mounted where only it sees them); only the master and the supervisor,
         # which spawns the workers, keep root
-        www = int(run(run_args + ["id", "-u", "www-data"]).stdout)
+        with open(f"/proc/{master}/root/etc/passwd") as f:
+            www = next(int(line.split(":")[2]) for line in f
+                       if line.startswith("www-data:"))
         assert www != 0
         table = proc_table()
         tree = {p: table[p] for p in descendants(master, table)}
@@ -362,37 +395,45 @@ def test_the_example_runs_in_the_image(image, tmp_path):
             assert time.monotonic() < deadline, "processes left after stop"
             time.sleep(0.2)
         assert not os.path.exists(REGION)
-        assert not healthy(), "healthy with the gateway stopped"
+        # the check itself ran and found nobody at the gateway's port
+        stopped = check_health()
+        assert stopped.returncode == 1 and \
+            "http://127.0.0.1:2990/echo: " in stopped.stderr, stopped
         console_log = logged()
         assert "start worker process" in console_log        # error.log
         assert re.search(r'"GET / HTTP/1\.1" 200 127\.0\.0\.1:3452 '
                          r'mosn=filtered .* unit=s2', console_log)  # access.log
     finally:
-        # whatever failed, nothing of the container outlives the test (a
-        # master killed before its workers could respawn them: repeat)
-        killed, deadline = False, time.monotonic() + 10
+        # whatever failed, nothing of the container outlives the test: its
+        # processes, those of the runner's session (nginx's, even orphaned)
+        # and those in its root (the Python pool, which has a session of
+        # its own), killed until none is left (a master killed first
+        # respawns nothing, but one may be forking as it dies: repeat)
+        container_root = container_root or root_of_session(runner.pid)
+        killed, deadline = False, time.monotonic() + 15
         while time.monotonic() < deadline:
-            left = descendants(runner.pid, proc_table())
+            alive = set(session(runner.pid))
+            alive |= set(descendants(runner.pid, proc_table()))
             if container_root:
-                left = set(left) | set(processes_in(container_root))
-            if not left:
+                alive |= set(processes_in(container_root))
+            if not alive:
                 break
             killed = True
-            for pid in sorted(left, key=lambda p: p != master):
+            for pid in sorted(alive, key=lambda p: p != master):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
             time.sleep(0.1)
-        if killed:  # the gateway could not remove its region
-            for path in (REGION, REGION + ".stats"):
-                shutil.rmtree(path, ignore_errors=True)
-                if os.path.exists(path):
-                    os.unlink(path)
-        if runner.poll() is None:
-            runner.kill()
+        try:
+            os.killpg(runner.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         runner.wait()
         console.close()
-        removed = run(["buildah", "rm", name])
-    assert removed.returncode == 0, removed.stderr
-    assert name not in buildah("containers", "--format", "{{.ContainerName}}")
+        if killed:  # the gateway could not remove its region
+            for path in (REGION, REGION + ".stats", REGION + ".wake"):
+                shutil.rmtree(path, ignore_errors=True)
+                if os.path.lexists(path):
+                    os.unlink(path)
+    return leftovers(runner.pid, container_root)
