@@ -5,6 +5,10 @@
 #                    the integration tests again on a newer nginx
 #   make test-newer-nginx  only the latter: nginx 1.26 from Debian 13's
 #                    source, built with the module under build/
+#   make build-image-debian  the Debian image (docker, or buildah and
+#                    debootstrap where no engine runs; docker/README.md)
+#   make test-image  only the image tests: that image built and run, the
+#                    images' build scripts run on the host
 #   make build-l7    build output/ngx_http_mosn_module.so and output/shm_ring.h
 #   make bench       the peers benchmark (results in bench/results/)
 #   make bench-response  what a sender filter (the response phase) costs,
@@ -166,7 +170,12 @@ OPENRESTY_VERSION ?= 1.27.1.2
 # the Python whose pip settings the build uses: the venv's once it exists
 IMAGE_PY          = $(if $(wildcard $(PY)),$(PY),python3)
 
-.PHONY: build-image build-moe-image build-image-debian
+.PHONY: build-image build-moe-image build-image-debian test-image
+
+# the image tests alone (make test runs them too): the Debian image built
+# and run, the images' build scripts run on the host
+test-image: apt $(STAMP).extras $(MODULE)
+	$(VENV)/bin/pytest tests/docker
 
 build-image: apt
 	$(IMAGE_PY) docker/build-image.py docker/Dockerfile.openresty \
