@@ -20,6 +20,10 @@ times:
 and measures the image, its build stage and its base: the sum of their
 layers as tar files (what the storage holds) and gzip-compressed (what a
 registry would store and a pull would fetch).
+
+With --sizes-only it builds nothing and measures the images as `make
+build-image-debian` and the image tests left them (mosn-gateway:debian and
+mosn-gateway:debian-build): sizes do not move with the machine's load.
 """
 
 import argparse
@@ -93,7 +97,7 @@ def layer_sizes(tag, where):
     """([tar bytes], [gzip bytes]) of the image's layers, in order."""
     sizes = []
     for compress in (False, True):
-        out = os.path.join(where, f"{tag.replace(':', '_')}-{compress}")
+        out = os.path.join(where, re.sub(r"[/:]", "_", tag) + f"-{compress}")
         sh(["buildah", "push", "--quiet"] +
            ([] if compress else ["--disable-compression"]) +
            [tag, f"dir:{out}"])
@@ -134,7 +138,12 @@ def main():
                         help="builds with no cache (default 2)")
     parser.add_argument("--out", default=os.path.join(
         ROOT, "bench", "results", "image.md"))
+    parser.add_argument("--sizes-only", action="store_true",
+                        help="build nothing: measure the images the image "
+                             "tests built")
     args = parser.parse_args()
+    if args.sizes_only:
+        return sizes_only(args)
     if os.geteuid() != 0:
         sys.exit("bench/image.py runs as root (buildah, debootstrap)")
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(
@@ -165,14 +174,7 @@ def main():
            "buildah", "--target", "build"])
     loads.append(load())
 
-    with tempfile.TemporaryDirectory() as where:
-        sizes = {name: layer_sizes(tag, where) for name, tag in
-                 (("mosn-gateway:debian", TAG),
-                  ("its build stage (`--target build`, not shipped)",
-                   STAGE_TAG),
-                  ("debian:bookworm-slim (debootstrap)", BASE_TAG))}
-    history = json.loads(sh(["buildah", "inspect", "--type", "image",
-                             TAG]))["Docker"]["history"]
+    sizes, history = measure(TAG, STAGE_TAG)
     for tag in (TAG, STAGE_TAG):
         subprocess.run(["buildah", "untag", tag], capture_output=True)
 
@@ -228,7 +230,53 @@ def main():
                 if what.startswith("COPY --from=") else ""
             lines.append(f"| {names.get(stage, stage)} | {step}: "
                          f"`{what}`{wait} | {at:.0f} | {took:.0f} |")
-    lines += [
+    lines += size_report(sizes, history)
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def measure(tag, stage_tag):
+    """({name: ([tar bytes], [gzip bytes])}, the image's history)."""
+    with tempfile.TemporaryDirectory() as where:
+        sizes = {name: layer_sizes(t, where) for name, t in
+                 (("mosn-gateway:debian", tag),
+                  ("its build stage (`--target build`, not shipped)",
+                   stage_tag),
+                  ("debian:bookworm-slim (debootstrap)", BASE_TAG))}
+    history = json.loads(sh(["buildah", "inspect", "--type", "image",
+                             tag]))["Docker"]["history"]
+    return sizes, history
+
+
+def sizes_only(args):
+    tag, stage_tag = "mosn-gateway:debian", "mosn-gateway:debian-build"
+    for t in (tag, stage_tag, BASE_TAG):
+        if subprocess.run(["buildah", "inspect", "--type", "image", t],
+                          capture_output=True).returncode != 0:
+            sys.exit(f"no {t}: run the image tests (make test-image) first")
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec="seconds")
+    facts = machine()
+    sizes, history = measure(tag, stage_tag)
+    lines = [
+        "# The Debian image: size",
+        "",
+        "Command: `python3 bench/image.py --sizes-only` (as root), after "
+        "`make test-image` built the image and its build stage  ",
+        f"Date: {started}  ",
+        f"Machine: {facts['nproc']} CPUs ({facts['cpu']}), "
+        f"{facts['mem_gib']} GiB, Linux {facts['kernel']}, Debian "
+        f"{facts['debian']}, {facts['buildah']}, debootstrap "
+        f"{facts['debootstrap']}",
+    ] + size_report(sizes, history)
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def size_report(sizes, history):
+    lines = [
         "",
         "## Size",
         "",
@@ -256,9 +304,7 @@ def main():
                                                               "RUN ")
         what = "the base (debootstrap)" if what == "/bin/sh" else what
         lines.append(f"| `{what[:90]}` | {mib(r)} | {mib(g)} |")
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return lines
 
 
 if __name__ == "__main__":
