@@ -326,8 +326,12 @@ def run_the_example(image, name, tmp_path):
         hc = image["Healthcheck"]
         deadline = time.monotonic() + 30 + (
             hc["StartPeriod"] + hc["Retries"] * hc["Interval"]) / 1e9
-        while not healthy():
+        # healthy, and by this container's gateway: one that cannot bind
+        # (another gateway took the example's ports) says so at once
+        while not healthy() or "[emerg]" in logged():
             container_root = container_root or root_of_session(runner.pid)
+            assert "[emerg]" not in logged(), \
+                "the gateway in the container cannot start:\n" + logged()
             assert runner.poll() is None, \
                 f"the gateway exited ({runner.returncode}):\n" + logged()
             assert time.monotonic() < deadline, \
