@@ -3,6 +3,9 @@
 import http.client
 import subprocess
 
+import pytest
+
+from example_ports import the_example_ports
 from gateway import SITE_BODY, free_port, sites
 
 EXAMPLE = """
@@ -103,7 +106,14 @@ def test_uid_edges(gateway):
         assert SITE_BODY.match(body).group(1) == site, (uid, body)
 
 
-def test_the_shipped_example_config(gateway):
+@pytest.fixture
+def example_ports():
+    """Set up before the gateway, so held until it has stopped."""
+    with the_example_ports():
+        yield
+
+
+def test_the_shipped_example_config(example_ports, gateway):
     """conf/nginx.conf and conf/mosn.json as shipped, on their own ports."""
     import os
     import re as re_
