@@ -86,8 +86,12 @@ def site_ports(first):
 
 
 def python_for_workers():
-    """The Python the module starts (mosn_python): the venv's, as in conf/."""
-    return VENV_PYTHON if os.access(VENV_PYTHON, os.X_OK) else sys.executable
+    """The Python the module starts (mosn_python): the one running this
+    script when it is a virtualenv's (it has the package of this tree),
+    else the default venv's, as in conf/."""
+    if sys.prefix != sys.base_prefix or not os.access(VENV_PYTHON, os.X_OK):
+        return sys.executable
+    return VENV_PYTHON
 
 
 def _replace_once(text, old, new, what):

@@ -57,11 +57,16 @@ def test_scale_quick_smoke(tmp_path):
         s = result["summary"][name]
         assert s["opened"] == 10000
         assert s["errors"]["open_errors"] == 0
+        assert s["errors"]["machine_errors"] == {}
         assert s["errors"]["closed_by_server"] == 0
-        assert s["rps_without"] > 0 and s["rps_with"] > 0
+        assert s["without"] > 0 and s["with"] > 0
         assert s["nginx_bytes_per_conn_rss"] > 0
+    assert result["summary"]["mosn"]["errors"]["ring_fallbacks"] == 0
+    # both gateways opened in the same round: their times compare
+    assert result["open_ratios"]["median"] > 0
     report = (tmp_path / "scale.md").read_text()
     assert "python bench/scale.py --quick" in report
+    assert "## The storm: opening the connections" in report
     assert "One million connections" in report
 
 
