@@ -107,7 +107,7 @@ class Gateway:
     """One nginx instance under test."""
 
     def __init__(self, http, mosn=None, workers=1, nginx_workers=1,
-                 main="", env=None):
+                 main="", env=None, worker_connections=1024):
         self.prefix = tempfile.mkdtemp(prefix="mosn-gw-")
         os.chmod(self.prefix, 0o755)
         os.makedirs(os.path.join(self.prefix, "logs"))
@@ -125,6 +125,7 @@ class Gateway:
         self.site_ports = {}
         self.main = main
         self.nginx_workers = nginx_workers
+        self.worker_connections = worker_connections
         self.write_conf()
         self.started = False
 
@@ -154,7 +155,7 @@ class Gateway:
             error_log logs/error.log info;
             pid logs/nginx.pid;
             %(main)s
-            events { worker_connections 1024; }
+            events { worker_connections %(connections)d; }
             http {
                 access_log logs/access.log;
                 client_body_temp_path logs/body;
@@ -170,6 +171,7 @@ class Gateway:
             }
             """) % {"module": MODULE, "nworkers": self.nginx_workers,
                     "main": self.main, "python": PYTHON, "shm": self.shm,
+                    "connections": self.worker_connections,
                     "workers": self.workers,
                     "body": textwrap.indent(textwrap.dedent(body), "    ")}
         with open(self.conf_path, "w") as f:
