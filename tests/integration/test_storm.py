@@ -33,6 +33,8 @@ STORM = """
         access_log off;
         location / {
             mosn_filter_chain serverListener;
+            # a loaded machine may slow the answers, never change them
+            mosn_timeout 30s;
             proxy_pass http://$site;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
