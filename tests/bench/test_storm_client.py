@@ -7,6 +7,7 @@ gateway closing the connection, that once made a machine limit look like
 a broken gateway.)"""
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -17,8 +18,13 @@ import pytest
 from storm_sites import SITE_PORTS, Sites
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "bench"))
-import scale  # noqa: E402
+# the benchmark's own storm clients, loaded by path: bench/ on sys.path
+# would shadow the tests' modules of the same names (fleet)
+_spec = importlib.util.spec_from_file_location(
+    "bench_scale", os.path.join(os.path.dirname(os.path.dirname(HERE)), "bench", "scale.py"))
+scale = importlib.util.module_from_spec(_spec)
+sys.modules["bench_scale"] = scale
+_spec.loader.exec_module(scale)
 
 ONE_CLIENT = {"clients": 1, "sources_per_client": 2,
               "sources": ["127.0.0.101", "127.0.0.102"]}

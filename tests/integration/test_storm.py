@@ -7,14 +7,20 @@ request may take the fallback: a storm is a burst of requests like any
 other, so the filters' answer may not change under it."""
 
 import argparse
+import importlib.util
 import os
 import sys
 
 from gateway import Gateway
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-import scale  # noqa: E402  (the benchmark's own storm clients)
+# the benchmark's own storm clients, loaded by path: bench/ on sys.path
+# would shadow the tests' modules of the same names (fleet)
+_spec = importlib.util.spec_from_file_location(
+    "bench_scale", os.path.join(ROOT, "bench", "scale.py"))
+scale = importlib.util.module_from_spec(_spec)
+sys.modules["bench_scale"] = scale
+_spec.loader.exec_module(scale)
 
 CONNECTIONS = 10000
 CONCURRENCY = 192
