@@ -827,6 +827,7 @@ def summarise(data, disturbed_pct):
                               for o in opens),
     }
     s["opened"] = med(o["opened"] for o in opens)
+    s["opened_min"] = min(o["opened"] for o in opens)
     s["open_seconds"] = med(o["seconds"] for o in opens)
     s["open_seconds_undisturbed"] = med(o["seconds"] for o in opens if not o["disturbed"])
     # memory per connection from the first opening: nginx keeps what it
@@ -900,9 +901,9 @@ def checks(summary, ratios, connections):
         e = s["errors"]
         lost = sum(e["machine_errors"].values())
         rows = [
-            ("connections opened and answered by the right site",
-             f"{s['opened']:.0f} of {connections} (median round)",
-             "ok" if s["opened"] == connections else
+            ("connections opened and answered by the right site, fewest in a round",
+             f"{s.get('opened_min', s['opened']):.0f} of {connections}",
+             "ok" if s.get("opened_min", s["opened"]) == connections else
              "MACHINE" if lost and not e["open_errors"] else "FAILED"),
             ("gateway errors while opening (refused, reset, closed, no or a wrong answer)",
              str(e["open_errors"]) + (f": {e['first_errors'][0]}" if e["open_errors"] else ""),
@@ -1256,7 +1257,11 @@ def main():
     plan = plan_for(args, lim)
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     info = peers.machine(args)
-    command = "python bench/scale.py" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
+    # where the report goes is no part of how it was measured
+    argv = sys.argv[1:]
+    if "--out" in argv:
+        del argv[argv.index("--out"):argv.index("--out") + 2]
+    command = "python bench/scale.py" + (" " + shlex.join(argv) if argv else "")
     load_before = idle.loadavg()
     print(f"load average {load_before}; limits {lim}")
     print(f"plan: {plan['clients']} clients x {plan['sources_per_client']} source addresses, "
