@@ -17,11 +17,23 @@ MODULE = os.path.join(ROOT, "output", "ngx_http_mosn_module.so")
 
 def run(script, *args, timeout):
     assert os.path.exists(MODULE), "build the module first: make build-l7"
-    proc = subprocess.run([sys.executable, os.path.join(BENCH, script), *args],
-                          cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
+    proc = subprocess.Popen([sys.executable, os.path.join(BENCH, script), *args],
+                            cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        # SIGTERM first: the benchmark stops the nginx it started (SIGKILL,
+        # subprocess.run's way, would leave them running and holding ports)
+        proc.terminate()
+        try:
+            proc.communicate(timeout=25)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise
+    assert proc.returncode == 0, out + err
+    return out
 
 
 @pytest.mark.slow
