@@ -59,9 +59,11 @@ def test_idle_smoke(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_scale_quick_smoke(tmp_path):
-    out = run("scale.py", "--quick", "--out", str(tmp_path), timeout=270)
+    # two storms of 10,000 and their waits for a quiet machine: minutes
+    # when other work shares the two cores
+    out = run("scale.py", "--quick", "--out", str(tmp_path), timeout=540)
     assert "wrote" in out
     result = json.loads((tmp_path / "scale.json").read_text())
     assert result["settings"]["connections"] == 10000
