@@ -104,9 +104,17 @@ def test_the_supervisor_is_the_masters_child(gateway):
     assert parent_of(gw.supervisor_pid()) == gw.master_pid()
 
 
+# A new supervisor and its workers start Python and import the package: a
+# second or two on a quiet machine, more on a loaded one.  The bound tells
+# a pool that recovers from one that never does (every request taking the
+# fallback for good), not the machine's speed.
+RECOVERY = 5.0
+
+
 def test_killed_supervisor_is_respawned_under_load(gateway):
     """kill -9 the supervisor, then each worker: filtered again within
-    2 s each time, every request answered 2xx, nothing left after quit."""
+    RECOVERY s each time, every request answered 2xx, nothing left after
+    quit."""
     admin_port = free_port()
     gw = gateway(ROUTED, mosn=with_admin(admin_port), workers=2).start()
     assert wait_for(lambda: len(admin_pids(gw)) == 1, 10)
@@ -126,18 +134,23 @@ def test_killed_supervisor_is_respawned_under_load(gateway):
         new_sup = wait_for(lambda: gw.supervisor_pid() != old_sup
                            and gw.supervisor_pid(), 5)
         assert new_sup and parent_of(new_sup) == gw.master_pid()
-        time.sleep(2.5)
-        took = load.filtered_again(since, 2.0)
-        assert took is not None, ("not filtered again within 2 s",
+        assert wait_for(lambda: load.filtered_again(since, RECOVERY),
+                        RECOVERY + 1)
+        time.sleep(0.5)     # and stays filtered
+        took = load.filtered_again(since, RECOVERY)
+        assert took is not None, ("not filtered again within %g s" % RECOVERY,
                                   load.describe(since), gw.error_log())
 
         # then each of the new supervisor's workers
         for victim in sorted(gw.python_pids()):
             since = time.monotonic()
             os.kill(victim, signal.SIGKILL)
-            time.sleep(2.5)
-            assert load.filtered_again(since, 2.0) is not None, \
-                ("not filtered again within 2 s of killing %d" % victim,
+            assert wait_for(lambda: load.filtered_again(since, RECOVERY),
+                            RECOVERY + 1)
+            time.sleep(0.5)
+            assert load.filtered_again(since, RECOVERY) is not None, \
+                ("not filtered again within %g s of killing %d"
+                 % (RECOVERY, victim),
                  load.describe(since))
 
         # the admin API came back on its port
