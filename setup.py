@@ -68,5 +68,13 @@ setup(
     entry_points={
         "console_scripts": ["pyworker = pyworker.__main__:main"],
         "pytest11": ["pyworker = pyworker.testing"],
+        # the built-ins are found as third-party filters and drivers are
+        # (pyworker.registry): each module registers what it defines
+        "pyworker.filters": ["echo = pyworker.filters.echo",
+                             "metadata = pyworker.filters.metadata",
+                             "ext_authz = pyworker.filters.ext_authz",
+                             "ratelimit = pyworker.filters.ratelimit"],
+        "pyworker.drivers": ["unit = pyworker.drivers.unit",
+                             "env = pyworker.drivers.env"],
     },
 )

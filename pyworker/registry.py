@@ -3,12 +3,14 @@
 A filter factory is called with the filter's JSON ``config`` dict and
 returns the filter (a class taking the config is such a factory). A driver
 factory is called with no argument and returns a driver, whose ``init``
-gets the config. Registering is done by the decorators; users' own filters
-and drivers are found through
+gets the config. Registering is done by the decorators; filters and
+drivers are found through
 
 - the entry point groups ``pyworker.filters`` and ``pyworker.drivers``
   (an entry point naming a module is imported, so its decorators register;
-  one naming a factory is registered under the entry point's name), and
+  one naming a factory is registered under the entry point's name): the
+  built-in ones are found there too, declared by this package's own
+  metadata (setup.py), so this module imports none of them, and
 - modules named in the config (``"module"`` in a stream filter entry, or
   ``"pyworker": {"modules": [...]}``), imported by the config loader.
 
@@ -27,7 +29,6 @@ _log = logging.getLogger("pyworker.registry")
 _filters = {}          # type name -> (name, factory)
 _drivers = {}          # casefolded name -> (name, factory)
 _plugin_errors = []    # entry points that failed to load, for messages
-_builtins_loaded = False
 _entry_points_loaded = False
 
 
@@ -64,7 +65,7 @@ def _add(table, key, name, factory, replace, what):
                          f"{name!r}")
     if not callable(factory):
         raise TypeError(f"{what} {name!r}: {factory!r} is not callable")
-    _load_builtins()  # so that a user's name taking a built-in's is caught
+    load_plugins()  # so that a user's name taking a built-in's is caught
     existing = table.get(key)
     # the same definition seen again (a module imported twice) is no conflict
     if (existing is not None and not replace
@@ -135,15 +136,17 @@ def entry_points(group):
 
 
 def load_plugins():
-    """Loads the built-ins and, once, the entry points of packages."""
+    """Loads, once, the entry points of packages, the built-ins' first."""
     global _entry_points_loaded
-    _load_builtins()
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
     for group, register in ((FILTER_GROUP, register_filter),
                             (DRIVER_GROUP, register_driver)):
-        for ep in entry_points(group=group):
+        # the built-ins first: a plugin's name that takes one of theirs is
+        # the plugin's error, whatever order the packages are found in
+        for ep in sorted(entry_points(group=group),
+                         key=lambda ep: not ep.value.startswith("pyworker.")):
             try:
                 target = ep.load()
                 if not isinstance(target, types.ModuleType):
@@ -154,14 +157,6 @@ def load_plugins():
                     f"entry point {ep.name!r} ({ep.value}) in {group}: "
                     f"{type(exc).__name__}: {exc}")
                 _log.warning("cannot load %s", _plugin_errors[-1])
-
-
-def _load_builtins():
-    global _builtins_loaded
-    if not _builtins_loaded:
-        _builtins_loaded = True
-        importlib.import_module("pyworker.filters")
-        importlib.import_module("pyworker.drivers")
 
 
 def _plugin_note():

@@ -1,3 +1,2 @@
-"""The built-in metadata drivers; importing this package registers them."""
-
-from pyworker.drivers import env, unit  # noqa: F401  (they register)
+"""The built-in metadata drivers, each a module registered through this
+package's entry points (setup.py), as third-party drivers are."""

@@ -1,4 +1,2 @@
-"""The built-in stream filters; importing this package registers them."""
-
-from pyworker.filters import (echo, ext_authz, metadata,  # noqa: F401
-                              ratelimit)  # (they register)
+"""The built-in stream filters, each a module registered through this
+package's entry points (setup.py), as third-party filters are."""
