@@ -1,6 +1,8 @@
 """Builds the ring's Cython binding (with its C core) and installs the
 Python worker pool and its `pyworker` command."""
 
+import re
+
 from setuptools import Extension, setup
 
 try:
@@ -9,6 +11,11 @@ except ImportError:  # a build without Cython installs the pure fallback
     cythonize = None
 
 C_FLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wno-unused-function"]
+
+# the one version string is pyworker.__version__ (read, not imported: the
+# package needs its own extensions built to import)
+with open("pyworker/__init__.py") as f:
+    VERSION = re.search(r'^__version__ = "([^"]+)"$', f.read(), re.M).group(1)
 
 extensions = [
     Extension(
@@ -31,7 +38,7 @@ extensions = [
 
 setup(
     name="mosn-nginx-gateway",
-    version="0.1.0",
+    version=VERSION,
     description="MOSN-style Python stream filters for nginx over a "
                 "shared-memory ring",
     python_requires=">=3.11",
@@ -40,9 +47,9 @@ setup(
     package_data={"shm_ring": ["shm_ring.h", "shm_ring.pxd", "*.c",
                                "_ring.pyx"]},
     ext_modules=cythonize(extensions, language_level=3) if cythonize else [],
+    # what runs: the ring needs nothing but its own extension (README,
+    # "Dependencies": why neither msgpack nor posix-ipc is one)
     install_requires=[
-        "msgpack>=1.0,<2",
-        "posix-ipc>=1.1,<2",
         "prometheus-client>=0.17,<1",
         # service discovery and filter config from etcd and xDS
         # (pyworker.discovery); imported only by the discovery process
@@ -58,10 +65,11 @@ setup(
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6",
                  "locust>=2.20", "h2>=4", "aiohttp>=3.9",
-                 "atheris>=2.3"],
-        # redis: the rate limit bench's comparison with redis-py's client
+                 "atheris>=2.3", "ruff>=0.5"],
+        # redis: the rate limit bench's comparison with redis-py's client;
+        # msgpack: bench/codec_bench.py, the flat layout against it
         "bench": ["aiohttp>=3.9", "uvloop>=0.19", "matplotlib>=3.7",
-                  "redis>=5.0,<9"],
+                  "redis>=5.0,<9", "msgpack>=1.0,<2"],
         # a faster event loop, used where installed
         "fast": ["uvloop>=0.19"],
     },

@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
 
-from shm_ring.codec import (CONTINUE, ERROR, REPLY,  # noqa: E402
+from shm_ring.codec import (ERROR, REPLY,  # noqa: E402
                             Verdict, encode_request, encode_verdict)
 
 

@@ -55,7 +55,8 @@ class Stats:
             archive_path = os.path.join(self.stats_dir, ARCHIVE)
             total = merge({}, self._read(archive_path) or {})
             folded = False
-            for path in glob.glob(os.path.join(self.stats_dir, "worker-*.json")):
+            for path in glob.glob(os.path.join(self.stats_dir,
+                                               "worker-*.json")):
                 data = self._read(path)
                 if data is None:
                     continue

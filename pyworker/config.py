@@ -52,6 +52,7 @@ from pyworker import registry
 from pyworker.api import ConfigError, json_type
 from pyworker.chain import Chain
 from pyworker.discovery import FileSource, discovery_option
+from pyworker.verdict import DEFAULT_LIMITS
 
 # a worker that just served may look for more this long before it sleeps,
 # saving a futex sleep and wake when requests come close together; off by
@@ -60,7 +61,6 @@ from pyworker.discovery import FileSource, discovery_option
 SPIN_US_DEFAULT = 0
 MAX_IN_FLIGHT_DEFAULT = 1024
 MAX_IN_FLIGHT_LIMIT = 65536
-from pyworker.verdict import DEFAULT_LIMITS
 
 __all__ = ["ConfigError", "GatewayConfig", "Listener", "Endpoint", "Metrics",
            "load", "loads", "from_dict", "MOSN_LOG_LEVELS", "redact"]

@@ -160,7 +160,8 @@ class Supervisor:
         if index < 0:
             log.error("no free consumer entry in the region for a new worker")
             return None
-        cmd = [self.python, "-P", "-m", "pyworker", "worker", "--shm", self.shm,
+        cmd = [self.python, "-P", "-m", "pyworker", "worker",
+               "--shm", self.shm,
                "--index", str(index), "--config", self.config_path,
                ] + self._stats_args() + self._user_args()
         proc = subprocess.Popen(cmd, close_fds=True, env=self._child_env())
@@ -204,7 +205,7 @@ class Supervisor:
         statsdir.clean_stale(self.uid)
         self.stats_dir = statsdir.make(self.shm, self.uid, self.gid)
 
-    # -- the admin process ------------------------------------------------------
+    # -- the admin process ---------------------------------------------------
 
     def _admin_check(self):
         """Keeps the admin process up; it leaves at once (code 0) when the
@@ -366,7 +367,8 @@ class Supervisor:
     # -- reload ---------------------------------------------------------------
 
     def _check_config(self, path):
-        proc = subprocess.run([self.python, "-P", "-m", "pyworker", "check", path],
+        proc = subprocess.run([self.python, "-P", "-m", "pyworker", "check",
+                               path],
                               capture_output=True, text=True, timeout=60)
         if proc.returncode != 0:
             for line in (proc.stdout + proc.stderr).splitlines():

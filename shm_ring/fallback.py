@@ -310,7 +310,8 @@ HEADER_FIELDS = (
     "nconsumers", "slots", "slot_size", "producers_off", "consumers_off",
     "rings_off", "ring_bytes", "slots_off", "master_pid", "supervisor_pid",
     "created_ns", "consumer_epoch", "reload_seq", "desired_workers",
-    "pool_state", "name", "config_path", "endpoints_off", "ep_apps", "ep_app_size")
+    "pool_state", "name", "config_path", "endpoints_off", "ep_apps",
+    "ep_app_size")
 
 
 _RING_LAYOUT = ("region_size", "producers_off", "consumers_off", "rings_off",

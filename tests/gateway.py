@@ -192,7 +192,7 @@ class Gateway:
                 " ".join(args), text, self.error_log()))
         return proc.returncode, text
 
-    # -- life ------------------------------------------------------------------
+    # -- life ----------------------------------------------------------------
 
     def start(self, wait=True):
         self.nginx()
@@ -310,7 +310,7 @@ class Gateway:
             time.sleep(0.05)
         raise AssertionError("%d slot(s) still in use at idle" % n)
 
-    # -- HTTP ------------------------------------------------------------------
+    # -- HTTP ----------------------------------------------------------------
 
     def get(self, path="/", headers=None, method="GET", body=None,
             timeout=10, port=None):

@@ -73,7 +73,8 @@ _FAILURES = (OSError, TimeoutError, ValueError)
 
 @register_filter("ext_authz")
 class ExtAuthzFilter(StreamReceiverFilter):
-    __slots__ = ("url", "origin", "base_path", "timeout", "path_prefix", "allowed_headers",
+    __slots__ = ("url", "origin", "base_path", "timeout", "path_prefix",
+                 "allowed_headers",
                  "headers_to_add", "upstream_headers", "upstream_append",
                  "client_headers", "client_on_success", "failure_mode_allow",
                  "failure_header", "status_on_error", "max_connections",
@@ -162,7 +163,7 @@ class ExtAuthzFilter(StreamReceiverFilter):
         if session is not None:
             await session.close()
 
-    # -- a request -------------------------------------------------------------
+    # -- a request -----------------------------------------------------------
 
     async def on_receive(self, ctx, headers, buf, trailers):
         if self.session is None:

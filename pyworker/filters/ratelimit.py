@@ -294,7 +294,7 @@ class RateLimitFilter(StreamReceiverFilter):
         if client is not None:
             await client.close()
 
-    # -- a request -------------------------------------------------------------
+    # -- a request -----------------------------------------------------------
 
     async def on_receive(self, ctx, headers, buf, trailers):
         keys, units, limits = [], [], []

@@ -9,14 +9,13 @@ import pathlib
 import re
 import signal
 import socket
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from gateway import free_port, listener, sites, wait_for
+from gateway import free_port, listener, sites
 from services import AuthService, RedisServer, started, until
 
 SITE = sites([("s1", 3450)])
@@ -203,7 +202,7 @@ def test_start_and_stop_hooks_run_once_per_worker(gateway):
     assert len(lines) == 8
 
 
-# -- ext_authz -----------------------------------------------------------------
+# -- ext_authz ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def auth():
@@ -283,7 +282,7 @@ def test_ext_authz_failure_mode(gateway, auth, allow, expect):
         assert r.header("X-Upstream-Auth-Failed") == "true"
 
 
-# -- ratelimit -------------------------------------------------------------------
+# -- ratelimit ---------------------------------------------------------------
 
 @pytest.fixture
 def redis_server():

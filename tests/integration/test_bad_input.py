@@ -71,7 +71,6 @@ def test_filter_verdicts_refused(gateway, kind, why):
 
 def test_broken_configs_are_refused_by_nginx_and_the_pool(gateway, tmp_path):
     import subprocess
-    import json
     from gateway import PYTHON
     gw = gateway(ROUTED.replace("CHAIN", "serverListener"))
     cases = {

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from gateway import example_mosn, free_port, listener
+from gateway import example_mosn, listener
 
 
 class EchoUpstream(http.server.BaseHTTPRequestHandler):

@@ -397,7 +397,7 @@ def test_edits_of_an_http2_request(gateway):
     """HTTP/2 builds the request's header list its own way (its cookie
     lines joined into one): the edits are seen the same."""
     h2_port = free_port()
-    gw = start(gateway, """
+    start(gateway, """
         listen 127.0.0.1:%d http2;
         location / {
             mosn_filter_chain edits;

@@ -9,7 +9,8 @@ from example_ports import the_example_ports
 from gateway import SITE_BODY, free_port, sites
 
 EXAMPLE = """
-    upstream s1 { zone s1 64k; server 127.0.0.1:%P3450%; server 127.0.0.1:%P3451%; }
+    upstream s1 { zone s1 64k; server 127.0.0.1:%P3450%;
+                  server 127.0.0.1:%P3451%; }
     upstream s2 { zone s2 64k; server 127.0.0.1:%P3452%; }
     upstream s3 { zone s3 64k; server 127.0.0.1:%P3453%; }
     upstream any_site { zone any_site 64k; server 127.0.0.1:%P3450%;

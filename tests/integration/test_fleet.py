@@ -4,7 +4,6 @@ routes to the new ones; etcd stops: every gateway keeps routing; etcd
 comes back: they follow again; a gateway cut off while etcd compacts
 past its revision reads the prefix whole again."""
 
-import time
 
 import pytest
 

@@ -18,7 +18,8 @@ from load import Load
 
 pytestmark = pytest.mark.slow
 
-HTTP = FLEET_HTTP.replace("""        location / {""", """        location /echo {
+HTTP = FLEET_HTTP.replace("""        location / {""", """\
+        location /echo {
             mosn_filter_chain echoListener;
         }
         location / {""")
@@ -146,9 +147,10 @@ def test_a_bad_store_config_is_refused_and_the_last_good_serves(
     assert "reload refused" in gw.error_log() and "nope" in gw.error_log()
     # not JSON, and keys that are each gateway's own: refused at once
     rev_json = etcd.put(CONFIG_KEY, "{oops")
-    assert wait_for(lambda: "revision %d refused: line 1 column 2: invalid JSON"
-                    % rev_json
-                    in gw.error_log(), 10), gw.error_log()[-3000:]
+    refused = ("revision %d refused: line 1 column 2: invalid JSON"
+               % rev_json)
+    assert wait_for(lambda: refused in gw.error_log(), 10), \
+        gw.error_log()[-3000:]
     rev_admin = etcd.put(CONFIG_KEY, dict(servers("v3"), admin={}))
     assert wait_for(lambda: "revision %d refused: admin: only the "
                             "listeners" % rev_admin in gw.error_log(), 10)

@@ -22,7 +22,10 @@ ROUTED = ROUTED_UPSTREAMS + """
             proxy_set_header Connection "";
             proxy_pass http://$site;
         }
-        location /echo { mosn_filter_chain echoListener; proxy_pass http://s1; }
+        location /echo {
+            mosn_filter_chain echoListener;
+            proxy_pass http://s1;
+        }
     }
 """ + sites([("s1", 3450), ("s2", 3452), ("s3", 3453)])
 

@@ -14,7 +14,7 @@ ECHO_UPSTREAM = """
         listen 127.0.0.1:%UP%;
         return 200 "added=$http_x_added removed=$http_x_removed keep=$http_x_keep uid=$http_uid\\n";
     }
-"""
+"""  # noqa: E501  (nginx's one-line answer)
 
 
 def mosn_with(*filters, name="l"):

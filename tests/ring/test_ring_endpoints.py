@@ -4,7 +4,6 @@ tried endpoints, the checks a reader makes of what it reads, and the
 seqlock against a writer in another process."""
 
 import multiprocessing
-import os
 import struct
 import time
 

@@ -5,9 +5,8 @@ import pathlib
 
 import pytest
 
-from pyworker.testing import (
-    chain_runner,
-)  # noqa: F401  (the fixture, registered by import)
+# the fixture, registered by its import
+from pyworker.testing import chain_runner  # noqa: F401
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
