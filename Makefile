@@ -157,9 +157,14 @@ bench-scale: setup
 soak: setup
 	$(PY) bench/soak.py --time $(SOAK_TIME)
 
+# every file a build, a run or a test writes into the tree
+# (tests/unit/test_clean.py checks it against the files git ignores)
 clean:
-	rm -rf build output shm_ring/_ring.c shm_ring/*.so pyworker/*.so \
+	rm -rf build dist output *.egg-info .pytest_cache .hypothesis \
+	       .ruff_cache shm_ring/_ring.c shm_ring/*.so pyworker/*.so \
 	       pyworker/*.c pyworker/*/*.c pyworker/*/*.so
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	[ ! -d logs ] || find logs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
 
 # Images: docker/build-image.py builds with Docker where an engine answers
 # and with buildah otherwise, making the Debian base with debootstrap when
