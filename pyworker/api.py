@@ -1,9 +1,14 @@
 """The filter API, which stream filters and metadata drivers are written to.
 
-The shape is MOSN's (``mosn.io/api``): receiver filters with
-``on_receive(ctx, headers, buf, trailers)``, sender filters with
-``append(...)``, a handler for hijack replies, metadata drivers with
-``init(config)`` and ``build_metadata(...)``; the names are snake_case.
+The shape and the names are MOSN's (``mosn.io/api``), in snake_case:
+receiver filters with ``on_receive(ctx, headers, buf, trailers)`` and
+``set_receive_filter_handler(handler)`` (the handler sends hijack replies),
+sender filters with ``append(...)`` and ``set_sender_filter_handler``, an
+``on_destroy()`` hook on both, one ``HeaderMap`` for the request's and the
+response's headers, metadata drivers with ``init(config)`` and
+``build_metadata(...)``.  Earlier names stay as aliases of these:
+``set_receive_handler``, ``set_send_handler``, ``RequestHeaders`` and
+``ResponseHeaders``.
 
 ``on_receive``, ``append`` and ``build_metadata`` may be coroutines
 (``async def``).  A chain whose filters are all plain functions runs inline,
@@ -14,7 +19,10 @@ A filter instance is built once per chain in each worker and then serves
 every request of that chain: keep per-request state in ``ctx.vars``, never
 on the filter.  A filter may define ``start()`` and ``stop()`` (plain or
 ``async def``), run once per worker before its first request and after its
-last: open a connection pool there, and close it.
+last: open a connection pool there, and close it.  ``on_destroy()`` (plain)
+runs after ``stop()``, when the worker is done with the filter: MOSN calls
+it at the end of each stream because its filters are made per stream;
+here a filter serves every request of its chain, so it is destroyed once.
 """
 
 import contextvars
@@ -22,6 +30,22 @@ import inspect
 
 CONTINUE = 0
 STOP = 1
+
+
+def handler_setter(filt, name, alias):
+    """The filter's method ``name`` (MOSN's) that takes its chain's handler,
+    or ``alias`` (the earlier name) where that is the one the filter's own
+    class defines; None if it has neither."""
+    method = getattr(filt, name, None)
+    older = getattr(filt, alias, None)
+    if older is None:
+        return method
+    # a class that overrides only the earlier name inherits the new one
+    # from the base classes: its own method is the one to call
+    own = type(filt).__dict__
+    if method is None or (alias in own and name not in own):
+        return older
+    return method
 
 
 def awaits(method):
@@ -258,13 +282,20 @@ class StreamReceiverFilter:
     __slots__ = ()
     handler = None
 
-    def set_receive_handler(self, handler):
+    def set_receive_filter_handler(self, handler):
+        """Called once with the handler of the filter's chain."""
         self.handler = handler
+
+    set_receive_handler = set_receive_filter_handler    # the earlier name
 
     def on_receive(self, ctx, headers, buf, trailers):
         """Reads or edits the request; returns CONTINUE or STOP.  May be
         ``async def``."""
         return CONTINUE
+
+    def on_destroy(self):
+        """Called once when the worker is done with the filter, after
+        ``stop()``."""
 
 
 class StreamSenderFilter:
@@ -280,14 +311,21 @@ class StreamSenderFilter:
     send_handler = None
     decode_body = False
 
-    def set_send_handler(self, handler):
+    def set_sender_filter_handler(self, handler):
+        """Called once with the sender handler of the filter's chain."""
         self.send_handler = handler
+
+    set_send_handler = set_sender_filter_handler        # the earlier name
 
     def append(self, ctx, headers, buf, trailers):
         """Reads or edits the response headers, reads ``buf`` and may
         replace it (``self.send_handler.set_body``); returns CONTINUE or
         STOP.  May be ``async def``."""
         return CONTINUE
+
+    def on_destroy(self):
+        """Called once when the worker is done with the filter, after
+        ``stop()``."""
 
 
 class MetadataDriver:

@@ -20,7 +20,8 @@ from pyworker.api import (STOP, ConfigError, StreamReceiverFilter,
                           StreamReceiverFilterHandler, StreamSenderFilter,
                           StreamSenderFilterHandler, TaskReceiverFilterHandler,
                           TaskSenderFilterHandler, _receive_handler,
-                          _send_handler, awaits, join_path, json_type)
+                          _send_handler, awaits, handler_setter, join_path,
+                          json_type)
 from pyworker.verdict import (ACTION_CONTINUE, ACTION_ERROR, ACTION_REPLY,
                               metadata_is_plain,
                               DEFAULT_LIMITS, Verdict, VerdictError, check)
@@ -107,11 +108,13 @@ class Chain:
         send_handler = (TaskSenderFilterHandler() if self.sends_async
                         else self._send_handler)
         for filt in self._receivers:
-            setter = getattr(filt, "set_receive_handler", None)
+            setter = handler_setter(filt, "set_receive_filter_handler",
+                                    "set_receive_handler")
             if setter is not None:
                 setter(receive_handler)
         for filt in self._senders:
-            setter = getattr(filt, "set_send_handler", None)
+            setter = handler_setter(filt, "set_sender_filter_handler",
+                                    "set_send_handler")
             if setter is not None:
                 setter(send_handler)
         self._counts = [[0, 0, 0, 0, 0] for _ in self._receivers]
@@ -439,20 +442,23 @@ class Chain:
 
     async def stop(self):
         """Runs the filters' stop() hooks in reverse order, each bounded by
-        STOP_HOOK_TIMEOUT; failures are logged, not raised."""
+        STOP_HOOK_TIMEOUT, then each one's on_destroy(); failures are
+        logged, not raised."""
         for name, filt in reversed(self.filters):
-            hook = getattr(filt, "stop", None)
-            if not callable(hook):
-                continue
-            try:
-                result = hook()
-                if inspect.isawaitable(result):
-                    await asyncio.wait_for(result, STOP_HOOK_TIMEOUT)
-            except Exception as exc:
-                _filter_log.error(
-                    "filter %s of chain %s: stop() raised %s: %s", name,
-                    self.name, type(exc).__name__, exc, exc_info=exc,
-                    extra={"filter_name": name, "chain": self.name})
+            for what in ("stop", "on_destroy"):
+                hook = getattr(filt, what, None)
+                if not callable(hook):
+                    continue
+                try:
+                    result = hook()
+                    if inspect.isawaitable(result):
+                        await asyncio.wait_for(result, STOP_HOOK_TIMEOUT)
+                except Exception as exc:
+                    _filter_log.error(
+                        "filter %s of chain %s: %s() raised %s: %s", name,
+                        self.name, what, type(exc).__name__, exc,
+                        exc_info=exc,
+                        extra={"filter_name": name, "chain": self.name})
 
     # -- response phase ------------------------------------------------
 

@@ -3,10 +3,10 @@
 cimport cython
 
 from pyworker.chain cimport Chain
-from pyworker.headers cimport RequestHeaders
+from pyworker.headers cimport HeaderMap
 
 
-cdef class SlotHeaders(RequestHeaders):
+cdef class SlotHeaders(HeaderMap):
     cdef public object _req
 
 

@@ -4,12 +4,12 @@ and a chain.  Compiled with Cython when built; plain Python otherwise."""
 from shm_ring import PENDING
 
 from pyworker.api import Context
-from pyworker.headers import RequestHeaders
+from pyworker.headers import HeaderMap
 from pyworker.metrics import OUTCOMES
 from pyworker.verdict import ACTION_CONTINUE, Verdict
 
 
-class SlotHeaders(RequestHeaders):
+class SlotHeaders(HeaderMap):
     """Request headers read in place from the slot, one lookup per ask."""
 
     __slots__ = ("_req",)
@@ -23,7 +23,7 @@ class SlotHeaders(RequestHeaders):
 
     def get(self, name, default=None):
         if self._overlay:
-            return RequestHeaders.get(self, name, default)
+            return HeaderMap.get(self, name, default)
         # unedited: the first value straight from the slot, no list
         return self._req.header_get(name, default)
 

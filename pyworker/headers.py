@@ -11,8 +11,9 @@ lossless, so bytes that are not UTF-8 survive a round trip.
 """
 
 
-class RequestHeaders:
-    """Request (or response) headers, read lazily, edited in an overlay.
+class HeaderMap:
+    """Request or response headers (MOSN's HeaderMap), read lazily, edited
+    in an overlay.
 
     ``edits`` records every change in order as ("set"|"add"|"del", name,
     value or None); ``to_records()`` turns the overlay into the final
@@ -181,8 +182,10 @@ class RequestHeaders:
         return set_lines, removed
 
 
-# The response phase uses the same map over the upstream's response headers.
-ResponseHeaders = RequestHeaders
+# Earlier names of the one map, kept as aliases: the request phase's and
+# the response phase's (over the upstream's response headers).
+RequestHeaders = HeaderMap
+ResponseHeaders = HeaderMap
 
 _MISSING = object()
 
