@@ -30,8 +30,8 @@ _filter_log = logging.getLogger("pyworker.filter")
 
 # how a receiver filter ended, as counted in Chain.counts; CANCELLED: its
 # request's task was cancelled (deadline, client gone, worker stopping)
-CONTINUED, STOPPED, REPLIED, FAILED, CANCELLED = range(5)
-OUTCOME_NAMES = ("continue", "stop", "reply", "error", "cancelled")
+CONTINUED, STOPPED, HIJACKED, FAILED, CANCELLED = range(5)
+OUTCOME_NAMES = ("continue", "stop", "hijack", "error", "cancelled")
 _MAX_LOG = 1024  # the verdict's log record stays well inside a slot
 # how long a stop() hook may take before the worker goes on without it
 STOP_HOOK_TIMEOUT = 5.0
@@ -46,7 +46,7 @@ class Chain:
     ``is_async`` says the request phase awaits (run it with
     ``decide_async``), ``sends_async`` the response phase
     (``run_send_async``).  ``counts`` holds, per receiver filter, how
-    often it ended in each outcome (CONTINUED, STOPPED, REPLIED, FAILED,
+    often it ended in each outcome (CONTINUED, STOPPED, HIJACKED, FAILED,
     CANCELLED), exactly.  Timing costs two clock reads per filter, so it
     is sampled: ``observe(filter_name, outcome, seconds)``, if given, is
     called after every filter of one request in ``sample`` (a power of
@@ -160,7 +160,7 @@ class Chain:
 
     @property
     def counts(self):
-        """[continued, stopped, replied, failed] of each receiver filter."""
+        """[continued, stopped, hijacked, failed] of each receiver filter."""
         passed = self._seen - self._ended
         if passed != self._folded:
             for row in self._counts:
@@ -226,7 +226,7 @@ class Chain:
             return self._failed(ctx, filt, exc)
         if i != len(receivers):
             if handler.hijacked:
-                self._count(i, REPLIED)
+                self._count(i, HIJACKED)
                 return self._finish(ctx, headers, filt)
             self._count(i, STOPPED)
         if not headers.edits and not self.has_senders:
@@ -254,7 +254,7 @@ class Chain:
                 self._count(i, FAILED)
                 return self._failed(ctx, filt, exc)
             if handler.hijacked:
-                observe(name, "reply", clock() - start)
+                observe(name, "hijack", clock() - start)
                 break
             if status == STOP:
                 observe(name, "stop", clock() - start)
@@ -262,7 +262,7 @@ class Chain:
             observe(name, "continue", clock() - start)
             i += 1
         if i != len(self._receivers):
-            self._count(i, REPLIED if handler.hijacked else STOPPED)
+            self._count(i, HIJACKED if handler.hijacked else STOPPED)
         return self._finish(ctx, headers, filt)
 
     def _finish(self, ctx, headers, last):
@@ -352,7 +352,7 @@ class Chain:
                     raise
                 if handler.hijacked:
                     if observe is not None:
-                        observe(name, "reply", clock() - start)
+                        observe(name, "hijack", clock() - start)
                     break
                 if status == STOP:
                     if observe is not None:
@@ -376,7 +376,7 @@ class Chain:
         # requests in flight never counts one as passed that later stops
         self._seen += 1
         if i != len(self._receivers):
-            self._count(i, REPLIED if handler.hijacked else STOPPED)
+            self._count(i, HIJACKED if handler.hijacked else STOPPED)
         return self._finish_with(ctx, headers, filt, handler)
 
     async def run_send_async(self, ctx, status, headers, buf=None):

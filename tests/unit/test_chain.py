@@ -267,7 +267,7 @@ def test_observe_gets_every_filter_and_its_outcome():
         "c", [("r", Hijack())], observe=lambda *a: seen.append(a[:2])
     )
     assert run(chain).action == ACTION_REPLY
-    assert seen == [("r", "reply")]
+    assert seen == [("r", "hijack")]
 
     seen.clear()
     chain = Chain(
