@@ -282,7 +282,7 @@ ngx_http_mosn_handler(ngx_http_request_t *r)
     if (ctx != NULL) {
         switch (ctx->state) {
 
-        case 0:
+        case NGX_HTTP_MOSN_NEW:
             /* back from reading the body */
             break;
 
@@ -319,6 +319,9 @@ ngx_http_mosn_handler(ngx_http_request_t *r)
         ctx->request = r;
         ctx->chain = mlcf->chain;
         ngx_http_set_ctx(r, ctx, ngx_http_mosn_module);
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "mosn handler, chain \"%V\"", &ctx->chain);
     }
 
     if (mlcf->body && !ctx->body_done) {
@@ -373,6 +376,10 @@ ngx_http_mosn_handler(ngx_http_request_t *r)
     /* parked: notice a client that goes away, run nothing else */
     r->read_event_handler = ngx_http_test_reading;
     r->write_event_handler = ngx_http_request_empty_handler;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "mosn request %uL parked for %M ms", ctx->request_id,
+                   mlcf->timeout);
 
     return NGX_AGAIN;
 }
@@ -579,6 +586,10 @@ static ngx_int_t
 ngx_http_mosn_finish(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
     ngx_http_mosn_loc_conf_t *mlcf)
 {
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "mosn request %uL resumes: %V", ctx->request_id,
+                   &ngx_http_mosn_status_names[ctx->status]);
+
     if (ctx->status != NGX_HTTP_MOSN_FILTERED) {
         return ngx_http_mosn_fallback(r, ctx, mlcf, ctx->status);
     }
@@ -592,6 +603,10 @@ ngx_http_mosn_fallback(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
     ngx_http_mosn_loc_conf_t *mlcf, ngx_uint_t why)
 {
     ctx->status = why;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "mosn request %uL takes the fallback: %V",
+                   ctx->request_id, &ngx_http_mosn_status_names[why]);
 
     if (ngx_http_mosn_worker.p >= 0) {
         mosn_producer(&ngx_http_mosn_worker.rg,

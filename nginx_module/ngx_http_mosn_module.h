@@ -28,6 +28,7 @@
 #define NGX_HTTP_MOSN_ERROR               4
 
 /* ctx states, of each phase */
+#define NGX_HTTP_MOSN_NEW                 0    /* not handed over yet */
 #define NGX_HTTP_MOSN_WAITING             1
 #define NGX_HTTP_MOSN_DONE                2
 #define NGX_HTTP_MOSN_APPLIED             3
@@ -40,8 +41,18 @@
  * body, which it holds twice: as the filters get it, as they return it */
 #define NGX_HTTP_MOSN_HEADERS_ROOM        4096
 
-/* r->buffered: the response is held while the sender filters decide */
+/*
+ * r->buffered: the response is held while the sender filters decide.
+ * The field is 4 bits wide; nginx's own filters take 0x01 (SSI), 0x02
+ * (sub_filter) and 0x04 (copy), and the 0x08 of image_filter is in
+ * c->buffered: 0x08 is the one bit of r->buffered no stock module sets.
+ */
 #define NGX_HTTP_MOSN_BUFFERED            0x08
+
+#if (NGX_HTTP_MOSN_BUFFERED & (NGX_HTTP_SSI_BUFFERED|NGX_HTTP_SUB_BUFFERED \
+                               |NGX_HTTP_COPY_BUFFERED))
+#error "NGX_HTTP_MOSN_BUFFERED takes a bit of r->buffered nginx uses"
+#endif
 
 
 typedef struct {

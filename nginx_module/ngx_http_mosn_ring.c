@@ -401,6 +401,11 @@ ngx_http_mosn_publish(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
     ctx->gen = gen;
     ctx->start_ns = mosn_now_ns();
 
+    ngx_log_debug5(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "mosn request %uL%s in slot %uD gen %uD to consumer %d",
+                   ctx->request_id, response ? " (response)" : "", s, gen,
+                   c);
+
     return NGX_OK;
 }
 
@@ -830,6 +835,10 @@ ngx_http_mosn_complete(uint32_t s, uint32_t gen, ngx_uint_t failed)
         return;
     }
 
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "mosn verdict in slot %uD gen %uD%s", s, gen,
+                   failed ? ", its worker died" : "");
+
     slot = mosn_slot(&w->rg, (uint32_t) w->p, s);
     ctx = w->inflight[s];
 
@@ -845,6 +854,8 @@ ngx_http_mosn_complete(uint32_t s, uint32_t gen, ngx_uint_t failed)
 
     if (ctx == NULL) {
         /* late: the request timed out or its client went away */
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "mosn verdict in slot %uD is late, dropped", s);
         prod->stale++;
         ngx_http_mosn_release(s);
         return;

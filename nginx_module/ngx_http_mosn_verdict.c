@@ -229,6 +229,9 @@ ngx_http_mosn_verdict_apply(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx)
     mosn_verdict_iter_t  it;
 
     if (ctx->action == MOSN_ACTION_REPLY) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "mosn request %uL: hijack reply", ctx->request_id);
+
         return ngx_http_mosn_reply(r, ctx);
     }
 
@@ -254,6 +257,10 @@ ngx_http_mosn_verdict_apply(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx)
 
         edits++;
     }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "mosn request %uL: continue, %ui header edit(s)",
+                   ctx->request_id, edits);
 
     if (edits && ngx_http_mosn_edit_headers(r, ctx, edits) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
