@@ -89,7 +89,7 @@ ngx_http_mosn_header_filter(ngx_http_request_t *r)
     ctx = ngx_http_mosn_get_ctx(r);
 
     if (ctx == NULL || ctx->status != NGX_HTTP_MOSN_FILTERED
-        || ctx->resp_state != 0)
+        || ctx->resp_state != NGX_HTTP_MOSN_NEW)
     {
         return ngx_http_next_header_filter(r);
     }
