@@ -13,8 +13,9 @@ and the exchange.  It is kept without a timer per request
 or 10 ms at most): a request fails with TimeoutError after its timeout,
 late by at most that tick.  A request that times out, is cancelled or
 fails mid-way closes its connection: a connection goes back to the pool
-only after a whole response.  A request on a kept-alive connection that the server had
-closed meanwhile is sent again once on a new one (RFC 9112, 9.3.1).
+only after a whole response.  A request on a kept-alive connection that
+the server had closed meanwhile is sent again once on a new one (RFC 9112,
+9.3.1).
 """
 
 import asyncio

@@ -5,11 +5,12 @@ task runs the chain, and its verdict is written into the request's slot
 when it ends, in whatever order tasks end.  Each request has a deadline,
 the one nginx gave it (``mosn_timeout``): a task still running then is
 cancelled (within DEADLINE_TICK: the deadlines of every task are looked
-at by one timer, not a timer each), as is one whose client went away (nginx marks the slot
-abandoned and bumps this consumer's ``abandons``, looked at every
-ABANDON_POLL while tasks run).  A cancelled task's request gets an error
-verdict, which nginx drops as late (or, if it is not late yet, answers
-with the fallback); either way the slot is handed back, so nothing leaks.
+at by one timer, not a timer each), as is one whose client went away
+(nginx marks the slot abandoned and bumps this consumer's ``abandons``,
+looked at every ABANDON_POLL while tasks run).  A cancelled task's
+request gets an error verdict, which nginx drops as late (or, if it is
+not late yet, answers with the fallback); either way the slot is handed
+back, so nothing leaks.
 
 Every verdict is written with the request's generation: a slot that holds
 another request by then is left alone.  A task that ignores its
