@@ -217,7 +217,7 @@ def main():
         f"from nothing, then the image) | {base_cold + medians:.0f} |",
         "",
         "Where the time goes (the no-cache run nearest the median; the "
-        f"stages run side by side, `--jobs=2`, so shares overlap):",
+        "stages run side by side, `--jobs=2`, so shares overlap):",
         "",
         "| stage | step | started (s) | took (s) |",
         "| --- | --- | ---: | ---: |",

@@ -242,7 +242,7 @@ class Channel(asyncio.Protocol):
         if self.error is None:
             self.transport.resume_reading()
 
-    # -- frames -----------------------------------------------------------------
+    # -- frames ---------------------------------------------------------------
 
     def _data(self, sid, flags, payload):
         length = len(payload)
@@ -382,7 +382,7 @@ class Channel(asyncio.Protocol):
             self.calls[sid].send_window += step
         self._pump()
 
-    # -- keepalive --------------------------------------------------------------
+    # -- keepalive ------------------------------------------------------------
 
     def _arm(self, delay):
         self.timer = self.loop.call_later(delay, self._tick)
@@ -405,7 +405,7 @@ class Channel(asyncio.Protocol):
         else:
             self._arm(self.last_read + KEEPALIVE_TIME - now)
 
-    # -- calls ------------------------------------------------------------------
+    # -- calls ----------------------------------------------------------------
 
     def start(self, path, request, metadata=(), on_messages=None,
               timeout=None, half_close=True):
