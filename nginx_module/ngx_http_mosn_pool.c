@@ -45,6 +45,7 @@ static ngx_int_t ngx_http_mosn_supervisor_start(ngx_cycle_t *cycle,
 static void ngx_http_mosn_supervisor_process(ngx_cycle_t *cycle, void *data);
 static ngx_int_t ngx_http_mosn_daemon(ngx_cycle_t *cycle,
     ngx_core_conf_t *ccf);
+static void ngx_http_mosn_report_started(void);
 static void ngx_http_mosn_wait_pool(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_mosn_send_orders(ngx_cycle_t *cycle,
     ngx_http_mosn_main_conf_t *mmcf);
@@ -312,8 +313,13 @@ ngx_http_mosn_pool_start(ngx_cycle_t *cycle, ngx_http_mosn_main_conf_t *mmcf)
 
     if (w->rg.hdr == NULL) {
 
-        if (mmcf->spawn && ngx_process == NGX_PROCESS_SINGLE
-            && ccf->master && ccf->daemon && !ngx_inherited
+        /*
+         * also without a pool: the process that forks the daemon must not
+         * be the region's owner, or its exit would remove the region
+         */
+
+        if (ngx_process == NGX_PROCESS_SINGLE
+            && ccf->daemon && !ngx_inherited
             && ngx_http_mosn_daemon(cycle, ccf) != NGX_OK)
         {
             return NGX_ERROR;
@@ -387,6 +393,7 @@ ngx_http_mosn_pool_start(ngx_cycle_t *cycle, ngx_http_mosn_main_conf_t *mmcf)
     __atomic_add_fetch(&h->reload_seq, 1, __ATOMIC_RELEASE);
 
     if (!mmcf->spawn) {
+        ngx_http_mosn_report_started();
         return NGX_OK;
     }
 
@@ -415,17 +422,7 @@ ngx_http_mosn_pool_start(ngx_cycle_t *cycle, ngx_http_mosn_main_conf_t *mmcf)
         return NGX_ERROR;
     }
 
-    if (ngx_http_mosn_started != -1) {
-        /*
-         * a parent killed while it waits must not take the daemon with
-         * it: nginx ignores SIGPIPE, but only once the modules are
-         * initialised
-         */
-        signal(SIGPIPE, SIG_IGN);
-        (void) write(ngx_http_mosn_started, "1", 1);
-        (void) close(ngx_http_mosn_started);
-        ngx_http_mosn_started = -1;
-    }
+    ngx_http_mosn_report_started();
 
     if (ngx_process == NGX_PROCESS_SINGLE && ccf->master) {
         ngx_http_mosn_wait_pool(cycle);
@@ -527,6 +524,25 @@ ngx_http_mosn_daemon(ngx_cycle_t *cycle, ngx_core_conf_t *ccf)
     (void) ngx_create_pidfile(&ccf->pid, cycle->log);
 
     return NGX_OK;
+}
+
+
+static void
+ngx_http_mosn_report_started(void)
+{
+    if (ngx_http_mosn_started == -1) {
+        return;
+    }
+
+    /*
+     * a parent killed while it waits must not take the daemon with it:
+     * nginx ignores SIGPIPE, but only once the modules are initialised
+     */
+    signal(SIGPIPE, SIG_IGN);
+
+    (void) write(ngx_http_mosn_started, "1", 1);
+    (void) close(ngx_http_mosn_started);
+    ngx_http_mosn_started = -1;
 }
 
 
