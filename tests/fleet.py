@@ -11,18 +11,12 @@ import subprocess
 import tempfile
 import time
 
-from gateway import NGINX, wait_for
+from gateway import NGINX, free_port, wait_for
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 PREFIX = "/mosn/apps/"
 CONFIG_KEY = "/mosn/config"
-
-
-def free_port(host="127.0.0.1"):
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _scratch(prefix):

@@ -9,6 +9,7 @@ that no Python process and no slot in use is left behind.
 import http.client
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -32,10 +33,31 @@ PYTHON = sys.executable
 FILTERS = os.path.join(ROOT, "tests", "filters")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Ports for the test's own servers come from below the kernel's ephemeral
+# range, so no outgoing connection's source port takes one between the
+# check and nginx's bind, and each is handed out once per process: two
+# servers of one test on one port would proxy a request to itself forever.
+_PORTS_GIVEN = set()
+_PORT_RANGE = (10000, 32000)
+_EXAMPLE_PORTS = {2990, 3450, 3451, 3452, 3453}
+
+
+def free_port(host="127.0.0.1"):
+    low, high = _PORT_RANGE
+    span = high - low
+    start = random.randrange(span)
+    for i in range(span):
+        port = low + (start + i) % span
+        if port in _PORTS_GIVEN or port in _EXAMPLE_PORTS:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _PORTS_GIVEN.add(port)
+        return port
+    raise RuntimeError("no free port in %d-%d" % _PORT_RANGE)
 
 
 def pids_of(pattern):
