@@ -15,6 +15,10 @@ static ngx_int_t ngx_http_mosn_finish(ngx_http_request_t *r,
 static ngx_int_t ngx_http_mosn_fallback(ngx_http_request_t *r,
     ngx_http_mosn_ctx_t *ctx, ngx_http_mosn_loc_conf_t *mlcf,
     ngx_uint_t why);
+static ngx_int_t ngx_http_mosn_response_only(ngx_http_request_t *r,
+    ngx_http_mosn_ctx_t *ctx, ngx_http_mosn_loc_conf_t *mlcf);
+static void ngx_http_mosn_timer_init(ngx_http_request_t *r,
+    ngx_http_mosn_ctx_t *ctx);
 static ngx_int_t ngx_http_mosn_read_body(ngx_http_request_t *r,
     ngx_http_mosn_ctx_t *ctx, ngx_http_mosn_loc_conf_t *mlcf);
 static void ngx_http_mosn_body_read(ngx_http_request_t *r);
@@ -154,6 +158,13 @@ static ngx_command_t  ngx_http_mosn_commands[] = {
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_mosn_loc_conf_t, oversize),
       "fallback" },
+
+    { ngx_string("mosn_request_phase"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_mosn_loc_conf_t, request_phase),
+      NULL },
 
     { ngx_string("mosn_request_body"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
@@ -324,6 +335,10 @@ ngx_http_mosn_handler(ngx_http_request_t *r)
                        "mosn handler, chain \"%V\"", &ctx->chain);
     }
 
+    if (!mlcf->request_phase) {
+        return ngx_http_mosn_response_only(r, ctx, mlcf);
+    }
+
     if (mlcf->body && !ctx->body_done) {
         rc = ngx_http_mosn_read_body(r, ctx, mlcf);
 
@@ -368,9 +383,7 @@ ngx_http_mosn_handler(ngx_http_request_t *r)
     /* in a slot or waiting for one: the same deadline either way */
     ctx->state = NGX_HTTP_MOSN_WAITING;
 
-    ctx->timer.handler = ngx_http_mosn_timeout_handler;
-    ctx->timer.data = ctx;
-    ctx->timer.log = r->connection->log;
+    ngx_http_mosn_timer_init(r, ctx);
     ngx_add_timer(&ctx->timer, mlcf->timeout);
 
     /* parked: notice a client that goes away, run nothing else */
@@ -382,6 +395,46 @@ ngx_http_mosn_handler(ngx_http_request_t *r)
                    mlcf->timeout);
 
     return NGX_AGAIN;
+}
+
+
+/*
+ * mosn_request_phase off: the request goes to the upstream at once, as
+ * if its verdict were a plain CONTINUE that asked for the response phase,
+ * and the sender filters get the response in the one round trip.  Nothing
+ * tells nginx whether the filters want a coded body decoded: it passes
+ * as it is.
+ */
+
+static ngx_int_t
+ngx_http_mosn_response_only(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx,
+    ngx_http_mosn_loc_conf_t *mlcf)
+{
+    if (ctx->state != NGX_HTTP_MOSN_NEW) {
+        return NGX_DECLINED;
+    }
+
+    ctx->state = NGX_HTTP_MOSN_APPLIED;
+    ctx->status = NGX_HTTP_MOSN_FILTERED;
+    ctx->action = MOSN_ACTION_CONTINUE;
+    ctx->senders = 1;
+
+    ngx_http_mosn_timer_init(r, ctx);
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "mosn request phase off, chain \"%V\": on to the "
+                   "response", &ctx->chain);
+
+    return NGX_DECLINED;
+}
+
+
+static void
+ngx_http_mosn_timer_init(ngx_http_request_t *r, ngx_http_mosn_ctx_t *ctx)
+{
+    ctx->timer.handler = ngx_http_mosn_timeout_handler;
+    ctx->timer.data = ctx;
+    ctx->timer.log = r->connection->log;
 }
 
 
@@ -896,6 +949,7 @@ ngx_http_mosn_create_loc_conf(ngx_conf_t *cf)
     mlcf->fallback = NGX_CONF_UNSET;
     mlcf->oversize = NGX_CONF_UNSET;
     mlcf->max_headers = NGX_CONF_UNSET_UINT;
+    mlcf->request_phase = NGX_CONF_UNSET;
     mlcf->body = NGX_CONF_UNSET;
     mlcf->max_body = NGX_CONF_UNSET_SIZE;
     mlcf->response_body = NGX_CONF_UNSET;
@@ -931,6 +985,7 @@ ngx_http_mosn_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->oversize, prev->oversize,
                          NGX_HTTP_MOSN_OVERSIZE_AUTO);
     ngx_conf_merge_uint_value(conf->max_headers, prev->max_headers, 100);
+    ngx_conf_merge_value(conf->request_phase, prev->request_phase, 1);
     ngx_conf_merge_value(conf->body, prev->body, 0);
     ngx_conf_merge_size_value(conf->max_body, prev->max_body, 65536);
     ngx_conf_merge_value(conf->response_body, prev->response_body, 0);
@@ -945,6 +1000,13 @@ ngx_http_mosn_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_mosn_module);
     mmcf->enabled = 1;
+
+    if (!conf->request_phase && conf->body) {
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                           "\"mosn_request_body on\" has no effect where "
+                           "\"mosn_request_phase\" is off: the request "
+                           "does not go to the filters");
+    }
 
     if (conf->response_body
         && ngx_http_mosn_response_body_fits(cf, conf, mmcf) != NGX_OK)

@@ -75,6 +75,7 @@ typedef struct {
     ngx_int_t                 fallback;      /* 0: continue, or a status */
     ngx_int_t                 oversize;      /* 0: fallback, or a status */
     ngx_uint_t                max_headers;
+    ngx_flag_t                request_phase; /* the request to filters */
     ngx_flag_t                body;          /* request body to filters */
     size_t                    max_body;
     ngx_flag_t                response_body; /* response body to filters */

@@ -453,6 +453,51 @@ def test_without_body_access_the_body_streams(gateway, upstream):
     gw.wait_idle()
 
 
+# -- mosn_request_phase off: the response alone, one round trip ----------
+
+
+ONLY = """
+    location /only/ {
+        mosn_request_phase off;
+        mosn_request_body on;
+        mosn_timeout 300ms;
+        proxy_pass http://up/;
+    }
+"""
+
+
+def test_the_response_alone_goes_to_the_filters(gateway, upstream):
+    gw = start(gateway, upstream, extra=ONLY, config={"mode": "upper"})
+    # said at start, where the configuration is read
+    with open(os.path.join(gw.prefix, "logs", "nginx.out")) as f:
+        assert ('"mosn_request_body on" has no effect where '
+                '"mosn_request_phase" is off') in f.read()
+    # the receiver filter, which carries x-body-mode over, does not run
+    r = gw.get("/only/cl?n=3000", headers=mode("shrink"))
+    assert r.status == 200
+    assert r.body == pattern(3000).upper()
+    assert r.header("x-seen-body") == digest(pattern(3000))
+    assert r.header("X-Mosn-Status") == "filtered"
+    r = gw.get("/only/chunked?n=3000&chunk=500")
+    assert r.body == pattern(3000).upper()
+    # where the request phase is on, it does
+    r = gw.get("/cl?n=3000", headers=mode("shrink"))
+    assert r.body == pattern(1500)
+    gw.wait_idle()
+
+
+def test_the_response_alone_keeps_its_deadline(gateway, upstream):
+    gw = start(gateway, upstream, extra=ONLY, config={"mode": "slow"})
+    began = time.monotonic()
+    r = gw.get("/only/cl?n=100")
+    # mosn_timeout 300ms, the filter takes a second: the body as it came
+    assert time.monotonic() - began < 0.9
+    assert r.status == 200 and r.body == pattern(100)
+    assert wait_for(lambda: "no verdict on the response within "
+                            "mosn_timeout" in gw.error_log())
+    gw.wait_idle(timeout=10)
+
+
 # -- faults ---------------------------------------------------------------
 
 
