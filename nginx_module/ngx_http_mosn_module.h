@@ -194,9 +194,22 @@ ngx_int_t ngx_http_mosn_pool_start(ngx_cycle_t *cycle,
     ngx_http_mosn_main_conf_t *mmcf);
 void ngx_http_mosn_pool_stop(ngx_cycle_t *cycle);
 
-/* the module's own */
+/* ngx_http_mosn_handler.c: the request parked, resumed, or let go */
+ngx_int_t ngx_http_mosn_handler(ngx_http_request_t *r);
 void ngx_http_mosn_resume(ngx_http_mosn_ctx_t *ctx);
 ngx_http_mosn_ctx_t *ngx_http_mosn_get_ctx(ngx_http_request_t *r);
+ngx_int_t ngx_http_mosn_oversize(ngx_http_request_t *r,
+    ngx_http_mosn_ctx_t *ctx, ngx_http_mosn_loc_conf_t *mlcf,
+    ngx_uint_t status, const char *what);
+
+/* ngx_http_mosn_request_body.c: the request body for the filters */
+ngx_int_t ngx_http_mosn_read_body(ngx_http_request_t *r,
+    ngx_http_mosn_ctx_t *ctx, ngx_http_mosn_loc_conf_t *mlcf);
+
+/* ngx_http_mosn_variables.c */
+ngx_int_t ngx_http_mosn_add_variables(ngx_conf_t *cf);
+
+extern ngx_str_t  ngx_http_mosn_status_names[];
 
 
 #endif /* _NGX_HTTP_MOSN_MODULE_H_INCLUDED_ */

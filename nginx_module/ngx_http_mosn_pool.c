@@ -305,7 +305,8 @@ ngx_http_mosn_pool_start(ngx_cycle_t *cycle, ngx_http_mosn_main_conf_t *mmcf)
     ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
     nworkers = ccf->master ? (ngx_uint_t) ccf->worker_processes : 1;
 
-    conf.nproducers = ngx_min(MOSN_MAX_PRODUCERS, ngx_max(4, 2 * nworkers + 2));
+    conf.nproducers = ngx_min(MOSN_MAX_PRODUCERS,
+                              ngx_max(4, 2 * nworkers + 2));
     conf.nconsumers = ngx_min(MOSN_MAX_CONSUMERS,
                               ngx_max(4, 2 * mmcf->workers + 2));
     conf.slots = (uint32_t) mmcf->slots;
