@@ -31,8 +31,8 @@ FUZZ_RUNS ?= 10000000
 SOAK_TIME ?= 10m
 
 .PHONY: setup apt venv build-l7 python python-extras run stop test \
-        test-newer-nginx test-fast fuzz fuzz-short bench bench-response \
-        bench-concurrency bench-async soak clean
+        test-newer-nginx test-fast fuzz fuzz-short bench bench-idle \
+        bench-response bench-concurrency bench-async bench-scale soak clean
 
 # Everything below builds only what changed: a stamp per virtual
 # environment stands for "this tree's package is installed there", the
@@ -136,26 +136,26 @@ fuzz-short: setup
 	PYTHON=$(PY) fuzz/run.sh 200000
 
 bench: setup
-	$(PY) bench/run.py
+	$(PY) -m bench.peers_bench
 
 bench-idle: setup
-	$(PY) bench/idle.py
+	$(PY) -m bench.idle_bench
 
 bench-response: setup
-	$(PY) bench/response.py
-	$(PY) bench/response_body.py
+	$(PY) -m bench.response_bench
+	$(PY) -m bench.response_body_bench
 
 bench-async: setup
-	$(PY) bench/async_bench.py
+	$(PY) -m bench.async_bench
 
 bench-concurrency: setup
-	$(PY) bench/concurrency.py
+	$(PY) -m bench.concurrency_bench
 
 bench-scale: setup
-	$(PY) bench/scale.py
+	$(PY) -m bench.scale_bench
 
 soak: setup
-	$(PY) bench/soak.py --time $(SOAK_TIME)
+	$(PY) -m bench.soak_bench --time $(SOAK_TIME)
 
 # every file a build, a run or a test writes into the tree
 # (tests/unit/test_clean.py checks it against the files git ignores)

@@ -1,7 +1,7 @@
 """Filters that await, under load: ext_authz against its peers, and what a
 Redis rate limit costs.
 
-    python bench/async_bench.py [--duration 10] [--runs 3] [--warmup 2]
+    python -m bench.async_bench [--duration 10] [--runs 3] [--warmup 2]
         [--connections 256] [--threads 2] [--delay-ms 10] [--out DIR]
 
 One authorization service (nginx + Lua, answering after --delay-ms with
@@ -34,11 +34,9 @@ import contextlib
 import datetime
 import json
 import os
-import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,9 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.dont_write_bytecode = True
-import gateways  # noqa: E402
-import run as runner  # noqa: E402
+from bench import gateways, procs, services
+from bench import peers_bench as runner
 
 BENCH = gateways.BENCH
 PEERS = gateways.PEERS
@@ -74,65 +71,6 @@ ABOUT = {
     "mosn_limited_redispy": "the same ratelimit counting through redis-py's "
                             "asyncio client and a pool of 64 connections",
 }
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Redis:
-    """redis-server on a free loopback port, no persistence."""
-
-    def __init__(self, workdir):
-        self.port = free_port()
-        self.dir = workdir / "redis"
-        self.dir.mkdir()
-        self.proc = None
-
-    def __enter__(self):
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
-        deadline = time.monotonic() + 10
-        while self.command("PING") != "+PONG":
-            if time.monotonic() > deadline:
-                raise gateways.GatewayError("redis-server did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.proc.terminate()
-        self.proc.wait(10)
-
-    def command(self, *args):
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), 1) as s:
-                out = b"*%d\r\n" % len(args)
-                for arg in args:
-                    arg = str(arg).encode()
-                    out += b"$%d\r\n%s\r\n" % (len(arg), arg)
-                s.sendall(out)
-                f = s.makefile("rb")
-                first = f.readline().decode().rstrip("\r\n")
-                if first.startswith("$"):
-                    return f.read(int(first[1:]) + 2).decode()
-                return first
-        except OSError:
-            return None
-
-    def client_calls(self):
-        """Commands clients sent: EVALSHA and any other, not the script's
-        own INCRBY, EXPIRE and TIME."""
-        text = self.command("INFO", "commandstats") or ""
-        calls = {}
-        for name, n in re.findall(r"cmdstat_([\w|]+):calls=(\d+)", text):
-            if name not in ("incrby", "expire", "time", "info"):
-                calls[name] = int(n)
-        return calls
 
 
 def mosn_config(workdir, authz_port, redis_port):
@@ -183,22 +121,10 @@ UNIT = {"type": "metadata", "config": {"metadataers": [
 
 
 def parse(text):
-    def find(pattern):
-        return re.search(pattern, text, re.MULTILINE)
-    rps = find(r"^Requests/sec:\s+([\d.]+)")
-    p50 = find(r"^\s+50%\s+([\d.]+)(us|ms|s|m)\b")
-    p99 = find(r"^\s+99%\s+([\d.]+)(us|ms|s|m)\b")
-    total = find(r"^\s+(\d+) requests in")
-    if not (rps and p50 and p99 and total):
-        raise RuntimeError("cannot parse wrk output:\n" + text)
-    non2xx = find(r"Non-2xx or 3xx responses: (\d+)")
-    errors = find(r"Socket errors: connect (\d+), read (\d+), write (\d+), "
-                  r"timeout (\d+)")
-    return {"rps": float(rps.group(1)), "p50_ms": runner._ms(*p50.groups()),
-            "p99_ms": runner._ms(*p99.groups()),
-            "requests": int(total.group(1)),
-            "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-            "socket_errors": sum(map(int, errors.groups())) if errors else 0}
+    """wrk's figures, as peers_bench reads them, less the uid mix."""
+    figures = runner.parse_wrk(text, uid_mix=False)
+    del figures["sent"]
+    return figures
 
 
 def wrk(args, url, seconds):
@@ -260,21 +186,15 @@ def cpu_by_role(roles):
     """CPU seconds used so far by each role's process groups (and their
     children); in the gateway's group, Python processes count as
     "python", the rest as "nginx"."""
-    stats = gateways._all_stats()
+    stats = procs.all_stats()
     out = {}
     for role, pgids in roles.items():
-        for pid in gateways.descendants(pgids, stats):
-            seconds = (int(stats[pid][11]) + int(stats[pid][12])) \
-                / gateways.CLOCK_TICKS
-            name = role
-            if role == "nginx":
-                try:
-                    comm = Path("/proc/%d/comm" % pid).read_text()
-                except OSError:
-                    comm = ""
-                if not comm.startswith("nginx"):
-                    name = "python"
-            out[name] = out.get(name, 0.0) + seconds
+        if role == "nginx":
+            for kind, seconds in procs.gateway_cpu(pgids, stats).items():
+                out[kind] = out.get(kind, 0.0) + seconds
+        else:
+            out[role] = out.get(role, 0.0) + procs.cpu_ticks(
+                procs.descendants(pgids, stats), stats) / procs.CLOCK_TICKS
     return out
 
 
@@ -360,22 +280,22 @@ def main():
 
 
 def bench(args, workdir):
-    site = free_port()
+    site = procs.free_port()
     settings = gateways.Settings(
         workdir=workdir, nginx=args.nginx,
         modules=runner.modules_dir(args.nginx), workers=1,
-        site_ports={"s1a": site, "s1b": free_port(), "s2": free_port(),
-                    "s3": free_port()})
-    authz_port = free_port()
+        site_ports={"s1a": site, "s1b": procs.free_port(), "s2": procs.free_port(),
+                    "s3": procs.free_port()})
+    authz_port = procs.free_port()
     service = gateways.Gateway(
         name="authz_service", about="the authorization service",
         ports=[authz_port],
         template=(PEERS / "authz_service.conf").read_text(),
         extra={"delay_s": "%g" % (args.delay_ms / 1000)})
-    ports = {name: free_port() for name in ("mosn", "auth_request", "lua")}
+    ports = {name: procs.free_port() for name in ("mosn", "auth_request", "lua")}
     runs = []
     with contextlib.ExitStack() as stack:
-        redis = stack.enter_context(Redis(workdir))
+        redis = stack.enter_context(services.RedisServer())
         config = mosn_config(workdir, authz_port, redis.port)
         mosn = gateways.Gateway(
             name="mosn", about=ABOUT["mosn_ext_authz"], ports=[ports["mosn"]],
@@ -479,7 +399,7 @@ def report(args, runs, info, started, load_before, load_after):
         {"args": vars(args), "machine": info, "started": started,
          "load": [load_before, load_after], "runs": runs,
          "summary": summary}, indent=2))
-    command = "python bench/async_bench.py " + " ".join(
+    command = "python -m bench.async_bench " + " ".join(
         "--%s %s" % (k.replace("_", "-"), v) for k, v in (
             ("duration", args.duration), ("runs", args.runs),
             ("warmup", args.warmup), ("connections", args.connections),

@@ -1,7 +1,7 @@
 """msgpack or the flat layout of shm_ring.h, for what a Python worker does
 per request: find one header of the request, and write a verdict.
 
-    python bench/codec_bench.py [--n 200000] [--out DIR]
+    python -m bench.codec_bench [--n 200000] [--out DIR]
 
 The request is the worked example's (GET / with uid and three common
 headers); the verdict carries the UNIT metadata.  msgpack is timed on the
@@ -14,14 +14,13 @@ import json
 import os
 import platform
 import statistics
-import sys
 import timeit
 
 import msgpack
 
+from bench import CHECKOUT, report
 from shm_ring import Region, Verdict, encode_request
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 HEADERS = [("Host", "127.0.0.1:2990"), ("User-Agent", "wrk/4.1"),
            ("Accept", "*/*"), ("uid", "42")]
 
@@ -76,7 +75,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=200000)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--out", default=os.path.join(CHECKOUT, "bench", "results"))
     opts = ap.parse_args()
     region, consumer, producer = ring()
     flat = flat_case(consumer, producer)
@@ -90,7 +89,7 @@ def main():
     finally:
         region.unlink()
     med = {k: statistics.median(v) for k, v in times.items()}
-    doc = {"command": "python bench/codec_bench.py " + " ".join(sys.argv[1:]),
+    doc = {"command": report.command(__spec__.name),
            "date": datetime.datetime.now(datetime.timezone.utc)
            .strftime("%Y-%m-%d %H:%M UTC"),
            "machine": {"nproc": os.cpu_count(),

@@ -2,7 +2,7 @@
 
 A gateway is an nginx config template plus the helper processes it needs (a
 Python service for some peers) and a readiness check (its ports accept). The
-runner (bench/run.py) renders, starts, measures and stops them one at a time.
+runner (bench/peers_bench.py) renders, starts, measures and stops them one at a time.
 
 Templates use `@name` placeholders (nginx configs are full of `$`):
 common ones filled here for every gateway are @prefix, @workers, @port,
@@ -16,15 +16,17 @@ import json
 import os
 import pwd
 import signal
-import socket
 import string
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
+from bench import CHECKOUT
+from bench.procs import accepts, descendants, start_time
+
+REPO = Path(CHECKOUT)
+BENCH = REPO / "bench"
 PEERS = BENCH / "peers"
 
 START_TIMEOUT = 10.0  # seconds for a gateway or helper to accept connections
@@ -88,29 +90,28 @@ def _peer(index, name, about, template, helpers=(), **extra):
     )
 
 
+def _service(workdir, name):
+    """A Python peer's service (bench/peers/NAME.py) on a unix socket."""
+    sock = str(Path(workdir) / f"{name}.sock")
+    return Helper(name, [sys.executable, "-m", f"bench.peers.{name}",
+                         "--socket", sock], sock)
+
+
 def peer_gateways(workdir):
     """The five peers, cheapest first."""
-    auth_sock = str(Path(workdir) / "auth.sock")
-    plugin_sock = str(Path(workdir) / "plugin.sock")
-    python = sys.executable
+    auth = _service(workdir, "auth_service")
+    plugin = _service(workdir, "plugin_server")
     return [
-        _peer(0, "map", "nginx regex map, no script (the C ceiling)", "map.conf"),
+        _peer(0, "map", "nginx regex map, no script (the C ceiling)",
+              "map.conf"),
         _peer(1, "njs", "njs js_set", "njs.conf", peers=str(PEERS)),
         _peer(2, "lua", "LuaJIT set_by_lua_block", "lua.conf"),
         _peer(3, "auth_request",
               "auth_request subrequest to aiohttp/uvloop over a unix socket",
-              "auth_request.conf",
-              helpers=[Helper("auth_service",
-                              [python, str(PEERS / "auth_service.py"), "--socket", auth_sock],
-                              auth_sock)],
-              socket=auth_sock),
+              "auth_request.conf", helpers=[auth], socket=auth.socket),
         _peer(4, "plugin",
               "Lua cosocket to a Python plugin server (Kong/APISIX style)",
-              "plugin.conf",
-              helpers=[Helper("plugin_server",
-                              [python, str(PEERS / "plugin_server.py"), "--socket", plugin_sock],
-                              plugin_sock)],
-              socket=plugin_sock),
+              "plugin.conf", helpers=[plugin], socket=plugin.socket),
     ]
 
 
@@ -263,17 +264,6 @@ def render(gateway, settings, workers=None):
     return NginxTemplate(gateway.template).substitute(values)
 
 
-def _accepts(address):
-    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        try:
-            s.connect(address)
-            return True
-        except OSError:
-            return False
-
-
 def _tail(path, lines=15):
     try:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
@@ -290,7 +280,8 @@ class Process:
         with open(log, "ab") as out:
             self.popen = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, env={**os.environ, **(env or {})})
+                start_new_session=True, cwd=REPO,
+                env={**os.environ, **(env or {})})
         self.pgid = self.popen.pid
 
     def wait_ready(self, addresses, log_hint):
@@ -299,7 +290,7 @@ class Process:
             if self.popen.poll() is not None:
                 raise GatewayError(f"{self.name} exited with {self.popen.returncode}:\n"
                                    f"{_tail(log_hint)}")
-            if all(_accepts(a) for a in addresses):
+            if all(accepts(a) for a in addresses):
                 return
             time.sleep(0.05)
         raise GatewayError(f"{self.name} not ready after {START_TIMEOUT:.0f}s:\n{_tail(log_hint)}")
@@ -318,7 +309,7 @@ class Process:
         self.popen.wait(STOP_TIMEOUT)
         # Children that left the group (setsid) but were ours a moment ago.
         for pid, started in stragglers.items():
-            if _start_time(pid) == started:
+            if start_time(pid) == started:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
@@ -334,10 +325,10 @@ class Running:
 
 def _check_free(gateway):
     for port in gateway.ports:
-        if _accepts(("127.0.0.1", port)):
+        if accepts(("127.0.0.1", port)):
             raise GatewayError(f"{gateway.name}: port {port} is already in use")
     for helper in gateway.helpers:
-        if _accepts(helper.socket):
+        if accepts(helper.socket):
             raise GatewayError(f"{gateway.name}: {helper.socket} is already served")
 
 
@@ -368,52 +359,3 @@ def running(gateway, settings, workers=None):
     finally:
         for proc in reversed(started):
             proc.stop()
-
-
-# --- /proc reading, shared with the runner ---------------------------------
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _stat_fields(pid):
-    """Fields of /proc/PID/stat after the command name, or None if gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rfind(")") + 2:].split()
-
-
-def _start_time(pid):
-    fields = _stat_fields(pid)
-    return fields[19] if fields else None
-
-
-def _all_stats():
-    stats = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _stat_fields(int(entry))
-            if fields:
-                stats[int(entry)] = fields
-    return stats
-
-
-def descendants(pgids, stats=None):
-    """pid -> start time of every process in the groups or below them."""
-    stats = stats if stats is not None else _all_stats()
-    chosen = {pid for pid, f in stats.items() if int(f[2]) in pgids}
-    grew = True
-    while grew:
-        more = {pid for pid, f in stats.items() if int(f[1]) in chosen} - chosen
-        chosen |= more
-        grew = bool(more)
-    return {pid: stats[pid][19] for pid in chosen}
-
-
-def cpu_seconds(pgids):
-    """User + system CPU seconds used so far by the groups and their children."""
-    stats = _all_stats()
-    pids = descendants(pgids, stats)
-    ticks = sum(int(stats[pid][11]) + int(stats[pid][12]) for pid in pids)
-    return ticks / CLOCK_TICKS

@@ -1,4 +1,4 @@
-"""Locust users for the soak test of the worked example (bench/soak.py).
+"""Locust users for the soak test of the worked example (bench/soak_bench.py).
 
 Every response is checked against what the example promises, so a
 misrouted request (for instance one that took the fallback and went round
@@ -8,9 +8,9 @@ robin) counts as a locust failure, not just a slow one:
     any other integer -> site s3 (3453)      no uid / not a number -> any site
     /echo -> the echoListener's hijack reply
     /slow -> a loopback upstream answering after a delay, with the UNIT
-             metadata the filters set (only when soak.py added that location)
+             metadata the filters set (only when soak_bench added that location)
 
-Run it through bench/soak.py; on its own:
+Run it through bench/soak_bench.py; on its own:
 
     locust -f bench/locustfile.py --headless -u 20 -r 5 -t 30s \
         --host http://127.0.0.1:2990 [--soak-slow-path ""]

@@ -2,7 +2,7 @@
 as an nginx worker does) against one Python worker serving with
 shm_ring._ring.Consumer.serve_batch and a dispatch that returns None.
 
-    python3 bench/ring_bench.py [--reps 5] [--profile] [--out bench/results]
+    python -m bench.ring_bench [--reps 5] [--profile] [--out bench/results]
 
 Measures, in every repetition, then reports the medians:
 
@@ -24,6 +24,7 @@ Needs the Cython binding, installed (make setup) or built in place
 
 import argparse
 import datetime
+import glob
 import json
 import os
 import platform
@@ -33,12 +34,8 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-try:
-    import shm_ring._ring  # noqa: F401  (the installed binding)
-except ImportError:
-    # or one built in place: python3 setup.py build_ext --inplace
-    sys.path.insert(0, ROOT)
+import bench.report
+from bench import CHECKOUT as ROOT
 
 BUILD = os.path.join(ROOT, "build", "bench")
 TARGETS = {"latency_p50_us": 10.0, "throughput_per_s": 500000.0,
@@ -48,10 +45,10 @@ TARGETS = {"latency_p50_us": 10.0, "throughput_per_s": 500000.0,
 def build_producer():
     os.makedirs(BUILD, exist_ok=True)
     exe = os.path.join(BUILD, "ring_producer")
+    # the ring's C core, every file of it but the Cython binding's
+    core = sorted(glob.glob(os.path.join(ROOT, "shm_ring", "*.c")))
     src = [os.path.join(ROOT, "bench", "ring_producer.c"),
-           os.path.join(ROOT, "shm_ring", "shm_ring.c"),
-           os.path.join(ROOT, "shm_ring", "shm_verdict.c"),
-           os.path.join(ROOT, "shm_ring", "shm_endpoints.c")]
+           *(path for path in core if os.path.basename(path) != "_ring.c")]
     subprocess.run([os.environ.get("CC", "cc"), "-O2", "-std=gnu11",
                     "-Wall", "-I", os.path.join(ROOT, "shm_ring"), *src,
                     "-o", exe], check=True)
@@ -87,11 +84,11 @@ class Worker:
             nconsumers=1, slots=max(256, opts.inflight), slot_size=4096)
         self.index = self.region.alloc_consumer()
         if kind == "python":
-            cmd = [sys.executable, os.path.abspath(__file__), "--serve",
+            cmd = [sys.executable, "-m", __spec__.name, "--serve",
                    self.region.name, str(self.index), str(opts.batch)]
         else:
             cmd = [exe, self.region.name, "consume", str(self.index)]
-        self.proc = subprocess.Popen(cmd)
+        self.proc = subprocess.Popen(cmd, cwd=ROOT)
         deadline = time.monotonic() + 10
         while self.region.consumer_state(self.index) != "live":
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -503,7 +500,7 @@ def main():
     options = {k: v for k, v in vars(opts).items()
                if k not in ("serve", "out", "render")}
     doc = {
-        "command": "python3 bench/ring_bench.py " + " ".join(sys.argv[1:]),
+        "command": bench.report.command(__spec__.name),
         "date": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": info,
         "options": options,
@@ -523,13 +520,8 @@ def main():
 
 
 def write(doc, out):
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "ring.json"), "w") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
     text = report(doc)
-    with open(os.path.join(out, "ring.md"), "w") as f:
-        f.write(text)
+    bench.report.write(out, "ring", text, doc, indent=1)
     print(text)
 
 

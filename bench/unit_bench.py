@@ -8,7 +8,7 @@ UNIT driver), per-filter counts and sampled timing.  The same worker with
 a dispatch that returns None runs in the same repetitions, for the ring's
 own share.
 
-    python bench/unit_bench.py [--reps 5] [--count 300000] [--out DIR]
+    python -m bench.unit_bench [--reps 5] [--count 300000] [--out DIR]
         [--label TEXT] [--baseline PYTHON --baseline-label TEXT]
         [--profile]
 
@@ -30,22 +30,15 @@ import json
 import os
 import platform
 import re
-import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-
-import ring_bench  # noqa: E402  (the C producer and its build)
-
-# ring_bench reads the source tree; this one measures the installed package
-while ROOT in sys.path:
-    sys.path.remove(ROOT)
+import bench.report
+from bench import CHECKOUT as ROOT
+from bench import ring_bench  # the C producer and its build
 
 TARGET = 300000.0
 # (name, requests per serve_batch, spin in us; None: pyworker.spin_us)
@@ -84,9 +77,9 @@ def run(exe, python, kind, count, inflight, batch, spin_us):
                            nproducers=1, nconsumers=1, slots=256,
                            slot_size=4096)
     index = region.alloc_consumer()
-    proc = subprocess.Popen([python, os.path.abspath(__file__),
+    proc = subprocess.Popen([python, "-m", __spec__.name,
                              "--serve", region.name, str(index), kind,
-                             str(batch), str(spin_us)])
+                             str(batch), str(spin_us)], cwd=ROOT)
     try:
         deadline = time.monotonic() + 15
         while region.consumer_state(index) != "live":
@@ -170,8 +163,8 @@ def inproc(count):
 def inproc_us(python, count=200000, reps=3):
     """Microseconds per request in-process (producer included), median."""
     times = [float(subprocess.run(
-        [python, os.path.abspath(__file__), "--inproc", str(count)],
-        check=True, capture_output=True, text=True,
+        [python, "-m", __spec__.name, "--inproc", str(count)],
+        check=True, capture_output=True, text=True, cwd=ROOT,
         timeout=600).stdout.split()[-1]) for _ in range(reps)]
     return 1e6 * statistics.median(times) / count
 
@@ -202,8 +195,9 @@ def profile(python, count=12800):
         out = os.path.join(tmp, "callgrind.out")
         subprocess.run(["valgrind", "--tool=callgrind",
                         "--callgrind-out-file=" + out, python,
-                        os.path.abspath(__file__), "--inproc", str(count)],
-                       check=True, capture_output=True, timeout=1200)
+                        "-m", __spec__.name, "--inproc", str(count)],
+                       check=True, capture_output=True, timeout=1200,
+                       cwd=ROOT)
         text = subprocess.run(["callgrind_annotate", "--inclusive=yes",
                                out], check=True, capture_output=True,
                               text=True).stdout
@@ -227,7 +221,7 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--count", type=int, default=300000)
     ap.add_argument("--inflight", type=int, default=128)
-    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     ap.add_argument("--label", default="this build",
                     help="what was measured, e.g. the package's revision")
     ap.add_argument("--baseline", metavar="PYTHON",
@@ -279,7 +273,7 @@ def main():
     args = ["BASELINE_PYTHON" if a == opts.baseline else a
             for a in sys.argv[1:]]
     doc = {
-        "command": "python bench/unit_bench.py " + shlex.join(args),
+        "command": bench.report.command(__spec__.name, args),
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {"nproc": os.cpu_count(), "kernel": platform.release(),
                     "python": platform.python_version(),

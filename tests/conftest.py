@@ -1,8 +1,14 @@
 import os
+import sys
 
 import pytest
 
-from gateway import Gateway, MODULE
+# The checkout's bench package (the helpers tests and benchmarks share),
+# found after the installed packages: its shm_ring/ and pyworker/ sources
+# must not stand in for them.
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gateway import Gateway, MODULE  # noqa: E402
 
 
 def pytest_configure(config):

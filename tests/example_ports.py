@@ -11,26 +11,13 @@ its turn the same way (`flock /tmp/port2990.lock make run`).
 import contextlib
 import fcntl
 import os
-import socket
 import time
 
 import pytest
 
-PORTS = (2990, 3450, 3451, 3452, 3453, 34901, 34903)
+from bench.procs import taken_ports
+
 EXAMPLE_LOCK = os.environ.get("MOSN_EXAMPLE_LOCK", "/tmp/port2990.lock")
-
-
-def taken_ports(ports=PORTS, host="0.0.0.0"):
-    """The ports of ports that cannot be bound, with the reason."""
-    taken = []
-    for port in ports:
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((host, port))
-            except OSError as e:
-                taken.append("%d (%s)" % (port, e.strerror))
-    return taken
 
 
 @contextlib.contextmanager
@@ -56,7 +43,7 @@ def the_example_ports(wait=900, free_wait=60):
             time.sleep(0.5)
         taken = taken_ports()
         assert not taken, "the example's ports are taken: %s; stop what " \
-            "holds them" % ", ".join(taken)
+            "holds them" % ", ".join("%d (%s)" % kv for kv in taken.items())
         yield
     finally:
         os.close(fd)        # releases the lock

@@ -9,7 +9,6 @@ that no Python process and no slot in use is left behind.
 import http.client
 import json
 import os
-import random
 import re
 import signal
 import socket
@@ -20,6 +19,7 @@ import textwrap
 import time
 import uuid
 
+from bench.procs import free_port, pids_of, wait_for  # noqa: F401
 from shm_ring import Region, RingError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,62 +31,6 @@ MODULE = os.environ.get("MOSN_MODULE") or os.path.join(
 NGINX = os.environ.pop("NGINX", None) or "/usr/sbin/nginx"
 PYTHON = sys.executable
 FILTERS = os.path.join(ROOT, "tests", "filters")
-
-
-# Ports for the test's own servers come from below the kernel's ephemeral
-# range, so no outgoing connection's source port takes one between the
-# check and nginx's bind, and each is handed out once per process: two
-# servers of one test on one port would proxy a request to itself forever.
-_PORTS_GIVEN = set()
-_PORT_RANGE = (10000, 32000)
-_EXAMPLE_PORTS = {2990, 3450, 3451, 3452, 3453}
-
-
-def free_port(host="127.0.0.1"):
-    low, high = _PORT_RANGE
-    span = high - low
-    start = random.randrange(span)
-    for i in range(span):
-        port = low + (start + i) % span
-        if port in _PORTS_GIVEN or port in _EXAMPLE_PORTS:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
-        _PORTS_GIVEN.add(port)
-        return port
-    raise RuntimeError("no free port in %d-%d" % _PORT_RANGE)
-
-
-def pids_of(pattern):
-    """Pids of live processes whose command line contains pattern."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % entry, "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open("/proc/%s/stat" % entry) as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if pattern in cmd and state != "Z":
-            found.append(int(entry))
-    return found
-
-
-def wait_for(cond, timeout=5, step=0.02):
-    """cond()'s first true value within timeout seconds, else None."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(step)
-    return None
 
 
 def boot_clock():

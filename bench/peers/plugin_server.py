@@ -5,32 +5,24 @@ Each nginx worker keeps connections open (cosocket keepalive) and writes one
 line per request, the uid header or an empty line; the server answers with one
 line, the site. One process, so the round robin is exact.
 
-    python3 plugin_server.py --socket /path/to/plugin.sock
+    python -m bench.peers.plugin_server --socket /path/to/plugin.sock
 """
 import argparse
 import asyncio
-import itertools
 import os
-import re
 import signal
 
 import uvloop
 
-INTEGER = re.compile(rb"-?[0-9]+")
-TURNS = itertools.cycle((b"s1\n", b"s2\n", b"s3\n"))
-MAX_PENDING = 64 * 1024  # a peer that sends this much without a newline is broken
+from bench.peers import site_for
+
+# a peer that sends this much without a newline is broken
+MAX_PENDING = 64 * 1024
 
 
-def site_for(uid):
-    """Same rule as every peer: 1..100 s1, 101..200 s2, other integer s3."""
-    if not INTEGER.fullmatch(uid):
-        return next(TURNS)
-    n = int(uid)
-    if 1 <= n <= 100:
-        return b"s1\n"
-    if 101 <= n <= 200:
-        return b"s2\n"
-    return b"s3\n"
+def answer(uid):
+    """The line that names uid's site."""
+    return site_for(uid.decode("latin-1")).encode() + b"\n"
 
 
 class RouteProtocol(asyncio.Protocol):
@@ -43,7 +35,8 @@ class RouteProtocol(asyncio.Protocol):
     def data_received(self, data):
         *lines, self.pending = (self.pending + data).split(b"\n")
         if lines:
-            self.transport.write(b"".join(site_for(line.rstrip(b"\r")) for line in lines))
+            self.transport.write(b"".join(answer(line.rstrip(b"\r"))
+                                          for line in lines))
         if len(self.pending) > MAX_PENDING:
             self.transport.close()
 
@@ -63,7 +56,8 @@ async def serve(path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--socket", required=True, help="unix socket to listen on")
+    parser.add_argument("--socket", required=True,
+                        help="unix socket to listen on")
     args = parser.parse_args()
     uvloop.run(serve(args.socket))
 

@@ -1,6 +1,5 @@
-"""The benchmarks, short: bench/idle.py, scale.py, response.py,
-response_body.py, spin.py and concurrency.py run for real on loopback,
-exit 0 and write their reports."""
+"""The benchmarks, short: each `python -m bench.<name>_bench` below runs
+for real on loopback, exits 0 and writes its report."""
 
 import json
 import os
@@ -11,13 +10,13 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
-BENCH = os.path.join(ROOT, "bench")
 MODULE = os.path.join(ROOT, "output", "ngx_http_mosn_module.so")
 
 
-def run(script, *args, timeout):
+def run(name, *args, timeout):
+    """python -m bench.NAME ARGS from the checkout; its output."""
     assert os.path.exists(MODULE), "build the module first: make build-l7"
-    proc = subprocess.Popen([sys.executable, os.path.join(BENCH, script), *args],
+    proc = subprocess.Popen([sys.executable, "-m", "bench." + name, *args],
                             cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -39,7 +38,7 @@ def run(script, *args, timeout):
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_idle_smoke(tmp_path):
-    out = run("idle.py", "--seconds", "3", "--out", str(tmp_path), timeout=150)
+    out = run("idle_bench", "--seconds", "3", "--out", str(tmp_path), timeout=150)
     assert "wrote" in out
     result = json.loads((tmp_path / "idle.json").read_text())
     mosn = result["summary"]["mosn"]
@@ -54,7 +53,7 @@ def test_idle_smoke(tmp_path):
     assert mosn["ring_totals"]["producers.futex_wakes"] == 0
     assert result["target"]["status"] in ("met", "MISSED")
     report = (tmp_path / "idle.md").read_text()
-    assert "python bench/idle.py --seconds 3" in report
+    assert "python -m bench.idle_bench --seconds 3" in report
     assert "| gateway | nginx CPU % |" in report
 
 
@@ -63,7 +62,7 @@ def test_idle_smoke(tmp_path):
 def test_scale_quick_smoke(tmp_path):
     # two storms of 10,000 and their waits for a quiet machine: minutes
     # when other work shares the two cores
-    out = run("scale.py", "--quick", "--out", str(tmp_path), timeout=540)
+    out = run("scale_bench", "--quick", "--out", str(tmp_path), timeout=540)
     assert "wrote" in out
     result = json.loads((tmp_path / "scale.json").read_text())
     assert result["settings"]["connections"] == 10000
@@ -79,7 +78,7 @@ def test_scale_quick_smoke(tmp_path):
     # both gateways opened in the same round: their times compare
     assert result["open_ratios"]["median"] > 0
     report = (tmp_path / "scale.md").read_text()
-    assert "python bench/scale.py --quick" in report
+    assert "python -m bench.scale_bench --quick" in report
     assert "## The storm: opening the connections" in report
     assert "One million connections" in report
 
@@ -87,9 +86,9 @@ def test_scale_quick_smoke(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_response_phase_bench_smoke(tmp_path):
-    """bench/response.py checks that only the chain with a sender filter
+    """bench/response_bench.py checks that only the chain with a sender filter
     stamps responses, then measures both beside map."""
-    run("response.py", "--runs", "1", "--duration", "1", "--warmup", "0",
+    run("response_bench", "--runs", "1", "--duration", "1", "--warmup", "0",
         "--out", str(tmp_path), timeout=210)
     result = json.loads((tmp_path / "response.json").read_text())
     assert set(result["summary"]) == {"map", "mosn", "mosn_senders"}
@@ -102,11 +101,11 @@ def test_response_phase_bench_smoke(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_response_body_bench_smoke(tmp_path):
-    """bench/response_body.py checks that the five body filters mask the
-    card and the other two do not, then measures all seven and writes its
+    """bench/response_body_bench.py checks that the five body filters mask
+    the card and the other two do not, then measures all seven and writes its
     section of response.md after what is there."""
     (tmp_path / "response.md").write_text("# The response phase\n\nkept\n")
-    out = run("response_body.py", "--runs", "1", "--duration", "1",
+    out = run("response_body_bench", "--runs", "1", "--duration", "1",
               "--warmup", "0", "--port", "23101", "--site-port", "23160",
               "--out", str(tmp_path), timeout=210)
     result = json.loads((tmp_path / "response_body.json").read_text())
@@ -126,8 +125,8 @@ def test_response_body_bench_smoke(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_spin_bench_smoke(tmp_path):
-    """bench/spin.py measures the gateway once per spin value beside map."""
-    run("spin.py", "--spins", "0,20", "--runs", "1", "--duration", "1",
+    """bench/spin_bench.py measures the gateway once per spin value beside map."""
+    run("spin_bench", "--spins", "0,20", "--runs", "1", "--duration", "1",
         "--warmup", "0", "--out", str(tmp_path), timeout=210)
     result = json.loads((tmp_path / "spin.json").read_text())
     assert result["spins"] == [0, 20]
@@ -141,7 +140,7 @@ def test_spin_bench_smoke(tmp_path):
 @pytest.mark.timeout(300)
 def test_fleet_smoke(tmp_path):
     out = tmp_path / "fleet"
-    run("fleet.py", "--changes", "5", "--rounds", "1", "--duration", "2",
+    run("fleet_bench", "--changes", "5", "--rounds", "1", "--duration", "2",
         "--rate", "20", "--cost-changes", "20", "--out", str(out),
         timeout=280)
     result = json.loads(out.with_suffix(".json").read_text())
@@ -173,7 +172,7 @@ def test_fleet_smoke(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_etcd_watch_smoke():
-    out = run("etcd_watch.py", "--clients", "channel,channel:0.05",
+    out = run("etcd_watch_bench", "--clients", "channel,channel:0.05",
               "--changes", "20", "--runs", "1", timeout=110)
     rows = {line.split("|")[1].strip(): line for line in out.splitlines()
             if line.startswith("| channel")}
@@ -185,9 +184,9 @@ def test_etcd_watch_smoke():
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_concurrency_bench_smoke(tmp_path):
-    """bench/concurrency.py runs wrk and h2load against map and this
+    """bench/concurrency_bench.py runs wrk and h2load against map and this
     gateway and gives every row of this gateway a target and a verdict."""
-    run("concurrency.py", "--runs", "1", "--duration", "2", "--warmup", "0",
+    run("concurrency_bench", "--runs", "1", "--duration", "2", "--warmup", "0",
         "--configs", "1", "--loads", "c1,h2_8x100", "--site-port", "23450",
         "--port", "23020",
         "--out", str(tmp_path), timeout=270)
@@ -210,7 +209,7 @@ def test_concurrency_bench_smoke(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_async_bench_smoke(tmp_path):
-    run("async_bench.py", "--runs", "1", "--duration", "2", "--warmup", "0",
+    run("async_bench", "--runs", "1", "--duration", "2", "--warmup", "0",
         "--blocking-duration", "2", "--connections", "32",
         "--out", str(tmp_path), timeout=280)
     result = json.loads((tmp_path / "async.json").read_text())

@@ -1,4 +1,4 @@
-"""bench/scale.py's storm clients tell this machine's limits from the
+"""bench/scale_bench.py's storm clients tell this machine's limits from the
 gateway's errors. A connection that could not even be attempted (the
 client's file limit, no free ephemeral port) is the machine's and says
 which limit; one the server closes or answers wrongly is the gateway's.
@@ -7,7 +7,6 @@ gateway closing the connection, that once made a machine limit look like
 a broken gateway.)"""
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,14 +16,9 @@ import pytest
 
 from storm_sites import SITE_PORTS, Sites
 
+from bench import CHECKOUT, scale_bench as scale
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-# the benchmark's own storm clients, loaded by path: bench/ on sys.path
-# would shadow the tests' modules of the same names (fleet)
-_spec = importlib.util.spec_from_file_location(
-    "bench_scale", os.path.join(os.path.dirname(os.path.dirname(HERE)), "bench", "scale.py"))
-scale = importlib.util.module_from_spec(_spec)
-sys.modules["bench_scale"] = scale
-_spec.loader.exec_module(scale)
 
 ONE_CLIENT = {"clients": 1, "sources_per_client": 2,
               "sources": ["127.0.0.101", "127.0.0.102"]}
@@ -67,8 +61,9 @@ def test_server_closing_is_the_gateways():
 
 NETNS_CHILD = """
 import fcntl, json, socket, struct, sys
-sys.path[:0] = [%(here)r, %(bench)r]
-import scale
+sys.path[:0] = [%(here)r]
+sys.path.append(%(checkout)r)
+from bench import scale_bench as scale
 from storm_sites import SITE_PORTS, Sites
 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:   # lo up
     flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, struct.pack("16sH", b"lo", 0))[:18])[1]
@@ -89,7 +84,7 @@ def test_no_free_port_is_the_machines():
     probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.skip("no network namespace here (unshare -n: %s)" % probe.stderr.strip())
-    code = NETNS_CHILD % {"here": HERE, "bench": os.path.dirname(scale.__file__)}
+    code = NETNS_CHILD % {"here": HERE, "checkout": CHECKOUT}
     done = subprocess.run(["unshare", "-n", sys.executable, "-c", code],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

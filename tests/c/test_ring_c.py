@@ -130,8 +130,8 @@ def test_ring_bench_smoke(tmp_path):
         from shm_ring import _ring  # noqa: F401
     except ImportError:
         pytest.skip("the Cython binding is not built")
-    out = run([sys.executable, os.path.join(ROOT, "bench", "ring_bench.py"),
-               "--reps", "1", "--latency-count", "50", "--gap-us", "200",
+    out = run([sys.executable, "-m", "bench.ring_bench", "--reps", "1",
+               "--latency-count", "50", "--gap-us", "200",
                "--count", "20000", "--out", str(tmp_path)], 120)
     assert out.returncode == 0, out.stdout + out.stderr
     with open(tmp_path / "ring.json") as f:

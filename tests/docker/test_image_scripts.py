@@ -322,15 +322,41 @@ def fake_openresty(tmp, nginx_ver=None, src=NGINX_SRC):
     return tmp, version
 
 
-@pytest.mark.slow
-def test_debian_build_script_makes_a_module_nginx_loads(debian_module,
-                                                         tmp_path):
-    tree, module = debian_module
+def loads_module(tree, tmp_path, nginx=NGINX):
+    """prepare-prefix.sh lays out a prefix with the module tree built, and
+    nginx -t takes it."""
+    module = os.path.join(tree, "output", "ngx_http_mosn_module.so")
     prefix = str(tmp_path / "gw")
     proc = run([os.path.join(tree, "docker", "prepare-prefix.sh"), prefix,
                 "--module", module])
     assert proc.returncode == 0, proc.stderr
-    nginx_t(prefix)
+    nginx_t(prefix, nginx)
+
+
+def openresty_build(tmp_path, binary, source=NGINX_SRC):
+    """build-module-openresty.sh, in a copy of the tree, on a bundle of
+    source's nginx against binary: it names the bundle's nginx and
+    configures it with --with-compat alone (no conf_flags in a bundle).
+    (tree, bundle, version, nginx's ngx_auto_config.h)."""
+    tree = tree_copy(str(tmp_path / "tree"))
+    src, version = fake_openresty(str(tmp_path / "openresty"), src=source)
+    script = os.path.join(tree, "docker", "build-module-openresty.sh")
+    proc = run([script, src, binary])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"against nginx/{version} in {src}/bundle/nginx-{version}" \
+        in proc.stdout
+    config = open(os.path.join(tree, "build", "nginx", "objs",
+                               "ngx_auto_config.h")).read()
+    configure = re.search(r'NGX_CONFIGURE "([^"]*)"', config).group(1)
+    assert configure.split()[0] == "--with-compat", configure
+    return tree, src, version, config
+
+
+@pytest.mark.slow
+def test_debian_build_script_makes_a_module_nginx_loads(debian_module,
+                                                         tmp_path):
+    tree, _ = debian_module
+    loads_module(tree, tmp_path)
 
 
 @pytest.mark.slow
@@ -340,25 +366,9 @@ def test_openresty_build_script_against_a_bundled_nginx(tmp_path):
     built --with-compat with many more flags, as it must into OpenResty."""
     if not os.path.exists(os.path.join(NGINX_SRC, "configure")):
         pytest.skip("no nginx-dev sources (make setup installs them)")
-    tree = tree_copy(str(tmp_path / "tree"))
-    src, version = fake_openresty(str(tmp_path / "openresty"))
-    script = os.path.join(tree, "docker", "build-module-openresty.sh")
-    proc = run([script, src, NGINX])
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"against nginx/{version} in {src}/bundle/nginx-{version}" \
-        in proc.stdout
-    # configured with --with-compat alone (no conf_flags in a bundle)
-    config = open(os.path.join(tree, "build", "nginx", "objs",
-                               "ngx_auto_config.h")).read()
+    tree, _, _, config = openresty_build(tmp_path, NGINX)
     assert "#define NGX_COMPAT  1" in config
-    configure = re.search(r'NGX_CONFIGURE "([^"]*)"', config).group(1)
-    assert configure.split()[0] == "--with-compat", configure
-    module = os.path.join(tree, "output", "ngx_http_mosn_module.so")
-    prefix = str(tmp_path / "gw")
-    proc = run([os.path.join(tree, "docker", "prepare-prefix.sh"), prefix,
-                "--module", module])
-    assert proc.returncode == 0, proc.stderr
-    nginx_t(prefix)
+    loads_module(tree, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -382,26 +392,12 @@ def test_openresty_build_script_against_nginx_1_26(newer_nginx, tmp_path):
     version and --with-compat, builds the module against a bundle of the
     1.26 sources with nothing but --with-compat, and that nginx loads it."""
     binary, source = newer_nginx
-    tree = tree_copy(str(tmp_path / "tree"))
-    src, version = fake_openresty(str(tmp_path / "openresty"), src=source)
+    tree, src, version, _ = openresty_build(tmp_path, binary, source)
     assert version.startswith("1.26.")
-    script = os.path.join(tree, "docker", "build-module-openresty.sh")
-    proc = run([script, src, binary])
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"against nginx/{version} in {src}/bundle/nginx-{version}" \
-        in proc.stdout
-    config = open(os.path.join(tree, "build", "nginx", "objs",
-                               "ngx_auto_config.h")).read()
-    configure = re.search(r'NGX_CONFIGURE "([^"]*)"', config).group(1)
-    assert configure.split()[0] == "--with-compat", configure
-    module = os.path.join(tree, "output", "ngx_http_mosn_module.so")
-    prefix = str(tmp_path / "gw")
-    proc = run([os.path.join(tree, "docker", "prepare-prefix.sh"), prefix,
-                "--module", module])
-    assert proc.returncode == 0, proc.stderr
-    nginx_t(prefix, binary)
+    loads_module(tree, tmp_path, binary)
     # and Debian's 1.22 refuses it: the script's version check is what
     # keeps such a module from reaching a binary it does not fit
+    script = os.path.join(tree, "docker", "build-module-openresty.sh")
     proc = run([script, src, NGINX])
     assert proc.returncode == 1
     assert f"but the sources in {src}/bundle/nginx-{version} are " \

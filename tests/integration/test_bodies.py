@@ -6,11 +6,11 @@ import http.server
 import os
 import shutil
 import subprocess
-import threading
 
 import pytest
 
 from gateway import example_mosn, listener
+from services import upstream_server
 
 
 class EchoUpstream(http.server.BaseHTTPRequestHandler):
@@ -32,19 +32,10 @@ class EchoUpstream(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class Server(http.server.ThreadingHTTPServer):
-    # nginx may open many connections at once (HTTP/2 streams)
-    request_queue_size = 128
-    daemon_threads = True
-
-
 @pytest.fixture
 def upstream():
-    server = Server(("127.0.0.1", 0), EchoUpstream)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    yield server.server_address[1]
-    server.shutdown()
+    with upstream_server(EchoUpstream) as server:
+        yield server.server_address[1]
 
 
 def body_gateway(gateway, upstream, extra="", listen=""):

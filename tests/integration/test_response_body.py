@@ -10,13 +10,13 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import urllib.parse
 
 import pytest
 
 from gateway import example_mosn, listener, wait_for
+from services import upstream_server
 
 
 def digest(data):
@@ -121,22 +121,12 @@ class Upstream(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class Server(http.server.ThreadingHTTPServer):
-    # nginx may open many connections at once (HTTP/2 streams)
-    request_queue_size = 128
-    daemon_threads = True
-
-
 @pytest.fixture
 def upstream():
-    server = Server(("127.0.0.1", 0), Upstream)
-    server.peers = set()
-    server.requests = 0
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with upstream_server(Upstream) as server:
+        server.peers = set()
+        server.requests = 0
+        yield server
 
 
 def mosn(**config):

@@ -1,26 +1,15 @@
 """A connection storm: 10,000 keep-alive connections opened 192 at a time
 by 8 client processes from 16 source addresses, each with one routed
 request, against 8 nginx workers sharing the ring with 2 Python workers
-(the shape of bench/scale.py at 100,000). Every answer must come from the
-site its uid names, every connection must stay open afterwards, and no
+(the shape of bench/scale_bench.py at 100,000). Every answer must come
+from the site its uid names, every connection must stay open afterwards, and no
 request may take the fallback: a storm is a burst of requests like any
 other, so the filters' answer may not change under it."""
 
 import argparse
-import importlib.util
-import os
-import sys
 
+from bench import scale_bench as scale  # the benchmark's storm clients
 from gateway import Gateway
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# the benchmark's own storm clients, loaded by path: bench/ on sys.path
-# would shadow the tests' modules of the same names (fleet)
-_spec = importlib.util.spec_from_file_location(
-    "bench_scale", os.path.join(ROOT, "bench", "scale.py"))
-scale = importlib.util.module_from_spec(_spec)
-sys.modules["bench_scale"] = scale
-_spec.loader.exec_module(scale)
 
 CONNECTIONS = 10000
 CONCURRENCY = 192

@@ -1,5 +1,5 @@
-"""`make soak`, short: bench/soak.py runs locust against the worked example
-for 30 s and must pass every check it prints."""
+"""`make soak`, short: `python -m bench.soak_bench` runs locust against
+the worked example for 30 s and must pass every check it prints."""
 
 import json
 import os
@@ -11,10 +11,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
-SOAK = os.path.join(ROOT, "bench", "soak.py")
 MODULE = os.path.join(ROOT, "output", "ngx_http_mosn_module.so")
 
-# the checks soak.py prints whether it started the gateway or found it
+# the checks soak_bench prints whether it started the gateway or found it
 CHECKS = ("errors", "requests", "throughput", "nginx RSS", "Python RSS",
           "nginx processes stable", "Python processes stable",
           "module file", "slots at idle")
@@ -27,7 +26,8 @@ OWN_GATEWAY_CHECKS = ("error.log", "quit")
 def test_soak_30s(tmp_path):
     assert os.path.exists(MODULE), "build the module first: make build-l7"
     proc = subprocess.run(
-        [sys.executable, SOAK, "--time", "30s", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bench.soak_bench", "--time", "30s",
+         "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=240)
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
@@ -55,6 +55,6 @@ def test_soak_30s(tmp_path):
         assert "/slow" in names
 
     report = (tmp_path / "soak.md").read_text()
-    assert "python bench/soak.py --time 30s" in report
+    assert "python -m bench.soak_bench --time 30s" in report
     assert "| t (s) |" in report
     assert (tmp_path / "soak.png").read_bytes().startswith(b"\x89PNG")

@@ -1,5 +1,5 @@
 """The ext_authz filter against a real aiohttp authorization service
-(tests/authservice.py), no nginx: what the service is sent, what an
+(bench/peers/ext_authz_service.py), no nginx: what the service is sent, what an
 allowed and a denied request become, failures with and without
 failure_mode_allow, the connection pool's bound, many checks in flight."""
 

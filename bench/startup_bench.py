@@ -2,7 +2,7 @@
 gateway accepts on port 2990, and whether the README's first answer is
 right at that moment; then Ctrl-C, and how long until nothing of it is left.
 
-    flock /tmp/port2990.lock python3 bench/startup.py [--runs 5]
+    flock /tmp/port2990.lock python -m bench.startup_bench [--runs 5]
 
 Runs from the checkout it lives in, with the virtualenv of the Python that
 runs it (`make VENV=...`). The first run may rebuild; it is reported apart
@@ -10,7 +10,6 @@ and left out of the medians.
 """
 
 import argparse
-import json
 import os
 import signal
 import socket
@@ -20,7 +19,8 @@ import sys
 import time
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench import CHECKOUT as ROOT, report
+
 PORTS = (2990, 3450, 3451, 3452, 3453, 34901, 34903)
 
 
@@ -91,7 +91,7 @@ def main():
     lines = [
         "# `make run` with nothing to rebuild",
         "",
-        "Command: `flock /tmp/port2990.lock python3 bench/startup.py "
+        "Command: `flock /tmp/port2990.lock python -m bench.startup_bench "
         "--runs %d`  " % args.runs,
         "Machine: %d CPUs, %s  " % (os.cpu_count(), " ".join(
             subprocess.run(["nginx", "-v"], capture_output=True,
@@ -119,12 +119,9 @@ def main():
             "yes" if right == len(runs) else "no"),
         "",
     ]
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "startup.md"), "w") as f:
-        f.write("\n".join(lines))
-    with open(os.path.join(args.out, "startup.json"), "w") as f:
-        json.dump({"runs": runs, "median": med, "load_before": load_before,
-                   "load_after": load_after}, f, indent=1)
+    report.write(args.out, "startup", "\n".join(lines),
+                 {"runs": runs, "median": med, "load_before": load_before,
+                  "load_after": load_after}, indent=1)
     print("\n".join(lines))
 
 

@@ -1,6 +1,6 @@
 """Soak test: locust against the worked example for a bounded time.
 
-    python bench/soak.py [--time 10m] [--users 20] [--spawn-rate 5]
+    python -m bench.soak_bench [--time 10m] [--users 20] [--spawn-rate 5]
                          [--pacing 0.05] [--out bench/results]
 
 Uses the example gateway on 127.0.0.1:2990 if one is running; otherwise
@@ -38,7 +38,6 @@ import json
 import os
 import platform
 import re
-import shlex
 import shutil
 import signal
 import socket
@@ -49,10 +48,10 @@ import threading
 import time
 from pathlib import Path
 
-sys.dont_write_bytecode = True  # keep bench/ free of __pycache__
+from bench import CHECKOUT, report
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
+ROOT = Path(CHECKOUT)
+BENCH = ROOT / "bench"
 LOCUSTFILE = BENCH / "locustfile.py"
 HOST = "127.0.0.1"
 PORT = 2990
@@ -619,8 +618,7 @@ def display_command(argv):
             skip = True
         elif not arg.startswith("--out="):
             out.append(arg)
-    return "python " + " ".join(shlex.quote(a) for a in
-                                ["bench/soak.py"] + out)
+    return report.command(__spec__.name, out)
 
 
 def version(argv, pattern):

@@ -1,9 +1,9 @@
 """What the gateway costs when nothing happens: CPU and wake-ups at idle.
 
-    python bench/idle.py [--seconds 10] [--runs 3] [--out DIR]
+    python -m bench.idle_bench [--seconds 10] [--runs 3] [--out DIR]
 
 Starts, side by side on loopback, the demo sites, plain nginx `map` (the
-baseline of bench/run.py) and this project's gateway ("mosn": the config of
+baseline of bench/peers_bench.py) and this project's gateway ("mosn": the config of
 bench/gateways.py, the module from output/, Python workers from the venv),
 checks that both route the worked example (a few routed requests each), lets
 them settle, then measures over windows of --seconds with no traffic:
@@ -17,7 +17,7 @@ them settle, then measures over windows of --seconds with no traffic:
   sleeps) from `Region.attach("/NAME").stats()`.
 
 Target: the whole gateway below 1% of one core. Writes DIR/idle.md and
-DIR/idle.json; see bench/README.md. bench/scale.py reuses the helpers here.
+DIR/idle.json; see bench/README.md. bench/scale_bench.py reuses the helpers here.
 """
 import argparse
 import contextlib
@@ -25,11 +25,8 @@ import dataclasses
 import datetime
 import json
 import os
-import random
 import re
-import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,9 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.dont_write_bytecode = True  # keep bench/ free of __pycache__
-import gateways  # noqa: E402
-import run as peers  # noqa: E402  (probe, wait_routing, machine, wrk helpers)
+from bench import gateways, procs, report
+# probe, wait_routing, machine, wrk helpers
+from bench import peers_bench as peers
 
 BENCH = gateways.BENCH
 REPO = gateways.REPO
@@ -48,40 +45,11 @@ TARGET_PCT = 1.0          # the whole gateway, in % of one core
 SETTLE = 3.0              # seconds after the probe before measuring
 
 
-# --- ports, names, configs (shared with bench/scale.py) ---------------------
-
-def _bindable(port):
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-def free_ports(count, avoid=()):
-    """count distinct free loopback ports below the ephemeral range, so that
-    no client's connect() takes one between the check and nginx's bind."""
-    low, high = 20000, 32000
-    with contextlib.suppress(OSError, ValueError):
-        low_eph = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-        high = min(high, low_eph - 1)
-    chosen = []
-    rng = random.Random(os.getpid() ^ time.monotonic_ns())
-    for _ in range(2000):
-        port = rng.randrange(low, high)
-        if port in chosen or port in avoid:
-            continue
-        if _bindable(port) and not gateways._accepts(("127.0.0.1", port)):
-            chosen.append(port)
-            if len(chosen) == count:
-                return chosen
-    raise gateways.GatewayError(f"cannot find {count} free ports in {low}..{high}")
-
+# --- ports, names, configs (shared with bench/scale_bench.py) ---------------------
 
 def site_ports(first):
-    """run.py's --site-port mechanism: four ports from first; 0 = any free."""
-    ports = list(range(first, first + 4)) if first else free_ports(4)
+    """peers_bench's --site-port mechanism: four ports from first; 0 = any free."""
+    ports = list(range(first, first + 4)) if first else procs.free_ports(4)
     return dict(zip(("s1a", "s1b", "s2", "s3"), ports))
 
 
@@ -110,7 +78,7 @@ def mosn_json_copy(workdir, name):
     """conf/mosn.json with the admin and metrics ports moved to free ones (the
     shipped ones are fixed and may be taken by a running example gateway)."""
     config = json.loads((REPO / "conf" / "mosn.json").read_text())
-    admin, metrics = free_ports(2)
+    admin, metrics = procs.free_ports(2)
     with contextlib.suppress(KeyError, TypeError):
         config["admin"]["address"]["socket_address"]["port_value"] = admin
     for sink in config.get("metrics", {}).get("sinks", []):
@@ -126,7 +94,7 @@ def abi_mismatch():
     ring ABI (the workers would refuse to attach and every request would take
     the fallback), else None."""
     header = REPO / "output" / "shm_ring.h"
-    match = re.search(r"#define\s+MOSN_RING_ABI_VERSION\s+(\d+)", _read(header) or "")
+    match = re.search(r"#define\s+MOSN_RING_ABI_VERSION\s+(\d+)", procs.read(header) or "")
     if not match:
         return None
     try:
@@ -165,7 +133,7 @@ def build_info():
         info["module_mtime"] = datetime.datetime.fromtimestamp(
             module.stat().st_mtime, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     match = re.search(r"#define\s+MOSN_RING_ABI_VERSION\s+(\d+)",
-                      _read(REPO / "output" / "shm_ring.h") or "")
+                      procs.read(REPO / "output" / "shm_ring.h") or "")
     info["ring_abi"] = int(match.group(1)) if match else None
     return info
 
@@ -181,7 +149,7 @@ def build_line(b):
 def bench_gateways(workdir, map_port, mosn_port, shm, mosn_workers, edits=()):
     """(map, mosn or None): bench/gateways.py's two configs on our own ports,
     region name and MOSN config copy, with `edits` (old, new) applied to both
-    (bench/scale.py raises the connection limits that way)."""
+    (bench/scale_bench.py raises the connection limits that way)."""
     peer = {g.name: g for g in gateways.peer_gateways(workdir)}["map"]
     plain = dataclasses.replace(peer, ports=[map_port],
                                 template=tune(peer.template, edits, "map"))
@@ -204,7 +172,7 @@ def bench_gateways(workdir, map_port, mosn_port, shm, mosn_workers, edits=()):
 
 
 def wait_routing(port, site_ports, workers):
-    """run.py's wait, but for every nginx worker: with reuseport (or just
+    """peers_bench's wait, but for every nginx worker: with reuseport (or just
     luck) six good answers can all come from workers whose Python side is
     up while another still takes the fallback, so ask for more in a row."""
     deadline = time.monotonic() + 2 * gateways.START_TIMEOUT
@@ -220,102 +188,6 @@ def wait_routing(port, site_ports, workers):
 
 # --- processes --------------------------------------------------------------
 
-def _read(path):
-    try:
-        return Path(path).read_text()
-    except OSError:
-        return None
-
-
-def cmdline(pid):
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return ""
-    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
-
-
-def role_of(pid, master, cmd):
-    if "pyworker" in cmd:
-        for word, role in (("serve", "py-supervisor"), ("worker", "py-worker"),
-                           ("admin", "py-admin"), ("check", "py-check")):
-            if f"pyworker {word}" in cmd:
-                return role
-        return "python"
-    if pid == master:
-        return "nginx-master"
-    if "nginx: worker" in cmd:
-        return "nginx-worker"
-    if "nginx: cache" in cmd:
-        return "nginx-cache"
-    return "nginx-other"
-
-
-def gateway_processes(live, shm=None):
-    """pid -> role of a running gateway: nginx's process group and everything
-    below it, plus any process naming the region (`--shm /NAME`)."""
-    stats = gateways._all_stats()
-    pids = set(gateways.descendants({live.nginx.pgid}, stats))
-    if shm:
-        needle = f"--shm /{shm}"
-        pids |= {pid for pid in stats if needle in cmdline(pid)}
-    procs = {}
-    for pid in pids:
-        if stats[pid][0] == "Z":
-            continue
-        procs[pid] = role_of(pid, live.nginx.pgid, cmdline(pid))
-    return procs
-
-
-def proc_sample(pid):
-    """CPU ticks, scheduler ns, context switches and start time of a process
-    (all its threads), or None if it is gone."""
-    fields = gateways._stat_fields(pid)
-    if fields is None:
-        return None
-    ns = vol = invol = 0
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return None
-    for tid in tasks:
-        sched = _read(f"/proc/{pid}/task/{tid}/schedstat")
-        if sched:
-            ns += int(sched.split()[0])
-        status = _read(f"/proc/{pid}/task/{tid}/status") or ""
-        for line in status.splitlines():
-            if line.startswith("voluntary_ctxt_switches:"):
-                vol += int(line.split()[1])
-            elif line.startswith("nonvoluntary_ctxt_switches:"):
-                invol += int(line.split()[1])
-    return {"ticks": int(fields[11]) + int(fields[12]), "ns": ns,
-            "vcsw": vol, "ivcsw": invol, "start": fields[19],
-            "threads": len(tasks)}
-
-
-def memory(pid):
-    """RSS and Pss in KB (status and smaps_rollup), or None if gone."""
-    status = _read(f"/proc/{pid}/status")
-    rollup = _read(f"/proc/{pid}/smaps_rollup")
-    if status is None:
-        return None
-    out = {"rss_kb": 0, "pss_kb": None}
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            out["rss_kb"] = int(line.split()[1])
-    for line in (rollup or "").splitlines():
-        if line.startswith("Pss:"):
-            out["pss_kb"] = int(line.split()[1])
-    return out
-
-
-def fd_count(pid):
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return None
-
-
 def cleanup_region(shm, timeout=5.0):
     """After a gateway stopped: its Python processes gone (SIGKILL what is
     left, by pid: they were ours), and no /dev/shm/NAME or NAME.stats left.
@@ -327,7 +199,7 @@ def cleanup_region(shm, timeout=5.0):
     deadline = time.monotonic() + timeout
     while True:
         left = [int(e) for e in os.listdir("/proc")
-                if e.isdigit() and needle in cmdline(int(e))]
+                if e.isdigit() and needle in procs.cmdline(int(e))]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.1)
@@ -373,37 +245,33 @@ def counter_totals(stats):
     return totals
 
 
-def loadavg():
-    return [float(x) for x in (_read("/proc/loadavg") or "0 0 0").split()[:3]]
-
-
 # --- one idle window ----------------------------------------------------------
 
 def measure_window(groups, seconds):
     """groups: name -> (pid -> role, shm or None). Samples every process and
     region counter, sleeps, samples again. Returns name -> result."""
-    before = {name: {pid: proc_sample(pid) for pid in procs}
-              for name, (procs, _) in groups.items()}
+    before = {name: {pid: procs.proc_sample(pid) for pid in found}
+              for name, (found, _) in groups.items()}
     counters_before = {name: counter_totals(region_stats(shm))
                        for name, (_, shm) in groups.items() if shm}
     started = time.monotonic()
     time.sleep(seconds)
     elapsed = time.monotonic() - started
-    after = {name: {pid: proc_sample(pid) for pid in procs}
-             for name, (procs, _) in groups.items()}
+    after = {name: {pid: procs.proc_sample(pid) for pid in found}
+             for name, (found, _) in groups.items()}
     counters_after = {name: counter_totals(region_stats(shm))
                       for name, (_, shm) in groups.items() if shm}
     results = {}
-    for name, (procs, shm) in groups.items():
+    for name, (found, shm) in groups.items():
         rows, changed = [], []
-        for pid, role in sorted(procs.items(), key=lambda kv: (kv[1], kv[0])):
+        for pid, role in sorted(found.items(), key=lambda kv: (kv[1], kv[0])):
             a, b = before[name][pid], after[name][pid]
             if a is None or b is None or a["start"] != b["start"]:
                 changed.append(pid)
                 continue
             rows.append({
                 "pid": pid, "role": role,
-                "cpu_pct": 100 * (b["ticks"] - a["ticks"]) / gateways.CLOCK_TICKS / elapsed,
+                "cpu_pct": 100 * (b["ticks"] - a["ticks"]) / procs.CLOCK_TICKS / elapsed,
                 "sched_pct": 100 * (b["ns"] - a["ns"]) / 1e9 / elapsed,
                 "wakeups_per_s": ((b["vcsw"] + b["ivcsw"]) - (a["vcsw"] + a["ivcsw"])) / elapsed,
                 "threads": b["threads"],
@@ -494,7 +362,7 @@ def report_md(result):
         build_line(result["build"]),
         f"Setup: nginx worker_processes {a['workers']} for both; mosn_workers "
         f"{a['mosn_workers']}; {a['runs']} window(s) of {a['seconds']} s with no "
-        f"traffic, {SETTLE:.0f} s after bench/run.py's routing probe of each gateway "
+        f"traffic, {SETTLE:.0f} s after bench/peers_bench.py's routing probe of each gateway "
         f"(on mosn {result['probe_requests']} requests went over the ring, per its "
         "submitted counter); medians over the windows.",
         "",
@@ -516,8 +384,8 @@ def report_md(result):
     lines += [
         "",
         "CPU in % of one core over the window: utime + stime from /proc/PID/stat "
-        f"(resolution 1/{gateways.CLOCK_TICKS} s, so one tick in a {a['seconds']} s "
-        f"window is {100 / gateways.CLOCK_TICKS / a['seconds']:.2f}%) and, finer, "
+        f"(resolution 1/{procs.CLOCK_TICKS} s, so one tick in a {a['seconds']} s "
+        f"window is {100 / procs.CLOCK_TICKS / a['seconds']:.2f}%) and, finer, "
         "the scheduler's run time from /proc/PID/task/*/schedstat. Wake-ups are "
         "context switches (voluntary + involuntary) of all threads.",
         "",
@@ -579,11 +447,11 @@ def pool_constants():
     except (OSError, subprocess.SubprocessError):
         return found
     found["package"] = str(package)
-    tick = re.search(r"^TICK\s*=\s*([\d.]+)", _read(package / "supervisor.py") or "", re.M)
-    worker = _read(package / "worker.py") or ""
+    tick = re.search(r"^TICK\s*=\s*([\d.]+)", procs.read(package / "supervisor.py") or "", re.M)
+    worker = procs.read(package / "worker.py") or ""
     wait = (re.search(r"^IDLE_WAIT_MS\s*=\s*(\d+)", worker, re.M)
             or re.search(r"^\s+timeout\s*=\s*(\d+)\s*$", worker, re.M))
-    admin = _read(package / "admin.py") or ""
+    admin = procs.read(package / "admin.py") or ""
     poll = re.search(r"serve_forever,\s*args=\(([\d.]+),?\)", admin)
     found["tick_s"] = float(tick.group(1)) if tick else None
     found["worker_wait_ms"] = int(wait.group(1)) if wait else None
@@ -669,8 +537,8 @@ def main():
     wanted = args.only.split(",")
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     info = peers.machine(argparse.Namespace(nginx=args.nginx, wrk="wrk"))
-    command = "python bench/idle.py" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
-    load_before = loadavg()
+    command = report.command(__spec__.name)
+    load_before = procs.loadavg()
     print(f"load average {load_before}; {os.cpu_count()} CPUs")
 
     build = build_info()     # before the run: the tree may move meanwhile
@@ -678,7 +546,7 @@ def main():
     workdir.chmod(0o755)
     shm = f"mosn_idle_{os.getpid()}"
     sites = site_ports(args.site_port)
-    ports = [args.port, args.port + 1] if args.port else free_ports(2, sites.values())
+    ports = [args.port, args.port + 1] if args.port else procs.free_ports(2, sites.values())
     settings = gateways.Settings(workdir=workdir, nginx=args.nginx, modules="",
                                  workers=args.workers, site_ports=sites)
     try:
@@ -707,7 +575,7 @@ def main():
                 totals = counter_totals(region_stats(shm))
                 probe_requests = totals["producers.submitted"] if totals else None
             for name, (_, region, live) in groups.items():
-                groups[name] = (gateway_processes(live, region), region)
+                groups[name] = (procs.gateway_processes(live.nginx.pgid, region), region)
                 kinds = sorted(groups[name][0].values())
                 print(f"{name}: {len(kinds)} processes: {', '.join(kinds)}")
             for n in range(1, args.runs + 1):
@@ -717,8 +585,8 @@ def main():
                     f"{name} {sum(r['cpu_pct'] for r in res['processes']):.3f}% CPU "
                     f"(schedstat {sum(r['sched_pct'] for r in res['processes']):.3f}%)"
                     for name, res in w.items()))
-            processes = {name: {str(pid): role for pid, role in procs.items()}
-                         for name, (procs, _) in groups.items()}
+            processes = {name: {str(pid): role for pid, role in found.items()}
+                         for name, (found, _) in groups.items()}
     except (gateways.GatewayError, peers.RoutingError) as e:
         sys.exit(f"*** FAIL: {e}")
     finally:
@@ -730,7 +598,7 @@ def main():
     summary = {g.name: summarise(windows, g.name) for g in chosen}
     result = {
         "command": command, "date": started, "machine": info, "build": build,
-        "load_before": load_before, "load_after": loadavg(),
+        "load_before": load_before, "load_after": procs.loadavg(),
         "settings": {"seconds": args.seconds, "runs": args.runs, "workers": args.workers,
                      "mosn_workers": args.mosn_workers, "ports": {
                          "map": ports[0], "mosn": ports[1], **sites}},
@@ -749,9 +617,7 @@ def main():
     result["pool_constants"] = pool_constants()
     result["notes"] = notes_for(summary, result["settings"], result["pool_constants"])
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "idle.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "idle.md").write_text(report_md(result))
+    report.write(out, "idle", report_md(result), result)
     print()
     for name, m in summary.items():
         print(f"{name}: nginx {m['nginx_pct']:.3f}% + Python {m['python_pct']:.3f}% = "

@@ -3,7 +3,7 @@ under HTTP/1.1 (wrk, 1, 64 and 512 connections) and HTTP/2 (h2load, 64
 connections of 10 streams and 8 of 100), at 1, 2 and 4 nginx workers
 (with as many Python workers).
 
-    python3 bench/concurrency.py [--runs 3] [--duration 10] [--out DIR]
+    python -m bench.concurrency_bench [--runs 3] [--duration 10] [--out DIR]
         [--configs 1,2,4] [--loads c1,c64,c512,h2_64x10,h2_8x100]
         [--port 3020] [--site-port 3450]
 
@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import datetime
 import json
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -30,9 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.dont_write_bytecode = True
-import gateways  # noqa: E402
-import run  # noqa: E402
+from bench import gateways, procs, report
+from bench import peers_bench as run
 
 H2_PORT_OFFSET = 100
 
@@ -154,11 +152,11 @@ def measure(args, gateway, loads, settings, workers):
             time.sleep(run.FLUSH_WAIT)
             hits0 = run.site_hits(settings)
             ring0 = ring_counters(shm) if shm else None
-            cpu0 = gateways.cpu_seconds({live.nginx.pgid})
+            cpu0 = procs.cpu_seconds({live.nginx.pgid})
             t0 = time.monotonic()
             result = run_load(args, load, gateway, settings.workdir)
             elapsed = time.monotonic() - t0
-            cpu = gateways.cpu_seconds({live.nginx.pgid}) - cpu0
+            cpu = procs.cpu_seconds({live.nginx.pgid}) - cpu0
             time.sleep(run.FLUSH_WAIT)
             hits = {s: v - hits0[s]
                     for s, v in run.site_hits(settings).items()}
@@ -338,7 +336,7 @@ def main():
         shutil.rmtree(workdir, ignore_errors=True)
     load_after = Path("/proc/loadavg").read_text().split()[:3]
     rows = summarise(runs)
-    command = "python3 bench/concurrency.py " + shlex.join(sys.argv[1:])
+    command = report.command(__spec__.name)
     write_report(args, command, started, info, [load_before, load_after],
                  rows, runs, args.duration, args.warmup, args.runs)
 
@@ -383,16 +381,13 @@ def write_report(args, command, started, info, loadavg, rows, runs,
         "script read h2load's status codes).",
         "",
     ]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "concurrency.md").write_text("\n".join(lines))
-    (out / "concurrency.json").write_text(json.dumps({
+    report.write(args.out, "concurrency", "\n".join(lines), {
         "command": command, "date": started, "machine": info,
         "load_average": [load_before, load_after], "duration": duration,
         "warmup": warmup, "rounds": rounds,
         "rows": [dict(workers=k[0], load=k[1], gateway=k[2], **v)
                  for k, v in rows.items()],
-        "runs": runs}, indent=2) + "\n")
+        "runs": runs})
     print("\n".join(lines))
 
 

@@ -1,6 +1,6 @@
 """An HTTP authorization service for the ext_authz tests (aiohttp).
 
-    python tests/authservice.py --port N [--delay-ms D]
+    python -m bench.peers.ext_authz_service --port N [--delay-ms D]
 
 What it answers, by the request it gets:
 
@@ -20,9 +20,10 @@ are being answered now.  ``DELETE /_seen`` forgets them.
 import argparse
 import asyncio
 import json
-import signal
 
 from aiohttp import web
+
+from bench.services import serve_app
 
 SEEN = []
 IN_FLIGHT = [0, 0]      # now, most at once
@@ -61,19 +62,14 @@ async def check(request):
 
 
 async def serve(port, delay):
+    async def listen(runner):
+        await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
+        print("ready", flush=True)
+
     app = web.Application()
     app["delay"] = delay
     app.router.add_route("*", "/{tail:.*}", check)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
-    print("ready", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await serve_app(app, listen)
 
 
 def main():

@@ -2,22 +2,22 @@
 
 The same gateway (the example's UNIT chain, 1 nginx worker, 1 Python
 worker) with several `pyworker.spin_us` values, beside plain nginx `map`,
-under run.py's load, interleaved.  Spinning saves the worker a futex sleep
+under peers_bench's load, interleaved.  Spinning saves the worker a futex sleep
 and wake when requests come close together, but the CPU it burns is taken
 from nginx, wrk and the sites when the machine has no core to spare.
 Writes bench/results/spin.md and spin.json.
 
-    python3 bench/spin.py [--spins 0,10,50] [--runs 5] [run.py's options]
+    python -m bench.spin_bench [--spins 0,10,50] [--runs 5] [peers_bench's options]
 """
 
 import dataclasses
 import json
-import shlex
 import sys
 from pathlib import Path
 
-import gateways
-import run
+import bench.report
+from bench import gateways
+from bench import peers_bench as run
 
 
 def spin_gateway(workdir, spin, index):
@@ -50,8 +50,7 @@ def main():
                                   for i, s in enumerate(spins))]
 
     summary, runs, info, started = run.bench_these(args, chosen)
-    command = "python3 bench/spin.py" + (
-        " " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "") + (
+    command = bench.report.command(__spec__.name) + (
         f" --spins {','.join(map(str, spins))}")
     lines = run.report_head(
         "How long a Python worker looks for work before it sleeps",
@@ -61,15 +60,12 @@ def main():
         "Each `spin_Nus` row is this gateway with `pyworker.spin_us` = N: "
         "after a batch, the worker looks for more work for N microseconds "
         "before it sleeps on its futex. wrk, the sites and the gateway "
-        "share the machine's cores, as in run.py.",
+        "share the machine's cores, as in peers_bench.",
         "",
     ]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "spin.md").write_text("\n".join(lines))
-    (out / "spin.json").write_text(json.dumps({
+    bench.report.write(args.out, "spin", "\n".join(lines), {
         "command": command, "date": started, "machine": info,
-        "spins": spins, "summary": summary, "runs": runs}, indent=2) + "\n")
+        "spins": spins, "summary": summary, "runs": runs})
     print("\n".join(lines))
 
 

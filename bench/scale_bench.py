@@ -1,9 +1,9 @@
 """Connection storms and scale: many keep-alive connections opened at once,
 each with one routed request, then held idle while load runs beside them.
 
-    python bench/scale.py [--connections 100000] [--runs 3] [--out DIR]
-    python bench/scale.py --quick          # 10k connections, one round: smoke
-    python bench/scale.py --from-json DIR/scale.json [--out DIR2]   # report again
+    python -m bench.scale_bench [--connections 100000] [--runs 3] [--out DIR]
+    python -m bench.scale_bench --quick          # 10k connections, one round: smoke
+    python -m bench.scale_bench --from-json DIR/scale.json [--out DIR2]   # report again
 
 This project's gateway ("mosn") and plain nginx `map` run side by side (the
 configs of bench/gateways.py with the connection limits raised, `reuseport`
@@ -11,7 +11,7 @@ over --workers nginx workers, a long keepalive_timeout). Every round visits
 both gateways (ABBA: even rounds take them, and their steps, in reverse):
 
 1. wrk, 64 connections, bench/uid.lua, --duration s: WITHOUT idle connections;
-2. the storm: --connections connections from client processes (`scale.py
+2. the storm: --connections connections from client processes (`scale_bench
    --hold`) and source addresses 127.0.0.x, --open-concurrency of them
    opening at a time, each with one routed request whose answer must come
    from the site its uid names; then held idle: memory before and after, the
@@ -38,7 +38,6 @@ import re
 import resource
 import select
 import selectors
-import shlex
 import signal
 import socket
 import statistics
@@ -48,7 +47,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.dont_write_bytecode = True  # keep bench/ free of __pycache__
+from bench import CHECKOUT, report
+
 
 RATIO_TARGET = 0.95           # req/s with idle connections / without
 OPEN_TARGET = 1.5             # opening time, mosn / map in the same round
@@ -81,7 +81,7 @@ def expected_site(uid):
 
 # ==========================================================================
 # The client: a child process that opens and holds its share of connections.
-# Runs as `scale.py --hold '{json}'`; talks to the parent over stdin/stdout.
+# Runs as `scale_bench --hold '{json}'`; talks to the parent over stdin/stdout.
 # ==========================================================================
 
 class _Conn:
@@ -245,7 +245,8 @@ class Clients:
                 spec["nofile"] = nofile
             first += share
             self.procs.append(subprocess.Popen(
-                [sys.executable, __file__, "--hold", json.dumps(spec)],
+                [sys.executable, "-m", __spec__.name, "--hold",
+                 json.dumps(spec)], cwd=CHECKOUT,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
 
     def _read_all(self, timeout):
@@ -324,10 +325,11 @@ def percentile(values, p):
 # ==========================================================================
 
 def _import_bench():
-    global gateways, idle, peers
-    import gateways  # noqa: F401
-    import idle  # noqa: F401  (config rendering, /proc helpers)
-    import run as peers  # noqa: F401  (probe, wrk, machine)
+    """The rest of the benchmark, which the clients (--hold) do not need."""
+    global gateways, idle, peers, procs
+    from bench import gateways, procs  # noqa: F401
+    from bench import idle_bench as idle  # noqa: F401  (configs, /proc)
+    from bench import peers_bench as peers  # noqa: F401  (probe, wrk)
 
 
 def sysctl(name):
@@ -394,7 +396,7 @@ class Window:
 
     def __init__(self, ours):
         self.ours = set(ours)
-        self.before = {pid: idle.proc_sample(pid) for pid in self.ours}
+        self.before = {pid: procs.proc_sample(pid) for pid in self.ours}
         self.m0, self.t0 = machine_cpu(), time.monotonic()
 
     def close(self, late=()):
@@ -403,7 +405,7 @@ class Window:
         m1 = machine_cpu()
         ns = {}
         for pid in self.ours | set(late):
-            a, b = self.before.get(pid), idle.proc_sample(pid)
+            a, b = self.before.get(pid), procs.proc_sample(pid)
             if b and (not a or a["start"] == b["start"]):
                 ns[pid] = b["ns"] - (a["ns"] if a else 0)
         tick = 100 / os.sysconf("SC_CLK_TCK") / elapsed
@@ -442,7 +444,7 @@ def _task_times():
     return out
 
 
-def rest_sample(procs, holders, seconds=5.0):
+def rest_sample(found, holders, seconds=5.0):
     """No load: CPU of the gateway, of the clients holding the connections,
     and the busiest other processes on the machine, over `seconds`."""
     before, m0 = _task_times(), machine_cpu()
@@ -450,13 +452,13 @@ def rest_sample(procs, holders, seconds=5.0):
     after, m1 = _task_times(), machine_cpu()
     pct = {pid: 100 * (ns - before[pid][1]) / 1e9 / seconds
            for pid, (comm, ns) in after.items() if pid in before}
-    mine = set(procs) | set(SITES) | set(holders) | {os.getpid()}
+    mine = set(found) | set(SITES) | set(holders) | {os.getpid()}
     others = sorted(((pid, after[pid][0], p) for pid, p in pct.items() if pid not in mine),
                     key=lambda row: -row[2])
     return {
         "seconds": seconds,
         "busy_pct": (m1["busy"] - m0["busy"]) * 100 / os.sysconf("SC_CLK_TCK") / seconds,
-        "gateway_pct": sum(pct.get(pid, 0.0) for pid in procs),
+        "gateway_pct": sum(pct.get(pid, 0.0) for pid in found),
         "clients_pct": sum(pct.get(pid, 0.0) for pid in holders),
         "others_pct": sum(p for _, _, p in others),
         "top_others": [{"pid": pid, "comm": comm, "pct": p} for pid, comm, p in others[:3]],
@@ -482,16 +484,16 @@ class Target:
     data: dict = dataclasses.field(default_factory=lambda: {"runs": []})
 
 
-def snapshot(procs):
+def snapshot(found):
     """Memory and fds of a gateway's processes, by kind."""
     out = {"nginx_workers": [], "python": []}
-    for pid, role in sorted(procs.items()):
-        mem = idle.memory(pid)
+    for pid, role in sorted(found.items()):
+        mem = procs.memory(pid)
         if mem is None:
             continue
         row = {"pid": pid, "role": role, **mem}
         if role == "nginx-worker":
-            row["fds"] = idle.fd_count(pid)
+            row["fds"] = procs.fd_count(pid)
             out["nginx_workers"].append(row)
         elif role.startswith("py"):
             out["python"].append(row)
@@ -564,7 +566,7 @@ def wrk_once(args, t, settings, holders=()):
                                   if t.procs.get(pid, "").startswith("nginx"))
     result["cpu_python_pct"] = sum(p for pid, p in w["pct"].items()
                                    if t.procs.get(pid, "").startswith("py"))
-    result["load"] = idle.loadavg()
+    result["load"] = procs.loadavg()
     return result
 
 
@@ -598,11 +600,11 @@ def storm(args, port, t, plan, settings):
     return clients, out
 
 
-def wait_fds_back(procs, baseline, timeout=30.0):
+def wait_fds_back(found, baseline, timeout=30.0):
     """After the clients reset their connections: nginx's fds back to normal."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        now = sum(idle.fd_count(pid) or 0 for pid, r in procs.items() if r == "nginx-worker")
+        now = sum(procs.fd_count(pid) or 0 for pid, r in found.items() if r == "nginx-worker")
         if now <= baseline + 64 * 4 + WRK_CONNECTIONS:
             return now
         time.sleep(0.2)
@@ -636,7 +638,7 @@ def preallocation(args, settings, t, plan, workdir):
     and initialises its connection and event arrays at start)."""
     shm = t.region + "_small" if t.region else f"mosn_scale_{os.getpid()}_small"
     plain, mosn = idle.bench_gateways(
-        workdir, *idle.free_ports(2, settings.site_ports.values()), shm,
+        workdir, *procs.free_ports(2, settings.site_ports.values()), shm,
         args.mosn_workers, scale_edits(1024, 2048))
     small = dataclasses.replace(mosn if t.name == "mosn" else plain,
                                 name=t.name + "-small")
@@ -645,7 +647,7 @@ def preallocation(args, settings, t, plan, workdir):
         with gateways.running(small, settings) as live:
             idle.wait_routing(small.port, settings.site_ports, args.workers)
             peers.probe(small.port, args.workers, settings.site_ports)
-            rss = snapshot(idle.gateway_processes(live))["nginx_workers_rss_kb"]
+            rss = snapshot(procs.gateway_processes(live.nginx.pgid))["nginx_workers_rss_kb"]
     finally:
         idle.cleanup_region(shm)
     full = t.data["fresh"]["nginx_workers_rss_kb"]
@@ -658,7 +660,7 @@ def start(stack, args, name, gw, settings, region=None):
     live = stack.enter_context(gateways.running(gw, settings))
     idle.wait_routing(gw.port, settings.site_ports, args.workers)
     peers.probe(gw.port, args.workers, settings.site_ports)
-    return Target(name, gw, idle.gateway_processes(live, region), region)
+    return Target(name, gw, procs.gateway_processes(live.nginx.pgid, region), region)
 
 
 def one_round(args, t, n, plan, settings, sink):
@@ -727,7 +729,7 @@ TARGETS = []
 def measure(args, plan, settings, workdir):
     """Starts every gateway (and the control's sink) once, then the rounds."""
     shm = f"mosn_scale_{os.getpid()}"
-    ports = idle.free_ports(3, settings.site_ports.values())
+    ports = procs.free_ports(3, settings.site_ports.values())
     plain, mosn = idle.bench_gateways(
         workdir, ports[0], ports[1], shm, args.mosn_workers,
         scale_edits(plan["worker_connections"], plan["worker_rlimit_nofile"]))
@@ -938,234 +940,299 @@ def checks(summary, ratios, connections):
 
 
 def report_md(res):
-    a, lim, plan, summary = res["settings"], res["limits"], res["plan"], res["summary"]
+    """scale.md: the setup, then a section per part of the measurement."""
+    parts = (_report_head, _storm_section, _throughput_section,
+             _rest_section, _memory_section, _python_section,
+             _million_section)
+    return "\n".join(line for part in parts for line in part(res))
+
+
+def _report_head(res):
+    a, lim, plan = res["settings"], res["limits"], res["plan"]
     m = res["machine"]
-    lines = [
-        "# Connection storms and scale: opened at once, then held idle beside load",
+    rendered = res.get("rendered")
+    control = ("; control: the same connections held by another nginx, "
+               "load on the gateway" if a["control"] else "")
+    return [
+        "# Connection storms and scale: opened at once, then held idle "
+        "beside load",
         "",
         f"Command: `{res['command']}`  ",
-        *([f"Report re-rendered from that run's raw data: `{res['rendered']}`  "]
-          if res.get("rendered") else []),
+        *([f"Report re-rendered from that run's raw data: `{rendered}`  "]
+          if rendered else []),
         f"Date: {res['date']}  ",
-        f"Machine: {m['nproc']} CPUs ({m['cpu']}), Linux {m['kernel']}, {m['nginx']}, "
-        f"{m['wrk']}, Python {m['python']}; load average before: "
-        f"{' '.join(map(str, res['load_before']))}, after: "
+        f"Machine: {m['nproc']} CPUs ({m['cpu']}), Linux {m['kernel']}, "
+        f"{m['nginx']}, {m['wrk']}, Python {m['python']}; load average "
+        f"before: {' '.join(map(str, res['load_before']))}, after: "
         f"{' '.join(map(str, res['load_after']))}  ",
         idle.build_line(res["build"]),
-        f"Limits: nofile {lim['nofile_soft']}/{lim['nofile_hard']} (soft/hard) per "
-        f"process, fs.nr_open {lim['fs.nr_open']}, fs.file-max {lim['fs.file-max']}, "
-        f"ip_local_port_range {lim['ip_local_port_range']}, somaxconn "
+        f"Limits: nofile {lim['nofile_soft']}/{lim['nofile_hard']} "
+        f"(soft/hard) per process, fs.nr_open {lim['fs.nr_open']}, "
+        f"fs.file-max {lim['fs.file-max']}, ip_local_port_range "
+        f"{lim['ip_local_port_range']}, somaxconn "
         f"{lim['net.core.somaxconn']}, tcp_max_syn_backlog "
         f"{lim.get('net.ipv4.tcp_max_syn_backlog')}  ",
-        f"Setup: {a['connections']} connections from {plan['clients']} client processes "
-        f"(Python, non-blocking sockets, epoll) over {len(plan['sources'])} source "
-        f"addresses ({plan['sources'][0]}..{plan['sources'][-1]}, bind before connect), "
-        f"{a['open_concurrency']} opening at a time, each with one routed request, then "
-        f"held idle; nginx worker_processes {a['workers']} with `listen ... reuseport "
-        f"backlog=4096`, worker_connections {plan['worker_connections']}, "
-        f"worker_rlimit_nofile {plan['worker_rlimit_nofile']}, keepalive_timeout 3600s; "
-        f"mosn_workers {a['mosn_workers']}; load: wrk -t2 -c{WRK_CONNECTIONS} "
-        f"-d{a['duration']}s -s bench/uid.lua on other connections. {a['runs']} round(s); "
-        "each round visits every gateway (without idle; the storm, with idle, close"
-        + ("; control: the same connections held by another nginx, load on the gateway"
-           if a["control"] else "")
-        + "), gateways and steps in ABBA order (even rounds reversed). Before each "
-        f"opening and each wrk run the script waits, up to {a['quiet_wait']:.0f} s, until "
-        f"processes outside the benchmark use < {a['quiet_limit']:.0f}% of a core; a run "
-        f"during which they used >= {2 * a['quiet_limit']:.0f}% is marked disturbed.",
+        f"Setup: {a['connections']} connections from {plan['clients']} "
+        "client processes (Python, non-blocking sockets, epoll) over "
+        f"{len(plan['sources'])} source addresses ({plan['sources'][0]}.."
+        f"{plan['sources'][-1]}, bind before connect), "
+        f"{a['open_concurrency']} opening at a time, each with one routed "
+        f"request, then held idle; nginx worker_processes {a['workers']} "
+        "with `listen ... reuseport backlog=4096`, worker_connections "
+        f"{plan['worker_connections']}, worker_rlimit_nofile "
+        f"{plan['worker_rlimit_nofile']}, keepalive_timeout 3600s; "
+        f"mosn_workers {a['mosn_workers']}; load: wrk -t2 "
+        f"-c{WRK_CONNECTIONS} -d{a['duration']}s -s bench/uid.lua on other "
+        f"connections. {a['runs']} round(s); each round visits every "
+        "gateway (without idle; the storm, with idle, close" + control
+        + "), gateways and steps in ABBA order (even rounds reversed). "
+        "Before each opening and each wrk run the script waits, up to "
+        f"{a['quiet_wait']:.0f} s, until processes outside the benchmark "
+        f"use < {a['quiet_limit']:.0f}% of a core; a run during which they "
+        f"used >= {2 * a['quiet_limit']:.0f}% is marked disturbed.",
         "",
+    ]
+
+
+def _storm_row(name, r):
+    o = r["open"]
+    lat, tcp, cpu = o["latency_ms"], o["tcp"], o["machine"]
+    answer = " / ".join(f"{lat[q]:.0f}" if lat[q] is not None else "-"
+                        for q in ("p50", "p99", "max"))
+    machine_errors = ", ".join(f"{k} {v}" for k, v
+                               in o["machine_errors"].items()) or "0"
+    disturbed = " (disturbed)" if o["disturbed"] else ""
+    return (f"| {name} | {r['round']} | {o['opened']} | "
+            f"{o['seconds']:.1f} s | {o['opened'] / o['seconds']:.0f} | "
+            f"{answer} | {o['gateway_errors']} | {machine_errors} | "
+            f"{tcp.get('ListenDrops', 0)} | "
+            f"{cpu['foreign_pct']:.0f}%{disturbed} | "
+            f"{cpu['gateway_pct']:.0f}% / {cpu['clients_pct']:.0f}% |")
+
+
+def _storm_section(res):
+    lines = [
         "## The storm: opening the connections",
         "",
-        "| gateway | round | opened | took | per s | answer p50 / p99 / max ms | "
-        "gateway errors | machine errors | dropped by the kernel | others' CPU | "
-        "gateway / clients CPU |",
+        "| gateway | round | opened | took | per s | answer p50 / p99 / max "
+        "ms | gateway errors | machine errors | dropped by the kernel | "
+        "others' CPU | gateway / clients CPU |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, d in res["data"].items():
-        for r in d["runs"]:
-            o = r["open"]
-            lat = o["latency_ms"]
-            tcp = o["tcp"]
-            lines.append(
-                f"| {name} | {r['round']} | {o['opened']} | {o['seconds']:.1f} s | "
-                f"{o['opened'] / o['seconds']:.0f} | "
-                + " / ".join(f"{lat[q]:.0f}" if lat[q] is not None else "-"
-                             for q in ("p50", "p99", "max"))
-                + f" | {o['gateway_errors']} | "
-                + (", ".join(f"{k} {v}" for k, v in o["machine_errors"].items()) or "0")
-                + f" | {tcp.get('ListenDrops', 0)} | "
-                f"{o['machine']['foreign_pct']:.0f}%{' (disturbed)' if o['disturbed'] else ''}"
-                f" | {o['machine']['gateway_pct']:.0f}% / {o['machine']['clients_pct']:.0f}% |")
+    lines += [_storm_row(name, r) for name, d in res["data"].items()
+              for r in d["runs"]]
     ratios = res.get("open_ratios")
     if ratios:
+        undisturbed = (f"{ratios['undisturbed']:.2f}x"
+                       if ratios["undisturbed"] else "none")
         lines += ["", "Opening time, mosn / map in the same round: "
                   + ", ".join(f"{x:.2f}" for x in ratios["per_round"])
-                  + f"; median **{ratios['median']:.2f}x** (target <= {OPEN_TARGET}); over "
-                  f"the {ratios['undisturbed_rounds']} round(s) in which neither opening was "
-                  "disturbed: " + (f"{ratios['undisturbed']:.2f}x" if ratios["undisturbed"]
-                                   else "none")]
+                  + f"; median **{ratios['median']:.2f}x** (target <= "
+                  f"{OPEN_TARGET}); over the "
+                  f"{ratios['undisturbed_rounds']} round(s) in which "
+                  "neither opening was disturbed: " + undisturbed]
     lines += [
         "",
-        "Answer: from connect() to the whole answer of the routed request. Gateway "
-        "errors: the server refused, reset or closed a connection, or gave no or a "
-        "wrong answer (first ones below). Machine errors: socket(), bind() or connect() "
-        "failed at once, before any packet left (EADDRNOTAVAIL: no free ephemeral port "
-        "for the source address; EMFILE/ENFILE: file limits): this machine's, not "
-        "counted against the gateway. Dropped by the kernel: the machine's "
-        "ListenDrops during the opening (handshakes dropped at a full listen queue; the "
-        "client retries them, so they cost time, not errors; other work on the machine "
-        "counts there too). CPU in % of one core over the opening.",
+        "Answer: from connect() to the whole answer of the routed request. "
+        "Gateway errors: the server refused, reset or closed a connection, "
+        "or gave no or a wrong answer (first ones below). Machine errors: "
+        "socket(), bind() or connect() failed at once, before any packet "
+        "left (EADDRNOTAVAIL: no free ephemeral port for the source "
+        "address; EMFILE/ENFILE: file limits): this machine's, not counted "
+        "against the gateway. Dropped by the kernel: the machine's "
+        "ListenDrops during the opening (handshakes dropped at a full "
+        "listen queue; the client retries them, so they cost time, not "
+        "errors; other work on the machine counts there too). CPU in % of "
+        "one core over the opening.",
         "",
     ]
-    for name, s in summary.items():
-        for e in s["errors"]["first_errors"]:
-            lines.append(f"- {name}: {e}")
-    lines += [
-        "",
+    lines += [f"- {name}: {e}" for name, s in res["summary"].items()
+              for e in s["errors"]["first_errors"]]
+    lines.append("")
+    return lines
+
+
+def _throughput_row(name, s):
+    u, cpu = s["undisturbed"], s["cpu"]
+    undisturbed = f"{u['ratio']:.3f}x" if u["ratio"] else "-"
+    control = (f"{s['control']:.0f} | {s['ratio_control']:.3f}x |"
+               if s.get("control") else "- | - |")
+    per_run = ", ".join(f"{x:.3f}" for x in s["ratio_per_run"])
+    return (f"| {name} | {s['opened']:.0f} | {s['without']:.0f} | "
+            f"{s['with']:.0f} | **{s['ratio']:.3f}x** | {per_run} | "
+            f"{undisturbed} | {s['p99_ms']['without']:.2f} / "
+            f"{s['p99_ms']['with']:.2f} | "
+            f"{cpu['without'][0]:.0f}+{cpu['without'][1]:.0f} / "
+            f"{cpu['with'][0]:.0f}+{cpu['with'][1]:.0f} | {control}")
+
+
+def _round_row(name, r):
+    w, x = r["without"]["machine"], r["with"]["machine"]
+    control = f"{r['control']['rps']:.0f}" if "control" in r else "-"
+    return (f"| {name} | {r['round']} | {r['order']} | "
+            f"{r['without']['rps']:.0f} | {r['with']['rps']:.0f} | "
+            f"{r['with']['rps'] / r['without']['rps']:.3f} | {control} | "
+            f"{w['foreign_pct']:.0f} / {x['foreign_pct']:.0f} | "
+            f"{w['steal_pct']:.0f} / {x['steal_pct']:.0f} | "
+            f"{w['quiet_waited_s']:.0f} / {x['quiet_waited_s']:.0f} | "
+            f"{len(r['without']['disturbed_attempts'])} / "
+            f"{len(r['with']['disturbed_attempts'])} |")
+
+
+def _throughput_section(res):
+    quiet = 2 * res["settings"]["quiet_limit"]
+    lines = [
         "## Throughput beside the idle connections",
         "",
-        "| gateway | idle conns | req/s without | req/s with | with/without | per round | "
-        "undisturbed runs only | p99 ms without / with | nginx+Python CPU % without / "
-        "with | req/s control | with/control |",
+        "| gateway | idle conns | req/s without | req/s with | with/without "
+        "| per round | undisturbed runs only | p99 ms without / with | "
+        "nginx+Python CPU % without / with | req/s control | with/control |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, s in summary.items():
-        u = s["undisturbed"]
-        lines.append(
-            f"| {name} | {s['opened']:.0f} | {s['without']:.0f} | {s['with']:.0f} | "
-            f"**{s['ratio']:.3f}x** | {', '.join(f'{x:.3f}' for x in s['ratio_per_run'])} | "
-            + (f"{u['ratio']:.3f}x" if u["ratio"] else "-") + " | "
-            f"{s['p99_ms']['without']:.2f} / {s['p99_ms']['with']:.2f} | "
-            f"{s['cpu']['without'][0]:.0f}+{s['cpu']['without'][1]:.0f} / "
-            f"{s['cpu']['with'][0]:.0f}+{s['cpu']['with'][1]:.0f} | "
-            + (f"{s['control']:.0f} | {s['ratio_control']:.3f}x |" if s.get("control")
-               else "- | - |"))
+    lines += [_throughput_row(name, s)
+              for name, s in res["summary"].items()]
     lines += [
         "",
         "req/s and p99 are medians over the rounds (target with/without >= "
-        f"{RATIO_TARGET}); \"undisturbed\" is the same over the runs during which "
-        f"others used < {2 * a['quiet_limit']:.0f}% of a core. Control: the same "
-        "connections held by ANOTHER nginx (a plain map instance) while wrk loads the "
-        "gateway: what holding that many sockets costs the machine; with/control is "
-        "the gateway's own share.",
+        f"{RATIO_TARGET}); \"undisturbed\" is the same over the runs during "
+        f"which others used < {quiet:.0f}% of a core. Control: the same "
+        "connections held by ANOTHER nginx (a plain map instance) while wrk "
+        "loads the gateway: what holding that many sockets costs the "
+        "machine; with/control is the gateway's own share.",
         "",
-        "| gateway | round | order | req/s without | req/s with | ratio | req/s control | "
-        "others' CPU % without / with | steal % | waited for quiet s | set aside |",
+        "| gateway | round | order | req/s without | req/s with | ratio | "
+        "req/s control | others' CPU % without / with | steal % | waited "
+        "for quiet s | set aside |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, d in res["data"].items():
-        for r in d["runs"]:
-            w, x = r["without"]["machine"], r["with"]["machine"]
-            lines.append(
-                f"| {name} | {r['round']} | {r['order']} | {r['without']['rps']:.0f} | "
-                f"{r['with']['rps']:.0f} | {r['with']['rps'] / r['without']['rps']:.3f} | "
-                + (f"{r['control']['rps']:.0f}" if "control" in r else "-")
-                + f" | {w['foreign_pct']:.0f} / {x['foreign_pct']:.0f} | "
-                f"{w['steal_pct']:.0f} / {x['steal_pct']:.0f} | "
-                f"{w['quiet_waited_s']:.0f} / {x['quiet_waited_s']:.0f} | "
-                f"{len(r['without']['disturbed_attempts'])} / "
-                f"{len(r['with']['disturbed_attempts'])} |")
-    lines += [
-        "",
+    lines += [_round_row(name, r) for name, d in res["data"].items()
+              for r in d["runs"]]
+    lines.append("")
+    return lines
+
+
+def _rest_section(res):
+    lines = [
         "## At rest with the connections held",
         "",
         "No load, 5 s, first round, % of one core:",
         "",
-        "| gateway | gateway CPU without / with | clients holding them | rest of the "
-        "machine without / with |",
+        "| gateway | gateway CPU without / with | clients holding them | "
+        "rest of the machine without / with |",
         "| --- | --- | --- | --- |",
     ]
-    for name, s in summary.items():
+    for name, s in res["summary"].items():
         a0, b0 = s["rest"]["without"], s["rest"]["with"]
         if a0 and b0:
             lines.append(
-                f"| {name} | {a0['gateway_pct']:.3f} / {b0['gateway_pct']:.3f} | "
-                f"{b0['clients_pct']:.3f} | {a0['others_pct']:.1f} / {b0['others_pct']:.1f} |")
-    lines += [
-        "",
+                f"| {name} | {a0['gateway_pct']:.3f} / "
+                f"{b0['gateway_pct']:.3f} | {b0['clients_pct']:.3f} | "
+                f"{a0['others_pct']:.1f} / {b0['others_pct']:.1f} |")
+    lines.append("")
+    return lines
+
+
+def _memory_row(name, s):
+    slot = s.get("prealloc_bytes_per_slot")
+    rss, pss = s["nginx_kb"]["rss"], s["nginx_kb"]["pss"]
+    slot = f"{slot:.0f} B" if slot is not None else "-"
+    return (f"| {name} | {fmt_kb(rss[0])} -> {fmt_kb(rss[1])} | "
+            f"{s['nginx_bytes_per_conn_rss'] / 1024:.2f} KB | "
+            f"{fmt_kb(pss[0])} -> {fmt_kb(pss[1])} | "
+            f"{s['nginx_bytes_per_conn_pss'] / 1024:.2f} KB | {slot} | "
+            f"{s['kernel_slab_bytes_per_socket'] / 1024:.2f} KB |")
+
+
+def _memory_section(res):
+    summary, plan = res["summary"], res["plan"]
+    later = "; ".join(
+        f"{name} " + ", ".join(f"{x:.0f}" for x in
+                               s["nginx_bytes_per_conn_rss_per_round"])
+        + " B" for name, s in summary.items())
+    per_worker = "; ".join(
+        f"{name} {min(s['conns_per_worker'])}..{max(s['conns_per_worker'])}"
+        for name, s in summary.items())
+    return [
         "## Memory per idle connection",
         "",
-        "| gateway | nginx workers RSS before -> after | per conn (RSS) | Pss before -> "
-        "after | per conn (Pss) | preallocated per worker_connections slot | kernel "
-        "slab per socket |",
+        "| gateway | nginx workers RSS before -> after | per conn (RSS) | "
+        "Pss before -> after | per conn (Pss) | preallocated per "
+        "worker_connections slot | kernel slab per socket |",
         "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for name, s in summary.items():
-        slot = s.get("prealloc_bytes_per_slot")
-        rss, pss = s["nginx_kb"]["rss"], s["nginx_kb"]["pss"]
-        lines.append(
-            f"| {name} | {fmt_kb(rss[0])} -> {fmt_kb(rss[1])} | "
-            f"{s['nginx_bytes_per_conn_rss'] / 1024:.2f} KB | {fmt_kb(pss[0])} -> "
-            f"{fmt_kb(pss[1])} | {s['nginx_bytes_per_conn_pss'] / 1024:.2f} KB | "
-            + (f"{slot:.0f} B" if slot is not None else "-")
-            + f" | {s['kernel_slab_bytes_per_socket'] / 1024:.2f} KB |")
-    lines += [
+        *(_memory_row(name, s) for name, s in summary.items()),
         "",
-        "Per conn = (sum over the nginx workers after opening - before) / connections "
-        "opened, first round (later rounds reuse what nginx kept: "
-        + "; ".join(f"{name} " + ", ".join(f"{x:.0f}" for x in
-                                          s["nginx_bytes_per_conn_rss_per_round"]) + " B"
-                    for name, s in summary.items())
-        + "). nginx allocates its connection and event arrays for all worker_connections "
-        "at start; the preallocated column prices them (workers' RSS at "
-        f"worker_connections {plan['worker_connections']} minus at 1024, per slot). "
-        "Kernel slab: /proc/meminfo Slab after - before over both ends of each loopback "
-        "connection; other work on the machine moves it too. Connections per nginx "
-        "worker (fds, first round): "
-        + "; ".join(f"{name} {min(s['conns_per_worker'])}..{max(s['conns_per_worker'])}"
-                    for name, s in summary.items()) + ".",
+        "Per conn = (sum over the nginx workers after opening - before) / "
+        "connections opened, first round (later rounds reuse what nginx "
+        f"kept: {later}). nginx allocates its connection and event arrays "
+        "for all worker_connections at start; the preallocated column "
+        "prices them (workers' RSS at worker_connections "
+        f"{plan['worker_connections']} minus at 1024, per slot). Kernel "
+        "slab: /proc/meminfo Slab after - before over both ends of each "
+        "loopback connection; other work on the machine moves it too. "
+        f"Connections per nginx worker (fds, first round): {per_worker}.",
         "",
     ]
-    mosn = summary.get("mosn")
-    if mosn:
-        py = mosn["python_rss_kb"]
-        lines += [
-            "## Python does not grow with connections",
-            "",
-            f"Python processes (supervisor, workers, admin), RSS sum: {fmt_kb(py['start'])} "
-            f"at start, {fmt_kb(py['before'])} before opening, {fmt_kb(py['after_open'])} "
-            f"with {mosn['opened']:.0f} connections held, {fmt_kb(py['after_load'])} "
-            f"after the wrk run beside them, {fmt_kb(py['last_after_load'])} after the "
-            "last round.",
-            "",
-        ]
-    mil = res["million"]
-    lines += [
+
+
+def _python_section(res):
+    mosn = res["summary"].get("mosn")
+    if not mosn:
+        return []
+    py = mosn["python_rss_kb"]
+    return [
+        "## Python does not grow with connections",
+        "",
+        "Python processes (supervisor, workers, admin), RSS sum: "
+        f"{fmt_kb(py['start'])} at start, {fmt_kb(py['before'])} before "
+        f"opening, {fmt_kb(py['after_open'])} with {mosn['opened']:.0f} "
+        f"connections held, {fmt_kb(py['after_load'])} after the wrk run "
+        f"beside them, {fmt_kb(py['last_after_load'])} after the last "
+        "round.",
+        "",
+    ]
+
+
+def _million_section(res):
+    mil, lim = res["million"], res["limits"]
+    lines = [
         "## One million connections, extrapolated",
         "",
-        "Assumptions: the figures above scale linearly; each connection idle after a "
-        "small request; worker_connections with 20% headroom; clients on other machines "
-        "(only the server's socket counted in the kernel).",
+        "Assumptions: the figures above scale linearly; each connection "
+        "idle after a small request; worker_connections with 20% headroom; "
+        "clients on other machines (only the server's socket counted in "
+        "the kernel).",
         "",
-        "| gateway | nginx per-connection memory | preallocated slots (1.2M) | "
-        "kernel sockets | total |",
+        "| gateway | nginx per-connection memory | preallocated slots "
+        "(1.2M) | kernel sockets | total |",
         "| --- | --- | --- | --- | --- |",
     ]
     for name, g in mil["per_gateway"].items():
         lines.append(f"| {name} | {g['nginx_conn_memory_mb']:.0f} MB | "
-                     f"{g['nginx_slot_memory_mb']:.0f} MB | {g['kernel_memory_mb']:.0f} MB | "
+                     f"{g['nginx_slot_memory_mb']:.0f} MB | "
+                     f"{g['kernel_memory_mb']:.0f} MB | "
                      f"**{g['total_mb'] / 1024:.2f} GB** |")
-    lines += [
+    return lines + [
         "",
-        f"- File descriptors: about {mil['fds']} on the server. At this machine's "
-        f"per-process limit ({lim['nofile_hard']}) that is at least "
-        f"{mil['workers_at_this_nofile']} nginx workers; with the hard limit raised "
-        f"(fs.nr_open {lim['fs.nr_open']}), e.g. 16 workers with worker_rlimit_nofile "
+        f"- File descriptors: about {mil['fds']} on the server. At this "
+        f"machine's per-process limit ({lim['nofile_hard']}) that is at "
+        f"least {mil['workers_at_this_nofile']} nginx workers; with the "
+        f"hard limit raised (fs.nr_open {lim['fs.nr_open']}), e.g. 16 "
+        "workers with worker_rlimit_nofile "
         f"{mil['nofile_per_worker_if_raised']}.",
-        "- Idle connections cost the gateway no CPU (above; bench/results/idle.md), so "
-        "nginx workers follow the fd limit and the request rate, and Python workers "
-        "the request rate only.",
-        f"- Clients: one source address carries at most {mil['ports_per_address']} "
-        f"connections to one ip:port (fewer while other processes on the machine hold "
-        f"ephemeral ports), so a million need >= {mil['client_source_addresses']} "
-        "source addresses (or several listen addresses or ports).",
+        "- Idle connections cost the gateway no CPU (above; "
+        "bench/results/idle.md), so nginx workers follow the fd limit and "
+        "the request rate, and Python workers the request rate only.",
+        "- Clients: one source address carries at most "
+        f"{mil['ports_per_address']} connections to one ip:port (fewer "
+        "while other processes on the machine hold ephemeral ports), so a "
+        f"million need >= {mil['client_source_addresses']} source addresses "
+        "(or several listen addresses or ports).",
         "",
         "## Checks",
         "",
         *res["checks"],
         "",
     ]
-    return "\n".join(lines)
 
 
 def fmt_kb(kb):
@@ -1261,8 +1328,8 @@ def main():
     argv = sys.argv[1:]
     if "--out" in argv:
         del argv[argv.index("--out"):argv.index("--out") + 2]
-    command = "python bench/scale.py" + (" " + shlex.join(argv) if argv else "")
-    load_before = idle.loadavg()
+    command = report.command(__spec__.name, argv)
+    load_before = procs.loadavg()
     print(f"load average {load_before}; limits {lim}")
     print(f"plan: {plan['clients']} clients x {plan['sources_per_client']} source addresses, "
           f"worker_connections {plan['worker_connections']}", flush=True)
@@ -1275,7 +1342,7 @@ def main():
     try:
         with gateways.running(gateways.sites_gateway(settings), settings,
                               workers=1) as sites_live:
-            SITES.update(idle.gateway_processes(sites_live))
+            SITES.update(procs.gateway_processes(sites_live.nginx.pgid))
             data = measure(args, plan, settings, workdir)
     except (gateways.GatewayError, peers.RoutingError, RuntimeError) as e:
         sys.exit(f"*** FAIL: {e}")
@@ -1286,7 +1353,7 @@ def main():
     res = {
         "command": command, "date": started, "machine": info, "limits": lim,
         "build": build, "plan": plan, "load_before": load_before,
-        "load_after": idle.loadavg(),
+        "load_after": procs.loadavg(),
         "settings": {k: getattr(args, k) for k in
                      ("connections", "quick", "runs", "duration", "warmup", "workers",
                       "mosn_workers", "open_concurrency", "quiet_limit", "quiet_wait",
@@ -1304,9 +1371,7 @@ def finish(res, out):
     check_lines, worst = checks(summary, ratios, a["connections"])
     res.update(summary=summary, open_ratios=ratios, checks=check_lines,
                million=million(summary, res["limits"]))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scale.json").write_text(json.dumps(res, indent=1) + "\n")
-    (out / "scale.md").write_text(report_md(res))
+    report.write(out, "scale", report_md(res), res, indent=1)
     print()
     for name, s in summary.items():
         print(f"{name}: {s['opened']:.0f} opened in {s['open_seconds']:.1f} s (median); "
@@ -1331,7 +1396,7 @@ def rerender(path, out):
     res = json.loads(Path(path).read_text())
     for key in ("summary", "open_ratios", "checks", "million"):
         res.pop(key, None)
-    res["rendered"] = ("python bench/scale.py --from-json " + str(path)
+    res["rendered"] = ("python -m bench.scale_bench --from-json " + str(path)
                        + (f" --out {out}" if out else ""))
     finish(res, Path(out) if out else Path(path).parent)
 

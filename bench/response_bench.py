@@ -7,17 +7,17 @@ trip, the response held meanwhile), beside plain nginx `map`.  Same load
 (wrk, bench/uid.lua), interleaved rounds, medians; the report is
 bench/results/response.md and response.json.
 
-    python3 bench/response.py [--runs 5] [--duration 10]   (run.py's options)
+    python -m bench.response_bench [--runs 5] [--duration 10]   (peers_bench's options)
 """
 
 import http.client
 import json
-import shlex
 import sys
 from pathlib import Path
 
-import gateways
-import run
+import bench.report
+from bench import gateways
+from bench import peers_bench as run
 
 PAIR = ("mosn", "mosn_senders")
 BODY_SECTION = "## Response bodies"
@@ -62,8 +62,7 @@ def settings_for(args, workdir):
 
 
 def report(args, summary, runs, info, started):
-    command = "python3 bench/response.py" + (
-        " " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
+    command = bench.report.command(__spec__.name)
     one, two = (summary.get(name) for name in PAIR)
     lines = run.report_head("The response phase: what a sender filter costs",
                             command, args, info, started) + [
@@ -96,7 +95,7 @@ def report(args, summary, runs, info, started):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "response.md"
-    # the body comparison's section (bench/response_body.py) stays
+    # the body comparison's section (bench/response_body_bench.py) stays
     old = path.read_text() if path.exists() else ""
     if BODY_SECTION in old:
         lines += [old[old.index(BODY_SECTION):].rstrip("\n"), ""]

@@ -9,15 +9,14 @@ document untouched (the ceiling), and this project's filter once more with
 a plain search instead of a regular expression (what the filter's own scan
 costs).  wrk on "/", interleaved rounds, medians;
 the report is the "Response bodies" section of bench/results/response.md
-(the rest of that file is bench/response.py's) and response_body.json.
+(the rest of that file is bench/response_bench.py's) and response_body.json.
 
-    python3 bench/response_body.py [--runs 5] [--duration 10]
+    python -m bench.response_body_bench [--runs 5] [--duration 10]
 """
 
 import argparse
 import datetime
 import json
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -27,8 +26,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import gateways
-import run
+import bench.report
+from bench import gateways, procs
+from bench import peers_bench as run
 
 BENCH = Path(__file__).resolve().parent
 PORT = 3001                 # the gateways listen on --port, + 1, ...
@@ -167,23 +167,6 @@ def wrk(args, port, seconds):
     return run.parse_wrk(done.stdout, uid_mix=False)
 
 
-def cpu_by_role(pgids):
-    """CPU seconds used so far by the gateway's nginx processes and by its
-    Python ones (supervisor and workers)."""
-    stats = gateways._all_stats()
-    used = {"nginx": 0.0, "python": 0.0}
-    for pid in gateways.descendants(pgids, stats):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        role = "python" if b"pyworker" in argv else "nginx"
-        fields = stats[pid]
-        used[role] += (int(fields[11]) + int(fields[12])) \
-            / gateways.CLOCK_TICKS
-    return used
-
-
 def measure(args, gateway, settings, text):
     prefix = settings.workdir / gateway.name
     with gateways.running(gateway, settings) as live:
@@ -191,11 +174,11 @@ def measure(args, gateway, settings, text):
         if args.warmup > 0:
             wrk(args, gateway.port, args.warmup)
         groups = {live.nginx.pgid}
-        before = cpu_by_role(groups)
+        before = procs.gateway_cpu(groups)
         started = time.monotonic()
         result = wrk(args, gateway.port, args.duration)
         elapsed = time.monotonic() - started
-        after = cpu_by_role(groups)
+        after = procs.gateway_cpu(groups)
         used = {k: after[k] - before[k] for k in after}
         result["cpu_pct"] = 100 * sum(used.values()) / elapsed
         # CPU microseconds per request, nginx's and Python's
@@ -242,8 +225,7 @@ def table(summary):
 
 
 def report(args, summary, runs, info, started, load):
-    command = "python3 bench/response_body.py" + (
-        " " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
+    command = bench.report.command(__spec__.name)
     body, heads, lua, only = (summary[n] for n in (
         "mosn_body", "mosn_headers", "lua_body", "mosn_body_only"))
     target = only["rps"] / lua["rps"]

@@ -1,6 +1,6 @@
 """Benchmark the project's gateway against its peers on the same routing job.
 
-    python3 bench/run.py [--duration 10] [--runs 3] [--only map,lua] [--out DIR]
+    python -m bench.peers_bench [--duration 10] [--runs 3] [--only map,lua] [--out DIR]
 
 For every round, for every gateway: start it (and its helper), check that it
 routes the worked example correctly, warm up, run wrk with bench/uid.lua, and
@@ -11,11 +11,8 @@ See bench/README.md.
 """
 import argparse
 import datetime
-import json
 import os
-import platform
 import re
-import shlex
 import shutil
 import signal
 import statistics
@@ -27,9 +24,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-sys.dont_write_bytecode = True  # keep bench/ free of __pycache__
-import gateways  # noqa: E402
-from gateways import GatewayError  # noqa: E402
+from bench import gateways, procs, report
+from bench.gateways import GatewayError
 
 BENCH = gateways.BENCH
 BASELINE = "map"
@@ -199,11 +195,11 @@ def measure(args, gateway, settings):
         hits_before = site_hits(settings)
         nginx_groups = {live.nginx.pgid}
         helper_groups = {h.pgid for h in live.helpers}
-        cpu_before = (gateways.cpu_seconds(nginx_groups), gateways.cpu_seconds(helper_groups))
+        cpu_before = (procs.cpu_seconds(nginx_groups), procs.cpu_seconds(helper_groups))
         started = time.monotonic()
         result = parse_wrk(run_wrk(args, gateway.port, args.duration))
         elapsed = time.monotonic() - started
-        cpu_after = (gateways.cpu_seconds(nginx_groups), gateways.cpu_seconds(helper_groups))
+        cpu_after = (procs.cpu_seconds(nginx_groups), procs.cpu_seconds(helper_groups))
         time.sleep(FLUSH_WAIT)
         hits_after = site_hits(settings)
     hits = {s: hits_after[s] - hits_before[s] for s in hits_after}
@@ -256,26 +252,7 @@ def table(summary):
 
 
 def machine(args):
-    def first_line(argv):
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-            return (done.stdout + done.stderr).strip().splitlines()[0]
-        except (OSError, IndexError, subprocess.SubprocessError):
-            return "unknown"
-
-    model = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return {
-        "nproc": first_line(["nproc"]),
-        "cpu": model,
-        "kernel": platform.release(),
-        "nginx": first_line([args.nginx, "-v"]),
-        "wrk": first_line([args.wrk, "-v"]).split(" [")[0],
-        "python": platform.python_version(),
-    }
+    return report.machine(nginx=args.nginx, wrk=args.wrk)
 
 
 def write_chart(summary, path, subtitle):
@@ -304,7 +281,7 @@ def write_chart(summary, path, subtitle):
 
 def write_report(args, out, summary, runs, skipped, failed, info, started):
     out.mkdir(parents=True, exist_ok=True)
-    command = "python3 bench/run.py" + ("" if not sys.argv[1:] else " " + shlex.join(sys.argv[1:]))
+    command = report.command(__spec__.name)
     load = (f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency "
             f"-s bench/uid.lua; {args.runs} interleaved run(s) per gateway after a "
             f"{args.warmup}s warm-up; nginx worker_processes {args.workers}; "
@@ -329,14 +306,13 @@ def write_report(args, out, summary, runs, skipped, failed, info, started):
     if notes:
         md += ["", "Not measured:", "", *notes]
     md += ["", "![requests per second](peers.png)", ""]
-    (out / "peers.md").write_text("\n".join(md))
-    (out / "peers.json").write_text(json.dumps({
+    report.write(out, "peers", "\n".join(md), {
         "command": command, "date": started, "machine": info, "load": load,
         "settings": {k: getattr(args, k) for k in
                      ("duration", "runs", "warmup", "threads", "connections",
                       "workers", "site_workers")},
         "summary": summary, "runs": runs, "skipped": skipped, "failed": failed,
-    }, indent=2) + "\n")
+    })
     chart = out / "peers.png"
     if summary:
         write_chart(summary, chart,
@@ -454,7 +430,7 @@ def bench(args, workdir, chosen=None):
 
 
 def bench_these(args, chosen_for, check=None):
-    """run.py's rounds over the (name, gateway) pairs chosen_for(workdir)
+    """peers_bench's rounds over the (name, gateway) pairs chosen_for(workdir)
     gives, in a work directory of their own; check(args, workdir) runs
     first.  For the scripts that compare variants of one gateway.
     Returns (summary, runs, machine info, start time)."""

@@ -22,34 +22,31 @@ prefix, three (set B) another, each holding app ``test``.
 
 Writes bench/results/fleet.md and fleet.json.
 
-    python3 bench/fleet.py [--changes 200] [--rounds 5] [--duration 8]
+    python -m bench.fleet_bench [--changes 200] [--rounds 5] [--duration 8]
 """
 
 import argparse
 import asyncio
 import json
 import os
-import platform
 import re
-import shlex
 import statistics
 import subprocess
-import sys
 import threading
 import time
 import http.client
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path.insert(0, str(REPO / "tests"))
+import bench.report
+from bench import CHECKOUT
+from bench.procs import children, pids_of, process_cpu, wait_for
+from fleet import FLEET_HTTP, PREFIX, Etcd, Sites, app_value, etcd_mosn
+from gateway import Gateway, MODULE
+from pyworker.discovery.etcdwire import PUT, PutRequest, PutResponse
+from pyworker.discovery.grpcchannel import Channel
 
-from fleet import (FLEET_HTTP, PREFIX, Etcd, Sites, app_value,  # noqa: E402
-                   etcd_mosn)
-from gateway import Gateway, MODULE, pids_of, wait_for  # noqa: E402
-
-from pyworker.discovery.etcdwire import PUT, PutRequest, PutResponse  # noqa
-from pyworker.discovery.grpcchannel import Channel  # noqa: E402
+BENCH = Path(CHECKOUT) / "bench"
+REPO = Path(CHECKOUT)
 
 APP_KEY = PREFIX + "test"
 PREFIX_B = "/bench/apps-b/"
@@ -253,32 +250,6 @@ def parse(text):
             "socket_errors": sum(map(int, sock.groups())) if sock else 0}
 
 
-def cpu_seconds(pids):
-    total = 0
-    for pid in pids:
-        try:
-            with open("/proc/%d/stat" % pid) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError, ValueError):
-            pass
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def children(parent):
-    """Pids of the live children of ``parent``."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open("/proc/%s/stat" % entry) as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == parent:
-                        out.append(int(entry))
-            except (OSError, ValueError, IndexError):
-                pass
-    return out
-
-
 def discovery_pids(gw):
     return pids_of("pyworker discover --shm /" + gw.shm)
 
@@ -300,7 +271,7 @@ def roles(fleet, clients=()):
 
 
 def cpu_by_role(role_pids):
-    return {role: cpu_seconds(pids) for role, pids in role_pids.items()}
+    return {role: process_cpu(pids) for role, pids in role_pids.items()}
 
 
 def generations(gws):
@@ -455,22 +426,8 @@ def cost(fleet, args):
 
 
 def machine():
-    def first(argv):
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True,
-                                  timeout=10)
-            return (done.stdout + done.stderr).strip().splitlines()[0]
-        except (OSError, IndexError, subprocess.SubprocessError):
-            return "unknown"
-    model = next((line.split(":", 1)[1].strip() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "unknown")
-    return {"nproc": first(["nproc"]), "cpu": model,
-            "kernel": platform.release(), "nginx": first(["nginx", "-v"]),
-            "etcd": first(["etcd", "--version"]),
-            "wrk": first(["wrk", "-v"]).split(" [")[0],
-            "python": platform.python_version(),
-            "loadavg": Path("/proc/loadavg").read_text().strip()}
+    return dict(bench.report.machine(etcd=["etcd", "--version"]),
+                loadavg=Path("/proc/loadavg").read_text().strip())
 
 
 def med(values):
@@ -482,8 +439,7 @@ def report(args, info, started, prop, runs, costs, elapsed, load_after):
     lines = [
         "# A fleet on one machine: etcd and six gateways",
         "",
-        "Command: `%s`  " % ("python3 bench/fleet.py" + (
-            " " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")),
+        "Command: `%s`  " % bench.report.command(__spec__.name),
         "Date: %s, %.0f s  " % (started, elapsed),
         "Machine: %s CPUs (%s), Linux %s, %s, %s, %s, Python %s  "
         % (info["nproc"], info["cpu"], info["kernel"], info["nginx"],

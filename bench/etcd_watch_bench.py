@@ -17,7 +17,7 @@ aetcd, grpclib (and aetcd's protobuf modules, which the grpcio and
 grpclib clients use) are not dependencies of the gateway: a client whose
 library is missing is skipped.
 
-    python3 bench/etcd_watch.py [--clients channel,channel:0.05,aetcd]
+    python -m bench.etcd_watch_bench [--clients channel,channel:0.05,aetcd]
         [--changes 500] [--rate 100] [--runs 3]
 """
 
@@ -31,8 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH.parent / "tests"))
+from bench import CHECKOUT, report
 
 KEY = b"/bench/watch/"
 END = b"/bench/watch0"
@@ -151,8 +150,8 @@ def measure(kind, etcd, args):
     from pyworker.discovery.grpcchannel import Channel
     host, port = etcd.endpoints[0].rsplit(":", 1)
     client = subprocess.Popen(
-        [sys.executable, __file__, "--follow", kind, host, port,
-         str(args.changes)], stdout=subprocess.PIPE, text=True)
+        [sys.executable, "-m", __spec__.name, "--follow", kind, host, port,
+         str(args.changes)], cwd=CHECKOUT, stdout=subprocess.PIPE, text=True)
     try:
         assert client.stdout.readline().strip() == "ready", kind
 
@@ -207,8 +206,7 @@ def main():
     finally:
         etcd.close()
     print()
-    print("Command: `python3 bench/etcd_watch.py %s`  "
-          % " ".join(sys.argv[1:]))
+    print("Command: `%s`  " % report.command(__spec__.name))
     print("Load average before: %s; after: %s  " % (
         load, Path("/proc/loadavg").read_text().strip()))
     print("%d changes at %g a second, %d interleaved runs%s" % (

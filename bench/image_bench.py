@@ -2,7 +2,7 @@
 machine with no container registry in reach: the base made by debootstrap,
 then the Dockerfile built by buildah.
 
-    python3 bench/image.py [--runs N] [--out bench/results/image.md]
+    python -m bench.image_bench [--runs N] [--out bench/results/image.md]
 
 As root, with buildah and debootstrap (make setup installs them). It
 times:
@@ -145,7 +145,7 @@ def main():
     if args.sizes_only:
         return sizes_only(args)
     if os.geteuid() != 0:
-        sys.exit("bench/image.py runs as root (buildah, debootstrap)")
+        sys.exit("bench/image_bench.py runs as root (buildah, debootstrap)")
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds")
     facts = machine()
@@ -182,7 +182,7 @@ def main():
     lines = [
         "# The Debian image: size and build time",
         "",
-        "Command: `python3 bench/image.py"
+        "Command: `python -m bench.image_bench"
         + (f" --runs {args.runs}" if args.runs != 2 else "") + "` (as root)  ",
         f"Date: {started}  ",
         f"Machine: {facts['nproc']} CPUs ({facts['cpu']}), "
@@ -262,7 +262,7 @@ def sizes_only(args):
     lines = [
         "# The Debian image: size",
         "",
-        "Command: `python3 bench/image.py --sizes-only` (as root), after "
+        "Command: `python -m bench.image_bench --sizes-only` (as root), after "
         "`make test-image` built the image and its build stage  ",
         f"Date: {started}  ",
         f"Machine: {facts['nproc']} CPUs ({facts['cpu']}), "
