@@ -284,7 +284,8 @@ def bench(args, workdir):
     settings = gateways.Settings(
         workdir=workdir, nginx=args.nginx,
         modules=runner.modules_dir(args.nginx), workers=1,
-        site_ports={"s1a": site, "s1b": procs.free_port(), "s2": procs.free_port(),
+        site_ports={"s1a": site, "s1b": procs.free_port(),
+                    "s2": procs.free_port(),
                     "s3": procs.free_port()})
     authz_port = procs.free_port()
     service = gateways.Gateway(
@@ -292,7 +293,8 @@ def bench(args, workdir):
         ports=[authz_port],
         template=(PEERS / "authz_service.conf").read_text(),
         extra={"delay_s": "%g" % (args.delay_ms / 1000)})
-    ports = {name: procs.free_port() for name in ("mosn", "auth_request", "lua")}
+    ports = {name: procs.free_port()
+             for name in ("mosn", "auth_request", "lua")}
     runs = []
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(services.RedisServer())

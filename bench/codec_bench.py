@@ -75,7 +75,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=200000)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--out", default=os.path.join(CHECKOUT, "bench", "results"))
+    ap.add_argument("--out",
+                    default=os.path.join(CHECKOUT, "bench", "results"))
     opts = ap.parse_args()
     region, consumer, producer = ring()
     flat = flat_case(consumer, producer)

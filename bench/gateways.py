@@ -2,13 +2,15 @@
 
 A gateway is an nginx config template plus the helper processes it needs (a
 Python service for some peers) and a readiness check (its ports accept). The
-runner (bench/peers_bench.py) renders, starts, measures and stops them one at a time.
+runner (bench/peers_bench.py) renders, starts, measures and stops them one
+at a time.
 
 Templates use `@name` placeholders (nginx configs are full of `$`):
 common ones filled here for every gateway are @prefix, @workers, @port,
 @modules, @user_line and the site ports @s1a, @s1b, @s2, @s3; a gateway adds
 its own (a socket path, the repository root) in `Gateway.extra`.
 """
+
 import contextlib
 import dataclasses
 import grp
@@ -30,7 +32,7 @@ BENCH = REPO / "bench"
 PEERS = BENCH / "peers"
 
 START_TIMEOUT = 10.0  # seconds for a gateway or helper to accept connections
-STOP_TIMEOUT = 5.0    # seconds for a graceful exit before SIGKILL
+STOP_TIMEOUT = 5.0  # seconds for a graceful exit before SIGKILL
 
 
 class GatewayError(RuntimeError):
@@ -44,6 +46,7 @@ class NginxTemplate(string.Template):
 @dataclasses.dataclass
 class Helper:
     """A process the gateway needs, ready once its unix socket accepts."""
+
     name: str
     argv: list
     socket: str
@@ -53,8 +56,8 @@ class Helper:
 class Gateway:
     name: str
     about: str
-    ports: list                 # the first one is where clients connect
-    template: str               # nginx config text with @placeholders
+    ports: list  # the first one is where clients connect
+    template: str  # nginx config text with @placeholders
     extra: dict = dataclasses.field(default_factory=dict)
     helpers: list = dataclasses.field(default_factory=list)
     env: dict = dataclasses.field(default_factory=dict)
@@ -67,11 +70,12 @@ class Gateway:
 @dataclasses.dataclass
 class Settings:
     """What every rendered config shares."""
+
     workdir: Path
     nginx: str
     modules: str
     workers: int
-    site_ports: dict            # s1a, s1b, s2, s3 -> port
+    site_ports: dict  # s1a, s1b, s2, s3 -> port
 
 
 # --- the registry ---------------------------------------------------------
@@ -93,8 +97,11 @@ def _peer(index, name, about, template, helpers=(), **extra):
 def _service(workdir, name):
     """A Python peer's service (bench/peers/NAME.py) on a unix socket."""
     sock = str(Path(workdir) / f"{name}.sock")
-    return Helper(name, [sys.executable, "-m", f"bench.peers.{name}",
-                         "--socket", sock], sock)
+    return Helper(
+        name,
+        [sys.executable, "-m", f"bench.peers.{name}", "--socket", sock],
+        sock,
+    )
 
 
 def peer_gateways(workdir):
@@ -102,16 +109,27 @@ def peer_gateways(workdir):
     auth = _service(workdir, "auth_service")
     plugin = _service(workdir, "plugin_server")
     return [
-        _peer(0, "map", "nginx regex map, no script (the C ceiling)",
-              "map.conf"),
+        _peer(
+            0, "map", "nginx regex map, no script (the C ceiling)", "map.conf"
+        ),
         _peer(1, "njs", "njs js_set", "njs.conf", peers=str(PEERS)),
         _peer(2, "lua", "LuaJIT set_by_lua_block", "lua.conf"),
-        _peer(3, "auth_request",
-              "auth_request subrequest to aiohttp/uvloop over a unix socket",
-              "auth_request.conf", helpers=[auth], socket=auth.socket),
-        _peer(4, "plugin",
-              "Lua cosocket to a Python plugin server (Kong/APISIX style)",
-              "plugin.conf", helpers=[plugin], socket=plugin.socket),
+        _peer(
+            3,
+            "auth_request",
+            "auth_request subrequest to aiohttp/uvloop over a unix socket",
+            "auth_request.conf",
+            helpers=[auth],
+            socket=auth.socket,
+        ),
+        _peer(
+            4,
+            "plugin",
+            "Lua cosocket to a Python plugin server (Kong/APISIX style)",
+            "plugin.conf",
+            helpers=[plugin],
+            socket=plugin.socket,
+        ),
     ]
 
 
@@ -149,9 +167,16 @@ http {
     mosn_python @python;
     mosn_shm_name @shm;
 
-    upstream s1 { server 127.0.0.1:@s1a; server 127.0.0.1:@s1b; keepalive 64; keepalive_requests 1000000; }
-    upstream s2 { server 127.0.0.1:@s2; keepalive 64; keepalive_requests 1000000; }
-    upstream s3 { server 127.0.0.1:@s3; keepalive 64; keepalive_requests 1000000; }
+    upstream s1 {
+        server 127.0.0.1:@s1a; server 127.0.0.1:@s1b;
+        keepalive 64; keepalive_requests 1000000;
+    }
+    upstream s2 {
+        server 127.0.0.1:@s2; keepalive 64; keepalive_requests 1000000;
+    }
+    upstream s3 {
+        server 127.0.0.1:@s3; keepalive 64; keepalive_requests 1000000;
+    }
     # Only if UNIT gives no site; the runner's routing check under load flags
     # a gateway whose traffic lands here instead of where uid says.
     upstream any {
@@ -189,13 +214,17 @@ def mosn_gateway(workdir):
         return None
     return Gateway(
         name="mosn",
-        about="this project: ngx_http_mosn_module + Python workers over shared memory",
+        about="this project: ngx_http_mosn_module + Python workers over "
+              "shared memory",
         ports=[PEER_PORT + 5],
         template=MOSN_TEMPLATE,
         # the Python that runs this script has the package installed
-        extra={"repo": str(REPO), "python": sys.executable,
-               "mosn_config": str(REPO / "conf" / "mosn.json"),
-               "shm": "mosn_bench"},
+        extra={
+            "repo": str(REPO),
+            "python": sys.executable,
+            "mosn_config": str(REPO / "conf" / "mosn.json"),
+            "shm": "mosn_bench",
+        },
     )
 
 
@@ -210,16 +239,21 @@ def mosn_senders_gateway(workdir):
         for listener in server["listeners"]:
             if listener["name"] == "serverListener":
                 listener["stream_filters"].append(
-                    {"type": "bench_stamp", "module": "senders"})
+                    {"type": "bench_stamp", "module": "senders"}
+                )
     path = Path(workdir) / "mosn_senders.json"
     path.write_text(json.dumps(config, indent=2))
     return dataclasses.replace(
-        base, name="mosn_senders",
+        base,
+        name="mosn_senders",
         about="this project, the same chain plus one sender filter "
-              "(response phase)",
+        "(response phase)",
         ports=[PEER_PORT + 6],
-        extra=dict(base.extra, mosn_config=str(path), shm="mosn_bench_senders"),
-        env={"PYTHONPATH": str(BENCH)})
+        extra=dict(
+            base.extra, mosn_config=str(path), shm="mosn_bench_senders"
+        ),
+        env={"PYTHONPATH": str(BENCH)},
+    )
 
 
 def all_gateways(workdir):
@@ -241,8 +275,10 @@ def sites_gateway(settings):
 
 # --- bringing one up and down ---------------------------------------------
 
+
 def _user_line():
-    """As root, run workers as ourselves so they can reach the helper sockets."""
+    """As root, run workers as ourselves so they can reach the helper
+    sockets."""
     if os.geteuid() != 0:
         return "# not root: workers run as the invoking user"
     user = pwd.getpwuid(os.geteuid()).pw_name
@@ -266,7 +302,9 @@ def render(gateway, settings, workers=None):
 
 def _tail(path, lines=15):
     try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(
+            Path(path).read_text(errors="replace").splitlines()[-lines:]
+        )
     except OSError:
         return "(no log)"
 
@@ -279,21 +317,31 @@ class Process:
         self.log = log
         with open(log, "ab") as out:
             self.popen = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd=REPO,
-                env={**os.environ, **(env or {})})
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=REPO,
+                env={**os.environ, **(env or {})},
+            )
         self.pgid = self.popen.pid
 
     def wait_ready(self, addresses, log_hint):
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:
-                raise GatewayError(f"{self.name} exited with {self.popen.returncode}:\n"
-                                   f"{_tail(log_hint)}")
+                raise GatewayError(
+                    f"{self.name} exited with {self.popen.returncode}:\n"
+                    f"{_tail(log_hint)}"
+                )
             if all(accepts(a) for a in addresses):
                 return
             time.sleep(0.05)
-        raise GatewayError(f"{self.name} not ready after {START_TIMEOUT:.0f}s:\n{_tail(log_hint)}")
+        raise GatewayError(
+            f"{self.name} not ready after "
+            f"{START_TIMEOUT:.0f}s:\n{_tail(log_hint)}"
+        )
 
     def stop(self):
         """SIGTERM the group, then SIGKILL whatever is left of it."""
@@ -326,10 +374,14 @@ class Running:
 def _check_free(gateway):
     for port in gateway.ports:
         if accepts(("127.0.0.1", port)):
-            raise GatewayError(f"{gateway.name}: port {port} is already in use")
+            raise GatewayError(
+                f"{gateway.name}: port {port} is already in use"
+            )
     for helper in gateway.helpers:
         if accepts(helper.socket):
-            raise GatewayError(f"{gateway.name}: {helper.socket} is already served")
+            raise GatewayError(
+                f"{gateway.name}: {helper.socket} is already served"
+            )
 
 
 @contextlib.contextmanager
@@ -350,9 +402,20 @@ def running(gateway, settings, workers=None):
             proc.wait_ready([helper.socket], log)
             helpers.append(proc)
         error_log = prefix / "error.log"
-        nginx = Process(f"{gateway.name} nginx",
-                        [settings.nginx, "-p", f"{prefix}/", "-c", str(conf), "-e", str(error_log)],
-                        prefix / "stdout.log", env=gateway.env)
+        nginx = Process(
+            f"{gateway.name} nginx",
+            [
+                settings.nginx,
+                "-p",
+                f"{prefix}/",
+                "-c",
+                str(conf),
+                "-e",
+                str(error_log),
+            ],
+            prefix / "stdout.log",
+            env=gateway.env,
+        )
         started.append(nginx)
         nginx.wait_ready([("127.0.0.1", p) for p in gateway.ports], error_log)
         yield Running(gateway, nginx, helpers)

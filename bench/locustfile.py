@@ -8,7 +8,8 @@ robin) counts as a locust failure, not just a slow one:
     any other integer -> site s3 (3453)      no uid / not a number -> any site
     /echo -> the echoListener's hijack reply
     /slow -> a loopback upstream answering after a delay, with the UNIT
-             metadata the filters set (only when soak_bench added that location)
+             metadata the filters set (only where soak_bench added that
+             location)
 
 Run it through bench/soak_bench.py; on its own:
 

@@ -181,7 +181,8 @@ def proc_sample(pid):
         sched = read(f"/proc/{pid}/task/{tid}/schedstat")
         if sched:
             ns += int(sched.split()[0])
-        for line in (read(f"/proc/{pid}/task/{tid}/status") or "").splitlines():
+        status_text = read(f"/proc/{pid}/task/{tid}/status") or ""
+        for line in status_text.splitlines():
             if line.startswith("voluntary_ctxt_switches:"):
                 vol += int(line.split()[1])
             elif line.startswith("nonvoluntary_ctxt_switches:"):
@@ -217,7 +218,7 @@ def loadavg():
             (read("/proc/loadavg") or "0 0 0").split()[:3]]
 
 
-# --- ports --------------------------------------------------------------------
+# --- ports -------------------------------------------------------------------
 
 # Servers' ports come from below the kernel's ephemeral range, so no
 # outgoing connection's source port takes one between the check and the
@@ -291,7 +292,7 @@ def taken_ports(ports=EXAMPLE_PORTS, host="0.0.0.0"):
     return taken
 
 
-# --- waits --------------------------------------------------------------------
+# --- waits -------------------------------------------------------------------
 
 def wait_for(cond, timeout=5, step=0.02):
     """cond()'s first true value within timeout seconds, else None."""

@@ -7,7 +7,8 @@ trip, the response held meanwhile), beside plain nginx `map`.  Same load
 (wrk, bench/uid.lua), interleaved rounds, medians; the report is
 bench/results/response.md and response.json.
 
-    python -m bench.response_bench [--runs 5] [--duration 10]   (peers_bench's options)
+    python -m bench.response_bench [--runs 5] [--duration 10]
+        (peers_bench's options)
 """
 
 import http.client

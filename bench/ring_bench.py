@@ -19,7 +19,8 @@ waking each other with a bare futex at the same pace (no ring at all).
 With --profile, one more latency run of each side is sampled with perf.
 
 Needs the Cython binding, installed (make setup) or built in place
-(python3 setup.py build_ext --inplace), and a C compiler. Writes ring.md and ring.json into --out.
+(python3 setup.py build_ext --inplace), and a C compiler. Writes ring.md and
+ring.json into --out.
 """
 
 import argparse

@@ -7,7 +7,8 @@ and wake when requests come close together, but the CPU it burns is taken
 from nginx, wrk and the sites when the machine has no core to spare.
 Writes bench/results/spin.md and spin.json.
 
-    python -m bench.spin_bench [--spins 0,10,50] [--runs 5] [peers_bench's options]
+    python -m bench.spin_bench [--spins 0,10,50] [--runs 5]
+        [peers_bench's options]
 """
 
 import dataclasses

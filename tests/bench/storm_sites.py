@@ -1,4 +1,5 @@
-"""The demo sites as bench/scale_bench.py's storm clients see them, in one small
+"""The demo sites as bench/scale_bench.py's storm clients see them, in one
+small
 asyncio server: each request's uid picks the site that answers, "site sN
 from PORT". `close_every`: close every Nth uid's connection unanswered, as
 a broken gateway would."""

@@ -38,7 +38,8 @@ def run(name, *args, timeout):
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_idle_smoke(tmp_path):
-    out = run("idle_bench", "--seconds", "3", "--out", str(tmp_path), timeout=150)
+    out = run("idle_bench", "--seconds", "3", "--out", str(tmp_path),
+              timeout=150)
     assert "wrote" in out
     result = json.loads((tmp_path / "idle.json").read_text())
     mosn = result["summary"]["mosn"]
@@ -125,7 +126,8 @@ def test_response_body_bench_smoke(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_spin_bench_smoke(tmp_path):
-    """bench/spin_bench.py measures the gateway once per spin value beside map."""
+    """bench/spin_bench.py measures the gateway once per spin value beside
+    map."""
     run("spin_bench", "--spins", "0,20", "--runs", "1", "--duration", "1",
         "--warmup", "0", "--out", str(tmp_path), timeout=210)
     result = json.loads((tmp_path / "spin.json").read_text())

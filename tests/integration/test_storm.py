@@ -15,10 +15,13 @@ CONNECTIONS = 10000
 CONCURRENCY = 192
 CLIENTS = 8
 
-# a request that took the fallback lands on `none`, whose answer no uid asks for
+# a request that took the fallback lands on `none`, whose answer no uid
+# asks for
 STORM = """
     keepalive_timeout 600s;
-    upstream s1 { server 127.0.0.1:%P3450%; server 127.0.0.1:%P3451%; keepalive 32; }
+    upstream s1 {
+        server 127.0.0.1:%P3450%; server 127.0.0.1:%P3451%; keepalive 32;
+    }
     upstream s2 { server 127.0.0.1:%P3452%; keepalive 32; }
     upstream s3 { server 127.0.0.1:%P3453%; keepalive 32; }
     upstream none { server 127.0.0.1:%P3454%; }
@@ -35,10 +38,22 @@ STORM = """
             proxy_set_header Connection "";
         }
     }
-    server { listen 127.0.0.1:%P3450%; access_log off; return 200 "site s1 from %P3450%"; }
-    server { listen 127.0.0.1:%P3451%; access_log off; return 200 "site s1 from %P3451%"; }
-    server { listen 127.0.0.1:%P3452%; access_log off; return 200 "site s2 from %P3452%"; }
-    server { listen 127.0.0.1:%P3453%; access_log off; return 200 "site s3 from %P3453%"; }
+    server {
+        listen 127.0.0.1:%P3450%; access_log off;
+        return 200 "site s1 from %P3450%";
+    }
+    server {
+        listen 127.0.0.1:%P3451%; access_log off;
+        return 200 "site s1 from %P3451%";
+    }
+    server {
+        listen 127.0.0.1:%P3452%; access_log off;
+        return 200 "site s2 from %P3452%";
+    }
+    server {
+        listen 127.0.0.1:%P3453%; access_log off;
+        return 200 "site s3 from %P3453%";
+    }
     server { listen 127.0.0.1:%P3454%; access_log off; return 200 "fallback"; }
 """
 
@@ -63,7 +78,8 @@ def test_storm_every_connection_answered_by_its_site():
         # root (CI) the test raises it itself, as nginx does for its workers
         scale.raise_nofile(CONNECTIONS // CLIENTS + 1024)
         plan = scale.plan_for(argparse.Namespace(
-            connections=CONNECTIONS, workers=8, clients=CLIENTS), scale.limits())
+            connections=CONNECTIONS, workers=8, clients=CLIENTS),
+            scale.limits())
         before = producer_totals(gw)
         clients = scale.Clients(gw.port, CONNECTIONS, plan, sites, CONCURRENCY)
         try:
