@@ -44,6 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench.report
 from bench import gateways, procs, services
 from bench import peers_bench as runner
 
@@ -271,7 +272,7 @@ def main():
     workdir = Path(tempfile.mkdtemp(prefix="async-bench-"))
     workdir.chmod(0o755)
     try:
-        runs = bench(args, workdir)
+        runs = measure_all(args, workdir)
     finally:
         if not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(workdir, ignore_errors=True)
@@ -279,7 +280,7 @@ def main():
     report(args, runs, info, started, load_before, load_after)
 
 
-def bench(args, workdir):
+def measure_all(args, workdir):
     site = procs.free_port()
     settings = gateways.Settings(
         workdir=workdir, nginx=args.nginx,
@@ -394,19 +395,29 @@ def summarise(runs):
 
 
 def report(args, runs, info, started, load_before, load_after):
+    """async.md and async.json: the setup, the rates and CPU of every
+    gateway, the targets, the rate limit's cost."""
     summary = summarise(runs)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "async.json").write_text(json.dumps(
-        {"args": vars(args), "machine": info, "started": started,
-         "load": [load_before, load_after], "runs": runs,
-         "summary": summary}, indent=2))
-    command = "python -m bench.async_bench " + " ".join(
-        "--%s %s" % (k.replace("_", "-"), v) for k, v in (
+    lines = (_report_head(args, info, started, load_before, load_after)
+             + _rate_table(summary) + _cpu_table(summary)
+             + _targets(summary, info, load_after)
+             + _rate_limit(summary))
+    text = "\n".join(lines) + "\n"
+    bench.report.write(args.out, "async", text, {
+        "args": vars(args), "machine": info, "started": started,
+        "load": [load_before, load_after], "runs": runs,
+        "summary": summary})
+    print(text, end="")
+
+
+def _report_head(args, info, started, load_before, load_after):
+    command = bench.report.command(__spec__.name, [
+        word for k, v in (
             ("duration", args.duration), ("runs", args.runs),
             ("warmup", args.warmup), ("connections", args.connections),
-            ("threads", args.threads), ("delay_ms", "%g" % args.delay_ms)))
-    lines = [
+            ("threads", args.threads), ("delay_ms", "%g" % args.delay_ms))
+        for word in ("--" + k.replace("_", "-"), str(v))])
+    return [
         "# Filters that await: ext_authz against its peers, and a Redis "
         "rate limit",
         "",
@@ -428,17 +439,33 @@ def report(args, runs, info, started, load_before, load_after):
         "(ngx.sleep), 1 worker; the upstream: bench/sites.conf" %
         args.delay_ms,
         "",
-        "| gateway | what | req/s (median) | every run | p50 ms | p99 ms "
-        "| CPU % (nginx + Python) | non-2xx | socket errors |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, row in summary.items():
-        lines.append("| %s | %s | %.0f | %s | %.1f | %.1f | %.0f | %d | %d |"
-                     % (name, ABOUT[name], row["rps"],
-                        ", ".join(map(str, row["every"])), row["p50_ms"],
-                        row["p99_ms"], row["cpu_pct"], row["non_2xx"],
-                        row["socket_errors"]))
-    lines += [
+
+
+def _rate_table(summary):
+    return bench.report.table(
+        ("gateway", "what", "req/s (median)", "every run", "p50 ms",
+         "p99 ms", "CPU % (nginx + Python)", "non-2xx", "socket errors"),
+        [[name, ABOUT[name], "%.0f" % row["rps"],
+          ", ".join(map(str, row["every"])), "%.1f" % row["p50_ms"],
+          "%.1f" % row["p99_ms"], "%.0f" % row["cpu_pct"],
+          row["non_2xx"], row["socket_errors"]]
+         for name, row in summary.items()])
+
+
+def _cpu_row(name, row):
+    cpu = row.get("cpu", {})
+    total = sum(cpu.values())
+    own = cpu.get("nginx", 0.0) + cpu.get("python", 0.0)
+    return [name, *("%.0f" % cpu.get(role, 0.0) for role in CPU_ROLES),
+            "%.0f" % total,
+            "%.0f" % (100 * row["rps"] / total if total else 0.0),
+            "%.0f" % (1e4 * own / row["rps"]) if own and row["rps"]
+            else "-"]
+
+
+def _cpu_table(summary):
+    return [
         "",
         "CPU of each process on the path while wrk ran, % of one CPU "
         "(medians): the gateway's nginx worker, its Python worker, the "
@@ -446,27 +473,22 @@ def report(args, runs, info, started, load_before, load_after):
         "req/s per CPU is the rate over the sum, so that a gateway held "
         "back by the machine's share is still compared fairly.",
         "",
-        "| gateway | nginx | python | service | upstream | redis | wrk "
-        "| sum | req/s per CPU | gateway µs of CPU per request |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *bench.report.table(
+            ("gateway", *CPU_ROLES, "sum", "req/s per CPU",
+             "gateway µs of CPU per request"),
+            [_cpu_row(name, row) for name, row in summary.items()]),
     ]
-    for name, row in summary.items():
-        cpu = row.get("cpu", {})
-        total = sum(cpu.values())
-        own = cpu.get("nginx", 0.0) + cpu.get("python", 0.0)
-        lines.append("| %s | %s | %.0f | %.0f | %s |" % (
-            name, " | ".join("%.0f" % cpu.get(role, 0.0)
-                             for role in CPU_ROLES),
-            total, 100 * row["rps"] / total if total else 0.0,
-            "%.0f" % (1e4 * own / row["rps"]) if own and row["rps"]
-            else "-"))
+
+
+def verdict(ok):
+    return "**met**" if ok else "**MISSED**"
+
+
+def _targets(summary, info, load_after):
     a = summary.get("mosn_ext_authz")
     b = summary.get("auth_request")
     c = summary.get("lua")
-    lines += ["", "## Targets", ""]
-
-    def verdict(ok):
-        return "**met**" if ok else "**MISSED**"
+    lines = ["", "## Targets", ""]
     if a:
         lines.append("- mosn_ext_authz >= 10,000 req/s with one Python "
                      "worker: %.0f, %s" % (a["rps"], verdict(a["rps"]
@@ -506,6 +528,10 @@ def report(args, runs, info, started, load_before, load_after):
                 service["rps"], service["rps"] / max(
                     summary[name]["rps"] for name in AUTHZ
                     if name in summary)))
+    return lines + _path_ceilings(summary, info)
+
+
+def _path_ceilings(summary, info):
     ceilings = []
     for name in AUTHZ:
         row = summary.get(name)
@@ -514,46 +540,49 @@ def report(args, runs, info, started, load_before, load_after):
             per_request = sum(row["cpu"].values()) / 100 / row["rps"]
             ceilings.append("%s %.0f µs, %.0f req/s" % (
                 name, 1e6 * per_request, int(info["nproc"]) / per_request))
-    if ceilings:
-        lines.append(
-            "- CPU of the whole path per request (gateway, service, "
+    if not ceilings:
+        return []
+    return ["- CPU of the whole path per request (gateway, service, "
             "upstream, wrk) and the rate it allows on %s CPUs with "
             "nothing else running: %s" % (info["nproc"],
-                                          "; ".join(ceilings)))
+                                          "; ".join(ceilings))]
+
+
+def _rate_limit(summary):
     unit, limited = summary.get("mosn_unit"), summary.get("mosn_limited")
-    if unit and limited:
-        lines += [
-            "",
-            "## The rate limit",
-            "",
-            "- Redis round trips per request by mosn_limited (two "
-            "descriptors): %.3f EVALSHA per request that reached the "
-            "upstream (all commands clients sent: %s, for %d requests; "
-            "the few EVALSHA over the count are requests wrk left in "
-            "flight), target 1: %s" % (
-                limited["redis_per_request"],
-                ", ".join("%s %d" % kv for kv in
-                          sorted(limited["redis_calls"].items())),
-                limited["served"],
-                verdict(abs(limited["redis_per_request"] - 1) < 0.02)),
-            "- req/s with the rate limit against the same chain without "
-            "it: %.0f vs %.0f, %.2fx; p99 %.1f ms vs %.1f ms" % (
-                limited["rps"], unit["rps"], limited["rps"] / unit["rps"],
-                limited["p99_ms"], unit["p99_ms"]),
-        ]
-        redispy = summary.get("mosn_limited_redispy")
-        if redispy:
-            lines.append(
-                "- the same filter counting through redis-py's asyncio "
-                "client and a pool of 64 connections: %.0f req/s (%.2fx the "
-                "chain without it, %.2fx the filter's own client); Python "
-                "CPU %.0f µs per request against %.0f µs" % (
-                    redispy["rps"], redispy["rps"] / unit["rps"],
-                    redispy["rps"] / limited["rps"],
-                    1e4 * redispy["cpu"]["python"] / redispy["rps"],
-                    1e4 * limited["cpu"]["python"] / limited["rps"]))
-    (out / "async.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    if not (unit and limited):
+        return []
+    lines = [
+        "",
+        "## The rate limit",
+        "",
+        "- Redis round trips per request by mosn_limited (two "
+        "descriptors): %.3f EVALSHA per request that reached the "
+        "upstream (all commands clients sent: %s, for %d requests; "
+        "the few EVALSHA over the count are requests wrk left in "
+        "flight), target 1: %s" % (
+            limited["redis_per_request"],
+            ", ".join("%s %d" % kv for kv in
+                      sorted(limited["redis_calls"].items())),
+            limited["served"],
+            verdict(abs(limited["redis_per_request"] - 1) < 0.02)),
+        "- req/s with the rate limit against the same chain without "
+        "it: %.0f vs %.0f, %.2fx; p99 %.1f ms vs %.1f ms" % (
+            limited["rps"], unit["rps"], limited["rps"] / unit["rps"],
+            limited["p99_ms"], unit["p99_ms"]),
+    ]
+    redispy = summary.get("mosn_limited_redispy")
+    if redispy:
+        lines.append(
+            "- the same filter counting through redis-py's asyncio "
+            "client and a pool of 64 connections: %.0f req/s (%.2fx the "
+            "chain without it, %.2fx the filter's own client); Python "
+            "CPU %.0f µs per request against %.0f µs" % (
+                redispy["rps"], redispy["rps"] / unit["rps"],
+                redispy["rps"] / limited["rps"],
+                1e4 * redispy["cpu"]["python"] / redispy["rps"],
+                1e4 * limited["cpu"]["python"] / limited["rps"]))
+    return lines
 
 
 if __name__ == "__main__":

@@ -436,7 +436,19 @@ def med(values):
 
 
 def report(args, info, started, prop, runs, costs, elapsed, load_after):
-    lines = [
+    """fleet.md: the setup, then a section per part that ran."""
+    lines = _report_head(args, info, started, elapsed, load_after)
+    if prop is not None:
+        lines += _propagation_section(args, prop)
+    if runs is not None:
+        lines += _throughput_section(args, runs)
+    if costs is not None:
+        lines += _cost_section(args, costs)
+    return "\n".join(lines) + "\n"
+
+
+def _report_head(args, info, started, elapsed, load_after):
+    return [
         "# A fleet on one machine: etcd and six gateways",
         "",
         "Command: `%s`  " % bench.report.command(__spec__.name),
@@ -455,137 +467,146 @@ def report(args, info, started, prop, runs, costs, elapsed, load_after):
         "script (the gateways' own gRPC channel, one Put per change)."
         % (args.coalesce, PREFIX, PREFIX_B),
         ""]
-    if prop is not None:
-        lines += [
-            "## 1. From an etcd write to the first request routed to the "
-            "new endpoint", "",
-            "%d changes of A's app `test`, its only s1 endpoint a and b in "
-            "turn; each gateway of A is asked `uid: 2` over and over by its "
-            "own thread until the new endpoint answers. Time from just "
-            "before the put is sent. Each change is written a while after "
-            "every gateway saw the one before: %g s (*apart*: longer than "
-            "the %g s window in which a change that follows another waits "
-            "for the window's end) or %g s (*close*: most changes fall in "
-            "that window)." % (args.changes, prop["apart"]["gap"],
-                               args.coalesce, prop["close"]["gap"]), "",
-            "| changes | gateway | changes seen | p50 ms | p99 ms | max ms |",
-            "| --- | --- | --- | --- | --- | --- |"]
-        for name, one in prop.items():
-            for k, values in enumerate(one["per_gateway"]):
-                lines.append("| %s | A%d | %d | %.1f | %.1f | %.1f |" % (
-                    name, k + 1, len(values), pct(values, .5),
-                    pct(values, .99),
-                    max(values) if values else float("nan")))
-            s = one["slowest"]
-            lines.append("| %s | **all three** (the slowest per change) | "
-                         "%d | %.1f | %.1f | %.1f |" % (
-                             name, len(s), pct(s, .5), pct(s, .99),
-                             max(s) if s else float("nan")))
-        missed = sum(one["missed"] for one in prop.values())
-        worst = max(pct(one["slowest"], .99) for one in prop.values())
-        lines += ["", "Changes not seen by every gateway within 10 s: %d. "
-                  "Target p99 <= 100 ms: **%s**." % (
-                      missed, "met" if worst <= 100 and not missed
-                      else "not met"), ""]
-    if runs is not None:
-        rs = ratios(runs)
-        lines += [
-            "## 2. Throughput while endpoints change %d times a second"
-            % args.rate, "",
-            "wrk -t1 -c%d -d%ds -H 'uid: 2' on each of the six gateways at "
-            "once (each wrk in its own session); %d rounds of three runs: "
-            "quiet, A's app changing, B's app changing (each change a "
-            "different set of three of four live endpoints). Requests/s "
-            "summed over each set." % (args.connections, args.duration,
-                                       args.rounds), "",
-            "| round | run | A req/s | B req/s | changing / control | "
-            "changing / itself quiet | non-2xx | etcd writes | table writes "
-            "(changing set) |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        by_run = {(x["round"], x["changing"]): x for x in rs}
-        for run in runs:
-            x = by_run.get((run["round"], run["changing"]))
-            sets = run["sets"]
-            lines.append("| %d | %s | %.0f | %.0f | %s | %s | %d | %d | %s |"
-                         % (run["round"], run["condition"], sets["A"]["rps"],
-                            sets["B"]["rps"],
-                            "%.3f" % x["side_by_side"] if x else "",
-                            "%.3f" % x["own_quiet"] if x else "",
-                            sets["A"]["bad"] + sets["B"]["bad"],
-                            run["etcd_writes"],
-                            sets[run["changing"]]["table_writes"]
-                            if run["changing"] else ""))
-        side = med(x["side_by_side"] for x in rs)
-        own = med(x["own_quiet"] for x in rs)
-        per_gw = {}
-        for x in rs:
-            for k, v in enumerate(x["per_gateway"]):
-                per_gw.setdefault("%s%d" % (x["changing"], k + 1),
-                                  []).append(v)
-        gw_meds = {k: med(v) for k, v in sorted(per_gw.items())}
-        quiet_ab = med(r["sets"]["A"]["rps"] / r["sets"]["B"]["rps"]
-                       for r in runs if r["condition"] == "quiet")
-        bad = sum(x["bad"] for x in rs)
-        lines += [
-            "", "Changing set / control set at the same moment (median of "
-            "the %d changing runs): **%.3f**; each changing gateway / the "
-            "control set's mean gateway (median over its runs): %s. In the "
-            "quiet runs, A / B: %.3f (how alike the two sets are)."
-            % (len(rs), side, ", ".join("%s %.3f" % kv
-                                        for kv in gw_meds.items()),
-               quiet_ab), "",
-            "Changing set / itself in the round's quiet run (median): "
-            "**%.3f**: etcd and the writer busy, besides the gateways' own "
-            "work, and the machine's load moving between runs." % own, "",
-            "Were each gateway alone on a core (what its discovery process "
-            "leaves of the core, over the CPU its nginx and worker spend "
-            "per request; against the control set in the same run): "
-            "**%.3f** (median; per run: %s)." % (
-                med(x["one_core"] for x in rs),
-                " / ".join("%.3f" % x["one_core"] for x in rs)),
-            "",
-            "Non-2xx or socket errors while endpoints change: **%d**. "
-            "Target >= 0.95x (each gateway, against gateways whose "
-            "endpoints do not change) and 0 non-2xx: **%s**." % (
-                bad, "met" if min(gw_meds.values()) >= 0.95 and side >= 0.95
-                and bad == 0 else "not met"), "",
-            "CPU seconds per run (median over the runs of each kind) of the "
-            "fleet's processes:", ""]
-        role_names = list(runs[0]["cpu_seconds"])
-        lines += ["| run | " + " | ".join(role_names) + " |",
-                  "| --- |" + " --- |" * len(role_names)]
-        for condition in ("quiet", "A changes", "B changes"):
-            mine = [r for r in runs if r["condition"] == condition]
-            lines.append("| %s | %s |" % (condition, " | ".join(
-                "%.2f" % med(r["cpu_seconds"][role] for r in mine)
-                for role in role_names)))
-        lines.append("")
-    if costs is not None:
-        lines += [
-            "## 3. What a change costs, the gateways idle", "",
-            "%d changes at %d a second to one set's app, no requests; CPU "
-            "milliseconds per change (median of 2 runs each; discovery per "
-            "gateway)." % (args.cost_changes, args.rate), "",
-            "| set | coalesce s | discovery | nginx + Python worker (3 "
-            "gateways) | etcd | writer | table writes per change per "
-            "gateway |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
-        for name in ("A", "B"):
-            mine = [c for c in costs if c["set"] == name]
 
-            def per(role, share=1):
-                return med(c["cpu_seconds"][role] * 1000 / c["changes"]
-                           / share for c in mine)
-            lines.append("| %s | %g | %.3f | %.3f | %.3f | %.3f | %.2f |" % (
-                name, mine[0]["coalesce"], per("discovery " + name, 3),
-                med((c["cpu_seconds"]["nginx " + name]
-                     + c["cpu_seconds"]["workers " + name]) * 1000
-                    / c["changes"] for c in mine),
-                per("etcd"), per("writer"),
-                med(sum(c["table_writes"]) / 3 / c["changes"]
-                    for c in mine)))
-        lines.append("")
-    return "\n".join(lines) + "\n"
+
+def _propagation_section(args, prop):
+    lines = [
+        "## 1. From an etcd write to the first request routed to the "
+        "new endpoint", "",
+        "%d changes of A's app `test`, its only s1 endpoint a and b in "
+        "turn; each gateway of A is asked `uid: 2` over and over by its "
+        "own thread until the new endpoint answers. Time from just "
+        "before the put is sent. Each change is written a while after "
+        "every gateway saw the one before: %g s (*apart*: longer than "
+        "the %g s window in which a change that follows another waits "
+        "for the window's end) or %g s (*close*: most changes fall in "
+        "that window)." % (args.changes, prop["apart"]["gap"],
+                           args.coalesce, prop["close"]["gap"]), "",
+        "| changes | gateway | changes seen | p50 ms | p99 ms | max ms |",
+        "| --- | --- | --- | --- | --- | --- |"]
+    for name, one in prop.items():
+        for k, values in enumerate(one["per_gateway"]):
+            lines.append("| %s | A%d | %d | %.1f | %.1f | %.1f |" % (
+                name, k + 1, len(values), pct(values, .5),
+                pct(values, .99),
+                max(values) if values else float("nan")))
+        s = one["slowest"]
+        lines.append("| %s | **all three** (the slowest per change) | "
+                     "%d | %.1f | %.1f | %.1f |" % (
+                         name, len(s), pct(s, .5), pct(s, .99),
+                         max(s) if s else float("nan")))
+    missed = sum(one["missed"] for one in prop.values())
+    worst = max(pct(one["slowest"], .99) for one in prop.values())
+    lines += ["", "Changes not seen by every gateway within 10 s: %d. "
+              "Target p99 <= 100 ms: **%s**." % (
+                  missed, "met" if worst <= 100 and not missed
+                  else "not met"), ""]
+    return lines
+
+
+def _throughput_section(args, runs):
+    lines = []
+    rs = ratios(runs)
+    lines += [
+        "## 2. Throughput while endpoints change %d times a second"
+        % args.rate, "",
+        "wrk -t1 -c%d -d%ds -H 'uid: 2' on each of the six gateways at "
+        "once (each wrk in its own session); %d rounds of three runs: "
+        "quiet, A's app changing, B's app changing (each change a "
+        "different set of three of four live endpoints). Requests/s "
+        "summed over each set." % (args.connections, args.duration,
+                                   args.rounds), "",
+        "| round | run | A req/s | B req/s | changing / control | "
+        "changing / itself quiet | non-2xx | etcd writes | table writes "
+        "(changing set) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    by_run = {(x["round"], x["changing"]): x for x in rs}
+    for run in runs:
+        x = by_run.get((run["round"], run["changing"]))
+        sets = run["sets"]
+        lines.append("| %d | %s | %.0f | %.0f | %s | %s | %d | %d | %s |"
+                     % (run["round"], run["condition"], sets["A"]["rps"],
+                        sets["B"]["rps"],
+                        "%.3f" % x["side_by_side"] if x else "",
+                        "%.3f" % x["own_quiet"] if x else "",
+                        sets["A"]["bad"] + sets["B"]["bad"],
+                        run["etcd_writes"],
+                        sets[run["changing"]]["table_writes"]
+                        if run["changing"] else ""))
+    side = med(x["side_by_side"] for x in rs)
+    own = med(x["own_quiet"] for x in rs)
+    per_gw = {}
+    for x in rs:
+        for k, v in enumerate(x["per_gateway"]):
+            per_gw.setdefault("%s%d" % (x["changing"], k + 1),
+                              []).append(v)
+    gw_meds = {k: med(v) for k, v in sorted(per_gw.items())}
+    quiet_ab = med(r["sets"]["A"]["rps"] / r["sets"]["B"]["rps"]
+                   for r in runs if r["condition"] == "quiet")
+    bad = sum(x["bad"] for x in rs)
+    lines += [
+        "", "Changing set / control set at the same moment (median of "
+        "the %d changing runs): **%.3f**; each changing gateway / the "
+        "control set's mean gateway (median over its runs): %s. In the "
+        "quiet runs, A / B: %.3f (how alike the two sets are)."
+        % (len(rs), side, ", ".join("%s %.3f" % kv
+                                    for kv in gw_meds.items()),
+           quiet_ab), "",
+        "Changing set / itself in the round's quiet run (median): "
+        "**%.3f**: etcd and the writer busy, besides the gateways' own "
+        "work, and the machine's load moving between runs." % own, "",
+        "Were each gateway alone on a core (what its discovery process "
+        "leaves of the core, over the CPU its nginx and worker spend "
+        "per request; against the control set in the same run): "
+        "**%.3f** (median; per run: %s)." % (
+            med(x["one_core"] for x in rs),
+            " / ".join("%.3f" % x["one_core"] for x in rs)),
+        "",
+        "Non-2xx or socket errors while endpoints change: **%d**. "
+        "Target >= 0.95x (each gateway, against gateways whose "
+        "endpoints do not change) and 0 non-2xx: **%s**." % (
+            bad, "met" if min(gw_meds.values()) >= 0.95 and side >= 0.95
+            and bad == 0 else "not met"), "",
+        "CPU seconds per run (median over the runs of each kind) of the "
+        "fleet's processes:", ""]
+    role_names = list(runs[0]["cpu_seconds"])
+    lines += ["| run | " + " | ".join(role_names) + " |",
+              "| --- |" + " --- |" * len(role_names)]
+    for condition in ("quiet", "A changes", "B changes"):
+        mine = [r for r in runs if r["condition"] == condition]
+        lines.append("| %s | %s |" % (condition, " | ".join(
+            "%.2f" % med(r["cpu_seconds"][role] for r in mine)
+            for role in role_names)))
+    lines.append("")
+    return lines
+
+
+def _cost_section(args, costs):
+    lines = [
+        "## 3. What a change costs, the gateways idle", "",
+        "%d changes at %d a second to one set's app, no requests; CPU "
+        "milliseconds per change (median of 2 runs each; discovery per "
+        "gateway)." % (args.cost_changes, args.rate), "",
+        "| set | coalesce s | discovery | nginx + Python worker (3 "
+        "gateways) | etcd | writer | table writes per change per "
+        "gateway |",
+        "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name in ("A", "B"):
+        mine = [c for c in costs if c["set"] == name]
+
+        def per(role, share=1):
+            return med(c["cpu_seconds"][role] * 1000 / c["changes"]
+                       / share for c in mine)
+        lines.append("| %s | %g | %.3f | %.3f | %.3f | %.3f | %.2f |" % (
+            name, mine[0]["coalesce"], per("discovery " + name, 3),
+            med((c["cpu_seconds"]["nginx " + name]
+                 + c["cpu_seconds"]["workers " + name]) * 1000
+                / c["changes"] for c in mine),
+            per("etcd"), per("writer"),
+            med(sum(c["table_writes"]) / 3 / c["changes"]
+                for c in mine)))
+    lines.append("")
+    return lines
 
 
 # -- the fleet ----------------------------------------------------------------
@@ -681,11 +702,11 @@ def main():
     text = report(args, info, started, prop, runs, costs,
                   time.monotonic() - t0,
                   Path("/proc/loadavg").read_text().strip())
-    Path(args.out + ".md").write_text(text)
-    Path(args.out + ".json").write_text(json.dumps(
-        {"machine": info, "args": vars(args), "propagation": prop,
-         "throughput": runs, "ratios": ratios(runs) if runs else None,
-         "cost": costs}, indent=1))
+    out = Path(args.out)
+    bench.report.write(out.parent, out.name, text, {
+        "machine": info, "args": vars(args), "propagation": prop,
+        "throughput": runs, "ratios": ratios(runs) if runs else None,
+        "cost": costs}, indent=1)
     print(text)
 
 

@@ -97,6 +97,18 @@ def mosn_json_copy(workdir, name):
     return path
 
 
+def workers_say(code):
+    """What code prints in the workers' Python (its installed package, not
+    this checkout's sources), stripped; None if it could not run."""
+    try:
+        done = subprocess.run([python_for_workers(), "-P", "-c", code],
+                              capture_output=True, text=True, timeout=30,
+                              cwd="/")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
 def abi_mismatch():
     """A text if output/'s module and the workers' shm_ring disagree on the
     ring ABI (the workers would refuse to attach and every request would take
@@ -108,20 +120,9 @@ def abi_mismatch():
     if not match:
         return None
     try:
-        done = subprocess.run(
-            [
-                python_for_workers(),
-                "-P",
-                "-c",
-                "import shm_ring; print(shm_ring.ABI_VERSION)",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            cwd="/",
-        )
-        theirs = int(done.stdout.strip())
-    except (OSError, ValueError, subprocess.SubprocessError):
+        theirs = int(workers_say(
+            "import shm_ring; print(shm_ring.ABI_VERSION)"))
+    except (TypeError, ValueError):
         return None
     if theirs != int(match.group(1)):
         return (
@@ -628,23 +629,11 @@ def pool_constants():
     """The timers of the installed Python side, read from its source (the
     package may change between runs; the notes must say what ran)."""
     found = {"tick_s": None, "worker_wait_ms": None, "package": None}
-    try:
-        done = subprocess.run(
-            [
-                python_for_workers(),
-                "-P",
-                "-c",
-                "import os, pyworker; "
-                "print(os.path.dirname(pyworker.__file__))",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            cwd="/",
-        )
-        package = Path(done.stdout.strip())
-    except (OSError, subprocess.SubprocessError):
+    where = workers_say(
+        "import os, pyworker; print(os.path.dirname(pyworker.__file__))")
+    if where is None:
         return found
+    package = Path(where)
     found["package"] = str(package)
     tick = re.search(
         r"^TICK\s*=\s*([\d.]+)",

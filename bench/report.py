@@ -53,3 +53,13 @@ def write(out, name, text, doc, indent=2):
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(doc, indent=indent) + "\n")
     (out / f"{name}.md").write_text(text)
+
+
+def table(columns, rows):
+    """A Markdown table's lines: the columns' names, then a line per row
+    (its cells, or the line itself)."""
+    lines = ["| " + " | ".join(columns) + " |",
+             "|" + " --- |" * len(columns)]
+    return lines + [row if isinstance(row, str)
+                    else "| " + " | ".join(map(str, row)) + " |"
+                    for row in rows]

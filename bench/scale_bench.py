@@ -1377,19 +1377,33 @@ def _storm_row(name, r):
     )
 
 
+STORM_COLUMNS = (
+    "gateway", "round", "opened", "took", "per s",
+    "answer p50 / p99 / max ms", "gateway errors", "machine errors",
+    "dropped by the kernel", "others' CPU", "gateway / clients CPU")
+THROUGHPUT_COLUMNS = (
+    "gateway", "idle conns", "req/s without", "req/s with", "with/without",
+    "per round", "undisturbed runs only", "p99 ms without / with",
+    "nginx+Python CPU % without / with", "req/s control", "with/control")
+MEMORY_COLUMNS = (
+    "gateway", "nginx workers RSS before -> after", "per conn (RSS)",
+    "Pss before -> after", "per conn (Pss)",
+    "preallocated per worker_connections slot", "kernel slab per socket")
+ROUND_COLUMNS = (
+    "gateway", "round", "order", "req/s without", "req/s with", "ratio",
+    "req/s control", "others' CPU % without / with", "steal %",
+    "waited for quiet s", "set aside")
+
+
 def _storm_section(res):
     lines = [
         "## The storm: opening the connections",
         "",
-        "| gateway | round | opened | took | per s | answer p50 / p99 / max "
-        "ms | gateway errors | machine errors | dropped by the kernel | "
-        "others' CPU | gateway / clients CPU |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    lines += [
-        _storm_row(name, r)
-        for name, d in res["data"].items()
-        for r in d["runs"]
+        *report.table(STORM_COLUMNS, [
+            _storm_row(name, r)
+            for name, d in res["data"].items()
+            for r in d["runs"]
+        ]),
     ]
     ratios = res.get("open_ratios")
     if ratios:
@@ -1470,13 +1484,10 @@ def _throughput_section(res):
     lines = [
         "## Throughput beside the idle connections",
         "",
-        "| gateway | idle conns | req/s without | req/s with | with/without "
-        "| per round | undisturbed runs only | p99 ms without / with | "
-        "nginx+Python CPU % without / with | req/s control | with/control |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    lines += [_throughput_row(name, s) for name, s in res["summary"].items()]
-    lines += [
+        *report.table(THROUGHPUT_COLUMNS, [
+            _throughput_row(name, s) for name, s in res["summary"].items()
+        ]),
+
         "",
         "req/s and p99 are medians over the rounds (target with/without >= "
         f'{RATIO_TARGET}); "undisturbed" is the same over the runs during '
@@ -1485,40 +1496,37 @@ def _throughput_section(res):
         "loads the gateway: what holding that many sockets costs the "
         "machine; with/control is the gateway's own share.",
         "",
-        "| gateway | round | order | req/s without | req/s with | ratio | "
-        "req/s control | others' CPU % without / with | steal % | waited "
-        "for quiet s | set aside |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    lines += [
-        _round_row(name, r)
-        for name, d in res["data"].items()
-        for r in d["runs"]
+        *report.table(ROUND_COLUMNS, [
+            _round_row(name, r)
+            for name, d in res["data"].items()
+            for r in d["runs"]
+        ]),
     ]
     lines.append("")
     return lines
 
 
 def _rest_section(res):
-    lines = [
+    rows = []
+    for name, s in res["summary"].items():
+        a0, b0 = s["rest"]["without"], s["rest"]["with"]
+        if a0 and b0:
+            rows.append([
+                name,
+                f"{a0['gateway_pct']:.3f} / {b0['gateway_pct']:.3f}",
+                f"{b0['clients_pct']:.3f}",
+                f"{a0['others_pct']:.1f} / {b0['others_pct']:.1f}",
+            ])
+    return [
         "## At rest with the connections held",
         "",
         "No load, 5 s, first round, % of one core:",
         "",
-        "| gateway | gateway CPU without / with | clients holding them | "
-        "rest of the machine without / with |",
-        "| --- | --- | --- | --- |",
+        *report.table(("gateway", "gateway CPU without / with",
+                       "clients holding them",
+                       "rest of the machine without / with"), rows),
+        "",
     ]
-    for name, s in res["summary"].items():
-        a0, b0 = s["rest"]["without"], s["rest"]["with"]
-        if a0 and b0:
-            lines.append(
-                f"| {name} | {a0['gateway_pct']:.3f} / "
-                f"{b0['gateway_pct']:.3f} | {b0['clients_pct']:.3f} | "
-                f"{a0['others_pct']:.1f} / {b0['others_pct']:.1f} |"
-            )
-    lines.append("")
-    return lines
 
 
 def _memory_row(name, s):
@@ -1551,11 +1559,9 @@ def _memory_section(res):
     return [
         "## Memory per idle connection",
         "",
-        "| gateway | nginx workers RSS before -> after | per conn (RSS) | "
-        "Pss before -> after | per conn (Pss) | preallocated per "
-        "worker_connections slot | kernel slab per socket |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-        *(_memory_row(name, s) for name, s in summary.items()),
+        *report.table(MEMORY_COLUMNS, [
+            _memory_row(name, s) for name, s in summary.items()
+        ]),
         "",
         "Per conn = (sum over the nginx workers after opening - before) / "
         "connections opened, first round (later rounds reuse what nginx "
@@ -1598,17 +1604,15 @@ def _million_section(res):
         "clients on other machines (only the server's socket counted in "
         "the kernel).",
         "",
-        "| gateway | nginx per-connection memory | preallocated slots "
-        "(1.2M) | kernel sockets | total |",
-        "| --- | --- | --- | --- | --- |",
+        *report.table(
+            ("gateway", "nginx per-connection memory",
+             "preallocated slots (1.2M)", "kernel sockets", "total"),
+            [[name, f"{g['nginx_conn_memory_mb']:.0f} MB",
+              f"{g['nginx_slot_memory_mb']:.0f} MB",
+              f"{g['kernel_memory_mb']:.0f} MB",
+              f"**{g['total_mb'] / 1024:.2f} GB**"]
+             for name, g in mil["per_gateway"].items()]),
     ]
-    for name, g in mil["per_gateway"].items():
-        lines.append(
-            f"| {name} | {g['nginx_conn_memory_mb']:.0f} MB | "
-            f"{g['nginx_slot_memory_mb']:.0f} MB | "
-            f"{g['kernel_memory_mb']:.0f} MB | "
-            f"**{g['total_mb'] / 1024:.2f} GB** |"
-        )
     return lines + [
         "",
         f"- File descriptors: about {mil['fds']} on the server. At this "
