@@ -422,3 +422,16 @@ def running(gateway, settings, workers=None):
     finally:
         for proc in reversed(started):
             proc.stop()
+
+
+def add_options(parser, workers):
+    """The options of a benchmark that starts the demo sites and this
+    gateway beside plain nginx on free ports (idle_bench, scale_bench)."""
+    parser.add_argument("--workers", type=int, default=workers,
+                        help="nginx worker_processes")
+    parser.add_argument("--mosn-workers", type=int, default=2,
+                        help="Python workers (mosn_workers)")
+    parser.add_argument("--site-port", type=int, default=0,
+                        help="first of the four site ports (default: free "
+                        "ones)")
+    parser.add_argument("--nginx", default="nginx")

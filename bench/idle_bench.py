@@ -764,21 +764,7 @@ def parse_args(argv=None):
         default=3,
         help="idle windows (medians are reported)",
     )
-    p.add_argument(
-        "--workers", type=int, default=2, help="nginx worker_processes"
-    )
-    p.add_argument(
-        "--mosn-workers",
-        type=int,
-        default=2,
-        help="Python workers (mosn_workers)",
-    )
-    p.add_argument(
-        "--site-port",
-        type=int,
-        default=0,
-        help="first of the four site ports (default: free ones)",
-    )
+    gateways.add_options(p, workers=2)
     p.add_argument(
         "--port",
         type=int,
@@ -791,7 +777,6 @@ def parse_args(argv=None):
         default=str(BENCH / "results"),
         help="directory for the report",
     )
-    p.add_argument("--nginx", default="nginx")
     return p.parse_args(argv)
 
 

@@ -1714,12 +1714,7 @@ def parse_args():
         default=2,
         help="seconds of load before the rounds",
     )
-    p.add_argument(
-        "--workers", type=int, default=8, help="nginx worker_processes"
-    )
-    p.add_argument(
-        "--mosn-workers", type=int, default=2, help="Python workers"
-    )
+    gateways.add_options(p, workers=8)
     p.add_argument(
         "--clients",
         type=int,
@@ -1767,15 +1762,8 @@ def parse_args():
         help="skip the worker_connections 1024 start that prices a slot",
     )
     p.add_argument(
-        "--site-port",
-        type=int,
-        default=0,
-        help="first of the four site ports (default: free ones)",
-    )
-    p.add_argument(
         "--out", default=None, help="directory for the report (bench/results)"
     )
-    p.add_argument("--nginx", default="nginx")
     p.add_argument("--wrk", default="wrk")
     args = p.parse_args()
     if args.control is None:
