@@ -12,7 +12,6 @@ and left out of the medians.
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,25 +19,7 @@ import time
 import urllib.request
 
 from bench import CHECKOUT as ROOT, report
-
-PORTS = (2990, 3450, 3451, 3452, 3453, 34901, 34903)
-
-
-def accepting(port=2990):
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def free(ports=PORTS):
-    for port in ports:
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("0.0.0.0", port))
-            except OSError:
-                return False
-    return True
-
+from bench.procs import accepts, taken_ports
 
 def first_answer():
     req = urllib.request.Request("http://127.0.0.1:2990/",
@@ -48,7 +29,7 @@ def first_answer():
 
 
 def one_run(venv, timeout=120):
-    if not free():
+    if taken_ports():
         sys.exit("the example's ports are taken: stop what holds them")
     start = time.monotonic()
     make = subprocess.Popen(["make", "VENV=" + venv, "run"], cwd=ROOT,
@@ -56,7 +37,7 @@ def one_run(venv, timeout=120):
                             stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
-        while not accepting():
+        while not accepts(2990):
             if make.poll() is not None or time.monotonic() - start > timeout:
                 raise RuntimeError("make run ended or did not accept")
             time.sleep(0.001)
@@ -68,7 +49,7 @@ def one_run(venv, timeout=120):
         stop = time.monotonic()
         os.killpg(make.pid, signal.SIGINT)
         make.wait(timeout)
-        while not free() and time.monotonic() - stop < timeout:
+        while taken_ports() and time.monotonic() - stop < timeout:
             time.sleep(0.01)
         stopped = time.monotonic() - stop
     return {"accept_s": accept, "first_answer_s": answered,
