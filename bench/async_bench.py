@@ -372,8 +372,8 @@ def summarise(runs):
         mine = [r for r in runs if r["gateway"] == name]
         if not mine:
             continue
-        row = {k: statistics.median(r[k] for r in mine)
-               for k in ("rps", "p50_ms", "p99_ms", "cpu_pct")}
+        row = bench.report.medians(mine, ("rps", "p50_ms", "p99_ms",
+                                          "cpu_pct"))
         row["cpu"] = {role: statistics.median(r.get("cpu", {}).get(role, 0.0)
                                               for r in mine)
                       for role in CPU_ROLES}

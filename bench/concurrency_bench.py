@@ -206,9 +206,8 @@ def summarise(runs):
     for key in keys:
         mine = [r for r in runs
                 if (r["workers"], r["load"], r["gateway"]) == key]
-        med = {k: statistics.median(r[k] for r in mine)
-               for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req",
-                         "cpu_pct")}
+        med = report.medians(mine, ("rps", "p50_ms", "p99_ms",
+                                    "cpu_us_per_req", "cpu_pct"))
         med.update(runs=len(mine),
                    non_2xx=(None if any(r["non_2xx"] is None for r in mine)
                             else sum(r["non_2xx"] for r in mine)),

@@ -52,6 +52,13 @@ SETTLE = 3.0  # seconds after the probe before measuring
 # --- ports, names, configs (shared with bench/scale_bench.py) ----------------
 
 
+def settings_for(args, workdir, sites):
+    """What the configs share: args' nginx and workers, no dynamic module
+    (map and mosn need none), the sites' ports."""
+    return gateways.Settings(workdir=workdir, nginx=args.nginx, modules="",
+                             workers=args.workers, site_ports=sites)
+
+
 def site_ports(first):
     """peers_bench's --site-port mechanism: four ports from first; 0 = any
     free."""
@@ -441,27 +448,17 @@ def summarise(windows, name):
                 "gone_or_restarted": res["gone_or_restarted"],
             }
         )
-    med = {
-        k: statistics.median(p[k] for p in per_window)
-        for k in (
-            "nginx_pct",
-            "python_pct",
-            "total_pct",
-            "total_sched_pct",
-            "nginx_wakeups_per_s",
-            "python_wakeups_per_s",
-        )
-    }
+    med = report.medians(per_window, (
+        "nginx_pct", "python_pct", "total_pct", "total_sched_pct",
+        "nginx_wakeups_per_s", "python_wakeups_per_s"))
     role_names = sorted({r for p in per_window for r in p["roles"]})
     med["roles"] = {}
     for role in role_names:
         present = [p["roles"][role] for p in per_window if role in p["roles"]]
         med["roles"][role] = {
             "count": max(r["count"] for r in present),
-            **{
-                k: statistics.median(r[k] for r in present)
-                for k in ("cpu_pct", "sched_pct", "wakeups_per_s")
-            },
+            **report.medians(present,
+                             ("cpu_pct", "sched_pct", "wakeups_per_s")),
         }
     rings = [p["ring"] for p in per_window if p["ring"]]
     if rings:
@@ -753,30 +750,18 @@ def notes_for(summary, settings, constants):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        description="CPU and wake-ups of the gateway at idle."
-    )
-    p.add_argument(
-        "--seconds", type=float, default=10, help="length of one idle window"
-    )
-    p.add_argument(
-        "--runs",
-        type=int,
-        default=3,
-        help="idle windows (medians are reported)",
-    )
+        description="CPU and wake-ups of the gateway at idle.")
+    p.add_argument("--seconds", type=float, default=10,
+                   help="length of one idle window")
+    p.add_argument("--runs", type=int, default=3,
+                   help="idle windows (medians are reported)")
     gateways.add_options(p, workers=2)
-    p.add_argument(
-        "--port",
-        type=int,
-        default=0,
-        help="gateway ports: map on PORT, mosn on PORT+1 (default: free ones)",
-    )
+    p.add_argument("--port", type=int, default=0,
+                   help="gateway ports: map on PORT, mosn on PORT+1 "
+                   "(default: free ones)")
     p.add_argument("--only", default="map,mosn", help="map, mosn or both")
-    p.add_argument(
-        "--out",
-        default=str(BENCH / "results"),
-        help="directory for the report",
-    )
+    p.add_argument("--out", default=str(BENCH / "results"),
+                   help="directory for the report")
     return p.parse_args(argv)
 
 
@@ -802,13 +787,7 @@ def main():
         if args.port
         else procs.free_ports(2, sites.values())
     )
-    settings = gateways.Settings(
-        workdir=workdir,
-        nginx=args.nginx,
-        modules="",
-        workers=args.workers,
-        site_ports=sites,
-    )
+    settings = settings_for(args, workdir, sites)
     try:
         plain, mosn = bench_gateways(
             workdir, ports[0], ports[1], shm, args.mosn_workers

@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -269,16 +268,8 @@ def summarise(runs, names):
         mine = [r for r in runs if r["gateway"] == name]
         if not mine:
             continue
-        med = {
-            k: statistics.median(r[k] for r in mine)
-            for k in (
-                "rps",
-                "p50_ms",
-                "p99_ms",
-                "cpu_nginx_pct",
-                "cpu_helper_pct",
-            )
-        }
+        med = report.medians(mine, ("rps", "p50_ms", "p99_ms",
+                                    "cpu_nginx_pct", "cpu_helper_pct"))
         cpu = med["cpu_nginx_pct"] + med["cpu_helper_pct"]
         summary[name] = dict(
             med,

@@ -5,6 +5,7 @@ machine it ran on."""
 import json
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,8 @@ def table(columns, rows):
     return lines + [row if isinstance(row, str)
                     else "| " + " | ".join(map(str, row)) + " |"
                     for row in rows]
+
+
+def medians(rows, keys):
+    """key -> the median of rows[i][key], for each of keys."""
+    return {k: statistics.median(row[k] for row in rows) for k in keys}

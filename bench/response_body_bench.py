@@ -18,7 +18,6 @@ import argparse
 import datetime
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -193,9 +192,9 @@ def summarise(runs, names):
     summary = {}
     for name in names:
         mine = [r for r in runs if r["gateway"] == name]
-        med = {k: statistics.median(r[k] for r in mine)
-               for k in ("rps", "p50_ms", "p99_ms", "cpu_pct", "nginx_us",
-                         "python_us")}
+        med = bench.report.medians(mine, ("rps", "p50_ms", "p99_ms",
+                                          "cpu_pct", "nginx_us",
+                                          "python_us"))
         summary[name] = dict(
             med, runs=len(mine),
             rps_min=min(r["rps"] for r in mine),

@@ -1693,77 +1693,41 @@ def plan_for(args, lim):
 
 def parse_args():
     p = argparse.ArgumentParser(
-        description="Connection storms and idle scale."
-    )
-    p.add_argument(
-        "--connections", type=int, default=100000, help="connections per storm"
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="smoke run: 10k connections, 1 round, 3 s of load, waits of "
-        "5 s at most for a quiet machine, no retries",
-    )
+        description="Connection storms and idle scale.")
+    p.add_argument("--connections", type=int, default=100000,
+                   help="connections per storm")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 10k connections, 1 round, 3 s of load, "
+                   "waits of 5 s at most for a quiet machine, no retries")
     p.add_argument("--runs", type=int, default=3, help="rounds")
-    p.add_argument(
-        "--duration", type=int, default=10, help="seconds of wrk load per run"
-    )
-    p.add_argument(
-        "--warmup",
-        type=int,
-        default=2,
-        help="seconds of load before the rounds",
-    )
+    p.add_argument("--duration", type=int, default=10,
+                   help="seconds of wrk load per run")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="seconds of load before the rounds")
     gateways.add_options(p, workers=8)
-    p.add_argument(
-        "--clients",
-        type=int,
-        default=0,
-        help="client processes (default: auto)",
-    )
-    p.add_argument(
-        "--open-concurrency",
-        type=int,
-        default=192,
-        help="connections opening at a time, over all clients",
-    )
-    p.add_argument(
-        "--quiet-limit",
-        type=float,
-        default=15.0,
-        help="before each opening and wrk run, wait until other processes "
-        "use less than this %% of a core",
-    )
-    p.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=60.0,
-        help="but wait at most this many seconds",
-    )
-    p.add_argument(
-        "--retries",
-        type=int,
-        default=2,
-        help="measure a wrk run again if others took > 2 x quiet-limit",
-    )
+    p.add_argument("--clients", type=int, default=0,
+                   help="client processes (default: auto)")
+    p.add_argument("--open-concurrency", type=int, default=192,
+                   help="connections opening at a time, over all clients")
+    p.add_argument("--quiet-limit", type=float, default=15.0,
+                   help="before each opening and wrk run, wait until other "
+                   "processes use less than this %% of a core")
+    p.add_argument("--quiet-wait", type=float, default=60.0,
+                   help="but wait at most this many seconds")
+    p.add_argument("--retries", type=int, default=2,
+                   help="measure a wrk run again if others took > 2 x "
+                   "quiet-limit")
     p.add_argument("--only", default="mosn,map", help="mosn, map or both")
-    p.add_argument(
-        "--control",
-        dest="control",
-        action="store_true",
-        default=None,
-        help="also load the gateway while another nginx holds the "
-        "connections (default on, off with --quick)",
-    )
+    p.add_argument("--control", dest="control", action="store_true",
+                   default=None,
+                   help="also load the gateway while another nginx holds "
+                   "the connections (default on, off with --quick)")
     p.add_argument("--no-control", dest="control", action="store_false")
-    p.add_argument(
-        "--no-prealloc",
-        action="store_true",
-        help="skip the worker_connections 1024 start that prices a slot",
-    )
-    p.add_argument(
-        "--out", default=None, help="directory for the report (bench/results)"
-    )
+    p.add_argument("--no-prealloc", action="store_true",
+                   help="skip the worker_connections 1024 start that prices "
+                   "a slot")
+    p.add_argument("--out", default=None,
+                   help="directory for the report (bench/results)")
     p.add_argument("--wrk", default="wrk")
     args = p.parse_args()
     if args.control is None:
@@ -1811,13 +1775,7 @@ def main():
     workdir = Path(tempfile.mkdtemp(prefix="gateway-scale-"))
     workdir.chmod(0o755)
     sites = idle.site_ports(args.site_port)
-    settings = gateways.Settings(
-        workdir=workdir,
-        nginx=args.nginx,
-        modules="",
-        workers=args.workers,
-        site_ports=sites,
-    )
+    settings = idle.settings_for(args, workdir, sites)
     try:
         with gateways.running(
             gateways.sites_gateway(settings), settings, workers=1

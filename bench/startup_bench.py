@@ -12,7 +12,6 @@ and left out of the medians.
 import argparse
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -66,8 +65,7 @@ def main():
     runs = [one_run(venv) for _ in range(args.runs + 1)]
     load_after = open("/proc/loadavg").read().split()[:3]
     rest = runs[1:]     # the first run may rebuild: not counted
-    med = {k: statistics.median(r[k] for r in rest)
-           for k in ("accept_s", "first_answer_s", "stopped_s")}
+    med = report.medians(rest, ("accept_s", "first_answer_s", "stopped_s"))
     right = sum(r["first_answer"] == "site s1 from 3450" for r in runs)
     lines = [
         "# `make run` with nothing to rebuild",
