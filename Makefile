@@ -161,8 +161,8 @@ soak: setup
 # (tests/unit/test_clean.py checks it against the files git ignores)
 clean:
 	rm -rf build dist output *.egg-info .pytest_cache .hypothesis \
-	       .ruff_cache shm_ring/_ring.c shm_ring/*.so pyworker/*.so \
-	       pyworker/*.c pyworker/*/*.c pyworker/*/*.so
+	       .ruff_cache shm_ring/_ring.c shm_ring/codec.c shm_ring/*.so \
+	       pyworker/*.so pyworker/*.c pyworker/*/*.c pyworker/*/*.so
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	[ ! -d logs ] || find logs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
 

@@ -29,11 +29,11 @@ extensions = [
 ] + [
     # the per-request path, plain Python compiled for speed; the .py files
     # stay the source, and serve as they are where nothing was compiled
-    Extension("pyworker." + name.replace("/", "."),
-              sources=["pyworker/%s.py" % name],
+    Extension(name.replace("/", "."), sources=[name + ".py"],
               extra_compile_args=C_FLAGS)
-    for name in ("dispatch", "chain", "headers", "verdict", "api",
-                 "filters/metadata", "drivers/unit")
+    for name in ("shm_ring/codec", "pyworker/dispatch", "pyworker/chain",
+                 "pyworker/headers", "pyworker/verdict", "pyworker/api",
+                 "pyworker/filters/metadata", "pyworker/drivers/unit")
 ]
 
 setup(
@@ -44,7 +44,8 @@ setup(
     python_requires=">=3.11",
     packages=["shm_ring", "pyworker", "pyworker.filters",
               "pyworker.drivers", "pyworker.discovery"],
-    package_data={"shm_ring": ["shm_ring.h", "shm_ring.pxd", "*.c",
+    # the ring's C sources (what nginx compiles too), not Cython's output
+    package_data={"shm_ring": ["shm_ring.h", "shm_ring.pxd", "shm_*.c",
                                "_ring.pyx"]},
     ext_modules=cythonize(extensions, language_level=3) if cythonize else [],
     # what runs: the ring needs nothing but its own extension (README,

@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
 
-from shm_ring.codec import (ERROR, REPLY,  # noqa: E402
+from shm_ring.codec import (ACTION_ERROR, ACTION_REPLY,  # noqa: E402
                             Verdict, encode_request, encode_verdict)
 
 
@@ -27,23 +27,23 @@ def verdicts():
     yield Verdict(request_set=[("X-Unit", "s2"), ("uid", "101")],
                   request_remove=["Cookie", "X-Debug"],
                   response_add=[("X-Served-By", "mosn")])
-    yield Verdict(action=REPLY, status=200,
+    yield Verdict(action=ACTION_REPLY, status=200,
                   reply_headers=[("Content-Type", "text/plain")],
                   reply_body=b"hello\n")
-    yield Verdict(action=REPLY, status=403, reply_body=b"denied")
-    yield Verdict(action=REPLY, status=599)
-    yield Verdict(action=REPLY, status=302,
+    yield Verdict(action=ACTION_REPLY, status=403, reply_body=b"denied")
+    yield Verdict(action=ACTION_REPLY, status=599)
+    yield Verdict(action=ACTION_REPLY, status=302,
                   reply_headers=[("Location", "http://example.com/a?b=c")],
                   response_add=[("Set-Cookie", "a=b; Path=/")])
     yield Verdict.error("filter raised ValueError: bad uid")
-    yield Verdict(action=ERROR)
+    yield Verdict(action=ACTION_ERROR)
     yield Verdict(log="routed by uid")
     yield Verdict(metadata={"k%d" % i: "v" * i for i in range(40)})
     yield Verdict(request_set=[("h%d" % i, "x") for i in range(255)])
     yield Verdict(upstream="u" * 255, metadata={"K" * 64: "\x7f\xff"},
                   request_set=[("!#$%&'*+-.^_`|~", "\t value ")])
-    yield Verdict(action=REPLY, status=500, reply_body=bytes(range(256)),
-                  log="\u00e9t\u00e9")
+    yield Verdict(action=ACTION_REPLY, status=500,
+                  reply_body=bytes(range(256)), log="\u00e9t\u00e9")
     # the response phase: the request's verdict asks for it, and the
     # verdict on the response sets, removes and adds header lines
     yield Verdict(upstream="s1", metadata={"UNIT": "s1"}, run_senders=True)

@@ -28,8 +28,7 @@ cdef extern from "Python.h":
 
 from shm_ring.shm_ring cimport *
 
-from shm_ring.codec import (PENDING, RingError, Verdict as _PlainVerdict,
-                            decode_metadata,
+from shm_ring.codec import (PENDING, RingError, Verdict, decode_metadata,
                             endpoint_app as _ep_app,
                             endpoint_host as _ep_host,
                             endpoint_spec as _ep_spec)
@@ -952,7 +951,7 @@ cdef class Consumer:
             req = _slot_request(slot.data, data_size)
             if req is None:
                 self._complete(slot, ps,
-                               _PlainVerdict.error("malformed request"))
+                               Verdict.error("malformed request"))
                 continue
             _in_slot(req, slot, ps)
             verdict = dispatch(req)

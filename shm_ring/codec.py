@@ -1,37 +1,72 @@
-"""Request records and verdicts as bytes, in pure Python.
+"""Request records and verdicts as bytes, in pure Python, and the verdict
+itself.
 
-The layouts are those of shm_ring.h.  The hot path reads and writes them
-in place (Cython); this module is the reference used by the pure-Python
-fallback, by test producers and by the round-trip tests.
+The layouts are those of shm_ring.h (their numbers: shm_ring.abi).  The
+hot path reads and writes them in place (Cython); this module is the
+reference used by the pure-Python fallback, by test producers and by the
+round-trip tests.  ``Verdict`` is the one verdict of both sides: the filter
+chain builds it (pyworker.verdict checks it), the binding writes it into a
+slot, decode_verdict() reads it back as nginx does.
 """
 
 import re
 import socket
-import struct
 
-REQ_HEADER = struct.Struct("<IIQII" + "II" * 9)
-HEADER_ENTRY = struct.Struct("<III")
-VERDICT_HEADER = struct.Struct("<IHHII")
-RECORD = struct.Struct("<B3xII")
+from shm_ring import abi
+from shm_ring.abi import (ACTION_CONTINUE, ACTION_ERROR, ACTION_REPLY,
+                          EP_APP_NAME_MAX, EP_INET, EP_INET6, EP_SITE_MAX,
+                          HEADER_ENTRY, RECORD, REC_LOG, REC_META,
+                          REC_REPLY_BODY, REC_REPLY_HEADER, REC_REQ_DEL,
+                          REC_REQ_SET, REC_RESP_ADD, REC_RESP_BODY,
+                          REC_RESP_DEL, REC_RESP_SET, REC_UPSTREAM, REQ,
+                          REQ_F_BODY, REQ_F_META, REQ_F_RESPONSE, VERDICT,
+                          VERDICT_F_DECODE, VERDICT_F_SENDERS,
+                          VERDICT_MAX_RECORDS)
 
+# the request record's fields, in the order of mosn_req_t's field[]
 FIELDS = ("chain", "method", "path", "query", "remote_addr", "protocol",
           "body", "headers", "meta")
-F_BODY = 0x1                # the body field holds the (response's) body
-F_RESPONSE = 0x2            # a response record (the response phase)
-F_META = 0x4                # its meta field: the request's metadata
-F_SENDERS = 0x1             # verdict flag: run the response phase
-F_DECODE = 0x2              # verdict flag: hold compressed bodies too
 
-CONTINUE, REPLY, ERROR = 0, 1, 2
-REC_UPSTREAM, REC_META, REC_REQ_SET, REC_REQ_DEL = 1, 2, 3, 4
-REC_RESP_ADD, REC_REPLY_HEADER, REC_REPLY_BODY, REC_LOG = 5, 6, 7, 8
-REC_RESP_SET, REC_RESP_DEL, REC_RESP_BODY = 9, 10, 11
-MAX_RECORDS = 256
+ACTION_NAMES = {ACTION_CONTINUE: "CONTINUE", ACTION_REPLY: "REPLY",
+                ACTION_ERROR: "ERROR"}
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,255}\Z")
-_META_KEY = re.compile(rb"[A-Za-z0-9_]{1,64}\Z")
-_UPSTREAM = re.compile(rb"[A-Za-z0-9_.:\[\]-]{1,255}\Z")
-_BAD_VALUE = re.compile(rb"[\r\n\0]")
+# Older names of the verdict actions, kept for code written against them.
+# They are actions of a verdict, not the CONTINUE / STOP a filter returns
+# (pyworker.api): new code says ACTION_CONTINUE, ACTION_REPLY, ACTION_ERROR.
+CONTINUE, REPLY, ERROR = ACTION_CONTINUE, ACTION_REPLY, ACTION_ERROR
+
+# What nginx accepts in a verdict, the checks of shm_verdict.c.  Both the
+# chain's check (pyworker.verdict, on str) and decode_verdict() (on bytes,
+# read as latin-1) use these, so the two sides cannot disagree.
+
+# RFC 9110 token; 255 is the ring's limit on a header name
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,255}").fullmatch
+# CR, LF and NUL split or truncate headers; above U+00FF latin-1 cannot encode
+_BAD_CHAR = re.compile("[\r\n\x00\u0100-\U0010ffff]").search
+_META_KEY = re.compile(r"[A-Za-z0-9_]{1,%d}" % abi.META_KEY_MAX).fullmatch
+_UPSTREAM = re.compile(r"[A-Za-z0-9_.:\[\]-]{1,255}").fullmatch
+
+
+def is_header_name(name):
+    """Whether the str ``name`` is an HTTP token nginx takes as a name."""
+    return _TOKEN(name) is not None
+
+
+def bad_char(text):
+    """The first character of the str ``text`` that no header value or
+    metadata value may hold (CR, LF, NUL, above U+00FF), or None."""
+    found = _BAD_CHAR(text)
+    return None if found is None else found.group()
+
+
+def is_metadata_key(key):
+    """Whether ``key`` can be a metadata key ($mosn_meta_<key> in nginx)."""
+    return isinstance(key, str) and _META_KEY(key) is not None
+
+
+def is_upstream_name(name):
+    """Whether the str ``name`` can name an upstream ($mosn_upstream)."""
+    return _UPSTREAM(name) is not None
 
 
 class _Pending:
@@ -52,46 +87,102 @@ class RingError(Exception):
 
 
 class Verdict:
-    """A verdict as plain data (the filter API has a richer one)."""
+    """What to do with a request.
+
+    Header records are declarative, one entry per edited name:
+    ``request_set`` holds one (name, value) line per header, which replaces
+    every line of that name (several values are joined into one line, see
+    ``RequestHeaders.to_records``); ``request_remove`` the names whose lines
+    are all removed; no name is in both, so the order of application does
+    not matter. ``response_add`` lines are added to the response;
+    ``response_set``/``response_remove`` are the response-phase (sender
+    filter) counterparts of the request records; in the response phase a
+    name may have several ``response_set`` lines (Set-Cookie cannot be
+    joined). For a REPLY, ``reply_headers`` and ``reply_body`` are the
+    direct answer. ``run_senders`` asks nginx to bring the upstream's
+    response back through the chain's sender filters, ``decode_body`` to
+    hand them compressed bodies too (decoded). ``response_body``, in the
+    response phase, is the new body (bytes), or None to leave it.
+
+    The lists and the dict given are kept, not copied.
+    """
 
     __slots__ = ("action", "status", "upstream", "metadata", "request_set",
                  "request_remove", "response_add", "reply_headers",
                  "reply_body", "log", "response_set", "response_remove",
                  "run_senders", "response_body", "decode_body")
 
-    def __init__(self, action=CONTINUE, status=0, upstream=None,
-                 metadata=None, request_set=(), request_remove=(),
-                 response_add=(), reply_headers=(), reply_body=b"", log="",
-                 response_set=(), response_remove=(), run_senders=False,
-                 response_body=None, decode_body=False):
+    def __init__(self, action=ACTION_CONTINUE, status=0, upstream=None,
+                 metadata=None, request_set=None, request_remove=None,
+                 response_add=None, reply_headers=None, reply_body=b"",
+                 log="", response_set=None, response_remove=None,
+                 run_senders=False, response_body=None, decode_body=False):
         self.action = action
         self.status = status
         self.upstream = upstream
-        self.metadata = dict(metadata or {})
-        self.request_set = list(request_set)
-        self.request_remove = list(request_remove)
-        self.response_add = list(response_add)
-        self.reply_headers = list(reply_headers)
+        self.metadata = {} if metadata is None else metadata
+        self.request_set = [] if request_set is None else request_set
+        self.request_remove = [] if request_remove is None else request_remove
+        self.response_add = [] if response_add is None else response_add
+        self.reply_headers = [] if reply_headers is None else reply_headers
         self.reply_body = reply_body
         self.log = log
-        self.response_set = list(response_set)
-        self.response_remove = list(response_remove)
+        self.response_set = [] if response_set is None else response_set
+        self.response_remove = (
+            [] if response_remove is None else response_remove
+        )
         self.run_senders = run_senders
         self.response_body = response_body
         self.decode_body = decode_body
 
     @classmethod
-    def error(cls, why):
-        return cls(action=ERROR, log=why)
+    def error(cls, log):
+        return cls(ACTION_ERROR, log=log)
+
+    @property
+    def action_name(self):
+        return ACTION_NAMES.get(self.action, str(self.action))
+
+    def to_dict(self):
+        """A JSON-friendly view (for ``pyworker try`` and for tests)."""
+        out = {"action": self.action_name}
+        for name in self.__slots__[1:]:
+            value = getattr(self, name)
+            if name in ("reply_body", "response_body"):
+                # an empty new body is a body; an empty reply body is none
+                if value or (name == "response_body" and value is not None):
+                    try:
+                        out[name] = value.decode("utf-8")
+                    except UnicodeDecodeError:
+                        out[name] = value.decode("latin-1")
+            elif value or name == "metadata":
+                out[name] = (
+                    [list(pair) for pair in value]
+                    if name in _PAIR_FIELDS
+                    else value
+                )
+        return out
 
     def __eq__(self, other):
-        return all(getattr(self, k) == getattr(other, k)
-                   for k in self.__slots__)
+        if not isinstance(other, Verdict):
+            return NotImplemented
+        return all(
+            getattr(self, name) == getattr(other, name)
+            for name in self.__slots__
+        )
+
+    __hash__ = None
 
     def __repr__(self):
-        return "Verdict(%s)" % ", ".join(
-            "%s=%r" % (k, getattr(self, k)) for k in self.__slots__
-            if getattr(self, k))
+        fields = ", ".join(
+            f"{name}={getattr(self, name)!r}"
+            for name in self.__slots__[1:]
+            if getattr(self, name)
+        )
+        return f"Verdict({self.action_name}{', ' if fields else ''}{fields})"
+
+
+_PAIR_FIELDS = {"request_set", "response_add", "reply_headers", "response_set"}
 
 
 def _b(s):
@@ -109,7 +200,7 @@ def encode_request(chain="", method="GET", path="/", query="",
                _b(protocol), _b(body or b"")]
     meta = encode_metadata(metadata or {})
     fields = []
-    off = REQ_HEADER.size
+    off = REQ.size
     for s in strings:
         fields.append((off, len(s)))
         off += len(s)
@@ -128,10 +219,10 @@ def encode_request(chain="", method="GET", path="/", query="",
     fields.append((off, len(meta)))
     off += len(meta)
     flat = [x for f in fields for x in f]
-    flags = (F_BODY if body is not None else 0) \
-        | (F_RESPONSE if status is not None else 0) \
-        | (F_META if metadata else 0)
-    head = REQ_HEADER.pack(off, len(pairs), request_id, flags, status or 0,
+    flags = (REQ_F_BODY if body is not None else 0) \
+        | (REQ_F_RESPONSE if status is not None else 0) \
+        | (REQ_F_META if metadata else 0)
+    head = REQ.pack(off, len(pairs), request_id, flags, status or 0,
                            *flat)
     return b"".join([head] + strings + table
                     + [n + v for n, v in pairs] + [meta])
@@ -139,24 +230,24 @@ def encode_request(chain="", method="GET", path="/", query="",
 
 def decode_request(buf):
     """The fields of a request record, checked against its length."""
-    if len(buf) < REQ_HEADER.size:
+    if len(buf) < REQ.size:
         raise RingError("request record is shorter than its header")
-    vals = REQ_HEADER.unpack_from(buf)
+    vals = REQ.unpack_from(buf)
     rec_len, nheaders, request_id, flags = vals[0], vals[1], vals[2], vals[3]
-    if rec_len < REQ_HEADER.size or rec_len > len(buf):
+    if rec_len < REQ.size or rec_len > len(buf):
         raise RingError("request record length is out of bounds")
     fields = list(zip(vals[5::2], vals[6::2]))
     for off, n in fields:
         if off + n > rec_len:
             raise RingError("request field overruns the record")
     out = {"request_id": request_id,
-           "status": vals[4] if flags & F_RESPONSE else None}
+           "status": vals[4] if flags & REQ_F_RESPONSE else None}
     for name, (off, n) in zip(FIELDS, fields):
         if name != "headers":
             out[name] = bytes(buf[off:off + n])
     out["metadata"] = decode_metadata(out.pop("meta")) \
-        if flags & F_META else None
-    if not flags & F_BODY:
+        if flags & REQ_F_META else None
+    if not flags & REQ_F_BODY:
         out["body"] = None
     table_off, table_len = fields[7]
     if table_len != nheaders * HEADER_ENTRY.size:
@@ -194,7 +285,7 @@ def verdict_records(v):
     """The (type, key, value) records of a verdict, in wire order."""
     recs = []
     if v is None:
-        return CONTINUE, 0, 0, recs
+        return ACTION_CONTINUE, 0, 0, recs
     if v.upstream:
         recs.append((REC_UPSTREAM, b"", _b(v.upstream)))
     for k, val in (v.metadata or {}).items():
@@ -206,7 +297,7 @@ def verdict_records(v):
     recs += [(REC_RESP_ADD, _b(k), _b(val)) for k, val in v.response_add]
     if v.response_body is not None:
         recs.append((REC_RESP_BODY, b"", _b(v.response_body)))
-    if v.action == REPLY:
+    if v.action == ACTION_REPLY:
         recs += [(REC_REPLY_HEADER, _b(k), _b(val))
                  for k, val in v.reply_headers]
         if v.reply_body:
@@ -214,8 +305,8 @@ def verdict_records(v):
     if v.log:
         recs.append((REC_LOG, b"", v.log.encode("utf-8", "replace")))
     flags = 0
-    if v.action == CONTINUE and v.run_senders:
-        flags = F_SENDERS | (F_DECODE if v.decode_body else 0)
+    if v.action == ACTION_CONTINUE and v.run_senders:
+        flags = VERDICT_F_SENDERS | (VERDICT_F_DECODE if v.decode_body else 0)
     return v.action, v.status, flags, recs
 
 
@@ -223,8 +314,8 @@ def encode_verdict(v):
     action, status, flags, recs = verdict_records(v)
     body = b"".join(RECORD.pack(t, len(k), len(val)) + k + val
                     for t, k, val in recs)
-    return VERDICT_HEADER.pack(VERDICT_HEADER.size + len(body), action,
-                               status, len(recs), flags) + body
+    return VERDICT.pack(VERDICT.size + len(body), action, status,
+                        len(recs), flags) + body
 
 
 def validate_verdict(buf):
@@ -239,19 +330,19 @@ def validate_verdict(buf):
 def decode_verdict(buf):
     """Parses and checks a verdict as the nginx module does."""
     buf = bytes(buf)
-    if len(buf) < VERDICT_HEADER.size:
+    if len(buf) < VERDICT.size:
         raise RingError("verdict header does not match its length")
-    length, action, status, nrec, flags = VERDICT_HEADER.unpack_from(buf)
-    if length != len(buf) or nrec > MAX_RECORDS:
+    length, action, status, nrec, flags = VERDICT.unpack_from(buf)
+    if length != len(buf) or nrec > VERDICT_MAX_RECORDS:
         raise RingError("verdict header does not match its length")
-    if action not in (CONTINUE, REPLY, ERROR):
+    if action not in ACTION_NAMES:
         raise RingError("unknown verdict action")
-    if action == REPLY and not 200 <= status <= 599:
+    if action == ACTION_REPLY and not 200 <= status <= 599:
         raise RingError("reply status is not in 200..599")
     v = Verdict(action=action, status=status,
-                run_senders=bool(flags & F_SENDERS),
-                decode_body=bool(flags & F_DECODE))
-    pos = VERDICT_HEADER.size
+                run_senders=bool(flags & VERDICT_F_SENDERS),
+                decode_body=bool(flags & VERDICT_F_DECODE))
+    pos = VERDICT.size
     bodies = 0
     for _ in range(nrec):
         if len(buf) - pos < RECORD.size:
@@ -262,28 +353,29 @@ def decode_verdict(buf):
             raise RingError("record lengths overrun the verdict")
         k, val = buf[pos:pos + klen], buf[pos + klen:pos + klen + vlen]
         pos += klen + vlen
-        bad_value = _BAD_VALUE.search(val) is not None
+        # names and values as nginx sees them: bytes, read as latin-1
+        key, text = k.decode("latin-1"), val.decode("latin-1")
+        bad_value = bad_char(text) is not None
         if t == REC_UPSTREAM:
-            if klen or v.upstream is not None or not _UPSTREAM.match(val):
+            if klen or v.upstream is not None or not is_upstream_name(text):
                 raise RingError("bad upstream name")
-            v.upstream = val.decode("latin-1")
+            v.upstream = text
         elif t == REC_META:
-            if not _META_KEY.match(k) or bad_value:
+            if not is_metadata_key(key) or bad_value:
                 raise RingError("bad metadata key or value")
-            v.metadata[k.decode()] = val.decode("latin-1")
+            v.metadata[key] = text
         elif t in (REC_REQ_SET, REC_RESP_ADD, REC_RESP_SET,
                    REC_REPLY_HEADER):
-            if not _TOKEN.match(k) or bad_value:
+            if not is_header_name(key) or bad_value:
                 raise RingError("bad header name or value")
-            pair = (k.decode("latin-1"), val.decode("latin-1"))
             {REC_REQ_SET: v.request_set, REC_RESP_ADD: v.response_add,
              REC_RESP_SET: v.response_set,
-             REC_REPLY_HEADER: v.reply_headers}[t].append(pair)
+             REC_REPLY_HEADER: v.reply_headers}[t].append((key, text))
         elif t in (REC_REQ_DEL, REC_RESP_DEL):
-            if not _TOKEN.match(k) or vlen:
+            if not is_header_name(key) or vlen:
                 raise RingError("bad header name to remove")
             (v.request_remove if t == REC_REQ_DEL
-             else v.response_remove).append(k.decode("latin-1"))
+             else v.response_remove).append(key)
         elif t == REC_REPLY_BODY:
             bodies += 1
             if klen or bodies > 1:
@@ -305,11 +397,6 @@ def decode_verdict(buf):
 
 
 # endpoints of the region's endpoint table (shm_ring.h, mosn_endpoint_t)
-
-EP_INET, EP_INET6 = 4, 6
-EP_APP_NAME_MAX = 64        # bytes, the NUL included
-EP_SITE_MAX = 32
-ENDPOINT = struct.Struct("<BBHI16s")
 
 
 def endpoint_app(app):

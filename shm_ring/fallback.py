@@ -40,38 +40,54 @@ import os
 import platform
 import socket
 import stat
-import struct
 import threading
 import time
 
 from shm_ring import codec
 from shm_ring.codec import RingError
+from shm_ring.abi import (ACTION_ERROR, CACHELINE, CHAN_CLAIMING,
+                          CHAN_DRAINING, CHAN_FREE, CHAN_OWNED, CHAN_REAPING,
+                          CONSUMER_SIZE, CONS_DEAD, CONS_DRAINING, CONS_EMPTY,
+                          CONS_LIVE, CONS_STARTING, C_ABANDONS, C_BATCHES,
+                          C_COMPLETED, C_DOORBELLS, C_ERRORS, C_FUTEX,
+                          C_INCARNATION, C_PID, C_SLEEPING, C_SLEEPS,
+                          C_STARTTIME, C_STATE, C_TAKEN, ENDPOINT,
+                          EPA_ENDPOINTS, EPA_GENERATION, EPA_HEAD, EPA_NAME,
+                          EPA_NAME_LEN, EPA_NENDPOINTS, EPA_RR, EPA_SEQ,
+                          EPA_SITES, EP_ANY, EP_APPS, EP_APP_NAME_MAX,
+                          EP_APP_SIZE, EP_BUSY, EP_INET, EP_INET6, EP_MAX,
+                          EP_NONE, EP_RR_ANY, EP_SITE, EP_SITES, EP_SITE_ENTRY,
+                          EP_SITE_MAX, HEADER, HEADER_ENTRY, H_CONSUMER_EPOCH,
+                          H_MAGIC, H_POOL_STATE, H_SUPERVISOR_PID,
+                          MAX_CONSUMERS, MAX_PRODUCERS, MAX_SLOTS,
+                          MAX_SLOT_SIZE, MIN_SLOT_SIZE, NAME_MAX, POOL_FAILED,
+                          POOL_RUNNING, POOL_STARTING, POOL_STOPPED,
+                          PRODUCER_SIZE, P_COMPLETED, P_COST_NS, P_DOORBELLS,
+                          P_EPOCH, P_FALLBACKS, P_FORGED, P_FUTEX_WAKES,
+                          P_IN_USE, P_NEED_WAKEUP, P_NOTIFY_FD, P_OWNER,
+                          P_QUEUED, P_QUEUE_FULL, P_REFUSED, P_REQUEUED,
+                          P_STALE, P_STARTTIME, P_SUBMITTED, P_TIMEOUTS,
+                          P_WAITING, RECORD, REC_RESP_BODY, REQ, REQ_ADDR,
+                          REQ_BODY, REQ_CHAIN, REQ_F_BODY, REQ_F_META,
+                          REQ_F_RESPONSE, REQ_HEADERS, REQ_META, REQ_METHOD,
+                          REQ_PATH, REQ_PROTOCOL, REQ_QUERY, RING_ABI_VERSION,
+                          RING_MAGIC, R_ENTRIES, R_HEAD, R_TAIL, SLEEP_FD,
+                          SLEEP_FUTEX, SLEEP_NONE, SLOT_DONE, SLOT_FREE,
+                          SLOT_HEADER_SIZE, SLOT_SUBMITTED, SLOT_TAKEN,
+                          S_ABANDONED, S_DATA, S_DEADLINE_NS, S_REQ_LEN,
+                          S_STATE, S_SUBMIT_NS, S_VERDICT_LEN, S_VERDICT_OFF,
+                          U32, VERDICT, VERDICT_MAX_RECORDS, WAKE_DIR_SUFFIX,
+                          entry, owner, sw, sw_consumer, sw_gen, sw_inc,
+                          sw_state)
 
-ABI_VERSION = 4
+ABI_VERSION = RING_ABI_VERSION
 IMPLEMENTATION = "python"
 
-# shm_ring.h
-MAGIC = 0x474E4952534F4D21
-CACHELINE = 64
-MAX_PRODUCERS = 256
-MAX_CONSUMERS = 64
-MAX_SLOTS = 65536
-MIN_SLOT_SIZE = 1024
-MAX_SLOT_SIZE = 16 * 1024 * 1024
-NAME_MAX = 64
-PATH_MAX = 512
-WAKE_DIR_SUFFIX = ".wake"
-SLOT_HEADER_SIZE = 64
-VERDICT_MAX_RECORDS = 256
+# the C core's
 RESCUE_FAILED = 0x80000000
 RESCUE_NONE, RESCUE_REQUEUED, RESCUE_DONE, RESCUE_LOST = range(4)
 BATCH_MAX = 256            # as _ring.pyx
 
-SLOT_FREE, SLOT_SUBMITTED, SLOT_TAKEN, SLOT_DONE = 0, 1, 2, 3
-CHAN_FREE, CHAN_CLAIMING, CHAN_OWNED, CHAN_DRAINING, CHAN_REAPING = range(5)
-CONS_EMPTY, CONS_STARTING, CONS_LIVE, CONS_DRAINING, CONS_DEAD = range(5)
-SLEEP_NONE, SLEEP_FUTEX, SLEEP_FD = 0, 1, 2
-POOL_STARTING, POOL_RUNNING, POOL_FAILED, POOL_STOPPED = range(4)
 _POOL_STATES = {POOL_STARTING: "starting", POOL_RUNNING: "running",
                 POOL_FAILED: "failed", POOL_STOPPED: "stopped"}
 _POOL_STATE_CODES = {v: k for k, v in _POOL_STATES.items()}
@@ -83,101 +99,11 @@ _CHANNEL_STATES = {CHAN_FREE: "free", CHAN_CLAIMING: "claiming",
                    CHAN_OWNED: "owned", CHAN_DRAINING: "draining",
                    CHAN_REAPING: "reaping"}
 
-# mosn_shm_header_t, whole, and its fields' offsets
-HEADER = struct.Struct("<QIIQ IIII QQQQQ IIQ IIII 64s512s QII")
-H_MAGIC, H_ABI, H_REGION_SIZE = 0, 8, 16
-H_SUPERVISOR_PID, H_CONSUMER_EPOCH = 84, 96
-H_DESIRED_WORKERS, H_POOL_STATE = 104, 108
-H_NAME, H_CONFIG_PATH = 112, 176
-H_ENDPOINTS_OFF, H_EP_APPS, H_EP_APP_SIZE = 688, 696, 700
-
-# mosn_producer_t
-PRODUCER_SIZE = 144
-P_OWNER, P_STARTTIME, P_EPOCH, P_NEED_WAKEUP, P_IN_USE = 0, 8, 16, 20, 24
-P_WAITING = 28
-P_SUBMITTED, P_COMPLETED, P_STALE, P_REQUEUED, P_TIMEOUTS = 32, 40, 48, 56, 64
-P_FALLBACKS, P_FUTEX_WAKES, P_DOORBELLS, P_COST_NS = 72, 80, 88, 96
-P_QUEUED, P_QUEUE_FULL, P_NOTIFY_FD = 104, 112, 120
-P_FORGED, P_REFUSED = 128, 136
-
-# mosn_consumer_t
-CONSUMER_SIZE = 88
-C_STATE, C_INCARNATION, C_PID, C_SLEEPING, C_STARTTIME = 0, 4, 8, 12, 16
-C_FUTEX, C_TAKEN, C_COMPLETED, C_BATCHES, C_SLEEPS = 24, 32, 40, 48, 56
-C_DOORBELLS, C_ERRORS, C_ABANDONS = 64, 72, 80
-
-# mosn_ring_t: head and tail on lines of their own, then the entries
-R_HEAD, R_TAIL, R_ENTRIES = 0, 64, 128
-
-# mosn_slot_t
-S_STATE, S_REQUEST_ID, S_SUBMIT_NS = 0, 8, 16
-S_REQ_LEN, S_VERDICT_OFF, S_VERDICT_LEN = 24, 28, 32
-S_ABANDONED, S_DEADLINE_NS = 36, 40
-S_DATA = SLOT_HEADER_SIZE
-
-# the endpoint table: mosn_ep_app_t, mosn_ep_site_t, mosn_endpoint_t
-EP_APPS = 16
-EP_MAX = 256
-EP_SITES = 32
-EP_APP_NAME_MAX = codec.EP_APP_NAME_MAX
-EP_SITE_MAX = codec.EP_SITE_MAX
-EP_RR_ANY = EP_SITES
-EP_INET, EP_INET6 = codec.EP_INET, codec.EP_INET6
-EP_NONE, EP_SITE, EP_ANY, EP_BUSY = 0, 1, 2, -1
 EP_SPINS = 1000
-EPA_SEQ, EPA_GENERATION, EPA_NENDPOINTS, EPA_NAME_LEN = 0, 4, 8, 12
-EPA_NAME, EPA_RR, EPA_SITES, EPA_ENDPOINTS = 16, 128, 320, 1600
-EP_APP_SIZE = 7744
-EP_SITE = struct.Struct("<HHI32s")            # first, count, name_len, name
-ENDPOINT = codec.ENDPOINT           # family, site, port, flags, addr
-EPA_HEAD = struct.Struct("<IIII64s")        # seq .. name
-
-REQ_SIZE = codec.REQ_HEADER.size            # mosn_req_t
-REQ_F_BODY = codec.F_BODY
-REQ_F_RESPONSE = codec.F_RESPONSE
-REQ_F_META = codec.F_META
-F_CHAIN, F_METHOD, F_PATH, F_QUERY, F_ADDR, F_PROTOCOL, F_BODY = range(7)
-F_HEADERS, F_META = 7, 8
-
-U32 = 0xFFFFFFFF
 
 
 def _align(n, a):
     return (n + a - 1) & ~(a - 1)
-
-
-# the words of shm_ring.h's macros
-
-def sw(gen, inc, c, st):
-    """MOSN_SW: gen:32 | inc:16 | consumer:8 | state:8."""
-    return ((gen & U32) << 32) | ((inc & 0xFFFF) << 16) | ((c & 0xFF) << 8) \
-        | (st & 0xFF)
-
-
-def sw_state(w):
-    return w & 0xFF
-
-
-def sw_consumer(w):
-    return (w >> 8) & 0xFF
-
-
-def sw_inc(w):
-    return (w >> 16) & 0xFFFF
-
-
-def sw_gen(w):
-    return w >> 32
-
-
-def entry(slot, gen):
-    """MOSN_ENTRY: gen:32 | slot:32."""
-    return ((gen & U32) << 32) | (slot & U32)
-
-
-def owner(pid, st):
-    """MOSN_OWNER: pid:32 | state:8."""
-    return ((pid & U32) << 32) | (st & 0xFF)
 
 
 # processes, futexes, fences
@@ -331,7 +257,7 @@ def _region_check(buf, size):
         raise RingError("region is %d bytes, smaller than its header "
                         "(%d bytes)" % (size, HEADER.size))
     h = _unpack_header(buf)
-    if h["magic"] != MAGIC:
+    if h["magic"] != RING_MAGIC:
         raise RingError("region has no ring magic (found 0x%x)"
                         % h["magic"])
     if h["abi"] != ABI_VERSION:
@@ -383,9 +309,9 @@ def _in_the_way(err):
 
 def _wake_dir_clear(fd):
     """Removes what the directory holds (wake-up sockets), no deeper."""
-    for entry in os.listdir(fd):
+    for name in os.listdir(fd):
         try:
-            os.unlink(entry, dir_fd=fd)
+            os.unlink(name, dir_fd=fd)
         except IsADirectoryError:
             os.rmdir(entry, dir_fd=fd)
         except OSError:
@@ -558,7 +484,7 @@ class Region:
         finally:
             os.close(fd)
         # the magic goes last: a reader that sees it sees the layout
-        r._u64[H_MAGIC >> 3] = MAGIC
+        r._u64[H_MAGIC >> 3] = RING_MAGIC
         return r
 
     @staticmethod
@@ -1517,8 +1443,8 @@ def _ep_parse(raw):
         return None
     sites = []
     for i in range(EP_SITES):
-        first, count, nlen, sname = EP_SITE.unpack_from(raw, EPA_SITES
-                                                        + EP_SITE.size * i)
+        first, count, nlen, sname = EP_SITE_ENTRY.unpack_from(
+            raw, EPA_SITES + EP_SITE_ENTRY.size * i)
         if nlen >= EP_SITE_MAX or first + count > n:
             return None
         sites.append((first, count, nlen, sname[:nlen]))
@@ -1663,8 +1589,8 @@ def _endpoints_set(rg, name, specs):
     # sites keep their entries (and so their round-robin counters)
     sites = []
     for i in range(EP_SITES):
-        first, count, nlen, sname = EP_SITE.unpack_from(
-            rg._mm, a + EPA_SITES + EP_SITE.size * i)
+        first, count, nlen, sname = EP_SITE_ENTRY.unpack_from(
+            rg._mm, a + EPA_SITES + EP_SITE_ENTRY.size * i)
         # a scribbled entry is made unused again, as in C
         sites.append(sname[:nlen] if same_app and 0 < nlen < EP_SITE_MAX
                      else b"")
@@ -1688,7 +1614,7 @@ def _endpoints_set(rg, name, specs):
             sites[s] = site
         used[s] = True
         order.append(s)
-    table = bytearray(EP_SITE.size * EP_SITES)
+    table = bytearray(EP_SITE_ENTRY.size * EP_SITES)
     eps = bytearray(ENDPOINT.size * EP_MAX)
     placed = {}
     pos = 0
@@ -1702,7 +1628,7 @@ def _endpoints_set(rg, name, specs):
         placed[s] = (first, pos - first)
     for i in range(EP_SITES):
         first, count = placed.get(i, (0, 0))
-        EP_SITE.pack_into(table, EP_SITE.size * i, first, count,
+        EP_SITE_ENTRY.pack_into(table, EP_SITE_ENTRY.size * i, first, count,
                           len(sites[i]), sites[i])
     # the write: seq odd, the entry, generation, seq even
     seq = rg.ld32(a + EPA_SEQ) | 1
@@ -1745,27 +1671,27 @@ class SlotRequest:
 
     @property
     def chain(self):
-        return self._field(F_CHAIN)
+        return self._field(REQ_CHAIN)
 
     @property
     def method(self):
-        return self._field(F_METHOD)
+        return self._field(REQ_METHOD)
 
     @property
     def path(self):
-        return self._field(F_PATH)
+        return self._field(REQ_PATH)
 
     @property
     def query(self):
-        return self._field(F_QUERY)
+        return self._field(REQ_QUERY)
 
     @property
     def remote_addr(self):
-        return self._field(F_ADDR)
+        return self._field(REQ_ADDR)
 
     @property
     def protocol(self):
-        return self._field(F_PROTOCOL)
+        return self._field(REQ_PROTOCOL)
 
     @property
     def is_response(self):
@@ -1782,21 +1708,21 @@ class SlotRequest:
         """The request's metadata, on a response record; else {}."""
         if not self._flags & REQ_F_META:
             return {}
-        off, n = self._fields[F_META]
+        off, n = self._fields[REQ_META]
         return codec.decode_metadata(self._rec[off:off + n])
 
     @property
     def body(self):
         if not self._flags & REQ_F_BODY:
             return None
-        off, n = self._fields[F_BODY]
+        off, n = self._fields[REQ_BODY]
         return self._rec[off:off + n]
 
     def _entries(self):
         """(name, value) byte pairs whose lengths fit the record."""
         for i in range(self.nheaders):
-            off, nlen, vlen = codec.HEADER_ENTRY.unpack_from(
-                self._rec, self._table + i * codec.HEADER_ENTRY.size)
+            off, nlen, vlen = HEADER_ENTRY.unpack_from(
+                self._rec, self._table + i * HEADER_ENTRY.size)
             if off + nlen + vlen <= len(self._rec):
                 yield (self._rec[off:off + nlen],
                        self._rec[off + nlen:off + nlen + vlen])
@@ -1821,24 +1747,24 @@ class SlotRequest:
 def _slot_request(mm, data, data_size):
     """_slot_request() of _ring.pyx: checks the record at mm[data:] against
     the slot's data_size; None if malformed."""
-    if data_size < REQ_SIZE:
+    if data_size < REQ.size:
         return None
-    vals = codec.REQ_HEADER.unpack_from(mm, data)
+    vals = REQ.unpack_from(mm, data)
     rec_len, nheaders, request_id, flags = vals[:4]
-    if rec_len < REQ_SIZE or rec_len > data_size:
+    if rec_len < REQ.size or rec_len > data_size:
         return None
     fields = list(zip(vals[5::2], vals[6::2]))
     if any(off + n > rec_len for off, n in fields):
         return None
-    if (fields[F_HEADERS][1] != nheaders * codec.HEADER_ENTRY.size
-            or fields[F_HEADERS][0] % 4):
+    if (fields[REQ_HEADERS][1] != nheaders * HEADER_ENTRY.size
+            or fields[REQ_HEADERS][0] % 4):
         return None
     r = SlotRequest()
     r._rec = mm[data:data + rec_len]
     r._fields = fields
     r._flags = flags
     r._status = vals[4]
-    r._table = fields[F_HEADERS][0]
+    r._table = fields[REQ_HEADERS][0]
     r.nheaders = nheaders
     r.request_id = request_id
     r._rg = None
@@ -1851,20 +1777,20 @@ def _slot_request(mm, data, data_size):
 def _encode_verdict(v, cap):
     """_write_verdict() of _ring.pyx: a Verdict (or None, or a metadata
     dict: the CONTINUE verdict with that metadata only) as bytes."""
-    if cap < codec.VERDICT_HEADER.size:
+    if cap < VERDICT.size:
         raise RingError("no room for a verdict in the slot")
     if type(v) is dict:
         v = codec.Verdict(metadata=v)
     buf = codec.encode_verdict(v)
-    nrecords = codec.VERDICT_HEADER.unpack_from(buf)[3]
+    nrecords = VERDICT.unpack_from(buf)[3]
     if len(buf) > cap and v.response_body is not None:
         # the body is written after these records: what they left
-        pos = codec.VERDICT_HEADER.size
+        pos = VERDICT.size
         for t, key, value in codec.verdict_records(v)[3]:
-            if t == codec.REC_RESP_BODY:
+            if t == REC_RESP_BODY:
                 break
-            pos += codec.RECORD.size + len(key) + len(value)
-        left = max(cap - pos - codec.RECORD.size, 0)
+            pos += RECORD.size + len(key) + len(value)
+        left = max(cap - pos - RECORD.size, 0)
         if len(v.response_body) > left:
             raise RingError("the new response body of %d bytes does not "
                             "fit in the slot (%d bytes left; see "
@@ -1876,17 +1802,17 @@ def _encode_verdict(v, cap):
 
 def _error_verdict(cap, why):
     """_write_error() of _ring.pyx: fallback, with the reason logged."""
-    if cap < codec.VERDICT_HEADER.size:
+    if cap < VERDICT.size:
         # not even a header fits: nothing is written past the slot, and
         # the module refuses the empty verdict and takes the fallback
         return b""
     msg = why.encode("utf-8", "replace")[:200]
-    need = codec.VERDICT_HEADER.size + codec.RECORD.size + len(msg)
+    need = VERDICT.size + RECORD.size + len(msg)
     if need > cap:
-        return codec.VERDICT_HEADER.pack(codec.VERDICT_HEADER.size,
-                                         codec.ERROR, 0, 0, 0)
-    return (codec.VERDICT_HEADER.pack(need, codec.ERROR, 0, 1, 0)
-            + codec.RECORD.pack(codec.REC_LOG, 0, len(msg)) + msg)
+        return VERDICT.pack(VERDICT.size,
+                                         ACTION_ERROR, 0, 0, 0)
+    return (VERDICT.pack(need, ACTION_ERROR, 0, 1, 0)
+            + RECORD.pack(codec.REC_LOG, 0, len(msg)) + msg)
 
 
 class Consumer:

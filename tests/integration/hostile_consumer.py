@@ -19,7 +19,7 @@ import struct
 import sys
 import time
 
-from shm_ring import codec, fallback as f
+from shm_ring import abi, codec, fallback as f
 
 CR_LF = codec.encode_verdict(codec.Verdict(
     request_set=[("X-Ok", "1")])).replace(b"X-Ok", b"X\r\nY")
@@ -36,7 +36,7 @@ def oversized(kind):
     if kind == 0:       # the header claims more than there is
         struct.pack_into("<I", good, 0, len(good) + 4096)
     elif kind == 1:     # a record whose key runs past the verdict
-        struct.pack_into("<I", good, codec.VERDICT_HEADER.size + 4,
+        struct.pack_into("<I", good, abi.VERDICT.size + 4,
                          0xFFFFFF00)
     else:               # more records than the verdict holds
         struct.pack_into("<I", good, 8, 200)

@@ -4,16 +4,20 @@ refused at attach, loudly; and the pure-Python layout is the C layout."""
 
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
 
 import pytest
 
+from shm_ring import abi
 from shm_ring.codec import RingError
 
 ABI_OFF, REGION_SIZE_OFF, SLOTS_OFF_OFF = 8, 16, 72
 HEADER_SIZE = 704                       # sizeof(mosn_shm_header_t)
+# the installed package's copy of the header: what the binding was built on
+INCLUDE = os.path.dirname(os.path.abspath(abi.__file__))
 
 
 def path_of(name):
@@ -210,30 +214,36 @@ int main(void) {
 """
 
 
-def test_python_offsets_match_the_header(tmp_path):
-    """Every offset the fallback uses, against offsetof() of shm_ring.h."""
-    from shm_ring import fallback as f
-
+def compiled(tmp_path, program):
+    """What a C program compiled against the installed shm_ring.h prints,
+    as JSON."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         pytest.skip("no C compiler")
-    src = tmp_path / "offsets.c"
-    src.write_text(OFFSETS_C)
-    include = os.path.dirname(os.path.abspath(f.__file__))
-    subprocess.run([cc, "-I", include, "-o", str(tmp_path / "offsets"),
+    src = tmp_path / "abi.c"
+    src.write_text(program)
+    subprocess.run([cc, "-I", INCLUDE, "-o", str(tmp_path / "abi"),
                     str(src)], check=True)
-    c = json.loads(subprocess.run([str(tmp_path / "offsets")], check=True,
-                                  capture_output=True, text=True).stdout)
+    return json.loads(subprocess.run([str(tmp_path / "abi")], check=True,
+                                     capture_output=True, text=True).stdout)
+
+
+def test_python_offsets_match_the_header(tmp_path):
+    """Every offset the pure-Python side uses, against offsetof() of
+    shm_ring.h."""
+    f = abi
+    c = compiled(tmp_path, OFFSETS_C)
     ours = {
         "sizeof.mosn_shm_header_t": f.HEADER.size,
         "sizeof.mosn_producer_t": f.PRODUCER_SIZE,
         "sizeof.mosn_consumer_t": f.CONSUMER_SIZE,
         "sizeof.mosn_slot_t": f.SLOT_HEADER_SIZE,
-        "sizeof.mosn_req_t": f.REQ_SIZE,
-        "sizeof.mosn_verdict_t": 16, "sizeof.mosn_record_t": 12,
-        "sizeof.mosn_header_entry_t": 12,
+        "sizeof.mosn_req_t": f.REQ.size,
+        "sizeof.mosn_verdict_t": f.VERDICT.size,
+        "sizeof.mosn_record_t": f.RECORD.size,
+        "sizeof.mosn_header_entry_t": f.HEADER_ENTRY.size,
         "sizeof.mosn_endpoint_t": f.ENDPOINT.size,
-        "sizeof.mosn_ep_site_t": f.EP_SITE.size,
+        "sizeof.mosn_ep_site_t": f.EP_SITE_ENTRY.size,
         "sizeof.mosn_ep_app_t": f.EP_APP_SIZE,
         "mosn_shm_header_t.endpoints_off": f.H_ENDPOINTS_OFF,
         "mosn_shm_header_t.ep_apps": f.H_EP_APPS,
@@ -312,3 +322,40 @@ def test_python_offsets_match_the_header(tmp_path):
         "end": 0,
     }
     assert c == ours
+
+
+# the C core's own numbers, not the ABI's
+NOT_ABI = {"RESCUE_NONE", "RESCUE_REQUEUED", "RESCUE_DONE", "RESCUE_LOST",
+           "RESCUE_FAILED", "WAKE_DIR_MAX"}
+
+
+def header_defines():
+    """The object-like #defines of shm_ring.h, without their MOSN_."""
+    with open(os.path.join(INCLUDE, "shm_ring.h")) as f:
+        text = f.read()
+    return [name for name in re.findall(r"^#define MOSN_(\w+)[ \t]", text,
+                                        re.M)
+            if name not in NOT_ABI]
+
+
+def test_every_number_of_the_header_is_the_python_one(tmp_path):
+    """abi.py is shm_ring.h for the pure-Python side: each #define of the
+    header is there under its name without MOSN_, with the same value;
+    a number added to the header or changed in one place fails here."""
+    names = header_defines()
+    assert "ACTION_CONTINUE" in names and "RING_ABI_VERSION" in names
+    lines = []
+    for name in names:
+        fmt = ('"\\"%s\\": \\"%%s\\",\\n"' if name.endswith("_SUFFIX")
+               else '"\\"%s\\": %%lld,\\n"') % name
+        cast = "" if name.endswith("_SUFFIX") else "(long long) "
+        lines.append("    printf(%s, %sMOSN_%s);" % (fmt, cast, name))
+    program = ("#include <stdio.h>\n#include \"shm_ring.h\"\n"
+               "int main(void) {\n    printf(\"{\\n\");\n%s\n"
+               "    printf(\"\\\"end\\\": 0}\\n\");\n    return 0;\n}\n"
+               % "\n".join(lines))
+    c = compiled(tmp_path, program)
+    c.pop("end")
+    missing = sorted(set(c) - set(vars(abi)))
+    assert not missing, "shm_ring.h defines these, abi.py does not"
+    assert {name: getattr(abi, name) for name in c} == c

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from shm_ring.codec import (ERROR, PENDING, REPLY, RingError, Verdict,
-                            decode_verdict, encode_request, encode_verdict)
+from shm_ring.codec import (ACTION_ERROR, ACTION_REPLY, PENDING, RingError,
+                            Verdict, decode_verdict, encode_request,
+                            encode_verdict)
 
 FREE, SUBMITTED, TAKEN, DONE = 0, 1, 2, 3
 
@@ -154,11 +155,11 @@ VERDICTS = [
     Verdict(),
     Verdict(upstream="backend-1.example:8080", metadata={"UNIT": "s1",
                                                           "IDC": "hz"}),
-    Verdict(action=REPLY, status=403, reply_headers=[("Content-Type",
+    Verdict(action=ACTION_REPLY, status=403, reply_headers=[("Content-Type",
                                                       "text/plain")],
             reply_body=b"denied\n", response_add=[("X-A", "1")],
             log="blocked by rule 7"),
-    Verdict(action=ERROR, log="filter raised: ValueError('\u2603')"),
+    Verdict(action=ACTION_ERROR, log="filter raised: ValueError('\u2603')"),
     Verdict(request_set=[("X-Set", "v\xe9")], request_remove=["A", "B"]),
     Verdict(run_senders=True, decode_body=True),
     Verdict(response_set=[("Content-Type", "application/json")],
@@ -204,7 +205,7 @@ def test_verdict_bytes_pass_through(impl, make_region):
 
 
 @pytest.mark.parametrize("verdict, why", [
-    (Verdict(action=REPLY, status=200, reply_body=b"x" * 9000),
+    (Verdict(action=ACTION_REPLY, status=200, reply_body=b"x" * 9000),
      "verdict not encodable: verdict does not fit in the slot"),
     (b"\0" * 9000, "verdict does not fit in the slot"),
     (Verdict(metadata={"k%d" % i: "v" for i in range(300)}),
@@ -221,7 +222,7 @@ def test_unwritable_verdict_becomes_error(impl, make_region, verdict, why):
     done, buf = complete_and_read(r, cons, prod, verdict)
     assert done
     v = decode_verdict(buf)
-    assert v.action == ERROR and v.log.startswith(why)
+    assert v.action == ACTION_ERROR and v.log.startswith(why)
 
 
 @pytest.mark.parametrize("record_len, verdict_len", [(4032, 0), (4012, 16)])
@@ -238,7 +239,7 @@ def test_full_slot_leaves_little_room(impl, make_region, record_len,
     buf = prod.verdict(0)
     assert len(buf) == verdict_len
     if verdict_len:
-        assert decode_verdict(buf).action == ERROR
+        assert decode_verdict(buf).action == ACTION_ERROR
     else:
         assert impl.validate_verdict(buf) is not None
 
@@ -260,7 +261,7 @@ def test_malformed_request_gets_error_verdict(impl, make_region):
     assert got == [(0, 1), (1, 1)]
     for s, _ in got:
         v = decode_verdict(prod.verdict(s))
-        assert (v.action, v.log) == (ERROR, "malformed request")
+        assert (v.action, v.log) == (ACTION_ERROR, "malformed request")
 
 
 def test_serve_batch_runs_dispatch(impl, make_region):

@@ -10,9 +10,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ringload import load_impl
-from shm_ring import codec
-from shm_ring.codec import (CONTINUE, ERROR, REPLY, Verdict, decode_request,
-                            decode_verdict, encode_request, encode_verdict)
+from shm_ring import abi, codec
+from shm_ring.codec import (ACTION_CONTINUE, ACTION_ERROR, ACTION_REPLY,
+                            Verdict, decode_request, decode_verdict,
+                            encode_request, encode_verdict)
 
 SETTINGS = settings(
     deadline=None, max_examples=200,
@@ -82,8 +83,9 @@ def test_request_round_trip(fields):
 
 @st.composite
 def verdicts(draw):
-    action = draw(st.sampled_from([CONTINUE, REPLY, ERROR]))
-    reply = action == REPLY
+    action = draw(st.sampled_from([ACTION_CONTINUE, ACTION_REPLY,
+                                   ACTION_ERROR]))
+    reply = action == ACTION_REPLY
     return Verdict(
         action=action,
         status=draw(st.integers(200, 599) if reply
@@ -105,7 +107,7 @@ def verdicts(draw):
         response_body=draw(st.none() | st.binary(max_size=100)),
         **draw(st.sampled_from([{}, {"run_senders": True},
                                 {"run_senders": True, "decode_body": True}])
-               if action == CONTINUE else st.just({})))
+               if action == ACTION_CONTINUE else st.just({})))
 
 
 @SETTINGS
@@ -156,11 +158,11 @@ def raw_verdicts(draw):
         st.binary(max_size=8) | token.map(str.encode),
         st.binary(max_size=8) | field_value.map(lambda s: s.encode(
             "latin-1"))), max_size=6))
-    body = b"".join(codec.RECORD.pack(t, len(k), len(v)) + k + v
+    body = b"".join(abi.RECORD.pack(t, len(k), len(v)) + k + v
                     for t, k, v in recs)
     nrec = draw(st.sampled_from([len(recs), len(recs) + 1,
                                  max(len(recs) - 1, 0)]))
-    return codec.VERDICT_HEADER.pack(
+    return abi.VERDICT.pack(
         16 + len(body), draw(st.integers(0, 3)),
         draw(st.sampled_from([0, 199, 200, 404, 599, 600])), nrec,
         draw(st.sampled_from([0, 1, 2, 2 ** 32 - 1]))) + body

@@ -4,8 +4,8 @@ written as a verdict, byte for byte what the codec encodes."""
 
 import pytest
 
-from shm_ring.codec import (ERROR, Verdict, decode_verdict, encode_request,
-                            encode_verdict)
+from shm_ring.codec import (ACTION_ERROR, Verdict, decode_verdict,
+                            encode_request, encode_verdict)
 
 
 def one_request(make_region, headers):
@@ -59,7 +59,8 @@ def test_unwritable_metadata_dict_becomes_error(impl, make_region, metadata):
     assert cons.complete(p, metadata)
     prod.poll()
     v = decode_verdict(prod.verdict(0))
-    assert v.action == ERROR and v.log.startswith("verdict not encodable: ")
+    assert v.action == ACTION_ERROR
+    assert v.log.startswith("verdict not encodable: ")
 
 
 def test_serve_batch_writes_a_metadata_dict(impl, make_region):

@@ -16,7 +16,7 @@ from pyworker.headers import RequestHeaders
 from pyworker.testing import run_chain, run_response
 from pyworker.verdict import (ACTION_CONTINUE, ACTION_ERROR, Limits, Verdict,
                               VerdictError, check)
-from shm_ring import codec, fallback
+from shm_ring import abi, codec, fallback
 
 
 @register_filter("test_strip_internal")
@@ -56,9 +56,9 @@ def test_only_chains_with_sender_filters_ask_for_the_response():
 
 
 def test_the_flag_reaches_the_wire_only_on_continue():
-    flags = codec.VERDICT_HEADER.unpack_from
+    flags = abi.VERDICT.unpack_from
     assert flags(codec.encode_verdict(run_chain(SENDERS)))[4] == \
-        codec.F_SENDERS
+        abi.VERDICT_F_SENDERS
     assert flags(codec.encode_verdict(run_chain(NO_SENDERS)))[4] == 0
     assert flags(codec.encode_verdict(
         run_chain(SENDERS, {"x-reply": "1"})))[4] == 0
@@ -176,9 +176,9 @@ def test_compressed_bodies_decoded_for_filters_that_ask():
     asks = [{"type": "test_redact", "config": {"decode_body": True}}]
     assert run_chain(asks).decode_body is True
     assert run_chain(REDACT).decode_body is False
-    flags = codec.VERDICT_HEADER.unpack_from(
+    flags = abi.VERDICT.unpack_from(
         codec.encode_verdict(run_chain(asks)))[4]
-    assert flags == codec.F_SENDERS | codec.F_DECODE
+    assert flags == abi.VERDICT_F_SENDERS | abi.VERDICT_F_DECODE
     deflated = zlib.compress(raw)
     raw_deflate = zlib.compressobj(wbits=-15)
     raw_deflate = raw_deflate.compress(raw) + raw_deflate.flush()
