@@ -40,15 +40,15 @@ SOAK_TIME ?= 10m
 # incremental themselves (setuptools' build/ and nginx's objs/ are kept).
 STAMP      := build/stamp$(subst /,-,$(VENV))
 MODULE     := output/ngx_http_mosn_module.so
+# the ring's C core (shm_*.c; _ring.c and codec.c are Cython's output)
+RING_SRC   := $(wildcard shm_ring/shm_*.c shm_ring/shm_*.h)
 MODULE_SRC := $(wildcard nginx_module/*.c nginx_module/*.h) \
               nginx_module/config nginx_module/build.sh \
-              shm_ring/shm_ring.h shm_ring/shm_ring.c shm_ring/shm_verdict.c \
-              shm_ring/shm_endpoints.c
+              $(RING_SRC)
 PY_SRC     := setup.py pyproject.toml \
               $(wildcard pyworker/*.py pyworker/*.pxd pyworker/*/*.py \
                          shm_ring/*.py shm_ring/*.pyx shm_ring/*.pxd) \
-              shm_ring/shm_ring.h shm_ring/shm_ring.c shm_ring/shm_verdict.c \
-              shm_ring/shm_endpoints.c
+              $(RING_SRC)
 
 setup: apt python-extras build-l7
 

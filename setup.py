@@ -1,6 +1,7 @@
 """Builds the ring's Cython binding (with its C core) and installs the
 Python worker pool and its `pyworker` command."""
 
+import glob
 import re
 
 from setuptools import Extension, setup
@@ -20,10 +21,12 @@ with open("pyworker/__init__.py") as f:
 extensions = [
     Extension(
         "shm_ring._ring",
-        sources=["shm_ring/_ring.pyx", "shm_ring/shm_ring.c",
-                 "shm_ring/shm_verdict.c", "shm_ring/shm_endpoints.c"],
+        # the C core: every shm_*.c (_ring.c and codec.c are Cython's)
+        sources=["shm_ring/_ring.pyx",
+                 *sorted(glob.glob("shm_ring/shm_*.c"))],
         include_dirs=["shm_ring"],
-        depends=["shm_ring/shm_ring.h", "shm_ring/shm_ring.pxd"],
+        depends=["shm_ring/shm_ring.h", "shm_ring/shm_core.h",
+                 "shm_ring/shm_ring.pxd"],
         extra_compile_args=C_FLAGS,
     ),
 ] + [
@@ -45,8 +48,8 @@ setup(
     packages=["shm_ring", "pyworker", "pyworker.filters",
               "pyworker.drivers", "pyworker.discovery"],
     # the ring's C sources (what nginx compiles too), not Cython's output
-    package_data={"shm_ring": ["shm_ring.h", "shm_ring.pxd", "shm_*.c",
-                               "_ring.pyx"]},
+    package_data={"shm_ring": ["shm_ring.h", "shm_core.h", "shm_ring.pxd",
+                               "shm_*.c", "_ring.pyx"]},
     ext_modules=cythonize(extensions, language_level=3) if cythonize else [],
     # what runs: the ring needs nothing but its own extension (README,
     # "Dependencies": why neither msgpack nor posix-ipc is one)

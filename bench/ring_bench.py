@@ -46,10 +46,9 @@ TARGETS = {"latency_p50_us": 10.0, "throughput_per_s": 500000.0,
 def build_producer():
     os.makedirs(BUILD, exist_ok=True)
     exe = os.path.join(BUILD, "ring_producer")
-    # the ring's C core, every file of it but the Cython binding's
-    core = sorted(glob.glob(os.path.join(ROOT, "shm_ring", "*.c")))
+    # the ring's C core: every shm_*.c (not Cython's output)
     src = [os.path.join(ROOT, "bench", "ring_producer.c"),
-           *(path for path in core if os.path.basename(path) != "_ring.c")]
+           *sorted(glob.glob(os.path.join(ROOT, "shm_ring", "shm_*.c")))]
     subprocess.run([os.environ.get("CC", "cc"), "-O2", "-std=gnu11",
                     "-Wall", "-I", os.path.join(ROOT, "shm_ring"), *src,
                     "-o", exe], check=True)

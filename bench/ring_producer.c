@@ -41,7 +41,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "shm_ring.h"
+#include "shm_core.h"
 
 
 #define BENCH_BATCH  256

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "shm_ring.h"
+#include "shm_core.h"
 
 
 #define mosn_fuzz_assert(expr)                                                \

@@ -75,8 +75,7 @@ for target in $targets; do
     "$cc" -g -O1 -fsanitize=fuzzer,address,undefined \
         -fno-sanitize-recover=all -Wall -Wextra -Wno-unused-parameter \
         -I "$root/shm_ring" \
-        "$root/fuzz/${target}_fuzz.c" "$root/shm_ring/shm_verdict.c" \
-        "$root/shm_ring/shm_ring.c" "$root/shm_ring/shm_endpoints.c" \
+        "$root/fuzz/${target}_fuzz.c" "$root"/shm_ring/shm_*.c \
         -o "$dir/${target}_fuzz"
 
     if [ "$target" = verdict ]; then

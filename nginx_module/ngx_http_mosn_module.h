@@ -12,7 +12,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
-#include "shm_ring.h"
+#include "shm_core.h"
 
 
 #define NGX_HTTP_MOSN_FALLBACK_CONTINUE   0

@@ -17,14 +17,11 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "shm_ring.h"
+#include "shm_core.h"
 
 
 #define MOSN_EP_SPINS       1000
 
-#define mosn_load(p)        __atomic_load_n(p, __ATOMIC_ACQUIRE)
-#define mosn_load_relaxed(p) __atomic_load_n(p, __ATOMIC_RELAXED)
-#define mosn_store(p, v)    __atomic_store_n(p, v, __ATOMIC_RELEASE)
 
 #if defined(__x86_64__) || defined(__i386__)
 #define mosn_cpu_relax()    __asm__ __volatile__("pause")

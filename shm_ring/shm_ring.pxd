@@ -1,4 +1,5 @@
-# Mirror of shm_ring.h for Cython: the one ABI, declared once.
+# shm_ring.h for Cython: the one ABI, declared once; then shm_core.h, the
+# C core the binding calls.
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
@@ -71,7 +72,6 @@ cdef extern from "shm_ring.h" nogil:
     int MOSN_VERDICT_F_SENDERS
     int MOSN_VERDICT_F_DECODE
     int MOSN_VERDICT_MAX_RECORDS
-    uint32_t MOSN_RESCUE_FAILED
 
     int MOSN_EP_APPS
     int MOSN_EP_MAX
@@ -93,9 +93,6 @@ cdef extern from "shm_ring.h" nogil:
     uint32_t MOSN_ENTRY_GEN(uint64_t e)
     uint32_t MOSN_OWNER_STATE(uint64_t w)
     int MOSN_OWNER_PID(uint64_t w)
-    uint32_t MOSN_PS_P(uint64_t v)
-    uint32_t MOSN_PS_S(uint64_t v)
-    uint64_t MOSN_PS(uint32_t p, uint32_t s)
 
     ctypedef struct mosn_shm_header_t:
         uint64_t magic
@@ -223,6 +220,14 @@ cdef extern from "shm_ring.h" nogil:
         uint32_t rr[33]
         mosn_ep_site_t sites[32]
         mosn_endpoint_t endpoints[256]
+
+
+cdef extern from "shm_core.h" nogil:
+    uint32_t MOSN_RESCUE_FAILED
+
+    uint32_t MOSN_PS_P(uint64_t v)
+    uint32_t MOSN_PS_S(uint64_t v)
+    uint64_t MOSN_PS(uint32_t p, uint32_t s)
 
     ctypedef struct mosn_ep_spec_t:
         mosn_endpoint_t ep

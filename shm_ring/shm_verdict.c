@@ -8,7 +8,7 @@
 
 #include <string.h>
 
-#include "shm_ring.h"
+#include "shm_core.h"
 
 
 /* RFC 9110 token characters */

@@ -22,8 +22,7 @@ mkdir -p "$out"
 
 $cc $flags -std=gnu11 -Wall -Wextra -Wno-unused-parameter \
     -I "$root/shm_ring" \
-    "$root/shm_ring/tests/ring_stress.c" "$root/shm_ring/shm_ring.c" \
-    "$root/shm_ring/shm_verdict.c" "$root/shm_ring/shm_endpoints.c" \
+    "$root/shm_ring/tests/ring_stress.c" "$root"/shm_ring/shm_*.c \
     -o "$out/ring_stress${SANITIZE:+-$SANITIZE}"
 
 echo "$out/ring_stress${SANITIZE:+-$SANITIZE}"

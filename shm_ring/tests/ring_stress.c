@@ -40,7 +40,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "shm_ring.h"
+#include "shm_core.h"
 
 
 #define STRESS_BATCH        64
