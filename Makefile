@@ -47,7 +47,8 @@ MODULE_SRC := $(wildcard nginx_module/*.c nginx_module/*.h) \
               $(RING_SRC)
 PY_SRC     := setup.py pyproject.toml \
               $(wildcard pyworker/*.py pyworker/*.pxd pyworker/*/*.py \
-                         shm_ring/*.py shm_ring/*.pyx shm_ring/*.pxd) \
+                         shm_ring/*.py shm_ring/*/*.py shm_ring/*.pyx \
+                         shm_ring/*.pxd) \
               $(RING_SRC)
 
 setup: apt python-extras build-l7

@@ -45,8 +45,8 @@ setup(
     description="MOSN-style Python stream filters for nginx over a "
                 "shared-memory ring",
     python_requires=">=3.11",
-    packages=["shm_ring", "pyworker", "pyworker.filters",
-              "pyworker.drivers", "pyworker.discovery"],
+    packages=["shm_ring", "shm_ring.fallback", "pyworker",
+              "pyworker.filters", "pyworker.drivers", "pyworker.discovery"],
     # the ring's C sources (what nginx compiles too), not Cython's output
     package_data={"shm_ring": ["shm_ring.h", "shm_core.h", "shm_ring.pxd",
                                "shm_*.c", "_ring.pyx"]},

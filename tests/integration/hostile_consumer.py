@@ -19,7 +19,10 @@ import struct
 import sys
 import time
 
-from shm_ring import abi, codec, fallback as f
+from shm_ring import abi, codec
+from shm_ring.fallback import Consumer, Region
+from shm_ring.fallback.producer import _doorbell_ring
+from shm_ring.fallback.region import _ring_push
 
 CR_LF = codec.encode_verdict(codec.Verdict(
     request_set=[("X-Ok", "1")])).replace(b"X-Ok", b"X\r\nY")
@@ -45,16 +48,16 @@ def oversized(kind):
 
 def main():
     shm, seconds = sys.argv[1], float(sys.argv[2])
-    rg = f.Region.attach(shm)
+    rg = Region.attach(shm)
     idx = rg.alloc_consumer()
-    cons = f.Consumer(rg, idx)
+    cons = Consumer(rg, idx)
     sock = rg._sockfd()
     layout = bytes(rg._mm[LAYOUT_OFF:LAYOUT_OFF + LAYOUT.size])
     rnd = random.Random(7)
     did = dict.fromkeys(("taken", "crlf", "oversized", "flipped", "forged",
                          "rings", "states", "layouts", "epochs", "senders",
                          "responses"), 0)
-    data_size = rg._slot_size - f.SLOT_HEADER_SIZE
+    data_size = rg._slot_size - abi.SLOT_HEADER_SIZE
     deadline = time.monotonic() + seconds
     n = 0
 
@@ -65,7 +68,7 @@ def main():
         for ps in batch:
             n += 1
             did["taken"] += 1
-            p, s = ps >> 32, ps & f.U32
+            p, s = ps >> 32, ps & abi.U32
             slot = rg.slot(p, s)
             req = cons.request(ps)
             mode = n % 5
@@ -81,15 +84,15 @@ def main():
             elif mode == 2:
                 # done, pushed, then the lengths flipped under nginx
                 cons.complete(ps, verdict(upstream="s1"))
-                off = rg.ld32(slot + f.S_VERDICT_OFF)
-                good = rg.ld32(slot + f.S_VERDICT_LEN)
+                off = rg.ld32(slot + abi.S_VERDICT_OFF)
+                good = rg.ld32(slot + abi.S_VERDICT_LEN)
                 for i in range(400):
-                    rg.st32(slot + f.S_VERDICT_LEN,
+                    rg.st32(slot + abi.S_VERDICT_LEN,
                             0xFFFFFFF0 if i % 2 == 0 else data_size - off)
-                    rg.st32(slot + f.S_VERDICT_OFF,
+                    rg.st32(slot + abi.S_VERDICT_OFF,
                             0xFFFF0000 if i % 3 == 0 else off)
-                rg.st32(slot + f.S_VERDICT_LEN, good)
-                rg.st32(slot + f.S_VERDICT_OFF, off)
+                rg.st32(slot + abi.S_VERDICT_LEN, good)
+                rg.st32(slot + abi.S_VERDICT_OFF, off)
                 did["flipped"] += 1
             elif mode == 3:
                 # ask for the response phase, to be hostile there too
@@ -105,36 +108,36 @@ def main():
             p = rnd.randrange(rg._np)
             s = rnd.randrange(rg._slots)
             slot = rg.slot(p, s)
-            w = rg.ld64(slot + f.S_STATE)
-            if f.sw_state(w) == f.SLOT_FREE:
-                rg.st64(slot + f.S_STATE, f.sw(f.sw_gen(w), 0, idx,
-                                               f.SLOT_DONE))
-                f._ring_push(rg, rg.completion_ring(p, idx),
-                             f.entry(s, f.sw_gen(w)))
+            w = rg.ld64(slot + abi.S_STATE)
+            if abi.sw_state(w) == abi.SLOT_FREE:
+                rg.st64(slot + abi.S_STATE, abi.sw(abi.sw_gen(w), 0, idx,
+                                               abi.SLOT_DONE))
+                _ring_push(rg, rg.completion_ring(p, idx),
+                             abi.entry(s, abi.sw_gen(w)))
                 did["forged"] += 1
-            f._doorbell_ring(rg, sock, p)
+            _doorbell_ring(rg, sock, p)
 
         r = rnd.random()
         if r < 0.05:
             # a completion ring whose head ran far ahead
             ring = rg.completion_ring(rnd.randrange(rg._np), idx)
-            rg.st32(ring + f.R_HEAD, rg.ld32(ring + f.R_TAIL) + (1 << 20))
+            rg.st32(ring + abi.R_HEAD, rg.ld32(ring + abi.R_TAIL) + (1 << 20))
             did["rings"] += 1
         elif r < 0.10:
             # states of slots in flight, then a rescue
             owned = [p for p in range(rg._np)
-                     if rg.ld64(rg.prod(p) + f.P_OWNER) & 0xFF
-                     == f.CHAN_OWNED]
+                     if rg.ld64(rg.prod(p) + abi.P_OWNER) & 0xFF
+                     == abi.CHAN_OWNED]
             p = rnd.choice(owned or [0])
             for s in range(rg._slots):
                 slot = rg.slot(p, s)
-                w = rg.ld64(slot + f.S_STATE)
-                if f.sw_state(w) != f.SLOT_FREE and rnd.random() < 0.5:
-                    rg.st64(slot + f.S_STATE,
-                            f.sw(rnd.getrandbits(32), 0, 250,
+                w = rg.ld64(slot + abi.S_STATE)
+                if abi.sw_state(w) != abi.SLOT_FREE and rnd.random() < 0.5:
+                    rg.st64(slot + abi.S_STATE,
+                            abi.sw(rnd.getrandbits(32), 0, 250,
                                  rnd.randrange(256)))
                     did["states"] += 1
-            rg.st32(f.H_CONSUMER_EPOCH, rg.ld32(f.H_CONSUMER_EPOCH) + 1)
+            rg.st32(abi.H_CONSUMER_EPOCH, rg.ld32(abi.H_CONSUMER_EPOCH) + 1)
             did["epochs"] += 1
         elif r < 0.15:
             # the layout: counts and offsets that point anywhere

@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 
-from shm_ring import fallback
+from shm_ring import abi
 
 from gateway import (ROUTED_UPSTREAMS, example_mosn, free_port, pids_of,
                      wait_for)
@@ -305,7 +305,7 @@ while time.monotonic() < end:
     if sys.stdout:
         print("writing", flush=True)
         sys.stdout = None
-""" % (fallback.H_CONFIG_PATH, fallback.H_CONFIG_PATH, 104, 104),
+""" % (abi.H_CONFIG_PATH, abi.H_CONFIG_PATH, 104, 104),
         "/dev/shm/" + gw.shm, evil_path], stdout=subprocess.PIPE, text=True)
     old = set(gw.python_pids())
     try:
@@ -328,7 +328,7 @@ def test_master_takes_no_name_from_the_region(gateway):
     open("/dev/shm/" + decoy, "w").close()
     try:
         gw = gateway(ROUTED, workers=1).start()
-        write_header(gw, fallback.H_NAME,
+        write_header(gw, abi.H_NAME,
                      ("/" + decoy).encode() + b"\0")
         old = gw.supervisor_pid()
         os.kill(old, signal.SIGKILL)

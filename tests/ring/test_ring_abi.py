@@ -136,7 +136,7 @@ def test_python_layout_matches_c(cython_impl, python_impl, region_name,
                                  sizes):
     """A region the C code lays out reads the same in both, and the
     fallback's layout computation gives the C header's offsets."""
-    from shm_ring import fallback
+    from shm_ring.fallback import region as fallback
 
     r = cython_impl.Region.create(region_name, **sizes)
     h = fallback._unpack_header(image(region_name))

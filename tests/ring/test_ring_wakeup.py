@@ -307,9 +307,9 @@ def test_forged_notify_fd_is_not_written(impl_name, region_name):
     rfd, wfd = os.pipe()
     # what a hostile process could write: the producer's pipe, not its
     # eventfd
-    from shm_ring import fallback
+    from shm_ring import abi, fallback
     raw = fallback.Region.attach(region_name)
-    raw.st32(raw.prod(prod.index) + fallback.P_NOTIFY_FD, wfd)
+    raw.st32(raw.prod(prod.index) + abi.P_NOTIFY_FD, wfd)
 
     ready_r, ready_w = os.pipe()
 

@@ -21,7 +21,7 @@ from shm_ring import PENDING, codec, fallback
 
 def slot_request(**fields):
     buf = codec.encode_request(**fields)
-    return fallback._slot_request(buf, 0, len(buf))
+    return fallback.parse_request(buf)
 
 
 @register_filter("test_async_tag")

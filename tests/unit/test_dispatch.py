@@ -20,7 +20,7 @@ EXAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 def slot_request(**fields):
     """A record as the module writes it, read as a worker reads it."""
     buf = codec.encode_request(**fields)
-    return fallback._slot_request(buf, 0, len(buf))
+    return fallback.parse_request(buf)
 
 
 @register_filter("test_dirty")

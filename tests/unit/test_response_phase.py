@@ -85,7 +85,7 @@ def test_set_cookie_lines_are_not_joined_in_a_response():
 def slot_request(**fields):
     """A record as the module writes it, read as a worker reads it."""
     buf = codec.encode_request(**fields)
-    return fallback._slot_request(buf, 0, len(buf))
+    return fallback.parse_request(buf)
 
 
 def test_the_dispatcher_runs_the_senders_on_a_response_record():
