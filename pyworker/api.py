@@ -168,19 +168,22 @@ class StreamReceiverFilterHandler:
             pairs = list(headers.items())
         else:
             pairs = [tuple(pair) for pair in headers]
-        if body is None:
-            body = b""
-        elif isinstance(body, str):
-            body = body.encode("utf-8")
-        elif isinstance(body, (bytearray, memoryview)):
-            body = bytes(body)
-        elif not isinstance(body, bytes):
-            raise TypeError(f"hijack reply body must be str or bytes, not "
-                            f"{type(body).__name__}")
         self.status = status
         self.headers = pairs
-        self.body = body
+        self.body = b"" if body is None else _as_body(body, "hijack reply")
         self.hijacked = True
+
+
+def _as_body(data, whose):
+    """A body as bytes: str is sent as UTF-8."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"{whose} body must be str or bytes, not "
+                    f"{type(data).__name__}")
 
 
 class StreamSenderFilterHandler:
@@ -202,14 +205,7 @@ class StreamSenderFilterHandler:
         """Replaces the response body: ``data`` is bytes, or str (sent as
         UTF-8). nginx frames the new body itself and drops the upstream's.
         """
-        if isinstance(data, str):
-            data = data.encode("utf-8")
-        elif isinstance(data, (bytearray, memoryview)):
-            data = bytes(data)
-        elif not isinstance(data, bytes):
-            raise TypeError(f"a response body must be str or bytes, not "
-                            f"{type(data).__name__}")
-        self.body = data
+        self.body = _as_body(data, "a response")
 
 
 # The handlers of the request a task serves.  A chain that awaits has many
@@ -218,6 +214,14 @@ class StreamSenderFilterHandler:
 # the request of the task that calls it.
 _receive_handler = contextvars.ContextVar("pyworker_receive_handler")
 _send_handler = contextvars.ContextVar("pyworker_send_handler")
+
+
+def _handler_of(var, outside):
+    """The handler of the request the calling task serves."""
+    try:
+        return var.get()
+    except LookupError:
+        raise RuntimeError(outside) from None
 
 
 def _forward(field):
@@ -238,11 +242,8 @@ class TaskReceiverFilterHandler:
 
     @staticmethod
     def _current():
-        try:
-            return _receive_handler.get()
-        except LookupError:
-            raise RuntimeError("send_hijack_reply outside a request of its "
-                               "chain") from None
+        return _handler_of(_receive_handler, "send_hijack_reply outside a "
+                           "request of its chain")
 
     def send_hijack_reply(self, status, headers=None, body=None):
         """Answers the request directly and ends the chain."""
@@ -257,11 +258,8 @@ class TaskSenderFilterHandler:
 
     @staticmethod
     def _current():
-        try:
-            return _send_handler.get()
-        except LookupError:
-            raise RuntimeError("the sender handler used outside a response "
-                               "of its chain") from None
+        return _handler_of(_send_handler, "the sender handler used outside "
+                           "a response of its chain")
 
     @property
     def status(self):

@@ -336,20 +336,10 @@ class Chain:
             for filt, name, waits in zip(self._receivers,
                                          self._receiver_names,
                                          self._receiver_awaits):
-                if observe is not None:
-                    start = clock()
-                try:
-                    status = filt.on_receive(ctx, headers, buf, trailers)
-                    if waits:
-                        status = await status
-                except Exception:
-                    if observe is not None:
-                        observe(name, "error", clock() - start)
-                    raise
-                except BaseException:
-                    if observe is not None:
-                        observe(name, "cancelled", clock() - start)
-                    raise
+                start = clock() if observe is not None else 0.0
+                status = await _call_filter(
+                    filt.on_receive, (ctx, headers, buf, trailers), waits,
+                    observe, name, start)
                 if handler.hijacked:
                     if observe is not None:
                         observe(name, "hijack", clock() - start)
@@ -402,14 +392,9 @@ class Chain:
             for filt, name, waits in zip(self._senders, self._sender_names,
                                          self._sender_awaits):
                 start = clock()
-                try:
-                    outcome = filt.append(ctx, headers, buf, None)
-                    if waits:
-                        outcome = await outcome
-                except Exception:
-                    if observe is not None:
-                        observe(name, "error", clock() - start)
-                    raise
+                outcome = await _call_filter(
+                    filt.append, (ctx, headers, buf, None), waits, observe,
+                    name, start)
                 if observe is not None:
                     observe(name, "stop" if outcome == STOP else "continue",
                             clock() - start)
@@ -617,6 +602,25 @@ class Chain:
                 f"{last_name}): {exc.reason}"
             ),
         )
+
+
+async def _call_filter(method, args, waits, observe, name, start):
+    """One filter's call in a chain that awaits: its result, awaited if the
+    filter awaits; an exception, or the task's cancellation, is timed
+    (when the chain is observed) before it goes on."""
+    try:
+        result = method(*args)
+        if waits:
+            result = await result
+        return result
+    except Exception:
+        if observe is not None:
+            observe(name, "error", time.perf_counter() - start)
+        raise
+    except BaseException:
+        if observe is not None:
+            observe(name, "cancelled", time.perf_counter() - start)
+        raise
 
 
 def build_filter(entry, path=""):

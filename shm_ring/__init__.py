@@ -1,7 +1,7 @@
 """The shared-memory ring between nginx workers and Python workers.
 
 The Cython binding is used when built; the pure-Python reference in
-fallback.py serves otherwise, or when SHM_RING_PURE=1 asks for it.
+fallback/ serves otherwise, or when SHM_RING_PURE=1 asks for it.
 """
 
 import os
