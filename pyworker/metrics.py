@@ -9,11 +9,15 @@ import os
 import tempfile
 import time
 
+from shm_ring.codec import ACTION_CONTINUE, ACTION_ERROR, ACTION_REPLY
+
 # filter latency buckets, seconds: from 10 us to 2.5 s
 BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001,
            0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
-OUTCOMES = {0: "continue", 1: "hijack", 2: "error"}
+# a verdict's action as the requests counter names it
+OUTCOMES = {ACTION_CONTINUE: "continue", ACTION_REPLY: "hijack",
+            ACTION_ERROR: "error"}
 # the counted tables of a snapshot: rows of labels then a count
 COUNTED = ("requests", "filters", "driver_errors", "tasks", "events")
 FLUSH_EVERY = 1.0
