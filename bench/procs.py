@@ -47,12 +47,13 @@ def all_stats():
 
 
 def cmdline(pid):
-    """A process's command line, words joined by spaces; "" if gone."""
+    """A process's command line, each word followed by a space (a pattern
+    may end with one to match a whole last word); "" if gone."""
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return ""
-    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+    return raw.replace(b"\0", b" ").decode(errors="replace")
 
 
 def status(pid):

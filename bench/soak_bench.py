@@ -40,7 +40,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,8 @@ import threading
 import time
 from pathlib import Path
 
-from bench import CHECKOUT, report
+from bench import CHECKOUT, procs, report
+from bench.procs import accepts, alive, children
 
 ROOT = Path(CHECKOUT)
 BENCH = ROOT / "bench"
@@ -83,66 +83,14 @@ def parse_time(text):
 
 # --- processes ---------------------------------------------------------------
 
-def proc_status(pid):
-    """Fields of /proc/PID/status, or None if the process is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return dict(line.rstrip("\n").split(":\t", 1)
-                        for line in f if ":\t" in line)
-    except OSError:
-        return None
-
-
-def alive(pid):
-    status = proc_status(pid)
-    return status is not None and not status["State"].startswith("Z")
-
-
 def rss_bytes(pids):
     """Sum of VmRSS of the live processes among pids."""
     total = 0
     for pid in pids:
-        status = proc_status(pid)
+        status = procs.status(pid)
         if status and "VmRSS" in status:
             total += int(status["VmRSS"].split()[0]) * 1024
     return total
-
-
-def children(parent, name=None):
-    """Pids of live children of parent (whose command name is name)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            status = proc_status(int(entry))
-            if (status and status.get("PPid") == str(parent)
-                    and name in (None, status.get("Name"))
-                    and not status["State"].startswith("Z")):
-                found.append(int(entry))
-    return sorted(found)
-
-
-def cmdline_pids(needle):
-    """Pids of live processes whose command line contains needle."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if needle in cmd and alive(int(entry)):
-            found.append(int(entry))
-    return found
-
-
-def accepts(port, timeout=0.5):
-    try:
-        with socket.create_connection((HOST, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def get(path, headers=None, port=PORT, timeout=3):
@@ -359,8 +307,8 @@ class Gateway:
     def leftovers(self):
         """Live processes of the gateway this process started."""
         pids = {p for p in self.seen | {self.master} if p and alive(p)}
-        pids.update(cmdline_pids(f"{self.prefix}/"))
-        pids.update(cmdline_pids(f"--shm {REGION} "))
+        pids.update(procs.pids_of(f"{self.prefix}/"))
+        pids.update(procs.pids_of(f"--shm {REGION} "))
         return sorted(pids)
 
     def error_log(self):
