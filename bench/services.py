@@ -172,9 +172,27 @@ async def serve_app(app, listen):
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     await listen(runner)
+    await until_stopped()
+    await runner.cleanup()
+
+
+async def until_stopped():
+    """Returns on SIGTERM or SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await runner.cleanup()
+
+
+def serve_on_socket(serve, description):
+    """A peer service's command line, `--socket PATH`: serve(PATH) on
+    uvloop."""
+    import argparse
+
+    import uvloop
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--socket", required=True,
+                        help="unix socket to listen on")
+    uvloop.run(serve(parser.parse_args().socket))

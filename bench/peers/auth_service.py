@@ -6,14 +6,12 @@ round robin for a missing or non-numeric uid is exact.
 
     python -m bench.peers.auth_service --socket /path/to/auth.sock
 """
-import argparse
 import os
 
-import uvloop
 from aiohttp import web
 
 from bench.peers import site_for
-from bench.services import serve_app
+from bench.services import serve_app, serve_on_socket
 
 
 async def route(request):
@@ -33,13 +31,5 @@ async def serve(path):
     await serve_app(app, listen)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--socket", required=True,
-                        help="unix socket to listen on")
-    args = parser.parse_args()
-    uvloop.run(serve(args.socket))
-
-
 if __name__ == "__main__":
-    main()
+    serve_on_socket(serve, __doc__.splitlines()[0])

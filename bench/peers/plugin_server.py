@@ -7,14 +7,11 @@ line, the site. One process, so the round robin is exact.
 
     python -m bench.peers.plugin_server --socket /path/to/plugin.sock
 """
-import argparse
 import asyncio
 import os
-import signal
-
-import uvloop
 
 from bench.peers import site_for
+from bench.services import serve_on_socket, until_stopped
 
 # a peer that sends this much without a newline is broken
 MAX_PENDING = 64 * 1024
@@ -47,20 +44,9 @@ async def serve(path):
     loop = asyncio.get_running_loop()
     server = await loop.create_unix_server(RouteProtocol, path)
     os.chmod(path, 0o666)  # nginx workers may run as another user
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_stopped()
     server.close()
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--socket", required=True,
-                        help="unix socket to listen on")
-    args = parser.parse_args()
-    uvloop.run(serve(args.socket))
-
-
 if __name__ == "__main__":
-    main()
+    serve_on_socket(serve, __doc__.splitlines()[0])
