@@ -22,34 +22,59 @@ extensions = [
     Extension(
         "shm_ring._ring",
         # the C core: every shm_*.c (_ring.c and codec.c are Cython's)
-        sources=["shm_ring/_ring.pyx",
-                 *sorted(glob.glob("shm_ring/shm_*.c"))],
+        sources=["shm_ring/_ring.pyx", *sorted(glob.glob("shm_ring/shm_*.c"))],
         include_dirs=["shm_ring"],
-        depends=["shm_ring/shm_ring.h", "shm_ring/shm_core.h",
-                 "shm_ring/shm_ring.pxd"],
+        depends=[
+            "shm_ring/shm_ring.h",
+            "shm_ring/shm_core.h",
+            "shm_ring/shm_ring.pxd",
+        ],
         extra_compile_args=C_FLAGS,
     ),
 ] + [
     # the per-request path, plain Python compiled for speed; the .py files
     # stay the source, and serve as they are where nothing was compiled
-    Extension(name.replace("/", "."), sources=[name + ".py"],
-              extra_compile_args=C_FLAGS)
-    for name in ("shm_ring/codec", "pyworker/dispatch", "pyworker/chain",
-                 "pyworker/headers", "pyworker/verdict", "pyworker/api",
-                 "pyworker/filters/metadata", "pyworker/drivers/unit")
+    Extension(
+        name.replace("/", "."),
+        sources=[name + ".py"],
+        extra_compile_args=C_FLAGS,
+    )
+    for name in (
+        "shm_ring/codec",
+        "pyworker/dispatch",
+        "pyworker/chain",
+        "pyworker/headers",
+        "pyworker/verdict",
+        "pyworker/api",
+        "pyworker/filters/metadata",
+        "pyworker/drivers/unit",
+    )
 ]
 
 setup(
     name="mosn-nginx-gateway",
     version=VERSION,
     description="MOSN-style Python stream filters for nginx over a "
-                "shared-memory ring",
+    "shared-memory ring",
     python_requires=">=3.11",
-    packages=["shm_ring", "shm_ring.fallback", "pyworker",
-              "pyworker.filters", "pyworker.drivers", "pyworker.discovery"],
+    packages=[
+        "shm_ring",
+        "shm_ring.fallback",
+        "pyworker",
+        "pyworker.filters",
+        "pyworker.drivers",
+        "pyworker.discovery",
+    ],
     # the ring's C sources (what nginx compiles too), not Cython's output
-    package_data={"shm_ring": ["shm_ring.h", "shm_core.h", "shm_ring.pxd",
-                               "shm_*.c", "_ring.pyx"]},
+    package_data={
+        "shm_ring": [
+            "shm_ring.h",
+            "shm_core.h",
+            "shm_ring.pxd",
+            "shm_*.c",
+            "_ring.pyx",
+        ]
+    },
     ext_modules=cythonize(extensions, language_level=3) if cythonize else [],
     # what runs: the ring needs nothing but its own extension (README,
     # "Dependencies": why neither msgpack nor posix-ipc is one)
@@ -67,13 +92,25 @@ setup(
         "hiredis>=2,<4",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6",
-                 "locust>=2.20", "h2>=4", "aiohttp>=3.9",
-                 "atheris>=2.3", "ruff>=0.5"],
+        "test": [
+            "pytest>=7",
+            "pytest-timeout>=2",
+            "hypothesis>=6",
+            "locust>=2.20",
+            "h2>=4",
+            "aiohttp>=3.9",
+            "atheris>=2.3",
+            "ruff>=0.5",
+        ],
         # redis: the rate limit bench's comparison with redis-py's client;
         # msgpack: bench/codec_bench.py, the flat layout against it
-        "bench": ["aiohttp>=3.9", "uvloop>=0.19", "matplotlib>=3.7",
-                  "redis>=5.0,<9", "msgpack>=1.0,<2"],
+        "bench": [
+            "aiohttp>=3.9",
+            "uvloop>=0.19",
+            "matplotlib>=3.7",
+            "redis>=5.0,<9",
+            "msgpack>=1.0,<2",
+        ],
         # a faster event loop, used where installed
         "fast": ["uvloop>=0.19"],
     },
@@ -82,11 +119,15 @@ setup(
         "pytest11": ["pyworker = pyworker.testing"],
         # the built-ins are found as third-party filters and drivers are
         # (pyworker.registry): each module registers what it defines
-        "pyworker.filters": ["echo = pyworker.filters.echo",
-                             "metadata = pyworker.filters.metadata",
-                             "ext_authz = pyworker.filters.ext_authz",
-                             "ratelimit = pyworker.filters.ratelimit"],
-        "pyworker.drivers": ["unit = pyworker.drivers.unit",
-                             "env = pyworker.drivers.env"],
+        "pyworker.filters": [
+            "echo = pyworker.filters.echo",
+            "metadata = pyworker.filters.metadata",
+            "ext_authz = pyworker.filters.ext_authz",
+            "ratelimit = pyworker.filters.ratelimit",
+        ],
+        "pyworker.drivers": [
+            "unit = pyworker.drivers.unit",
+            "env = pyworker.drivers.env",
+        ],
     },
 )

@@ -50,8 +50,10 @@ from bench import peers_bench as runner
 
 BENCH = gateways.BENCH
 PEERS = gateways.PEERS
-PROXY = ("proxy_pass http://s1; proxy_http_version 1.1; "
-         "proxy_set_header Connection \"\";")
+PROXY = (
+    "proxy_pass http://s1; proxy_http_version 1.1; "
+    'proxy_set_header Connection "";'
+)
 
 AUTHZ = ("mosn_ext_authz", "auth_request", "lua")
 LIMIT = ("mosn_unit", "mosn_limited", "mosn_limited_redispy")
@@ -66,36 +68,75 @@ ABOUT = {
     "auth_request": "nginx auth_request subrequest",
     "lua": "access_by_lua_block, cosocket HTTP request",
     "mosn_blocking": "this project: the same check as a plain (blocking) "
-                     "filter, 1 Python worker",
+    "filter, 1 Python worker",
     "mosn_unit": "this project: the UNIT chain",
     "mosn_limited": "this project: the UNIT chain + ratelimit on Redis",
     "mosn_limited_redispy": "the same ratelimit counting through redis-py's "
-                            "asyncio client and a pool of 64 connections",
+    "asyncio client and a pool of 64 connections",
 }
 
 
 def mosn_config(workdir, authz_port, redis_port):
     config = {
-        "servers": [{"default_log_path": str(workdir / "mosn.log"),
-                     "default_log_level": "WARN", "listeners": [
-            {"name": "authz", "stream_filters": [{
-                "type": "ext_authz", "config": {
-                    "http_service": {
-                        "server_uri": {"uri": "http://127.0.0.1:%d"
-                                       % authz_port, "timeout": "2s"},
-                        "path_prefix": "/auth",
-                        "authorization_response": {
-                            "allowed_upstream_headers": ["x-user"]}},
-                    "max_connections": 512}}]},
-            {"name": "blocking", "stream_filters": [{
-                "type": "bench_blocking_authz", "module": "authz_filters",
-                "config": {"port": authz_port}}]},
-            {"name": "unit", "stream_filters": [UNIT]},
-            {"name": "limited", "stream_filters": [UNIT, limiter(
-                "ratelimit", redis_port)]},
-            {"name": "limited_redispy", "stream_filters": [UNIT, limiter(
-                "bench_ratelimit_redispy", redis_port)]}]}],
-        "pyworker": {"max_in_flight": 4096}}
+        "servers": [
+            {
+                "default_log_path": str(workdir / "mosn.log"),
+                "default_log_level": "WARN",
+                "listeners": [
+                    {
+                        "name": "authz",
+                        "stream_filters": [
+                            {
+                                "type": "ext_authz",
+                                "config": {
+                                    "http_service": {
+                                        "server_uri": {
+                                            "uri": "http://127.0.0.1:%d"
+                                            % authz_port,
+                                            "timeout": "2s",
+                                        },
+                                        "path_prefix": "/auth",
+                                        "authorization_response": {
+                                            "allowed_upstream_headers": [
+                                                "x-user"
+                                            ]
+                                        },
+                                    },
+                                    "max_connections": 512,
+                                },
+                            }
+                        ],
+                    },
+                    {
+                        "name": "blocking",
+                        "stream_filters": [
+                            {
+                                "type": "bench_blocking_authz",
+                                "module": "authz_filters",
+                                "config": {"port": authz_port},
+                            }
+                        ],
+                    },
+                    {"name": "unit", "stream_filters": [UNIT]},
+                    {
+                        "name": "limited",
+                        "stream_filters": [
+                            UNIT,
+                            limiter("ratelimit", redis_port),
+                        ],
+                    },
+                    {
+                        "name": "limited_redispy",
+                        "stream_filters": [
+                            UNIT,
+                            limiter("bench_ratelimit_redispy", redis_port),
+                        ],
+                    },
+                ],
+            }
+        ],
+        "pyworker": {"max_in_flight": 4096},
+    }
     path = workdir / "mosn.json"
     path.write_text(json.dumps(config, indent=2))
     return path
@@ -104,21 +145,43 @@ def mosn_config(workdir, authz_port, redis_port):
 def limiter(kind, redis_port):
     """Two descriptors per request, limits never reached."""
     return {
-        "type": kind, "module": "authz_filters", "config": {
+        "type": kind,
+        "module": "authz_filters",
+        "config": {
             "domain": "bench",
-            "redis": {"url": "redis://127.0.0.1:%d/0" % redis_port,
-                      "timeout": "1s"},
+            "redis": {
+                "url": "redis://127.0.0.1:%d/0" % redis_port,
+                "timeout": "1s",
+            },
             "rate_limits": [
-                {"actions": [{"request_headers": {
-                    "header_name": "x-user", "descriptor_key": "user"}}],
-                 "limit": {"requests_per_unit": 10 ** 9, "unit": "second"}},
-                {"actions": [{"generic_key": {"descriptor_value": "all"}}],
-                 "limit": {"requests_per_unit": 10 ** 9,
-                           "unit": "minute"}}]}}
+                {
+                    "actions": [
+                        {
+                            "request_headers": {
+                                "header_name": "x-user",
+                                "descriptor_key": "user",
+                            }
+                        }
+                    ],
+                    "limit": {"requests_per_unit": 10**9, "unit": "second"},
+                },
+                {
+                    "actions": [{"generic_key": {"descriptor_value": "all"}}],
+                    "limit": {"requests_per_unit": 10**9, "unit": "minute"},
+                },
+            ],
+        },
+    }
 
 
-UNIT = {"type": "metadata", "config": {"metadataers": [
-    {"meta_data_key": "UNIT", "config": {"unit_key": "uid"}}]}}
+UNIT = {
+    "type": "metadata",
+    "config": {
+        "metadataers": [
+            {"meta_data_key": "UNIT", "config": {"unit_key": "uid"}}
+        ]
+    },
+}
 
 
 def parse(text):
@@ -129,12 +192,25 @@ def parse(text):
 
 
 def wrk(args, url, seconds):
-    argv = [args.wrk, "-t%d" % args.threads, "-c%d" % args.connections,
-            "-d%ds" % seconds, "--latency", "--timeout", "10s",
-            "-H", "Authorization: Bearer good", "-H", "uid: 2",
-            "-H", "x-user: bench", url]
-    done = subprocess.run(argv, capture_output=True, text=True,
-                          timeout=seconds + 60)
+    argv = [
+        args.wrk,
+        "-t%d" % args.threads,
+        "-c%d" % args.connections,
+        "-d%ds" % seconds,
+        "--latency",
+        "--timeout",
+        "10s",
+        "-H",
+        "Authorization: Bearer good",
+        "-H",
+        "uid: 2",
+        "-H",
+        "x-user: bench",
+        url,
+    ]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=seconds + 60
+    )
     if done.returncode != 0:
         raise RuntimeError("wrk failed: " + done.stderr.strip())
     return parse(done.stdout)
@@ -142,6 +218,7 @@ def wrk(args, url, seconds):
 
 def get(port, path, authorization=None):
     import http.client
+
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     headers = {"uid": "2", "x-user": "probe"}
     if authorization:
@@ -166,8 +243,9 @@ def probe(name, port, path):
         except OSError:
             pass
         if time.monotonic() > deadline:
-            raise gateways.GatewayError("%s does not answer 200 on %s"
-                                        % (name, path))
+            raise gateways.GatewayError(
+                "%s does not answer 200 on %s" % (name, path)
+            )
         time.sleep(0.2)
     assert ok[1].startswith("site s1"), (name, ok)
     if name in AUTHZ + ("mosn_blocking",):
@@ -178,8 +256,11 @@ def probe(name, port, path):
 def upstream_hits(settings):
     """Requests the upstream served so far (two bytes a line in its log,
     flushed every 200 ms)."""
-    log = settings.workdir / "sites" / ("hits-%d.log"
-                                        % settings.site_ports["s1a"])
+    log = (
+        settings.workdir
+        / "sites"
+        / ("hits-%d.log" % settings.site_ports["s1a"])
+    )
     return log.stat().st_size // 2 if log.exists() else 0
 
 
@@ -194,8 +275,11 @@ def cpu_by_role(roles):
             for kind, seconds in procs.gateway_cpu(pgids, stats).items():
                 out[kind] = out.get(kind, 0.0) + seconds
         else:
-            out[role] = out.get(role, 0.0) + procs.cpu_ticks(
-                procs.descendants(pgids, stats), stats) / procs.CLOCK_TICKS
+            out[role] = (
+                out.get(role, 0.0)
+                + procs.cpu_ticks(procs.descendants(pgids, stats), stats)
+                / procs.CLOCK_TICKS
+            )
     return out
 
 
@@ -219,23 +303,29 @@ def measure(args, name, url, roles, settings, redis=None, duration=None):
     elapsed = time.monotonic() - started
     after = cpu_by_role(roles)
     # percent of one CPU each process of the path used while wrk ran
-    result["cpu"] = {role: 100 * (after[role] - cpu.get(role, 0.0)) / elapsed
-                     for role in after}
+    result["cpu"] = {
+        role: 100 * (after[role] - cpu.get(role, 0.0)) / elapsed
+        for role in after
+    }
     result["cpu"]["wrk"] = 100 * (wrk_cpu() - client) / elapsed
-    result["cpu_pct"] = (result["cpu"].get("nginx", 0.0)
-                         + result["cpu"].get("python", 0.0))
+    result["cpu_pct"] = result["cpu"].get("nginx", 0.0) + result["cpu"].get(
+        "python", 0.0
+    )
     if redis:
         # requests that reached the upstream, against the commands Redis
         # got for them
         time.sleep(0.6)
         after = redis.client_calls()
         result["served"] = upstream_hits(settings) - hits
-        result["redis_calls"] = {k: after.get(k, 0) - calls.get(k, 0)
-                                 for k in after
-                                 if after.get(k, 0) != calls.get(k, 0)}
+        result["redis_calls"] = {
+            k: after.get(k, 0) - calls.get(k, 0)
+            for k in after
+            if after.get(k, 0) != calls.get(k, 0)
+        }
         # a new connection's HELLO is not the request's: EVALSHA is
-        result["redis_per_request"] = (result["redis_calls"].get("evalsha", 0)
-                                       / max(1, result["served"]))
+        result["redis_per_request"] = result["redis_calls"].get(
+            "evalsha", 0
+        ) / max(1, result["served"])
     result["gateway"] = name
     return result
 
@@ -252,21 +342,30 @@ def main():
     p.add_argument("--out", default=str(BENCH / "results"))
     p.add_argument("--nginx", default="nginx")
     p.add_argument("--wrk", default="wrk")
-    p.add_argument("--render", metavar="JSON",
-                   help="write the report again from an async.json")
+    p.add_argument(
+        "--render",
+        metavar="JSON",
+        help="write the report again from an async.json",
+    )
     args = p.parse_args()
     if args.render:
         saved = json.loads(Path(args.render).read_text())
         for key, value in saved["args"].items():
             if key not in ("render", "out"):
                 setattr(args, key, value)
-        report(args, saved["runs"], saved["machine"], saved["started"],
-               *saved["load"])
+        report(
+            args,
+            saved["runs"],
+            saved["machine"],
+            saved["started"],
+            *saved["load"],
+        )
         return
     args.workers = 1
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
     started = datetime.datetime.now(datetime.timezone.utc).strftime(
-        "%Y-%m-%d %H:%M UTC")
+        "%Y-%m-%d %H:%M UTC"
+    )
     info = runner.machine(args)
     load_before = open("/proc/loadavg").read().split()[:3]
     workdir = Path(tempfile.mkdtemp(prefix="async-bench-"))
@@ -283,59 +382,86 @@ def main():
 def measure_all(args, workdir):
     site = procs.free_port()
     settings = gateways.Settings(
-        workdir=workdir, nginx=args.nginx,
-        modules=runner.modules_dir(args.nginx), workers=1,
-        site_ports={"s1a": site, "s1b": procs.free_port(),
-                    "s2": procs.free_port(),
-                    "s3": procs.free_port()})
+        workdir=workdir,
+        nginx=args.nginx,
+        modules=runner.modules_dir(args.nginx),
+        workers=1,
+        site_ports={
+            "s1a": site,
+            "s1b": procs.free_port(),
+            "s2": procs.free_port(),
+            "s3": procs.free_port(),
+        },
+    )
     authz_port = procs.free_port()
     service = gateways.Gateway(
-        name="authz_service", about="the authorization service",
+        name="authz_service",
+        about="the authorization service",
         ports=[authz_port],
         template=(PEERS / "authz_service.conf").read_text(),
-        extra={"delay_s": "%g" % (args.delay_ms / 1000)})
-    ports = {name: procs.free_port()
-             for name in ("mosn", "auth_request", "lua")}
+        extra={"delay_s": "%g" % (args.delay_ms / 1000)},
+    )
+    ports = {
+        name: procs.free_port() for name in ("mosn", "auth_request", "lua")
+    }
     runs = []
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(services.RedisServer())
         config = mosn_config(workdir, authz_port, redis.port)
         mosn = gateways.Gateway(
-            name="mosn", about=ABOUT["mosn_ext_authz"], ports=[ports["mosn"]],
+            name="mosn",
+            about=ABOUT["mosn_ext_authz"],
+            ports=[ports["mosn"]],
             template=(PEERS / "authz_mosn.conf").read_text(),
-            extra={"repo": str(gateways.REPO), "python": sys.executable,
-                   "mosn_config": str(config),
-                   "shm": "mosn_async_bench_%d" % os.getpid(),
-                   "proxy": PROXY},
-            env={"PYTHONPATH": str(BENCH)})
+            extra={
+                "repo": str(gateways.REPO),
+                "python": sys.executable,
+                "mosn_config": str(config),
+                "shm": "mosn_async_bench_%d" % os.getpid(),
+                "proxy": PROXY,
+            },
+            env={"PYTHONPATH": str(BENCH)},
+        )
         peers = [
-            gateways.Gateway(name=name, about=ABOUT[name],
-                             ports=[ports[name]],
-                             template=(PEERS / conf).read_text(),
-                             extra={"authz_port": str(authz_port)})
-            for name, conf in (("auth_request", "authz_auth_request.conf"),
-                               ("lua", "authz_lua.conf"))]
+            gateways.Gateway(
+                name=name,
+                about=ABOUT[name],
+                ports=[ports[name]],
+                template=(PEERS / conf).read_text(),
+                extra={"authz_port": str(authz_port)},
+            )
+            for name, conf in (
+                ("auth_request", "authz_auth_request.conf"),
+                ("lua", "authz_lua.conf"),
+            )
+        ]
         live = {}
         for gw in [gateways.sites_gateway(settings), service, mosn] + peers:
-            live[gw.name] = stack.enter_context(gateways.running(gw,
-                                                                 settings))
-        url = {"mosn_ext_authz": (ports["mosn"], "/authz"),
-               "mosn_blocking": (ports["mosn"], "/blocking"),
-               "mosn_unit": (ports["mosn"], "/unit"),
-               "mosn_limited": (ports["mosn"], "/limited"),
-               "mosn_limited_redispy": (ports["mosn"], "/limited_redispy"),
-               "auth_request": (ports["auth_request"], "/x"),
-               "lua": (ports["lua"], "/x"),
-               "service": (authz_port, "/auth/x"),
-               "upstream": (settings.site_ports["s1a"], "/x")}
-        common = {"service": {live["authz_service"].nginx.pgid},
-                  "upstream": {live["sites"].nginx.pgid},
-                  "redis": {redis.proc.pid}}
+            live[gw.name] = stack.enter_context(gateways.running(gw, settings))
+        url = {
+            "mosn_ext_authz": (ports["mosn"], "/authz"),
+            "mosn_blocking": (ports["mosn"], "/blocking"),
+            "mosn_unit": (ports["mosn"], "/unit"),
+            "mosn_limited": (ports["mosn"], "/limited"),
+            "mosn_limited_redispy": (ports["mosn"], "/limited_redispy"),
+            "auth_request": (ports["auth_request"], "/x"),
+            "lua": (ports["lua"], "/x"),
+            "service": (authz_port, "/auth/x"),
+            "upstream": (settings.site_ports["s1a"], "/x"),
+        }
+        common = {
+            "service": {live["authz_service"].nginx.pgid},
+            "upstream": {live["sites"].nginx.pgid},
+            "redis": {redis.proc.pid},
+        }
         roles = {name: dict(common) for name in url}
         for name in url:
             if name not in DIRECT:
-                roles[name]["nginx"] = {live["mosn" if name.startswith("mosn")
-                                         else name].nginx.pgid}
+                roles[name]["nginx"] = {
+                    live[
+                        "mosn" if name.startswith("mosn") else name
+                    ].nginx.pgid
+                }
         for name, (port, path) in url.items():
             if name not in DIRECT:
                 probe(name, port, path)
@@ -345,24 +471,38 @@ def measure_all(args, workdir):
                 order.append("mosn_blocking")
             for name in order:
                 port, path = url[name]
-                print("round %d/%d: %s ..." % (round_no, args.runs, name),
-                      end=" ", flush=True)
+                print(
+                    "round %d/%d: %s ..." % (round_no, args.runs, name),
+                    end=" ",
+                    flush=True,
+                )
                 result = measure(
-                    args, name, "http://127.0.0.1:%d%s" % (port, path),
-                    roles[name], settings,
+                    args,
+                    name,
+                    "http://127.0.0.1:%d%s" % (port, path),
+                    roles[name],
+                    settings,
                     redis if name in LIMIT else None,
-                    args.blocking_duration if name == "mosn_blocking"
-                    else None)
+                    args.blocking_duration
+                    if name == "mosn_blocking"
+                    else None,
+                )
                 result["round"] = round_no
                 runs.append(result)
-                print("%.0f req/s, p99 %.1f ms, %d non-2xx, %d socket "
-                      "errors%s" % (
-                          result["rps"], result["p99_ms"], result["non_2xx"],
-                          result["socket_errors"],
-                          ", %.3f Redis commands per request %s"
-                          % (result["redis_per_request"],
-                             result["redis_calls"])
-                          if "redis_per_request" in result else ""))
+                print(
+                    "%.0f req/s, p99 %.1f ms, %d non-2xx, %d socket "
+                    "errors%s"
+                    % (
+                        result["rps"],
+                        result["p99_ms"],
+                        result["non_2xx"],
+                        result["socket_errors"],
+                        ", %.3f Redis commands per request %s"
+                        % (result["redis_per_request"], result["redis_calls"])
+                        if "redis_per_request" in result
+                        else "",
+                    )
+                )
     return runs
 
 
@@ -372,18 +512,26 @@ def summarise(runs):
         mine = [r for r in runs if r["gateway"] == name]
         if not mine:
             continue
-        row = bench.report.medians(mine, ("rps", "p50_ms", "p99_ms",
-                                          "cpu_pct"))
-        row["cpu"] = {role: statistics.median(r.get("cpu", {}).get(role, 0.0)
-                                              for r in mine)
-                      for role in CPU_ROLES}
-        row.update(runs=len(mine), every=[round(r["rps"]) for r in mine],
-                   non_2xx=sum(r["non_2xx"] for r in mine),
-                   socket_errors=sum(r["socket_errors"] for r in mine),
-                   requests=sum(r["requests"] for r in mine))
+        row = bench.report.medians(
+            mine, ("rps", "p50_ms", "p99_ms", "cpu_pct")
+        )
+        row["cpu"] = {
+            role: statistics.median(
+                r.get("cpu", {}).get(role, 0.0) for r in mine
+            )
+            for role in CPU_ROLES
+        }
+        row.update(
+            runs=len(mine),
+            every=[round(r["rps"]) for r in mine],
+            non_2xx=sum(r["non_2xx"] for r in mine),
+            socket_errors=sum(r["socket_errors"] for r in mine),
+            requests=sum(r["requests"] for r in mine),
+        )
         if "redis_per_request" in mine[0]:
             row["redis_per_request"] = statistics.median(
-                r["redis_per_request"] for r in mine)
+                r["redis_per_request"] for r in mine
+            )
             calls = {}
             for r in mine:
                 for k, v in r["redis_calls"].items():
@@ -398,25 +546,46 @@ def report(args, runs, info, started, load_before, load_after):
     """async.md and async.json: the setup, the rates and CPU of every
     gateway, the targets, the rate limit's cost."""
     summary = summarise(runs)
-    lines = (_report_head(args, info, started, load_before, load_after)
-             + _rate_table(summary) + _cpu_table(summary)
-             + _targets(summary, info, load_after)
-             + _rate_limit(summary))
+    lines = (
+        _report_head(args, info, started, load_before, load_after)
+        + _rate_table(summary)
+        + _cpu_table(summary)
+        + _targets(summary, info, load_after)
+        + _rate_limit(summary)
+    )
     text = "\n".join(lines) + "\n"
-    bench.report.write(args.out, "async", text, {
-        "args": vars(args), "machine": info, "started": started,
-        "load": [load_before, load_after], "runs": runs,
-        "summary": summary})
+    bench.report.write(
+        args.out,
+        "async",
+        text,
+        {
+            "args": vars(args),
+            "machine": info,
+            "started": started,
+            "load": [load_before, load_after],
+            "runs": runs,
+            "summary": summary,
+        },
+    )
     print(text, end="")
 
 
 def _report_head(args, info, started, load_before, load_after):
-    command = bench.report.command(__spec__.name, [
-        word for k, v in (
-            ("duration", args.duration), ("runs", args.runs),
-            ("warmup", args.warmup), ("connections", args.connections),
-            ("threads", args.threads), ("delay_ms", "%g" % args.delay_ms))
-        for word in ("--" + k.replace("_", "-"), str(v))])
+    command = bench.report.command(
+        __spec__.name,
+        [
+            word
+            for k, v in (
+                ("duration", args.duration),
+                ("runs", args.runs),
+                ("warmup", args.warmup),
+                ("connections", args.connections),
+                ("threads", args.threads),
+                ("delay_ms", "%g" % args.delay_ms),
+            )
+            for word in ("--" + k.replace("_", "-"), str(v))
+        ],
+    )
     return [
         "# Filters that await: ext_authz against its peers, and a Redis "
         "rate limit",
@@ -425,43 +594,76 @@ def _report_head(args, info, started, load_before, load_after):
         "below (`async.json` has each run).",
         "",
         "- command: `%s`" % command,
-        "- date: %s; %s CPUs (%s), Linux %s, %s, %s, Python %s" % (
-            started, info["nproc"], info["cpu"], info["kernel"],
-            info["nginx"], info["wrk"], info["python"]),
+        "- date: %s; %s CPUs (%s), Linux %s, %s, %s, Python %s"
+        % (
+            started,
+            info["nproc"],
+            info["cpu"],
+            info["kernel"],
+            info["nginx"],
+            info["wrk"],
+            info["python"],
+        ),
         "- load average %s before, %s after (the machine is shared: read "
         "the ratios)" % (" ".join(load_before), " ".join(load_after)),
         "- wrk -t%d -c%d -d%ds --latency after %ds of warm-up, %d "
         "interleaved rounds, medians; every gateway has 1 nginx worker, "
-        "this project's 1 Python worker" % (
-            args.threads, args.connections, args.duration, args.warmup,
-            args.runs),
+        "this project's 1 Python worker"
+        % (
+            args.threads,
+            args.connections,
+            args.duration,
+            args.warmup,
+            args.runs,
+        ),
         "- the authorization service: nginx + Lua, answering after %g ms "
-        "(ngx.sleep), 1 worker; the upstream: bench/sites.conf" %
-        args.delay_ms,
+        "(ngx.sleep), 1 worker; the upstream: bench/sites.conf"
+        % args.delay_ms,
         "",
     ]
 
 
 def _rate_table(summary):
     return bench.report.table(
-        ("gateway", "what", "req/s (median)", "every run", "p50 ms",
-         "p99 ms", "CPU % (nginx + Python)", "non-2xx", "socket errors"),
-        [[name, ABOUT[name], "%.0f" % row["rps"],
-          ", ".join(map(str, row["every"])), "%.1f" % row["p50_ms"],
-          "%.1f" % row["p99_ms"], "%.0f" % row["cpu_pct"],
-          row["non_2xx"], row["socket_errors"]]
-         for name, row in summary.items()])
+        (
+            "gateway",
+            "what",
+            "req/s (median)",
+            "every run",
+            "p50 ms",
+            "p99 ms",
+            "CPU % (nginx + Python)",
+            "non-2xx",
+            "socket errors",
+        ),
+        [
+            [
+                name,
+                ABOUT[name],
+                "%.0f" % row["rps"],
+                ", ".join(map(str, row["every"])),
+                "%.1f" % row["p50_ms"],
+                "%.1f" % row["p99_ms"],
+                "%.0f" % row["cpu_pct"],
+                row["non_2xx"],
+                row["socket_errors"],
+            ]
+            for name, row in summary.items()
+        ],
+    )
 
 
 def _cpu_row(name, row):
     cpu = row.get("cpu", {})
     total = sum(cpu.values())
     own = cpu.get("nginx", 0.0) + cpu.get("python", 0.0)
-    return [name, *("%.0f" % cpu.get(role, 0.0) for role in CPU_ROLES),
-            "%.0f" % total,
-            "%.0f" % (100 * row["rps"] / total if total else 0.0),
-            "%.0f" % (1e4 * own / row["rps"]) if own and row["rps"]
-            else "-"]
+    return [
+        name,
+        *("%.0f" % cpu.get(role, 0.0) for role in CPU_ROLES),
+        "%.0f" % total,
+        "%.0f" % (100 * row["rps"] / total if total else 0.0),
+        "%.0f" % (1e4 * own / row["rps"]) if own and row["rps"] else "-",
+    ]
 
 
 def _cpu_table(summary):
@@ -474,9 +676,15 @@ def _cpu_table(summary):
         "back by the machine's share is still compared fairly.",
         "",
         *bench.report.table(
-            ("gateway", *CPU_ROLES, "sum", "req/s per CPU",
-             "gateway µs of CPU per request"),
-            [_cpu_row(name, row) for name, row in summary.items()]),
+            (
+                "gateway",
+                *CPU_ROLES,
+                "sum",
+                "req/s per CPU",
+                "gateway µs of CPU per request",
+            ),
+            [_cpu_row(name, row) for name, row in summary.items()],
+        ),
     ]
 
 
@@ -490,26 +698,37 @@ def _targets(summary, info, load_after):
     c = summary.get("lua")
     lines = ["", "## Targets", ""]
     if a:
-        lines.append("- mosn_ext_authz >= 10,000 req/s with one Python "
-                     "worker: %.0f, %s" % (a["rps"], verdict(a["rps"]
-                                                             >= 10000)))
+        lines.append(
+            "- mosn_ext_authz >= 10,000 req/s with one Python "
+            "worker: %.0f, %s" % (a["rps"], verdict(a["rps"] >= 10000))
+        )
     if a and b:
-        lines.append("- mosn_ext_authz >= auth_request in req/s: %.2fx, %s"
-                     % (a["rps"] / b["rps"], verdict(a["rps"] >= b["rps"])))
-        lines.append("- p99 of mosn_ext_authz <= p99 of auth_request: "
-                     "%.1f ms vs %.1f ms, %s" % (
-                         a["p99_ms"], b["p99_ms"],
-                         verdict(a["p99_ms"] <= b["p99_ms"])))
+        lines.append(
+            "- mosn_ext_authz >= auth_request in req/s: %.2fx, %s"
+            % (a["rps"] / b["rps"], verdict(a["rps"] >= b["rps"]))
+        )
+        lines.append(
+            "- p99 of mosn_ext_authz <= p99 of auth_request: "
+            "%.1f ms vs %.1f ms, %s"
+            % (a["p99_ms"], b["p99_ms"], verdict(a["p99_ms"] <= b["p99_ms"]))
+        )
     if a and c:
-        lines.append("- mosn_ext_authz within 0.8x of lua in req/s: %.2fx, "
-                     "%s" % (a["rps"] / c["rps"],
-                             verdict(a["rps"] >= 0.8 * c["rps"])))
+        lines.append(
+            "- mosn_ext_authz within 0.8x of lua in req/s: %.2fx, "
+            "%s" % (a["rps"] / c["rps"], verdict(a["rps"] >= 0.8 * c["rps"]))
+        )
     blocking = summary.get("mosn_blocking")
     if blocking:
-        lines.append("- the same check as a plain filter (one request at a "
-                     "time): %.0f req/s, %.0fx less than with ext_authz"
-                     % (blocking["rps"], a["rps"] / blocking["rps"]
-                        if a and blocking["rps"] else float("nan")))
+        lines.append(
+            "- the same check as a plain filter (one request at a "
+            "time): %.0f req/s, %.0fx less than with ext_authz"
+            % (
+                blocking["rps"],
+                a["rps"] / blocking["rps"]
+                if a and blocking["rps"]
+                else float("nan"),
+            )
+        )
     if a and b:
         lines.append(
             "- CPU of each gateway (nginx and its Python worker) against "
@@ -517,17 +736,23 @@ def _targets(summary, info, load_after):
             "auth_request %.0f%%, with a load average of %s on %s CPUs: "
             "the Python worker got a share of a core, not a core.  The "
             "rates are those of this machine's share, the ratios those of "
-            "gateways measured side by side." % (
-                a["cpu_pct"], b["cpu_pct"], load_after[0], info["nproc"]))
+            "gateways measured side by side."
+            % (a["cpu_pct"], b["cpu_pct"], load_after[0], info["nproc"])
+        )
     service = summary.get("service")
     if service and a:
         lines.append(
             "- the authorization service alone (wrk straight to it, same "
             "load): %.0f req/s, %.1fx the best gateway's rate through it: "
-            "it is not what holds the gateways back" % (
-                service["rps"], service["rps"] / max(
-                    summary[name]["rps"] for name in AUTHZ
-                    if name in summary)))
+            "it is not what holds the gateways back"
+            % (
+                service["rps"],
+                service["rps"]
+                / max(
+                    summary[name]["rps"] for name in AUTHZ if name in summary
+                ),
+            )
+        )
     return lines + _path_ceilings(summary, info)
 
 
@@ -538,14 +763,17 @@ def _path_ceilings(summary, info):
         if row and sum(row["cpu"].values()):
             # CPU seconds per request of every process on the path
             per_request = sum(row["cpu"].values()) / 100 / row["rps"]
-            ceilings.append("%s %.0f µs, %.0f req/s" % (
-                name, 1e6 * per_request, int(info["nproc"]) / per_request))
+            ceilings.append(
+                "%s %.0f µs, %.0f req/s"
+                % (name, 1e6 * per_request, int(info["nproc"]) / per_request)
+            )
     if not ceilings:
         return []
-    return ["- CPU of the whole path per request (gateway, service, "
-            "upstream, wrk) and the rate it allows on %s CPUs with "
-            "nothing else running: %s" % (info["nproc"],
-                                          "; ".join(ceilings))]
+    return [
+        "- CPU of the whole path per request (gateway, service, "
+        "upstream, wrk) and the rate it allows on %s CPUs with "
+        "nothing else running: %s" % (info["nproc"], "; ".join(ceilings))
+    ]
 
 
 def _rate_limit(summary):
@@ -560,16 +788,24 @@ def _rate_limit(summary):
         "descriptors): %.3f EVALSHA per request that reached the "
         "upstream (all commands clients sent: %s, for %d requests; "
         "the few EVALSHA over the count are requests wrk left in "
-        "flight), target 1: %s" % (
+        "flight), target 1: %s"
+        % (
             limited["redis_per_request"],
-            ", ".join("%s %d" % kv for kv in
-                      sorted(limited["redis_calls"].items())),
+            ", ".join(
+                "%s %d" % kv for kv in sorted(limited["redis_calls"].items())
+            ),
             limited["served"],
-            verdict(abs(limited["redis_per_request"] - 1) < 0.02)),
+            verdict(abs(limited["redis_per_request"] - 1) < 0.02),
+        ),
         "- req/s with the rate limit against the same chain without "
-        "it: %.0f vs %.0f, %.2fx; p99 %.1f ms vs %.1f ms" % (
-            limited["rps"], unit["rps"], limited["rps"] / unit["rps"],
-            limited["p99_ms"], unit["p99_ms"]),
+        "it: %.0f vs %.0f, %.2fx; p99 %.1f ms vs %.1f ms"
+        % (
+            limited["rps"],
+            unit["rps"],
+            limited["rps"] / unit["rps"],
+            limited["p99_ms"],
+            unit["p99_ms"],
+        ),
     ]
     redispy = summary.get("mosn_limited_redispy")
     if redispy:
@@ -577,11 +813,15 @@ def _rate_limit(summary):
             "- the same filter counting through redis-py's asyncio "
             "client and a pool of 64 connections: %.0f req/s (%.2fx the "
             "chain without it, %.2fx the filter's own client); Python "
-            "CPU %.0f µs per request against %.0f µs" % (
-                redispy["rps"], redispy["rps"] / unit["rps"],
+            "CPU %.0f µs per request against %.0f µs"
+            % (
+                redispy["rps"],
+                redispy["rps"] / unit["rps"],
                 redispy["rps"] / limited["rps"],
                 1e4 * redispy["cpu"]["python"] / redispy["rps"],
-                1e4 * limited["cpu"]["python"] / limited["rps"]))
+                1e4 * limited["cpu"]["python"] / limited["rps"],
+            )
+        )
     return lines
 
 

@@ -18,11 +18,15 @@ class BlockingAuthz(StreamReceiverFilter):
 
     def on_receive(self, ctx, headers, buf, trailers):
         if self.conn is None:
-            self.conn = http.client.HTTPConnection("127.0.0.1", self.port,
-                                                   timeout=2)
+            self.conn = http.client.HTTPConnection(
+                "127.0.0.1", self.port, timeout=2
+            )
         try:
-            self.conn.request("GET", "/auth" + ctx.path, headers={
-                "Authorization": headers.get("authorization") or ""})
+            self.conn.request(
+                "GET",
+                "/auth" + ctx.path,
+                headers={"Authorization": headers.get("authorization") or ""},
+            )
             answer = self.conn.getresponse()
             answer.read()
         except (OSError, http.client.HTTPException):
@@ -54,9 +58,14 @@ class RedisPyRateLimit(RateLimitFilter):
 
     async def start(self):
         import redis.asyncio
+
         pool = redis.asyncio.BlockingConnectionPool.from_url(
-            self.url, max_connections=self.pool_size, timeout=self.timeout,
-            socket_timeout=self.timeout, socket_connect_timeout=self.timeout)
+            self.url,
+            max_connections=self.pool_size,
+            timeout=self.timeout,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout,
+        )
         self.redis = redis.asyncio.Redis(connection_pool=pool)
         self.script = self.redis.register_script(SCRIPT)
 
@@ -67,6 +76,7 @@ class RedisPyRateLimit(RateLimitFilter):
 
     async def _count(self, keys, units):
         import redis.exceptions
+
         try:
             async with asyncio.timeout(self.timeout):
                 return await self.script(keys=keys, args=[1] + units)

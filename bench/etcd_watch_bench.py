@@ -59,9 +59,14 @@ async def follow(kind, host, port, n):
             done.set()
 
     if kind.startswith("channel"):
-        from pyworker.discovery.etcdwire import (WATCH, WatchCreateRequest,
-                                                 WatchRequest, WatchResponse)
+        from pyworker.discovery.etcdwire import (
+            WATCH,
+            WatchCreateRequest,
+            WatchRequest,
+            WatchResponse,
+        )
         from pyworker.discovery.grpcchannel import Channel
+
         window = float(kind.split(":")[1]) if ":" in kind else 0.0
         channel = await Channel.open(host, port, 5.0, window)
 
@@ -71,12 +76,16 @@ async def follow(kind, host, port, n):
                 events.extend(WatchResponse.FromString(raw).events)
             if events:
                 seen(events)
-        request = WatchRequest(create_request=WatchCreateRequest(
-            key=KEY, range_end=END))
-        channel.start(WATCH, request.SerializeToString(), [], answers,
-                      half_close=False)
+
+        request = WatchRequest(
+            create_request=WatchCreateRequest(key=KEY, range_end=END)
+        )
+        channel.start(
+            WATCH, request.SerializeToString(), [], answers, half_close=False
+        )
     elif kind == "aetcd":
         import aetcd
+
         client = aetcd.Client(host, port)
         await client.connect()
         watch = await client.watch_prefix(KEY)
@@ -84,47 +93,60 @@ async def follow(kind, host, port, n):
         async def loop():
             async for event in watch:
                 seen([event])
+
         asyncio.get_running_loop().create_task(loop())
     elif kind == "grpcio":
         import threading
 
         import grpc
         from aetcd.rpc import rpc_pb2, rpc_pb2_grpc
-        stub = rpc_pb2_grpc.WatchStub(
-            grpc.insecure_channel(f"{host}:{port}"))
+
+        stub = rpc_pb2_grpc.WatchStub(grpc.insecure_channel(f"{host}:{port}"))
         loop = asyncio.get_running_loop()
 
         def requests():
-            yield rpc_pb2.WatchRequest(create_request=rpc_pb2.
-                                       WatchCreateRequest(key=KEY,
-                                                          range_end=END))
+            yield rpc_pb2.WatchRequest(
+                create_request=rpc_pb2.WatchCreateRequest(
+                    key=KEY, range_end=END
+                )
+            )
             threading.Event().wait()
 
         def read():
             for answer in stub.Watch(requests()):
                 if answer.events:
                     loop.call_soon_threadsafe(seen, list(answer.events))
+
         threading.Thread(target=read, daemon=True).start()
     elif kind == "grpclib":
         from aetcd.rpc import rpc_pb2
         from grpclib.client import Channel
         from grpclib.const import Cardinality
+
         channel = Channel(host, port)
 
         async def loop():
             async with channel.request(
-                    "/etcdserverpb.Watch/Watch", Cardinality.STREAM_STREAM,
-                    rpc_pb2.WatchRequest, rpc_pb2.WatchResponse) as stream:
-                await stream.send_message(rpc_pb2.WatchRequest(
-                    create_request=rpc_pb2.WatchCreateRequest(
-                        key=KEY, range_end=END)))
+                "/etcdserverpb.Watch/Watch",
+                Cardinality.STREAM_STREAM,
+                rpc_pb2.WatchRequest,
+                rpc_pb2.WatchResponse,
+            ) as stream:
+                await stream.send_message(
+                    rpc_pb2.WatchRequest(
+                        create_request=rpc_pb2.WatchCreateRequest(
+                            key=KEY, range_end=END
+                        )
+                    )
+                )
                 async for answer in stream:
                     if answer.events:
                         seen(answer.events)
+
         asyncio.get_running_loop().create_task(loop())
     else:
         raise SystemExit(f"unknown client {kind}")
-    await asyncio.sleep(0.5)            # the watch is up
+    await asyncio.sleep(0.5)  # the watch is up
     print("ready", flush=True)
     before = cpu()
     await done.wait()
@@ -132,8 +154,11 @@ async def follow(kind, host, port, n):
 
 
 def available(kind):
-    needs = {"aetcd": ["aetcd"], "grpcio": ["grpc", "aetcd"],
-             "grpclib": ["grpclib", "aetcd"]}.get(kind.split(":")[0], [])
+    needs = {
+        "aetcd": ["aetcd"],
+        "grpcio": ["grpc", "aetcd"],
+        "grpclib": ["grpclib", "aetcd"],
+    }.get(kind.split(":")[0], [])
     for name in needs:
         try:
             __import__(name)
@@ -148,10 +173,23 @@ def available(kind):
 def measure(kind, etcd, args):
     from pyworker.discovery.etcdwire import PUT, PutRequest, PutResponse
     from pyworker.discovery.grpcchannel import Channel
+
     host, port = etcd.endpoints[0].rsplit(":", 1)
     client = subprocess.Popen(
-        [sys.executable, "-m", __spec__.name, "--follow", kind, host, port,
-         str(args.changes)], cwd=CHECKOUT, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            __spec__.name,
+            "--follow",
+            kind,
+            host,
+            port,
+            str(args.changes),
+        ],
+        cwd=CHECKOUT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert client.stdout.readline().strip() == "ready", kind
 
@@ -159,15 +197,26 @@ def measure(kind, etcd, args):
             channel = await Channel.open(host, int(port), 5.0)
             next_at = time.monotonic()
             for i in range(args.changes):
-                value = json.dumps({"server_list": [
-                    {"ip": "10.0.0.1", "port": 1000 + i % 4,
-                     "site": "s1"}]}).encode()
-                await channel.unary(PUT, PutRequest(key=KEY + b"test",
-                                                    value=value),
-                                    PutResponse)
+                value = json.dumps(
+                    {
+                        "server_list": [
+                            {
+                                "ip": "10.0.0.1",
+                                "port": 1000 + i % 4,
+                                "site": "s1",
+                            }
+                        ]
+                    }
+                ).encode()
+                await channel.unary(
+                    PUT,
+                    PutRequest(key=KEY + b"test", value=value),
+                    PutResponse,
+                )
                 next_at += 1 / args.rate
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             channel.close()
+
         asyncio.run(write())
         _, got, used = client.stdout.readline().split()
         client.wait(30)
@@ -191,6 +240,7 @@ def main():
         asyncio.run(follow(kind, host, int(port), int(n)))
         return
     from fleet import Etcd
+
     kinds = [k for k in args.clients.split(",") if available(k)]
     skipped = [k for k in args.clients.split(",") if k not in kinds]
     load = Path("/proc/loadavg").read_text().strip()
@@ -198,28 +248,45 @@ def main():
     per = {k: [] for k in kinds}
     try:
         for _ in range(args.runs):
-            for kind in kinds:         # interleaved, so load hits all alike
+            for kind in kinds:  # interleaved, so load hits all alike
                 got, used = measure(kind, etcd, args)
                 per[kind].append(used * 1000 / got)
-                print("%-14s %d changes  %.3f ms CPU per change"
-                      % (kind, got, per[kind][-1]), flush=True)
+                print(
+                    "%-14s %d changes  %.3f ms CPU per change"
+                    % (kind, got, per[kind][-1]),
+                    flush=True,
+                )
     finally:
         etcd.close()
     print()
     print("Command: `%s`  " % report.command(__spec__.name))
-    print("Load average before: %s; after: %s  " % (
-        load, Path("/proc/loadavg").read_text().strip()))
-    print("%d changes at %g a second, %d interleaved runs%s" % (
-        args.changes, args.rate, args.runs,
-        "; skipped (not installed): " + ", ".join(skipped)
-        if skipped else ""))
+    print(
+        "Load average before: %s; after: %s  "
+        % (load, Path("/proc/loadavg").read_text().strip())
+    )
+    print(
+        "%d changes at %g a second, %d interleaved runs%s"
+        % (
+            args.changes,
+            args.rate,
+            args.runs,
+            "; skipped (not installed): " + ", ".join(skipped)
+            if skipped
+            else "",
+        )
+    )
     print()
     print("| client | ms CPU per change, median | runs |")
     print("| --- | --- | --- |")
     for kind in kinds:
-        print("| %s | %.3f | %s |" % (kind, statistics.median(per[kind]),
-                                      " / ".join("%.3f" % v
-                                                 for v in per[kind])))
+        print(
+            "| %s | %.3f | %s |"
+            % (
+                kind,
+                statistics.median(per[kind]),
+                " / ".join("%.3f" % v for v in per[kind]),
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -62,16 +62,35 @@ def parse_args():
     p.add_argument("--changes", type=int, default=200)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--duration", type=int, default=8)
-    p.add_argument("--rate", type=int, default=100,
-                   help="endpoint changes per second in part 2")
-    p.add_argument("--connections", type=int, default=16,
-                   help="wrk connections per gateway")
-    p.add_argument("--cost-changes", type=int, default=500,
-                   help="changes per measurement in part 3")
-    p.add_argument("--coalesce", type=float, default=0.05,
-                   help="the gateways' etcd coalesce window, seconds")
-    p.add_argument("--parts", default="propagation,throughput,cost",
-                   help="which parts to run, comma-separated")
+    p.add_argument(
+        "--rate",
+        type=int,
+        default=100,
+        help="endpoint changes per second in part 2",
+    )
+    p.add_argument(
+        "--connections",
+        type=int,
+        default=16,
+        help="wrk connections per gateway",
+    )
+    p.add_argument(
+        "--cost-changes",
+        type=int,
+        default=500,
+        help="changes per measurement in part 3",
+    )
+    p.add_argument(
+        "--coalesce",
+        type=float,
+        default=0.05,
+        help="the gateways' etcd coalesce window, seconds",
+    )
+    p.add_argument(
+        "--parts",
+        default="propagation,throughput,cost",
+        help="which parts to run, comma-separated",
+    )
     p.add_argument("--out", default=str(BENCH / "results" / "fleet"))
     return p.parse_args()
 
@@ -90,15 +109,18 @@ class Writer:
 
         async def connect():
             return await Channel.open(host, int(port), 5.0)
+
         self.channel = self.call(connect())
 
     def call(self, coro, timeout=30):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(
-            timeout)
+            timeout
+        )
 
     async def _put(self, key, value):
         return await self.channel.unary(
-            PUT, PutRequest(key=key, value=value), PutResponse)
+            PUT, PutRequest(key=key, value=value), PutResponse
+        )
 
     def put(self, key, value):
         return self.call(self._put(key.encode(), value.encode()))
@@ -118,6 +140,7 @@ class Writer:
                 next_at += period
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             return i
+
         return asyncio.run_coroutine_threadsafe(stream(), self.loop)
 
     def close(self):
@@ -135,8 +158,8 @@ class Prober(threading.Thread):
     def __init__(self, port):
         super().__init__(daemon=True)
         self.port = port
-        self.want = None        # (label, since)
-        self.seen = None        # seconds from since to the first hit
+        self.want = None  # (label, since)
+        self.seen = None  # seconds from since to the first hit
         self.cond = threading.Condition()
         self.stopping = False
         self.errors = 0
@@ -158,8 +181,9 @@ class Prober(threading.Thread):
             except (OSError, http.client.HTTPException):
                 self.errors += 1
                 conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", self.port,
-                                                  timeout=5)
+                conn = http.client.HTTPConnection(
+                    "127.0.0.1", self.port, timeout=5
+                )
                 continue
             if resp.status == 200 and body.endswith(" " + want[0]):
                 with self.cond:
@@ -194,7 +218,7 @@ def propagation(writer, sites, gateways, changes, gap):
     per_gateway = [[] for _ in gateways]
     slowest, missed = [], 0
     for i in range(changes):
-        label = LABELS[i % 2]        # a and b in turn
+        label = LABELS[i % 2]  # a and b in turn
         value = json.dumps(app_value("test", [(sites.ports[label], "s1")]))
         since = time.monotonic()
         for p in probers:
@@ -210,8 +234,12 @@ def propagation(writer, sites, gateways, changes, gap):
         time.sleep(gap)
     for p in probers:
         p.stop()
-    return {"per_gateway": per_gateway, "slowest": slowest,
-            "missed": missed, "probe_errors": sum(p.errors for p in probers)}
+    return {
+        "per_gateway": per_gateway,
+        "slowest": slowest,
+        "missed": missed,
+        "probe_errors": sum(p.errors for p in probers),
+    }
 
 
 def pct(values, q):
@@ -231,23 +259,39 @@ def wrk(port, seconds, connections):
     # client sharing this script's session would share its CPU with etcd
     # and the writer, and their work would slow the load, not the gateways
     return subprocess.Popen(
-        ["wrk", "-t1", "-c%d" % connections, "-d%ds" % seconds,
-         "-H", "uid: 2", "http://127.0.0.1:%d/" % port],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
+        [
+            "wrk",
+            "-t1",
+            "-c%d" % connections,
+            "-d%ds" % seconds,
+            "-H",
+            "uid: 2",
+            "http://127.0.0.1:%d/" % port,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def parse(text):
     rps = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.M)
     total = re.search(r"^\s+(\d+) requests in", text, re.M)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), "
-                     r"write (\d+), timeout (\d+)", text)
+    sock = re.search(
+        r"Socket errors: connect (\d+), read (\d+), "
+        r"write (\d+), timeout (\d+)",
+        text,
+    )
     if not (rps and total):
         raise RuntimeError("cannot parse wrk output:\n" + text)
-    return {"rps": float(rps.group(1)), "requests": int(total.group(1)),
-            "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-            "socket_errors": sum(map(int, sock.groups())) if sock else 0}
+    return {
+        "rps": float(rps.group(1)),
+        "requests": int(total.group(1)),
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": sum(map(int, sock.groups())) if sock else 0,
+    }
 
 
 def discovery_pids(gw):
@@ -258,11 +302,13 @@ def roles(fleet, clients=()):
     """{role: pids} of the fleet's processes."""
     out = {}
     for name, gws in fleet.sets.items():
-        out["nginx " + name] = [p for gw in gws
-                                for p in gw.nginx_worker_pids()]
+        out["nginx " + name] = [
+            p for gw in gws for p in gw.nginx_worker_pids()
+        ]
         out["workers " + name] = [p for gw in gws for p in gw.python_pids()]
-        out["discovery " + name] = [p for gw in gws
-                                    for p in discovery_pids(gw)]
+        out["discovery " + name] = [
+            p for gw in gws for p in discovery_pids(gw)
+        ]
     out["etcd"] = [m.proc.pid for m in fleet.etcd.members if m.proc]
     out["writer"] = [os.getpid()]
     out["wrk"] = [p.pid for p in clients]
@@ -294,21 +340,25 @@ def throughput(fleet, args):
             stream = None
             if condition != "quiet":
                 stream = fleet.writer.start_stream(
-                    fleet.keys[condition[0]], fleet.values, args.rate, stop)
+                    fleet.keys[condition[0]], fleet.values, args.rate, stop
+                )
             time.sleep(0.5)
-            gens = {name: generations(gws)
-                    for name, gws in fleet.sets.items()}
+            gens = {name: generations(gws) for name, gws in fleet.sets.items()}
             pids = roles(fleet)
-            procs = [wrk(gw.port, args.duration, args.connections)
-                     for gw in fleet.gateways]
+            procs = [
+                wrk(gw.port, args.duration, args.connections)
+                for gw in fleet.gateways
+            ]
             pids["wrk"] = [p.pid for p in procs]
             cpu0 = cpu_by_role(pids)
             time.sleep(args.duration - 0.5)
             cpu1 = cpu_by_role(pids)
-            outs = [p.communicate(timeout=args.duration + 60)[0]
-                    for p in procs]
-            after = {name: generations(gws)
-                     for name, gws in fleet.sets.items()}
+            outs = [
+                p.communicate(timeout=args.duration + 60)[0] for p in procs
+            ]
+            after = {
+                name: generations(gws) for name, gws in fleet.sets.items()
+            }
             stop.set()
             writes = stream.result(30) if stream else 0
             results = [parse(o) for o in outs]
@@ -318,30 +368,46 @@ def throughput(fleet, args):
                 by_set[name] = {
                     "rps": sum(x["rps"] for x in mine),
                     "per_gateway_rps": [x["rps"] for x in mine],
-                    "bad": sum(x["non_2xx"] + x["socket_errors"]
-                               for x in mine),
-                    "table_writes": [a - b for a, b in
-                                     zip(after[name], gens[name])]}
-            run = {"round": r, "condition": condition,
-                   "changing": condition[0] if stream else None,
-                   "sets": by_set, "etcd_writes": writes,
-                   "cpu_seconds": {k: round(cpu1[k] - cpu0[k], 2)
-                                   for k in cpu1},
-                   "seconds": args.duration - 0.5}
+                    "bad": sum(
+                        x["non_2xx"] + x["socket_errors"] for x in mine
+                    ),
+                    "table_writes": [
+                        a - b for a, b in zip(after[name], gens[name])
+                    ],
+                }
+            run = {
+                "round": r,
+                "condition": condition,
+                "changing": condition[0] if stream else None,
+                "sets": by_set,
+                "etcd_writes": writes,
+                "cpu_seconds": {k: round(cpu1[k] - cpu0[k], 2) for k in cpu1},
+                "seconds": args.duration - 0.5,
+            }
             runs.append(run)
-            print("round %d %-10s A %6.0f req/s  B %6.0f req/s  bad %d  "
-                  "table writes A %s B %s" % (
-                      r, condition, by_set["A"]["rps"], by_set["B"]["rps"],
-                      by_set["A"]["bad"] + by_set["B"]["bad"],
-                      by_set["A"]["table_writes"],
-                      by_set["B"]["table_writes"]), flush=True)
+            print(
+                "round %d %-10s A %6.0f req/s  B %6.0f req/s  bad %d  "
+                "table writes A %s B %s"
+                % (
+                    r,
+                    condition,
+                    by_set["A"]["rps"],
+                    by_set["B"]["rps"],
+                    by_set["A"]["bad"] + by_set["B"]["bad"],
+                    by_set["A"]["table_writes"],
+                    by_set["B"]["table_writes"],
+                ),
+                flush=True,
+            )
     return runs
 
 
 def request_cpu(run, name):
     """CPU-seconds of a set's nginx and Python workers per request."""
-    cpu = run["cpu_seconds"]["nginx " + name] + \
-        run["cpu_seconds"]["workers " + name]
+    cpu = (
+        run["cpu_seconds"]["nginx " + name]
+        + run["cpu_seconds"]["workers " + name]
+    )
     return cpu / (run["sets"][name]["rps"] * run["seconds"])
 
 
@@ -351,7 +417,8 @@ def one_core(run, changing, control):
     (1 - its CPU-seconds per second), over the CPU a request costs its
     nginx and worker, against the same for the control set."""
     busy = run["cpu_seconds"]["discovery " + changing] / (
-        len(run["sets"][changing]["per_gateway_rps"]) * run["seconds"])
+        len(run["sets"][changing]["per_gateway_rps"]) * run["seconds"]
+    )
     return (1 - busy) * request_cpu(run, control) / request_cpu(run, changing)
 
 
@@ -360,8 +427,7 @@ def ratios(runs):
     itself in the round's quiet run, and each changing gateway over the
     control set's mean gateway; and the same two for requests per
     CPU-second of the set's own processes."""
-    quiet = {run["round"]: run for run in runs
-             if run["condition"] == "quiet"}
+    quiet = {run["round"]: run for run in runs if run["condition"] == "quiet"}
     out = []
     for run in runs:
         if run["changing"] is None:
@@ -371,15 +437,23 @@ def ratios(runs):
         other = run["sets"][other_name]
         control_gw = other["rps"] / len(other["per_gateway_rps"])
         before = quiet.get(run["round"])
-        out.append({
-            "one_core": one_core(run, run["changing"], other_name),
-            "round": run["round"], "changing": run["changing"],
-            "side_by_side": mine["rps"] / other["rps"],
-            "per_gateway": [x / control_gw
-                            for x in mine["per_gateway_rps"]],
-            "own_quiet": (mine["rps"] / before["sets"][run["changing"]]
-                          ["rps"]) if before else None,
-            "bad": mine["bad"] + other["bad"]})
+        out.append(
+            {
+                "one_core": one_core(run, run["changing"], other_name),
+                "round": run["round"],
+                "changing": run["changing"],
+                "side_by_side": mine["rps"] / other["rps"],
+                "per_gateway": [
+                    x / control_gw for x in mine["per_gateway_rps"]
+                ],
+                "own_quiet": (
+                    mine["rps"] / before["sets"][run["changing"]]["rps"]
+                )
+                if before
+                else None,
+                "bad": mine["bad"] + other["bad"],
+            }
+        )
     return out
 
 
@@ -396,29 +470,43 @@ def cost(fleet, args):
             pids = roles(fleet)
             gens = generations(fleet.sets[name])
             cpu0 = cpu_by_role(pids)
-            stream = fleet.writer.start_stream(fleet.keys[name],
-                                               fleet.values, args.rate,
-                                               stop)
+            stream = fleet.writer.start_stream(
+                fleet.keys[name], fleet.values, args.rate, stop
+            )
             time.sleep(args.cost_changes / args.rate)
             stop.set()
             n = stream.result(30)
-            time.sleep(1.0)         # every change read and applied
+            time.sleep(1.0)  # every change read and applied
             cpu1 = cpu_by_role(pids)
-            writes = [a - b for a, b in
-                      zip(generations(fleet.sets[name]), gens)]
+            writes = [
+                a - b for a, b in zip(generations(fleet.sets[name]), gens)
+            ]
             used = {k: cpu1[k] - cpu0[k] for k in cpu1}
-            rows.append({"round": r, "set": name, "changes": n,
-                         "coalesce": fleet.coalesce[name],
-                         "cpu_seconds": {k: round(v, 3)
-                                         for k, v in used.items()},
-                         "table_writes": writes})
-            print("cost %s (coalesce %g): %d changes, discovery %.3f ms "
-                  "CPU per change per gateway, etcd %.3f ms, writer %.3f "
-                  "ms; table writes %s" % (
-                      name, fleet.coalesce[name], n,
-                      used["discovery " + name] * 1000 / n / 3,
-                      used["etcd"] * 1000 / n, used["writer"] * 1000 / n,
-                      writes), flush=True)
+            rows.append(
+                {
+                    "round": r,
+                    "set": name,
+                    "changes": n,
+                    "coalesce": fleet.coalesce[name],
+                    "cpu_seconds": {k: round(v, 3) for k, v in used.items()},
+                    "table_writes": writes,
+                }
+            )
+            print(
+                "cost %s (coalesce %g): %d changes, discovery %.3f ms "
+                "CPU per change per gateway, etcd %.3f ms, writer %.3f "
+                "ms; table writes %s"
+                % (
+                    name,
+                    fleet.coalesce[name],
+                    n,
+                    used["discovery " + name] * 1000 / n / 3,
+                    used["etcd"] * 1000 / n,
+                    used["writer"] * 1000 / n,
+                    writes,
+                ),
+                flush=True,
+            )
     return rows
 
 
@@ -426,8 +514,10 @@ def cost(fleet, args):
 
 
 def machine():
-    return dict(bench.report.machine(etcd=["etcd", "--version"]),
-                loadavg=Path("/proc/loadavg").read_text().strip())
+    return dict(
+        bench.report.machine(etcd=["etcd", "--version"]),
+        loadavg=Path("/proc/loadavg").read_text().strip(),
+    )
 
 
 def med(values):
@@ -454,8 +544,15 @@ def _report_head(args, info, started, elapsed, load_after):
         "Command: `%s`  " % bench.report.command(__spec__.name),
         "Date: %s, %.0f s  " % (started, elapsed),
         "Machine: %s CPUs (%s), Linux %s, %s, %s, %s, Python %s  "
-        % (info["nproc"], info["cpu"], info["kernel"], info["nginx"],
-           info["etcd"], info["wrk"], info["python"]),
+        % (
+            info["nproc"],
+            info["cpu"],
+            info["kernel"],
+            info["nginx"],
+            info["etcd"],
+            info["wrk"],
+            info["python"],
+        ),
         "Load average before the run: %s; after: %s"
         % (info["loadavg"], load_after),
         "",
@@ -466,13 +563,15 @@ def _report_head(args, info, started, elapsed, load_after):
         "B `%s`; the demo sites in one plain nginx; the writer is this "
         "script (the gateways' own gRPC channel, one Put per change)."
         % (args.coalesce, PREFIX, PREFIX_B),
-        ""]
+        "",
+    ]
 
 
 def _propagation_section(args, prop):
     lines = [
         "## 1. From an etcd write to the first request routed to the "
-        "new endpoint", "",
+        "new endpoint",
+        "",
         "%d changes of A's app `test`, its only s1 endpoint a and b in "
         "turn; each gateway of A is asked `uid: 2` over and over by its "
         "own thread until the new endpoint answers. Time from just "
@@ -480,27 +579,51 @@ def _propagation_section(args, prop):
         "every gateway saw the one before: %g s (*apart*: longer than "
         "the %g s window in which a change that follows another waits "
         "for the window's end) or %g s (*close*: most changes fall in "
-        "that window)." % (args.changes, prop["apart"]["gap"],
-                           args.coalesce, prop["close"]["gap"]), "",
+        "that window)."
+        % (
+            args.changes,
+            prop["apart"]["gap"],
+            args.coalesce,
+            prop["close"]["gap"],
+        ),
+        "",
         "| changes | gateway | changes seen | p50 ms | p99 ms | max ms |",
-        "| --- | --- | --- | --- | --- | --- |"]
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for name, one in prop.items():
         for k, values in enumerate(one["per_gateway"]):
-            lines.append("| %s | A%d | %d | %.1f | %.1f | %.1f |" % (
-                name, k + 1, len(values), pct(values, .5),
-                pct(values, .99),
-                max(values) if values else float("nan")))
+            lines.append(
+                "| %s | A%d | %d | %.1f | %.1f | %.1f |"
+                % (
+                    name,
+                    k + 1,
+                    len(values),
+                    pct(values, 0.5),
+                    pct(values, 0.99),
+                    max(values) if values else float("nan"),
+                )
+            )
         s = one["slowest"]
-        lines.append("| %s | **all three** (the slowest per change) | "
-                     "%d | %.1f | %.1f | %.1f |" % (
-                         name, len(s), pct(s, .5), pct(s, .99),
-                         max(s) if s else float("nan")))
+        lines.append(
+            "| %s | **all three** (the slowest per change) | "
+            "%d | %.1f | %.1f | %.1f |"
+            % (
+                name,
+                len(s),
+                pct(s, 0.5),
+                pct(s, 0.99),
+                max(s) if s else float("nan"),
+            )
+        )
     missed = sum(one["missed"] for one in prop.values())
-    worst = max(pct(one["slowest"], .99) for one in prop.values())
-    lines += ["", "Changes not seen by every gateway within 10 s: %d. "
-              "Target p99 <= 100 ms: **%s**." % (
-                  missed, "met" if worst <= 100 and not missed
-                  else "not met"), ""]
+    worst = max(pct(one["slowest"], 0.99) for one in prop.values())
+    lines += [
+        "",
+        "Changes not seen by every gateway within 10 s: %d. "
+        "Target p99 <= 100 ms: **%s**."
+        % (missed, "met" if worst <= 100 and not missed else "not met"),
+        "",
+    ]
     return lines
 
 
@@ -509,102 +632,156 @@ def _throughput_section(args, runs):
     rs = ratios(runs)
     lines += [
         "## 2. Throughput while endpoints change %d times a second"
-        % args.rate, "",
+        % args.rate,
+        "",
         "wrk -t1 -c%d -d%ds -H 'uid: 2' on each of the six gateways at "
         "once (each wrk in its own session); %d rounds of three runs: "
         "quiet, A's app changing, B's app changing (each change a "
         "different set of three of four live endpoints). Requests/s "
-        "summed over each set." % (args.connections, args.duration,
-                                   args.rounds), "",
+        "summed over each set."
+        % (args.connections, args.duration, args.rounds),
+        "",
         "| round | run | A req/s | B req/s | changing / control | "
         "changing / itself quiet | non-2xx | etcd writes | table writes "
         "(changing set) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     by_run = {(x["round"], x["changing"]): x for x in rs}
     for run in runs:
         x = by_run.get((run["round"], run["changing"]))
         sets = run["sets"]
-        lines.append("| %d | %s | %.0f | %.0f | %s | %s | %d | %d | %s |"
-                     % (run["round"], run["condition"], sets["A"]["rps"],
-                        sets["B"]["rps"],
-                        "%.3f" % x["side_by_side"] if x else "",
-                        "%.3f" % x["own_quiet"] if x else "",
-                        sets["A"]["bad"] + sets["B"]["bad"],
-                        run["etcd_writes"],
-                        sets[run["changing"]]["table_writes"]
-                        if run["changing"] else ""))
+        lines.append(
+            "| %d | %s | %.0f | %.0f | %s | %s | %d | %d | %s |"
+            % (
+                run["round"],
+                run["condition"],
+                sets["A"]["rps"],
+                sets["B"]["rps"],
+                "%.3f" % x["side_by_side"] if x else "",
+                "%.3f" % x["own_quiet"] if x else "",
+                sets["A"]["bad"] + sets["B"]["bad"],
+                run["etcd_writes"],
+                sets[run["changing"]]["table_writes"]
+                if run["changing"]
+                else "",
+            )
+        )
     side = med(x["side_by_side"] for x in rs)
     own = med(x["own_quiet"] for x in rs)
     per_gw = {}
     for x in rs:
         for k, v in enumerate(x["per_gateway"]):
-            per_gw.setdefault("%s%d" % (x["changing"], k + 1),
-                              []).append(v)
+            per_gw.setdefault("%s%d" % (x["changing"], k + 1), []).append(v)
     gw_meds = {k: med(v) for k, v in sorted(per_gw.items())}
-    quiet_ab = med(r["sets"]["A"]["rps"] / r["sets"]["B"]["rps"]
-                   for r in runs if r["condition"] == "quiet")
+    quiet_ab = med(
+        r["sets"]["A"]["rps"] / r["sets"]["B"]["rps"]
+        for r in runs
+        if r["condition"] == "quiet"
+    )
     bad = sum(x["bad"] for x in rs)
     lines += [
-        "", "Changing set / control set at the same moment (median of "
+        "",
+        "Changing set / control set at the same moment (median of "
         "the %d changing runs): **%.3f**; each changing gateway / the "
         "control set's mean gateway (median over its runs): %s. In the "
         "quiet runs, A / B: %.3f (how alike the two sets are)."
-        % (len(rs), side, ", ".join("%s %.3f" % kv
-                                    for kv in gw_meds.items()),
-           quiet_ab), "",
+        % (
+            len(rs),
+            side,
+            ", ".join("%s %.3f" % kv for kv in gw_meds.items()),
+            quiet_ab,
+        ),
+        "",
         "Changing set / itself in the round's quiet run (median): "
         "**%.3f**: etcd and the writer busy, besides the gateways' own "
-        "work, and the machine's load moving between runs." % own, "",
+        "work, and the machine's load moving between runs." % own,
+        "",
         "Were each gateway alone on a core (what its discovery process "
         "leaves of the core, over the CPU its nginx and worker spend "
         "per request; against the control set in the same run): "
-        "**%.3f** (median; per run: %s)." % (
+        "**%.3f** (median; per run: %s)."
+        % (
             med(x["one_core"] for x in rs),
-            " / ".join("%.3f" % x["one_core"] for x in rs)),
+            " / ".join("%.3f" % x["one_core"] for x in rs),
+        ),
         "",
         "Non-2xx or socket errors while endpoints change: **%d**. "
         "Target >= 0.95x (each gateway, against gateways whose "
-        "endpoints do not change) and 0 non-2xx: **%s**." % (
-            bad, "met" if min(gw_meds.values()) >= 0.95 and side >= 0.95
-            and bad == 0 else "not met"), "",
+        "endpoints do not change) and 0 non-2xx: **%s**."
+        % (
+            bad,
+            "met"
+            if min(gw_meds.values()) >= 0.95 and side >= 0.95 and bad == 0
+            else "not met",
+        ),
+        "",
         "CPU seconds per run (median over the runs of each kind) of the "
-        "fleet's processes:", ""]
+        "fleet's processes:",
+        "",
+    ]
     role_names = list(runs[0]["cpu_seconds"])
-    lines += ["| run | " + " | ".join(role_names) + " |",
-              "| --- |" + " --- |" * len(role_names)]
+    lines += [
+        "| run | " + " | ".join(role_names) + " |",
+        "| --- |" + " --- |" * len(role_names),
+    ]
     for condition in ("quiet", "A changes", "B changes"):
         mine = [r for r in runs if r["condition"] == condition]
-        lines.append("| %s | %s |" % (condition, " | ".join(
-            "%.2f" % med(r["cpu_seconds"][role] for r in mine)
-            for role in role_names)))
+        lines.append(
+            "| %s | %s |"
+            % (
+                condition,
+                " | ".join(
+                    "%.2f" % med(r["cpu_seconds"][role] for r in mine)
+                    for role in role_names
+                ),
+            )
+        )
     lines.append("")
     return lines
 
 
 def _cost_section(args, costs):
     lines = [
-        "## 3. What a change costs, the gateways idle", "",
+        "## 3. What a change costs, the gateways idle",
+        "",
         "%d changes at %d a second to one set's app, no requests; CPU "
         "milliseconds per change (median of 2 runs each; discovery per "
-        "gateway)." % (args.cost_changes, args.rate), "",
+        "gateway)." % (args.cost_changes, args.rate),
+        "",
         "| set | coalesce s | discovery | nginx + Python worker (3 "
         "gateways) | etcd | writer | table writes per change per "
         "gateway |",
-        "| --- | --- | --- | --- | --- | --- | --- |"]
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name in ("A", "B"):
         mine = [c for c in costs if c["set"] == name]
 
         def per(role, share=1):
-            return med(c["cpu_seconds"][role] * 1000 / c["changes"]
-                       / share for c in mine)
-        lines.append("| %s | %g | %.3f | %.3f | %.3f | %.3f | %.2f |" % (
-            name, mine[0]["coalesce"], per("discovery " + name, 3),
-            med((c["cpu_seconds"]["nginx " + name]
-                 + c["cpu_seconds"]["workers " + name]) * 1000
-                / c["changes"] for c in mine),
-            per("etcd"), per("writer"),
-            med(sum(c["table_writes"]) / 3 / c["changes"]
-                for c in mine)))
+            return med(
+                c["cpu_seconds"][role] * 1000 / c["changes"] / share
+                for c in mine
+            )
+
+        lines.append(
+            "| %s | %g | %.3f | %.3f | %.3f | %.3f | %.2f |"
+            % (
+                name,
+                mine[0]["coalesce"],
+                per("discovery " + name, 3),
+                med(
+                    (
+                        c["cpu_seconds"]["nginx " + name]
+                        + c["cpu_seconds"]["workers " + name]
+                    )
+                    * 1000
+                    / c["changes"]
+                    for c in mine
+                ),
+                per("etcd"),
+                per("writer"),
+                med(sum(c["table_writes"]) / 3 / c["changes"] for c in mine),
+            )
+        )
     lines.append("")
     return lines
 
@@ -621,9 +798,15 @@ class Fleet:
         self.writer = None
         self.keys = {"A": APP_KEY, "B": PREFIX_B + "test"}
         self.coalesce = {"A": args.coalesce, "B": args.coalesce}
-        self.values = [json.dumps(app_value(
-            "test", [(self.sites.ports[x], "s1") for x in LABELS
-                     if x != skip])) for skip in LABELS]
+        self.values = [
+            json.dumps(
+                app_value(
+                    "test",
+                    [(self.sites.ports[x], "s1") for x in LABELS if x != skip],
+                )
+            )
+            for skip in LABELS
+        ]
 
     def start(self):
         self.writer = Writer(self.etcd.endpoints[0])
@@ -636,14 +819,17 @@ class Fleet:
                 self.gateways.append(gw)
                 gw.start()
         for gw in self.gateways:
-            assert wait_for(lambda: gw.get("/", {"uid": "2"}).status == 200,
-                            15), gw.error_log()
+            assert wait_for(
+                lambda: gw.get("/", {"uid": "2"}).status == 200, 15
+            ), gw.error_log()
         return self
 
     def mosn(self, name):
-        return etcd_mosn(self.etcd.endpoints,
-                         prefix=PREFIX if name == "A" else PREFIX_B,
-                         coalesce=self.coalesce[name])
+        return etcd_mosn(
+            self.etcd.endpoints,
+            prefix=PREFIX if name == "A" else PREFIX_B,
+            coalesce=self.coalesce[name],
+        )
 
     def set_coalesce(self, name, seconds):
         """Reloads a set's gateways with another coalescing window."""
@@ -652,11 +838,12 @@ class Fleet:
             before = discovery_pids(gw)
             gw.write_mosn(self.mosn(name))
             gw.reload()
-            assert wait_for(lambda: discovery_pids(gw) and
-                            discovery_pids(gw) != before, 15), \
-                gw.error_log()
-            assert wait_for(lambda: gw.get("/", {"uid": "2"}).status == 200,
-                            15), gw.error_log()
+            assert wait_for(
+                lambda: discovery_pids(gw) and discovery_pids(gw) != before, 15
+            ), gw.error_log()
+            assert wait_for(
+                lambda: gw.get("/", {"uid": "2"}).status == 200, 15
+            ), gw.error_log()
 
     def close(self):
         if self.writer:
@@ -683,15 +870,29 @@ def main():
         fleet.start()
         if "propagation" in parts:
             prop = {}
-            for name, gap in (("apart", max(0.1, 2 * args.coalesce)),
-                              ("close", 0.02)):
-                prop[name] = propagation(fleet.writer, fleet.sites,
-                                         fleet.sets["A"], args.changes, gap)
+            for name, gap in (
+                ("apart", max(0.1, 2 * args.coalesce)),
+                ("close", 0.02),
+            ):
+                prop[name] = propagation(
+                    fleet.writer,
+                    fleet.sites,
+                    fleet.sets["A"],
+                    args.changes,
+                    gap,
+                )
                 prop[name]["gap"] = gap
-                print("propagation, changes %s (%g s): p50 %.1f ms p99 "
-                      "%.1f ms (slowest of three)" % (
-                          name, gap, pct(prop[name]["slowest"], .5),
-                          pct(prop[name]["slowest"], .99)), flush=True)
+                print(
+                    "propagation, changes %s (%g s): p50 %.1f ms p99 "
+                    "%.1f ms (slowest of three)"
+                    % (
+                        name,
+                        gap,
+                        pct(prop[name]["slowest"], 0.5),
+                        pct(prop[name]["slowest"], 0.99),
+                    ),
+                    flush=True,
+                )
         if "throughput" in parts:
             runs = throughput(fleet, args)
         if "cost" in parts:
@@ -699,14 +900,31 @@ def main():
             costs = cost(fleet, args)
     finally:
         fleet.close()
-    text = report(args, info, started, prop, runs, costs,
-                  time.monotonic() - t0,
-                  Path("/proc/loadavg").read_text().strip())
+    text = report(
+        args,
+        info,
+        started,
+        prop,
+        runs,
+        costs,
+        time.monotonic() - t0,
+        Path("/proc/loadavg").read_text().strip(),
+    )
     out = Path(args.out)
-    bench.report.write(out.parent, out.name, text, {
-        "machine": info, "args": vars(args), "propagation": prop,
-        "throughput": runs, "ratios": ratios(runs) if runs else None,
-        "cost": costs}, indent=1)
+    bench.report.write(
+        out.parent,
+        out.name,
+        text,
+        {
+            "machine": info,
+            "args": vars(args),
+            "propagation": prop,
+            "throughput": runs,
+            "ratios": ratios(runs) if runs else None,
+            "cost": costs,
+        },
+        indent=1,
+    )
     print(text)
 
 

@@ -215,7 +215,7 @@ def mosn_gateway(workdir):
     return Gateway(
         name="mosn",
         about="this project: ngx_http_mosn_module + Python workers over "
-              "shared memory",
+        "shared memory",
         ports=[PEER_PORT + 5],
         template=MOSN_TEMPLATE,
         # the Python that runs this script has the package installed
@@ -427,11 +427,19 @@ def running(gateway, settings, workers=None):
 def add_options(parser, workers):
     """The options of a benchmark that starts the demo sites and this
     gateway beside plain nginx on free ports (idle_bench, scale_bench)."""
-    parser.add_argument("--workers", type=int, default=workers,
-                        help="nginx worker_processes")
-    parser.add_argument("--mosn-workers", type=int, default=2,
-                        help="Python workers (mosn_workers)")
-    parser.add_argument("--site-port", type=int, default=0,
-                        help="first of the four site ports (default: free "
-                        "ones)")
+    parser.add_argument(
+        "--workers", type=int, default=workers, help="nginx worker_processes"
+    )
+    parser.add_argument(
+        "--mosn-workers",
+        type=int,
+        default=2,
+        help="Python workers (mosn_workers)",
+    )
+    parser.add_argument(
+        "--site-port",
+        type=int,
+        default=0,
+        help="first of the four site ports (default: free ones)",
+    )
     parser.add_argument("--nginx", default="nginx")

@@ -55,8 +55,13 @@ SETTLE = 3.0  # seconds after the probe before measuring
 def settings_for(args, workdir, sites):
     """What the configs share: args' nginx and workers, no dynamic module
     (map and mosn need none), the sites' ports."""
-    return gateways.Settings(workdir=workdir, nginx=args.nginx, modules="",
-                             workers=args.workers, site_ports=sites)
+    return gateways.Settings(
+        workdir=workdir,
+        nginx=args.nginx,
+        modules="",
+        workers=args.workers,
+        site_ports=sites,
+    )
 
 
 def site_ports(first):
@@ -108,9 +113,13 @@ def workers_say(code):
     """What code prints in the workers' Python (its installed package, not
     this checkout's sources), stripped; None if it could not run."""
     try:
-        done = subprocess.run([python_for_workers(), "-P", "-c", code],
-                              capture_output=True, text=True, timeout=30,
-                              cwd="/")
+        done = subprocess.run(
+            [python_for_workers(), "-P", "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd="/",
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip()
@@ -127,8 +136,9 @@ def abi_mismatch():
     if not match:
         return None
     try:
-        theirs = int(workers_say(
-            "import shm_ring; print(shm_ring.ABI_VERSION)"))
+        theirs = int(
+            workers_say("import shm_ring; print(shm_ring.ABI_VERSION)")
+        )
     except (TypeError, ValueError):
         return None
     if theirs != int(match.group(1)):
@@ -448,17 +458,26 @@ def summarise(windows, name):
                 "gone_or_restarted": res["gone_or_restarted"],
             }
         )
-    med = report.medians(per_window, (
-        "nginx_pct", "python_pct", "total_pct", "total_sched_pct",
-        "nginx_wakeups_per_s", "python_wakeups_per_s"))
+    med = report.medians(
+        per_window,
+        (
+            "nginx_pct",
+            "python_pct",
+            "total_pct",
+            "total_sched_pct",
+            "nginx_wakeups_per_s",
+            "python_wakeups_per_s",
+        ),
+    )
     role_names = sorted({r for p in per_window for r in p["roles"]})
     med["roles"] = {}
     for role in role_names:
         present = [p["roles"][role] for p in per_window if role in p["roles"]]
         med["roles"][role] = {
             "count": max(r["count"] for r in present),
-            **report.medians(present,
-                             ("cpu_pct", "sched_pct", "wakeups_per_s")),
+            **report.medians(
+                present, ("cpu_pct", "sched_pct", "wakeups_per_s")
+            ),
         }
     rings = [p["ring"] for p in per_window if p["ring"]]
     if rings:
@@ -591,7 +610,7 @@ def report_md(result):
         rp, rt = mosn["ring_per_s"], mosn["ring_totals"]
         lines += [
             "",
-            '## The ring at idle (region counters, '
+            "## The ring at idle (region counters, "
             '`Region.attach("/NAME").stats()`)',
             "",
             f"Over all {a['runs']} window(s) ({a['runs'] * a['seconds']} s):",
@@ -611,7 +630,7 @@ def report_md(result):
             "consumers.completed": "verdicts Python wrote",
             "consumers.batches": "batches Python served",
             "consumers.sleeps": "times a Python worker went to sleep (futex "
-                                "wait)",
+            "wait)",
             "consumers.doorbells": "doorbells Python rang",
             "consumers.errors": "filter errors",
         }
@@ -627,7 +646,8 @@ def pool_constants():
     package may change between runs; the notes must say what ran)."""
     found = {"tick_s": None, "worker_wait_ms": None, "package": None}
     where = workers_say(
-        "import os, pyworker; print(os.path.dirname(pyworker.__file__))")
+        "import os, pyworker; print(os.path.dirname(pyworker.__file__))"
+    )
     if where is None:
         return found
     package = Path(where)
@@ -750,18 +770,30 @@ def notes_for(summary, settings, constants):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        description="CPU and wake-ups of the gateway at idle.")
-    p.add_argument("--seconds", type=float, default=10,
-                   help="length of one idle window")
-    p.add_argument("--runs", type=int, default=3,
-                   help="idle windows (medians are reported)")
+        description="CPU and wake-ups of the gateway at idle."
+    )
+    p.add_argument(
+        "--seconds", type=float, default=10, help="length of one idle window"
+    )
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=3,
+        help="idle windows (medians are reported)",
+    )
     gateways.add_options(p, workers=2)
-    p.add_argument("--port", type=int, default=0,
-                   help="gateway ports: map on PORT, mosn on PORT+1 "
-                   "(default: free ones)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="gateway ports: map on PORT, mosn on PORT+1 (default: free ones)",
+    )
     p.add_argument("--only", default="map,mosn", help="map, mosn or both")
-    p.add_argument("--out", default=str(BENCH / "results"),
-                   help="directory for the report")
+    p.add_argument(
+        "--out",
+        default=str(BENCH / "results"),
+        help="directory for the report",
+    )
     return p.parse_args(argv)
 
 

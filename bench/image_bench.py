@@ -51,22 +51,30 @@ STEP = re.compile(r"^\[(\d+)/(\d+)\] STEP (\d+)/(\d+): (.*)$")
 
 
 def sh(argv, **kwargs):
-    return subprocess.run(argv, capture_output=True, text=True, check=True,
-                          **kwargs).stdout
+    return subprocess.run(
+        argv, capture_output=True, text=True, check=True, **kwargs
+    ).stdout
 
 
 def timed(argv):
     """(seconds, [(seconds since start, line)]) of a command's output."""
     start = time.monotonic()
     lines = []
-    with subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True) as proc:
+    with subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as proc:
         for line in proc.stdout:
             lines.append((time.monotonic() - start, line.rstrip("\n")))
     elapsed = time.monotonic() - start
     if proc.returncode != 0:
-        sys.exit(f"{' '.join(argv)} failed:\n" +
-                 "\n".join(line for _, line in lines[-40:]))
+        sys.exit(
+            f"{' '.join(argv)} failed:\n"
+            + "\n".join(line for _, line in lines[-40:])
+        )
     return elapsed, lines
 
 
@@ -74,19 +82,25 @@ def steps(lines, elapsed):
     """[(stage, step, instruction, started, took)] of a buildah build. A
     step lasts until its stage's next step; a stage's last step, until
     anything else happens (the other stage going on, the commit)."""
-    events = []     # (at, stage or None, step, instruction)
+    events = []  # (at, stage or None, step, instruction)
     for at, line in lines:
         match = STEP.match(line)
         if match:
-            events.append((at, int(match.group(1)), int(match.group(3)),
-                           " ".join(match.group(5).split())))
+            events.append(
+                (
+                    at,
+                    int(match.group(1)),
+                    int(match.group(3)),
+                    " ".join(match.group(5).split()),
+                )
+            )
         elif "COMMIT" in line:
             events.append((at, None, None, line))
     out = []
     for i, (at, stage, step, what) in enumerate(events):
         if stage is None:
             continue
-        rest = events[i + 1:]
+        rest = events[i + 1 :]
         same = [e[0] for e in rest if e[1] == stage]
         end = same[0] if same else (rest[0][0] if rest else elapsed)
         out.append((stage, step, what[:90], at, end - at))
@@ -98,9 +112,11 @@ def layer_sizes(tag, where):
     sizes = []
     for compress in (False, True):
         out = os.path.join(where, re.sub(r"[/:]", "_", tag) + f"-{compress}")
-        sh(["buildah", "push", "--quiet"] +
-           ([] if compress else ["--disable-compression"]) +
-           [tag, f"dir:{out}"])
+        sh(
+            ["buildah", "push", "--quiet"]
+            + ([] if compress else ["--disable-compression"])
+            + [tag, f"dir:{out}"]
+        )
         manifest = json.load(open(os.path.join(out, "manifest.json")))
         sizes.append([layer["size"] for layer in manifest["layers"]])
         shutil.rmtree(out)
@@ -108,19 +124,26 @@ def layer_sizes(tag, where):
 
 
 def machine():
-    cpu = next((line.split(":", 1)[1].strip()
-                for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), "?")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        ),
+        "?",
+    )
     return {
         "nproc": os.cpu_count(),
         "cpu": cpu,
         "kernel": platform.release(),
         "debian": open("/etc/debian_version").read().strip(),
         "buildah": sh(["buildah", "--version"]).strip(),
-        "debootstrap": sh(["dpkg-query", "-W", "-f", "${Version}",
-                           "debootstrap"]),
-        "mem_gib": round(os.sysconf("SC_PAGE_SIZE") *
-                         os.sysconf("SC_PHYS_PAGES") / 2**30),
+        "debootstrap": sh(
+            ["dpkg-query", "-W", "-f", "${Version}", "debootstrap"]
+        ),
+        "mem_gib": round(
+            os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        ),
     }
 
 
@@ -134,20 +157,25 @@ def mib(n):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=2,
-                        help="builds with no cache (default 2)")
-    parser.add_argument("--out", default=os.path.join(
-        ROOT, "bench", "results", "image.md"))
-    parser.add_argument("--sizes-only", action="store_true",
-                        help="build nothing: measure the images the image "
-                             "tests built")
+    parser.add_argument(
+        "--runs", type=int, default=2, help="builds with no cache (default 2)"
+    )
+    parser.add_argument(
+        "--out", default=os.path.join(ROOT, "bench", "results", "image.md")
+    )
+    parser.add_argument(
+        "--sizes-only",
+        action="store_true",
+        help="build nothing: measure the images the image tests built",
+    )
     args = parser.parse_args()
     if args.sizes_only:
         return sizes_only(args)
     if os.geteuid() != 0:
         sys.exit("bench/image_bench.py runs as root (buildah, debootstrap)")
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec="seconds")
+        timespec="seconds"
+    )
     facts = machine()
     loads = [load()]
 
@@ -163,15 +191,38 @@ def main():
     # 2. the image with no layer cache, N times; 3. with every step cached
     cold = []
     for _ in range(args.runs):
-        cold.append(timed([sys.executable, BUILD, DOCKERFILE, TAG,
-                           "--engine", "buildah", "--no-cache"]))
+        cold.append(
+            timed(
+                [
+                    sys.executable,
+                    BUILD,
+                    DOCKERFILE,
+                    TAG,
+                    "--engine",
+                    "buildah",
+                    "--no-cache",
+                ]
+            )
+        )
         loads.append(load())
-    warm, warm_lines = timed([sys.executable, BUILD, DOCKERFILE, TAG,
-                              "--engine", "buildah"])
-    assert sum("Using cache" in line for _, line in warm_lines) >= 10, \
+    warm, warm_lines = timed(
+        [sys.executable, BUILD, DOCKERFILE, TAG, "--engine", "buildah"]
+    )
+    assert sum("Using cache" in line for _, line in warm_lines) >= 10, (
         "the second build did not use the cache"
-    timed([sys.executable, BUILD, DOCKERFILE, STAGE_TAG, "--engine",
-           "buildah", "--target", "build"])
+    )
+    timed(
+        [
+            sys.executable,
+            BUILD,
+            DOCKERFILE,
+            STAGE_TAG,
+            "--engine",
+            "buildah",
+            "--target",
+            "build",
+        ]
+    )
     loads.append(load())
 
     sizes, history = measure(TAG, STAGE_TAG)
@@ -183,7 +234,8 @@ def main():
         "# The Debian image: size and build time",
         "",
         "Command: `python -m bench.image_bench"
-        + (f" --runs {args.runs}" if args.runs != 2 else "") + "` (as root)  ",
+        + (f" --runs {args.runs}" if args.runs != 2 else "")
+        + "` (as root)  ",
         f"Date: {started}  ",
         f"Machine: {facts['nproc']} CPUs ({facts['cpu']}), "
         f"{facts['mem_gib']} GiB, Linux {facts['kernel']}, Debian "
@@ -206,9 +258,11 @@ def main():
         f"{base_warm:.0f} |",
     ]
     for i, (t, _) in enumerate(cold, 1):
-        lines.append(f"| the image, no layer cache, run {i} "
-                     f"(`docker/build-image.py {DOCKERFILE} ... --no-cache`) "
-                     f"| {t:.0f} |")
+        lines.append(
+            f"| the image, no layer cache, run {i} "
+            f"(`docker/build-image.py {DOCKERFILE} ... --no-cache`) "
+            f"| {t:.0f} |"
+        )
     lines += [
         f"| the image, no layer cache, median | {medians:.0f} |",
         f"| the image again, nothing changed (every step cached) | "
@@ -226,10 +280,15 @@ def main():
     names = {1: "build", 2: "runtime"}
     for stage, step, what, at, took in steps(nearest[1], nearest[0]):
         if took >= 1:
-            wait = " (waits for the build stage)" \
-                if what.startswith("COPY --from=") else ""
-            lines.append(f"| {names.get(stage, stage)} | {step}: "
-                         f"`{what}`{wait} | {at:.0f} | {took:.0f} |")
+            wait = (
+                " (waits for the build stage)"
+                if what.startswith("COPY --from=")
+                else ""
+            )
+            lines.append(
+                f"| {names.get(stage, stage)} | {step}: "
+                f"`{what}`{wait} | {at:.0f} | {took:.0f} |"
+            )
     lines += size_report(sizes, history)
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -239,24 +298,34 @@ def main():
 def measure(tag, stage_tag):
     """({name: ([tar bytes], [gzip bytes])}, the image's history)."""
     with tempfile.TemporaryDirectory() as where:
-        sizes = {name: layer_sizes(t, where) for name, t in
-                 (("mosn-gateway:debian", tag),
-                  ("its build stage (`--target build`, not shipped)",
-                   stage_tag),
-                  ("debian:bookworm-slim (debootstrap)", BASE_TAG))}
-    history = json.loads(sh(["buildah", "inspect", "--type", "image",
-                             tag]))["Docker"]["history"]
+        sizes = {
+            name: layer_sizes(t, where)
+            for name, t in (
+                ("mosn-gateway:debian", tag),
+                ("its build stage (`--target build`, not shipped)", stage_tag),
+                ("debian:bookworm-slim (debootstrap)", BASE_TAG),
+            )
+        }
+    history = json.loads(sh(["buildah", "inspect", "--type", "image", tag]))[
+        "Docker"
+    ]["history"]
     return sizes, history
 
 
 def sizes_only(args):
     tag, stage_tag = "mosn-gateway:debian", "mosn-gateway:debian-build"
     for t in (tag, stage_tag, BASE_TAG):
-        if subprocess.run(["buildah", "inspect", "--type", "image", t],
-                          capture_output=True).returncode != 0:
+        if (
+            subprocess.run(
+                ["buildah", "inspect", "--type", "image", t],
+                capture_output=True,
+            ).returncode
+            != 0
+        ):
             sys.exit(f"no {t}: run the image tests (make test-image) first")
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec="seconds")
+        timespec="seconds"
+    )
     facts = machine()
     sizes, history = measure(tag, stage_tag)
     lines = [
@@ -287,8 +356,9 @@ def size_report(sizes, history):
         "| --- | ---: | ---: | ---: |",
     ]
     for name, (raw, gz) in sizes.items():
-        lines.append(f"| {name} | {len(raw)} | {mib(sum(raw))} | "
-                     f"{mib(sum(gz))} |")
+        lines.append(
+            f"| {name} | {len(raw)} | {mib(sum(raw))} | {mib(sum(gz))} |"
+        )
     lines += [
         "",
         "The image's layers (`mosn-gateway:debian`):",
@@ -300,8 +370,9 @@ def size_report(sizes, history):
     raw, gz = sizes["mosn-gateway:debian"]
     for entry, r, g in zip(made, raw, gz):
         what = " ".join(entry.get("created_by", "").split())
-        what = what.replace("/bin/sh -c #(nop) ", "").replace("/bin/sh -c ",
-                                                              "RUN ")
+        what = what.replace("/bin/sh -c #(nop) ", "").replace(
+            "/bin/sh -c ", "RUN "
+        )
         what = "the base (debootstrap)" if what == "/bin/sh" else what
         lines.append(f"| `{what[:90]}` | {mib(r)} | {mib(g)} |")
     return lines

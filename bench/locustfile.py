@@ -38,11 +38,18 @@ NOT_NUMBERS = ["abc", "1.5", "12abc", "0x10", "1e3", "-", "uid", "1 2"]
 
 @events.init_command_line_parser.add_listener
 def _options(parser):
-    parser.add_argument("--soak-pacing", type=float, default=0.05,
-                        help="seconds between the starts of one user's "
-                             "requests (bounds the request rate)")
-    parser.add_argument("--soak-slow-path", default="/slow",
-                        help="path of the slow upstream, empty for none")
+    parser.add_argument(
+        "--soak-pacing",
+        type=float,
+        default=0.05,
+        help="seconds between the starts of one user's "
+        "requests (bounds the request rate)",
+    )
+    parser.add_argument(
+        "--soak-slow-path",
+        default="/slow",
+        help="path of the slow upstream, empty for none",
+    )
 
 
 def answer(response):
@@ -84,8 +91,9 @@ class ExampleUser(FastHttpUser):
 
     def _routed(self, site, name):
         uid = random.choice(UIDS[site])
-        with self.client.get("/", headers={"uid": uid}, name=name,
-                             catch_response=True) as response:
+        with self.client.get(
+            "/", headers={"uid": uid}, name=name, catch_response=True
+        ) as response:
             check_site(response, site)
 
     @task(4)
@@ -102,24 +110,32 @@ class ExampleUser(FastHttpUser):
 
     @task(2)
     def no_uid(self):
-        with self.client.get("/", name="/ no uid",
-                             catch_response=True) as response:
+        with self.client.get(
+            "/", name="/ no uid", catch_response=True
+        ) as response:
             check_site(response, None)
 
     @task(2)
     def uid_not_a_number(self):
         headers = {"uid": random.choice(NOT_NUMBERS)}
-        with self.client.get("/", headers=headers, name="/ uid not a number",
-                             catch_response=True) as response:
+        with self.client.get(
+            "/",
+            headers=headers,
+            name="/ uid not a number",
+            catch_response=True,
+        ) as response:
             check_site(response, None)
 
     @task(2)
     def echo(self):
-        with self.client.get("/echo", name="/echo",
-                             catch_response=True) as response:
-            if (response.status_code != 200
-                    or response.text != ECHO_BODY
-                    or response.headers.get("x-mosn-echo") != "1"):
+        with self.client.get(
+            "/echo", name="/echo", catch_response=True
+        ) as response:
+            if (
+                response.status_code != 200
+                or response.text != ECHO_BODY
+                or response.headers.get("x-mosn-echo") != "1"
+            ):
                 response.failure(answer(response))
             else:
                 response.success()
@@ -131,8 +147,9 @@ class ExampleUser(FastHttpUser):
         site = random.choice(["s1", "s2", "s3", None])
         uid = random.choice(UIDS[site]) if site else None
         headers = {"uid": uid} if uid else {}
-        with self.client.get(self.slow_path, headers=headers, name="/slow",
-                             catch_response=True) as response:
+        with self.client.get(
+            self.slow_path, headers=headers, name="/slow", catch_response=True
+        ) as response:
             # the slow upstream echoes the metadata the filters set
             want = f"slow unit={site or ''}"
             if response.status_code != 200 or response.text != want:

@@ -268,8 +268,10 @@ def summarise(runs, names):
         mine = [r for r in runs if r["gateway"] == name]
         if not mine:
             continue
-        med = report.medians(mine, ("rps", "p50_ms", "p99_ms",
-                                    "cpu_nginx_pct", "cpu_helper_pct"))
+        med = report.medians(
+            mine,
+            ("rps", "p50_ms", "p99_ms", "cpu_nginx_pct", "cpu_helper_pct"),
+        )
         cpu = med["cpu_nginx_pct"] + med["cpu_helper_pct"]
         summary[name] = dict(
             med,

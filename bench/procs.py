@@ -13,6 +13,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # --- /proc ------------------------------------------------------------------
 
+
 def read(path):
     """A /proc file's text, or None if the process is gone."""
     try:
@@ -27,7 +28,7 @@ def stat_fields(pid):
     text = read(f"/proc/{pid}/stat")
     if text is None:
         return None
-    return text[text.rfind(")") + 2:].split()
+    return text[text.rfind(")") + 2 :].split()
 
 
 def start_time(pid):
@@ -61,8 +62,9 @@ def status(pid):
     text = read(f"/proc/{pid}/status")
     if text is None:
         return None
-    return dict(line.split(":\t", 1) for line in text.splitlines()
-                if ":\t" in line)
+    return dict(
+        line.split(":\t", 1) for line in text.splitlines() if ":\t" in line
+    )
 
 
 def alive(pid):
@@ -74,9 +76,11 @@ def pids_of(pattern):
     """Pids of live processes whose command line contains pattern (not
     this process)."""
     me = os.getpid()
-    return [int(e) for e in os.listdir("/proc")
-            if e.isdigit() and int(e) != me
-            and pattern in cmdline(e) and alive(e)]
+    return [
+        int(e)
+        for e in os.listdir("/proc")
+        if e.isdigit() and int(e) != me and pattern in cmdline(e) and alive(e)
+    ]
 
 
 def children(parent, name=None):
@@ -93,9 +97,12 @@ def children(parent, name=None):
 def role_of(pid, master, cmd):
     """What a process of a gateway is, by its command line."""
     if "pyworker" in cmd:
-        for word, role in (("serve", "py-supervisor"),
-                           ("worker", "py-worker"),
-                           ("admin", "py-admin"), ("check", "py-check")):
+        for word, role in (
+            ("serve", "py-supervisor"),
+            ("worker", "py-worker"),
+            ("admin", "py-admin"),
+            ("check", "py-check"),
+        ):
             if f"pyworker {word}" in cmd:
                 return role
         return "python"
@@ -117,8 +124,11 @@ def gateway_processes(master, shm=None):
     if shm:
         needle = f"--shm /{shm}"
         pids |= {pid for pid in stats if needle in cmdline(pid)}
-    return {pid: role_of(pid, master, cmdline(pid))
-            for pid in pids if stats[pid][0] != "Z"}
+    return {
+        pid: role_of(pid, master, cmdline(pid))
+        for pid in pids
+        if stats[pid][0] != "Z"
+    }
 
 
 def descendants(pgids, stats=None):
@@ -127,8 +137,9 @@ def descendants(pgids, stats=None):
     chosen = {pid for pid, f in stats.items() if int(f[2]) in pgids}
     grew = True
     while grew:
-        more = {pid for pid, f in stats.items()
-                if int(f[1]) in chosen} - chosen
+        more = {
+            pid for pid, f in stats.items() if int(f[1]) in chosen
+        } - chosen
         chosen |= more
         grew = bool(more)
     return {pid: stats[pid][19] for pid in chosen}
@@ -137,8 +148,11 @@ def descendants(pgids, stats=None):
 def cpu_ticks(pids, stats=None):
     """utime + stime of the live processes among pids, in clock ticks."""
     stats = stats if stats is not None else all_stats()
-    return sum(int(stats[pid][11]) + int(stats[pid][12])
-               for pid in pids if pid in stats)
+    return sum(
+        int(stats[pid][11]) + int(stats[pid][12])
+        for pid in pids
+        if pid in stats
+    )
 
 
 def process_cpu(pids):
@@ -188,9 +202,14 @@ def proc_sample(pid):
                 vol += int(line.split()[1])
             elif line.startswith("nonvoluntary_ctxt_switches:"):
                 invol += int(line.split()[1])
-    return {"ticks": int(fields[11]) + int(fields[12]), "ns": ns,
-            "vcsw": vol, "ivcsw": invol, "start": fields[19],
-            "threads": len(tasks)}
+    return {
+        "ticks": int(fields[11]) + int(fields[12]),
+        "ns": ns,
+        "vcsw": vol,
+        "ivcsw": invol,
+        "start": fields[19],
+        "threads": len(tasks),
+    }
 
 
 def memory(pid):
@@ -198,8 +217,10 @@ def memory(pid):
     fields = status(pid)
     if fields is None:
         return None
-    out = {"rss_kb": int(fields.get("VmRSS", "0 kB").split()[0]),
-           "pss_kb": None}
+    out = {
+        "rss_kb": int(fields.get("VmRSS", "0 kB").split()[0]),
+        "pss_kb": None,
+    }
     for line in (read(f"/proc/{pid}/smaps_rollup") or "").splitlines():
         if line.startswith("Pss:"):
             out["pss_kb"] = int(line.split()[1])
@@ -215,8 +236,7 @@ def fd_count(pid):
 
 def loadavg():
     """The 1, 5 and 15 minute load averages."""
-    return [float(x) for x in
-            (read("/proc/loadavg") or "0 0 0").split()[:3]]
+    return [float(x) for x in (read("/proc/loadavg") or "0 0 0").split()[:3]]
 
 
 # --- ports -------------------------------------------------------------------
@@ -294,6 +314,7 @@ def taken_ports(ports=EXAMPLE_PORTS, host="0.0.0.0"):
 
 
 # --- waits -------------------------------------------------------------------
+
 
 def wait_for(cond, timeout=5, step=0.02):
     """cond()'s first true value within timeout seconds, else None."""

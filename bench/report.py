@@ -14,15 +14,15 @@ from pathlib import Path
 def command(module, argv=None):
     """`python -m MODULE ARGS`: argv as given (sys.argv[1:] by default)."""
     argv = sys.argv[1:] if argv is None else argv
-    return " ".join(["python -m " + module] + ([shlex.join(argv)]
-                                               if argv else []))
+    return " ".join(
+        ["python -m " + module] + ([shlex.join(argv)] if argv else [])
+    )
 
 
 def first_line(argv):
     """The first line a command prints (a version), or "unknown"."""
     try:
-        done = subprocess.run(argv, capture_output=True, text=True,
-                              timeout=10)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
         return (done.stdout + done.stderr).strip().splitlines()[0]
     except (OSError, IndexError, subprocess.SubprocessError):
         return "unknown"
@@ -38,11 +38,14 @@ def cpu_model():
 def machine(nginx="nginx", wrk="wrk", **tools):
     """Cores, CPU, kernel, Python and the versions of nginx, wrk and any
     other tool named (name=argv that prints its version)."""
-    info = {"nproc": first_line(["nproc"]), "cpu": cpu_model(),
-            "kernel": platform.release(),
-            "nginx": first_line([nginx, "-v"]),
-            "wrk": first_line([wrk, "-v"]).split(" [")[0],
-            "python": platform.python_version()}
+    info = {
+        "nproc": first_line(["nproc"]),
+        "cpu": cpu_model(),
+        "kernel": platform.release(),
+        "nginx": first_line([nginx, "-v"]),
+        "wrk": first_line([wrk, "-v"]).split(" [")[0],
+        "python": platform.python_version(),
+    }
     for name, argv in tools.items():
         info[name] = first_line(argv)
     return info
@@ -59,11 +62,13 @@ def write(out, name, text, doc, indent=2):
 def table(columns, rows):
     """A Markdown table's lines: the columns' names, then a line per row
     (its cells, or the line itself)."""
-    lines = ["| " + " | ".join(columns) + " |",
-             "|" + " --- |" * len(columns)]
-    return lines + [row if isinstance(row, str)
-                    else "| " + " | ".join(map(str, row)) + " |"
-                    for row in rows]
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    return lines + [
+        row
+        if isinstance(row, str)
+        else "| " + " | ".join(map(str, row)) + " |"
+        for row in rows
+    ]
 
 
 def medians(rows, keys):

@@ -25,8 +25,11 @@ BODY_SECTION = "## Response bodies"
 
 
 def chosen(workdir):
-    pairs = [(g.name, g) for g in gateways.peer_gateways(workdir)
-             if g.name == run.BASELINE]
+    pairs = [
+        (g.name, g)
+        for g in gateways.peer_gateways(workdir)
+        if g.name == run.BASELINE
+    ]
     pairs.append(("mosn", gateways.mosn_gateway(workdir)))
     pairs.append(("mosn_senders", gateways.mosn_senders_gateway(workdir)))
     return pairs
@@ -40,33 +43,47 @@ def check_stamp(args, workdir):
         for name, gateway in chosen(workdir)[1:]:
             with gateways.running(gateway, settings):
                 run.wait_routing(gateway.port, settings.site_ports)
-                conn = http.client.HTTPConnection("127.0.0.1", gateway.port,
-                                                  timeout=5)
+                conn = http.client.HTTPConnection(
+                    "127.0.0.1", gateway.port, timeout=5
+                )
                 conn.request("GET", "/", headers={"uid": "7"})
                 resp = conn.getresponse()
                 resp.read()
                 conn.close()
                 stamped = resp.getheader("x-bench-stamp") == "1"
                 if stamped != (name == "mosn_senders"):
-                    sys.exit(f"{name}: x-bench-stamp is "
-                             f"{resp.getheader('x-bench-stamp')!r}")
+                    sys.exit(
+                        f"{name}: x-bench-stamp is "
+                        f"{resp.getheader('x-bench-stamp')!r}"
+                    )
 
 
 def settings_for(args, workdir):
     base = args.site_port
     return gateways.Settings(
-        workdir=workdir, nginx=args.nginx,
+        workdir=workdir,
+        nginx=args.nginx,
         modules=args.modules_dir or run.modules_dir(args.nginx),
         workers=args.workers,
-        site_ports={"s1a": base, "s1b": base + 1, "s2": base + 2,
-                    "s3": base + 3})
+        site_ports={
+            "s1a": base,
+            "s1b": base + 1,
+            "s2": base + 2,
+            "s3": base + 3,
+        },
+    )
 
 
 def report(args, summary, runs, info, started):
     command = bench.report.command(__spec__.name)
     one, two = (summary.get(name) for name in PAIR)
-    lines = run.report_head("The response phase: what a sender filter costs",
-                            command, args, info, started) + [
+    lines = run.report_head(
+        "The response phase: what a sender filter costs",
+        command,
+        args,
+        info,
+        started,
+    ) + [
         run.table(summary),
         "",
         "`mosn` runs the example's chain (the metadata filter with the UNIT "
@@ -91,7 +108,8 @@ def report(args, summary, runs, info, started):
         if one["rps_per_cpu"] and two["rps_per_cpu"]:
             lines.append(
                 f"| CPU per request, with / without | "
-                f"{one['rps_per_cpu'] / two['rps_per_cpu']:.2f}x |")
+                f"{one['rps_per_cpu'] / two['rps_per_cpu']:.2f}x |"
+            )
     lines.append("")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,11 +117,21 @@ def report(args, summary, runs, info, started):
     # the body comparison's section (bench/response_body_bench.py) stays
     old = path.read_text() if path.exists() else ""
     if BODY_SECTION in old:
-        lines += [old[old.index(BODY_SECTION):].rstrip("\n"), ""]
+        lines += [old[old.index(BODY_SECTION) :].rstrip("\n"), ""]
     path.write_text("\n".join(lines))
-    (out / "response.json").write_text(json.dumps({
-        "command": command, "date": started, "machine": info,
-        "summary": summary, "runs": runs}, indent=2) + "\n")
+    (out / "response.json").write_text(
+        json.dumps(
+            {
+                "command": command,
+                "date": started,
+                "machine": info,
+                "summary": summary,
+                "runs": runs,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print("\n".join(lines))
 
 

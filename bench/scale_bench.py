@@ -1378,32 +1378,67 @@ def _storm_row(name, r):
 
 
 STORM_COLUMNS = (
-    "gateway", "round", "opened", "took", "per s",
-    "answer p50 / p99 / max ms", "gateway errors", "machine errors",
-    "dropped by the kernel", "others' CPU", "gateway / clients CPU")
+    "gateway",
+    "round",
+    "opened",
+    "took",
+    "per s",
+    "answer p50 / p99 / max ms",
+    "gateway errors",
+    "machine errors",
+    "dropped by the kernel",
+    "others' CPU",
+    "gateway / clients CPU",
+)
 THROUGHPUT_COLUMNS = (
-    "gateway", "idle conns", "req/s without", "req/s with", "with/without",
-    "per round", "undisturbed runs only", "p99 ms without / with",
-    "nginx+Python CPU % without / with", "req/s control", "with/control")
+    "gateway",
+    "idle conns",
+    "req/s without",
+    "req/s with",
+    "with/without",
+    "per round",
+    "undisturbed runs only",
+    "p99 ms without / with",
+    "nginx+Python CPU % without / with",
+    "req/s control",
+    "with/control",
+)
 MEMORY_COLUMNS = (
-    "gateway", "nginx workers RSS before -> after", "per conn (RSS)",
-    "Pss before -> after", "per conn (Pss)",
-    "preallocated per worker_connections slot", "kernel slab per socket")
+    "gateway",
+    "nginx workers RSS before -> after",
+    "per conn (RSS)",
+    "Pss before -> after",
+    "per conn (Pss)",
+    "preallocated per worker_connections slot",
+    "kernel slab per socket",
+)
 ROUND_COLUMNS = (
-    "gateway", "round", "order", "req/s without", "req/s with", "ratio",
-    "req/s control", "others' CPU % without / with", "steal %",
-    "waited for quiet s", "set aside")
+    "gateway",
+    "round",
+    "order",
+    "req/s without",
+    "req/s with",
+    "ratio",
+    "req/s control",
+    "others' CPU % without / with",
+    "steal %",
+    "waited for quiet s",
+    "set aside",
+)
 
 
 def _storm_section(res):
     lines = [
         "## The storm: opening the connections",
         "",
-        *report.table(STORM_COLUMNS, [
-            _storm_row(name, r)
-            for name, d in res["data"].items()
-            for r in d["runs"]
-        ]),
+        *report.table(
+            STORM_COLUMNS,
+            [
+                _storm_row(name, r)
+                for name, d in res["data"].items()
+                for r in d["runs"]
+            ],
+        ),
     ]
     ratios = res.get("open_ratios")
     if ratios:
@@ -1484,10 +1519,10 @@ def _throughput_section(res):
     lines = [
         "## Throughput beside the idle connections",
         "",
-        *report.table(THROUGHPUT_COLUMNS, [
-            _throughput_row(name, s) for name, s in res["summary"].items()
-        ]),
-
+        *report.table(
+            THROUGHPUT_COLUMNS,
+            [_throughput_row(name, s) for name, s in res["summary"].items()],
+        ),
         "",
         "req/s and p99 are medians over the rounds (target with/without >= "
         f'{RATIO_TARGET}); "undisturbed" is the same over the runs during '
@@ -1496,11 +1531,14 @@ def _throughput_section(res):
         "loads the gateway: what holding that many sockets costs the "
         "machine; with/control is the gateway's own share.",
         "",
-        *report.table(ROUND_COLUMNS, [
-            _round_row(name, r)
-            for name, d in res["data"].items()
-            for r in d["runs"]
-        ]),
+        *report.table(
+            ROUND_COLUMNS,
+            [
+                _round_row(name, r)
+                for name, d in res["data"].items()
+                for r in d["runs"]
+            ],
+        ),
     ]
     lines.append("")
     return lines
@@ -1511,20 +1549,28 @@ def _rest_section(res):
     for name, s in res["summary"].items():
         a0, b0 = s["rest"]["without"], s["rest"]["with"]
         if a0 and b0:
-            rows.append([
-                name,
-                f"{a0['gateway_pct']:.3f} / {b0['gateway_pct']:.3f}",
-                f"{b0['clients_pct']:.3f}",
-                f"{a0['others_pct']:.1f} / {b0['others_pct']:.1f}",
-            ])
+            rows.append(
+                [
+                    name,
+                    f"{a0['gateway_pct']:.3f} / {b0['gateway_pct']:.3f}",
+                    f"{b0['clients_pct']:.3f}",
+                    f"{a0['others_pct']:.1f} / {b0['others_pct']:.1f}",
+                ]
+            )
     return [
         "## At rest with the connections held",
         "",
         "No load, 5 s, first round, % of one core:",
         "",
-        *report.table(("gateway", "gateway CPU without / with",
-                       "clients holding them",
-                       "rest of the machine without / with"), rows),
+        *report.table(
+            (
+                "gateway",
+                "gateway CPU without / with",
+                "clients holding them",
+                "rest of the machine without / with",
+            ),
+            rows,
+        ),
         "",
     ]
 
@@ -1559,9 +1605,10 @@ def _memory_section(res):
     return [
         "## Memory per idle connection",
         "",
-        *report.table(MEMORY_COLUMNS, [
-            _memory_row(name, s) for name, s in summary.items()
-        ]),
+        *report.table(
+            MEMORY_COLUMNS,
+            [_memory_row(name, s) for name, s in summary.items()],
+        ),
         "",
         "Per conn = (sum over the nginx workers after opening - before) / "
         "connections opened, first round (later rounds reuse what nginx "
@@ -1605,13 +1652,24 @@ def _million_section(res):
         "the kernel).",
         "",
         *report.table(
-            ("gateway", "nginx per-connection memory",
-             "preallocated slots (1.2M)", "kernel sockets", "total"),
-            [[name, f"{g['nginx_conn_memory_mb']:.0f} MB",
-              f"{g['nginx_slot_memory_mb']:.0f} MB",
-              f"{g['kernel_memory_mb']:.0f} MB",
-              f"**{g['total_mb'] / 1024:.2f} GB**"]
-             for name, g in mil["per_gateway"].items()]),
+            (
+                "gateway",
+                "nginx per-connection memory",
+                "preallocated slots (1.2M)",
+                "kernel sockets",
+                "total",
+            ),
+            [
+                [
+                    name,
+                    f"{g['nginx_conn_memory_mb']:.0f} MB",
+                    f"{g['nginx_slot_memory_mb']:.0f} MB",
+                    f"{g['kernel_memory_mb']:.0f} MB",
+                    f"**{g['total_mb'] / 1024:.2f} GB**",
+                ]
+                for name, g in mil["per_gateway"].items()
+            ],
+        ),
     ]
     return lines + [
         "",
@@ -1693,41 +1751,77 @@ def plan_for(args, lim):
 
 def parse_args():
     p = argparse.ArgumentParser(
-        description="Connection storms and idle scale.")
-    p.add_argument("--connections", type=int, default=100000,
-                   help="connections per storm")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: 10k connections, 1 round, 3 s of load, "
-                   "waits of 5 s at most for a quiet machine, no retries")
+        description="Connection storms and idle scale."
+    )
+    p.add_argument(
+        "--connections", type=int, default=100000, help="connections per storm"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 10k connections, 1 round, 3 s of load, "
+        "waits of 5 s at most for a quiet machine, no retries",
+    )
     p.add_argument("--runs", type=int, default=3, help="rounds")
-    p.add_argument("--duration", type=int, default=10,
-                   help="seconds of wrk load per run")
-    p.add_argument("--warmup", type=int, default=2,
-                   help="seconds of load before the rounds")
+    p.add_argument(
+        "--duration", type=int, default=10, help="seconds of wrk load per run"
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="seconds of load before the rounds",
+    )
     gateways.add_options(p, workers=8)
-    p.add_argument("--clients", type=int, default=0,
-                   help="client processes (default: auto)")
-    p.add_argument("--open-concurrency", type=int, default=192,
-                   help="connections opening at a time, over all clients")
-    p.add_argument("--quiet-limit", type=float, default=15.0,
-                   help="before each opening and wrk run, wait until other "
-                   "processes use less than this %% of a core")
-    p.add_argument("--quiet-wait", type=float, default=60.0,
-                   help="but wait at most this many seconds")
-    p.add_argument("--retries", type=int, default=2,
-                   help="measure a wrk run again if others took > 2 x "
-                   "quiet-limit")
+    p.add_argument(
+        "--clients",
+        type=int,
+        default=0,
+        help="client processes (default: auto)",
+    )
+    p.add_argument(
+        "--open-concurrency",
+        type=int,
+        default=192,
+        help="connections opening at a time, over all clients",
+    )
+    p.add_argument(
+        "--quiet-limit",
+        type=float,
+        default=15.0,
+        help="before each opening and wrk run, wait until other "
+        "processes use less than this %% of a core",
+    )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60.0,
+        help="but wait at most this many seconds",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="measure a wrk run again if others took > 2 x quiet-limit",
+    )
     p.add_argument("--only", default="mosn,map", help="mosn, map or both")
-    p.add_argument("--control", dest="control", action="store_true",
-                   default=None,
-                   help="also load the gateway while another nginx holds "
-                   "the connections (default on, off with --quick)")
+    p.add_argument(
+        "--control",
+        dest="control",
+        action="store_true",
+        default=None,
+        help="also load the gateway while another nginx holds "
+        "the connections (default on, off with --quick)",
+    )
     p.add_argument("--no-control", dest="control", action="store_false")
-    p.add_argument("--no-prealloc", action="store_true",
-                   help="skip the worker_connections 1024 start that prices "
-                   "a slot")
-    p.add_argument("--out", default=None,
-                   help="directory for the report (bench/results)")
+    p.add_argument(
+        "--no-prealloc",
+        action="store_true",
+        help="skip the worker_connections 1024 start that prices a slot",
+    )
+    p.add_argument(
+        "--out", default=None, help="directory for the report (bench/results)"
+    )
     p.add_argument("--wrk", default="wrk")
     args = p.parse_args()
     if args.control is None:

@@ -30,8 +30,7 @@ class Redact(StreamSenderFilter):
 
     def append(self, ctx, headers, buf, trailers):
         if buf is not None:
-            self.send_handler.set_body(
-                self.CARD.sub(b'"card":"****"', buf, 1))
+            self.send_handler.set_body(self.CARD.sub(b'"card":"****"', buf, 1))
         return CONTINUE
 
 
@@ -54,5 +53,6 @@ class RedactFind(StreamSenderFilter):
             end = buf.find(b'"', start)
             if end >= 0:
                 self.send_handler.set_body(
-                    b"".join((buf[:start], b"****", buf[end:])))
+                    b"".join((buf[:start], b"****", buf[end:]))
+                )
         return CONTINUE

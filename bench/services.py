@@ -55,15 +55,32 @@ class RedisServer:
 
     def start(self):
         self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", self.dir,
-             "--protected-mode", "yes", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                "--protected-mode",
+                "yes",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         if not wait_for(lambda: self.command("PING") == "+PONG", 10):
             self.stop()
-            raise RuntimeError("redis-server did not start on port %d"
-                               % self.port)
+            raise RuntimeError(
+                "redis-server did not start on port %d" % self.port
+            )
         return self
 
     def __enter__(self):
@@ -111,7 +128,7 @@ class RedisServer:
         other, not a script's own INCRBY, EXPIRE and TIME, nor INFO."""
         calls = {}
         for key, stat in self.info("commandstats").items():
-            name = key[len("cmdstat_"):]
+            name = key[len("cmdstat_") :]
             if name not in ("incrby", "expire", "time", "info"):
                 calls[name] = int(re.search(r"calls=(\d+)", stat)[1])
         return calls
@@ -135,10 +152,20 @@ class AuthService:
 
     def start(self):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.peers.ext_authz_service",
-             "--port", str(self.port), "--delay-ms", str(self.delay_ms)],
-            cwd=CHECKOUT, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, text=True)
+            [
+                sys.executable,
+                "-m",
+                "bench.peers.ext_authz_service",
+                "--port",
+                str(self.port),
+                "--delay-ms",
+                str(self.delay_ms),
+            ],
+            cwd=CHECKOUT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         if self.proc.stdout.readline().strip() != "ready":
             self.stop()
             raise RuntimeError("the authorization service did not start")
@@ -193,6 +220,7 @@ def serve_on_socket(serve, description):
     import uvloop
 
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--socket", required=True,
-                        help="unix socket to listen on")
+    parser.add_argument(
+        "--socket", required=True, help="unix socket to listen on"
+    )
     uvloop.run(serve(parser.parse_args().socket))

@@ -56,7 +56,7 @@ LOCUSTFILE = BENCH / "locustfile.py"
 HOST = "127.0.0.1"
 PORT = 2990
 SITE_PORTS = (3450, 3451, 3452, 3453)
-REGION = "/mosn_example"      # mosn_shm_name of conf/nginx.conf
+REGION = "/mosn_example"  # mosn_shm_name of conf/nginx.conf
 START_TIMEOUT = 20
 QUIT_TIMEOUT = 15
 MIB = 1024 * 1024
@@ -83,6 +83,7 @@ def parse_time(text):
 
 # --- processes ---------------------------------------------------------------
 
+
 def rss_bytes(pids):
     """Sum of VmRSS of the live processes among pids."""
     total = 0
@@ -106,6 +107,7 @@ def get(path, headers=None, port=PORT, timeout=3):
 
 # --- the slow upstream -------------------------------------------------------
 
+
 class SlowUpstream:
     """A loopback HTTP server answering after a delay, in a thread.
 
@@ -119,8 +121,9 @@ class SlowUpstream:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 time.sleep(delay_s)
-                body = ("slow unit=" + self.headers.get("X-Mosn-Unit", "")
-                        ).encode()
+                body = (
+                    "slow unit=" + self.headers.get("X-Mosn-Unit", "")
+                ).encode()
                 try:
                     self.send_response(200)
                     self.send_header("Content-Type", "text/plain")
@@ -136,8 +139,9 @@ class SlowUpstream:
         self.server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever,
-                                       name="slow-upstream", daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, name="slow-upstream", daemon=True
+        )
 
     def start(self):
         self.thread.start()
@@ -165,19 +169,26 @@ SLOW_LOCATION = """\
 def rewrite_conf(text, slow_port):
     """The example's nginx.conf for a temporary prefix: the repository's
     module by absolute path, and the /slow location in the 2990 server."""
+
     def module(match):
         path = Path(match.group(1))
         return f"load_module {path if path.is_absolute() else ROOT / path};"
 
-    text, n = re.subn(r"^load_module\s+(\S*ngx_http_mosn_module\.so);",
-                      module, text, flags=re.M)
+    text, n = re.subn(
+        r"^load_module\s+(\S*ngx_http_mosn_module\.so);",
+        module,
+        text,
+        flags=re.M,
+    )
     if n != 1:
         raise SoakError("conf/nginx.conf: no load_module of the mosn module")
     listen = re.compile(rf"^(\s*listen\s+{re.escape(HOST)}:{PORT};\n)", re.M)
     text, n = listen.subn(
-        lambda m: m.group(1) + "\n" + SLOW_LOCATION.format(host=HOST,
-                                                            port=slow_port),
-        text)
+        lambda m: (
+            m.group(1) + "\n" + SLOW_LOCATION.format(host=HOST, port=slow_port)
+        ),
+        text,
+    )
     if n != 1:
         raise SoakError(f"conf/nginx.conf: no server on {HOST}:{PORT}")
     return text
@@ -189,10 +200,10 @@ class Gateway:
     def __init__(self, nginx, slow_port=None):
         self.nginx = nginx
         self.slow_port = slow_port
-        self.prefix = None        # set when this process started it
+        self.prefix = None  # set when this process started it
         self.master = None
-        self.seen = set()         # every pid of it seen during the run
-        self.quit_offset = None   # error.log's size when quit was sent
+        self.seen = set()  # every pid of it seen during the run
+        self.quit_offset = None  # error.log's size when quit was sent
 
     @property
     def started_here(self):
@@ -202,17 +213,32 @@ class Gateway:
         out = self.prefix / "logs" / "nginx.out"
         with open(out, "a+") as f:  # daemons keep stdout: a file, no pipe
             proc = subprocess.run(
-                [self.nginx, "-p", f"{self.prefix}/", "-c", "conf/nginx.conf",
-                 *args], cwd=self.prefix, stdout=f, stderr=f, timeout=60)
+                [
+                    self.nginx,
+                    "-p",
+                    f"{self.prefix}/",
+                    "-c",
+                    "conf/nginx.conf",
+                    *args,
+                ],
+                cwd=self.prefix,
+                stdout=f,
+                stderr=f,
+                timeout=60,
+            )
         if proc.returncode != 0:
-            raise SoakError(f"nginx {' '.join(args)} failed:\n"
-                            f"{out.read_text()}{self.log_tail()}")
+            raise SoakError(
+                f"nginx {' '.join(args)} failed:\n"
+                f"{out.read_text()}{self.log_tail()}"
+            )
 
     def start(self):
         busy = [p for p in SITE_PORTS if accepts(p)]
         if busy:
-            raise SoakError(f"ports {busy} are in use, but nothing serves "
-                            f"the example on {PORT}")
+            raise SoakError(
+                f"ports {busy} are in use, but nothing serves "
+                f"the example on {PORT}"
+            )
         self.prefix = Path(tempfile.mkdtemp(prefix="mosn-soak-"))
         # the Python workers drop to nginx's worker user and read from here
         self.prefix.chmod(0o755)
@@ -226,6 +252,7 @@ class Gateway:
 
     def attach(self):
         from shm_ring import Region
+
         return Region.attach(REGION)
 
     def wait_ready(self):
@@ -245,8 +272,9 @@ class Gateway:
             except Exception as e:  # not listening or no region yet
                 last = e
             time.sleep(0.2)
-        raise SoakError(f"gateway not ready in {START_TIMEOUT}s: {last!r}"
-                        f"{self.log_tail()}")
+        raise SoakError(
+            f"gateway not ready in {START_TIMEOUT}s: {last!r}{self.log_tail()}"
+        )
 
     def module_file(self):
         """(inode, mtime) of the mosn module file the master has mapped.
@@ -273,11 +301,16 @@ class Gateway:
         # the pool (the admin/metrics one)
         supervisor = region.supervisor_pid
         python = {supervisor, *children(supervisor)} if supervisor else set()
-        python.update(c["pid"] for c in region.stats()["consumers"]
-                      if c["state"] == "live")
+        python.update(
+            c["pid"]
+            for c in region.stats()["consumers"]
+            if c["state"] == "live"
+        )
         python = sorted(python)
-        pids = {"nginx": [p for p in nginx if p and alive(p)],
-                "python": [p for p in python if p and alive(p)]}
+        pids = {
+            "nginx": [p for p in nginx if p and alive(p)],
+            "python": [p for p in python if p and alive(p)],
+        }
         self.seen.update(pids["nginx"] + pids["python"])
         return pids
 
@@ -297,7 +330,7 @@ class Gateway:
                 return []
             time.sleep(0.1)
         left = self.leftovers()
-        for pid in left:   # only processes of this gateway, by pid
+        for pid in left:  # only processes of this gateway, by pid
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -316,7 +349,8 @@ class Gateway:
             return ""
         try:
             return (self.prefix / "logs" / "error.log").read_text(
-                errors="replace")
+                errors="replace"
+            )
         except OSError:
             return ""
 
@@ -338,6 +372,7 @@ def alerts(log):
 
 # --- locust ------------------------------------------------------------------
 
+
 class Locust:
     """locust headless in a child process; its CSV files are read live."""
 
@@ -345,22 +380,43 @@ class Locust:
         self.csv = workdir / "locust"
         self.log = workdir / "locust.log"
         self.argv = [
-            sys.executable, "-m", "locust", "-f", str(LOCUSTFILE),
-            "--headless", "--host", f"http://{HOST}:{PORT}",
-            "-u", str(args.users), "-r", str(args.spawn_rate),
-            "-t", f"{seconds}s", "--stop-timeout", "5",
-            "--csv", str(self.csv), "--csv-full-history", "--only-summary",
-            "--soak-pacing", str(args.pacing),
-            "--soak-slow-path", "/slow" if slow else "",
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(LOCUSTFILE),
+            "--headless",
+            "--host",
+            f"http://{HOST}:{PORT}",
+            "-u",
+            str(args.users),
+            "-r",
+            str(args.spawn_rate),
+            "-t",
+            f"{seconds}s",
+            "--stop-timeout",
+            "5",
+            "--csv",
+            str(self.csv),
+            "--csv-full-history",
+            "--only-summary",
+            "--soak-pacing",
+            str(args.pacing),
+            "--soak-slow-path",
+            "/slow" if slow else "",
         ]
         self.proc = None
 
     def start(self):
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=BENCH,
-                start_new_session=True,   # stop() signals its whole group
-                env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=BENCH,
+                start_new_session=True,  # stop() signals its whole group
+                env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"),
+            )
 
     def running(self):
         return self.proc.poll() is None
@@ -383,17 +439,23 @@ class Locust:
 
     def totals(self):
         """(requests, failures) so far, from the stats history."""
-        rows = [r for r in self._rows("stats_history")
-                if r.get("Name") == "Aggregated"]
+        rows = [
+            r
+            for r in self._rows("stats_history")
+            if r.get("Name") == "Aggregated"
+        ]
         if not rows:
             return 0, 0
-        return (int(rows[-1]["Total Request Count"]),
-                int(rows[-1]["Total Failure Count"]))
+        return (
+            int(rows[-1]["Total Request Count"]),
+            int(rows[-1]["Total Failure Count"]),
+        )
 
     def final(self):
         """Final figures: totals, failures by kind, exceptions."""
-        aggregated = [r for r in self._rows("stats")
-                      if r.get("Name") == "Aggregated"]
+        aggregated = [
+            r for r in self._rows("stats") if r.get("Name") == "Aggregated"
+        ]
         row = aggregated[0] if aggregated else {}
         return {
             "requests": int(row.get("Request Count", 0)),
@@ -402,18 +464,28 @@ class Locust:
             "p99_ms": float(row.get("99%", 0) or 0),
             "rps": float(row.get("Requests/s", 0) or 0),
             "failure_kinds": [
-                {"name": r["Name"], "error": r["Error"],
-                 "count": int(r["Occurrences"])}
-                for r in self._rows("failures")],
+                {
+                    "name": r["Name"],
+                    "error": r["Error"],
+                    "count": int(r["Occurrences"]),
+                }
+                for r in self._rows("failures")
+            ],
             "exceptions": [
                 {"error": r.get("Message", ""), "count": int(r["Count"])}
-                for r in self._rows("exceptions")],
+                for r in self._rows("exceptions")
+            ],
             "by_name": [
-                {"name": r["Name"], "requests": int(r["Request Count"]),
-                 "failures": int(r["Failure Count"]),
-                 "median_ms": float(r["50%"] or 0),
-                 "p99_ms": float(r["99%"] or 0)}
-                for r in self._rows("stats") if r["Name"] != "Aggregated"],
+                {
+                    "name": r["Name"],
+                    "requests": int(r["Request Count"]),
+                    "failures": int(r["Failure Count"]),
+                    "median_ms": float(r["50%"] or 0),
+                    "p99_ms": float(r["99%"] or 0),
+                }
+                for r in self._rows("stats")
+                if r["Name"] != "Aggregated"
+            ],
         }
 
     def tail(self, lines=15):
@@ -425,8 +497,14 @@ class Locust:
 
 # --- sampling ----------------------------------------------------------------
 
-COUNTERS = ("submitted", "completed", "fallbacks", "timeouts", "stale",
-            "requeued")
+COUNTERS = (
+    "submitted",
+    "completed",
+    "fallbacks",
+    "timeouts",
+    "stale",
+    "requeued",
+)
 
 
 def region_counters(region):
@@ -445,12 +523,17 @@ def sample(t, gateway, locust, base):
     finally:
         region.close()
     requests, errors = locust.totals()
-    row = {"t": round(t, 1), "requests": requests, "errors": errors,
-           "module_file": gateway.module_file(),
-           "nginx_rss": rss_bytes(pids["nginx"]),
-           "python_rss": rss_bytes(pids["python"]),
-           "nginx_pids": pids["nginx"], "python_pids": pids["python"],
-           "slots_in_use": counters["slots_in_use"]}
+    row = {
+        "t": round(t, 1),
+        "requests": requests,
+        "errors": errors,
+        "module_file": gateway.module_file(),
+        "nginx_rss": rss_bytes(pids["nginx"]),
+        "python_rss": rss_bytes(pids["python"]),
+        "nginx_pids": pids["nginx"],
+        "python_pids": pids["python"],
+        "slots_in_use": counters["slots_in_use"],
+    }
     for k in COUNTERS + ("filter_errors",):
         row[k] = counters[k] - base[k]
     return row
@@ -472,19 +555,28 @@ def wait_idle(gateway, timeout=5):
 
 # --- checks and report -------------------------------------------------------
 
+
 def flat(name, samples, key, warmup_t, tolerance):
     under_load = [s for s in samples if s["t"] >= warmup_t]
     if len(under_load) < 2:
-        return {"name": name, "ok": False,
-                "detail": f"fewer than 2 samples after the {warmup_t:.0f}s "
-                          f"warm-up: run longer or sample more often"}
+        return {
+            "name": name,
+            "ok": False,
+            "detail": f"fewer than 2 samples after the {warmup_t:.0f}s "
+            f"warm-up: run longer or sample more often",
+        }
     first, last = under_load[0], under_load[-1]
     change = (last[key] - first[key]) / first[key] if first[key] else 1.0
-    return {"name": name, "ok": abs(change) <= tolerance,
-            "first": first[key], "last": last[key], "change": change,
-            "detail": f"{first[key] / MIB:.1f} MiB at {first['t']:.0f}s -> "
-                      f"{last[key] / MIB:.1f} MiB at {last['t']:.0f}s "
-                      f"({change:+.1%}, limit ±{tolerance:.0%})"}
+    return {
+        "name": name,
+        "ok": abs(change) <= tolerance,
+        "first": first[key],
+        "last": last[key],
+        "change": change,
+        "detail": f"{first[key] / MIB:.1f} MiB at {first['t']:.0f}s -> "
+        f"{last[key] / MIB:.1f} MiB at {last['t']:.0f}s "
+        f"({change:+.1%}, limit ±{tolerance:.0%})",
+    }
 
 
 def steady(samples, warmup_t):
@@ -493,16 +585,24 @@ def steady(samples, warmup_t):
     rates, previous = [], None
     for s in samples:
         if previous is not None and s["t"] >= warmup_t:
-            rates.append((s["requests"] - previous["requests"])
-                         / (s["t"] - previous["t"]))
+            rates.append(
+                (s["requests"] - previous["requests"])
+                / (s["t"] - previous["t"])
+            )
         previous = s
     if not rates:
-        return {"name": "throughput", "ok": False,
-                "detail": "no interval after the warm-up to judge"}
-    return {"name": "throughput", "ok": min(rates) > 0,
-            "detail": f"{min(rates):.0f} to {max(rates):.0f} requests/s in "
-                      f"the {len(rates)} intervals after the warm-up "
-                      f"(want > 0)"}
+        return {
+            "name": "throughput",
+            "ok": False,
+            "detail": "no interval after the warm-up to judge",
+        }
+    return {
+        "name": "throughput",
+        "ok": min(rates) > 0,
+        "detail": f"{min(rates):.0f} to {max(rates):.0f} requests/s in "
+        f"the {len(rates)} intervals after the warm-up "
+        f"(want > 0)",
+    }
 
 
 def replaced(samples, key):
@@ -518,41 +618,75 @@ def run_checks(result, args):
     warmup_t = args.warmup * result["seconds"]
     errors = final["failures"] + sum(e["count"] for e in final["exceptions"])
     checks = [
-        {"name": "errors", "ok": errors == 0 and result["locust_exit"] == 0,
-         "detail": f"{final['failures']} failures, "
-                   f"{len(final['exceptions'])} exception kinds, "
-                   f"locust exit {result['locust_exit']} (want 0)"},
-        {"name": "requests", "ok": final["requests"] > 0,
-         "detail": f"{final['requests']} requests, "
-                   f"{final['rps']:.0f}/s"},
+        {
+            "name": "errors",
+            "ok": errors == 0 and result["locust_exit"] == 0,
+            "detail": f"{final['failures']} failures, "
+            f"{len(final['exceptions'])} exception kinds, "
+            f"locust exit {result['locust_exit']} (want 0)",
+        },
+        {
+            "name": "requests",
+            "ok": final["requests"] > 0,
+            "detail": f"{final['requests']} requests, {final['rps']:.0f}/s",
+        },
         steady(samples, warmup_t),
         flat("nginx RSS", samples, "nginx_rss", warmup_t, args.tolerance),
         flat("Python RSS", samples, "python_rss", warmup_t, args.tolerance),
     ]
     for key, what in (("nginx_pids", "nginx"), ("python_pids", "Python")):
         new = replaced(samples, key)
-        checks.append({"name": f"{what} processes stable", "ok": not new,
-                       "detail": f"new pids during the run: {new or 'none'}"})
+        checks.append(
+            {
+                "name": f"{what} processes stable",
+                "ok": not new,
+                "detail": f"new pids during the run: {new or 'none'}",
+            }
+        )
     module = [s["module_file"] for s in samples if s["module_file"]]
-    rewritten = [s["t"] for s in samples[1:]
-                 if s["module_file"] and s["module_file"] != module[0]]
-    checks.append({"name": "module file", "ok": bool(module) and not rewritten,
-                   "detail": "unchanged" if module and not rewritten else
-                   "not found in the master's maps" if not module else
-                   f"rewritten in place during the run (seen at "
-                   f"{rewritten[0]:.0f}s): nginx processes that loaded it "
-                   f"crash, the figures are void"})
-    checks.append({"name": "slots at idle",
-                   "ok": result["idle_slots_in_use"] == 0,
-                   "detail": f"{result['idle_slots_in_use']} in use after "
-                             f"the load stopped"})
+    rewritten = [
+        s["t"]
+        for s in samples[1:]
+        if s["module_file"] and s["module_file"] != module[0]
+    ]
+    checks.append(
+        {
+            "name": "module file",
+            "ok": bool(module) and not rewritten,
+            "detail": "unchanged"
+            if module and not rewritten
+            else "not found in the master's maps"
+            if not module
+            else f"rewritten in place during the run (seen at "
+            f"{rewritten[0]:.0f}s): nginx processes that loaded it "
+            f"crash, the figures are void",
+        }
+    )
+    checks.append(
+        {
+            "name": "slots at idle",
+            "ok": result["idle_slots_in_use"] == 0,
+            "detail": f"{result['idle_slots_in_use']} in use after "
+            f"the load stopped",
+        }
+    )
     if result["started_here"]:
-        checks.append({"name": "error.log", "ok": not result["crash_lines"],
-                       "detail": f"{len(result['crash_lines'])} alert/crit/"
-                                 f"emerg or signal lines before the quit"})
-        checks.append({"name": "quit", "ok": not result["leftovers"],
-                       "detail": f"processes left after nginx -s quit: "
-                                 f"{result['leftovers'] or 'none'}"})
+        checks.append(
+            {
+                "name": "error.log",
+                "ok": not result["crash_lines"],
+                "detail": f"{len(result['crash_lines'])} alert/crit/"
+                f"emerg or signal lines before the quit",
+            }
+        )
+        checks.append(
+            {
+                "name": "quit",
+                "ok": not result["leftovers"],
+                "detail": f"processes left after nginx -s quit: "
+                f"{result['leftovers'] or 'none'}",
+            }
+        )
     return checks
 
 
@@ -572,8 +706,7 @@ def display_command(argv):
 def version(argv, pattern):
     """The version a command prints, as pattern finds it."""
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True,
-                              timeout=10)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10)
         match = re.search(pattern, proc.stdout + proc.stderr)
         return match.group(0) if match else "?"
     except (OSError, subprocess.SubprocessError):
@@ -582,8 +715,11 @@ def version(argv, pattern):
 
 def write_markdown(path, result):
     s = result["settings"]
-    where = ("started by the soak in a temporary prefix"
-             if result["started_here"] else f"the one already on {PORT}")
+    where = (
+        "started by the soak in a temporary prefix"
+        if result["started_here"]
+        else f"the one already on {PORT}"
+    )
     lines = [
         "# Soak: locust against the worked example",
         "",
@@ -592,8 +728,11 @@ def write_markdown(path, result):
         f"- load: {s['users']} users (spawn rate {s['spawn_rate']}/s), one "
         f"request per user every {s['pacing'] * 1000:.0f} ms at most, for "
         f"{result['seconds']} s; /slow answers after {s['slow_ms']} ms"
-        + ("" if result["slow"] else " (not sent: the running gateway has "
-           "no /slow location)"),
+        + (
+            ""
+            if result["slow"]
+            else " (not sent: the running gateway has no /slow location)"
+        ),
         f"- gateway: {where}; {result['nginx']}, Python "
         f"{result['python']}, {result['locust_version']}, "
         f"{os.cpu_count()} CPUs",
@@ -615,31 +754,48 @@ def write_markdown(path, result):
         lines.append(
             f"| {r['t']:.0f} | {r['requests']} | {r['errors']} "
             f"| {r['nginx_rss'] / MIB:.1f} | {r['python_rss'] / MIB:.1f} "
-            f"| {r['slots_in_use']} | {r['fallbacks']} | {r['timeouts']} |")
-    lines += ["", "| request | count | failures | median (ms) | p99 (ms) |",
-              "| --- | ---: | ---: | ---: | ---: |"]
+            f"| {r['slots_in_use']} | {r['fallbacks']} | {r['timeouts']} |"
+        )
+    lines += [
+        "",
+        "| request | count | failures | median (ms) | p99 (ms) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     for r in result["locust"]["by_name"]:
-        lines.append(f"| {r['name']} | {r['requests']} | {r['failures']} "
-                     f"| {r['median_ms']:.0f} | {r['p99_ms']:.0f} |")
+        lines.append(
+            f"| {r['name']} | {r['requests']} | {r['failures']} "
+            f"| {r['median_ms']:.0f} | {r['p99_ms']:.0f} |"
+        )
     lines += ["", "## Checks", ""]
     for c in result["checks"]:
-        lines.append(f"- {'ok' if c['ok'] else 'FAILED'}: {c['name']}: "
-                     f"{c['detail']}")
+        lines.append(
+            f"- {'ok' if c['ok'] else 'FAILED'}: {c['name']}: {c['detail']}"
+        )
     if result["quit_alerts"]:
-        lines += ["", "Noted, not judged: error.log lines after "
-                  "`nginx -s quit` (timestamps and pids removed):", ""]
+        lines += [
+            "",
+            "Noted, not judged: error.log lines after "
+            "`nginx -s quit` (timestamps and pids removed):",
+            "",
+        ]
         # without time and pids, the same line of each worker once
         seen = dict.fromkeys(
             re.sub(r"^\S+ \S+ (\[\w+\]) \d+#\d+: (\*\d+ )?", r"\1 ", line)
-            for line in result["quit_alerts"])
+            for line in result["quit_alerts"]
+        )
         lines += [f"- `{line}`" for line in seen]
-    lines += ["", f"Warm-up: the first {result['settings']['warmup']:.0%} of "
-              f"the time. Plot: `soak.png`; raw figures: `soak.json`.", ""]
+    lines += [
+        "",
+        f"Warm-up: the first {result['settings']['warmup']:.0%} of "
+        f"the time. Plot: `soak.png`; raw figures: `soak.json`.",
+        "",
+    ]
     path.write_text("\n".join(lines))
 
 
 def write_plot(path, result):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
@@ -647,7 +803,7 @@ def write_plot(path, result):
     samples = result["samples"]
     t = [s["t"] for s in samples]
     rate, previous = [], (0.0, 0)
-    for s in samples:   # requests per second over each interval
+    for s in samples:  # requests per second over each interval
         dt = s["t"] - previous[0]
         rate.append((s["requests"] - previous[1]) / dt if dt > 0 else 0)
         previous = (s["t"], s["requests"])
@@ -657,26 +813,35 @@ def write_plot(path, result):
         ax.axvspan(0, warmup, color="0.92", label="_warm-up")
         ax.grid(alpha=0.3)
     ax1.plot(t, [s["nginx_rss"] / MIB for s in samples], "o-", label="nginx")
-    ax1.plot(t, [s["python_rss"] / MIB for s in samples], "s-",
-             label="Python pool")
+    ax1.plot(
+        t, [s["python_rss"] / MIB for s in samples], "s-", label="Python pool"
+    )
     ax1.set_ylabel("RSS (MiB)")
     ax1.set_ylim(bottom=0)
     ax1.legend(loc="lower right")
     ax2.plot(t, rate, "o-", label="requests/s")
-    ax2.plot(t, [s["errors"] for s in samples], "x-", color="red",
-             label="locust errors (total)")
+    ax2.plot(
+        t,
+        [s["errors"] for s in samples],
+        "x-",
+        color="red",
+        label="locust errors (total)",
+    )
     ax2.set_ylim(bottom=0)
     ax2.legend(loc="lower right")
-    ax3.plot(t, [s["slots_in_use"] for s in samples], "o-",
-             label="slots in use")
+    ax3.plot(
+        t, [s["slots_in_use"] for s in samples], "o-", label="slots in use"
+    )
     ax3.plot(t, [s["fallbacks"] for s in samples], "^-", label="fallbacks")
     ax3.plot(t, [s["timeouts"] for s in samples], "v-", label="timeouts")
     ax3.set_ylim(bottom=0)
     ax3.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax3.set_xlabel("seconds (grey: warm-up)")
     ax3.legend(loc="upper right")
-    fig.suptitle(f"soak: {result['settings']['users']} users, "
-                 f"{result['seconds']} s, {result['date'][:10]}")
+    fig.suptitle(
+        f"soak: {result['settings']['users']} users, "
+        f"{result['seconds']} s, {result['date'][:10]}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -684,25 +849,51 @@ def write_plot(path, result):
 
 # --- main --------------------------------------------------------------------
 
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--time", type=parse_time, default="10m",
-                   help="how long the load runs: 30s, 10m, 1h (10m)")
+    p.add_argument(
+        "--time",
+        type=parse_time,
+        default="10m",
+        help="how long the load runs: 30s, 10m, 1h (10m)",
+    )
     p.add_argument("--users", type=int, default=20)
     p.add_argument("--spawn-rate", type=float, default=5)
-    p.add_argument("--pacing", type=float, default=0.05,
-                   help="seconds between one user's requests, at most (0.05)")
-    p.add_argument("--slow-ms", type=int, default=100,
-                   help="delay of the /slow upstream (100)")
-    p.add_argument("--interval", type=float, default=10,
-                   help="seconds between samples (10)")
-    p.add_argument("--warmup", type=float, default=0.2,
-                   help="fraction of the time not judged for RSS (0.2)")
-    p.add_argument("--tolerance", type=float, default=0.05,
-                   help="largest RSS change after the warm-up (0.05)")
+    p.add_argument(
+        "--pacing",
+        type=float,
+        default=0.05,
+        help="seconds between one user's requests, at most (0.05)",
+    )
+    p.add_argument(
+        "--slow-ms",
+        type=int,
+        default=100,
+        help="delay of the /slow upstream (100)",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=10,
+        help="seconds between samples (10)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=0.2,
+        help="fraction of the time not judged for RSS (0.2)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.05,
+        help="largest RSS change after the warm-up (0.05)",
+    )
     p.add_argument("--out", type=Path, default=BENCH / "results")
-    p.add_argument("--nginx", default=os.environ.get("NGINX",
-                                                     "/usr/sbin/nginx"))
+    p.add_argument(
+        "--nginx", default=os.environ.get("NGINX", "/usr/sbin/nginx")
+    )
     args = p.parse_args(argv)
     if args.time <= 0 or args.users <= 0 or args.interval <= 0:
         p.error("--time, --users and --interval must be positive")
@@ -719,19 +910,29 @@ def on_signal(signum, frame):
 def soak(args, workdir):
     seconds = args.time
     slow = gateway = locust = None
-    result = {"seconds": seconds, "samples": [], "leftovers": [],
-              "crash_lines": [], "quit_alerts": [], "started_here": False}
+    result = {
+        "seconds": seconds,
+        "samples": [],
+        "leftovers": [],
+        "crash_lines": [],
+        "quit_alerts": [],
+        "started_here": False,
+    }
     try:
         if accepts(PORT):
-            print(f"using the gateway already on {HOST}:{PORT} "
-                  f"(no /slow requests)")
+            print(
+                f"using the gateway already on {HOST}:{PORT} "
+                f"(no /slow requests)"
+            )
             gateway = Gateway(args.nginx)
         else:
             slow = SlowUpstream(args.slow_ms).start()
             gateway = Gateway(args.nginx, slow.port)
             gateway.start()
-            print(f"started the example gateway (nginx master "
-                  f"{gateway.master}) in a temporary prefix")
+            print(
+                f"started the example gateway (nginx master "
+                f"{gateway.master}) in a temporary prefix"
+            )
         gateway.wait_ready()
         region = gateway.attach()
         base = region_counters(region)
@@ -740,10 +941,14 @@ def soak(args, workdir):
         locust = Locust(workdir, args, seconds, slow is not None)
         locust.start()
         t0 = time.monotonic()
-        print(f"locust: {args.users} users for {seconds}s; a sample every "
-              f"{args.interval:.0f}s")
-        print(f"{'t':>5} {'requests':>9} {'errors':>6} {'nginx MiB':>9} "
-              f"{'py MiB':>7} {'slots':>5} {'fallbk':>6} {'timeout':>7}")
+        print(
+            f"locust: {args.users} users for {seconds}s; a sample every "
+            f"{args.interval:.0f}s"
+        )
+        print(
+            f"{'t':>5} {'requests':>9} {'errors':>6} {'nginx MiB':>9} "
+            f"{'py MiB':>7} {'slots':>5} {'fallbk':>6} {'timeout':>7}"
+        )
         next_t = args.interval
         while locust.running():
             now = time.monotonic() - t0
@@ -751,18 +956,23 @@ def soak(args, workdir):
                 try:
                     row = sample(now, gateway, locust, base)
                 except Exception as e:  # RingError, OSError: region gone
-                    raise SoakError(f"the gateway went away: {e!r}"
-                                    f"{gateway.log_tail()}") from None
+                    raise SoakError(
+                        f"the gateway went away: {e!r}{gateway.log_tail()}"
+                    ) from None
                 result["samples"].append(row)
-                print(f"{row['t']:5.0f} {row['requests']:9d} "
-                      f"{row['errors']:6d} {row['nginx_rss'] / MIB:9.1f} "
-                      f"{row['python_rss'] / MIB:7.1f} "
-                      f"{row['slots_in_use']:5d} {row['fallbacks']:6d} "
-                      f"{row['timeouts']:7d}", flush=True)
+                print(
+                    f"{row['t']:5.0f} {row['requests']:9d} "
+                    f"{row['errors']:6d} {row['nginx_rss'] / MIB:9.1f} "
+                    f"{row['python_rss'] / MIB:7.1f} "
+                    f"{row['slots_in_use']:5d} {row['fallbacks']:6d} "
+                    f"{row['timeouts']:7d}",
+                    flush=True,
+                )
                 next_t += args.interval
             if now > seconds + 60:
-                raise SoakError("locust did not stop on time\n"
-                                + locust.tail())
+                raise SoakError(
+                    "locust did not stop on time\n" + locust.tail()
+                )
             time.sleep(0.2)
         result["locust_exit"] = locust.proc.returncode
         result["locust"] = locust.final()
@@ -770,9 +980,11 @@ def soak(args, workdir):
             print(locust.tail(), file=sys.stderr)
         result["idle_slots_in_use"] = wait_idle(gateway)
         region = gateway.attach()
-        result["region_totals"] = {k: v - base[k] for k, v in
-                                   region_counters(region).items()
-                                   if k != "slots_in_use"}
+        result["region_totals"] = {
+            k: v - base[k]
+            for k, v in region_counters(region).items()
+            if k != "slots_in_use"
+        }
         region.close()
     finally:
         if locust:
@@ -808,25 +1020,41 @@ def main(argv=None):
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    result.update({
-        "date": datetime.datetime.now(datetime.timezone.utc)
-        .isoformat(timespec="seconds"),
-        "command": display_command(argv if argv is not None
-                                   else sys.argv[1:]),
-        "settings": {k: getattr(args, k) for k in
-                     ("users", "spawn_rate", "pacing", "slow_ms", "interval",
-                      "warmup", "tolerance")},
-        "nginx": version([args.nginx, "-v"], r"nginx/\S+"),
-        "python": platform.python_version(),
-        "locust_version": version([sys.executable, "-m", "locust",
-                                   "--version"], r"locust \S+"),
-    })
+    result.update(
+        {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"
+            ),
+            "command": display_command(
+                argv if argv is not None else sys.argv[1:]
+            ),
+            "settings": {
+                k: getattr(args, k)
+                for k in (
+                    "users",
+                    "spawn_rate",
+                    "pacing",
+                    "slow_ms",
+                    "interval",
+                    "warmup",
+                    "tolerance",
+                )
+            },
+            "nginx": version([args.nginx, "-v"], r"nginx/\S+"),
+            "python": platform.python_version(),
+            "locust_version": version(
+                [sys.executable, "-m", "locust", "--version"], r"locust \S+"
+            ),
+        }
+    )
     result["checks"] = run_checks(result, args)
 
     print()
     for c in result["checks"]:
-        print(f"check {c['name']}: {c['detail']}: "
-              f"{'ok' if c['ok'] else 'FAILED'}")
+        print(
+            f"check {c['name']}: {c['detail']}: "
+            f"{'ok' if c['ok'] else 'FAILED'}"
+        )
     for kind in result["locust"]["failure_kinds"][:10]:
         print(f"  failure {kind['count']}x {kind['name']}: {kind['error']}")
     for exc in result["locust"]["exceptions"][:5]:
@@ -841,8 +1069,9 @@ def main(argv=None):
     write_markdown(args.out / "soak.md", result)
     write_plot(args.out / "soak.png", result)
     ok = all(c["ok"] for c in result["checks"])
-    print(f"soak {'passed' if ok else 'FAILED'}; report: "
-          f"{args.out / 'soak.md'}")
+    print(
+        f"soak {'passed' if ok else 'FAILED'}; report: {args.out / 'soak.md'}"
+    )
     return 0 if ok else 1
 
 

@@ -28,10 +28,12 @@ def spin_gateway(workdir, spin, index):
     path = Path(workdir) / f"spin{spin}.json"
     path.write_text(json.dumps(config, indent=2))
     return dataclasses.replace(
-        base, name=f"spin_{spin}us",
+        base,
+        name=f"spin_{spin}us",
         about=f"this project, pyworker.spin_us = {spin}",
         ports=[gateways.PEER_PORT + 10 + index],
-        extra=dict(base.extra, mosn_config=str(path), shm=f"mosn_spin{spin}"))
+        extra=dict(base.extra, mosn_config=str(path), shm=f"mosn_spin{spin}"),
+    )
 
 
 def main():
@@ -39,23 +41,32 @@ def main():
     if "--spins" in sys.argv:
         i = sys.argv.index("--spins")
         spins = [int(s) for s in sys.argv[i + 1].split(",")]
-        del sys.argv[i:i + 2]
+        del sys.argv[i : i + 2]
     args = run.parse_args()
 
     def chosen(workdir):
         if gateways.mosn_gateway(workdir) is None:
             return [("mosn", None)]
-        return [(g.name, g) for g in gateways.peer_gateways(workdir)
-                if g.name == run.BASELINE] + [
-            (g.name, g) for g in (spin_gateway(workdir, s, i)
-                                  for i, s in enumerate(spins))]
+        return [
+            (g.name, g)
+            for g in gateways.peer_gateways(workdir)
+            if g.name == run.BASELINE
+        ] + [
+            (g.name, g)
+            for g in (spin_gateway(workdir, s, i) for i, s in enumerate(spins))
+        ]
 
     summary, runs, info, started = run.bench_these(args, chosen)
     command = bench.report.command(__spec__.name) + (
-        f" --spins {','.join(map(str, spins))}")
+        f" --spins {','.join(map(str, spins))}"
+    )
     lines = run.report_head(
         "How long a Python worker looks for work before it sleeps",
-        command, args, info, started) + [
+        command,
+        args,
+        info,
+        started,
+    ) + [
         run.table(summary),
         "",
         "Each `spin_Nus` row is this gateway with `pyworker.spin_us` = N: "
@@ -64,9 +75,19 @@ def main():
         "share the machine's cores, as in peers_bench.",
         "",
     ]
-    bench.report.write(args.out, "spin", "\n".join(lines), {
-        "command": command, "date": started, "machine": info,
-        "spins": spins, "summary": summary, "runs": runs})
+    bench.report.write(
+        args.out,
+        "spin",
+        "\n".join(lines),
+        {
+            "command": command,
+            "date": started,
+            "machine": info,
+            "spins": spins,
+            "summary": summary,
+            "runs": runs,
+        },
+    )
     print("\n".join(lines))
 
 

@@ -20,9 +20,11 @@ import urllib.request
 from bench import CHECKOUT as ROOT, report
 from bench.procs import accepts, taken_ports
 
+
 def first_answer():
-    req = urllib.request.Request("http://127.0.0.1:2990/",
-                                 headers={"uid": "2"})
+    req = urllib.request.Request(
+        "http://127.0.0.1:2990/", headers={"uid": "2"}
+    )
     with urllib.request.urlopen(req, timeout=10) as r:
         return r.read().decode().strip()
 
@@ -31,10 +33,13 @@ def one_run(venv, timeout=120):
     if taken_ports():
         sys.exit("the example's ports are taken: stop what holds them")
     start = time.monotonic()
-    make = subprocess.Popen(["make", "VENV=" + venv, "run"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    make = subprocess.Popen(
+        ["make", "VENV=" + venv, "run"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         while not accepts(2990):
             if make.poll() is not None or time.monotonic() - start > timeout:
@@ -51,8 +56,12 @@ def one_run(venv, timeout=120):
         while taken_ports() and time.monotonic() - stop < timeout:
             time.sleep(0.01)
         stopped = time.monotonic() - stop
-    return {"accept_s": accept, "first_answer_s": answered,
-            "first_answer": answer, "stopped_s": stopped}
+    return {
+        "accept_s": accept,
+        "first_answer_s": answered,
+        "first_answer": answer,
+        "stopped_s": stopped,
+    }
 
 
 def main():
@@ -64,7 +73,7 @@ def main():
     load_before = open("/proc/loadavg").read().split()[:3]
     runs = [one_run(venv) for _ in range(args.runs + 1)]
     load_after = open("/proc/loadavg").read().split()[:3]
-    rest = runs[1:]     # the first run may rebuild: not counted
+    rest = runs[1:]  # the first run may rebuild: not counted
     med = report.medians(rest, ("accept_s", "first_answer_s", "stopped_s"))
     right = sum(r["first_answer"] == "site s1 from 3450" for r in runs)
     lines = [
@@ -72,35 +81,66 @@ def main():
         "",
         "Command: `flock /tmp/port2990.lock python -m bench.startup_bench "
         "--runs %d`  " % args.runs,
-        "Machine: %d CPUs, %s  " % (os.cpu_count(), " ".join(
-            subprocess.run(["nginx", "-v"], capture_output=True,
-                           text=True).stderr.split())),
-        "Load average: %s before, %s after  " % (" ".join(load_before),
-                                                 " ".join(load_after)),
+        "Machine: %d CPUs, %s  "
+        % (
+            os.cpu_count(),
+            " ".join(
+                subprocess.run(
+                    ["nginx", "-v"], capture_output=True, text=True
+                ).stderr.split()
+            ),
+        ),
+        "Load average: %s before, %s after  "
+        % (" ".join(load_before), " ".join(load_after)),
         "",
         "| run | accepts after s | first answer after s | first answer "
         "| Ctrl-C to ports free s |",
         "| --- | --- | --- | --- | --- |",
     ]
     for i, r in enumerate(runs):
-        lines.append("| %s | %.2f | %.2f | %s | %.2f |" % (
-            "first (may rebuild)" if i == 0 else i, r["accept_s"],
-            r["first_answer_s"], r["first_answer"], r["stopped_s"]))
+        lines.append(
+            "| %s | %.2f | %.2f | %s | %.2f |"
+            % (
+                "first (may rebuild)" if i == 0 else i,
+                r["accept_s"],
+                r["first_answer_s"],
+                r["first_answer"],
+                r["stopped_s"],
+            )
+        )
     lines += [
         "| **median of %d** | **%.2f** | **%.2f** | %d of %d right "
-        "| **%.2f** |" % (len(rest), med["accept_s"], med["first_answer_s"],
-                          right, len(runs), med["stopped_s"]),
+        "| **%.2f** |"
+        % (
+            len(rest),
+            med["accept_s"],
+            med["first_answer_s"],
+            right,
+            len(runs),
+            med["stopped_s"],
+        ),
         "",
         "Target: accepts in under 3 s with nothing changed: **%s**; the "
         "first answer is the README's (`site s1 from 3450` for `uid:2`) "
-        "in every run: **%s**." % (
+        "in every run: **%s**."
+        % (
             "met" if med["accept_s"] < 3 else "missed",
-            "yes" if right == len(runs) else "no"),
+            "yes" if right == len(runs) else "no",
+        ),
         "",
     ]
-    report.write(args.out, "startup", "\n".join(lines),
-                 {"runs": runs, "median": med, "load_before": load_before,
-                  "load_after": load_after}, indent=1)
+    report.write(
+        args.out,
+        "startup",
+        "\n".join(lines),
+        {
+            "runs": runs,
+            "median": med,
+            "load_before": load_before,
+            "load_after": load_after,
+        },
+        indent=1,
+    )
     print("\n".join(lines))
 
 

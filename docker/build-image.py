@@ -41,12 +41,25 @@ DEBIAN_BASE = os.path.join(ROOT, "docker", "debian-base.sh")
 PIP_CONF_ID = "pip.conf"
 PIP_CERT_ID = "pip-cert.pem"
 # pip settings about reaching an index; the rest is the build's business
-PIP_KEYS = ("index-url", "extra-index-url", "trusted-host", "proxy",
-            "timeout", "retries", "find-links", "no-index")
+PIP_KEYS = (
+    "index-url",
+    "extra-index-url",
+    "trusted-host",
+    "proxy",
+    "timeout",
+    "retries",
+    "find-links",
+    "no-index",
+)
 # pip config sections that apply to `pip install`, weakest first
 PIP_SECTIONS = ("global", "install", ":env:")
-PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY",
-              "ALL_PROXY")
+PROXY_VARS = (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "FTP_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+)
 SYSTEM_TRUST = "/etc/ssl/certs/ca-certificates.crt"
 
 
@@ -56,11 +69,16 @@ def fail(message):
 
 # --- the host's pip settings -----------------------------------------------
 
+
 def pip_config(python):
     """{key: value} of `pip config list` as `pip install` sees it."""
     try:
-        proc = subprocess.run([python, "-m", "pip", "config", "list"],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [python, "-m", "pip", "config", "list"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except OSError:
         return {}
     if proc.returncode != 0:
@@ -77,8 +95,9 @@ def pip_config(python):
         except (ValueError, SyntaxError):
             continue
         found.setdefault(key, {})[section] = value
-    return {key: by[max(by, key=PIP_SECTIONS.index)]
-            for key, by in found.items()}
+    return {
+        key: by[max(by, key=PIP_SECTIONS.index)] for key, by in found.items()
+    }
 
 
 def on_this_host(word):
@@ -99,8 +118,12 @@ def pip_secrets(python, out):
         if kept:
             lines.append(f"{key} = {' '.join(kept)}")
             passed.append(key)
-    cert = (config.get("cert") or os.environ.get("SSL_CERT_FILE")
-            or ssl.get_default_verify_paths().cafile or SYSTEM_TRUST)
+    cert = (
+        config.get("cert")
+        or os.environ.get("SSL_CERT_FILE")
+        or ssl.get_default_verify_paths().cafile
+        or SYSTEM_TRUST
+    )
     cert_out = os.path.join(out, PIP_CERT_ID)
     if os.path.isfile(cert):
         shutil.copyfile(cert, cert_out)
@@ -110,15 +133,20 @@ def pip_secrets(python, out):
         open(cert_out, "w").close()
     with open(os.path.join(out, PIP_CONF_ID), "w") as f:
         f.write("\n".join(lines) + "\n")
-    print("pip settings passed as build secrets: "
-          + (", ".join(passed) or "none"))
+    print(
+        "pip settings passed as build secrets: "
+        + (", ".join(passed) or "none")
+    )
     for item in left_out:
         print(f"  left out (a path on this host): {item}")
-    return [(PIP_CONF_ID, os.path.join(out, PIP_CONF_ID)),
-            (PIP_CERT_ID, cert_out)]
+    return [
+        (PIP_CONF_ID, os.path.join(out, PIP_CONF_ID)),
+        (PIP_CERT_ID, cert_out),
+    ]
 
 
 # --- the Dockerfile's bases ---------------------------------------------------
+
 
 def base_images(dockerfile, build_args):
     """The images the FROM lines name, after ARG defaults and overrides."""
@@ -133,53 +161,76 @@ def base_images(dockerfile, build_args):
             name, _, default = words[1].partition("=")
             args.setdefault(name, default)
         elif words[0].upper() == "FROM":
-            image = re.sub(r"\$\{?(\w+)\}?",
-                           lambda m: build_args.get(m.group(1),
-                                                    args.get(m.group(1), "")),
-                           [w for w in words[1:]
-                            if not w.startswith("--")][0])
+            image = re.sub(
+                r"\$\{?(\w+)\}?",
+                lambda m: build_args.get(m.group(1), args.get(m.group(1), "")),
+                [w for w in words[1:] if not w.startswith("--")][0],
+            )
             if len(words) >= 4 and words[-2].upper() == "AS":
                 stages.add(words[-1])
-            if image not in stages and image != "scratch" \
-                    and image not in bases:
+            if (
+                image not in stages
+                and image != "scratch"
+                and image not in bases
+            ):
                 bases.append(image)
     return bases
 
 
 def ensure_base(image):
     """The base in buildah's storage: there, pulled, or made by debootstrap."""
-    have = subprocess.run(["buildah", "inspect", "--type", "image", image],
-                          capture_output=True)
+    have = subprocess.run(
+        ["buildah", "inspect", "--type", "image", image], capture_output=True
+    )
     if have.returncode == 0:
         return
     print(f"{image}: not in buildah's storage, pulling")
     try:
-        pull = subprocess.run(["buildah", "pull", "--quiet", image],
-                              capture_output=True, text=True, timeout=120)
+        pull = subprocess.run(
+            ["buildah", "pull", "--quiet", image],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if pull.returncode == 0:
             return
         why = pull.stderr.strip().splitlines()[-1:] or ["failed"]
     except subprocess.TimeoutExpired:
         why = ["timed out"]
-    match = re.fullmatch(r"(?:docker\.io/(?:library/)?)?debian:(\w+)-slim",
-                         image)
+    match = re.fullmatch(
+        r"(?:docker\.io/(?:library/)?)?debian:(\w+)-slim", image
+    )
     if not match:
-        fail(f"no registry has {image} ({why[0]}), and only Debian's "
-             f"slim bases can be made here")
-    print(f"{image}: no registry has it ({why[0]}); making it with "
-          f"debootstrap")
-    subprocess.run([DEBIAN_BASE, match.group(1),
-                    f"localhost/debian:{match.group(1)}-slim"], check=True)
+        fail(
+            f"no registry has {image} ({why[0]}), and only Debian's "
+            f"slim bases can be made here"
+        )
+    print(
+        f"{image}: no registry has it ({why[0]}); making it with debootstrap"
+    )
+    subprocess.run(
+        [
+            DEBIAN_BASE,
+            match.group(1),
+            f"localhost/debian:{match.group(1)}-slim",
+        ],
+        check=True,
+    )
 
 
 # --- the build ----------------------------------------------------------------
+
 
 def docker_answers():
     if not shutil.which("docker"):
         return False
     try:
-        return subprocess.run(["docker", "info"], capture_output=True,
-                              timeout=30).returncode == 0
+        return (
+            subprocess.run(
+                ["docker", "info"], capture_output=True, timeout=30
+            ).returncode
+            == 0
+        )
     except subprocess.TimeoutExpired:
         return False
 
@@ -191,12 +242,15 @@ def engine_of(choice):
         return "buildah"
     if choice == "buildah":
         fail("buildah is missing (apt-get install buildah)")
-    fail("no Docker engine answers and buildah is missing "
-         "(apt-get install buildah debootstrap)")
+    fail(
+        "no Docker engine answers and buildah is missing "
+        "(apt-get install buildah debootstrap)"
+    )
 
 
-def build_command(engine, dockerfile, tag, build_args, secrets, target=None,
-                  no_cache=False):
+def build_command(
+    engine, dockerfile, tag, build_args, secrets, target=None, no_cache=False
+):
     rel = os.path.relpath(dockerfile, ROOT)
     secret_args = [f"--secret=id={i},src={p}" for i, p in secrets]
     arg_args = [f"--build-arg={k}={v}" for k, v in build_args.items()]
@@ -205,33 +259,72 @@ def build_command(engine, dockerfile, tag, build_args, secrets, target=None,
     if no_cache:
         arg_args.append("--no-cache")
     if engine == "docker":
-        proxies = [f"--build-arg={n}={os.environ[n]}"
-                   for v in PROXY_VARS for n in (v, v.lower())
-                   if n in os.environ]
-        return ["docker", "build", "-f", rel, *secret_args, *arg_args,
-                *proxies, "-t", tag, "."]
+        proxies = [
+            f"--build-arg={n}={os.environ[n]}"
+            for v in PROXY_VARS
+            for n in (v, v.lower())
+            if n in os.environ
+        ]
+        return [
+            "docker",
+            "build",
+            "-f",
+            rel,
+            *secret_args,
+            *arg_args,
+            *proxies,
+            "-t",
+            tag,
+            ".",
+        ]
     isolation = os.environ.get("BUILDAH_ISOLATION", "chroot")
-    return ["buildah", "bud", "--format", "docker", "--layers", "--jobs=2",
-            "--pull=never", f"--isolation={isolation}",
-            "--ignorefile", rel + ".dockerignore", "-f", rel,
-            *secret_args, *arg_args, "-t", tag, "."]
+    return [
+        "buildah",
+        "bud",
+        "--format",
+        "docker",
+        "--layers",
+        "--jobs=2",
+        "--pull=never",
+        f"--isolation={isolation}",
+        "--ignorefile",
+        rel + ".dockerignore",
+        "-f",
+        rel,
+        *secret_args,
+        *arg_args,
+        "-t",
+        tag,
+        ".",
+    ]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("dockerfile")
     parser.add_argument("tag")
-    parser.add_argument("--build-arg", action="append", default=[],
-                        metavar="NAME=VALUE")
-    parser.add_argument("--target", metavar="STAGE",
-                        help="build up to this stage only")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="run every step again (the base is kept)")
-    parser.add_argument("--engine", choices=("auto", "docker", "buildah"),
-                        default=os.environ.get("IMAGE_ENGINE", "auto"))
-    parser.add_argument("--pip-python", default=sys.executable,
-                        help="the Python whose pip settings the build uses "
-                             "(default: this one)")
+    parser.add_argument(
+        "--build-arg", action="append", default=[], metavar="NAME=VALUE"
+    )
+    parser.add_argument(
+        "--target", metavar="STAGE", help="build up to this stage only"
+    )
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="run every step again (the base is kept)",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("auto", "docker", "buildah"),
+        default=os.environ.get("IMAGE_ENGINE", "auto"),
+    )
+    parser.add_argument(
+        "--pip-python",
+        default=sys.executable,
+        help="the Python whose pip settings the build uses "
+        "(default: this one)",
+    )
     opts = parser.parse_args(argv)
     dockerfile = os.path.abspath(opts.dockerfile)
     if not os.path.isfile(dockerfile):
@@ -247,8 +340,15 @@ def main(argv=None):
             ensure_base(image)
     with tempfile.TemporaryDirectory(prefix="pip-secrets.") as out:
         secrets = pip_secrets(opts.pip_python, out)
-        command = build_command(engine, dockerfile, opts.tag, build_args,
-                                secrets, opts.target, opts.no_cache)
+        command = build_command(
+            engine,
+            dockerfile,
+            opts.tag,
+            build_args,
+            secrets,
+            opts.target,
+            opts.no_cache,
+        )
         env = dict(os.environ, DOCKER_BUILDKIT="1")
         print("+ " + " ".join(command), flush=True)
         status = subprocess.run(command, cwd=ROOT, env=env).returncode

@@ -18,11 +18,25 @@ with atheris.instrument_imports():
 
 
 def accessors(r):
-    return (r.chain, r.method, r.path, r.query, r.remote_addr, r.protocol,
-            r.is_response, r.status, r.metadata, r.body, r.nheaders,
-            r.request_id, r.header_items(), r.header_get("uid"),
-            r.header_get("Host", ""), r.header_get_all("cookie"),
-            r.header_get("\u00e9t\u00e9"))
+    return (
+        r.chain,
+        r.method,
+        r.path,
+        r.query,
+        r.remote_addr,
+        r.protocol,
+        r.is_response,
+        r.status,
+        r.metadata,
+        r.body,
+        r.nheaders,
+        r.request_id,
+        r.header_items(),
+        r.header_get("uid"),
+        r.header_get("Host", ""),
+        r.header_get_all("cookie"),
+        r.header_get("\u00e9t\u00e9"),
+    )
 
 
 def test_one(data):
@@ -33,8 +47,9 @@ def test_one(data):
     if len(data) % 16 == 0:
         p = fallback.parse_request(data)
         if (r is None) != (p is None):
-            raise AssertionError("the parsers disagree on a record of %d "
-                                 "bytes" % len(data))
+            raise AssertionError(
+                "the parsers disagree on a record of %d bytes" % len(data)
+            )
         if r is not None and accessors(r) != accessors(p):
             raise AssertionError("the parsers read the record differently")
 

@@ -19,21 +19,28 @@ def _serve(argv):
 
     p = argparse.ArgumentParser(
         prog="pyworker serve",
-        description="Run the Python worker pool on an nginx mosn region.")
-    p.add_argument("--shm", required=True,
-                   help="the region's name, as mosn_shm_name (with a /)")
+        description="Run the Python worker pool on an nginx mosn region.",
+    )
+    p.add_argument(
+        "--shm",
+        required=True,
+        help="the region's name, as mosn_shm_name (with a /)",
+    )
     p.add_argument("--config", required=True, help="the MOSN JSON config")
-    p.add_argument("--workers", type=int, default=1,
-                   help="how many worker processes (default 1)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="how many worker processes (default 1)",
+    )
     p.add_argument("--uid", type=int, help="run workers as this user id")
     p.add_argument("--gid", type=int, help="and this group id")
     # nginx's, when it spawns the pool (see pyworker.master)
-    p.add_argument("--nginx-channel", type=int, metavar="FD",
-                   help=argparse.SUPPRESS)
-    p.add_argument("--orders", type=int, metavar="FD",
-                   help=argparse.SUPPRESS)
-    p.add_argument("--orders-seq", type=int, default=0,
-                   help=argparse.SUPPRESS)
+    p.add_argument(
+        "--nginx-channel", type=int, metavar="FD", help=argparse.SUPPRESS
+    )
+    p.add_argument("--orders", type=int, metavar="FD", help=argparse.SUPPRESS)
+    p.add_argument("--orders-seq", type=int, default=0, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.workers < 1:
         p.error("--workers must be at least 1")
@@ -42,14 +49,17 @@ def _serve(argv):
     try:
         if a.nginx_channel is not None:
             from pyworker.master import NginxChannel
+
             channel = NginxChannel(a.nginx_channel)
         if a.orders is not None:
             from pyworker.master import Orders
+
             orders = Orders(a.orders, a.orders_seq)
     except OSError as exc:
         p.error("the descriptors nginx hands over: %s" % exc)
-    return Supervisor(shm, a.config, a.workers, a.uid, a.gid,
-                      channel=channel, orders=orders).run()
+    return Supervisor(
+        shm, a.config, a.workers, a.uid, a.gid, channel=channel, orders=orders
+    ).run()
 
 
 def _worker(argv):
@@ -57,7 +67,8 @@ def _worker(argv):
 
     p = argparse.ArgumentParser(
         prog="pyworker worker",
-        description="One worker process (the supervisor starts these).")
+        description="One worker process (the supervisor starts these).",
+    )
     p.add_argument("--shm", required=True)
     p.add_argument("--index", type=int, required=True)
     p.add_argument("--config", required=True)
@@ -66,15 +77,18 @@ def _worker(argv):
     p.add_argument("--stats-dir", help="where to write its counters")
     a = p.parse_args(argv)
     try:
-        return Worker(a.shm, a.index, a.config, a.uid, a.gid,
-                      a.stats_dir).run()
+        return Worker(
+            a.shm, a.index, a.config, a.uid, a.gid, a.stats_dir
+        ).run()
     except Exception:
         # one line in the log, and the supervisor sees the exit code
         import logging
         from pyworker.logs import setup_logging
+
         setup_logging(None, role="worker")
         logging.getLogger("pyworker.worker").exception(
-            "worker %d could not start", a.index)
+            "worker %d could not start", a.index
+        )
         return 1
 
 
@@ -84,7 +98,8 @@ def _admin(argv):
     p = argparse.ArgumentParser(
         prog="pyworker admin",
         description="The admin API and Prometheus metrics of the pool "
-                    "(the supervisor starts it).")
+        "(the supervisor starts it).",
+    )
     p.add_argument("--shm", required=True)
     p.add_argument("--config", required=True)
     p.add_argument("--stats-dir", required=True)
@@ -100,7 +115,8 @@ def _discover(argv):
     p = argparse.ArgumentParser(
         prog="pyworker discover",
         description="Follow the etcd or xDS source the config names and "
-                    "write the endpoint table (the supervisor starts it).")
+        "write the endpoint table (the supervisor starts it).",
+    )
     p.add_argument("--shm", required=True)
     p.add_argument("--config", required=True)
     p.add_argument("--stats-dir")
@@ -127,8 +143,10 @@ COMMANDS = {
     "serve": (_serve, "run the worker pool (nginx starts it by itself)"),
     "worker": (_worker, "run one worker (the pool starts these)"),
     "admin": (_admin, "serve the admin API and metrics (the pool starts it)"),
-    "discover": (_discover, "follow etcd or xDS for the endpoints (the pool "
-                            "starts it)"),
+    "discover": (
+        _discover,
+        "follow etcd or xDS for the endpoints (the pool starts it)",
+    ),
     "check": (_check, "validate a MOSN config and its filters"),
     "try": (_try, "print the verdict a request would get, no nginx needed"),
 }
@@ -145,12 +163,15 @@ def main(argv=None):
         return 0 if argv else 2
     if argv[0] in ("-V", "--version"):
         from pyworker import __version__
+
         print(__version__)
         return 0
     command = COMMANDS.get(argv[0])
     if command is None:
-        print("pyworker: unknown command %r (try --help)" % argv[0],
-              file=sys.stderr)
+        print(
+            "pyworker: unknown command %r (try --help)" % argv[0],
+            file=sys.stderr,
+        )
         return 2
     return command[0](argv[1:]) or 0
 

@@ -74,8 +74,9 @@ class ConfigError(Exception):
 
     def located(self, path="", file=""):
         """This error with ``path`` put before its key path, in ``file``."""
-        return ConfigError(self.reason, join_path(path, self.path),
-                           file or self.file)
+        return ConfigError(
+            self.reason, join_path(path, self.path), file or self.file
+        )
 
 
 def join_path(outer, inner):
@@ -112,12 +113,30 @@ class Context:
     ``$mosn_upstream``; ``response_headers`` are added to the response.
     """
 
-    __slots__ = ("request_id", "method", "path", "query", "remote_addr",
-                 "protocol", "listener", "metadata", "upstream",
-                 "response_headers", "vars")
+    __slots__ = (
+        "request_id",
+        "method",
+        "path",
+        "query",
+        "remote_addr",
+        "protocol",
+        "listener",
+        "metadata",
+        "upstream",
+        "response_headers",
+        "vars",
+    )
 
-    def __init__(self, request_id=0, method="GET", path="/", query="",
-                 remote_addr="", protocol="HTTP/1.1", listener=""):
+    def __init__(
+        self,
+        request_id=0,
+        method="GET",
+        path="/",
+        query="",
+        remote_addr="",
+        protocol="HTTP/1.1",
+        listener="",
+    ):
         self.request_id = request_id
         self.method = method
         self.path = path
@@ -135,10 +154,12 @@ class Context:
         self.response_headers.append((name, value))
 
     def __repr__(self):
-        return (f"Context(request_id={self.request_id!r}, "
-                f"method={self.method!r}, path={self.path!r}, "
-                f"listener={self.listener!r}, metadata={self.metadata!r}, "
-                f"upstream={self.upstream!r})")
+        return (
+            f"Context(request_id={self.request_id!r}, "
+            f"method={self.method!r}, path={self.path!r}, "
+            f"listener={self.listener!r}, metadata={self.metadata!r}, "
+            f"upstream={self.upstream!r})"
+        )
 
 
 class StreamReceiverFilterHandler:
@@ -182,8 +203,9 @@ def _as_body(data, whose):
         return data.encode("utf-8")
     if isinstance(data, (bytearray, memoryview)):
         return bytes(data)
-    raise TypeError(f"{whose} body must be str or bytes, not "
-                    f"{type(data).__name__}")
+    raise TypeError(
+        f"{whose} body must be str or bytes, not {type(data).__name__}"
+    )
 
 
 class StreamSenderFilterHandler:
@@ -225,8 +247,10 @@ def _handler_of(var, outside):
 
 
 def _forward(field):
-    return property(lambda self: getattr(self._current(), field),
-                    doc="the %s of the request this task serves" % field)
+    return property(
+        lambda self: getattr(self._current(), field),
+        doc="the %s of the request this task serves" % field,
+    )
 
 
 class TaskReceiverFilterHandler:
@@ -242,8 +266,10 @@ class TaskReceiverFilterHandler:
 
     @staticmethod
     def _current():
-        return _handler_of(_receive_handler, "send_hijack_reply outside a "
-                           "request of its chain")
+        return _handler_of(
+            _receive_handler,
+            "send_hijack_reply outside a request of its chain",
+        )
 
     def send_hijack_reply(self, status, headers=None, body=None):
         """Answers the request directly and ends the chain."""
@@ -258,8 +284,10 @@ class TaskSenderFilterHandler:
 
     @staticmethod
     def _current():
-        return _handler_of(_send_handler, "the sender handler used outside "
-                           "a response of its chain")
+        return _handler_of(
+            _send_handler,
+            "the sender handler used outside a response of its chain",
+        )
 
     @property
     def status(self):
@@ -284,7 +312,7 @@ class StreamReceiverFilter:
         """Called once with the handler of the filter's chain."""
         self.handler = handler
 
-    set_receive_handler = set_receive_filter_handler    # the earlier name
+    set_receive_handler = set_receive_filter_handler  # the earlier name
 
     def on_receive(self, ctx, headers, buf, trailers):
         """Reads or edits the request; returns CONTINUE or STOP.  May be
@@ -313,7 +341,7 @@ class StreamSenderFilter:
         """Called once with the sender handler of the filter's chain."""
         self.send_handler = handler
 
-    set_send_handler = set_sender_filter_handler        # the earlier name
+    set_send_handler = set_sender_filter_handler  # the earlier name
 
     def append(self, ctx, headers, buf, trailers):
         """Reads or edits the response headers, reads ``buf`` and may

@@ -16,15 +16,32 @@ import time
 import zlib
 
 from pyworker import registry
-from pyworker.api import (STOP, ConfigError, StreamReceiverFilter,
-                          StreamReceiverFilterHandler, StreamSenderFilter,
-                          StreamSenderFilterHandler, TaskReceiverFilterHandler,
-                          TaskSenderFilterHandler, _receive_handler,
-                          _send_handler, awaits, handler_setter, join_path,
-                          json_type)
-from pyworker.verdict import (ACTION_CONTINUE, ACTION_ERROR, ACTION_REPLY,
-                              metadata_is_plain,
-                              DEFAULT_LIMITS, Verdict, VerdictError, check)
+from pyworker.api import (
+    STOP,
+    ConfigError,
+    StreamReceiverFilter,
+    StreamReceiverFilterHandler,
+    StreamSenderFilter,
+    StreamSenderFilterHandler,
+    TaskReceiverFilterHandler,
+    TaskSenderFilterHandler,
+    _receive_handler,
+    _send_handler,
+    awaits,
+    handler_setter,
+    join_path,
+    json_type,
+)
+from pyworker.verdict import (
+    ACTION_CONTINUE,
+    ACTION_ERROR,
+    ACTION_REPLY,
+    metadata_is_plain,
+    DEFAULT_LIMITS,
+    Verdict,
+    VerdictError,
+    check,
+)
 
 _filter_log = logging.getLogger("pyworker.filter")
 
@@ -54,12 +71,29 @@ class Chain:
     call to its answer.
     """
 
-    __slots__ = ("name", "filters", "limits", "has_senders", "decode_body",
-                 "is_async",
-                 "sends_async", "_receivers", "_receiver_names",
-                 "_receiver_awaits", "_senders", "_sender_names",
-                 "_sender_awaits", "_handler", "_send_handler", "_observe",
-                 "_counts", "_seen", "_ended", "_folded", "_sample_mask")
+    __slots__ = (
+        "name",
+        "filters",
+        "limits",
+        "has_senders",
+        "decode_body",
+        "is_async",
+        "sends_async",
+        "_receivers",
+        "_receiver_names",
+        "_receiver_awaits",
+        "_senders",
+        "_sender_names",
+        "_sender_awaits",
+        "_handler",
+        "_send_handler",
+        "_observe",
+        "_counts",
+        "_seen",
+        "_ended",
+        "_folded",
+        "_sample_mask",
+    )
 
     def __init__(
         self, name, filters=(), *, observe=None, limits=DEFAULT_LIMITS
@@ -86,35 +120,45 @@ class Chain:
                 senders.append((filter_name, filt))
         self._receivers = tuple(filt for _, filt in receivers)
         self._receiver_names = tuple(name for name, _ in receivers)
-        self._receiver_awaits = tuple(awaits(filt.on_receive)
-                                      for filt in self._receivers)
+        self._receiver_awaits = tuple(
+            awaits(filt.on_receive) for filt in self._receivers
+        )
         self._senders = tuple(filt for _, filt in senders)
         self._sender_names = tuple(name for name, _ in senders)
-        self._sender_awaits = tuple(awaits(filt.append)
-                                    for filt in self._senders)
+        self._sender_awaits = tuple(
+            awaits(filt.append) for filt in self._senders
+        )
         self.has_senders = bool(senders)
         # one sender filter that wants compressed bodies decoded asks
         # nginx to hold them for the chain
-        self.decode_body = any(getattr(filt, "decode_body", False) is True
-                               for filt in self._senders)
+        self.decode_body = any(
+            getattr(filt, "decode_body", False) is True
+            for filt in self._senders
+        )
         self.is_async = any(self._receiver_awaits)
         self.sends_async = any(self._sender_awaits)
         # one handler for a chain served inline; for one whose requests
         # are tasks, one that finds the handler of the task's request
         self._handler = StreamReceiverFilterHandler()
         self._send_handler = StreamSenderFilterHandler()
-        receive_handler = (TaskReceiverFilterHandler() if self.is_async
-                           else self._handler)
-        send_handler = (TaskSenderFilterHandler() if self.sends_async
-                        else self._send_handler)
+        receive_handler = (
+            TaskReceiverFilterHandler() if self.is_async else self._handler
+        )
+        send_handler = (
+            TaskSenderFilterHandler()
+            if self.sends_async
+            else self._send_handler
+        )
         for filt in self._receivers:
-            setter = handler_setter(filt, "set_receive_filter_handler",
-                                    "set_receive_handler")
+            setter = handler_setter(
+                filt, "set_receive_filter_handler", "set_receive_handler"
+            )
             if setter is not None:
                 setter(receive_handler)
         for filt in self._senders:
-            setter = handler_setter(filt, "set_sender_filter_handler",
-                                    "set_send_handler")
+            setter = handler_setter(
+                filt, "set_sender_filter_handler", "set_send_handler"
+            )
             if setter is not None:
                 setter(send_handler)
         self._counts = [[0, 0, 0, 0, 0] for _ in self._receivers]
@@ -193,8 +237,10 @@ class Chain:
         """Runs the receiver filters over one request; returns its Verdict.
         A chain that awaits is run with ``run_async``."""
         if self.is_async:
-            raise TypeError(f"chain {self.name!r} has filters that await: "
-                            f"run it with run_async()")
+            raise TypeError(
+                f"chain {self.name!r} has filters that await: "
+                f"run it with run_async()"
+            )
         verdict = self.decide(ctx, headers, buf, trailers)
         if type(verdict) is dict:
             return Verdict(ACTION_CONTINUE, 0, None, verdict, [], [], [])
@@ -231,9 +277,12 @@ class Chain:
             self._count(i, STOPPED)
         if not headers.edits and not self.has_senders:
             metadata = ctx.metadata
-            if (ctx.upstream is None and not ctx.response_headers
-                    and type(metadata) is dict
-                    and metadata_is_plain(metadata)):
+            if (
+                ctx.upstream is None
+                and not ctx.response_headers
+                and type(metadata) is dict
+                and metadata_is_plain(metadata)
+            ):
                 # the common verdict, metadata only: nothing to refuse
                 return metadata
         return self._finish(ctx, headers, filt)
@@ -273,29 +322,54 @@ class Chain:
             reply_headers = handler.headers
             if ctx.response_headers:
                 reply_headers = reply_headers + ctx.response_headers
-            verdict = Verdict(ACTION_REPLY, handler.status, ctx.upstream,
-                              ctx.metadata, [], [], [], reply_headers,
-                              handler.body)
+            verdict = Verdict(
+                ACTION_REPLY,
+                handler.status,
+                ctx.upstream,
+                ctx.metadata,
+                [],
+                [],
+                [],
+                reply_headers,
+                handler.body,
+            )
         else:
             if headers.edits:
                 request_set, request_remove = headers.to_records()
             else:
                 metadata = ctx.metadata
-                if (ctx.upstream is None and not ctx.response_headers
-                        and type(metadata) is dict
-                        and metadata_is_plain(metadata)):
+                if (
+                    ctx.upstream is None
+                    and not ctx.response_headers
+                    and type(metadata) is dict
+                    and metadata_is_plain(metadata)
+                ):
                     # the common verdict, metadata only: nothing to refuse
                     if not self.has_senders:
                         return metadata
-                    return Verdict(ACTION_CONTINUE, 0, None, metadata,
-                                   [], [], [], run_senders=True,
-                                   decode_body=self.decode_body)
+                    return Verdict(
+                        ACTION_CONTINUE,
+                        0,
+                        None,
+                        metadata,
+                        [],
+                        [],
+                        [],
+                        run_senders=True,
+                        decode_body=self.decode_body,
+                    )
                 request_set, request_remove = [], []
-            verdict = Verdict(ACTION_CONTINUE, 0, ctx.upstream, ctx.metadata,
-                              request_set, request_remove,
-                              ctx.response_headers,
-                              run_senders=self.has_senders,
-                              decode_body=self.decode_body)
+            verdict = Verdict(
+                ACTION_CONTINUE,
+                0,
+                ctx.upstream,
+                ctx.metadata,
+                request_set,
+                request_remove,
+                ctx.response_headers,
+                run_senders=self.has_senders,
+                decode_body=self.decode_body,
+            )
         try:
             check(verdict, self.limits)
         except VerdictError as exc:
@@ -327,19 +401,27 @@ class Chain:
         """
         handler = StreamReceiverFilterHandler()
         token = _receive_handler.set(handler)
-        observe = self._observe if not (
-            (self._seen + 1) & self._sample_mask) else None
+        observe = (
+            self._observe
+            if not ((self._seen + 1) & self._sample_mask)
+            else None
+        )
         clock = time.perf_counter
         filt = None
         i = 0
         try:
-            for filt, name, waits in zip(self._receivers,
-                                         self._receiver_names,
-                                         self._receiver_awaits):
+            for filt, name, waits in zip(
+                self._receivers, self._receiver_names, self._receiver_awaits
+            ):
                 start = clock() if observe is not None else 0.0
                 status = await _call_filter(
-                    filt.on_receive, (ctx, headers, buf, trailers), waits,
-                    observe, name, start)
+                    filt.on_receive,
+                    (ctx, headers, buf, trailers),
+                    waits,
+                    observe,
+                    name,
+                    start,
+                )
                 if handler.hijacked:
                     if observe is not None:
                         observe(name, "hijack", clock() - start)
@@ -389,23 +471,33 @@ class Chain:
         clock = time.perf_counter
         filt = None
         try:
-            for filt, name, waits in zip(self._senders, self._sender_names,
-                                         self._sender_awaits):
+            for filt, name, waits in zip(
+                self._senders, self._sender_names, self._sender_awaits
+            ):
                 start = clock()
                 outcome = await _call_filter(
-                    filt.append, (ctx, headers, buf, None), waits, observe,
-                    name, start)
+                    filt.append,
+                    (ctx, headers, buf, None),
+                    waits,
+                    observe,
+                    name,
+                    start,
+                )
                 if observe is not None:
-                    observe(name, "stop" if outcome == STOP else "continue",
-                            clock() - start)
+                    observe(
+                        name,
+                        "stop" if outcome == STOP else "continue",
+                        clock() - start,
+                    )
                 if outcome == STOP:
                     break
                 if handler.body is not None:
                     buf = handler.body
         except Exception as exc:
             return self._failed(ctx, filt, exc)
-        return self._send_verdict(ctx, headers, filt, added_before,
-                                  handler.body, decoded)
+        return self._send_verdict(
+            ctx, headers, filt, added_before, handler.body, decoded
+        )
 
     # -- the filters' life in a worker ----------------------------------
 
@@ -423,7 +515,8 @@ class Chain:
             except Exception as exc:
                 raise RuntimeError(
                     f"filter {name} of chain {self.name}: start() raised "
-                    f"{type(exc).__name__}: {exc}") from exc
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
 
     async def stop(self):
         """Runs the filters' stop() hooks in reverse order, each bounded by
@@ -440,10 +533,15 @@ class Chain:
                         await asyncio.wait_for(result, STOP_HOOK_TIMEOUT)
                 except Exception as exc:
                     _filter_log.error(
-                        "filter %s of chain %s: %s() raised %s: %s", name,
-                        self.name, what, type(exc).__name__, exc,
+                        "filter %s of chain %s: %s() raised %s: %s",
+                        name,
+                        self.name,
+                        what,
+                        type(exc).__name__,
+                        exc,
                         exc_info=exc,
-                        extra={"filter_name": name, "chain": self.name})
+                        extra={"filter_name": name, "chain": self.name},
+                    )
 
     # -- response phase ------------------------------------------------
 
@@ -493,16 +591,23 @@ class Chain:
                         buf = handler.body
         except Exception as exc:
             return self._failed(ctx, filt, exc)
-        return self._send_verdict(ctx, headers, filt, added_before,
-                                  handler.body, decoded)
+        return self._send_verdict(
+            ctx, headers, filt, added_before, handler.body, decoded
+        )
 
-    def _send_verdict(self, ctx, headers, filt, added_before, body=None,
-                      decoded=False):
+    def _send_verdict(
+        self, ctx, headers, filt, added_before, body=None, decoded=False
+    ):
         response_set, response_remove = (
             headers.to_records(join=False) if headers.edits else ([], [])
         )
-        if decoded and body is not None and not any(
-            name.lower() == "content-encoding" for _, name, _ in headers.edits
+        if (
+            decoded
+            and body is not None
+            and not any(
+                name.lower() == "content-encoding"
+                for _, name, _ in headers.edits
+            )
         ):
             # the filters replaced a body they got decoded: the new one is
             # sent as it is
@@ -548,9 +653,14 @@ class Chain:
             _filter_log.warning(
                 "request %s (chain %s): the %s response body cannot be "
                 "decoded for the filters, which get none: %s",
-                getattr(ctx, "request_id", None), self.name, coding, exc,
-                extra={"request_id": getattr(ctx, "request_id", None),
-                       "chain": self.name},
+                getattr(ctx, "request_id", None),
+                self.name,
+                coding,
+                exc,
+                extra={
+                    "request_id": getattr(ctx, "request_id", None),
+                    "chain": self.name,
+                },
             )
             return None, False
         return out, True
@@ -571,10 +681,17 @@ class Chain:
         request_id = getattr(ctx, "request_id", None)
         _filter_log.error(
             "filter %s raised on request %s (chain %s): %s: %s",
-            name, request_id, self.name, type(exc).__name__, exc,
+            name,
+            request_id,
+            self.name,
+            type(exc).__name__,
+            exc,
             exc_info=exc,
-            extra={"filter_name": name, "request_id": request_id,
-                   "chain": self.name},
+            extra={
+                "filter_name": name,
+                "request_id": request_id,
+                "chain": self.name,
+            },
         )
         return Verdict(
             ACTION_ERROR,
@@ -590,10 +707,16 @@ class Chain:
         _filter_log.error(
             "verdict refused on request %s (chain %s, last filter %s, "
             "filters run: %s): %s",
-            request_id, self.name, last_name, ", ".join(ran) or "-",
+            request_id,
+            self.name,
+            last_name,
+            ", ".join(ran) or "-",
             exc.reason,
-            extra={"filter_name": last_name, "request_id": request_id,
-                   "chain": self.name},
+            extra={
+                "filter_name": last_name,
+                "request_id": request_id,
+                "chain": self.name,
+            },
         )
         return Verdict(
             ACTION_ERROR,

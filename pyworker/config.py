@@ -62,27 +62,56 @@ SPIN_US_DEFAULT = 0
 MAX_IN_FLIGHT_DEFAULT = 1024
 MAX_IN_FLIGHT_LIMIT = 65536
 
-__all__ = ["ConfigError", "GatewayConfig", "Listener", "Endpoint", "Metrics",
-           "load", "loads", "from_dict", "MOSN_LOG_LEVELS", "redact"]
+__all__ = [
+    "ConfigError",
+    "GatewayConfig",
+    "Listener",
+    "Endpoint",
+    "Metrics",
+    "load",
+    "loads",
+    "from_dict",
+    "MOSN_LOG_LEVELS",
+    "redact",
+]
 
 TRACE = 5  # MOSN's TRACE, below logging.DEBUG
-MOSN_LOG_LEVELS = {"FATAL": logging.CRITICAL, "ERROR": logging.ERROR,
-                   "WARN": logging.WARNING, "INFO": logging.INFO,
-                   "DEBUG": logging.DEBUG, "TRACE": TRACE}
+MOSN_LOG_LEVELS = {
+    "FATAL": logging.CRITICAL,
+    "ERROR": logging.ERROR,
+    "WARN": logging.WARNING,
+    "INFO": logging.INFO,
+    "DEBUG": logging.DEBUG,
+    "TRACE": TRACE,
+}
 DEFAULT_LOG_LEVEL = "INFO"  # MOSN's default
 
 KNOWN_TOP_LEVEL = {"servers", "admin", "metrics", "pprof", "pyworker"}
 # MOSN keys that mean nothing here (nginx does the networking and routing)
-IGNORED_TOP_LEVEL = {"pprof", "cluster_manager", "tracing",
-                     "dynamic_resources", "static_resources",
-                     "raw_dynamic_resources", "raw_static_resources",
-                     "close_graceful", "inherit_old_mosnconfig", "plugin",
-                     "third_part_codec", "extends", "wasm_global_plugins",
-                     "debug"}
+IGNORED_TOP_LEVEL = {
+    "pprof",
+    "cluster_manager",
+    "tracing",
+    "dynamic_resources",
+    "static_resources",
+    "raw_dynamic_resources",
+    "raw_static_resources",
+    "close_graceful",
+    "inherit_old_mosnconfig",
+    "plugin",
+    "third_part_codec",
+    "extends",
+    "wasm_global_plugins",
+    "debug",
+}
 STREAM_FILTER_KEYS = {"type", "config", "module"}
 
-_LOOPBACK = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1",
-             "[::]": "::1"}
+_LOOPBACK = {
+    "0.0.0.0": "127.0.0.1",
+    "": "127.0.0.1",
+    "::": "::1",
+    "[::]": "::1",
+}
 _SECRET_KEY = re.compile(
     r"password|passwd|secret|token|credential|api[_-]?key|private", re.I
 )
@@ -123,8 +152,8 @@ class Metrics:
 class GatewayConfig:
     path: str
     raw: dict
-    listeners: dict             # name -> Listener
-    chains: dict                # name -> Chain
+    listeners: dict  # name -> Listener
+    chains: dict  # name -> Chain
     log_path: str | None
     log_level: int
     log_level_name: str
@@ -133,7 +162,7 @@ class GatewayConfig:
     bind_any: bool = False
     modules: tuple = ()
     service_file: str | None = None
-    discovery: object = None    # FileSource, EtcdSource, XdsSource or None
+    discovery: object = None  # FileSource, EtcdSource, XdsSource or None
     spin_us: int = SPIN_US_DEFAULT
     max_in_flight: int = MAX_IN_FLIGHT_DEFAULT
     # the "pyworker" block as written (other parts read their own keys)
@@ -152,31 +181,48 @@ def load(path, *, observe=None, limits=DEFAULT_LIMITS, log_warnings=True):
         with open(file, "rb") as f:
             data = f.read()
     except OSError as exc:
-        raise ConfigError(f"cannot read the config: {exc.strerror or exc}",
-                          file=file) from None
+        raise ConfigError(
+            f"cannot read the config: {exc.strerror or exc}", file=file
+        ) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 (bad byte at offset {exc.start})",
-                          file=file) from None
-    return loads(text, file, observe=observe, limits=limits,
-                 log_warnings=log_warnings)
+        raise ConfigError(
+            f"not UTF-8 (bad byte at offset {exc.start})", file=file
+        ) from None
+    return loads(
+        text, file, observe=observe, limits=limits, log_warnings=log_warnings
+    )
 
 
-def loads(text, source="<string>", *, observe=None, limits=DEFAULT_LIMITS,
-          log_warnings=True):
+def loads(
+    text,
+    source="<string>",
+    *,
+    observe=None,
+    limits=DEFAULT_LIMITS,
+    log_warnings=True,
+):
     """Like ``load``, from the JSON text; ``source`` names it in errors."""
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"invalid JSON: {exc.msg}",
-                          f"line {exc.lineno} column {exc.colno}",
-                          source) from None
+        raise ConfigError(
+            f"invalid JSON: {exc.msg}",
+            f"line {exc.lineno} column {exc.colno}",
+            source,
+        ) from None
     return _build(raw, source, observe, limits, log_warnings)
 
 
-def from_dict(raw, source="<dict>", *, observe=None, limits=DEFAULT_LIMITS,
-              log_warnings=True):
+def from_dict(
+    raw,
+    source="<dict>",
+    *,
+    observe=None,
+    limits=DEFAULT_LIMITS,
+    log_warnings=True,
+):
     """Like ``load``, from an already parsed config."""
     return _build(copy.deepcopy(raw), source, observe, limits, log_warnings)
 
@@ -204,45 +250,63 @@ class _Loader:
 
     def load(self, raw):
         if not isinstance(raw, dict):
-            raise ConfigError(f"the config must be a JSON object, not "
-                              f"{json_type(raw)}")
+            raise ConfigError(
+                f"the config must be a JSON object, not {json_type(raw)}"
+            )
         for key in raw:
             if key not in KNOWN_TOP_LEVEL and key not in IGNORED_TOP_LEVEL:
                 self.warn(key, "unknown key, ignored")
         options = _get(raw, "pyworker", dict, {}, "pyworker")
-        bind_any = _get(options, "bind_any", bool, False,
-                        "pyworker.bind_any")
+        bind_any = _get(options, "bind_any", bool, False, "pyworker.bind_any")
         modules = _get(options, "modules", list, [], "pyworker.modules")
         discovery = discovery_option(options)
-        service_file = discovery.path if isinstance(discovery, FileSource) \
-            else None
-        spin_us = _get(options, "spin_us", int, SPIN_US_DEFAULT,
-                       "pyworker.spin_us")
+        service_file = (
+            discovery.path if isinstance(discovery, FileSource) else None
+        )
+        spin_us = _get(
+            options, "spin_us", int, SPIN_US_DEFAULT, "pyworker.spin_us"
+        )
         if isinstance(spin_us, bool) or not 0 <= spin_us <= 10000:
-            raise ConfigError("must be an integer in 0..10000 (microseconds)",
-                              "pyworker.spin_us", self.source)
-        max_in_flight = _get(options, "max_in_flight", int,
-                             MAX_IN_FLIGHT_DEFAULT, "pyworker.max_in_flight")
-        if (isinstance(max_in_flight, bool)
-                or not 1 <= max_in_flight <= MAX_IN_FLIGHT_LIMIT):
-            raise ConfigError(f"must be an integer in "
-                              f"1..{MAX_IN_FLIGHT_LIMIT} (requests)",
-                              "pyworker.max_in_flight", self.source)
+            raise ConfigError(
+                "must be an integer in 0..10000 (microseconds)",
+                "pyworker.spin_us",
+                self.source,
+            )
+        max_in_flight = _get(
+            options,
+            "max_in_flight",
+            int,
+            MAX_IN_FLIGHT_DEFAULT,
+            "pyworker.max_in_flight",
+        )
+        if (
+            isinstance(max_in_flight, bool)
+            or not 1 <= max_in_flight <= MAX_IN_FLIGHT_LIMIT
+        ):
+            raise ConfigError(
+                f"must be an integer in 1..{MAX_IN_FLIGHT_LIMIT} (requests)",
+                "pyworker.max_in_flight",
+                self.source,
+            )
 
         registry.load_plugins()
         for i, module in enumerate(modules):
             try:
                 registry.import_module(module)
             except Exception as exc:
-                raise ConfigError(f"cannot import module {module!r}: "
-                                  f"{type(exc).__name__}: {exc}",
-                                  f"pyworker.modules[{i}]") from exc
+                raise ConfigError(
+                    f"cannot import module {module!r}: "
+                    f"{type(exc).__name__}: {exc}",
+                    f"pyworker.modules[{i}]",
+                ) from exc
 
         servers = raw.get("servers")
         if servers is None:
-            raise ConfigError("missing: the listeners (filter chains) are "
-                              "configured under servers[].listeners[]",
-                              "servers")
+            raise ConfigError(
+                "missing: the listeners (filter chains) are "
+                "configured under servers[].listeners[]",
+                "servers",
+            )
         _expect(servers, list, "servers")
         log_path, level_name = None, DEFAULT_LOG_LEVEL
         listeners = {}
@@ -251,11 +315,19 @@ class _Loader:
             here = f"servers[{i}]"
             _expect(server, dict, here)
             if i == 0:
-                log_path = _path(_get(server, "default_log_path", str, None,
-                                      f"{here}.default_log_path"))
+                log_path = _path(
+                    _get(
+                        server,
+                        "default_log_path",
+                        str,
+                        None,
+                        f"{here}.default_log_path",
+                    )
+                )
                 level_name = _level_name(
                     server.get("default_log_level", DEFAULT_LOG_LEVEL),
-                    f"{here}.default_log_level")
+                    f"{here}.default_log_level",
+                )
             entries = _get(server, "listeners", list, [], f"{here}.listeners")
             for j, entry in enumerate(entries):
                 where = f"{here}.listeners[{j}]"
@@ -263,40 +335,57 @@ class _Loader:
                 if listener.name in listeners:
                     raise ConfigError(
                         f"duplicate listener name {listener.name!r} (first "
-                        f"at {first_seen[listener.name]})", f"{where}.name")
+                        f"at {first_seen[listener.name]})",
+                        f"{where}.name",
+                    )
                 listeners[listener.name] = listener
                 first_seen[listener.name] = where
         if not listeners:
-            raise ConfigError("no listeners configured: every filter chain "
-                              "is a listener under servers[].listeners[]",
-                              "servers")
+            raise ConfigError(
+                "no listeners configured: every filter chain "
+                "is a listener under servers[].listeners[]",
+                "servers",
+            )
 
         return GatewayConfig(
-            path=self.source, raw=raw, listeners=listeners,
+            path=self.source,
+            raw=raw,
+            listeners=listeners,
             chains={name: item.chain for name, item in listeners.items()},
-            log_path=log_path, log_level=MOSN_LOG_LEVELS[level_name],
+            log_path=log_path,
+            log_level=MOSN_LOG_LEVELS[level_name],
             log_level_name=level_name,
             admin=self.admin(raw.get("admin"), bind_any),
             metrics=self.metrics(raw.get("metrics"), bind_any),
-            bind_any=bind_any, modules=tuple(modules),
-            service_file=service_file, discovery=discovery,
-            spin_us=spin_us, max_in_flight=max_in_flight, options=options,
-            warnings=self.warnings)
+            bind_any=bind_any,
+            modules=tuple(modules),
+            service_file=service_file,
+            discovery=discovery,
+            spin_us=spin_us,
+            max_in_flight=max_in_flight,
+            options=options,
+            warnings=self.warnings,
+        )
 
     def listener(self, entry, here):
         _expect(entry, dict, here)
         name = entry.get("name")
         if not isinstance(name, str) or not name:
-            raise ConfigError(f"a listener needs a non-empty string name, "
-                              f"not {json_type(name)}", f"{here}.name")
+            raise ConfigError(
+                f"a listener needs a non-empty string name, "
+                f"not {json_type(name)}",
+                f"{here}.name",
+            )
         address = _get(entry, "address", str, None, f"{here}.address")
-        log_path = _path(_get(entry, "log_path", str, None,
-                              f"{here}.log_path"))
+        log_path = _path(
+            _get(entry, "log_path", str, None, f"{here}.log_path")
+        )
         level = entry.get("log_level")
         log_level = None
         if level is not None:
-            log_level = MOSN_LOG_LEVELS[_level_name(level,
-                                                    f"{here}.log_level")]
+            log_level = MOSN_LOG_LEVELS[
+                _level_name(level, f"{here}.log_level")
+            ]
         stream_filters = entry.get("stream_filters")
         if stream_filters is None:
             stream_filters = []
@@ -305,11 +394,14 @@ class _Loader:
             for k, item in enumerate(stream_filters):
                 if isinstance(item, dict):
                     for key in item.keys() - STREAM_FILTER_KEYS:
-                        self.warn(f"{path}[{k}].{key}",
-                                  "unknown key, ignored")
-        chain = Chain.from_stream_filters(name, stream_filters, path=path,
-                                          observe=self.observe,
-                                          limits=self.limits)
+                        self.warn(f"{path}[{k}].{key}", "unknown key, ignored")
+        chain = Chain.from_stream_filters(
+            name,
+            stream_filters,
+            path=path,
+            observe=self.observe,
+            limits=self.limits,
+        )
         return Listener(name, address, log_path, log_level, chain)
 
     def admin(self, admin, bind_any):
@@ -318,17 +410,20 @@ class _Loader:
         _expect(admin, dict, "admin")
         address = _get(admin, "address", dict, None, "admin.address")
         if address is None:
-            raise ConfigError('missing: expected {"socket_address": '
-                              '{"address": ..., "port_value": ...}}',
-                              "admin.address")
+            raise ConfigError(
+                'missing: expected {"socket_address": '
+                '{"address": ..., "port_value": ...}}',
+                "admin.address",
+            )
         here = "admin.address.socket_address"
         socket = _get(address, "socket_address", dict, None, here)
         if socket is None:
             raise ConfigError("missing", here)
         host = _get(socket, "address", str, "0.0.0.0", f"{here}.address")
         port = _port(socket.get("port_value"), f"{here}.port_value")
-        return Endpoint(self.bind_host(host, bind_any, f"{here}.address"),
-                        port)
+        return Endpoint(
+            self.bind_host(host, bind_any, f"{here}.address"), port
+        )
 
     def metrics(self, metrics, bind_any):
         result = Metrics()
@@ -341,64 +436,88 @@ class _Loader:
             _expect(sink, dict, here)
             kind = sink.get("type")
             if kind != "prometheus":
-                self.warn(f"{here}.type", f"sink type {kind!r} is not "
-                                          f"supported, ignored (supported: "
-                                          f"prometheus)")
+                self.warn(
+                    f"{here}.type",
+                    f"sink type {kind!r} is not "
+                    f"supported, ignored (supported: "
+                    f"prometheus)",
+                )
                 continue
             if result.prometheus is not None:
-                raise ConfigError("a second prometheus sink; configure one",
-                                  here)
+                raise ConfigError(
+                    "a second prometheus sink; configure one", here
+                )
             config = _get(sink, "config", dict, {}, f"{here}.config")
             port = _port(config.get("port"), f"{here}.config.port")
             # MOSN's sink has no address (it listens on all); ours is loopback
-            host = _get(config, "address", str, "0.0.0.0",
-                        f"{here}.config.address")
-            host = self.bind_host(host, bind_any, f"{here}.config.address",
-                                  quiet="address" not in config)
+            host = _get(
+                config, "address", str, "0.0.0.0", f"{here}.config.address"
+            )
+            host = self.bind_host(
+                host,
+                bind_any,
+                f"{here}.config.address",
+                quiet="address" not in config,
+            )
             result.prometheus = Endpoint(host, port)
-            result.prometheus_path = _get(config, "endpoint", str,
-                                          "/metrics",
-                                          f"{here}.config.endpoint")
+            result.prometheus_path = _get(
+                config, "endpoint", str, "/metrics", f"{here}.config.endpoint"
+            )
         here = "metrics.stats_matcher"
         matcher = _get(metrics, "stats_matcher", dict, {}, here)
-        result.exclusion_labels = _strings(matcher, "exclusion_labels",
-                                           f"{here}.exclusion_labels")
-        result.exclusion_keys = _strings(matcher, "exclusion_keys",
-                                         f"{here}.exclusion_keys")
+        result.exclusion_labels = _strings(
+            matcher, "exclusion_labels", f"{here}.exclusion_labels"
+        )
+        result.exclusion_keys = _strings(
+            matcher, "exclusion_keys", f"{here}.exclusion_keys"
+        )
         return result
 
     def bind_host(self, host, bind_any, path, quiet=False):
         if bind_any or host not in _LOOPBACK:
             return host
         if not quiet:
-            self.warn(path, f"{host or '(any)'} is bound as "
-                            f"{_LOOPBACK[host]}; set \"pyworker\": "
-                            f"{{\"bind_any\": true}} to listen on every "
-                            f"interface")
+            self.warn(
+                path,
+                f"{host or '(any)'} is bound as "
+                f'{_LOOPBACK[host]}; set "pyworker": '
+                f'{{"bind_any": true}} to listen on every '
+                f"interface",
+            )
         return _LOOPBACK[host]
 
 
 def redact(value):
     """A deep copy of parsed JSON, values of secret-looking keys replaced."""
     if isinstance(value, dict):
-        return {key: REDACTED if isinstance(key, str)
-                and _SECRET_KEY.search(key) else redact(item)
-                for key, item in value.items()}
+        return {
+            key: REDACTED
+            if isinstance(key, str) and _SECRET_KEY.search(key)
+            else redact(item)
+            for key, item in value.items()
+        }
     if isinstance(value, list):
         return [redact(item) for item in value]
     return value
 
 
-_KIND_NAMES = {dict: "an object", list: "an array", str: "a string",
-               bool: "true or false", int: "an integer"}
+_KIND_NAMES = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "true or false",
+    int: "an integer",
+}
 
 
 def _expect(value, kind, path):
     # JSON true/false are Python ints: never accept them as numbers
-    if not isinstance(value, kind) or (kind is int
-                                       and isinstance(value, bool)):
-        raise ConfigError(f"must be {_KIND_NAMES[kind]}, not "
-                          f"{json_type(value)}", path)
+    if not isinstance(value, kind) or (
+        kind is int and isinstance(value, bool)
+    ):
+        raise ConfigError(
+            f"must be {_KIND_NAMES[kind]}, not {json_type(value)}", path
+        )
     return value
 
 
@@ -427,8 +546,11 @@ def _port(value, path):
 
 def _level_name(value, path):
     if not isinstance(value, str) or value.upper() not in MOSN_LOG_LEVELS:
-        raise ConfigError(f"unknown log level {value!r}; levels: "
-                          f"{' '.join(MOSN_LOG_LEVELS)}", path)
+        raise ConfigError(
+            f"unknown log level {value!r}; levels: "
+            f"{' '.join(MOSN_LOG_LEVELS)}",
+            path,
+        )
     return value.upper()
 
 

@@ -21,8 +21,8 @@ class Deadlines:
         self.loop = loop
         self.expire = expire
         self.tick = tick
-        self.buckets = {}        # tick number -> items due by its end
-        self.swept = None        # the last tick number swept
+        self.buckets = {}  # tick number -> items due by its end
+        self.swept = None  # the last tick number swept
         self.timer = None
 
     def __len__(self):

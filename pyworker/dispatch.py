@@ -35,8 +35,10 @@ class SlotHeaders(HeaderMap):
 
 
 def _from_request(field):
-    return property(lambda self: getattr(self._req, field),
-                    doc="the request's %s, read from the slot" % field)
+    return property(
+        lambda self: getattr(self._req, field),
+        doc="the request's %s, read from the slot" % field,
+    )
 
 
 class SlotContext(Context):
@@ -90,7 +92,11 @@ class Dispatcher:
         if chain is None:
             return None
         route = self._routes[listener] = (
-            chain, SlotContext(None, listener), SlotHeaders(None), [0])
+            chain,
+            SlotContext(None, listener),
+            SlotHeaders(None),
+            [0],
+        )
         return route
 
     def fold_counts(self):
@@ -114,7 +120,8 @@ class Dispatcher:
             route = self._route(listener)
             if route is None:
                 return Verdict.error(
-                    "no listener %r in the MOSN config" % listener)
+                    "no listener %r in the MOSN config" % listener
+                )
         chain, ctx, headers, continued = route
         if chain.is_async or chain.sends_async:
             return self._dispatch_async(req, chain, listener)
@@ -165,8 +172,10 @@ class Dispatcher:
             work = chain.decide_async(ctx, headers, req.body)
         if self.spawn is None:
             work.close()
-            return Verdict.error("chain %r awaits, and this worker runs no "
-                                 "event loop" % listener)
+            return Verdict.error(
+                "chain %r awaits, and this worker runs no "
+                "event loop" % listener
+            )
         self.spawn(req, work, listener)
         return PENDING
 

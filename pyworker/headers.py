@@ -95,8 +95,10 @@ class HeaderMap:
             if op == "add":
                 pairs.append((name, value))
                 continue
-            at = next((i for i, (n, _) in enumerate(pairs)
-                       if n.lower() == lname), len(pairs))
+            at = next(
+                (i for i, (n, _) in enumerate(pairs) if n.lower() == lname),
+                len(pairs),
+            )
             pairs = [pair for pair in pairs if pair[0].lower() != lname]
             if op == "set":
                 pairs.insert(at, (name, value))
@@ -192,5 +194,7 @@ _MISSING = object()
 
 def _check_str(name, value):
     if not isinstance(name, str) or not isinstance(value, str):
-        raise TypeError(f"header names and values must be str, got "
-                        f"{type(name).__name__} and {type(value).__name__}")
+        raise TypeError(
+            f"header names and values must be str, got "
+            f"{type(name).__name__} and {type(value).__name__}"
+        )

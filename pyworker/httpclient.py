@@ -70,13 +70,17 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.closed = True
-        self._fail(HttpError("the connection closed%s"
-                             % (": %s" % exc if exc else "")))
+        self._fail(
+            HttpError(
+                "the connection closed%s" % (": %s" % exc if exc else "")
+            )
+        )
 
     # httptools' side
     def on_header(self, name, value):
-        self.answer.headers.append((name.decode("latin-1"),
-                                    value.decode("latin-1")))
+        self.answer.headers.append(
+            (name.decode("latin-1"), value.decode("latin-1"))
+        )
 
     def on_headers_complete(self):
         self.answer.status = self.parser.get_status_code()
@@ -84,7 +88,7 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body):
         answer = self.answer
         if answer.size < answer.limit:
-            answer.body.append(body[:answer.limit - answer.size])
+            answer.body.append(body[: answer.limit - answer.size])
         answer.size += len(body)
 
     def on_message_complete(self):
@@ -121,16 +125,18 @@ class _Connection(asyncio.Protocol):
 class HttpPool:
     """Connections to one origin (``host``, ``port``, TLS with ``ssl``)."""
 
-    def __init__(self, host, port, *, ssl=None, max_connections=100,
-                 host_header=None):
+    def __init__(
+        self, host, port, *, ssl=None, max_connections=100, host_header=None
+    ):
         self.host = host
         self.port = port
         self.ssl = ssl
         self.max_connections = max_connections
         self.host_header = host_header or (
-            host if port in (80, 443) else "%s:%d" % (host, port))
+            host if port in (80, 443) else "%s:%d" % (host, port)
+        )
         self.loop = None
-        self.idle = collections.deque()     # most recently used on the right
+        self.idle = collections.deque()  # most recently used on the right
         self.open = 0
         self.waiters = collections.deque()
         self.closing = False
@@ -141,12 +147,16 @@ class HttpPool:
         exchanging on is closed (its answer, if one comes, is no one's)."""
         if waiter.done():
             return
-        waiter.set_exception(TimeoutError("no answer from %s:%d in time"
-                                          % (self.host, self.port)))
+        waiter.set_exception(
+            TimeoutError(
+                "no answer from %s:%d in time" % (self.host, self.port)
+            )
+        )
 
     async def _connect(self, deadline):
         connecting = self.loop.create_connection(
-            lambda: _Connection(self), self.host, self.port, ssl=self.ssl)
+            lambda: _Connection(self), self.host, self.port, ssl=self.ssl
+        )
         if deadline is None:
             _, conn = await connecting
         else:
@@ -171,8 +181,9 @@ class HttpPool:
                 raise
         waiter = self.loop.create_future()
         self.waiters.append(waiter)
-        key = None if deadline is None else self.deadlines.add(waiter,
-                                                               deadline)
+        key = (
+            None if deadline is None else self.deadlines.add(waiter, deadline)
+        )
         try:
             await waiter
         finally:
@@ -197,8 +208,9 @@ class HttpPool:
             self.open -= 1
         self._wake()
 
-    async def request(self, method, target, headers=(), *, limit=65536,
-                      timeout=None):
+    async def request(
+        self, method, target, headers=(), *, limit=65536, timeout=None
+    ):
         """(status, [(name, value)], body) of one request; the body is cut
         at ``limit`` bytes.  ``headers`` are (name, value) pairs; Host is
         the origin's unless given.  TimeoutError past ``timeout`` seconds,
@@ -209,8 +221,10 @@ class HttpPool:
         if timeout is not None:
             if self.deadlines is None:
                 self.deadlines = Deadlines(
-                    self.loop, self._expire,
-                    tick=max(0.001, min(0.01, timeout / 10)))
+                    self.loop,
+                    self._expire,
+                    tick=max(0.001, min(0.01, timeout / 10)),
+                )
             deadline = self.loop.time() + timeout
         lines = ["%s %s HTTP/1.1\r\n" % (method, target)]
         has_host = False

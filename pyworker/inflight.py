@@ -35,16 +35,15 @@ from pyworker.verdict import Verdict
 
 log = logging.getLogger("pyworker.worker")
 
-ABANDON_POLL = 0.01     # seconds between looks for requests nginx dropped
+ABANDON_POLL = 0.01  # seconds between looks for requests nginx dropped
 # nginx abandons a request at its timeout too: one abandoned this close to
 # its deadline (nginx's timers have a millisecond's grain) timed out
 DEADLINE_SLACK_NS = 20 * 10**6
-GRACE = 1.0             # for a cancelled task to end before it is left
-DEADLINE_TICK = 0.01    # seconds a task may run past its deadline
+GRACE = 1.0  # for a cancelled task to end before it is left
+DEADLINE_TICK = 0.01  # seconds a task may run past its deadline
 
 _WHY = {
-    "deadline": "no verdict within mosn_timeout: the filters were "
-                "cancelled",
+    "deadline": "no verdict within mosn_timeout: the filters were cancelled",
     "client_gone": "the client went away: the filters were cancelled",
 }
 
@@ -52,8 +51,18 @@ _WHY = {
 class _Request:
     """One request in flight as a task."""
 
-    __slots__ = ("ps", "gen", "listener", "req", "task", "timer", "why",
-                 "answered", "deadline_ns", "due")
+    __slots__ = (
+        "ps",
+        "gen",
+        "listener",
+        "req",
+        "task",
+        "timer",
+        "why",
+        "answered",
+        "deadline_ns",
+        "due",
+    )
 
     def __init__(self, req, listener):
         self.ps = req.ps
@@ -61,10 +70,10 @@ class _Request:
         self.listener = listener
         self.req = req
         self.task = None
-        self.timer = None        # the GRACE of a cancelled task
-        self.due = None          # its key in InFlight.deadlines
-        self.why = None          # set when cancelled: deadline, client_gone
-        self.answered = False    # its slot was answered without the task
+        self.timer = None  # the GRACE of a cancelled task
+        self.due = None  # its key in InFlight.deadlines
+        self.why = None  # set when cancelled: deadline, client_gone
+        self.answered = False  # its slot was answered without the task
         self.deadline_ns = req.deadline_ns
 
 
@@ -76,16 +85,17 @@ class InFlight:
     written (the stats changed).
     """
 
-    def __init__(self, consumer, loop, limit, stats=None, on_room=None,
-                 on_answer=None):
+    def __init__(
+        self, consumer, loop, limit, stats=None, on_room=None, on_answer=None
+    ):
         self.consumer = consumer
         self.loop = loop
         self.limit = limit
         self.stats = stats
         self.on_room = on_room
         self.on_answer = on_answer
-        self.requests = {}       # ps -> _Request
-        self.left = set()        # answered without their task, still running
+        self.requests = {}  # ps -> _Request
+        self.left = set()  # answered without their task, still running
         self._abandons = consumer.abandons
         self.deadlines = Deadlines(loop, self._expired, DEADLINE_TICK)
         self._watching = None
@@ -141,10 +151,15 @@ class InFlight:
         entry.timer = None
         if entry.task.done() or entry.answered:
             return
-        log.warning("request %d (chain %s): a filter went on for %.1f s "
-                    "after its task was cancelled (%s); the request is "
-                    "answered without it", entry.req.request_id,
-                    entry.listener, GRACE, entry.why)
+        log.warning(
+            "request %d (chain %s): a filter went on for %.1f s "
+            "after its task was cancelled (%s); the request is "
+            "answered without it",
+            entry.req.request_id,
+            entry.listener,
+            GRACE,
+            entry.why,
+        )
         del self.requests[entry.ps]
         self.left.add(entry)
         entry.answered = True
@@ -166,10 +181,11 @@ class InFlight:
         now = time.monotonic_ns()
         for entry in list(self.requests.values()):
             if entry.why is None and entry.req.abandoned:
-                timed_out = (entry.deadline_ns and now >= entry.deadline_ns
-                             - DEADLINE_SLACK_NS)
-                self._cancel(entry, "deadline" if timed_out
-                             else "client_gone")
+                timed_out = (
+                    entry.deadline_ns
+                    and now >= entry.deadline_ns - DEADLINE_SLACK_NS
+                )
+                self._cancel(entry, "deadline" if timed_out else "client_gone")
 
     def cancel_all(self):
         """The worker stops: cancels every task and leaves its request to
@@ -206,19 +222,26 @@ class InFlight:
         del self.requests[entry.ps]
         if task.cancelled():
             why = entry.why or "stopped"
-            verdict = Verdict.error(_WHY.get(why, "the filters were "
-                                                  "cancelled"))
+            verdict = Verdict.error(
+                _WHY.get(why, "the filters were cancelled")
+            )
         else:
             why = None
             exc = task.exception()
             if exc is not None:
                 # the chain turns a filter's exception into its verdict:
                 # this is a bug of the chain itself
-                log.error("request %d (chain %s): %s: %s",
-                          entry.req.request_id, entry.listener,
-                          type(exc).__name__, exc, exc_info=exc)
-                verdict = Verdict.error("the chain failed: %s"
-                                        % type(exc).__name__)
+                log.error(
+                    "request %d (chain %s): %s: %s",
+                    entry.req.request_id,
+                    entry.listener,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=exc,
+                )
+                verdict = Verdict.error(
+                    "the chain failed: %s" % type(exc).__name__
+                )
             else:
                 verdict = task.result()
         self._answer(entry, verdict, why)
@@ -227,8 +250,9 @@ class InFlight:
 
     def _answer(self, entry, verdict, why):
         if why is None:
-            late = (entry.deadline_ns
-                    and time.monotonic_ns() >= entry.deadline_ns)
+            late = (
+                entry.deadline_ns and time.monotonic_ns() >= entry.deadline_ns
+            )
             why = "late" if late else "answered"
             if self.stats is not None:
                 self.stats.request(entry.listener, verdict_action(verdict))

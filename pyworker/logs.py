@@ -10,7 +10,7 @@ FORMAT = "%(asctime)s [%(levelname)s] %(name)s[%(process)d]: %(message)s"
 
 # control bytes, written as nginx's module writes them: a CR or an ESC in
 # a filter's message must not forge a log line or hide one
-_ESCAPES = {c: "\\x%02x" % c for c in (*range(0x20), 0x7f)}
+_ESCAPES = {c: "\\x%02x" % c for c in (*range(0x20), 0x7F)}
 
 
 class OneLineFormatter(logging.Formatter):
@@ -28,8 +28,11 @@ def setup_logging(gateway=None, role="worker", level=None):
     for handler in list(root.handlers):
         root.removeHandler(handler)
     formatter = OneLineFormatter(FORMAT)
-    root.setLevel(level if level is not None else
-                  (gateway.log_level if gateway else logging.WARNING))
+    root.setLevel(
+        level
+        if level is not None
+        else (gateway.log_level if gateway else logging.WARNING)
+    )
 
     stderr = logging.StreamHandler(sys.stderr)
     stderr.setFormatter(formatter)
@@ -44,7 +47,9 @@ def setup_logging(gateway=None, role="worker", level=None):
         except OSError as exc:
             logging.getLogger("pyworker").warning(
                 "cannot open the log file %s: %s; logging to stderr only",
-                path, exc)
+                path,
+                exc,
+            )
         else:
             handler.setFormatter(formatter)
             root.addHandler(handler)

@@ -24,15 +24,16 @@ CMD_QUIT = 3
 CMD_TERMINATE = 4
 CMD_REOPEN = 5
 
-COMMANDS = {CMD_QUIT: "quit", CMD_TERMINATE: "terminate",
-            CMD_REOPEN: "reopen"}
+COMMANDS = {CMD_QUIT: "quit", CMD_TERMINATE: "terminate", CMD_REOPEN: "reopen"}
 
 
 class _NgxChannel(ctypes.Structure):
-    _fields_ = [("command", ctypes.c_size_t),     # ngx_uint_t
-                ("pid", ctypes.c_int),            # ngx_pid_t
-                ("slot", ctypes.c_ssize_t),       # ngx_int_t
-                ("fd", ctypes.c_int)]             # ngx_fd_t
+    _fields_ = [
+        ("command", ctypes.c_size_t),  # ngx_uint_t
+        ("pid", ctypes.c_int),  # ngx_pid_t
+        ("slot", ctypes.c_ssize_t),  # ngx_int_t
+        ("fd", ctypes.c_int),
+    ]  # ngx_fd_t
 
 
 class NginxChannel:
@@ -54,14 +55,15 @@ class NginxChannel:
         while not self.closed:
             try:
                 data, ancdata, _, _ = self.sock.recvmsg(
-                    4096, socket.CMSG_SPACE(16 * 4))
+                    4096, socket.CMSG_SPACE(16 * 4)
+                )
             except (BlockingIOError, InterruptedError):
                 break
             # nginx passes other processes' channels along: not ours
             for level, kind, cdata in ancdata:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds = array.array("i")
-                    fds.frombytes(cdata[:len(cdata) - len(cdata) % 4])
+                    fds.frombytes(cdata[: len(cdata) - len(cdata) % 4])
                     for fd in fds:
                         os.close(fd)
             if not data:
@@ -69,8 +71,8 @@ class NginxChannel:
                 break
             self.buf += data
             while len(self.buf) >= self.size:
-                msg = _NgxChannel.from_buffer_copy(self.buf[:self.size])
-                self.buf = self.buf[self.size:]
+                msg = _NgxChannel.from_buffer_copy(self.buf[: self.size])
+                self.buf = self.buf[self.size :]
                 if msg.command in COMMANDS:
                     out.append(COMMANDS[msg.command])
         return out
@@ -102,8 +104,10 @@ class Orders:
                 seq, workers, config = msg.split(b" ", 2)
                 seq, workers = int(seq), int(workers)
             except ValueError:
-                log.error("an order of the nginx master could not be "
-                          "read: %r", msg[:80])
+                log.error(
+                    "an order of the nginx master could not be read: %r",
+                    msg[:80],
+                )
                 continue
             if seq > self.seq and workers > 0 and config:
                 self.seq = seq

@@ -12,12 +12,32 @@ import time
 from shm_ring.codec import ACTION_CONTINUE, ACTION_ERROR, ACTION_REPLY
 
 # filter latency buckets, seconds: from 10 us to 2.5 s
-BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001,
-           0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BUCKETS = (
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
 
 # a verdict's action as the requests counter names it
-OUTCOMES = {ACTION_CONTINUE: "continue", ACTION_REPLY: "hijack",
-            ACTION_ERROR: "error"}
+OUTCOMES = {
+    ACTION_CONTINUE: "continue",
+    ACTION_REPLY: "hijack",
+    ACTION_ERROR: "error",
+}
 # the counted tables of a snapshot: rows of labels then a count
 COUNTED = ("requests", "filters", "driver_errors", "tasks", "events")
 FLUSH_EVERY = 1.0
@@ -29,11 +49,12 @@ class WorkerStats:
     """What one worker counts; flush() writes it for the admin process."""
 
     def __init__(self, stats_dir, name):
-        self.path = os.path.join(stats_dir, name + ".json") if stats_dir \
-            else None
-        self.requests = {}      # (chain, outcome) -> n
-        self.tasks = {}         # (chain, outcome) -> n: requests that awaited
-        self.latency = {}       # (chain, filter) -> [bucket counts..., sum]
+        self.path = (
+            os.path.join(stats_dir, name + ".json") if stats_dir else None
+        )
+        self.requests = {}  # (chain, outcome) -> n
+        self.tasks = {}  # (chain, outcome) -> n: requests that awaited
+        self.latency = {}  # (chain, filter) -> [bucket counts..., sum]
         self.started = time.time()
         self.next_flush = 0.0
 
@@ -111,11 +132,13 @@ def write_json(path, data):
     The temporary file gets a fresh name, made with O_EXCL: nothing
     planted in the directory (a symlink) is ever written through, and the
     rename replaces whatever is at path, never what it points to."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".",
-                               prefix=os.path.basename(path) + ".",
-                               suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(
+        dir=os.path.dirname(path) or ".",
+        prefix=os.path.basename(path) + ".",
+        suffix=".tmp",
+    )
     try:
-        os.fchmod(fd, 0o644)    # the admin process may run as another user
+        os.fchmod(fd, 0o644)  # the admin process may run as another user
         with os.fdopen(fd, "w") as f:
             json.dump(data, f)
         os.replace(tmp, path)
@@ -150,6 +173,7 @@ def to_rows(total):
     out = {}
     for key in COUNTED:
         out[key] = [list(k) + [n] for k, n in total.get(key, {}).items()]
-    out["latency"] = [[c, f, h] for (c, f), h in
-                      total.get("latency", {}).items()]
+    out["latency"] = [
+        [c, f, h] for (c, f), h in total.get("latency", {}).items()
+    ]
     return out

@@ -37,10 +37,15 @@ def parse_url(url):
     """{"host", "port", "path", "db", "username", "password", "tls"} of a
     redis://, rediss:// or unix:// URL; ValueError if it is none."""
     parts = urlsplit(url)
-    out = {"host": None, "port": None, "path": None, "db": 0,
-           "username": unquote(parts.username) if parts.username else None,
-           "password": unquote(parts.password) if parts.password else None,
-           "tls": parts.scheme == "rediss"}
+    out = {
+        "host": None,
+        "port": None,
+        "path": None,
+        "db": 0,
+        "username": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else None,
+        "tls": parts.scheme == "rediss",
+    }
     query = parse_qs(parts.query)
     if parts.scheme in ("redis", "rediss"):
         if not parts.hostname:
@@ -54,8 +59,9 @@ def parse_url(url):
         out["path"] = parts.path
         db = ""
     else:
-        raise ValueError("%r is not a redis://, rediss:// or unix:// URL"
-                         % url)
+        raise ValueError(
+            "%r is not a redis://, rediss:// or unix:// URL" % url
+        )
     if "db" in query:
         db = query["db"][0]
     if db:
@@ -84,7 +90,7 @@ class _Connection(asyncio.Protocol):
         self.loop = client.loop
         self.transport = None
         self.reader = hiredis.Reader()
-        self.waiting = collections.deque()   # (future, deadline)
+        self.waiting = collections.deque()  # (future, deadline)
         self.out = []
         self.closed = False
         self.error = None
@@ -119,7 +125,7 @@ class _Connection(asyncio.Protocol):
                     break
                 future = waiting.popleft()[0]
                 if future.done():
-                    continue        # its caller was cancelled
+                    continue  # its caller was cancelled
                 if isinstance(reply, hiredis.ReplyError):
                     future.set_exception(RedisError(str(reply)))
                 else:
@@ -129,8 +135,12 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.closed = True
-        self._fail_all(ConnectionError("the connection to Redis closed%s"
-                                       % (": %s" % exc if exc else "")))
+        self._fail_all(
+            ConnectionError(
+                "the connection to Redis closed%s"
+                % (": %s" % exc if exc else "")
+            )
+        )
 
     def fail(self, exc):
         """Fails every command waiting and closes the connection."""
@@ -188,25 +198,32 @@ class RedisClient:
         async with asyncio.timeout(self.timeout):
             if where["path"]:
                 _, conn = await self.loop.create_unix_connection(
-                    lambda: _Connection(self), where["path"])
+                    lambda: _Connection(self), where["path"]
+                )
             else:
                 _, conn = await self.loop.create_connection(
-                    lambda: _Connection(self), where["host"], where["port"],
+                    lambda: _Connection(self),
+                    where["host"],
+                    where["port"],
                     ssl=ssl_mod.create_default_context()
-                    if where["tls"] else None)
+                    if where["tls"]
+                    else None,
+                )
             try:
                 hello = []
                 if where["password"] is not None:
-                    hello.append(("AUTH", where["password"])
-                                 if where["username"] is None else
-                                 ("AUTH", where["username"],
-                                  where["password"]))
+                    hello.append(
+                        ("AUTH", where["password"])
+                        if where["username"] is None
+                        else ("AUTH", where["username"], where["password"])
+                    )
                 if where["db"]:
                     hello.append(("SELECT", where["db"]))
                 deadline = self.loop.time() + self.timeout
                 # an error reply (a wrong password) raises RedisError
-                await asyncio.gather(*(conn.send(pack(c), deadline)
-                                       for c in hello))
+                await asyncio.gather(
+                    *(conn.send(pack(c), deadline) for c in hello)
+                )
             except BaseException:
                 conn.fail(ConnectionError("closed"))
                 raise
@@ -228,8 +245,11 @@ class RedisClient:
                 self.watched.discard(conn)
             elif conn.waiting[0][1] <= now:
                 self.watched.discard(conn)
-                conn.fail(TimeoutError("no reply from Redis within %gs"
-                                       % self.timeout))
+                conn.fail(
+                    TimeoutError(
+                        "no reply from Redis within %gs" % self.timeout
+                    )
+                )
         if self.watched:
             self.timer = self.loop.call_later(self.tick, self._look)
 

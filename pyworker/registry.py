@@ -26,9 +26,9 @@ DRIVER_GROUP = "pyworker.drivers"
 
 _log = logging.getLogger("pyworker.registry")
 
-_filters = {}          # type name -> (name, factory)
-_drivers = {}          # casefolded name -> (name, factory)
-_plugin_errors = []    # entry points that failed to load, for messages
+_filters = {}  # type name -> (name, factory)
+_drivers = {}  # casefolded name -> (name, factory)
+_plugin_errors = []  # entry points that failed to load, for messages
 _entry_points_loaded = False
 
 
@@ -46,6 +46,7 @@ def register_filter(type_name, *, replace=False):
     def decorate(factory):
         _add(_filters, type_name, type_name, factory, replace, "filter type")
         return factory
+
     return decorate
 
 
@@ -56,23 +57,30 @@ def register_driver(name, *, replace=False):
         key = name.casefold() if isinstance(name, str) else name
         _add(_drivers, key, name, factory, replace, "metadata driver")
         return factory
+
     return decorate
 
 
 def _add(table, key, name, factory, replace, what):
     if not isinstance(name, str) or not name:
-        raise ValueError(f"a {what} name must be a non-empty str, not "
-                         f"{name!r}")
+        raise ValueError(
+            f"a {what} name must be a non-empty str, not {name!r}"
+        )
     if not callable(factory):
         raise TypeError(f"{what} {name!r}: {factory!r} is not callable")
     load_plugins()  # so that a user's name taking a built-in's is caught
     existing = table.get(key)
     # the same definition seen again (a module imported twice) is no conflict
-    if (existing is not None and not replace
-            and _qualname(existing[1]) != _qualname(factory)):
-        raise ValueError(f"{what} {name!r} is already registered by "
-                         f"{_qualname(existing[1])}; pass replace=True to "
-                         f"override it")
+    if (
+        existing is not None
+        and not replace
+        and _qualname(existing[1]) != _qualname(factory)
+    ):
+        raise ValueError(
+            f"{what} {name!r} is already registered by "
+            f"{_qualname(existing[1])}; pass replace=True to "
+            f"override it"
+        )
     table[key] = (name, factory)
 
 
@@ -91,7 +99,9 @@ def get_filter(type_name):
             known = filter_types()
             raise NotRegisteredError(
                 f"unknown filter type {type_name!r}; known types: "
-                f"{', '.join(known)}{_plugin_note()}", known)
+                f"{', '.join(known)}{_plugin_note()}",
+                known,
+            )
     return entry[1]
 
 
@@ -106,7 +116,9 @@ def get_driver(name):
             known = driver_names()
             raise NotRegisteredError(
                 f"unknown metadata driver {name!r}; known drivers: "
-                f"{', '.join(known)}{_plugin_note()}", known)
+                f"{', '.join(known)}{_plugin_note()}",
+                known,
+            )
     return entry[1]
 
 
@@ -123,8 +135,9 @@ def driver_names():
 def import_module(name):
     """Imports a user module: its decorators register what it defines."""
     if not isinstance(name, str) or not name:
-        raise ValueError(f"a module name must be a non-empty str, not "
-                         f"{name!r}")
+        raise ValueError(
+            f"a module name must be a non-empty str, not {name!r}"
+        )
     return importlib.import_module(name)
 
 
@@ -132,6 +145,7 @@ def entry_points(group):
     """importlib.metadata's, imported when first needed: the import is
     slow, and a supervisor that only starts workers never needs it."""
     from importlib.metadata import entry_points as installed
+
     return installed(group=group)
 
 
@@ -141,12 +155,16 @@ def load_plugins():
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
-    for group, register in ((FILTER_GROUP, register_filter),
-                            (DRIVER_GROUP, register_driver)):
+    for group, register in (
+        (FILTER_GROUP, register_filter),
+        (DRIVER_GROUP, register_driver),
+    ):
         # the built-ins first: a plugin's name that takes one of theirs is
         # the plugin's error, whatever order the packages are found in
-        for ep in sorted(entry_points(group=group),
-                         key=lambda ep: not ep.value.startswith("pyworker.")):
+        for ep in sorted(
+            entry_points(group=group),
+            key=lambda ep: not ep.value.startswith("pyworker."),
+        ):
             try:
                 target = ep.load()
                 if not isinstance(target, types.ModuleType):
@@ -155,7 +173,8 @@ def load_plugins():
             except Exception as exc:
                 _plugin_errors.append(
                     f"entry point {ep.name!r} ({ep.value}) in {group}: "
-                    f"{type(exc).__name__}: {exc}")
+                    f"{type(exc).__name__}: {exc}"
+                )
                 _log.warning("cannot load %s", _plugin_errors[-1])
 
 

@@ -38,11 +38,17 @@ def make(shm, uid=None, gid=None):
         _make_at(path, uid, gid)
         return path
     except StatsDirError as exc:
-        fresh = tempfile.mkdtemp(prefix=os.path.basename(path) + ".",
-                                 dir=os.path.dirname(path))
-        log.error("stats directory %s: %s; using %s instead (remove it, "
-                  "and the next start uses %s again)", path, exc, fresh,
-                  path)
+        fresh = tempfile.mkdtemp(
+            prefix=os.path.basename(path) + ".", dir=os.path.dirname(path)
+        )
+        log.error(
+            "stats directory %s: %s; using %s instead (remove it, "
+            "and the next start uses %s again)",
+            path,
+            exc,
+            fresh,
+            path,
+        )
         _own(fresh, uid, gid)
         return fresh
 
@@ -91,8 +97,9 @@ def _make_at(path, uid, gid):
         try:
             os.mkdir(path, 0o700)
         except FileExistsError:
-            raise StatsDirError("made again by someone else while it was "
-                                "being removed") from None
+            raise StatsDirError(
+                "made again by someone else while it was being removed"
+            ) from None
     _own(path, uid, gid)
 
 
@@ -108,15 +115,17 @@ def _ours(path, uid):
     if st.st_uid not in owners:
         raise StatsDirError("is owned by uid %d" % st.st_uid)
     if st.st_mode & 0o077:
-        raise StatsDirError("is open to other users (mode %o)"
-                            % stat.S_IMODE(st.st_mode))
+        raise StatsDirError(
+            "is open to other users (mode %o)" % stat.S_IMODE(st.st_mode)
+        )
     return True
 
 
 def _own(path, uid, gid):
     if uid is not None and os.geteuid() == 0:
-        os.chown(path, uid, gid if gid is not None else uid,
-                 follow_symlinks=False)
+        os.chown(
+            path, uid, gid if gid is not None else uid, follow_symlinks=False
+        )
 
 
 def _remove_fallbacks(shm, uid):

@@ -26,21 +26,30 @@ from pyworker.privileges import PARENT_ENV
 
 log = logging.getLogger("pyworker.supervisor")
 
-TICK = 0.5              # seconds between housekeeping rounds at idle
-START_TIMEOUT = 15.0    # for a new worker to load its config and attach
-DRAIN_TIMEOUT = 10.0    # for a draining worker to finish and leave
-STOP_TIMEOUT = 3.0      # for workers to leave on stop, before SIGKILL
+TICK = 0.5  # seconds between housekeeping rounds at idle
+START_TIMEOUT = 15.0  # for a new worker to load its config and attach
+DRAIN_TIMEOUT = 10.0  # for a draining worker to finish and leave
+STOP_TIMEOUT = 3.0  # for workers to leave on stop, before SIGKILL
 TERMINATE_TIMEOUT = 0.5  # the same when nginx terminates (it waits 1 s)
-QUIT_TIMEOUT = 60.0     # on quit, for nginx's workers to finish first
-ADMIN_BACKOFF = 5.0     # between restarts of an admin process that fails
+QUIT_TIMEOUT = 60.0  # on quit, for nginx's workers to finish first
+ADMIN_BACKOFF = 5.0  # between restarts of an admin process that fails
 # workers that fail to start this many times in a row: the pool is marked
 # failed, and nginx stops holding requests for a worker until one serves
 FAIL_LIMIT = 3
 
 
 class Supervisor:
-    def __init__(self, shm, config_path, workers=1, uid=None, gid=None,
-                 python=None, channel=None, orders=None):
+    def __init__(
+        self,
+        shm,
+        config_path,
+        workers=1,
+        uid=None,
+        gid=None,
+        python=None,
+        channel=None,
+        orders=None,
+    ):
         self.shm = shm
         self.config_path = config_path  # what the workers load
         self.base_config = config_path  # the file nginx names
@@ -49,29 +58,29 @@ class Supervisor:
         self.gid = gid
         self.python = python or sys.executable
         self.region = None
-        self.procs = {}          # pid -> (consumer index, Popen)
-        self.retiring = set()    # pids drained on purpose
+        self.procs = {}  # pid -> (consumer index, Popen)
+        self.retiring = set()  # pids drained on purpose
         self.restarts = 0
         self.reloads = 0
-        self.started = {}        # pid -> start time
-        self.started_at = {}     # pid -> start time, for crash loops
-        self._backoff = 0.0      # grows while workers fail to start
-        self._failures = 0       # workers in a row that never served
-        self._respawn_at = []    # when to start replacements
+        self.started = {}  # pid -> start time
+        self.started_at = {}  # pid -> start time, for crash loops
+        self._backoff = 0.0  # grows while workers fail to start
+        self._failures = 0  # workers in a row that never served
+        self._respawn_at = []  # when to start replacements
         self.stats_dir = None
-        self.admin = None        # the admin process
+        self.admin = None  # the admin process
         self.admin_next = 0.0
         self.stopping = False
-        self.quitting = False    # nginx quits: its workers finish first
+        self.quitting = False  # nginx quits: its workers finish first
         self.terminating = False
         self.reload_asked = None  # (workers, config) to roll onto
-        self.channel = channel   # pyworker.master.NginxChannel, from nginx
-        self.orders = orders     # pyworker.master.Orders, from nginx
+        self.channel = channel  # pyworker.master.NginxChannel, from nginx
+        self.orders = orders  # pyworker.master.Orders, from nginx
         self.parent = os.getppid()
         self.region_id = None
-        self.discovery = None    # the endpoints' source (and config's)
-        self._reaped_at = 0.0    # the region's reaper, last run (0: not
-                                 # before the workers of a start serve)
+        self.discovery = None  # the endpoints' source (and config's)
+        self._reaped_at = 0.0  # the region's reaper, last run (0: not
+        # before the workers of a start serve)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # -- signals ------------------------------------------------------------
@@ -90,8 +99,9 @@ class Supervisor:
         signal.signal(signal.SIGCHLD, lambda s, f: None)
 
     def _sleep(self, seconds):
-        fds = [self._wake_r] + [f for f in (self.channel, self.orders)
-                                if f is not None]
+        fds = [self._wake_r] + [
+            f for f in (self.channel, self.orders) if f is not None
+        ]
         if self.channel is not None and self.channel.closed:
             fds.remove(self.channel)
         try:
@@ -136,19 +146,24 @@ class Supervisor:
         reload); returns the config the workers should load: the file, or
         the file with the store's listeners (checked)."""
         if self.discovery is None:
-            self.discovery = Discovery(self.region, self.shm,
-                                       self.stats_dir, self.python,
-                                       self._user_args())
+            self.discovery = Discovery(
+                self.region,
+                self.shm,
+                self.stats_dir,
+                self.python,
+                self._user_args(),
+            )
         self.discovery.setup(self.base_config)
-        return self.discovery.choose_config(self.base_config,
-                                            self._check_config)
+        return self.discovery.choose_config(
+            self.base_config, self._check_config
+        )
 
     def _discover(self, force=False):
         if self.discovery is None:
             return
         try:
             if self.discovery.poll(force=force) and not self.reload_asked:
-                self.reload_asked = "store"     # a new filter config
+                self.reload_asked = "store"  # a new filter config
         except Exception:
             # the pool must not go down with the endpoints
             log.exception("service discovery failed")
@@ -160,10 +175,23 @@ class Supervisor:
         if index < 0:
             log.error("no free consumer entry in the region for a new worker")
             return None
-        cmd = [self.python, "-P", "-m", "pyworker", "worker",
-               "--shm", self.shm,
-               "--index", str(index), "--config", self.config_path,
-               ] + self._stats_args() + self._user_args()
+        cmd = (
+            [
+                self.python,
+                "-P",
+                "-m",
+                "pyworker",
+                "worker",
+                "--shm",
+                self.shm,
+                "--index",
+                str(index),
+                "--config",
+                self.config_path,
+            ]
+            + self._stats_args()
+            + self._user_args()
+        )
         proc = subprocess.Popen(cmd, close_fds=True, env=self._child_env())
         self.procs[proc.pid] = (index, proc)
         self.started[proc.pid] = time.time()
@@ -190,14 +218,24 @@ class Supervisor:
         if self.stats_dir is None:
             return
         try:
-            write_json(os.path.join(self.stats_dir, "supervisor.json"), {
-                "pid": os.getpid(), "restarts": self.restarts,
-                "reloads": self.reloads, "config": self.config_path,
-                "workers": [{"pid": pid, "index": index,
-                             "started": self.started.get(pid)}
-                            for pid, (index, _) in self.procs.items()
-                            if pid not in self.retiring],
-            })
+            write_json(
+                os.path.join(self.stats_dir, "supervisor.json"),
+                {
+                    "pid": os.getpid(),
+                    "restarts": self.restarts,
+                    "reloads": self.reloads,
+                    "config": self.config_path,
+                    "workers": [
+                        {
+                            "pid": pid,
+                            "index": index,
+                            "started": self.started.get(pid),
+                        }
+                        for pid, (index, _) in self.procs.items()
+                        if pid not in self.retiring
+                    ],
+                },
+            )
         except OSError as exc:
             log.warning("cannot write the supervisor's stats: %s", exc)
 
@@ -215,19 +253,34 @@ class Supervisor:
             if code is None:
                 return
             if code != 0:
-                log.warning("admin process %d exited with %d; restarting it "
-                            "in %.0f s", self.admin.pid, code, ADMIN_BACKOFF)
+                log.warning(
+                    "admin process %d exited with %d; restarting it in %.0f s",
+                    self.admin.pid,
+                    code,
+                    ADMIN_BACKOFF,
+                )
                 self.admin_next = time.monotonic() + ADMIN_BACKOFF
             else:
                 self.admin_next = float("inf")
             self.admin = None
         if time.monotonic() < self.admin_next or self.stopping:
             return
-        cmd = [self.python, "-P", "-m", "pyworker", "admin", "--shm", self.shm,
-               "--config", self.config_path, "--stats-dir",
-               self.stats_dir] + self._user_args()
-        self.admin = subprocess.Popen(cmd, close_fds=True,
-                                      env=self._child_env())
+        cmd = [
+            self.python,
+            "-P",
+            "-m",
+            "pyworker",
+            "admin",
+            "--shm",
+            self.shm,
+            "--config",
+            self.config_path,
+            "--stats-dir",
+            self.stats_dir,
+        ] + self._user_args()
+        self.admin = subprocess.Popen(
+            cmd, close_fds=True, env=self._child_env()
+        )
 
     def _admin_stop(self):
         if self.admin is not None:
@@ -250,8 +303,9 @@ class Supervisor:
                 return
             if self.admin is not None and pid == self.admin.pid:
                 # Popen.poll() would find it reaped: keep its code there
-                self.admin.returncode = (os.WEXITSTATUS(status)
-                                         if os.WIFEXITED(status) else 1)
+                self.admin.returncode = (
+                    os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1
+                )
                 continue
             entry = self.procs.pop(pid, None)
             self.started.pop(pid, None)
@@ -259,33 +313,43 @@ class Supervisor:
                 continue
             index = entry[0]
             # a worker that never served failed to start: a crash loop
-            served = self.region.consumer_state(index) in ("live",
-                                                            "draining")
+            served = self.region.consumer_state(index) in ("live", "draining")
             self.region.retire_consumer(index)
             if pid in self.retiring:
                 self.retiring.discard(pid)
-                log.info("worker pid %d (consumer %d) left after draining",
-                         pid, index)
+                log.info(
+                    "worker pid %d (consumer %d) left after draining",
+                    pid,
+                    index,
+                )
                 continue
             if self.stopping:
                 continue
             self.restarts += 1
             self._failures = 0 if served else self._failures + 1
             lived = time.time() - self.started_at.pop(pid, 0.0)
-            self._backoff = 0.0 if served else min(
-                5.0, max(0.1, self._backoff * 2))
-            log.warning("worker pid %d (consumer %d) died (%s) after %.1fs; "
-                        "replacing it%s", pid, index, _status_text(status),
-                        lived, " in %.1fs" % self._backoff
-                        if self._backoff else "")
+            self._backoff = (
+                0.0 if served else min(5.0, max(0.1, self._backoff * 2))
+            )
+            log.warning(
+                "worker pid %d (consumer %d) died (%s) after %.1fs; "
+                "replacing it%s",
+                pid,
+                index,
+                _status_text(status),
+                lived,
+                " in %.1fs" % self._backoff if self._backoff else "",
+            )
             self._respawn_at.append(time.monotonic() + self._backoff)
             self._write_stats()
 
     def _pool_state(self):
         """Tells nginx whether to hold requests for a worker while none is
         live: yes while workers start, no once they keep failing."""
-        live = any(self.region.consumer_state(index) == "live"
-                   for index, _ in self.procs.values())
+        live = any(
+            self.region.consumer_state(index) == "live"
+            for index, _ in self.procs.values()
+        )
         if live:
             state = "running"
         elif self._failures >= FAIL_LIMIT:
@@ -294,9 +358,11 @@ class Supervisor:
             state = "starting"
         if self.region.pool_state != state:
             if state == "failed":
-                log.error("%d workers in a row failed to start: requests "
-                          "take the fallback at once until one serves",
-                          self._failures)
+                log.error(
+                    "%d workers in a row failed to start: requests "
+                    "take the fallback at once until one serves",
+                    self._failures,
+                )
             self.region.pool_state = state
 
     def _respawn(self):
@@ -310,8 +376,9 @@ class Supervisor:
 
     def _tick(self):
         if self._respawn_at:
-            return max(0.01, min(TICK, min(self._respawn_at) -
-                                 time.monotonic()))
+            return max(
+                0.01, min(TICK, min(self._respawn_at) - time.monotonic())
+            )
         return TICK
 
     def _live_pids(self):
@@ -336,8 +403,10 @@ class Supervisor:
             self._reap()
             self._respawn()
             self._pool_state()
-            if all(self.region.consumer_state(index) == "live"
-                   for index, _ in self.procs.values()):
+            if all(
+                self.region.consumer_state(index) == "live"
+                for index, _ in self.procs.values()
+            ):
                 return
             self._sleep(0.02)
 
@@ -352,7 +421,7 @@ class Supervisor:
         self.retiring.add(pid)
         self.region.drain_consumer(entry[0])
         try:
-            os.kill(pid, signal.SIGUSR1)     # it may sleep: look now
+            os.kill(pid, signal.SIGUSR1)  # it may sleep: look now
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + DRAIN_TIMEOUT
@@ -360,16 +429,22 @@ class Supervisor:
             self._sleep(0.02)
             self._reap()
         if pid in self.procs:
-            log.warning("worker pid %d did not drain in %.0f s; stopping it",
-                        pid, DRAIN_TIMEOUT)
+            log.warning(
+                "worker pid %d did not drain in %.0f s; stopping it",
+                pid,
+                DRAIN_TIMEOUT,
+            )
             os.kill(pid, signal.SIGTERM)
 
     # -- reload ---------------------------------------------------------------
 
     def _check_config(self, path):
-        proc = subprocess.run([self.python, "-P", "-m", "pyworker", "check",
-                               path],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [self.python, "-P", "-m", "pyworker", "check", path],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if proc.returncode != 0:
             for line in (proc.stdout + proc.stderr).splitlines():
                 log.error("reload refused: %s", line)
@@ -382,15 +457,17 @@ class Supervisor:
         asked by the store, onto its new filter config."""
         asked, self.reload_asked = self.reload_asked, None
         if asked == "store":
-            path = self.discovery.choose_config(self.base_config,
-                                                self._check_config)
+            path = self.discovery.choose_config(
+                self.base_config, self._check_config
+            )
             if path == self.config_path:
-                return              # refused: the live config serves on
+                return  # refused: the live config serves on
         else:
             desired, base = asked
             if not self._check_config(base):
-                log.error("keeping the running workers on %s",
-                          self.config_path)
+                log.error(
+                    "keeping the running workers on %s", self.config_path
+                )
                 return
             self.base_config = base
             self.workers = desired
@@ -408,8 +485,10 @@ class Supervisor:
             if len(self._live_pids()) <= self.workers:
                 new = self._spawn()
                 if new is None or not self._wait_live(new):
-                    log.error("reload: a new worker did not start; the old "
-                              "ones keep serving")
+                    log.error(
+                        "reload: a new worker did not start; the old "
+                        "ones keep serving"
+                    )
                     return
             self._drain(pid)
         while len(self._live_pids()) < self.workers:
@@ -459,9 +538,12 @@ class Supervisor:
             if c["state"] in ("empty", "dead") or c["index"] in ours:
                 continue
             if c["pid"] and proc_alive(c["pid"]):
-                log.warning("worker pid %d (consumer %d) of an earlier "
-                            "supervisor is alive: draining it", c["pid"],
-                            c["index"])
+                log.warning(
+                    "worker pid %d (consumer %d) of an earlier "
+                    "supervisor is alive: draining it",
+                    c["pid"],
+                    c["index"],
+                )
                 self.region.drain_consumer(c["index"])
             else:
                 self.region.retire_consumer(c["index"])
@@ -477,8 +559,12 @@ class Supervisor:
             log.error("the supervisor cannot start on %s: %s", self.shm, exc)
             return 2
         self.region.supervisor_pid = os.getpid()
-        log.info("supervisor pid %d for region %s, %d worker(s)",
-                 os.getpid(), self.shm, self.workers)
+        log.info(
+            "supervisor pid %d for region %s, %d worker(s)",
+            os.getpid(),
+            self.shm,
+            self.workers,
+        )
         self.config_path = self._discovery_setup()
         for _ in range(self.workers):
             self._spawn()
@@ -516,8 +602,10 @@ class Supervisor:
         while time.monotonic() < deadline and not self.terminating:
             self._reap()
             self.region.reap()
-            if not any(p["state"] in ("owned", "claiming")
-                       for p in self.region.stats()["producers"]):
+            if not any(
+                p["state"] in ("owned", "claiming")
+                for p in self.region.stats()["producers"]
+            ):
                 return
             self._sleep(0.05)
 
@@ -534,8 +622,9 @@ class Supervisor:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + (TERMINATE_TIMEOUT if self.terminating
-                                       else STOP_TIMEOUT)
+        deadline = time.monotonic() + (
+            TERMINATE_TIMEOUT if self.terminating else STOP_TIMEOUT
+        )
         while self.procs and time.monotonic() < deadline:
             self._sleep(0.02)
             self._reap()

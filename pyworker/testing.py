@@ -31,9 +31,19 @@ except ImportError:  # the runtime does not need pytest
     pytest = None
 
 
-def run_chain(config_or_path, headers=(), listener=None, method="GET",
-              path="/", query="", body=None, *, remote_addr="127.0.0.1",
-              protocol="HTTP/1.1", request_id=1):
+def run_chain(
+    config_or_path,
+    headers=(),
+    listener=None,
+    method="GET",
+    path="/",
+    query="",
+    body=None,
+    *,
+    remote_addr="127.0.0.1",
+    protocol="HTTP/1.1",
+    request_id=1,
+):
     """Runs one request through a chain and returns the Verdict.
 
     ``config_or_path``: a config file path, a parsed MOSN config (dict), a
@@ -42,54 +52,113 @@ def run_chain(config_or_path, headers=(), listener=None, method="GET",
     ``headers``: a dict, (name, value) pairs or a RequestHeaders.
     """
     chain = chain_of(config_or_path, listener)
-    return run_request(chain, headers, method, path, query, body,
-                       remote_addr, protocol, request_id)[0]
+    return run_request(
+        chain,
+        headers,
+        method,
+        path,
+        query,
+        body,
+        remote_addr,
+        protocol,
+        request_id,
+    )[0]
 
 
-async def arun_chain(config_or_path, headers=(), listener=None,
-                     method="GET", path="/", query="", body=None, *,
-                     remote_addr="127.0.0.1", protocol="HTTP/1.1",
-                     request_id=1):
+async def arun_chain(
+    config_or_path,
+    headers=(),
+    listener=None,
+    method="GET",
+    path="/",
+    query="",
+    body=None,
+    *,
+    remote_addr="127.0.0.1",
+    protocol="HTTP/1.1",
+    request_id=1,
+):
     """run_chain() from a coroutine, in the running loop; the chain's
     filters are not started or stopped here."""
     chain = chain_of(config_or_path, listener)
-    headers, body, ctx = _request(chain, headers, method, path, query, body,
-                                  remote_addr, protocol, request_id)
+    headers, body, ctx = _request(
+        chain,
+        headers,
+        method,
+        path,
+        query,
+        body,
+        remote_addr,
+        protocol,
+        request_id,
+    )
     return await chain.run_async(ctx, headers, body)
 
 
-def run_request(chain, headers=(), method="GET", path="/", query="",
-                body=None, remote_addr="127.0.0.1", protocol="HTTP/1.1",
-                request_id=1):
+def run_request(
+    chain,
+    headers=(),
+    method="GET",
+    path="/",
+    query="",
+    body=None,
+    remote_addr="127.0.0.1",
+    protocol="HTTP/1.1",
+    request_id=1,
+):
     """Runs one request through ``chain``: (verdict, context, headers)."""
-    headers, body, ctx = _request(chain, headers, method, path, query, body,
-                                  remote_addr, protocol, request_id)
+    headers, body, ctx = _request(
+        chain,
+        headers,
+        method,
+        path,
+        query,
+        body,
+        remote_addr,
+        protocol,
+        request_id,
+    )
     if chain.is_async:
-        return _in_loop(chain, chain.run_async(ctx, headers, body)), ctx, \
-            headers
+        return (
+            _in_loop(chain, chain.run_async(ctx, headers, body)),
+            ctx,
+            headers,
+        )
     return chain.run(ctx, headers, body), ctx, headers
 
 
-def _request(chain, headers, method, path, query, body, remote_addr,
-             protocol, request_id):
+def _request(
+    chain,
+    headers,
+    method,
+    path,
+    query,
+    body,
+    remote_addr,
+    protocol,
+    request_id,
+):
     if not isinstance(headers, RequestHeaders):
         headers = RequestHeaders(headers)
     if isinstance(body, str):
         body = body.encode("utf-8")
-    ctx = Context(request_id, method, path, query, remote_addr, protocol,
-                  chain.name)
+    ctx = Context(
+        request_id, method, path, query, remote_addr, protocol, chain.name
+    )
     return headers, body, ctx
 
 
 def _in_loop(chain, work):
     """Runs a chain's coroutine in a loop of its own, with the chain's
     filters started before and stopped after, as a worker does."""
+
     async def main():
         await chain.start()
         try:
             return await work
         finally:
             await chain.stop()
+
     try:
         return asyncio.run(main())
     except RuntimeError:
@@ -97,9 +166,18 @@ def _in_loop(chain, work):
         raise
 
 
-def run_response(config_or_path, status=200, headers=(), listener=None,
-                 method="GET", path="/", *, body=None, request_id=1,
-                 metadata=None):
+def run_response(
+    config_or_path,
+    status=200,
+    headers=(),
+    listener=None,
+    method="GET",
+    path="/",
+    *,
+    body=None,
+    request_id=1,
+    metadata=None,
+):
     """Runs an upstream response (status, headers and, if given, body)
     through a chain's sender filters and returns the Verdict: its
     ``response_set``, ``response_remove``, ``response_add`` and
@@ -117,8 +195,9 @@ def run_response(config_or_path, status=200, headers=(), listener=None,
     ctx = Context(request_id, method, path, listener=chain.name)
     ctx.metadata = dict(metadata or {})
     if chain.sends_async:
-        return _in_loop(chain, chain.run_send_async(ctx, status, headers,
-                                                    body))
+        return _in_loop(
+            chain, chain.run_send_async(ctx, status, headers, body)
+        )
     return chain.run_send(ctx, status, headers, body)
 
 
@@ -145,8 +224,10 @@ def select_chain(config, listener=None):
     try:
         return config.chains[listener]
     except KeyError:
-        raise LookupError(f"{config.path}: no listener named {listener!r}; "
-                          f"listeners: {', '.join(config.chains)}") from None
+        raise LookupError(
+            f"{config.path}: no listener named {listener!r}; "
+            f"listeners: {', '.join(config.chains)}"
+        ) from None
 
 
 class ChainRunner:
@@ -158,9 +239,20 @@ class ChainRunner:
         self.headers = None
         self._configs = {}
 
-    def __call__(self, config_or_path, headers=(), listener=None,
-                 method="GET", path="/", query="", body=None, *,
-                 remote_addr="127.0.0.1", protocol="HTTP/1.1", request_id=1):
+    def __call__(
+        self,
+        config_or_path,
+        headers=(),
+        listener=None,
+        method="GET",
+        path="/",
+        query="",
+        body=None,
+        *,
+        remote_addr="127.0.0.1",
+        protocol="HTTP/1.1",
+        request_id=1,
+    ):
         if isinstance(config_or_path, (str, os.PathLike)):
             key = os.path.abspath(config_or_path)
             if key not in self._configs:
@@ -168,12 +260,21 @@ class ChainRunner:
             config_or_path = self._configs[key]
         chain = chain_of(config_or_path, listener)
         verdict, self.context, self.headers = run_request(
-            chain, headers, method, path, query, body, remote_addr, protocol,
-            request_id)
+            chain,
+            headers,
+            method,
+            path,
+            query,
+            body,
+            remote_addr,
+            protocol,
+            request_id,
+        )
         return verdict
 
 
 if pytest is not None:
+
     @pytest.fixture
     def chain_runner():
         """Runs requests through chains without nginx (see ChainRunner)."""

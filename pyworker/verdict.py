@@ -11,11 +11,19 @@ here so that a refusal names the Python filter, not a byte offset.
 from dataclasses import dataclass
 
 from shm_ring.abi import VERDICT_MAX_RECORDS
+
 # the verdict is the ring's (shm_ring.codec), re-exported for filters
-from shm_ring.codec import (ACTION_CONTINUE, ACTION_ERROR,  # noqa: F401
-                            ACTION_NAMES, ACTION_REPLY, Verdict, bad_char,
-                            is_header_name, is_metadata_key,
-                            is_upstream_name)
+from shm_ring.codec import (  # noqa: F401
+    ACTION_CONTINUE,
+    ACTION_ERROR,
+    ACTION_NAMES,
+    ACTION_REPLY,
+    Verdict,
+    bad_char,
+    is_header_name,
+    is_metadata_key,
+    is_upstream_name,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +46,9 @@ class VerdictError(ValueError):
 
 
 # nginx owns the message framing and the hop-by-hop handling of the request
-_RESPONSE_OWNED = frozenset({"content-length", "transfer-encoding",
-                             "connection"})
+_RESPONSE_OWNED = frozenset(
+    {"content-length", "transfer-encoding", "connection"}
+)
 _REQUEST_OWNED = _RESPONSE_OWNED | {"host"}
 
 
@@ -68,24 +77,27 @@ def check(verdict, limits=DEFAULT_LIMITS):
                 f"metadata {key!r}: value {value!r} {_bad_value_reason(value)}"
             )
     if verdict.request_set:
-        _check_lines(verdict.request_set, "request header", _REQUEST_OWNED,
-                     "set")
+        _check_lines(
+            verdict.request_set, "request header", _REQUEST_OWNED, "set"
+        )
         records += len(verdict.request_set)
     if verdict.request_remove:
-        _check_names(verdict.request_remove, "request header",
-                     _REQUEST_OWNED)
+        _check_names(verdict.request_remove, "request header", _REQUEST_OWNED)
         records += len(verdict.request_remove)
     if verdict.response_add:
-        _check_lines(verdict.response_add, "response header",
-                     _RESPONSE_OWNED, "add")
+        _check_lines(
+            verdict.response_add, "response header", _RESPONSE_OWNED, "add"
+        )
         records += len(verdict.response_add)
     if verdict.response_set:
-        _check_lines(verdict.response_set, "response header",
-                     _RESPONSE_OWNED, "set")
+        _check_lines(
+            verdict.response_set, "response header", _RESPONSE_OWNED, "set"
+        )
         records += len(verdict.response_set)
     if verdict.response_remove:
-        _check_names(verdict.response_remove, "response header",
-                     _RESPONSE_OWNED)
+        _check_names(
+            verdict.response_remove, "response header", _RESPONSE_OWNED
+        )
         records += len(verdict.response_remove)
     if verdict.action == ACTION_REPLY:
         status = verdict.status
@@ -93,8 +105,9 @@ def check(verdict, limits=DEFAULT_LIMITS):
             raise VerdictError(
                 f"reply status {status!r} is not an integer in 200..599"
             )
-        _check_lines(verdict.reply_headers, "reply header", _RESPONSE_OWNED,
-                     "send")
+        _check_lines(
+            verdict.reply_headers, "reply header", _RESPONSE_OWNED, "send"
+        )
         body = verdict.reply_body
         if not isinstance(body, bytes):
             raise VerdictError(
@@ -136,8 +149,11 @@ def metadata_is_plain(metadata):
     if len(metadata) > 64:
         return False
     for key, value in metadata.items():
-        if (key not in _good_meta_keys or type(value) is not str
-                or not (value.isascii() and value.isprintable())):
+        if (
+            key not in _good_meta_keys
+            or type(value) is not str
+            or not (value.isascii() and value.isprintable())
+        ):
             return False
     return True
 

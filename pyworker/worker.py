@@ -56,8 +56,9 @@ def new_event_loop():
 class Worker:
     """Serves one consumer index of the region."""
 
-    def __init__(self, shm, index, config_path, uid=None, gid=None,
-                 stats_dir=None):
+    def __init__(
+        self, shm, index, config_path, uid=None, gid=None, stats_dir=None
+    ):
         self.shm = shm
         self.stats_dir = stats_dir
         self.index = index
@@ -117,9 +118,14 @@ class Worker:
                 gc.collect()
                 gc.freeze()
                 gc.set_threshold(*GC_THRESHOLD)
-                log.info("worker %d (pid %d, %s) serves %s as consumer %d",
-                         self.index, os.getpid(), type(loop).__module__,
-                         ", ".join(sorted(self.chains)), consumer.index)
+                log.info(
+                    "worker %d (pid %d, %s) serves %s as consumer %d",
+                    self.index,
+                    os.getpid(),
+                    type(loop).__module__,
+                    ", ".join(sorted(self.chains)),
+                    consumer.index,
+                )
                 try:
                     await serving.run()
                 finally:
@@ -143,21 +149,27 @@ class Serving:
         self.consumer = consumer
         self.stats = worker.stats
         self.chains = worker.chains
-        self.inflight = InFlight(consumer, loop, worker.gateway.max_in_flight,
-                                 self.stats, on_room=self._room,
-                                 on_answer=self._dirty)
-        self.dispatch = Dispatcher(worker.chains, self.stats,
-                                   spawn=self.inflight.spawn)
+        self.inflight = InFlight(
+            consumer,
+            loop,
+            worker.gateway.max_in_flight,
+            self.stats,
+            on_room=self._room,
+            on_answer=self._dirty,
+        )
+        self.dispatch = Dispatcher(
+            worker.chains, self.stats, spawn=self.inflight.spawn
+        )
         self.spin_s = worker.gateway.spin_us / 1e6
         self.done = loop.create_future()
-        self.full = False          # at max_in_flight: not taking
+        self.full = False  # at max_in_flight: not taking
         self.draining = False
         self.quiet_since = None
         self.taking = False
         self.dirty = False
         self.flush_timer = None
         self.tick = None
-        self.stop_at = None        # when tasks still running are left
+        self.stop_at = None  # when tasks still running are left
 
     async def run(self):
         loop = self.loop
@@ -281,12 +293,14 @@ class Serving:
         if not self.draining and self.consumer.state == "draining":
             # nginx sends no more here: finish what is queued, then go
             self.draining = True
-            log.info("worker pid %d drains (%d request(s) in flight)",
-                     os.getpid(), len(self.inflight))
+            log.info(
+                "worker pid %d drains (%d request(s) in flight)",
+                os.getpid(),
+                len(self.inflight),
+            )
             if self.tick is not None:
                 self.tick.cancel()
-            self.tick = self.loop.call_later(DRAIN_QUIET_MS / 1000,
-                                             self._tick)
+            self.tick = self.loop.call_later(DRAIN_QUIET_MS / 1000, self._tick)
         if not self.draining:
             return
         self._take()
@@ -313,20 +327,26 @@ class Serving:
         if self.worker.stopping:
             # what is queued now is answered, or left to the ring below
             deadline = time.monotonic() + 1.0
-            while (self.inflight.room > 0
-                   and self.consumer.serve_batch(self.dispatch,
-                                                 min(BATCH,
-                                                     self.inflight.room))
-                   and time.monotonic() < deadline):
+            while (
+                self.inflight.room > 0
+                and self.consumer.serve_batch(
+                    self.dispatch, min(BATCH, self.inflight.room)
+                )
+                and time.monotonic() < deadline
+            ):
                 pass
         while self.inflight.requests and (
-                self.stop_at is None or time.monotonic() < self.stop_at):
+            self.stop_at is None or time.monotonic() < self.stop_at
+        ):
             self.inflight.check_abandoned()
             await asyncio.sleep(0.01)
         if self.inflight.requests:
-            log.warning("worker pid %d stops with %d request(s) in flight; "
-                        "they go back to the ring", os.getpid(),
-                        len(self.inflight.requests))
+            log.warning(
+                "worker pid %d stops with %d request(s) in flight; "
+                "they go back to the ring",
+                os.getpid(),
+                len(self.inflight.requests),
+            )
         self.inflight.cancel_all()
         # let the cancelled tasks unwind before the filters stop
         await asyncio.sleep(0)

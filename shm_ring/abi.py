@@ -8,7 +8,7 @@ takes the same numbers from the header itself, through shm_ring.pxd.
 
 import struct
 
-RING_MAGIC = 0x474E4952534F4D21             # "!MOSRING"
+RING_MAGIC = 0x474E4952534F4D21  # "!MOSRING"
 RING_ABI_VERSION = 4
 
 CACHELINE = 64
@@ -32,8 +32,12 @@ U32 = 0xFFFFFFFF
 
 def sw(gen, inc, c, st):
     """MOSN_SW: gen:32 | inc:16 | consumer:8 | state:8."""
-    return ((gen & U32) << 32) | ((inc & 0xFFFF) << 16) | ((c & 0xFF) << 8) \
+    return (
+        ((gen & U32) << 32)
+        | ((inc & 0xFFFF) << 16)
+        | ((c & 0xFF) << 8)
         | (st & 0xFF)
+    )
 
 
 def sw_state(w):
@@ -99,21 +103,21 @@ S_DATA = SLOT_HEADER_SIZE
 REQ_CHAIN, REQ_METHOD, REQ_PATH, REQ_QUERY, REQ_ADDR = range(5)
 REQ_PROTOCOL, REQ_BODY, REQ_HEADERS, REQ_META = 5, 6, 7, 8
 REQ_NFIELDS = 9
-REQ_F_BODY = 0x1            # the body field holds the (response's) body
-REQ_F_RESPONSE = 0x2        # a response record (the response phase)
-REQ_F_META = 0x4            # its meta field: the request's metadata
+REQ_F_BODY = 0x1  # the body field holds the (response's) body
+REQ_F_RESPONSE = 0x2  # a response record (the response phase)
+REQ_F_META = 0x4  # its meta field: the request's metadata
 REQ = struct.Struct("<IIQII" + "II" * REQ_NFIELDS)
 HEADER_ENTRY = struct.Struct("<III")
 
 # the verdict: mosn_verdict_t, then records of mosn_record_t
-ACTION_CONTINUE = 0         # proxy on, with edits
-ACTION_REPLY = 1            # direct (hijack) reply
-ACTION_ERROR = 2            # filter failed: fallback
+ACTION_CONTINUE = 0  # proxy on, with edits
+ACTION_REPLY = 1  # direct (hijack) reply
+ACTION_ERROR = 2  # filter failed: fallback
 REC_UPSTREAM, REC_META, REC_REQ_SET, REC_REQ_DEL = 1, 2, 3, 4
 REC_RESP_ADD, REC_REPLY_HEADER, REC_REPLY_BODY, REC_LOG = 5, 6, 7, 8
 REC_RESP_SET, REC_RESP_DEL, REC_RESP_BODY = 9, 10, 11
-VERDICT_F_SENDERS = 0x1     # run the response phase
-VERDICT_F_DECODE = 0x2      # hold compressed bodies too
+VERDICT_F_SENDERS = 0x1  # run the response phase
+VERDICT_F_DECODE = 0x2  # hold compressed bodies too
 VERDICT_MAX_RECORDS = 256
 META_KEY_MAX = 64
 VERDICT = struct.Struct("<IHHII")
@@ -123,16 +127,16 @@ RECORD = struct.Struct("<B3xII")
 EP_APPS = 16
 EP_MAX = 256
 EP_SITES = 32
-EP_APP_NAME_MAX = 64        # bytes, the NUL included
+EP_APP_NAME_MAX = 64  # bytes, the NUL included
 EP_SITE_MAX = 32
 EP_RR_ANY = EP_SITES
 EP_INET, EP_INET6 = 4, 6
-EP_NONE, EP_SITE, EP_ANY, EP_BUSY = 0, 1, 2, -1     # mosn_endpoints_pick()
+EP_NONE, EP_SITE, EP_ANY, EP_BUSY = 0, 1, 2, -1  # mosn_endpoints_pick()
 EPA_SEQ, EPA_GENERATION, EPA_NENDPOINTS, EPA_NAME_LEN = 0, 4, 8, 12
 EPA_NAME, EPA_RR, EPA_SITES, EPA_ENDPOINTS = 16, 128, 320, 1600
 EP_APP_SIZE = 7744
-EPA_HEAD = struct.Struct("<IIII64s")                # seq .. name
-EP_SITE_ENTRY = struct.Struct("<HHI32s")    # first, count, name_len, name
-ENDPOINT = struct.Struct("<BBHI16s")        # family, site, port, flags, addr
+EPA_HEAD = struct.Struct("<IIII64s")  # seq .. name
+EP_SITE_ENTRY = struct.Struct("<HHI32s")  # first, count, name_len, name
+ENDPOINT = struct.Struct("<BBHI16s")  # family, site, port, flags, addr
 
 WAKE_DIR_SUFFIX = ".wake"

@@ -13,22 +13,55 @@ import re
 import socket
 
 from shm_ring import abi
-from shm_ring.abi import (ACTION_CONTINUE, ACTION_ERROR, ACTION_REPLY,
-                          EP_APP_NAME_MAX, EP_INET, EP_INET6, EP_SITE_MAX,
-                          HEADER_ENTRY, RECORD, REC_LOG, REC_META,
-                          REC_REPLY_BODY, REC_REPLY_HEADER, REC_REQ_DEL,
-                          REC_REQ_SET, REC_RESP_ADD, REC_RESP_BODY,
-                          REC_RESP_DEL, REC_RESP_SET, REC_UPSTREAM, REQ,
-                          REQ_F_BODY, REQ_F_META, REQ_F_RESPONSE, VERDICT,
-                          VERDICT_F_DECODE, VERDICT_F_SENDERS,
-                          VERDICT_MAX_RECORDS)
+from shm_ring.abi import (
+    ACTION_CONTINUE,
+    ACTION_ERROR,
+    ACTION_REPLY,
+    EP_APP_NAME_MAX,
+    EP_INET,
+    EP_INET6,
+    EP_SITE_MAX,
+    HEADER_ENTRY,
+    RECORD,
+    REC_LOG,
+    REC_META,
+    REC_REPLY_BODY,
+    REC_REPLY_HEADER,
+    REC_REQ_DEL,
+    REC_REQ_SET,
+    REC_RESP_ADD,
+    REC_RESP_BODY,
+    REC_RESP_DEL,
+    REC_RESP_SET,
+    REC_UPSTREAM,
+    REQ,
+    REQ_F_BODY,
+    REQ_F_META,
+    REQ_F_RESPONSE,
+    VERDICT,
+    VERDICT_F_DECODE,
+    VERDICT_F_SENDERS,
+    VERDICT_MAX_RECORDS,
+)
 
 # the request record's fields, in the order of mosn_req_t's field[]
-FIELDS = ("chain", "method", "path", "query", "remote_addr", "protocol",
-          "body", "headers", "meta")
+FIELDS = (
+    "chain",
+    "method",
+    "path",
+    "query",
+    "remote_addr",
+    "protocol",
+    "body",
+    "headers",
+    "meta",
+)
 
-ACTION_NAMES = {ACTION_CONTINUE: "CONTINUE", ACTION_REPLY: "REPLY",
-                ACTION_ERROR: "ERROR"}
+ACTION_NAMES = {
+    ACTION_CONTINUE: "CONTINUE",
+    ACTION_REPLY: "REPLY",
+    ACTION_ERROR: "ERROR",
+}
 
 # Older names of the verdict actions, kept for code written against them.
 # They are actions of a verdict, not the CONTINUE / STOP a filter returns
@@ -107,16 +140,42 @@ class Verdict:
     The lists and the dict given are kept, not copied.
     """
 
-    __slots__ = ("action", "status", "upstream", "metadata", "request_set",
-                 "request_remove", "response_add", "reply_headers",
-                 "reply_body", "log", "response_set", "response_remove",
-                 "run_senders", "response_body", "decode_body")
+    __slots__ = (
+        "action",
+        "status",
+        "upstream",
+        "metadata",
+        "request_set",
+        "request_remove",
+        "response_add",
+        "reply_headers",
+        "reply_body",
+        "log",
+        "response_set",
+        "response_remove",
+        "run_senders",
+        "response_body",
+        "decode_body",
+    )
 
-    def __init__(self, action=ACTION_CONTINUE, status=0, upstream=None,
-                 metadata=None, request_set=None, request_remove=None,
-                 response_add=None, reply_headers=None, reply_body=b"",
-                 log="", response_set=None, response_remove=None,
-                 run_senders=False, response_body=None, decode_body=False):
+    def __init__(
+        self,
+        action=ACTION_CONTINUE,
+        status=0,
+        upstream=None,
+        metadata=None,
+        request_set=None,
+        request_remove=None,
+        response_add=None,
+        reply_headers=None,
+        reply_body=b"",
+        log="",
+        response_set=None,
+        response_remove=None,
+        run_senders=False,
+        response_body=None,
+        decode_body=False,
+    ):
         self.action = action
         self.status = status
         self.upstream = upstream
@@ -189,15 +248,31 @@ def _b(s):
     return s if isinstance(s, bytes) else s.encode("latin-1")
 
 
-def encode_request(chain="", method="GET", path="/", query="",
-                   remote_addr="127.0.0.1", protocol="HTTP/1.1",
-                   headers=(), body=None, request_id=0, status=None,
-                   metadata=None):
+def encode_request(
+    chain="",
+    method="GET",
+    path="/",
+    query="",
+    remote_addr="127.0.0.1",
+    protocol="HTTP/1.1",
+    headers=(),
+    body=None,
+    request_id=0,
+    status=None,
+    metadata=None,
+):
     """A request record as the nginx module writes it; with a status, the
     response record of the response phase (headers and body: the
     response's), which carries the request's metadata."""
-    strings = [_b(chain), _b(method), _b(path), _b(query), _b(remote_addr),
-               _b(protocol), _b(body or b"")]
+    strings = [
+        _b(chain),
+        _b(method),
+        _b(path),
+        _b(query),
+        _b(remote_addr),
+        _b(protocol),
+        _b(body or b""),
+    ]
     meta = encode_metadata(metadata or {})
     fields = []
     off = REQ.size
@@ -219,13 +294,15 @@ def encode_request(chain="", method="GET", path="/", query="",
     fields.append((off, len(meta)))
     off += len(meta)
     flat = [x for f in fields for x in f]
-    flags = (REQ_F_BODY if body is not None else 0) \
-        | (REQ_F_RESPONSE if status is not None else 0) \
+    flags = (
+        (REQ_F_BODY if body is not None else 0)
+        | (REQ_F_RESPONSE if status is not None else 0)
         | (REQ_F_META if metadata else 0)
-    head = REQ.pack(off, len(pairs), request_id, flags, status or 0,
-                           *flat)
-    return b"".join([head] + strings + table
-                    + [n + v for n, v in pairs] + [meta])
+    )
+    head = REQ.pack(off, len(pairs), request_id, flags, status or 0, *flat)
+    return b"".join(
+        [head] + strings + table + [n + v for n, v in pairs] + [meta]
+    )
 
 
 def decode_request(buf):
@@ -240,13 +317,16 @@ def decode_request(buf):
     for off, n in fields:
         if off + n > rec_len:
             raise RingError("request field overruns the record")
-    out = {"request_id": request_id,
-           "status": vals[4] if flags & REQ_F_RESPONSE else None}
+    out = {
+        "request_id": request_id,
+        "status": vals[4] if flags & REQ_F_RESPONSE else None,
+    }
     for name, (off, n) in zip(FIELDS, fields):
         if name != "headers":
-            out[name] = bytes(buf[off:off + n])
-    out["metadata"] = decode_metadata(out.pop("meta")) \
-        if flags & REQ_F_META else None
+            out[name] = bytes(buf[off : off + n])
+    out["metadata"] = (
+        decode_metadata(out.pop("meta")) if flags & REQ_F_META else None
+    )
     if not flags & REQ_F_BODY:
         out["body"] = None
     table_off, table_len = fields[7]
@@ -257,11 +337,16 @@ def decode_request(buf):
     headers = []
     for i in range(nheaders):
         off, nlen, vlen = HEADER_ENTRY.unpack_from(
-            buf, table_off + i * HEADER_ENTRY.size)
+            buf, table_off + i * HEADER_ENTRY.size
+        )
         if off + nlen + vlen > rec_len:
             raise RingError("header overruns the record")
-        headers.append((bytes(buf[off:off + nlen]),
-                        bytes(buf[off + nlen:off + nlen + vlen])))
+        headers.append(
+            (
+                bytes(buf[off : off + nlen]),
+                bytes(buf[off + nlen : off + nlen + vlen]),
+            )
+        )
     out["headers"] = headers
     return out
 
@@ -298,8 +383,9 @@ def verdict_records(v):
     if v.response_body is not None:
         recs.append((REC_RESP_BODY, b"", _b(v.response_body)))
     if v.action == ACTION_REPLY:
-        recs += [(REC_REPLY_HEADER, _b(k), _b(val))
-                 for k, val in v.reply_headers]
+        recs += [
+            (REC_REPLY_HEADER, _b(k), _b(val)) for k, val in v.reply_headers
+        ]
         if v.reply_body:
             recs.append((REC_REPLY_BODY, b"", _b(v.reply_body)))
     if v.log:
@@ -312,10 +398,15 @@ def verdict_records(v):
 
 def encode_verdict(v):
     action, status, flags, recs = verdict_records(v)
-    body = b"".join(RECORD.pack(t, len(k), len(val)) + k + val
-                    for t, k, val in recs)
-    return VERDICT.pack(VERDICT.size + len(body), action, status,
-                        len(recs), flags) + body
+    body = b"".join(
+        RECORD.pack(t, len(k), len(val)) + k + val for t, k, val in recs
+    )
+    return (
+        VERDICT.pack(
+            VERDICT.size + len(body), action, status, len(recs), flags
+        )
+        + body
+    )
 
 
 def validate_verdict(buf):
@@ -339,9 +430,12 @@ def decode_verdict(buf):
         raise RingError("unknown verdict action")
     if action == ACTION_REPLY and not 200 <= status <= 599:
         raise RingError("reply status is not in 200..599")
-    v = Verdict(action=action, status=status,
-                run_senders=bool(flags & VERDICT_F_SENDERS),
-                decode_body=bool(flags & VERDICT_F_DECODE))
+    v = Verdict(
+        action=action,
+        status=status,
+        run_senders=bool(flags & VERDICT_F_SENDERS),
+        decode_body=bool(flags & VERDICT_F_DECODE),
+    )
     pos = VERDICT.size
     bodies = 0
     for _ in range(nrec):
@@ -351,7 +445,7 @@ def decode_verdict(buf):
         pos += RECORD.size
         if klen > len(buf) - pos or vlen > len(buf) - pos - klen:
             raise RingError("record lengths overrun the verdict")
-        k, val = buf[pos:pos + klen], buf[pos + klen:pos + klen + vlen]
+        k, val = buf[pos : pos + klen], buf[pos + klen : pos + klen + vlen]
         pos += klen + vlen
         # names and values as nginx sees them: bytes, read as latin-1
         key, text = k.decode("latin-1"), val.decode("latin-1")
@@ -364,18 +458,21 @@ def decode_verdict(buf):
             if not is_metadata_key(key) or bad_value:
                 raise RingError("bad metadata key or value")
             v.metadata[key] = text
-        elif t in (REC_REQ_SET, REC_RESP_ADD, REC_RESP_SET,
-                   REC_REPLY_HEADER):
+        elif t in (REC_REQ_SET, REC_RESP_ADD, REC_RESP_SET, REC_REPLY_HEADER):
             if not is_header_name(key) or bad_value:
                 raise RingError("bad header name or value")
-            {REC_REQ_SET: v.request_set, REC_RESP_ADD: v.response_add,
-             REC_RESP_SET: v.response_set,
-             REC_REPLY_HEADER: v.reply_headers}[t].append((key, text))
+            {
+                REC_REQ_SET: v.request_set,
+                REC_RESP_ADD: v.response_add,
+                REC_RESP_SET: v.response_set,
+                REC_REPLY_HEADER: v.reply_headers,
+            }[t].append((key, text))
         elif t in (REC_REQ_DEL, REC_RESP_DEL):
             if not is_header_name(key) or vlen:
                 raise RingError("bad header name to remove")
-            (v.request_remove if t == REC_REQ_DEL
-             else v.response_remove).append(key)
+            (
+                v.request_remove if t == REC_REQ_DEL else v.response_remove
+            ).append(key)
         elif t == REC_REPLY_BODY:
             bodies += 1
             if klen or bodies > 1:
@@ -402,12 +499,13 @@ def decode_verdict(buf):
 def endpoint_app(app):
     """An app name as the table stores it: 1..63 bytes of UTF-8, no NUL."""
     if not isinstance(app, str):
-        raise RingError("an app name is a string, not %s"
-                        % type(app).__name__)
+        raise RingError("an app name is a string, not %s" % type(app).__name__)
     raw = app.encode("utf-8")
     if not 0 < len(raw) < EP_APP_NAME_MAX or b"\0" in raw:
-        raise RingError("app name %r must be 1..%d bytes, no NUL"
-                        % (app, EP_APP_NAME_MAX - 1))
+        raise RingError(
+            "app name %r must be 1..%d bytes, no NUL"
+            % (app, EP_APP_NAME_MAX - 1)
+        )
     return raw
 
 
@@ -416,10 +514,10 @@ def endpoint_spec(host, port, site):
     as an IPv4 or IPv6 address, a port and a site name; RingError if it
     is not one."""
     if not isinstance(host, str):
-        raise RingError("endpoint address must be a string, not %s"
-                        % type(host).__name__)
-    text = host[1:-1] if host.startswith("[") and host.endswith("]") \
-        else host
+        raise RingError(
+            "endpoint address must be a string, not %s" % type(host).__name__
+        )
+    text = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
         addr = socket.inet_pton(socket.AF_INET, text)
         family = EP_INET
@@ -428,18 +526,25 @@ def endpoint_spec(host, port, site):
             addr = socket.inet_pton(socket.AF_INET6, text)
             family = EP_INET6
         except OSError:
-            raise RingError("endpoint address %r is not an IPv4 or IPv6 "
-                            "address" % (host,)) from None
-    if isinstance(port, bool) or not isinstance(port, int) \
-            or not 1 <= port <= 65535:
+            raise RingError(
+                "endpoint address %r is not an IPv4 or IPv6 address" % (host,)
+            ) from None
+    if (
+        isinstance(port, bool)
+        or not isinstance(port, int)
+        or not 1 <= port <= 65535
+    ):
         raise RingError("endpoint port %r is not in 1..65535" % (port,))
     if not isinstance(site, str):
-        raise RingError("site name must be a string, not %s"
-                        % type(site).__name__)
+        raise RingError(
+            "site name must be a string, not %s" % type(site).__name__
+        )
     raw = site.encode("utf-8")
     if not 0 < len(raw) < EP_SITE_MAX or b"\0" in raw:
-        raise RingError("site name %r must be 1..%d bytes, no NUL"
-                        % (site, EP_SITE_MAX - 1))
+        raise RingError(
+            "site name %r must be 1..%d bytes, no NUL"
+            % (site, EP_SITE_MAX - 1)
+        )
     return family, addr.ljust(16, b"\0"), port, raw
 
 

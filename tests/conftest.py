@@ -36,7 +36,8 @@ def gateway():
             errors.append(str(exc))
         # nginx's own word on leaks and crashes, besides the kills we made
         for line in gw.error_log().splitlines():
-            if ("[alert]" in line or "[crit]" in line) \
-                    and "exited on signal 9" not in line:
+            if (
+                "[alert]" in line or "[crit]" in line
+            ) and "exited on signal 9" not in line:
                 errors.append(line)
     assert not errors, errors

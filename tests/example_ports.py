@@ -34,16 +34,20 @@ def the_example_ports(wait=900, free_wait=60):
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    pytest.fail("%s held for over %d s: something else runs "
-                                "the example" % (EXAMPLE_LOCK, wait))
+                    pytest.fail(
+                        "%s held for over %d s: something else runs "
+                        "the example" % (EXAMPLE_LOCK, wait)
+                    )
                 time.sleep(0.5)
         # a run of the example that did not take the lock may be ending
         deadline = time.monotonic() + free_wait
         while taken_ports() and time.monotonic() < deadline:
             time.sleep(0.5)
         taken = taken_ports()
-        assert not taken, "the example's ports are taken: %s; stop what " \
+        assert not taken, (
+            "the example's ports are taken: %s; stop what "
             "holds them" % ", ".join("%d (%s)" % kv for kv in taken.items())
+        )
         yield
     finally:
-        os.close(fd)        # releases the lock
+        os.close(fd)  # releases the lock

@@ -54,17 +54,39 @@ class Member:
         state = "existing" if os.listdir(self.data_dir) else "new"
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [ETCD, "--name", self.name, "--data-dir", self.data_dir,
-             "--listen-client-urls", self.client_url,
-             "--advertise-client-urls", self.client_url,
-             "--listen-peer-urls", self.peer_url,
-             "--initial-advertise-peer-urls", self.peer_url,
-             "--initial-cluster", initial_cluster,
-             "--initial-cluster-state", state,
-             "--initial-cluster-token", self.token,
-             "--heartbeat-interval", "50", "--election-timeout", "500",
-             "--log-level", "warn", "--logger", "zap"],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            [
+                ETCD,
+                "--name",
+                self.name,
+                "--data-dir",
+                self.data_dir,
+                "--listen-client-urls",
+                self.client_url,
+                "--advertise-client-urls",
+                self.client_url,
+                "--listen-peer-urls",
+                self.peer_url,
+                "--initial-advertise-peer-urls",
+                self.peer_url,
+                "--initial-cluster",
+                initial_cluster,
+                "--initial-cluster-state",
+                state,
+                "--initial-cluster-token",
+                self.token,
+                "--heartbeat-interval",
+                "50",
+                "--election-timeout",
+                "500",
+                "--log-level",
+                "warn",
+                "--logger",
+                "zap",
+            ],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
         log.close()
 
     def stop(self, sig=signal.SIGTERM):
@@ -96,11 +118,14 @@ class Etcd:
 
     def __init__(self, members=1):
         token = "mosn-test-%d-%d" % (os.getpid(), time.monotonic_ns())
-        self.members = [Member("m%d" % i, "127.0.0.%d" % (i + 1), token)
-                        for i in range(members)]
-        self.initial = ",".join("%s=%s" % (m.name, m.peer_url)
-                                for m in self.members)
-        self.auth = []          # etcdctl's --user, once auth is on
+        self.members = [
+            Member("m%d" % i, "127.0.0.%d" % (i + 1), token)
+            for i in range(members)
+        ]
+        self.initial = ",".join(
+            "%s=%s" % (m.name, m.peer_url) for m in self.members
+        )
+        self.auth = []  # etcdctl's --user, once auth is on
 
     @property
     def endpoints(self):
@@ -114,20 +139,28 @@ class Etcd:
 
     def start_member(self, member, timeout=30):
         member.start(self.initial)
-        assert wait_for(lambda: self.healthy(member), timeout), \
-            self.log_tail(member)
+        assert wait_for(lambda: self.healthy(member), timeout), self.log_tail(
+            member
+        )
 
     def healthy(self, member):
-        proc = self.ctl("endpoint", "health", endpoints=[member.endpoint],
-                        check=False, timeout=5)
+        proc = self.ctl(
+            "endpoint",
+            "health",
+            endpoints=[member.endpoint],
+            check=False,
+            timeout=5,
+        )
         return proc.returncode == 0
 
     def wait_healthy(self, timeout=30):
         live = [m for m in self.members if m.alive()]
-        ok = wait_for(lambda: all(self.healthy(m) for m in live), timeout,
-                      step=0.1)
+        ok = wait_for(
+            lambda: all(self.healthy(m) for m in live), timeout, step=0.1
+        )
         assert ok, "etcd not healthy:\n" + "\n".join(
-            self.log_tail(m) for m in self.members)
+            self.log_tail(m) for m in self.members
+        )
 
     def log_tail(self, member, n=3000):
         try:
@@ -150,14 +183,24 @@ class Etcd:
     def ctl(self, *args, endpoints=None, check=True, timeout=15):
         env = dict(os.environ, ETCDCTL_API="3")
         proc = subprocess.run(
-            [ETCDCTL, "--endpoints", ",".join(endpoints or
-                                              self.live_endpoints()),
-             "--command-timeout", "%ds" % max(1, timeout - 1), *self.auth,
-             *args],
-            env=env, capture_output=True, text=True, timeout=timeout)
+            [
+                ETCDCTL,
+                "--endpoints",
+                ",".join(endpoints or self.live_endpoints()),
+                "--command-timeout",
+                "%ds" % max(1, timeout - 1),
+                *self.auth,
+                *args,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and proc.returncode != 0:
-            raise AssertionError("etcdctl %s: %s%s" % (
-                " ".join(args), proc.stdout, proc.stderr))
+            raise AssertionError(
+                "etcdctl %s: %s%s" % (" ".join(args), proc.stdout, proc.stderr)
+            )
         return proc
 
     def put(self, key, value):
@@ -184,23 +227,27 @@ class Etcd:
         result = {}
         for entry in json.loads(out):
             st = entry["Status"]
-            result[entry["Endpoint"]] = \
+            result[entry["Endpoint"]] = (
                 st["leader"] == st["header"]["member_id"]
+            )
         return result
 
     def leader(self):
         for endpoint, leads in self.status().items():
             if leads:
-                return next(m for m in self.members
-                            if m.endpoint == endpoint)
+                return next(m for m in self.members if m.endpoint == endpoint)
         return None
 
 
 def app_value(app, endpoints):
     """MOE's service.json entry of one app: endpoints as (port, site)."""
-    return {"app_name": app, "server_list": [
-        {"ip": "127.0.0.1", "port": port, "site": site}
-        for port, site in endpoints]}
+    return {
+        "app_name": app,
+        "server_list": [
+            {"ip": "127.0.0.1", "port": port, "site": site}
+            for port, site in endpoints
+        ],
+    }
 
 
 class Sites:
@@ -216,20 +263,27 @@ class Sites:
         for site, label in labels:
             port = free_port()
             self.ports[label] = port
-            servers.append('server { listen 127.0.0.1:%d; access_log off; '
-                           'return 200 "site %s from %s"; }'
-                           % (port, site, label))
+            servers.append(
+                "server { listen 127.0.0.1:%d; access_log off; "
+                'return 200 "site %s from %s"; }' % (port, site, label)
+            )
         self.conf = os.path.join(self.prefix, "nginx.conf")
         with open(self.conf, "w") as f:
-            f.write("worker_processes 1;\nerror_log logs/error.log;\n"
-                    "pid logs/nginx.pid;\n"
-                    "events { worker_connections 4096; }\n"
-                    "http { keepalive_requests 100000;\n%s\n}\n"
-                    % "\n".join(servers))
+            f.write(
+                "worker_processes 1;\nerror_log logs/error.log;\n"
+                "pid logs/nginx.pid;\n"
+                "events { worker_connections 4096; }\n"
+                "http { keepalive_requests 100000;\n%s\n}\n"
+                % "\n".join(servers)
+            )
 
     def start(self):
-        subprocess.run([NGINX, "-p", self.prefix + "/", "-c", self.conf],
-                       check=True, capture_output=True, timeout=30)
+        subprocess.run(
+            [NGINX, "-p", self.prefix + "/", "-c", self.conf],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
         return self
 
     def master_pid(self):
@@ -241,13 +295,17 @@ class Sites:
             pid = self.master_pid()
         except (OSError, ValueError):
             pid = None
-        subprocess.run([NGINX, "-p", self.prefix + "/", "-c", self.conf,
-                        "-s", "quit"], capture_output=True, timeout=30)
+        subprocess.run(
+            [NGINX, "-p", self.prefix + "/", "-c", self.conf, "-s", "quit"],
+            capture_output=True,
+            timeout=30,
+        )
         if pid is not None and not wait_for(lambda: not _alive(pid), 10):
             # a graceful quit waits for open connections: close them
             os.kill(pid, signal.SIGTERM)
-            assert wait_for(lambda: not _alive(pid), 10), \
+            assert wait_for(lambda: not _alive(pid), 10), (
                 "the sites' nginx %d does not stop" % pid
+            )
         shutil.rmtree(self.prefix, ignore_errors=True)
 
 
@@ -277,14 +335,18 @@ FLEET_HTTP = """
 """
 
 
-def etcd_mosn(endpoints, config_key=None, base=None, prefix=PREFIX,
-              **options):
+def etcd_mosn(endpoints, config_key=None, base=None, prefix=PREFIX, **options):
     """The example's MOSN config, its endpoints from etcd (``options``
     are more keys of the etcd block)."""
     from gateway import example_mosn
+
     mosn = base or example_mosn()
-    etcd = {"endpoints": list(endpoints), "prefix": prefix, "timeout": 2,
-            **options}
+    etcd = {
+        "endpoints": list(endpoints),
+        "prefix": prefix,
+        "timeout": 2,
+        **options,
+    }
     if config_key:
         etcd["config_key"] = config_key
     mosn["pyworker"] = {"discovery": {"etcd": etcd}}
@@ -309,7 +371,8 @@ class Cut:
 
     def __init__(self, target):
         import threading
-        self.target = target            # "host:port"
+
+        self.target = target  # "host:port"
         self.port = free_port()
         self.endpoint = "127.0.0.1:%d" % self.port
         self.lock = threading.Lock()
@@ -319,6 +382,7 @@ class Cut:
 
     def restore(self):
         import threading
+
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", self.port))
@@ -328,6 +392,7 @@ class Cut:
 
     def _accept(self, listener):
         import threading
+
         host, port = self.target.rsplit(":", 1)
         while True:
             try:
@@ -342,8 +407,9 @@ class Cut:
             with self.lock:
                 self.conns += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b),
-                                 daemon=True).start()
+                threading.Thread(
+                    target=self._pipe, args=(a, b), daemon=True
+                ).start()
 
     @staticmethod
     def _pipe(src, dst):

@@ -27,7 +27,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # nginx itself reads $NGINX as sockets inherited from an old binary, and
 # then stays in the foreground: no nginx the tests start may inherit it.
 MODULE = os.environ.get("MOSN_MODULE") or os.path.join(
-    ROOT, "output", "ngx_http_mosn_module.so")
+    ROOT, "output", "ngx_http_mosn_module.so"
+)
 NGINX = os.environ.pop("NGINX", None) or "/usr/sbin/nginx"
 PYTHON = sys.executable
 FILTERS = os.path.join(ROOT, "tests", "filters")
@@ -72,8 +73,16 @@ class Response:
 class Gateway:
     """One nginx instance under test."""
 
-    def __init__(self, http, mosn=None, workers=1, nginx_workers=1,
-                 main="", env=None, worker_connections=1024):
+    def __init__(
+        self,
+        http,
+        mosn=None,
+        workers=1,
+        nginx_workers=1,
+        main="",
+        env=None,
+        worker_connections=1024,
+    ):
         self.prefix = tempfile.mkdtemp(prefix="mosn-gw-")
         os.chmod(self.prefix, 0o755)
         os.makedirs(os.path.join(self.prefix, "logs"))
@@ -113,8 +122,9 @@ class Gateway:
     def write_conf(self):
         body = self.http.replace("%PORT%", str(self.port))
         # %P3450% is "the port that stands for 3450 in this test"
-        body = re.sub(r"%P(\d+)%", lambda m: str(self.site_port(m.group(1))),
-                      body)
+        body = re.sub(
+            r"%P(\d+)%", lambda m: str(self.site_port(m.group(1))), body
+        )
         conf = textwrap.dedent("""\
             load_module %(module)s;
             worker_processes %(nworkers)d;
@@ -135,11 +145,16 @@ class Gateway:
                 mosn_workers %(workers)d;
             %(body)s
             }
-            """) % {"module": MODULE, "nworkers": self.nginx_workers,
-                    "main": self.main, "python": PYTHON, "shm": self.shm,
-                    "connections": self.worker_connections,
-                    "workers": self.workers,
-                    "body": textwrap.indent(textwrap.dedent(body), "    ")}
+            """) % {
+            "module": MODULE,
+            "nworkers": self.nginx_workers,
+            "main": self.main,
+            "python": PYTHON,
+            "shm": self.shm,
+            "connections": self.worker_connections,
+            "workers": self.workers,
+            "body": textwrap.indent(textwrap.dedent(body), "    "),
+        }
         with open(self.conf_path, "w") as f:
             f.write(conf)
 
@@ -149,13 +164,26 @@ class Gateway:
         out_path = os.path.join(self.prefix, "logs", "nginx.out")
         with open(out_path, "w+") as out:
             proc = subprocess.run(
-                [NGINX, "-p", self.prefix + "/", "-c", "conf/nginx.conf",
-                 *args], env=self.env, stdout=out, stderr=out, timeout=60)
+                [
+                    NGINX,
+                    "-p",
+                    self.prefix + "/",
+                    "-c",
+                    "conf/nginx.conf",
+                    *args,
+                ],
+                env=self.env,
+                stdout=out,
+                stderr=out,
+                timeout=60,
+            )
             out.seek(0)
             text = out.read()
         if check and proc.returncode != 0:
-            raise AssertionError("nginx %s failed:\n%s\n%s" % (
-                " ".join(args), text, self.error_log()))
+            raise AssertionError(
+                "nginx %s failed:\n%s\n%s"
+                % (" ".join(args), text, self.error_log())
+            )
         return proc.returncode, text
 
     # -- life ----------------------------------------------------------------
@@ -176,8 +204,7 @@ class Gateway:
 
     def live_workers(self, region=None):
         region = region or self.region()
-        return [c for c in region.stats()["consumers"]
-                if c["state"] == "live"]
+        return [c for c in region.stats()["consumers"] if c["state"] == "live"]
 
     def wait_ready(self, workers=None, timeout=15):
         """Until the Python workers serve and every nginx worker is on."""
@@ -191,15 +218,19 @@ class Gateway:
                 continue
             try:
                 live = self.live_workers(region)
-                owned = [p for p in region.stats()["producers"]
-                         if p["state"] == "owned"]
+                owned = [
+                    p
+                    for p in region.stats()["producers"]
+                    if p["state"] == "owned"
+                ]
                 if len(live) >= want and len(owned) >= self.nginx_workers:
                     return region
             finally:
                 region.close()
             time.sleep(0.05)
-        raise AssertionError("gateway not ready in %ds:\n%s" % (
-            timeout, self.error_log()))
+        raise AssertionError(
+            "gateway not ready in %ds:\n%s" % (timeout, self.error_log())
+        )
 
     def reload(self):
         self.nginx("-s", "reload")
@@ -252,8 +283,10 @@ class Gateway:
 
     def error_log(self):
         try:
-            with open(os.path.join(self.prefix, "logs", "error.log"),
-                      errors="replace") as f:
+            with open(
+                os.path.join(self.prefix, "logs", "error.log"),
+                errors="replace",
+            ) as f:
                 return f.read()
         except OSError:
             return ""
@@ -278,10 +311,18 @@ class Gateway:
 
     # -- HTTP ----------------------------------------------------------------
 
-    def get(self, path="/", headers=None, method="GET", body=None,
-            timeout=10, port=None):
-        conn = http.client.HTTPConnection("127.0.0.1", port or self.port,
-                                          timeout=timeout)
+    def get(
+        self,
+        path="/",
+        headers=None,
+        method="GET",
+        body=None,
+        timeout=10,
+        port=None,
+    ):
+        conn = http.client.HTTPConnection(
+            "127.0.0.1", port or self.port, timeout=timeout
+        )
         try:
             conn.request(method, path, body=body, headers=headers or {})
             resp = conn.getresponse()
@@ -291,8 +332,9 @@ class Gateway:
 
     def raw(self, data, timeout=10, port=None):
         """Sends raw bytes; returns all bytes until the server closes."""
-        with socket.create_connection(("127.0.0.1", port or self.port),
-                                      timeout=timeout) as s:
+        with socket.create_connection(
+            ("127.0.0.1", port or self.port), timeout=timeout
+        ) as s:
             s.sendall(data)
             chunks = []
             while True:
@@ -308,10 +350,12 @@ class Gateway:
 
 def nginx_version(nginx=None):
     """(major, minor, patch) of an nginx binary, NGINX by default."""
-    out = subprocess.run([nginx or NGINX, "-v"], capture_output=True,
-                         text=True, timeout=10).stderr
-    return tuple(int(n) for n in
-                 re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out).groups())
+    out = subprocess.run(
+        [nginx or NGINX, "-v"], capture_output=True, text=True, timeout=10
+    ).stderr
+    return tuple(
+        int(n) for n in re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out).groups()
+    )
 
 
 DEBIAN_NGINX = "/usr/sbin/nginx"
@@ -323,11 +367,17 @@ def debian_modules(*names):
     njs), which are built for Debian's nginx: the test is skipped on any
     other nginx, which would refuse them."""
     import pytest
+
     mine, theirs = nginx_version(), nginx_version(DEBIAN_NGINX)
     if mine != theirs:
-        pytest.skip("Debian's %s is built for nginx %s, not %s" % (
-            ", ".join(names), ".".join(map(str, theirs)),
-            ".".join(map(str, mine))))
+        pytest.skip(
+            "Debian's %s is built for nginx %s, not %s"
+            % (
+                ", ".join(names),
+                ".".join(map(str, theirs)),
+                ".".join(map(str, mine)),
+            )
+        )
     lines = []
     for name in names:
         path = os.path.join(DEBIAN_MODULES, name + ".so")
@@ -339,19 +389,31 @@ def debian_modules(*names):
 def example_mosn(unit_key="uid", extra_listeners=()):
     """The MOSN config of the worked example (MOE's mosn.json)."""
     return {
-        "servers": [{
-            "default_log_path": "logs/mosn.log",
-            "default_log_level": "INFO",
-            "listeners": [
-                {"name": "serverListener",
-                 "stream_filters": [{
-                     "type": "metadata",
-                     "config": {"metadataers": [{
-                         "meta_data_key": "UNIT",
-                         "config": {"unit_key": unit_key}}]}}]},
-                *extra_listeners,
-            ],
-        }],
+        "servers": [
+            {
+                "default_log_path": "logs/mosn.log",
+                "default_log_level": "INFO",
+                "listeners": [
+                    {
+                        "name": "serverListener",
+                        "stream_filters": [
+                            {
+                                "type": "metadata",
+                                "config": {
+                                    "metadataers": [
+                                        {
+                                            "meta_data_key": "UNIT",
+                                            "config": {"unit_key": unit_key},
+                                        }
+                                    ]
+                                },
+                            }
+                        ],
+                    },
+                    *extra_listeners,
+                ],
+            }
+        ],
     }
 
 
@@ -364,8 +426,10 @@ def sites(ports):
     on the free port standing for its label (%P3450% in upstreams)."""
     out = []
     for site, port in ports:
-        out.append('server { listen 127.0.0.1:%%P%d%%; '
-                   'return 200 "site %s from %d"; }' % (port, site, port))
+        out.append(
+            "server { listen 127.0.0.1:%%P%d%%; "
+            'return 200 "site %s from %d"; }' % (port, site, port)
+        )
     return "\n".join(out)
 
 

@@ -12,8 +12,8 @@ class Load:
         self.threads = threads
         self.path = path
         self.headers_for = headers_for or (lambda i: {"uid": str(i % 250)})
-        self.results = []        # (status, seconds, mosn_status)
-        self.timeline = []       # (monotonic time answered, status, mosn)
+        self.results = []  # (status, seconds, mosn_status)
+        self.timeline = []  # (monotonic time answered, status, mosn)
         self.errors = []
         # a keep-alive connection closed by the server just as a request
         # went out: clients retry those (RFC 9112, 9.3.1); counted here
@@ -30,8 +30,9 @@ class Load:
             i += self.threads
             try:
                 if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port,
-                                                      timeout=10)
+                    conn = http.client.HTTPConnection(
+                        "127.0.0.1", self.port, timeout=10
+                    )
                     reused = False
                 t0 = time.monotonic()
                 conn.request("GET", self.path, headers=self.headers_for(i))
@@ -46,12 +47,15 @@ class Load:
                 if resp.getheader("connection", "").lower() == "close":
                     conn.close()
                     conn = None
-            except (ConnectionResetError, http.client.RemoteDisconnected,
-                    BrokenPipeError) as exc:
+            except (
+                ConnectionResetError,
+                http.client.RemoteDisconnected,
+                BrokenPipeError,
+            ) as exc:
                 with self._lock:
                     if reused:
                         self.retries += 1
-                        i -= self.threads     # the same request again
+                        i -= self.threads  # the same request again
                     else:
                         self.errors.append(repr(exc))
                 conn.close()
@@ -92,8 +96,9 @@ class Load:
         that was not within `within` seconds."""
         with self._lock:
             after = [(t, mosn) for t, _, mosn in self.timeline if t >= since]
-        last_bad = max((t for t, mosn in after if mosn != "filtered"),
-                       default=since)
+        last_bad = max(
+            (t for t, mosn in after if mosn != "filtered"), default=since
+        )
         good = [t for t, mosn in after if mosn == "filtered" and t > last_bad]
         if not good or good[0] - since > within:
             return None
@@ -102,8 +107,9 @@ class Load:
     def describe(self, since):
         """The answers after since, run-length encoded, for a failure."""
         with self._lock:
-            after = [(t - since, mosn) for t, _, mosn in self.timeline
-                     if t >= since]
+            after = [
+                (t - since, mosn) for t, _, mosn in self.timeline if t >= since
+            ]
         out = []
         for t, mosn in after:
             if out and out[-1][1] == mosn:

@@ -31,8 +31,9 @@ def readme_session():
 def curl(command):
     args = shlex.split(command)
     assert args[0] == "curl", command
-    proc = subprocess.run(args + ["--silent", "--show-error"],
-                          capture_output=True, timeout=10)
+    proc = subprocess.run(
+        args + ["--silent", "--show-error"], capture_output=True, timeout=10
+    )
     return proc.stdout.decode().replace("\r\n", "\n").rstrip("\n")
 
 

@@ -10,8 +10,7 @@ import threading
 from bench.procs import wait_for
 from bench.services import AuthService, RedisServer, started
 
-__all__ = ["AuthService", "RedisServer", "started", "until",
-           "upstream_server"]
+__all__ = ["AuthService", "RedisServer", "started", "until", "upstream_server"]
 
 
 def until(cond, timeout=10):

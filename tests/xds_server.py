@@ -44,9 +44,13 @@ def assignment(name, endpoints, site_key="site", priorities=None):
         health = endpoint[3] if len(endpoint) > 3 else 0
         priority = priorities[i] if priorities else 0
         lb = endpoint_components_pb2.LbEndpoint(health_status=health)
-        lb.endpoint.address.CopyFrom(address_pb2.Address(
-            socket_address=address_pb2.SocketAddress(address=ip,
-                                                     port_value=port)))
+        lb.endpoint.address.CopyFrom(
+            address_pb2.Address(
+                socket_address=address_pb2.SocketAddress(
+                    address=ip, port_value=port
+                )
+            )
+        )
         if site is not None:
             meta = struct_pb2.Struct()
             meta.update({site_key: site})
@@ -66,9 +70,9 @@ def _pack(message):
 class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def __init__(self, port=0):
         self.lock = threading.Lock()
-        self.cds = ("", [])             # version, [Cluster]
-        self.eds = ("", {})             # version, {name: CLA}
-        self.requests = []              # every request, as received
+        self.cds = ("", [])  # version, [Cluster]
+        self.eds = ("", {})  # version, {name: CLA}
+        self.requests = []  # every request, as received
         self.streams = []
         self.nonce = 0
         self.port = port
@@ -95,7 +99,8 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def start(self):
         self.server = grpc.server(futures.ThreadPoolExecutor(8))
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-            self, self.server)
+            self, self.server
+        )
         self.port = self.server.add_insecure_port("127.0.0.1:%d" % self.port)
         self.server.start()
         return self
@@ -123,8 +128,11 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 version, table = self.eds
                 resources = [table[n] for n in names if n in table]
         return discovery_pb2.DiscoveryResponse(
-            version_info=version, type_url=type_url, nonce=nonce,
-            resources=[_pack(r) for r in resources])
+            version_info=version,
+            type_url=type_url,
+            nonce=nonce,
+            resources=[_pack(r) for r in resources],
+        )
 
     def StreamAggregatedResources(self, request_iterator, context):
         events = queue.Queue()
@@ -140,8 +148,8 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             events.put(("stop", None))
 
         threading.Thread(target=read, daemon=True).start()
-        asked = {}          # type -> the names last asked for
-        sent = {}           # type -> the last nonce sent
+        asked = {}  # type -> the names last asked for
+        sent = {}  # type -> the last nonce sent
         try:
             while True:
                 kind, item = events.get()
@@ -158,9 +166,11 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     self.requests.append(request)
                 type_url = request.type_url
                 names = list(request.resource_names)
-                if request.response_nonce and \
-                        request.response_nonce != sent.get(type_url):
-                    continue            # stale: a newer response is out
+                if (
+                    request.response_nonce
+                    and request.response_nonce != sent.get(type_url)
+                ):
+                    continue  # stale: a newer response is out
                 first = type_url not in asked
                 changed = asked.get(type_url) != names
                 asked[type_url] = names

@@ -6,6 +6,7 @@ round robin for a missing or non-numeric uid is exact.
 
     python -m bench.peers.auth_service --socket /path/to/auth.sock
 """
+
 import os
 
 from aiohttp import web

@@ -26,7 +26,7 @@ from aiohttp import web
 from bench.services import serve_app
 
 SEEN = []
-IN_FLIGHT = [0, 0]      # now, most at once
+IN_FLIGHT = [0, 0]  # now, most at once
 
 
 async def check(request):
@@ -34,13 +34,20 @@ async def check(request):
         if request.method == "DELETE":
             SEEN.clear()
             IN_FLIGHT[1] = 0
-        return web.Response(text=json.dumps(SEEN),
-                            content_type="application/json")
+        return web.Response(
+            text=json.dumps(SEEN), content_type="application/json"
+        )
     if request.path == "/_in_flight":
-        return web.Response(text=json.dumps(IN_FLIGHT),
-                            content_type="application/json")
-    SEEN.append({"method": request.method, "path": request.path_qs,
-                 "headers": list(request.headers.items())})
+        return web.Response(
+            text=json.dumps(IN_FLIGHT), content_type="application/json"
+        )
+    SEEN.append(
+        {
+            "method": request.method,
+            "path": request.path_qs,
+            "headers": list(request.headers.items()),
+        }
+    )
     IN_FLIGHT[0] += 1
     IN_FLIGHT[1] = max(IN_FLIGHT)
     try:
@@ -51,12 +58,19 @@ async def check(request):
         if delay:
             await asyncio.sleep(delay)
         if token in ("Bearer good", "Bearer slow"):
-            return web.Response(status=200, headers={
-                "X-User": "alice", "X-Tenant": "t1",
-                "Set-Cookie": "seen=1"})
-        return web.Response(status=401, text="denied by the service",
-                            headers={"WWW-Authenticate": "Bearer",
-                                     "X-Reason": "bad token"})
+            return web.Response(
+                status=200,
+                headers={
+                    "X-User": "alice",
+                    "X-Tenant": "t1",
+                    "Set-Cookie": "seen=1",
+                },
+            )
+        return web.Response(
+            status=401,
+            text="denied by the service",
+            headers={"WWW-Authenticate": "Bearer", "X-Reason": "bad token"},
+        )
     finally:
         IN_FLIGHT[0] -= 1
 

@@ -7,6 +7,7 @@ line, the site. One process, so the round robin is exact.
 
     python -m bench.peers.plugin_server --socket /path/to/plugin.sock
 """
+
 import asyncio
 import os
 
@@ -32,8 +33,9 @@ class RouteProtocol(asyncio.Protocol):
     def data_received(self, data):
         *lines, self.pending = (self.pending + data).split(b"\n")
         if lines:
-            self.transport.write(b"".join(answer(line.rstrip(b"\r"))
-                                          for line in lines))
+            self.transport.write(
+                b"".join(answer(line.rstrip(b"\r")) for line in lines)
+            )
         if len(self.pending) > MAX_PENDING:
             self.transport.close()
 

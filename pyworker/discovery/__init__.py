@@ -18,16 +18,42 @@ Endpoints change without a reload.
 """
 
 from pyworker.discovery.filewatch import POLL_INTERVAL, Watcher
-from pyworker.discovery.options import (EtcdSource, FileSource, XdsSource,
-                                        discovery_of, discovery_option)
-from pyworker.discovery.servicefile import (MAX_APPS, MAX_ENDPOINTS,
-                                            MAX_SITES, ServiceFileError,
-                                            load, loads, parse, parse_app,
-                                            service_file_of,
-                                            service_file_option)
+from pyworker.discovery.options import (
+    EtcdSource,
+    FileSource,
+    XdsSource,
+    discovery_of,
+    discovery_option,
+)
+from pyworker.discovery.servicefile import (
+    MAX_APPS,
+    MAX_ENDPOINTS,
+    MAX_SITES,
+    ServiceFileError,
+    load,
+    loads,
+    parse,
+    parse_app,
+    service_file_of,
+    service_file_option,
+)
 
-__all__ = ["ServiceFileError", "load", "loads", "parse", "parse_app",
-           "service_file_option", "service_file_of", "discovery_option",
-           "discovery_of", "FileSource", "EtcdSource", "XdsSource",
-           "Watcher", "POLL_INTERVAL", "MAX_APPS", "MAX_ENDPOINTS",
-           "MAX_SITES"]
+__all__ = [
+    "ServiceFileError",
+    "load",
+    "loads",
+    "parse",
+    "parse_app",
+    "service_file_option",
+    "service_file_of",
+    "discovery_option",
+    "discovery_of",
+    "FileSource",
+    "EtcdSource",
+    "XdsSource",
+    "Watcher",
+    "POLL_INTERVAL",
+    "MAX_APPS",
+    "MAX_ENDPOINTS",
+    "MAX_SITES",
+]

@@ -34,18 +34,30 @@ import json
 import logging
 
 from pyworker.api import ConfigError
-from pyworker.discovery.etcdwire import (AUTHENTICATE, DELETE, RANGE,
-                                         WATCH, AuthenticateRequest,
-                                         AuthenticateResponse, RangeRequest,
-                                         RangeResponse, WatchCreateRequest,
-                                         WatchRequest, WatchResponse)
+from pyworker.discovery.etcdwire import (
+    AUTHENTICATE,
+    DELETE,
+    RANGE,
+    WATCH,
+    AuthenticateRequest,
+    AuthenticateResponse,
+    RangeRequest,
+    RangeResponse,
+    WatchCreateRequest,
+    WatchRequest,
+    WatchResponse,
+)
 from pyworker.discovery.grpcchannel import Channel
-from pyworker.discovery.servicefile import (APP_NAME_MAX, ServiceFileError,
-                                            _name_ok, parse_app)
+from pyworker.discovery.servicefile import (
+    APP_NAME_MAX,
+    ServiceFileError,
+    _name_ok,
+    parse_app,
+)
 
 log = logging.getLogger("pyworker.discovery")
 
-BACKOFF_MIN = 0.05      # seconds before trying the next endpoint
+BACKOFF_MIN = 0.05  # seconds before trying the next endpoint
 BACKOFF_MAX = 2.0
 
 
@@ -63,16 +75,17 @@ class AppsRange:
         self.prefix = prefix
         self.table = table
         self.stats = stats
-        self.revision = None        # the last revision applied; None: resync
-        self.good = {}              # app -> endpoints last applied
-        self.refused = {}           # key -> why its value is not used
+        self.revision = None  # the last revision applied; None: resync
+        self.good = {}  # app -> endpoints last applied
+        self.refused = {}  # key -> why its value is not used
 
     def app_of(self, key):
         """The app a key names, or raises ServiceFileError."""
-        name = key.decode("utf-8", "replace")[len(self.prefix):]
+        name = key.decode("utf-8", "replace")[len(self.prefix) :]
         if not name:
-            raise ServiceFileError("the key names no app (it is the prefix "
-                                   "itself)")
+            raise ServiceFileError(
+                "the key names no app (it is the prefix itself)"
+            )
         _name_ok(name, APP_NAME_MAX, "", "the app name the key ends with")
         return name
 
@@ -84,17 +97,23 @@ class AppsRange:
         except UnicodeDecodeError:
             raise ServiceFileError("not UTF-8") from None
         except json.JSONDecodeError as exc:
-            raise ServiceFileError(f"invalid JSON: {exc.msg}",
-                                   f"line {exc.lineno} column "
-                                   f"{exc.colno}") from None
+            raise ServiceFileError(
+                f"invalid JSON: {exc.msg}",
+                f"line {exc.lineno} column {exc.colno}",
+            ) from None
         return parse_app(doc, "", name=app)
 
     def refuse(self, key, revision, exc):
         name = key.decode("utf-8", "replace")
         why = str(exc)
         if self.refused.get(name) != why:
-            log.error("service discovery: etcd key %s (revision %d): %s; "
-                      "keeping the last good endpoints", name, revision, why)
+            log.error(
+                "service discovery: etcd key %s (revision %d): %s; "
+                "keeping the last good endpoints",
+                name,
+                revision,
+                why,
+            )
             self.stats.error("value")
         self.refused[name] = why
 
@@ -118,8 +137,12 @@ class AppsRange:
         try:
             self.table.sync(apps)
         except Exception as exc:
-            log.error("service discovery: the endpoint table refused the "
-                      "apps of etcd prefix %s: %s", self.prefix, exc)
+            log.error(
+                "service discovery: the endpoint table refused the "
+                "apps of etcd prefix %s: %s",
+                self.prefix,
+                exc,
+            )
             self.stats.error("table")
         self.good = apps
         self.revision = revision
@@ -132,15 +155,19 @@ class AppsRange:
         and so on: the app ends up with the last good value, as if each
         had been applied in turn.  Values a burst superseded are neither
         checked nor written."""
-        latest = {}                 # key -> its events in the burst
+        latest = {}  # key -> its events in the burst
         applied = 0
         for event in events:
             kv = event.kv
             revision = kv.mod_revision
             if self.revision is not None and revision < self.revision:
                 # etcd never sends these after a resume at the next revision
-                log.error("service discovery: etcd replayed revision %d (at "
-                          "%d); ignored", revision, self.revision)
+                log.error(
+                    "service discovery: etcd replayed revision %d (at "
+                    "%d); ignored",
+                    revision,
+                    self.revision,
+                )
                 self.stats.error("replay")
                 continue
             latest.setdefault(kv.key, []).append(event)
@@ -178,8 +205,12 @@ class AppsRange:
                 self.table.write(app, endpoints)
                 self.good[app] = endpoints
         except Exception as exc:
-            log.error("service discovery: the endpoint table refused app "
-                      "%s from etcd: %s", app, exc)
+            log.error(
+                "service discovery: the endpoint table refused app "
+                "%s from etcd: %s",
+                app,
+                exc,
+            )
             self.stats.error("table")
 
 
@@ -190,12 +221,12 @@ class ConfigKey:
 
     def __init__(self, key, deliver, stats):
         self.key = key.encode()
-        self.range_end = self.key + b"\0"     # the key alone
+        self.range_end = self.key + b"\0"  # the key alone
         self.name = key
         self.deliver = deliver
         self.stats = stats
         self.revision = None
-        self.sent = None            # mod revision of the value handed over
+        self.sent = None  # mod revision of the value handed over
         self.missing_said = False
 
     def resync(self, kvs, revision):
@@ -203,8 +234,11 @@ class ConfigKey:
         if kvs:
             self._value(kvs[0].value, kvs[0].mod_revision)
         elif not self.missing_said:
-            log.warning("filter config: etcd key %s holds nothing; the "
-                        "listeners stay as they are", self.name)
+            log.warning(
+                "filter config: etcd key %s holds nothing; the "
+                "listeners stay as they are",
+                self.name,
+            )
             self.missing_said = True
         self.revision = revision
 
@@ -216,9 +250,12 @@ class ConfigKey:
             if event.type != DELETE:
                 last = kv
             else:
-                log.warning("filter config: etcd key %s was deleted "
-                            "(revision %d); the listeners stay as they are",
-                            self.name, kv.mod_revision)
+                log.warning(
+                    "filter config: etcd key %s was deleted "
+                    "(revision %d); the listeners stay as they are",
+                    self.name,
+                    kv.mod_revision,
+                )
             self.revision = kv.mod_revision
         if last is not None:
             self._value(last.value, last.mod_revision)
@@ -239,10 +276,11 @@ class EtcdFollower:
         self.stats = stats
         self.watches = [AppsRange(spec.prefix, table, stats)]
         if spec.config_key and deliver_config is not None:
-            self.watches.append(ConfigKey(spec.config_key, deliver_config,
-                                          stats))
-        self.endpoint = 0           # which of spec.endpoints is tried next
-        self.said = None            # the last error logged
+            self.watches.append(
+                ConfigKey(spec.config_key, deliver_config, stats)
+            )
+        self.endpoint = 0  # which of spec.endpoints is tried next
+        self.said = None  # the last error logged
 
     async def run(self):
         backoff = BACKOFF_MIN
@@ -252,8 +290,9 @@ class EtcdFollower:
             channel = None
             up = False
             try:
-                channel = await Channel.open(host, port, self.spec.timeout,
-                                             self.spec.coalesce)
+                channel = await Channel.open(
+                    host, port, self.spec.timeout, self.spec.coalesce
+                )
                 up = await self._session(channel, where)
             except asyncio.CancelledError:
                 raise
@@ -261,8 +300,11 @@ class EtcdFollower:
                 kind = "stream" if self.stats.connected else "connect"
                 why = f"{kind}: {where}: {_reason(exc)}"
                 if why != self.said:
-                    log.error("service discovery: etcd %s; keeping the "
-                              "endpoints the table has", why)
+                    log.error(
+                        "service discovery: etcd %s; keeping the "
+                        "endpoints the table has",
+                        why,
+                    )
                     self.said = why
                 self.stats.error(kind)
             finally:
@@ -278,18 +320,24 @@ class EtcdFollower:
         metadata = []
         if self.spec.username is not None:
             answer = await channel.unary(
-                AUTHENTICATE, AuthenticateRequest(
-                    name=self.spec.username, password=self.spec.password),
-                AuthenticateResponse, timeout=self.spec.timeout)
+                AUTHENTICATE,
+                AuthenticateRequest(
+                    name=self.spec.username, password=self.spec.password
+                ),
+                AuthenticateResponse,
+                timeout=self.spec.timeout,
+            )
             metadata.append(("token", answer.token))
-        tasks = [asyncio.create_task(self._follow(channel, w, where,
-                                                  metadata))
-                 for w in self.watches]
+        tasks = [
+            asyncio.create_task(self._follow(channel, w, where, metadata))
+            for w in self.watches
+        ]
         try:
             done, _ = await asyncio.wait(
-                tasks, return_when=asyncio.FIRST_EXCEPTION)
+                tasks, return_when=asyncio.FIRST_EXCEPTION
+            )
             for task in done:
-                task.result()       # raises what ended it
+                task.result()  # raises what ended it
         finally:
             for task in tasks:
                 task.cancel()
@@ -300,8 +348,12 @@ class EtcdFollower:
         while True:
             if w.revision is None:
                 got = await channel.unary(
-                    RANGE, RangeRequest(key=w.key, range_end=w.range_end),
-                    RangeResponse, metadata, self.spec.timeout)
+                    RANGE,
+                    RangeRequest(key=w.key, range_end=w.range_end),
+                    RangeResponse,
+                    metadata,
+                    self.spec.timeout,
+                )
                 w.resync(got.kvs, got.header.revision)
                 self.stats.flush(force=True)
             start = w.revision + 1
@@ -315,30 +367,43 @@ class EtcdFollower:
                         self._following(where, start)
                     if answer.canceled:
                         events.extend(answer.events)
-                        call.cancel(Compacted(answer.compact_revision)
-                                    if answer.compact_revision else
-                                    ConnectionError(
-                                        "etcd ended the watch: "
-                                        + (answer.cancel_reason
-                                           or "no reason given")))
+                        call.cancel(
+                            Compacted(answer.compact_revision)
+                            if answer.compact_revision
+                            else ConnectionError(
+                                "etcd ended the watch: "
+                                + (answer.cancel_reason or "no reason given")
+                            )
+                        )
                         break
                     events.extend(answer.events)
                 if events:
                     w.events(events)
                     self.stats.flush()
 
-            request = WatchRequest(create_request=WatchCreateRequest(
-                key=w.key, range_end=w.range_end, start_revision=start))
+            request = WatchRequest(
+                create_request=WatchCreateRequest(
+                    key=w.key, range_end=w.range_end, start_revision=start
+                )
+            )
             # a member cut off from its cluster's leader ends the watch
             # (after a few election timeouts), and the next one is tried
-            call = channel.start(WATCH, request.SerializeToString(),
-                                 metadata + [("hasleader", "true")],
-                                 answers, half_close=False)
+            call = channel.start(
+                WATCH,
+                request.SerializeToString(),
+                metadata + [("hasleader", "true")],
+                answers,
+                half_close=False,
+            )
             exc = await call.done
             if isinstance(exc, Compacted):
-                log.warning("service discovery: etcd compacted past "
-                            "revision %d (to %d); reading %s whole again",
-                            w.revision, exc.args[0], w.name)
+                log.warning(
+                    "service discovery: etcd compacted past "
+                    "revision %d (to %d); reading %s whole again",
+                    w.revision,
+                    exc.args[0],
+                    w.name,
+                )
                 self.stats.error("compacted")
                 w.revision = None
                 continue
@@ -349,7 +414,9 @@ class EtcdFollower:
             # after an error the error log says it is over
             (log.warning if self.said else log.info)(
                 "service discovery: following etcd at %s from revision %d",
-                where, start)
+                where,
+                start,
+            )
             self.said = None
         self.stats.set_connected(True)
         self.stats.flush(force=True)
@@ -358,10 +425,10 @@ class EtcdFollower:
 def range_end(key):
     """The end of the range of keys that start with ``key``."""
     end = bytearray(key)
-    while end and end[-1] == 0xff:
+    while end and end[-1] == 0xFF:
         end.pop()
     if not end:
-        return b"\0"               # every key
+        return b"\0"  # every key
     end[-1] += 1
     return bytes(end)
 
@@ -377,14 +444,20 @@ def check_config_value(text):
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"invalid JSON: {exc.msg}",
-                          f"line {exc.lineno} column {exc.colno}") from None
+        raise ConfigError(
+            f"invalid JSON: {exc.msg}", f"line {exc.lineno} column {exc.colno}"
+        ) from None
     if not isinstance(doc, dict) or "servers" not in doc:
-        raise ConfigError('must be a JSON object with the listeners under '
-                          '"servers": [{"listeners": [...]}]')
+        raise ConfigError(
+            "must be a JSON object with the listeners under "
+            '"servers": [{"listeners": [...]}]'
+        )
     for key in doc:
         if key != "servers":
-            raise ConfigError("only the listeners (\"servers\") come from "
-                              "the store; set this in the gateway's own "
-                              "file", key)
+            raise ConfigError(
+                'only the listeners ("servers") come from '
+                "the store; set this in the gateway's own "
+                "file",
+                key,
+            )
     return doc["servers"]

@@ -18,7 +18,7 @@ from pyworker.discovery.table import EndpointTable
 
 log = logging.getLogger("pyworker.discovery")
 
-POLL_INTERVAL = 0.5     # seconds between looks at the file
+POLL_INTERVAL = 0.5  # seconds between looks at the file
 
 
 class Watcher:
@@ -32,13 +32,13 @@ class Watcher:
         self.table = EndpointTable(region, path)
         self.interval = interval
         self.clock = clock or time.monotonic
-        self.signature = False      # never looked
+        self.signature = False  # never looked
         self.next_look = 0.0
-        self.good = None            # the last good endpoints, as applied
-        self.error = None           # why the file is not used, if it is not
-        self.applied = 0            # good versions applied
-        self.updated = None         # time.time() of the last one
-        self.errors = {}            # kind -> count
+        self.good = None  # the last good endpoints, as applied
+        self.error = None  # why the file is not used, if it is not
+        self.applied = 0  # good versions applied
+        self.updated = None  # time.time() of the last one
+        self.errors = {}  # kind -> count
 
     def _stat(self):
         try:
@@ -67,7 +67,7 @@ class Watcher:
             return False
         try:
             changed = self.table.sync(apps)
-        except Exception as exc:        # the table refused it: say why
+        except Exception as exc:  # the table refused it: say why
             self._refuse("table", f"{self.path}: {exc}")
             return False
         if self.error is not None:
@@ -80,15 +80,23 @@ class Watcher:
 
     def _refuse(self, kind, why):
         if why != self.error:
-            kept = ("the last good endpoints" if self.good is not None
-                    else "no endpoints (none was good yet)")
+            kept = (
+                "the last good endpoints"
+                if self.good is not None
+                else "no endpoints (none was good yet)"
+            )
             log.error("service discovery: %s; keeping %s", why, kept)
             self.errors[kind] = self.errors.get(kind, 0) + 1
         self.error = why
 
     def stats(self):
         """What the metrics say of this source."""
-        return {"source": "file", "revision": str(self.applied),
-                "updated": self.updated, "updates": self.applied,
-                "errors": dict(self.errors), "connected": True,
-                "error": self.error}
+        return {
+            "source": "file",
+            "revision": str(self.applied),
+            "updated": self.updated,
+            "updates": self.applied,
+            "errors": dict(self.errors),
+            "connected": True,
+            "error": self.error,
+        }

@@ -29,8 +29,18 @@ import hpack
 __all__ = ["Channel", "Call", "ChannelError", "GrpcError"]
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, \
-    GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
+(
+    DATA,
+    HEADERS,
+    PRIORITY,
+    RST_STREAM,
+    SETTINGS,
+    PUSH_PROMISE,
+    PING,
+    GOAWAY,
+    WINDOW_UPDATE,
+    CONTINUATION,
+) = range(10)
 END_STREAM = ACK = 0x1
 END_HEADERS = 0x4
 PADDED = 0x8
@@ -39,20 +49,30 @@ SETTINGS_HEADER_TABLE_SIZE = 1
 SETTINGS_ENABLE_PUSH = 2
 SETTINGS_INITIAL_WINDOW_SIZE = 4
 SETTINGS_MAX_FRAME_SIZE = 5
-CANCEL = 0x8            # RST_STREAM code
+CANCEL = 0x8  # RST_STREAM code
 WINDOW_MAX = (1 << 31) - 1
-TOP_UP = 1 << 30        # consumed bytes that earn a WINDOW_UPDATE
-FRAME_MAX = 16384       # the largest frame accepted (the default)
+TOP_UP = 1 << 30  # consumed bytes that earn a WINDOW_UPDATE
+FRAME_MAX = 16384  # the largest frame accepted (the default)
 HEADER_BLOCK_MAX = 1 << 16
 MESSAGE_MAX = 32 << 20  # the largest gRPC message accepted
-KEEPALIVE_TIME = 10.0   # a ping after this many silent seconds
+KEEPALIVE_TIME = 10.0  # a ping after this many silent seconds
 KEEPALIVE_TIMEOUT = 5.0  # and the connection given up after this many
 
-STATUS_NAMES = {1: "CANCELLED", 2: "UNKNOWN", 3: "INVALID_ARGUMENT",
-                4: "DEADLINE_EXCEEDED", 5: "NOT_FOUND", 7: "PERMISSION_DENIED",
-                8: "RESOURCE_EXHAUSTED", 9: "FAILED_PRECONDITION",
-                11: "OUT_OF_RANGE", 12: "UNIMPLEMENTED", 13: "INTERNAL",
-                14: "UNAVAILABLE", 16: "UNAUTHENTICATED"}
+STATUS_NAMES = {
+    1: "CANCELLED",
+    2: "UNKNOWN",
+    3: "INVALID_ARGUMENT",
+    4: "DEADLINE_EXCEEDED",
+    5: "NOT_FOUND",
+    7: "PERMISSION_DENIED",
+    8: "RESOURCE_EXHAUSTED",
+    9: "FAILED_PRECONDITION",
+    11: "OUT_OF_RANGE",
+    12: "UNIMPLEMENTED",
+    13: "INTERNAL",
+    14: "UNAVAILABLE",
+    16: "UNAUTHENTICATED",
+}
 
 
 class ChannelError(ConnectionError):
@@ -73,8 +93,12 @@ class GrpcError(Exception):
 
 
 def _frame(kind, flags, sid, payload=b""):
-    return (len(payload).to_bytes(3, "big") + bytes((kind, flags))
-            + sid.to_bytes(4, "big") + payload)
+    return (
+        len(payload).to_bytes(3, "big")
+        + bytes((kind, flags))
+        + sid.to_bytes(4, "big")
+        + payload
+    )
 
 
 class Call:
@@ -83,15 +107,24 @@ class Call:
     call).  ``done`` is a future: None when the server ended it with OK,
     else the exception that ended it."""
 
-    __slots__ = ("channel", "sid", "on_messages", "messages", "buf",
-                 "got_headers", "done", "consumed", "send_window")
+    __slots__ = (
+        "channel",
+        "sid",
+        "on_messages",
+        "messages",
+        "buf",
+        "got_headers",
+        "done",
+        "consumed",
+        "send_window",
+    )
 
     def __init__(self, channel, sid, on_messages):
         self.channel = channel
         self.sid = sid
         self.on_messages = on_messages
-        self.messages = []          # read and not yet handed over
-        self.buf = bytearray()      # a message not whole yet
+        self.messages = []  # read and not yet handed over
+        self.buf = bytearray()  # a message not whole yet
         self.got_headers = False
         self.done = channel.loop.create_future()
         self.consumed = 0
@@ -100,8 +133,9 @@ class Call:
     def cancel(self, exc=None):
         """Ends the stream from this side; ``done`` says ``exc``."""
         if self.channel.calls.pop(self.sid, None) is not None:
-            self.channel.write(_frame(RST_STREAM, 0, self.sid,
-                                      CANCEL.to_bytes(4, "big")))
+            self.channel.write(
+                _frame(RST_STREAM, 0, self.sid, CANCEL.to_bytes(4, "big"))
+            )
         self._end(exc or asyncio.CancelledError())
 
     def _end(self, exc):
@@ -114,7 +148,7 @@ class Channel(asyncio.Protocol):
 
     def __init__(self, authority, coalesce=0.0):
         self.authority = authority
-        self.coalesce = coalesce    # seconds to let a stream's burst gather
+        self.coalesce = coalesce  # seconds to let a stream's burst gather
         self.loop = asyncio.get_running_loop()
         self.transport = None
         self.encoder = hpack.Encoder()
@@ -122,13 +156,13 @@ class Channel(asyncio.Protocol):
         self.buf = bytearray()
         self.calls = {}
         self.next_sid = 1
-        self.continuing = None      # (sid, flags, block) of a HEADERS
-        self.peer_window = 65535    # the server's initial stream window
+        self.continuing = None  # (sid, flags, block) of a HEADERS
+        self.peer_window = 65535  # the server's initial stream window
         self.peer_frame = 16384
-        self.send_window = 65535    # the server's connection window
+        self.send_window = 65535  # the server's connection window
         self.outbox = collections.deque()
         self.consumed = 0
-        self.error = None           # why the connection is over
+        self.error = None  # why the connection is over
         self.last_read = self.loop.time()
         self.ping_sent = None
         self.timer = None
@@ -139,8 +173,12 @@ class Channel(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
-            _, channel = await asyncio.wait_for(loop.create_connection(
-                lambda: cls(authority, coalesce), host, port), timeout)
+            _, channel = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: cls(authority, coalesce), host, port
+                ),
+                timeout,
+            )
         except asyncio.TimeoutError:
             raise ChannelError(f"no connection in {timeout:g} s") from None
         except OSError as exc:
@@ -151,18 +189,26 @@ class Channel(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
-        settings = b"".join(k.to_bytes(2, "big") + v.to_bytes(4, "big")
-                            for k, v in ((SETTINGS_ENABLE_PUSH, 0),
-                                         (SETTINGS_INITIAL_WINDOW_SIZE,
-                                          WINDOW_MAX)))
-        transport.write(PREFACE + _frame(SETTINGS, 0, 0, settings)
-                        + _frame(WINDOW_UPDATE, 0, 0, (WINDOW_MAX - 65535)
-                                 .to_bytes(4, "big")))
+        settings = b"".join(
+            k.to_bytes(2, "big") + v.to_bytes(4, "big")
+            for k, v in (
+                (SETTINGS_ENABLE_PUSH, 0),
+                (SETTINGS_INITIAL_WINDOW_SIZE, WINDOW_MAX),
+            )
+        )
+        transport.write(
+            PREFACE
+            + _frame(SETTINGS, 0, 0, settings)
+            + _frame(
+                WINDOW_UPDATE, 0, 0, (WINDOW_MAX - 65535).to_bytes(4, "big")
+            )
+        )
         self._arm(KEEPALIVE_TIME)
 
     def connection_lost(self, exc):
-        self._fail(ChannelError(
-            "the connection closed" + (f": {exc}" if exc else "")))
+        self._fail(
+            ChannelError("the connection closed" + (f": {exc}" if exc else ""))
+        )
 
     def data_received(self, data):
         if self.error is not None:
@@ -174,23 +220,28 @@ class Channel(asyncio.Protocol):
         at, size = 0, len(buf)
         try:
             while size - at >= 9:
-                length = int.from_bytes(buf[at:at + 3], "big")
+                length = int.from_bytes(buf[at : at + 3], "big")
                 if length > FRAME_MAX:
-                    raise ChannelError(f"a frame of {length} bytes (at most "
-                                       f"{FRAME_MAX} were allowed)")
+                    raise ChannelError(
+                        f"a frame of {length} bytes (at most "
+                        f"{FRAME_MAX} were allowed)"
+                    )
                 end = at + 9 + length
                 if end > size:
                     break
                 kind, flags = buf[at + 3], buf[at + 4]
-                sid = int.from_bytes(buf[at + 5:at + 9], "big") & WINDOW_MAX
-                payload = bytes(buf[at + 9:end])
+                sid = int.from_bytes(buf[at + 5 : at + 9], "big") & WINDOW_MAX
+                payload = bytes(buf[at + 9 : end])
                 at = end
                 if self.continuing is not None and kind != CONTINUATION:
                     raise ChannelError("a header block was interrupted")
                 if kind == DATA:
                     call = self._data(sid, flags, payload)
-                    if call is not None and call.messages \
-                            and call not in touched:
+                    if (
+                        call is not None
+                        and call.messages
+                        and call not in touched
+                    ):
                         touched.append(call)
                 elif kind in (HEADERS, CONTINUATION):
                     self._header_frame(kind, sid, flags, payload)
@@ -207,14 +258,20 @@ class Channel(asyncio.Protocol):
                     call = self.calls.pop(sid, None)
                     if call is not None:
                         code = int.from_bytes(payload[:4], "big")
-                        call._end(ChannelError(f"the server reset the stream "
-                                               f"(HTTP/2 error {code})"))
+                        call._end(
+                            ChannelError(
+                                f"the server reset the stream "
+                                f"(HTTP/2 error {code})"
+                            )
+                        )
                 elif kind == GOAWAY:
                     code = int.from_bytes(payload[4:8], "big")
                     why = payload[8:].decode("utf-8", "replace")[:200]
-                    raise ChannelError(f"the server is going away (HTTP/2 "
-                                       f"error {code}{': ' if why else ''}"
-                                       f"{why})")
+                    raise ChannelError(
+                        f"the server is going away (HTTP/2 "
+                        f"error {code}{': ' if why else ''}"
+                        f"{why})"
+                    )
                 elif kind == PUSH_PROMISE:
                     raise ChannelError("a push the client had refused")
                 # PRIORITY and frame types this client does not know: skipped
@@ -229,8 +286,12 @@ class Channel(asyncio.Protocol):
                 call.on_messages(messages)
             else:
                 call.messages = messages
-        if touched and self.coalesce > 0 and not self.paused \
-                and any(c.on_messages is not None for c in touched):
+        if (
+            touched
+            and self.coalesce > 0
+            and not self.paused
+            and any(c.on_messages is not None for c in touched)
+        ):
             # a stream is busy: let what follows gather for a while, then
             # take it in one read
             self.paused = True
@@ -248,20 +309,22 @@ class Channel(asyncio.Protocol):
         length = len(payload)
         self.consumed += length
         if self.consumed >= TOP_UP:
-            self.write(_frame(WINDOW_UPDATE, 0, 0,
-                              self.consumed.to_bytes(4, "big")))
+            self.write(
+                _frame(WINDOW_UPDATE, 0, 0, self.consumed.to_bytes(4, "big"))
+            )
             self.consumed = 0
         if flags & PADDED:
             if not payload or payload[0] >= length:
                 raise ChannelError("bad padding in a DATA frame")
-            payload = payload[1:length - payload[0]]
+            payload = payload[1 : length - payload[0]]
         call = self.calls.get(sid)
         if call is None:
             return None
         call.consumed += length
         if call.consumed >= TOP_UP:
-            self.write(_frame(WINDOW_UPDATE, 0, sid,
-                              call.consumed.to_bytes(4, "big")))
+            self.write(
+                _frame(WINDOW_UPDATE, 0, sid, call.consumed.to_bytes(4, "big"))
+            )
             call.consumed = 0
         if not call.got_headers:
             raise ChannelError("data before headers")
@@ -270,21 +333,27 @@ class Channel(asyncio.Protocol):
         while len(buf) >= 5:
             size = int.from_bytes(buf[1:5], "big")
             if buf[0]:
-                self._finish(call, GrpcError(12, "a compressed message "
-                                                 "(none was asked for)"))
+                self._finish(
+                    call,
+                    GrpcError(12, "a compressed message (none was asked for)"),
+                )
                 return call
             if size > MESSAGE_MAX:
-                self._finish(call, GrpcError(8, f"a message of {size} "
-                                                f"bytes (at most "
-                                                f"{MESSAGE_MAX})"))
+                self._finish(
+                    call,
+                    GrpcError(
+                        8, f"a message of {size} bytes (at most {MESSAGE_MAX})"
+                    ),
+                )
                 return call
             if len(buf) < 5 + size:
                 break
-            call.messages.append(bytes(buf[5:5 + size]))
-            del buf[:5 + size]
+            call.messages.append(bytes(buf[5 : 5 + size]))
+            del buf[: 5 + size]
         if flags & END_STREAM:
-            self._finish(call, GrpcError(13, "the stream ended with no "
-                                             "status"))
+            self._finish(
+                call, GrpcError(13, "the stream ended with no status")
+            )
         return call
 
     def _header_frame(self, kind, sid, flags, payload):
@@ -294,7 +363,7 @@ class Channel(asyncio.Protocol):
             if flags & PADDED:
                 if not payload or payload[0] >= len(payload):
                     raise ChannelError("bad padding in a HEADERS frame")
-                payload = payload[1:len(payload) - payload[0]]
+                payload = payload[1 : len(payload) - payload[0]]
             if flags & PRIORITY_FLAG:
                 payload = payload[5:]
             self.continuing = (sid, flags, payload)
@@ -303,8 +372,9 @@ class Channel(asyncio.Protocol):
                 raise ChannelError("a CONTINUATION out of place")
             start_sid, start_flags, block = self.continuing
             if len(block) + len(payload) > HEADER_BLOCK_MAX:
-                raise ChannelError("a header block over %d bytes"
-                                   % HEADER_BLOCK_MAX)
+                raise ChannelError(
+                    "a header block over %d bytes" % HEADER_BLOCK_MAX
+                )
             self.continuing = (sid, start_flags, block + payload)
         if not flags & END_HEADERS:
             return
@@ -313,8 +383,9 @@ class Channel(asyncio.Protocol):
         try:
             headers = self.decoder.decode(block)
         except hpack.HPACKError as exc:
-            raise ChannelError(f"a header block HPACK cannot read: "
-                               f"{exc}") from None
+            raise ChannelError(
+                f"a header block HPACK cannot read: {exc}"
+            ) from None
         call = self.calls.get(sid)
         if call is not None:
             self._headers(call, flags, dict(headers))
@@ -327,10 +398,16 @@ class Channel(asyncio.Protocol):
                 self._finish(call, GrpcError(2, f"HTTP status {status}"))
                 return
             if not headers.get("content-type", "").startswith(
-                    "application/grpc"):
-                self._finish(call, GrpcError(2, "not a gRPC answer "
-                                                "(content-type %r)" %
-                                             headers.get("content-type")))
+                "application/grpc"
+            ):
+                self._finish(
+                    call,
+                    GrpcError(
+                        2,
+                        "not a gRPC answer "
+                        "(content-type %r)" % headers.get("content-type"),
+                    ),
+                )
                 return
             if not flags & END_STREAM:
                 return
@@ -346,8 +423,7 @@ class Channel(asyncio.Protocol):
 
     def _finish(self, call, exc):
         self.calls.pop(call.sid, None)
-        if exc is not None and call.messages and \
-                call.on_messages is not None:
+        if exc is not None and call.messages and call.on_messages is not None:
             # what came before the error is handed over first
             messages, call.messages = call.messages, []
             call.on_messages(messages)
@@ -359,8 +435,8 @@ class Channel(asyncio.Protocol):
         if len(payload) % 6:
             raise ChannelError("a SETTINGS frame of a bad length")
         for i in range(0, len(payload), 6):
-            key = int.from_bytes(payload[i:i + 2], "big")
-            value = int.from_bytes(payload[i + 2:i + 6], "big")
+            key = int.from_bytes(payload[i : i + 2], "big")
+            value = int.from_bytes(payload[i + 2 : i + 6], "big")
             if key == SETTINGS_HEADER_TABLE_SIZE:
                 self.encoder.header_table_size = min(value, 4096)
             elif key == SETTINGS_INITIAL_WINDOW_SIZE:
@@ -393,9 +469,12 @@ class Channel(asyncio.Protocol):
         now = self.loop.time()
         if self.ping_sent is not None:
             if now - self.ping_sent >= KEEPALIVE_TIMEOUT:
-                self.abort(ChannelError(
-                    f"no answer to a keepalive ping in "
-                    f"{KEEPALIVE_TIMEOUT:g} s"))
+                self.abort(
+                    ChannelError(
+                        f"no answer to a keepalive ping in "
+                        f"{KEEPALIVE_TIMEOUT:g} s"
+                    )
+                )
                 return
             self._arm(self.ping_sent + KEEPALIVE_TIMEOUT - now)
         elif now - self.last_read >= KEEPALIVE_TIME:
@@ -407,8 +486,15 @@ class Channel(asyncio.Protocol):
 
     # -- calls ----------------------------------------------------------------
 
-    def start(self, path, request, metadata=(), on_messages=None,
-              timeout=None, half_close=True):
+    def start(
+        self,
+        path,
+        request,
+        metadata=(),
+        on_messages=None,
+        timeout=None,
+        half_close=True,
+    ):
         """Sends a request on a new stream; returns its Call.
         ``half_close=False`` keeps the request side open (a watch)."""
         if self.error is not None:
@@ -417,35 +503,44 @@ class Channel(asyncio.Protocol):
         if sid > WINDOW_MAX:
             raise ChannelError("no stream id left on this connection")
         self.next_sid += 2
-        headers = [(":method", "POST"), (":scheme", "http"),
-                   (":path", path), (":authority", self.authority),
-                   ("content-type", "application/grpc"), ("te", "trailers")]
+        headers = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", self.authority),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
         if timeout is not None:
             headers.append(("grpc-timeout", "%dm" % max(1, timeout * 1000)))
         headers += metadata
         block = self.encoder.encode(headers)
         call = Call(self, sid, on_messages)
         self.calls[sid] = call
-        first, rest = block[:self.peer_frame], block[self.peer_frame:]
+        first, rest = block[: self.peer_frame], block[self.peer_frame :]
         frames = [_frame(HEADERS, 0 if rest else END_HEADERS, sid, first)]
         while rest:
-            part, rest = rest[:self.peer_frame], rest[self.peer_frame:]
-            frames.append(_frame(CONTINUATION, 0 if rest else END_HEADERS,
-                                 sid, part))
+            part, rest = rest[: self.peer_frame], rest[self.peer_frame :]
+            frames.append(
+                _frame(CONTINUATION, 0 if rest else END_HEADERS, sid, part)
+            )
         self.write(b"".join(frames))
         body = len(request).to_bytes(5, "big") + request
         self.outbox.append((call, memoryview(body), half_close))
         self._pump()
         return call
 
-    async def unary(self, path, request, answer_type, metadata=(),
-                    timeout=5.0):
+    async def unary(
+        self, path, request, answer_type, metadata=(), timeout=5.0
+    ):
         """The answer to one request, or raises GrpcError, ChannelError
         or TimeoutError."""
-        call = self.start(path, request.SerializeToString(), metadata,
-                          timeout=timeout)
-        timer = self.loop.call_later(timeout, call.cancel, TimeoutError(
-            f"no answer in {timeout:g} s"))
+        call = self.start(
+            path, request.SerializeToString(), metadata, timeout=timeout
+        )
+        timer = self.loop.call_later(
+            timeout, call.cancel, TimeoutError(f"no answer in {timeout:g} s")
+        )
         try:
             exc = await call.done
         except asyncio.CancelledError:
@@ -456,8 +551,9 @@ class Channel(asyncio.Protocol):
         if exc is not None:
             raise exc
         if len(call.messages) != 1:
-            raise GrpcError(13, f"{len(call.messages)} answers to a unary "
-                                f"call")
+            raise GrpcError(
+                13, f"{len(call.messages)} answers to a unary call"
+            )
         return answer_type.FromString(call.messages[0])
 
     def _pump(self):
@@ -475,8 +571,14 @@ class Channel(asyncio.Protocol):
             last = not data
             self.send_window -= len(chunk)
             call.send_window -= len(chunk)
-            self.write(_frame(DATA, END_STREAM if last and half_close else 0,
-                              call.sid, bytes(chunk)))
+            self.write(
+                _frame(
+                    DATA,
+                    END_STREAM if last and half_close else 0,
+                    call.sid,
+                    bytes(chunk),
+                )
+            )
             if last:
                 out.popleft()
             else:

@@ -41,10 +41,13 @@ def run(shm, config_path, stats_dir=None, uid=None, gid=None):
     stats = SourceStats(spec.kind, stats_dir)
     if spec.kind == "etcd":
         from pyworker.discovery.etcd import EtcdFollower
-        follower = EtcdFollower(spec, table, stats,
-                                _deliver if fetches_config else None)
+
+        follower = EtcdFollower(
+            spec, table, stats, _deliver if fetches_config else None
+        )
     else:
         from pyworker.discovery.xds import XdsFollower
+
         follower = XdsFollower(spec, table, stats)
     try:
         asyncio.run(_main(follower, stats))
@@ -56,8 +59,9 @@ def run(shm, config_path, stats_dir=None, uid=None, gid=None):
 
 def _deliver(value, revision):
     """Hands a filter config value to the supervisor."""
-    sys.stdout.write(json.dumps({"config": value, "revision": revision})
-                     + "\n")
+    sys.stdout.write(
+        json.dumps({"config": value, "revision": revision}) + "\n"
+    )
     sys.stdout.flush()
 
 

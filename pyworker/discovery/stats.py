@@ -29,9 +29,9 @@ class SourceStats:
         self.source = source
         self.path = os.path.join(stats_dir, FILE) if stats_dir else None
         self.clock = clock
-        self.revision = ""          # as the source says it (text)
+        self.revision = ""  # as the source says it (text)
         self.revision_number = None  # when the source has a number
-        self.updated = None         # time.time() of the last update applied
+        self.updated = None  # time.time() of the last update applied
         self.updates = 0
         self.errors = {}
         self.connected = False
@@ -63,12 +63,17 @@ class SourceStats:
             self._dirty = True
 
     def snapshot(self):
-        return {"source": self.source, "pid": os.getpid(),
-                "revision": self.revision,
-                "revision_number": self.revision_number,
-                "updated": self.updated, "updates": self.updates,
-                "errors": dict(self.errors), "connected": self.connected,
-                "config_revision": self.config_revision}
+        return {
+            "source": self.source,
+            "pid": os.getpid(),
+            "revision": self.revision,
+            "revision_number": self.revision_number,
+            "updated": self.updated,
+            "updates": self.updates,
+            "errors": dict(self.errors),
+            "connected": self.connected,
+            "config_revision": self.config_revision,
+        }
 
     def flush(self, force=False):
         """Writes the file if something changed and it is time to."""

@@ -35,12 +35,12 @@ from pyworker.metrics import write_json
 
 log = logging.getLogger("pyworker.discovery")
 
-CONFIG_WAIT = 3.0       # at start, for the store's filter config
-RESTART_MIN = 0.5       # before restarting a discovery process that died
+CONFIG_WAIT = 3.0  # at start, for the store's filter config
+RESTART_MIN = 0.5  # before restarting a discovery process that died
 RESTART_MAX = 10.0
 SOURCE_STATS = "discovery.json"
 CONFIG_STATS = "discovery-config.json"
-LINE_MAX = 4 << 20      # a filter config value larger than this is refused
+LINE_MAX = 4 << 20  # a filter config value larger than this is refused
 
 
 class Discovery:
@@ -51,17 +51,17 @@ class Discovery:
         self.python = python
         self.user_args = list(user_args)
         self.spec = None
-        self.watcher = None         # the service file's
+        self.watcher = None  # the service file's
         self.file_stats = None
-        self.child = None           # the discovery process
-        self.child_config = None    # the config it was started with
+        self.child = None  # the discovery process
+        self.child_config = None  # the config it was started with
         self.restart_at = 0.0
         self.backoff = RESTART_MIN
         self.started_at = 0.0
         self.buffer = b""
-        self.candidate = None       # (servers, revision) not checked yet
-        self.good = None            # (servers, revision) live
-        self.dir = None             # where the merged configs are written
+        self.candidate = None  # (servers, revision) not checked yet
+        self.good = None  # (servers, revision) live
+        self.dir = None  # where the merged configs are written
         self.config_errors = 0
         self.config_error = None
 
@@ -73,22 +73,26 @@ class Discovery:
         try:
             spec = discovery_of(base)
         except ConfigError as exc:
-            log.error("service discovery: %s; keeping the current "
-                      "endpoints", exc)
+            log.error(
+                "service discovery: %s; keeping the current endpoints", exc
+            )
             return
         if spec == self.spec and spec is not None:
             if self.watcher is not None:
                 self._poll_file(force=True)
             elif self.child_config != base:
-                self._stop_child()      # it reads the new file's block
+                self._stop_child()  # it reads the new file's block
                 self._start_child(base)
             return
         self._stop_child()
         if self.spec is not None and spec is None:
-            log.warning("service discovery: the config names no source any "
-                        "more; the endpoint table keeps what it has")
-        if getattr(spec, "config_key", None) != \
-                getattr(self.spec, "config_key", None):
+            log.warning(
+                "service discovery: the config names no source any "
+                "more; the endpoint table keeps what it has"
+            )
+        if getattr(spec, "config_key", None) != getattr(
+            self.spec, "config_key", None
+        ):
             self.candidate = self.good = None
         self.spec = spec
         self.watcher = None
@@ -103,8 +107,11 @@ class Discovery:
         if self.fetches_config() and self.good is None:
             # the workers should start on the store's listeners
             deadline = time.monotonic() + CONFIG_WAIT
-            while self.candidate is None and time.monotonic() < deadline \
-                    and self.child.poll() is None:
+            while (
+                self.candidate is None
+                and time.monotonic() < deadline
+                and self.child.poll() is None
+            ):
                 self._read(timeout=0.05)
 
     def fetches_config(self):
@@ -120,16 +127,26 @@ class Discovery:
             return False
         if self.child is not None and self.child.poll() is not None:
             lived = time.monotonic() - self.started_at
-            self.backoff = RESTART_MIN if lived > 30 else \
-                min(RESTART_MAX, self.backoff * 2)
-            log.error("service discovery: the discovery process %d exited "
-                      "(code %s); restarting it in %.1f s, the endpoint "
-                      "table keeps what it has", self.child.pid,
-                      self.child.returncode, self.backoff)
+            self.backoff = (
+                RESTART_MIN
+                if lived > 30
+                else min(RESTART_MAX, self.backoff * 2)
+            )
+            log.error(
+                "service discovery: the discovery process %d exited "
+                "(code %s); restarting it in %.1f s, the endpoint "
+                "table keeps what it has",
+                self.child.pid,
+                self.child.returncode,
+                self.backoff,
+            )
             self._close_child()
             self.restart_at = time.monotonic() + self.backoff
-        if self.child is None and self.child_config is not None \
-                and time.monotonic() >= self.restart_at:
+        if (
+            self.child is None
+            and self.child_config is not None
+            and time.monotonic() >= self.restart_at
+        ):
             self._start_child(self.child_config)
         before = self.candidate
         self._read()
@@ -146,22 +163,42 @@ class Discovery:
                 log.warning("cannot write the discovery stats: %s", exc)
 
     def _start_child(self, base):
-        cmd = [self.python, "-P", "-m", "pyworker", "discover", "--shm",
-               self.shm, "--config", base, "--stats-dir", self.stats_dir] \
-            + self.user_args
+        cmd = [
+            self.python,
+            "-P",
+            "-m",
+            "pyworker",
+            "discover",
+            "--shm",
+            self.shm,
+            "--config",
+            base,
+            "--stats-dir",
+            self.stats_dir,
+        ] + self.user_args
         self.child = subprocess.Popen(
-            cmd, close_fds=True, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if self.fetches_config()
-            else subprocess.DEVNULL)
+            cmd,
+            close_fds=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE
+            if self.fetches_config()
+            else subprocess.DEVNULL,
+        )
         if self.child.stdout is not None:
             fd = self.child.stdout.fileno()
-            fcntl.fcntl(fd, fcntl.F_SETFL,
-                        fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+            fcntl.fcntl(
+                fd,
+                fcntl.F_SETFL,
+                fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK,
+            )
         self.child_config = base
         self.started_at = time.monotonic()
         self.buffer = b""
-        log.info("service discovery: process %d follows %s",
-                 self.child.pid, self.spec.describe())
+        log.info(
+            "service discovery: process %d follows %s",
+            self.child.pid,
+            self.spec.describe(),
+        )
 
     def _close_child(self):
         if self.child is not None and self.child.stdout is not None:
@@ -189,6 +226,7 @@ class Discovery:
             return
         if timeout:
             import select
+
             select.select([self.child.stdout], [], [], timeout)
         while True:
             try:
@@ -201,8 +239,9 @@ class Discovery:
                 break
             self.buffer += data
             if len(self.buffer) > LINE_MAX and b"\n" not in self.buffer:
-                log.error("filter config: a value over %d bytes; refused",
-                          LINE_MAX)
+                log.error(
+                    "filter config: a value over %d bytes; refused", LINE_MAX
+                )
                 self.buffer = b""
                 self._count_error("too large")
         while b"\n" in self.buffer:
@@ -214,8 +253,11 @@ class Discovery:
             msg = json.loads(line)
             value, revision = msg["config"], int(msg["revision"])
         except (ValueError, KeyError, TypeError):
-            log.error("filter config: a message the discovery process "
-                      "should not have sent: %.100r", line)
+            log.error(
+                "filter config: a message the discovery process "
+                "should not have sent: %.100r",
+                line,
+            )
             return
         key = self.spec.config_key
         try:
@@ -225,8 +267,12 @@ class Discovery:
             return
         if self.good is not None and self.good[1] == revision:
             return
-        log.info("filter config: etcd key %s revision %d: rolling the "
-                 "workers onto it", key, revision)
+        log.info(
+            "filter config: etcd key %s revision %d: rolling the "
+            "workers onto it",
+            key,
+            revision,
+        )
         self.candidate = (servers, revision)
 
     # -- the filter config -------------------------------------------------
@@ -244,33 +290,51 @@ class Discovery:
             path = self._merge(base, *chosen)
             if path is not None and check(path):
                 if which == "candidate":
-                    log.warning("filter config: etcd key %s revision %d "
-                                "is live", self.spec.config_key, chosen[1])
+                    log.warning(
+                        "filter config: etcd key %s revision %d is live",
+                        self.spec.config_key,
+                        chosen[1],
+                    )
                 self.good, self.candidate = chosen, None
                 self.config_error = None
                 self._write_stats()
                 return path
             if which == "candidate":
-                kept = (f"revision {self.good[1]} serves on" if self.good
-                        else "the file's listeners serve on")
-                self._refused_value(chosen[1], "it fails the check (the "
-                                    "reload refused lines say why); " + kept,
-                                    logged=False)
+                kept = (
+                    f"revision {self.good[1]} serves on"
+                    if self.good
+                    else "the file's listeners serve on"
+                )
+                self._refused_value(
+                    chosen[1],
+                    "it fails the check (the "
+                    "reload refused lines say why); " + kept,
+                    logged=False,
+                )
                 self.candidate = None
             else:
-                log.error("filter config: etcd revision %d fails the check "
-                          "with this file; the file's listeners serve",
-                          chosen[1])
+                log.error(
+                    "filter config: etcd revision %d fails the check "
+                    "with this file; the file's listeners serve",
+                    chosen[1],
+                )
         return base
 
     def _refused_value(self, revision, why, logged=True):
         key = self.spec.config_key
         if logged:
-            kept = (f"revision {self.good[1]} serves on" if self.good
-                    else "the listeners stay as they are")
+            kept = (
+                f"revision {self.good[1]} serves on"
+                if self.good
+                else "the listeners stay as they are"
+            )
             why = f"{why}; {kept}"
-        log.error("filter config: etcd key %s revision %d refused: %s",
-                  key, revision, why)
+        log.error(
+            "filter config: etcd key %s revision %d refused: %s",
+            key,
+            revision,
+            why,
+        )
         self._count_error(f"revision {revision}: {why}")
 
     def _count_error(self, why):
@@ -293,15 +357,19 @@ class Discovery:
         if not isinstance(options, dict):
             options = doc["pyworker"] = {}
         # the admin API's config_dump shows which revision is live
-        options["config_from"] = {"etcd_key": self.spec.config_key,
-                                  "revision": revision, "file": base}
+        options["config_from"] = {
+            "etcd_key": self.spec.config_key,
+            "revision": revision,
+            "file": base,
+        }
         if self.dir is None:
             self._remove_stale_dirs()
             self.dir = tempfile.mkdtemp(prefix=self._dir_prefix())
         path = os.path.join(self.dir, f"mosn-r{revision}.json")
         tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-                     | os.O_NOFOLLOW, 0o600)
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600
+        )
         with os.fdopen(fd, "w") as f:
             json.dump(doc, f, indent=1)
         os.replace(tmp, path)
@@ -315,6 +383,7 @@ class Discovery:
         """Removes what a supervisor of this region that died left: its
         directories, ours (owner, mode 0700), no link followed."""
         import stat
+
         base = tempfile.gettempdir()
         prefix = self._dir_prefix()
         try:
@@ -329,8 +398,11 @@ class Discovery:
                 st = os.lstat(path)
             except OSError:
                 continue
-            if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() \
-                    and stat.S_IMODE(st.st_mode) == 0o700:
+            if (
+                stat.S_ISDIR(st.st_mode)
+                and st.st_uid == os.geteuid()
+                and stat.S_IMODE(st.st_mode) == 0o700
+            ):
                 shutil.rmtree(path, ignore_errors=True)
 
     def _prune(self, keep):
@@ -347,10 +419,15 @@ class Discovery:
 
     def _write_stats(self):
         try:
-            write_json(os.path.join(self.stats_dir, CONFIG_STATS), {
-                "key": getattr(self.spec, "config_key", None),
-                "revision": self.good[1] if self.good else None,
-                "errors": self.config_errors, "error": self.config_error})
+            write_json(
+                os.path.join(self.stats_dir, CONFIG_STATS),
+                {
+                    "key": getattr(self.spec, "config_key", None),
+                    "revision": self.good[1] if self.good else None,
+                    "errors": self.config_errors,
+                    "error": self.config_error,
+                },
+            )
         except OSError as exc:
             log.warning("cannot write the discovery stats: %s", exc)
 

@@ -18,9 +18,9 @@ class EndpointTable:
 
     def __init__(self, region, source):
         self.region = region
-        self.source = source        # names the writer in the log
-        self.written = {}           # app -> endpoints, in table order
-        self.known = None           # the table's apps at the first sync
+        self.source = source  # names the writer in the log
+        self.written = {}  # app -> endpoints, in table order
+        self.known = None  # the table's apps at the first sync
 
     def write(self, app, endpoints):
         """Writes one app if its endpoints changed; True if written.
@@ -30,8 +30,13 @@ class EndpointTable:
             return False
         gen = self.region.set_endpoints(app, endpoints)
         self.written[app] = order
-        log.info("service discovery: app %s: %d endpoint(s) from %s, "
-                 "generation %d", app, len(endpoints), self.source, gen)
+        log.info(
+            "service discovery: app %s: %d endpoint(s) from %s, generation %d",
+            app,
+            len(endpoints),
+            self.source,
+            gen,
+        )
         return True
 
     def empty(self, app):
@@ -40,8 +45,11 @@ class EndpointTable:
             return False
         self.region.set_endpoints(app, [])
         self.written[app] = []
-        log.info("service discovery: app %s is gone from %s: no endpoint",
-                 app, self.source)
+        log.info(
+            "service discovery: app %s is gone from %s: no endpoint",
+            app,
+            self.source,
+        )
         return True
 
     def sync(self, apps, keep=()):

@@ -22,22 +22,27 @@ the world.
 import asyncio
 import logging
 
-from pyworker.discovery.servicefile import (MAX_APPS, ServiceFileError,
-                                            parse_app)
+from pyworker.discovery.servicefile import (
+    MAX_APPS,
+    ServiceFileError,
+    parse_app,
+)
 
 log = logging.getLogger("pyworker.discovery")
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LB_METADATA = "envoy.lb"
-LEFT_OUT = {2, 3, 4}        # HealthStatus UNHEALTHY, DRAINING, TIMEOUT
+LEFT_OUT = {2, 3, 4}  # HealthStatus UNHEALTHY, DRAINING, TIMEOUT
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
-GRPC_OPTIONS = [("grpc.keepalive_time_ms", 10000),
-                ("grpc.keepalive_timeout_ms", 5000),
-                ("grpc.initial_reconnect_backoff_ms", 50),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-                ("grpc.max_receive_message_length", 32 << 20)]
+GRPC_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10000),
+    ("grpc.keepalive_timeout_ms", 5000),
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_receive_message_length", 32 << 20),
+]
 
 
 class Refused(Exception):
@@ -50,10 +55,10 @@ class XdsFollower:
         self.table = table
         self.stats = stats
         self.versions = {CDS: "", EDS: ""}  # last accepted, per type
-        self.nonces = {CDS: "", EDS: ""}    # last received, per type
-        self.clusters = {}      # app -> ("eds", service) | ("static", eps)
-        self.assignments = {}   # service name -> endpoints
-        self.eds_names = []     # subscribed
+        self.nonces = {CDS: "", EDS: ""}  # last received, per type
+        self.clusters = {}  # app -> ("eds", service) | ("static", eps)
+        self.assignments = {}  # service name -> endpoints
+        self.eds_names = []  # subscribed
         self.queue = None
         self.said = None
 
@@ -71,8 +76,11 @@ class XdsFollower:
                 kind = "stream" if self.stats.connected else "connect"
                 why = f"{kind}: {_target(self.spec)}: {_reason(exc)}"
                 if why != self.said:
-                    log.error("service discovery: xDS %s; keeping the "
-                              "endpoints the table has", why)
+                    log.error(
+                        "service discovery: xDS %s; keeping the "
+                        "endpoints the table has",
+                        why,
+                    )
                     self.said = why
                 self.stats.error(kind)
             finally:
@@ -85,8 +93,9 @@ class XdsFollower:
         import grpc
         from envoy.service.discovery.v3 import ads_pb2_grpc
 
-        channel = grpc.aio.insecure_channel(_target(self.spec),
-                                            options=GRPC_OPTIONS)
+        channel = grpc.aio.insecure_channel(
+            _target(self.spec), options=GRPC_OPTIONS
+        )
         try:
             stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
             self.queue = asyncio.Queue()
@@ -100,7 +109,8 @@ class XdsFollower:
                 if not self.stats.connected:
                     (log.warning if self.said else log.info)(
                         "service discovery: xDS stream up at %s",
-                        _target(self.spec))
+                        _target(self.spec),
+                    )
                     self.said = None
                     self.stats.set_connected(True)
                 self.on_response(response)
@@ -122,14 +132,17 @@ class XdsFollower:
 
         request = discovery_pb2.DiscoveryRequest(
             version_info=self.versions[type_url],
-            node=base_pb2.Node(id=self.spec.node_id,
-                               cluster=self.spec.node_cluster),
-            resource_names=list(names), type_url=type_url,
-            response_nonce=self.nonces[type_url] if nonce is None
-            else nonce)
+            node=base_pb2.Node(
+                id=self.spec.node_id, cluster=self.spec.node_cluster
+            ),
+            resource_names=list(names),
+            type_url=type_url,
+            response_nonce=self.nonces[type_url] if nonce is None else nonce,
+        )
         if error is not None:
-            request.error_detail.CopyFrom(status_pb2.Status(
-                code=3, message=error))      # INVALID_ARGUMENT
+            request.error_detail.CopyFrom(
+                status_pb2.Status(code=3, message=error)
+            )  # INVALID_ARGUMENT
         if self.queue is not None:
             self.queue.put_nowait(request)
 
@@ -152,27 +165,38 @@ class XdsFollower:
         self.nonces[type_url] = response.nonce
         if type_url == CDS:
             clusters = change
-            names = sorted({x for kind, x in clusters.values()
-                            if kind == "eds"})
+            names = sorted(
+                {x for kind, x in clusters.values() if kind == "eds"}
+            )
             self.clusters = clusters
-            self._send(CDS, [])                         # ACK
+            self._send(CDS, [])  # ACK
             if names != self.eds_names:
                 self.eds_names = names
-                self.assignments = {k: v for k, v in
-                                    self.assignments.items() if k in names}
-                self._send(EDS, names)                  # subscribe
+                self.assignments = {
+                    k: v for k, v in self.assignments.items() if k in names
+                }
+                self._send(EDS, names)  # subscribe
         else:
             self.assignments.update(change)
-            self._send(EDS, self.eds_names)             # ACK
+            self._send(EDS, self.eds_names)  # ACK
         self._apply()
 
     def _nack(self, response, why):
-        type_name = "CDS" if response.type_url == CDS else \
-            "EDS" if response.type_url == EDS else response.type_url
-        log.error("service discovery: xDS %s version %r refused (NACK): "
-                  "%s; keeping version %r", type_name,
-                  response.version_info, why,
-                  self.versions.get(response.type_url, ""))
+        type_name = (
+            "CDS"
+            if response.type_url == CDS
+            else "EDS"
+            if response.type_url == EDS
+            else response.type_url
+        )
+        log.error(
+            "service discovery: xDS %s version %r refused (NACK): "
+            "%s; keeping version %r",
+            type_name,
+            response.version_info,
+            why,
+            self.versions.get(response.type_url, ""),
+        )
         self.stats.error("nack")
         if response.type_url in (CDS, EDS):
             names = [] if response.type_url == CDS else self.eds_names
@@ -192,24 +216,30 @@ class XdsFollower:
             if name in clusters:
                 raise Refused(f"cluster {name!r} is named twice")
             if cluster.WhichOneof("cluster_discovery_type") != "type":
-                raise Refused(f"cluster {name!r}: a custom cluster type "
-                              f"is not supported")
+                raise Refused(
+                    f"cluster {name!r}: a custom cluster type is not supported"
+                )
             if cluster.type == cluster_pb2.Cluster.EDS:
                 service = cluster.eds_cluster_config.service_name or name
                 clusters[name] = ("eds", service)
                 _app_name(name)
             elif cluster.type == cluster_pb2.Cluster.STATIC:
-                clusters[name] = ("static", self._endpoints(
-                    name, cluster.load_assignment))
+                clusters[name] = (
+                    "static",
+                    self._endpoints(name, cluster.load_assignment),
+                )
             else:
                 raise Refused(
                     f"cluster {name!r}: type "
                     f"{cluster_pb2.Cluster.DiscoveryType.Name(cluster.type)}"
                     f" is not supported (EDS or STATIC: names are not "
-                    f"resolved)")
+                    f"resolved)"
+                )
         if len(clusters) > MAX_APPS:
-            raise Refused(f"{len(clusters)} clusters; the endpoint table "
-                          f"holds {MAX_APPS} apps")
+            raise Refused(
+                f"{len(clusters)} clusters; the endpoint table "
+                f"holds {MAX_APPS} apps"
+            )
         return clusters
 
     def _assignments(self, response):
@@ -222,7 +252,7 @@ class XdsFollower:
             cla = endpoint_pb2.ClusterLoadAssignment()
             any_.Unpack(cla)
             if cla.cluster_name not in self.eds_names:
-                continue        # not asked for: ignored, as Envoy does
+                continue  # not asked for: ignored, as Envoy does
             out[cla.cluster_name] = self._endpoints(cla.cluster_name, cla)
         return out
 
@@ -242,16 +272,19 @@ class XdsFollower:
                     if value.WhichOneof("kind") == "string_value":
                         site = value.string_value
                 if not site:
-                    raise Refused(f"{where} has no {LB_METADATA} metadata "
-                                  f"{self.spec.site_key!r} (a string) "
-                                  f"naming its site")
+                    raise Refused(
+                        f"{where} has no {LB_METADATA} metadata "
+                        f"{self.spec.site_key!r} (a string) "
+                        f"naming its site"
+                    )
                 by_priority.setdefault(locality.priority, []).append(
-                    {"ip": sock.address, "port": sock.port_value,
-                     "site": site})
+                    {"ip": sock.address, "port": sock.port_value, "site": site}
+                )
         servers = by_priority[min(by_priority)] if by_priority else []
         try:
-            return parse_app({"app_name": name, "server_list": servers},
-                             name)[1]
+            return parse_app({"app_name": name, "server_list": servers}, name)[
+                1
+            ]
         except ServiceFileError as exc:
             raise Refused(f"{name}: {exc}") from None
 
@@ -263,16 +296,21 @@ class XdsFollower:
             elif x in self.assignments:
                 apps[app] = self.assignments[x]
             else:
-                waiting.add(app)    # its EDS is on the way: keep it
+                waiting.add(app)  # its EDS is on the way: keep it
         try:
             self.table.sync(apps, keep=waiting)
         except Exception as exc:
-            log.error("service discovery: the endpoint table refused the "
-                      "xDS clusters: %s", exc)
+            log.error(
+                "service discovery: the endpoint table refused the "
+                "xDS clusters: %s",
+                exc,
+            )
             self.stats.error("table")
         eds = self.versions[EDS]
-        self.stats.applied(f"cds:{self.versions[CDS]} eds:{eds}",
-                           int(eds) if eds.isdigit() else None)
+        self.stats.applied(
+            f"cds:{self.versions[CDS]} eds:{eds}",
+            int(eds) if eds.isdigit() else None,
+        )
 
 
 def _app_name(name):
@@ -289,6 +327,9 @@ def _target(spec):
 
 def _reason(exc):
     details = getattr(exc, "details", None)
-    text = (details() if callable(details) else None) or str(exc) \
+    text = (
+        (details() if callable(details) else None)
+        or str(exc)
         or type(exc).__name__
+    )
     return " ".join(str(text).split())[:300]

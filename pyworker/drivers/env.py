@@ -21,7 +21,7 @@ from pyworker.registry import register_driver
 class EnvDriver(MetadataDriver):
     """A constant per process, read from the first set environment variable."""
 
-    list_key = ""       # MOSN's config key for the list of variable names
+    list_key = ""  # MOSN's config key for the list of variable names
     default_env = ""
 
     def init(self, config):
@@ -30,17 +30,23 @@ class EnvDriver(MetadataDriver):
             names = config.get("env", self.default_env)
         if isinstance(names, str):
             names = [names]
-        if (not isinstance(names, list) or not names
-                or not all(isinstance(name, str) and name for name in names)):
-            raise ValueError(f"{self.list_key} must be a non-empty list of "
-                             f"environment variable names, not {names!r}")
+        if (
+            not isinstance(names, list)
+            or not names
+            or not all(isinstance(name, str) and name for name in names)
+        ):
+            raise ValueError(
+                f"{self.list_key} must be a non-empty list of "
+                f"environment variable names, not {names!r}"
+            )
         for name in names:
             value = os.environ.get(name)
             if value:
                 self.value = value
                 return
-        raise LookupError(f"none of the environment variables "
-                          f"{', '.join(names)} is set")
+        raise LookupError(
+            f"none of the environment variables {', '.join(names)} is set"
+        )
 
     def build_metadata(self, ctx, headers, buf, trailers):
         return self.value

@@ -28,7 +28,8 @@ class UnitDriver(MetadataDriver):
             uid = uid.strip(" \t")
             if not INTEGER.fullmatch(uid):
                 raise ValueError(
-                    f"{self.unit_key} {uid[:32]!r} is not an integer")
+                    f"{self.unit_key} {uid[:32]!r} is not an integer"
+                )
         uid = int(uid)
         if 1 <= uid <= 100:
             return "s1"

@@ -58,10 +58,21 @@ from pyworker.registry import register_filter
 
 # never copied from the service's answer to the client or upstream: nginx
 # owns framing and hop-by-hop headers (and refuses verdicts that set them)
-_NOT_COPIED = frozenset((
-    "content-length", "transfer-encoding", "connection", "keep-alive",
-    "proxy-connection", "upgrade", "te", "trailer", "host", "date",
-    "server"))
+_NOT_COPIED = frozenset(
+    (
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "te",
+        "trailer",
+        "host",
+        "date",
+        "server",
+    )
+)
 # a denial's body goes into the slot with the verdict
 MAX_DENIED_BODY = 8192
 FAILURE_HEADER = "x-envoy-auth-failure-mode-allowed"
@@ -73,12 +84,28 @@ _FAILURES = (OSError, TimeoutError, ValueError)
 
 @register_filter("ext_authz")
 class ExtAuthzFilter(StreamReceiverFilter):
-    __slots__ = ("url", "origin", "base_path", "timeout", "path_prefix",
-                 "allowed_headers",
-                 "headers_to_add", "upstream_headers", "upstream_append",
-                 "client_headers", "client_on_success", "failure_mode_allow",
-                 "failure_header", "status_on_error", "max_connections",
-                 "session", "events", "handler", "_logged", "_unlogged")
+    __slots__ = (
+        "url",
+        "origin",
+        "base_path",
+        "timeout",
+        "path_prefix",
+        "allowed_headers",
+        "headers_to_add",
+        "upstream_headers",
+        "upstream_append",
+        "client_headers",
+        "client_on_success",
+        "failure_mode_allow",
+        "failure_header",
+        "status_on_error",
+        "max_connections",
+        "session",
+        "events",
+        "handler",
+        "_logged",
+        "_unlogged",
+    )
 
     def __init__(self, config):
         http = options.obj(config, "http_service")
@@ -87,15 +114,21 @@ class ExtAuthzFilter(StreamReceiverFilter):
         except ConfigError as exc:
             raise exc.located("http_service") from None
         self.failure_mode_allow = options.flag(config, "failure_mode_allow")
-        self.failure_header = options.flag(config,
-                                           "failure_mode_allow_header_add")
+        self.failure_header = options.flag(
+            config, "failure_mode_allow_header_add"
+        )
         self.status_on_error = options.status(config, "status_on_error", 403)
-        self.max_connections = options.integer(config, "max_connections",
-                                               100, 1, 100000)
+        self.max_connections = options.integer(
+            config, "max_connections", 100, 1, 100000
+        )
         self.session = None
-        self.events = {"allowed": 0, "denied": 0, "failure_allowed": 0,
-                       "failure_denied": 0}
-        self._logged = 0.0       # failures are logged once a second at most
+        self.events = {
+            "allowed": 0,
+            "denied": 0,
+            "failure_allowed": 0,
+            "failure_denied": 0,
+        }
+        self._logged = 0.0  # failures are logged once a second at most
         self._unlogged = 0
 
     def _service(self, http):
@@ -104,48 +137,57 @@ class ExtAuthzFilter(StreamReceiverFilter):
             uri = options.string(server, "uri")
             parts = urlsplit(uri)
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ConfigError(f"{uri!r} is not an http:// or https:// "
-                                  f"URI", "uri")
+                raise ConfigError(
+                    f"{uri!r} is not an http:// or https:// URI", "uri"
+                )
             try:
                 parts.port
             except ValueError as exc:
                 raise ConfigError(f"{uri!r}: {exc}", "uri") from None
             if parts.query or parts.fragment:
-                raise ConfigError(f"{uri!r}: no query or fragment here",
-                                  "uri")
-            self.timeout = options.duration(server, "timeout", 0.2,
-                                            low=0.001, high=60.0)
+                raise ConfigError(f"{uri!r}: no query or fragment here", "uri")
+            self.timeout = options.duration(
+                server, "timeout", 0.2, low=0.001, high=60.0
+            )
         except ConfigError as exc:
             raise exc.located("server_uri") from None
         self.url = uri.rstrip("/")
-        self.origin = (parts.hostname, parts.port or (
-            443 if parts.scheme == "https" else 80),
-            parts.scheme == "https")
+        self.origin = (
+            parts.hostname,
+            parts.port or (443 if parts.scheme == "https" else 80),
+            parts.scheme == "https",
+        )
         self.base_path = parts.path.rstrip("/")
         prefix = http.get("path_prefix", "")
-        if not isinstance(prefix, str) or (prefix and not
-                                           prefix.startswith("/")):
-            raise ConfigError("must be a path starting with /",
-                              "path_prefix")
+        if not isinstance(prefix, str) or (
+            prefix and not prefix.startswith("/")
+        ):
+            raise ConfigError("must be a path starting with /", "path_prefix")
         self.path_prefix = prefix.rstrip("/")
         request = options.obj(http, "authorization_request")
         response = options.obj(http, "authorization_response")
         try:
-            self.allowed_headers = options.header_matcher(request,
-                                                          "allowed_headers")
-            self.headers_to_add = options.header_pairs(request,
-                                                       "headers_to_add")
+            self.allowed_headers = options.header_matcher(
+                request, "allowed_headers"
+            )
+            self.headers_to_add = options.header_pairs(
+                request, "headers_to_add"
+            )
         except ConfigError as exc:
             raise exc.located("authorization_request") from None
         try:
             self.upstream_headers = options.header_matcher(
-                response, "allowed_upstream_headers")
+                response, "allowed_upstream_headers"
+            )
             self.upstream_append = options.header_matcher(
-                response, "allowed_upstream_headers_to_append")
+                response, "allowed_upstream_headers_to_append"
+            )
             self.client_headers = options.header_matcher(
-                response, "allowed_client_headers")
+                response, "allowed_client_headers"
+            )
             self.client_on_success = options.header_matcher(
-                response, "allowed_client_headers_on_success")
+                response, "allowed_client_headers_on_success"
+            )
         except ConfigError as exc:
             raise exc.located("authorization_response") from None
 
@@ -153,10 +195,14 @@ class ExtAuthzFilter(StreamReceiverFilter):
 
     async def start(self):
         from pyworker.httpclient import HttpPool
+
         host, port, tls = self.origin
         self.session = HttpPool(
-            host, port, max_connections=self.max_connections,
-            ssl=ssl.create_default_context() if tls else None)
+            host,
+            port,
+            max_connections=self.max_connections,
+            ssl=ssl.create_default_context() if tls else None,
+        )
 
     async def stop(self):
         session, self.session = self.session, None
@@ -173,8 +219,12 @@ class ExtAuthzFilter(StreamReceiverFilter):
             path += "?" + ctx.query
         try:
             status, answer_headers, body = await self.session.request(
-                ctx.method, path, self._check_headers(headers),
-                limit=MAX_DENIED_BODY, timeout=self.timeout)
+                ctx.method,
+                path,
+                self._check_headers(headers),
+                limit=MAX_DENIED_BODY,
+                timeout=self.timeout,
+            )
         except _FAILURES as exc:
             return self._failed(ctx, headers, exc)
         if 200 <= status < 300:
@@ -191,10 +241,12 @@ class ExtAuthzFilter(StreamReceiverFilter):
                     ctx.add_response_header(name, value)
             return CONTINUE
         self.events["denied"] += 1
-        reply = [(name, value) for name, value in answer_headers
-                 if name.lower() not in _NOT_COPIED
-                 and (self.client_headers is None
-                      or self.client_headers(name))]
+        reply = [
+            (name, value)
+            for name, value in answer_headers
+            if name.lower() not in _NOT_COPIED
+            and (self.client_headers is None or self.client_headers(name))
+        ]
         self.handler.send_hijack_reply(status, reply, body)
         return STOP
 
@@ -205,17 +257,23 @@ class ExtAuthzFilter(StreamReceiverFilter):
         if allowed is None:
             # the usual case: two lookups, not a walk over every header
             out = [("Host", value) for value in headers.get_all("host")]
-            out.extend(("Authorization", value)
-                       for value in headers.get_all("authorization"))
+            out.extend(
+                ("Authorization", value)
+                for value in headers.get_all("authorization")
+            )
             out.extend(self.headers_to_add)
             return out
         out = []
         for name, value in headers.items():
             lname = name.lower()
             if lname in ("host", "authorization") or (
-                    allowed and allowed(lname)):
-                if lname not in ("content-length", "transfer-encoding",
-                                 "connection"):
+                allowed and allowed(lname)
+            ):
+                if lname not in (
+                    "content-length",
+                    "transfer-encoding",
+                    "connection",
+                ):
                     out.append((name, value))
         out.extend(self.headers_to_add)
         return out
@@ -223,14 +281,18 @@ class ExtAuthzFilter(StreamReceiverFilter):
     def _failed(self, ctx, headers, exc):
         now = time.monotonic()
         if now - self._logged >= 1.0:
-            log.warning("ext_authz: %s did not answer request %s: %s%s; %s",
-                        self.url, ctx.request_id,
-                        type(exc).__name__ if not str(exc) else exc,
-                        " (and %d more since the last such line)"
-                        % self._unlogged if self._unlogged else "",
-                        "allowed (failure_mode_allow)"
-                        if self.failure_mode_allow
-                        else "denied with %d" % self.status_on_error)
+            log.warning(
+                "ext_authz: %s did not answer request %s: %s%s; %s",
+                self.url,
+                ctx.request_id,
+                type(exc).__name__ if not str(exc) else exc,
+                " (and %d more since the last such line)" % self._unlogged
+                if self._unlogged
+                else "",
+                "allowed (failure_mode_allow)"
+                if self.failure_mode_allow
+                else "denied with %d" % self.status_on_error,
+            )
             self._logged, self._unlogged = now, 0
         else:
             self._unlogged += 1

@@ -31,40 +31,59 @@ filter's.
 
 import inspect
 
-from pyworker.api import (CONTINUE, ConfigError, StreamReceiverFilter, awaits,
-                          json_type)
+from pyworker.api import (
+    CONTINUE,
+    ConfigError,
+    StreamReceiverFilter,
+    awaits,
+    json_type,
+)
 from pyworker.registry import NotRegisteredError, get_driver, register_filter
 from pyworker.verdict import is_metadata_key
 
 
 @register_filter("metadata")
 class MetadataFilter(StreamReceiverFilter):
-    __slots__ = ("disable", "case_sensitive", "drivers", "driver_errors",
-                 "handler", "_builders")
+    __slots__ = (
+        "disable",
+        "case_sensitive",
+        "drivers",
+        "driver_errors",
+        "handler",
+        "_builders",
+    )
 
     def __init__(self, config):
         self.disable = _flag(config, "disable")
         self.case_sensitive = _flag(config, "case_sensitive")
-        self.drivers = {}        # metadata key -> driver
+        self.drivers = {}  # metadata key -> driver
         self.driver_errors = 0
         entries = config.get("metadataers")
         if entries is None:
             entries = []
         if not isinstance(entries, list):
-            raise ConfigError(f"must be an array, not {json_type(entries)}",
-                              "metadataers")
+            raise ConfigError(
+                f"must be an array, not {json_type(entries)}", "metadataers"
+            )
         for i, entry in enumerate(entries):
             key, driver = _build_driver(entry, f"metadataers[{i}]")
             if not self.case_sensitive:
                 key = key.lower()
             if key in self.drivers:
-                raise ConfigError(f"metadata key {key!r} is configured "
-                                  f"twice", f"metadataers[{i}].meta_data_key")
+                raise ConfigError(
+                    f"metadata key {key!r} is configured twice",
+                    f"metadataers[{i}].meta_data_key",
+                )
             self.drivers[key] = driver
         # (key, bound method) pairs: the per-request loop does no lookups
-        self._builders = () if self.disable else tuple(
-            (key, driver.build_metadata)
-            for key, driver in self.drivers.items())
+        self._builders = (
+            ()
+            if self.disable
+            else tuple(
+                (key, driver.build_metadata)
+                for key, driver in self.drivers.items()
+            )
+        )
         if any(awaits(build) for _, build in self._builders):
             # the same filter, with an on_receive that awaits its drivers
             self.__class__ = AsyncMetadataFilter
@@ -128,19 +147,25 @@ async def _hook(driver, name):
 def _flag(config, name):
     value = config.get(name, False)
     if not isinstance(value, bool):
-        raise ConfigError(f"must be true or false, not {json_type(value)}",
-                          name)
+        raise ConfigError(
+            f"must be true or false, not {json_type(value)}", name
+        )
     return value
 
 
 def _build_driver(entry, path):
     if not isinstance(entry, dict):
-        raise ConfigError(f'must be an object with a "meta_data_key", not '
-                          f"{json_type(entry)}", path)
+        raise ConfigError(
+            f'must be an object with a "meta_data_key", not '
+            f"{json_type(entry)}",
+            path,
+        )
     key = entry.get("meta_data_key")
     if not is_metadata_key(key):
-        raise ConfigError(f"must be a string of 1..64 characters A-Z a-z "
-                          f"0-9 _, not {key!r}", f"{path}.meta_data_key")
+        raise ConfigError(
+            f"must be a string of 1..64 characters A-Z a-z 0-9 _, not {key!r}",
+            f"{path}.meta_data_key",
+        )
     try:
         factory = get_driver(key)
     except NotRegisteredError as exc:
@@ -149,15 +174,18 @@ def _build_driver(entry, path):
     if config is None:
         config = {}
     if not isinstance(config, dict):
-        raise ConfigError(f"must be an object, not {json_type(config)}",
-                          f"{path}.config")
+        raise ConfigError(
+            f"must be an object, not {json_type(config)}", f"{path}.config"
+        )
     try:
         driver = factory()
         driver.init(config)
     except ConfigError as exc:
         raise exc.located(f"{path}.config") from None
     except Exception as exc:
-        raise ConfigError(f"metadata driver {key!r} failed to initialise: "
-                          f"{type(exc).__name__}: {exc}",
-                          f"{path}.config") from exc
+        raise ConfigError(
+            f"metadata driver {key!r} failed to initialise: "
+            f"{type(exc).__name__}: {exc}",
+            f"{path}.config",
+        ) from exc
     return key, driver

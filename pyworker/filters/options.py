@@ -6,8 +6,7 @@ import re
 from pyworker.api import ConfigError, json_type
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
-          "h": 3600.0}
+_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def duration(config, key, default, *, low=0.0, high=3600.0):
@@ -15,34 +14,44 @@ def duration(config, key, default, *, low=0.0, high=3600.0):
     durations ("0.25s", "200ms")."""
     value = config.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(f"must be a duration such as \"200ms\" or a "
-                          f"number of seconds, not {json_type(value)}", key)
+        raise ConfigError(
+            f'must be a duration such as "200ms" or a '
+            f"number of seconds, not {json_type(value)}",
+            key,
+        )
     if isinstance(value, str):
         match = _DURATION.fullmatch(value.strip())
         if match is None:
-            raise ConfigError(f"{value!r} is not a duration such as "
-                              f"\"200ms\" or \"1.5s\"", key)
+            raise ConfigError(
+                f'{value!r} is not a duration such as "200ms" or "1.5s"', key
+            )
         value = float(match.group(1)) * _UNITS[match.group(2)]
     if not low <= value <= high:
-        raise ConfigError(f"must be between {low:g} and {high:g} seconds, "
-                          f"not {value:g}", key)
+        raise ConfigError(
+            f"must be between {low:g} and {high:g} seconds, not {value:g}", key
+        )
     return float(value)
 
 
 def flag(config, key, default=False):
     value = config.get(key, default)
     if not isinstance(value, bool):
-        raise ConfigError(f"must be true or false, not {json_type(value)}",
-                          key)
+        raise ConfigError(
+            f"must be true or false, not {json_type(value)}", key
+        )
     return value
 
 
 def integer(config, key, default, low, high):
     value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) \
-            or not low <= value <= high:
-        raise ConfigError(f"must be an integer in {low}..{high}, not "
-                          f"{value!r}", key)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not low <= value <= high
+    ):
+        raise ConfigError(
+            f"must be an integer in {low}..{high}, not {value!r}", key
+        )
     return value
 
 
@@ -83,21 +92,26 @@ class HeaderMatcher:
         self.contains = []
         if isinstance(value, dict):
             if set(value) - {"patterns"}:
-                raise ConfigError("takes only \"patterns\"", key)
+                raise ConfigError('takes only "patterns"', key)
             value = value.get("patterns", [])
             key += ".patterns"
         if not isinstance(value, list):
-            raise ConfigError(f"must be a list of header names or matchers, "
-                              f"not {json_type(value)}", key)
+            raise ConfigError(
+                f"must be a list of header names or matchers, "
+                f"not {json_type(value)}",
+                key,
+            )
         for i, item in enumerate(value):
             here = f"{key}[{i}]"
             if isinstance(item, str):
                 item = {"exact": item}
             if not isinstance(item, dict) or len(item) != 1:
-                raise ConfigError("must be a header name or an object with "
-                                  "one of exact, prefix, suffix, contains",
-                                  here)
-            (kind, pattern), = item.items()
+                raise ConfigError(
+                    "must be a header name or an object with "
+                    "one of exact, prefix, suffix, contains",
+                    here,
+                )
+            ((kind, pattern),) = item.items()
             if not isinstance(pattern, str) or not pattern:
                 raise ConfigError(f"{kind} must be a non-empty string", here)
             pattern = pattern.lower()
@@ -110,21 +124,27 @@ class HeaderMatcher:
             elif kind == "contains":
                 self.contains.append(pattern)
             else:
-                raise ConfigError(f"unknown matcher {kind!r}: one of exact, "
-                                  f"prefix, suffix, contains", here)
+                raise ConfigError(
+                    f"unknown matcher {kind!r}: one of exact, "
+                    f"prefix, suffix, contains",
+                    here,
+                )
         self.prefixes = tuple(self.prefixes)
         self.suffixes = tuple(self.suffixes)
 
     def __bool__(self):
-        return bool(self.exact or self.prefixes or self.suffixes
-                    or self.contains)
+        return bool(
+            self.exact or self.prefixes or self.suffixes or self.contains
+        )
 
     def __call__(self, name):
         name = name.lower()
-        return (name in self.exact
-                or (self.prefixes and name.startswith(self.prefixes))
-                or (self.suffixes and name.endswith(self.suffixes))
-                or any(part in name for part in self.contains))
+        return (
+            name in self.exact
+            or (self.prefixes and name.startswith(self.prefixes))
+            or (self.suffixes and name.endswith(self.suffixes))
+            or any(part in name for part in self.contains)
+        )
 
 
 def header_matcher(config, key):
@@ -146,14 +166,16 @@ def header_pairs(config, key):
     elif isinstance(value, list):
         pairs = []
         for i, item in enumerate(value):
-            if (not isinstance(item, dict)
-                    or set(item) != {"key", "value"}):
-                raise ConfigError('must be an object {"key": ..., "value": '
-                                  '...}', f"{key}[{i}]")
+            if not isinstance(item, dict) or set(item) != {"key", "value"}:
+                raise ConfigError(
+                    'must be an object {"key": ..., "value": ...}',
+                    f"{key}[{i}]",
+                )
             pairs.append((item["key"], item["value"]))
     else:
-        raise ConfigError(f"must be an array or an object, not "
-                          f"{json_type(value)}", key)
+        raise ConfigError(
+            f"must be an array or an object, not {json_type(value)}", key
+        )
     for name, header_value in pairs:
         if not isinstance(name, str) or not isinstance(header_value, str):
             raise ConfigError("header names and values must be strings", key)

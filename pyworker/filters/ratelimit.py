@@ -106,22 +106,29 @@ class _Limit:
 
     def __init__(self, entry, path):
         if not isinstance(entry, dict):
-            raise ConfigError(f"must be an object with actions and limit, "
-                              f"not {json_type(entry)}", path)
+            raise ConfigError(
+                f"must be an object with actions and limit, "
+                f"not {json_type(entry)}",
+                path,
+            )
         actions = entry.get("actions")
         if not isinstance(actions, list) or not actions:
-            raise ConfigError("must be a non-empty array of actions",
-                              f"{path}.actions")
-        self.actions = [_action(a, f"{path}.actions[{i}]")
-                        for i, a in enumerate(actions)]
+            raise ConfigError(
+                "must be a non-empty array of actions", f"{path}.actions"
+            )
+        self.actions = [
+            _action(a, f"{path}.actions[{i}]") for i, a in enumerate(actions)
+        ]
         limit = options.obj(entry, "limit")
         try:
-            self.requests = options.integer(limit, "requests_per_unit", None,
-                                            0, 2**31)
+            self.requests = options.integer(
+                limit, "requests_per_unit", None, 0, 2**31
+            )
             unit = limit.get("unit")
             if unit not in UNITS:
-                raise ConfigError(f"must be one of {', '.join(UNITS)}, not "
-                                  f"{unit!r}", "unit")
+                raise ConfigError(
+                    f"must be one of {', '.join(UNITS)}, not {unit!r}", "unit"
+                )
         except ConfigError as exc:
             raise exc.located(f"{path}.limit") from None
         self.unit = UNITS[unit]
@@ -146,15 +153,16 @@ _SKIP = object()
 def _action(action, path):
     if not isinstance(action, dict) or len(action) != 1:
         raise ConfigError("must be an object with one action", path)
-    (kind, spec), = action.items()
+    ((kind, spec),) = action.items()
     here = f"{path}.{kind}"
     if not isinstance(spec, dict):
         raise ConfigError(f"must be an object, not {json_type(spec)}", here)
     try:
         return _ACTIONS[kind](spec)
     except KeyError:
-        raise ConfigError(f"unknown action; one of {', '.join(_ACTIONS)}",
-                          here) from None
+        raise ConfigError(
+            f"unknown action; one of {', '.join(_ACTIONS)}", here
+        ) from None
     except ConfigError as exc:
         raise exc.located(here) from None
 
@@ -169,13 +177,14 @@ def _request_headers(spec):
         if value is None:
             return _SKIP if skip else None
         return (key, value)
+
     return action
 
 
 def _remote_address(spec):
     def action(ctx, headers):
-        return ("remote_address", ctx.remote_addr) if ctx.remote_addr \
-            else None
+        return ("remote_address", ctx.remote_addr) if ctx.remote_addr else None
+
     return action
 
 
@@ -204,8 +213,9 @@ def _header_value_match(spec):
             tests.append(lambda h, n=name, w=want: h.get(n) == w)
         elif "prefix_match" in rule:
             want = options.string(rule, "prefix_match")
-            tests.append(lambda h, n=name, w=want:
-                         (h.get(n) or "\0").startswith(w))
+            tests.append(
+                lambda h, n=name, w=want: (h.get(n) or "\0").startswith(w)
+            )
         elif rule.get("present_match", True):
             tests.append(lambda h, n=name: h.get(n) is not None)
         else:
@@ -215,6 +225,7 @@ def _header_value_match(spec):
     def action(ctx, headers):
         matched = all(test(headers) for test in tests)
         return entry if matched == expect else None
+
     return action
 
 
@@ -228,14 +239,17 @@ def _metadata(spec):
     def action(ctx, headers):
         value = ctx.metadata.get(name, default)
         return (key, value) if value is not None else None
+
     return action
 
 
-_ACTIONS = {"request_headers": _request_headers,
-            "remote_address": _remote_address,
-            "generic_key": _generic_key,
-            "header_value_match": _header_value_match,
-            "metadata": _metadata}
+_ACTIONS = {
+    "request_headers": _request_headers,
+    "remote_address": _remote_address,
+    "generic_key": _generic_key,
+    "header_value_match": _header_value_match,
+    "metadata": _metadata,
+}
 
 
 def _escape(text):
@@ -245,10 +259,21 @@ def _escape(text):
 
 @register_filter("ratelimit")
 class RateLimitFilter(StreamReceiverFilter):
-    __slots__ = ("domain", "limits", "url", "timeout",
-                 "failure_mode_deny", "limited_status", "status_on_error",
-                 "headers_on", "redis", "events", "handler",
-                 "_logged", "_unlogged")
+    __slots__ = (
+        "domain",
+        "limits",
+        "url",
+        "timeout",
+        "failure_mode_deny",
+        "limited_status",
+        "status_on_error",
+        "headers_on",
+        "redis",
+        "events",
+        "handler",
+        "_logged",
+        "_unlogged",
+    )
 
     def __init__(self, config):
         self.domain = options.string(config, "domain")
@@ -256,30 +281,36 @@ class RateLimitFilter(StreamReceiverFilter):
             raise ConfigError("must not be empty", "domain")
         redis = options.obj(config, "redis")
         try:
-            self.url = options.string(redis, "url",
-                                      "redis://127.0.0.1:6379/0")
+            self.url = options.string(redis, "url", "redis://127.0.0.1:6379/0")
             try:
                 parse_url(self.url)
             except ValueError as exc:
                 raise ConfigError(str(exc), "url") from None
-            self.timeout = options.duration(redis, "timeout", 0.05,
-                                            low=0.001, high=60.0)
+            self.timeout = options.duration(
+                redis, "timeout", 0.05, low=0.001, high=60.0
+            )
         except ConfigError as exc:
             raise exc.located("redis") from None
         entries = config.get("rate_limits")
         if not isinstance(entries, list) or not entries:
             raise ConfigError("must be a non-empty array", "rate_limits")
-        self.limits = [_Limit(entry, f"rate_limits[{i}]")
-                       for i, entry in enumerate(entries)]
+        self.limits = [
+            _Limit(entry, f"rate_limits[{i}]")
+            for i, entry in enumerate(entries)
+        ]
         self.failure_mode_deny = options.flag(config, "failure_mode_deny")
-        self.limited_status = options.status(config, "rate_limited_status",
-                                             429)
-        self.status_on_error = options.status(config, "status_on_error",
-                                              500)
+        self.limited_status = options.status(
+            config, "rate_limited_status", 429
+        )
+        self.status_on_error = options.status(config, "status_on_error", 500)
         self.headers_on = options.flag(config, "rate_limit_headers", True)
         self.redis = None
-        self.events = {"ok": 0, "over_limit": 0, "failure_allowed": 0,
-                       "failure_denied": 0}
+        self.events = {
+            "ok": 0,
+            "over_limit": 0,
+            "failure_allowed": 0,
+            "failure_denied": 0,
+        }
         self._logged = 0.0
         self._unlogged = 0
 
@@ -287,6 +318,7 @@ class RateLimitFilter(StreamReceiverFilter):
 
     async def start(self):
         from pyworker.redisclient import RedisClient
+
         self.redis = RedisClient(self.url, self.timeout)
 
     async def stop(self):
@@ -303,8 +335,12 @@ class RateLimitFilter(StreamReceiverFilter):
             entries = limit.descriptor(ctx, headers)
             if entries is None:
                 continue
-            keys.append(prefix + "".join(
-                ":%s=%s" % (_escape(k), _escape(v)) for k, v in entries))
+            keys.append(
+                prefix
+                + "".join(
+                    ":%s=%s" % (_escape(k), _escape(v)) for k, v in entries
+                )
+            )
             units.append(limit.unit)
             limits.append(limit.requests)
         if not keys:
@@ -342,8 +378,9 @@ class RateLimitFilter(StreamReceiverFilter):
         if Redis does not have the script (yet, or any more)."""
         redis = self.redis
         try:
-            return await redis.call("EVALSHA", SCRIPT_SHA, len(keys), *keys,
-                                    1, *units)
+            return await redis.call(
+                "EVALSHA", SCRIPT_SHA, len(keys), *keys, 1, *units
+            )
         except RedisError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
@@ -353,14 +390,18 @@ class RateLimitFilter(StreamReceiverFilter):
     def _failed(self, ctx, exc):
         now = time.monotonic()
         if now - self._logged >= 1.0:
-            log.warning("ratelimit: Redis at %s failed on request %s: %s%s; "
-                        "%s", self.url, ctx.request_id,
-                        exc if str(exc) else type(exc).__name__,
-                        " (and %d more since the last such line)"
-                        % self._unlogged if self._unlogged else "",
-                        "denied with %d" % self.status_on_error
-                        if self.failure_mode_deny
-                        else "allowed (failure_mode_deny is false)")
+            log.warning(
+                "ratelimit: Redis at %s failed on request %s: %s%s; %s",
+                self.url,
+                ctx.request_id,
+                exc if str(exc) else type(exc).__name__,
+                " (and %d more since the last such line)" % self._unlogged
+                if self._unlogged
+                else "",
+                "denied with %d" % self.status_on_error
+                if self.failure_mode_deny
+                else "allowed (failure_mode_deny is false)",
+            )
             self._logged, self._unlogged = now, 0
         else:
             self._unlogged += 1
@@ -373,6 +414,8 @@ class RateLimitFilter(StreamReceiverFilter):
 
 
 def _rate_headers(limit, remaining, reset):
-    return [("RateLimit-Limit", str(limit)),
-            ("RateLimit-Remaining", str(max(0, remaining))),
-            ("RateLimit-Reset", str(reset))]
+    return [
+        ("RateLimit-Limit", str(limit)),
+        ("RateLimit-Remaining", str(max(0, remaining))),
+        ("RateLimit-Reset", str(reset)),
+    ]

@@ -41,10 +41,26 @@ checks and stores, and says so at each place:
   which narrows but does not close the window the C code's CAS closes.
 """
 
-from shm_ring.fallback._ring import (ABI_VERSION, IMPLEMENTATION, Consumer,
-                                     Producer, Region, SlotRequest,
-                                     parse_request, validate_verdict)
+from shm_ring.fallback._ring import (
+    ABI_VERSION,
+    IMPLEMENTATION,
+    Consumer,
+    Producer,
+    Region,
+    SlotRequest,
+    parse_request,
+    validate_verdict,
+)
 from shm_ring.fallback.region import proc_alive
 
-__all__ = ["ABI_VERSION", "IMPLEMENTATION", "Consumer", "Producer", "Region",
-           "SlotRequest", "parse_request", "proc_alive", "validate_verdict"]
+__all__ = [
+    "ABI_VERSION",
+    "IMPLEMENTATION",
+    "Consumer",
+    "Producer",
+    "Region",
+    "SlotRequest",
+    "parse_request",
+    "proc_alive",
+    "validate_verdict",
+]

@@ -11,66 +11,174 @@ import socket
 import time
 
 from shm_ring import codec
-from shm_ring.abi import (ACTION_ERROR, CACHELINE, CHAN_CLAIMING,
-                          CHAN_DRAINING, CHAN_FREE, CHAN_OWNED, CHAN_REAPING,
-                          CONSUMER_SIZE, CONS_DEAD, CONS_DRAINING, CONS_EMPTY,
-                          CONS_LIVE, CONS_STARTING, C_ABANDONS, C_BATCHES,
-                          C_COMPLETED, C_DOORBELLS, C_ERRORS, C_INCARNATION,
-                          C_PID, C_SLEEPS, C_STATE, C_TAKEN, EPA_GENERATION,
-                          EP_ANY, EP_APPS, EP_APP_SIZE, EP_BUSY, EP_MAX,
-                          EP_NONE, HEADER, HEADER_ENTRY, H_CONSUMER_EPOCH,
-                          H_MAGIC, H_POOL_STATE, H_SUPERVISOR_PID, POOL_FAILED,
-                          POOL_RUNNING, POOL_STARTING, POOL_STOPPED,
-                          PRODUCER_SIZE, P_COMPLETED, P_COST_NS, P_DOORBELLS,
-                          P_FALLBACKS, P_FORGED, P_FUTEX_WAKES, P_IN_USE,
-                          P_NOTIFY_FD, P_OWNER, P_QUEUED, P_QUEUE_FULL,
-                          P_REFUSED, P_REQUEUED, P_STALE, P_SUBMITTED,
-                          P_TIMEOUTS, P_WAITING, RECORD, REC_RESP_BODY, REQ,
-                          REQ_ADDR, REQ_BODY, REQ_CHAIN, REQ_F_BODY,
-                          REQ_F_META, REQ_F_RESPONSE, REQ_HEADERS, REQ_META,
-                          REQ_METHOD, REQ_PATH, REQ_PROTOCOL, REQ_QUERY,
-                          RING_ABI_VERSION, RING_MAGIC, R_ENTRIES, SLOT_FREE,
-                          SLOT_HEADER_SIZE, SLOT_TAKEN, S_ABANDONED, S_DATA,
-                          S_DEADLINE_NS, S_REQ_LEN, S_STATE, S_VERDICT_LEN,
-                          S_VERDICT_OFF, U32, VERDICT, VERDICT_MAX_RECORDS,
-                          sw_consumer, sw_gen, sw_inc, sw_state)
+from shm_ring.abi import (
+    ACTION_ERROR,
+    CACHELINE,
+    CHAN_CLAIMING,
+    CHAN_DRAINING,
+    CHAN_FREE,
+    CHAN_OWNED,
+    CHAN_REAPING,
+    CONSUMER_SIZE,
+    CONS_DEAD,
+    CONS_DRAINING,
+    CONS_EMPTY,
+    CONS_LIVE,
+    CONS_STARTING,
+    C_ABANDONS,
+    C_BATCHES,
+    C_COMPLETED,
+    C_DOORBELLS,
+    C_ERRORS,
+    C_INCARNATION,
+    C_PID,
+    C_SLEEPS,
+    C_STATE,
+    C_TAKEN,
+    EPA_GENERATION,
+    EP_ANY,
+    EP_APPS,
+    EP_APP_SIZE,
+    EP_BUSY,
+    EP_MAX,
+    EP_NONE,
+    HEADER,
+    HEADER_ENTRY,
+    H_CONSUMER_EPOCH,
+    H_MAGIC,
+    H_POOL_STATE,
+    H_SUPERVISOR_PID,
+    POOL_FAILED,
+    POOL_RUNNING,
+    POOL_STARTING,
+    POOL_STOPPED,
+    PRODUCER_SIZE,
+    P_COMPLETED,
+    P_COST_NS,
+    P_DOORBELLS,
+    P_FALLBACKS,
+    P_FORGED,
+    P_FUTEX_WAKES,
+    P_IN_USE,
+    P_NOTIFY_FD,
+    P_OWNER,
+    P_QUEUED,
+    P_QUEUE_FULL,
+    P_REFUSED,
+    P_REQUEUED,
+    P_STALE,
+    P_SUBMITTED,
+    P_TIMEOUTS,
+    P_WAITING,
+    RECORD,
+    REC_RESP_BODY,
+    REQ,
+    REQ_ADDR,
+    REQ_BODY,
+    REQ_CHAIN,
+    REQ_F_BODY,
+    REQ_F_META,
+    REQ_F_RESPONSE,
+    REQ_HEADERS,
+    REQ_META,
+    REQ_METHOD,
+    REQ_PATH,
+    REQ_PROTOCOL,
+    REQ_QUERY,
+    RING_ABI_VERSION,
+    RING_MAGIC,
+    R_ENTRIES,
+    SLOT_FREE,
+    SLOT_HEADER_SIZE,
+    SLOT_TAKEN,
+    S_ABANDONED,
+    S_DATA,
+    S_DEADLINE_NS,
+    S_REQ_LEN,
+    S_STATE,
+    S_VERDICT_LEN,
+    S_VERDICT_OFF,
+    U32,
+    VERDICT,
+    VERDICT_MAX_RECORDS,
+    sw_consumer,
+    sw_gen,
+    sw_inc,
+    sw_state,
+)
 from shm_ring.codec import RingError
-from shm_ring.fallback.consumer import (_consumer_arm, _consumer_complete,
-                                        _consumer_disarm,
-                                        _consumer_doorbell_open,
-                                        _consumer_flush, _consumer_pending,
-                                        _consumer_start, _consumer_take,
-                                        _consumer_wait)
-from shm_ring.fallback.endpoints import (_endpoints_count, _endpoints_find,
-                                         _endpoints_pick, _endpoints_read,
-                                         _endpoints_set)
-from shm_ring.fallback.producer import (_doorbell_addr, _producer_abandon,
-                                        _producer_arm, _producer_claim,
-                                        _producer_free, _producer_pick,
-                                        _producer_poll, _producer_release,
-                                        _producer_rescue, _producer_submit)
-from shm_ring.fallback.reaper import (_consumer_alloc, _consumer_retire, _reap)
-from shm_ring.fallback.region import (_align, _conf_check, _layout,
-                                      _region_check, _shm_path, _unpack_header,
-                                      _wake_dir, _wake_dir_check,
-                                      _wake_dir_make, region_unlink)
+from shm_ring.fallback.consumer import (
+    _consumer_arm,
+    _consumer_complete,
+    _consumer_disarm,
+    _consumer_doorbell_open,
+    _consumer_flush,
+    _consumer_pending,
+    _consumer_start,
+    _consumer_take,
+    _consumer_wait,
+)
+from shm_ring.fallback.endpoints import (
+    _endpoints_count,
+    _endpoints_find,
+    _endpoints_pick,
+    _endpoints_read,
+    _endpoints_set,
+)
+from shm_ring.fallback.producer import (
+    _doorbell_addr,
+    _producer_abandon,
+    _producer_arm,
+    _producer_claim,
+    _producer_free,
+    _producer_pick,
+    _producer_poll,
+    _producer_release,
+    _producer_rescue,
+    _producer_submit,
+)
+from shm_ring.fallback.reaper import _consumer_alloc, _consumer_retire, _reap
+from shm_ring.fallback.region import (
+    _align,
+    _conf_check,
+    _layout,
+    _region_check,
+    _shm_path,
+    _unpack_header,
+    _wake_dir,
+    _wake_dir_check,
+    _wake_dir_make,
+    region_unlink,
+)
 
 
 ABI_VERSION = RING_ABI_VERSION
 IMPLEMENTATION = "python"
 
-BATCH_MAX = 256            # as _ring.pyx
+BATCH_MAX = 256  # as _ring.pyx
 
-_POOL_STATES = {POOL_STARTING: "starting", POOL_RUNNING: "running",
-                POOL_FAILED: "failed", POOL_STOPPED: "stopped"}
+_POOL_STATES = {
+    POOL_STARTING: "starting",
+    POOL_RUNNING: "running",
+    POOL_FAILED: "failed",
+    POOL_STOPPED: "stopped",
+}
 _POOL_STATE_CODES = {v: k for k, v in _POOL_STATES.items()}
 
-_CONSUMER_STATES = {CONS_EMPTY: "empty", CONS_STARTING: "starting",
-                    CONS_LIVE: "live", CONS_DRAINING: "draining",
-                    CONS_DEAD: "dead"}
-_CHANNEL_STATES = {CHAN_FREE: "free", CHAN_CLAIMING: "claiming",
-                   CHAN_OWNED: "owned", CHAN_DRAINING: "draining",
-                   CHAN_REAPING: "reaping"}
+_CONSUMER_STATES = {
+    CONS_EMPTY: "empty",
+    CONS_STARTING: "starting",
+    CONS_LIVE: "live",
+    CONS_DRAINING: "draining",
+    CONS_DEAD: "dead",
+}
+_CHANNEL_STATES = {
+    CHAN_FREE: "free",
+    CHAN_CLAIMING: "claiming",
+    CHAN_OWNED: "owned",
+    CHAN_DRAINING: "draining",
+    CHAN_REAPING: "reaping",
+}
 
 
 class Region:
@@ -79,8 +187,9 @@ class Region:
     def __init__(self, name, fd, size, checked):
         self.name = name
         self._size = size
-        self._mm = mmap.mmap(fd, size, mmap.MAP_SHARED,
-                             mmap.PROT_READ | mmap.PROT_WRITE)
+        self._mm = mmap.mmap(
+            fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
+        )
         self._u32 = memoryview(self._mm).cast("I")
         self._u64 = memoryview(self._mm).cast("Q")
         # the mapping's address, for the futex system call
@@ -110,18 +219,21 @@ class Region:
         try:
             fd = os.open(_shm_path(name), os.O_RDWR | os.O_NOFOLLOW)
         except OSError as e:
-            raise RingError('shm_open("%s") failed: %s'
-                            % (name, os.strerror(e.errno))) from None
+            raise RingError(
+                'shm_open("%s") failed: %s' % (name, os.strerror(e.errno))
+            ) from None
         try:
             st = os.fstat(fd)
             if st.st_size <= 0:
                 raise RingError('region "%s" is empty' % name)
             _wake_dir_check(wake_dir, st.st_uid)
-            with mmap.mmap(fd, st.st_size, mmap.MAP_SHARED,
-                           mmap.PROT_READ) as image:
+            with mmap.mmap(
+                fd, st.st_size, mmap.MAP_SHARED, mmap.PROT_READ
+            ) as image:
                 # one copy of the header, checked, is all the layout used
-                checked = _region_check(bytes(image[:HEADER.size]),
-                                        st.st_size)
+                checked = _region_check(
+                    bytes(image[: HEADER.size]), st.st_size
+                )
             return Region(name, fd, st.st_size, checked)
         finally:
             os.close(fd)
@@ -139,15 +251,22 @@ class Region:
         except FileNotFoundError:
             pass
         except OSError:
-            pass            # another user's: O_EXCL below says so
+            pass  # another user's: O_EXCL below says so
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL
-                         | os.O_NOFOLLOW, 0o600)
+            fd = os.open(
+                path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600
+            )
         except OSError as e:
-            raise RingError('shm_open("%s") failed: %s%s' % (
-                name, os.strerror(e.errno),
-                " (it belongs to another user: remove it)"
-                if e.errno == errno.EEXIST else "")) from None
+            raise RingError(
+                'shm_open("%s") failed: %s%s'
+                % (
+                    name,
+                    os.strerror(e.errno),
+                    " (it belongs to another user: remove it)"
+                    if e.errno == errno.EEXIST
+                    else "",
+                )
+            ) from None
         try:
             _wake_dir_make(wake_dir)
         except BaseException:
@@ -157,16 +276,34 @@ class Region:
         try:
             os.ftruncate(fd, layout["region_size"])
             image = HEADER.pack(
-                0, ABI_VERSION, layout["header_size"],
-                layout["region_size"], nproducers, nconsumers, slots,
-                slot_size, layout["producers_off"], layout["consumers_off"],
-                layout["rings_off"], layout["ring_bytes"],
-                layout["slots_off"], 0, 0, int(time.time()) * 10 ** 9,
-                0, 0, 0, 0, name.encode(), b"", layout["endpoints_off"],
-                EP_APPS, EP_APP_SIZE)
+                0,
+                ABI_VERSION,
+                layout["header_size"],
+                layout["region_size"],
+                nproducers,
+                nconsumers,
+                slots,
+                slot_size,
+                layout["producers_off"],
+                layout["consumers_off"],
+                layout["rings_off"],
+                layout["ring_bytes"],
+                layout["slots_off"],
+                0,
+                0,
+                int(time.time()) * 10**9,
+                0,
+                0,
+                0,
+                0,
+                name.encode(),
+                b"",
+                layout["endpoints_off"],
+                EP_APPS,
+                EP_APP_SIZE,
+            )
             os.pwrite(fd, image, 0)
-            r = Region(name, fd, layout["region_size"],
-                       _unpack_header(image))
+            r = Region(name, fd, layout["region_size"], _unpack_header(image))
         except BaseException:
             region_unlink(name)
             raise
@@ -232,8 +369,9 @@ class Region:
         return self._rings_off + self._ring_bytes * (2 * (p * self._nc + c))
 
     def completion_ring(self, p, c):
-        return self._rings_off + self._ring_bytes * (2 * (p * self._nc + c)
-                                                     + 1)
+        return self._rings_off + self._ring_bytes * (
+            2 * (p * self._nc + c) + 1
+        )
 
     def slot(self, p, s):
         return self._slots_off + self._slot_size * (p * self._slots + s)
@@ -349,9 +487,12 @@ class Region:
 
     def slots_in_use(self):
         self._live()
-        return sum(1 for p in range(self._np) for s in range(self._slots)
-                   if sw_state(self.ld64(self.slot(p, s) + S_STATE))
-                   != SLOT_FREE)
+        return sum(
+            1
+            for p in range(self._np)
+            for s in range(self._slots)
+            if sw_state(self.ld64(self.slot(p, s) + S_STATE)) != SLOT_FREE
+        )
 
     def stats(self):
         """Counters of every producer channel and consumer, as dicts."""
@@ -360,42 +501,51 @@ class Region:
         for i in range(self._np):
             o = self.prod(i)
             w = self.ld64(o + P_OWNER)
-            producers.append({
-                "index": i, "pid": w >> 32,
-                "state": _CHANNEL_STATES.get(w & 0xFF, "?"),
-                "in_use": self.ld32(o + P_IN_USE),
-                "waiting": self.ld32(o + P_WAITING),
-                "submitted": self.ld64(o + P_SUBMITTED),
-                "completed": self.ld64(o + P_COMPLETED),
-                "stale": self.ld64(o + P_STALE),
-                "requeued": self.ld64(o + P_REQUEUED),
-                "timeouts": self.ld64(o + P_TIMEOUTS),
-                "fallbacks": self.ld64(o + P_FALLBACKS),
-                "futex_wakes": self.ld64(o + P_FUTEX_WAKES),
-                "doorbells": self.ld64(o + P_DOORBELLS),
-                "cost_ns": self.ld64(o + P_COST_NS),
-                "queued": self.ld64(o + P_QUEUED),
-                "queue_full": self.ld64(o + P_QUEUE_FULL),
-                "forged": self.ld64(o + P_FORGED),
-                "refused": self.ld64(o + P_REFUSED),
-            })
+            producers.append(
+                {
+                    "index": i,
+                    "pid": w >> 32,
+                    "state": _CHANNEL_STATES.get(w & 0xFF, "?"),
+                    "in_use": self.ld32(o + P_IN_USE),
+                    "waiting": self.ld32(o + P_WAITING),
+                    "submitted": self.ld64(o + P_SUBMITTED),
+                    "completed": self.ld64(o + P_COMPLETED),
+                    "stale": self.ld64(o + P_STALE),
+                    "requeued": self.ld64(o + P_REQUEUED),
+                    "timeouts": self.ld64(o + P_TIMEOUTS),
+                    "fallbacks": self.ld64(o + P_FALLBACKS),
+                    "futex_wakes": self.ld64(o + P_FUTEX_WAKES),
+                    "doorbells": self.ld64(o + P_DOORBELLS),
+                    "cost_ns": self.ld64(o + P_COST_NS),
+                    "queued": self.ld64(o + P_QUEUED),
+                    "queue_full": self.ld64(o + P_QUEUE_FULL),
+                    "forged": self.ld64(o + P_FORGED),
+                    "refused": self.ld64(o + P_REFUSED),
+                }
+            )
         consumers = []
         for i in range(self._nc):
             o = self.cons(i)
-            consumers.append({
-                "index": i, "pid": self.ld32(o + C_PID),
-                "state": _CONSUMER_STATES.get(self.ld32(o + C_STATE), "?"),
-                "incarnation": self.ld32(o + C_INCARNATION),
-                "taken": self.ld64(o + C_TAKEN),
-                "completed": self.ld64(o + C_COMPLETED),
-                "batches": self.ld64(o + C_BATCHES),
-                "sleeps": self.ld64(o + C_SLEEPS),
-                "doorbells": self.ld64(o + C_DOORBELLS),
-                "errors": self.ld64(o + C_ERRORS),
-                "abandons": self.ld64(o + C_ABANDONS),
-            })
-        return {"producers": producers, "consumers": consumers,
-                "consumer_epoch": self.ld32(H_CONSUMER_EPOCH)}
+            consumers.append(
+                {
+                    "index": i,
+                    "pid": self.ld32(o + C_PID),
+                    "state": _CONSUMER_STATES.get(self.ld32(o + C_STATE), "?"),
+                    "incarnation": self.ld32(o + C_INCARNATION),
+                    "taken": self.ld64(o + C_TAKEN),
+                    "completed": self.ld64(o + C_COMPLETED),
+                    "batches": self.ld64(o + C_BATCHES),
+                    "sleeps": self.ld64(o + C_SLEEPS),
+                    "doorbells": self.ld64(o + C_DOORBELLS),
+                    "errors": self.ld64(o + C_ERRORS),
+                    "abandons": self.ld64(o + C_ABANDONS),
+                }
+            )
+        return {
+            "producers": producers,
+            "consumers": consumers,
+            "consumer_epoch": self.ld32(H_CONSUMER_EPOCH),
+        }
 
     # the endpoint table (service discovery), see shm_ring.h
 
@@ -411,8 +561,10 @@ class Region:
         specs = [codec.endpoint_spec(*e) for e in endpoints]
         self._live()
         if len(specs) > EP_MAX:
-            raise RingError("app %r: %d endpoints, at most %d fit"
-                            % (app, len(specs), EP_MAX))
+            raise RingError(
+                "app %r: %d endpoints, at most %d fit"
+                % (app, len(specs), EP_MAX)
+            )
         idx = _endpoints_set(self, name, specs)
         return self.ld32(self.ep_app(idx) + EPA_GENERATION)
 
@@ -423,12 +575,16 @@ class Region:
             if idx == -1:
                 return None
             if idx < 0:
-                raise RingError("the endpoint table is being written or "
-                                "corrupt: app %r not found" % name.decode())
+                raise RingError(
+                    "the endpoint table is being written or "
+                    "corrupt: app %r not found" % name.decode()
+                )
             snap = _endpoints_read(self, idx)
             if snap is None:
-                raise RingError("the endpoint table of app %r is being "
-                                "written or corrupt" % name.decode())
+                raise RingError(
+                    "the endpoint table of app %r is being "
+                    "written or corrupt" % name.decode()
+                )
             if snap["name"] == name:
                 return snap
         return None
@@ -440,9 +596,14 @@ class Region:
         snap = self._ep_copy(name)
         if snap is None:
             return []
-        return [(codec.endpoint_host(family, addr), port,
-                 snap["sites"][site][3].decode("utf-8", "replace"))
-                for family, site, port, _, addr in snap["endpoints"]]
+        return [
+            (
+                codec.endpoint_host(family, addr),
+                port,
+                snap["sites"][site][3].decode("utf-8", "replace"),
+            )
+            for family, site, port, _, addr in snap["endpoints"]
+        ]
 
     def endpoint_generation(self, app):
         """How many times app's endpoints were written; 0 if never."""
@@ -450,8 +611,10 @@ class Region:
         self._live()
         n, gen = _endpoints_count(self, name)
         if n < 0:
-            raise RingError("the endpoint table of app %r is being written "
-                            "or corrupt" % app)
+            raise RingError(
+                "the endpoint table of app %r is being written "
+                "or corrupt" % app
+            )
         return gen
 
     def endpoint_apps(self):
@@ -471,12 +634,16 @@ class Region:
         none is left."""
         name = codec.endpoint_app(app)
         self._live()
-        seen = [codec.endpoint_spec(host, port, "-")[:3]
-                for host, port in list(tried)[:EP_MAX]]
+        seen = [
+            codec.endpoint_spec(host, port, "-")[:3]
+            for host, port in list(tried)[:EP_MAX]
+        ]
         rc, ep = _endpoints_pick(self, name, site.encode("utf-8"), seen)
         if rc == EP_BUSY:
-            raise RingError("the endpoint table of app %r is being written "
-                            "or corrupt" % app)
+            raise RingError(
+                "the endpoint table of app %r is being written "
+                "or corrupt" % app
+            )
         if rc == EP_NONE:
             return None
         return codec.endpoint_host(ep[0], ep[1]), ep[2], rc == EP_ANY
@@ -492,12 +659,24 @@ class Region:
 
 # requests and verdicts in slots
 
+
 class SlotRequest:
     """A request record, copied out of its slot and checked.  ``ps``,
     ``gen``, ``deadline_ns`` and ``abandoned`` as in _ring.pyx."""
 
-    __slots__ = ("_rec", "_fields", "_flags", "_table", "nheaders",
-                 "request_id", "_status", "_rg", "_slot", "ps", "gen")
+    __slots__ = (
+        "_rec",
+        "_fields",
+        "_flags",
+        "_table",
+        "nheaders",
+        "request_id",
+        "_status",
+        "_rg",
+        "_slot",
+        "ps",
+        "gen",
+    )
 
     @property
     def deadline_ns(self):
@@ -507,12 +686,14 @@ class SlotRequest:
 
     @property
     def abandoned(self):
-        return (self._rg is not None
-                and self._rg.ld32(self._slot + S_ABANDONED) == self.gen)
+        return (
+            self._rg is not None
+            and self._rg.ld32(self._slot + S_ABANDONED) == self.gen
+        )
 
     def _field(self, i):
         off, n = self._fields[i]
-        return self._rec[off:off + n].decode("latin-1")
+        return self._rec[off : off + n].decode("latin-1")
 
     @property
     def chain(self):
@@ -554,23 +735,26 @@ class SlotRequest:
         if not self._flags & REQ_F_META:
             return {}
         off, n = self._fields[REQ_META]
-        return codec.decode_metadata(self._rec[off:off + n])
+        return codec.decode_metadata(self._rec[off : off + n])
 
     @property
     def body(self):
         if not self._flags & REQ_F_BODY:
             return None
         off, n = self._fields[REQ_BODY]
-        return self._rec[off:off + n]
+        return self._rec[off : off + n]
 
     def _entries(self):
         """(name, value) byte pairs whose lengths fit the record."""
         for i in range(self.nheaders):
             off, nlen, vlen = HEADER_ENTRY.unpack_from(
-                self._rec, self._table + i * HEADER_ENTRY.size)
+                self._rec, self._table + i * HEADER_ENTRY.size
+            )
             if off + nlen + vlen <= len(self._rec):
-                yield (self._rec[off:off + nlen],
-                       self._rec[off + nlen:off + nlen + vlen])
+                yield (
+                    self._rec[off : off + nlen],
+                    self._rec[off + nlen : off + nlen + vlen],
+                )
 
     def header_get(self, name, default=None):
         """The first value of one header, name matched without case, or
@@ -581,12 +765,17 @@ class SlotRequest:
     def header_get_all(self, lname):
         """Values of one header, name matched without case."""
         key = lname.encode("latin-1").lower()
-        return [v.decode("latin-1") for n, v in self._entries()
-                if len(n) == len(key) and n.lower() == key]
+        return [
+            v.decode("latin-1")
+            for n, v in self._entries()
+            if len(n) == len(key) and n.lower() == key
+        ]
 
     def header_items(self):
-        return [(n.decode("latin-1"), v.decode("latin-1"))
-                for n, v in self._entries()]
+        return [
+            (n.decode("latin-1"), v.decode("latin-1"))
+            for n, v in self._entries()
+        ]
 
 
 def _slot_request(mm, data, data_size):
@@ -601,11 +790,13 @@ def _slot_request(mm, data, data_size):
     fields = list(zip(vals[5::2], vals[6::2]))
     if any(off + n > rec_len for off, n in fields):
         return None
-    if (fields[REQ_HEADERS][1] != nheaders * HEADER_ENTRY.size
-            or fields[REQ_HEADERS][0] % 4):
+    if (
+        fields[REQ_HEADERS][1] != nheaders * HEADER_ENTRY.size
+        or fields[REQ_HEADERS][0] % 4
+    ):
         return None
     r = SlotRequest()
-    r._rec = mm[data:data + rec_len]
+    r._rec = mm[data : data + rec_len]
     r._fields = fields
     r._flags = flags
     r._status = vals[4]
@@ -637,9 +828,11 @@ def _encode_verdict(v, cap):
             pos += RECORD.size + len(key) + len(value)
         left = max(cap - pos - RECORD.size, 0)
         if len(v.response_body) > left:
-            raise RingError("the new response body of %d bytes does not "
-                            "fit in the slot (%d bytes left; see "
-                            "mosn_slot_size)" % (len(v.response_body), left))
+            raise RingError(
+                "the new response body of %d bytes does not "
+                "fit in the slot (%d bytes left; see "
+                "mosn_slot_size)" % (len(v.response_body), left)
+            )
     if len(buf) > cap or nrecords > VERDICT_MAX_RECORDS:
         raise RingError("verdict does not fit in the slot")
     return buf
@@ -654,10 +847,12 @@ def _error_verdict(cap, why):
     msg = why.encode("utf-8", "replace")[:200]
     need = VERDICT.size + RECORD.size + len(msg)
     if need > cap:
-        return VERDICT.pack(VERDICT.size,
-                                         ACTION_ERROR, 0, 0, 0)
-    return (VERDICT.pack(need, ACTION_ERROR, 0, 1, 0)
-            + RECORD.pack(codec.REC_LOG, 0, len(msg)) + msg)
+        return VERDICT.pack(VERDICT.size, ACTION_ERROR, 0, 0, 0)
+    return (
+        VERDICT.pack(need, ACTION_ERROR, 0, 1, 0)
+        + RECORD.pack(codec.REC_LOG, 0, len(msg))
+        + msg
+    )
 
 
 class Consumer:
@@ -666,8 +861,9 @@ class Consumer:
     def __init__(self, region, index):
         region._live()
         if not 0 <= index < region._nc:
-            raise RingError("consumer index %d is not in 0..%d"
-                            % (index, region._nc - 1))
+            raise RingError(
+                "consumer index %d is not in 0..%d" % (index, region._nc - 1)
+            )
         self.region = region
         self.index = index
         self._wake_mask = 0
@@ -686,8 +882,11 @@ class Consumer:
 
     def request(self, ps):
         slot = self._slot(ps)
-        req = _slot_request(self.region._mm, slot + S_DATA,
-                            self.region._slot_size - SLOT_HEADER_SIZE)
+        req = _slot_request(
+            self.region._mm,
+            slot + S_DATA,
+            self.region._slot_size - SLOT_HEADER_SIZE,
+        )
         if req is not None:
             req._rg = self.region
             req._slot = slot
@@ -708,9 +907,13 @@ class Consumer:
         w = rg.ld64(slot + S_STATE)
         if gen is not None and sw_gen(w) != gen:
             return False
-        if (sw_state(w) != SLOT_TAKEN or sw_consumer(w) != self.index
-                or sw_inc(w) != self.region.ld32(
-                    self.region.cons(self.index) + C_INCARNATION) & 0xFFFF):
+        if (
+            sw_state(w) != SLOT_TAKEN
+            or sw_consumer(w) != self.index
+            or sw_inc(w)
+            != self.region.ld32(self.region.cons(self.index) + C_INCARNATION)
+            & 0xFFFF
+        ):
             # taken back: someone else's slot now; refused and counted
             _consumer_complete(rg, self.index, ps >> 32, ps & U32)
             return False
@@ -725,11 +928,15 @@ class Consumer:
         else:
             try:
                 buf = _encode_verdict(verdict, cap)
-            except (RingError, UnicodeEncodeError, TypeError,
-                    AttributeError) as e:
+            except (
+                RingError,
+                UnicodeEncodeError,
+                TypeError,
+                AttributeError,
+            ) as e:
                 buf = _error_verdict(cap, "verdict not encodable: %s" % (e,))
         start = slot + S_DATA + off
-        rg._mm[start:start + len(buf)] = buf
+        rg._mm[start : start + len(buf)] = buf
         rg.st32(slot + S_VERDICT_OFF, off)
         rg.st32(slot + S_VERDICT_LEN, len(buf))
         p = _consumer_complete(rg, self.index, ps >> 32, ps & U32)
@@ -740,8 +947,9 @@ class Consumer:
 
     def flush(self):
         """Rings the doorbells of producers that sleep; returns how many."""
-        n = _consumer_flush(self.region, self.index, self._sock,
-                            self._wake_mask)
+        n = _consumer_flush(
+            self.region, self.index, self._sock, self._wake_mask
+        )
         self._wake_mask = 0
         return n
 
@@ -797,7 +1005,8 @@ class Consumer:
     @property
     def state(self):
         return _CONSUMER_STATES.get(
-            self.region.ld32(self.region.cons(self.index) + C_STATE))
+            self.region.ld32(self.region.cons(self.index) + C_STATE)
+        )
 
     def serve_batch(self, dispatch, max=64):
         """Takes a batch, runs dispatch(request) on each, writes verdicts,
@@ -840,8 +1049,10 @@ class Producer:
         except OSError as e:
             self._sock.close()
             _producer_release(region, self.index)
-            raise RingError('cannot bind the doorbell "%s": %s'
-                            % (addr, os.strerror(e.errno))) from None
+            raise RingError(
+                'cannot bind the doorbell "%s": %s'
+                % (addr, os.strerror(e.errno))
+            ) from None
         self._sock.setblocking(False)
 
     def fileno(self):
@@ -854,8 +1065,9 @@ class Producer:
         consumers that can copy it wake this producer through it."""
         if self._notify < 0:
             self._notify = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            self.region.st32(self.region.prod(self.index) + P_NOTIFY_FD,
-                             self._notify)
+            self.region.st32(
+                self.region.prod(self.index) + P_NOTIFY_FD, self._notify
+            )
         return self._notify
 
     def drain_notify(self):
@@ -901,7 +1113,7 @@ class Producer:
             c = consumer
             inc = rg.ld32(rg.cons(c) + C_INCARNATION) & 0xFFFF
         sl = rg.slot(self.index, slot)
-        rg._mm[sl + S_DATA:sl + S_DATA + len(record)] = record
+        rg._mm[sl + S_DATA : sl + S_DATA + len(record)] = record
         rg.st32(sl + S_REQ_LEN, len(record))
         rg.st32(sl + S_VERDICT_LEN, 0)
         rg.st64(sl + S_DEADLINE_NS, deadline_ns)
@@ -924,7 +1136,7 @@ class Producer:
         if off > data_size or n > data_size - off:
             raise RingError("verdict overruns the slot")
         start = sl + S_DATA + off
-        return bytes(rg._mm[start:start + n])
+        return bytes(rg._mm[start : start + n])
 
     def free(self, slot):
         self._check_slot(slot)
@@ -950,8 +1162,9 @@ class Producer:
         return n
 
     def rescue(self):
-        out, self._rr = _producer_rescue(self.region, self.index, self._rr,
-                                         BATCH_MAX)
+        out, self._rr = _producer_rescue(
+            self.region, self.index, self._rr, BATCH_MAX
+        )
         return out
 
     def slot_state(self, slot):

@@ -6,17 +6,46 @@ producers, sleeping on its futex or in an event loop).
 import os
 import socket
 
-from shm_ring.abi import (CONS_LIVE, C_BATCHES, C_COMPLETED, C_DOORBELLS,
-                          C_ERRORS, C_FUTEX, C_INCARNATION, C_PID, C_SLEEPING,
-                          C_SLEEPS, C_STARTTIME, C_STATE, C_TAKEN,
-                          P_NEED_WAKEUP, R_HEAD, R_TAIL, SLEEP_FD, SLEEP_FUTEX,
-                          SLEEP_NONE, SLOT_DONE, SLOT_SUBMITTED, SLOT_TAKEN,
-                          S_STATE, U32, entry, sw, sw_consumer, sw_gen, sw_inc,
-                          sw_state)
+from shm_ring.abi import (
+    CONS_LIVE,
+    C_BATCHES,
+    C_COMPLETED,
+    C_DOORBELLS,
+    C_ERRORS,
+    C_FUTEX,
+    C_INCARNATION,
+    C_PID,
+    C_SLEEPING,
+    C_SLEEPS,
+    C_STARTTIME,
+    C_STATE,
+    C_TAKEN,
+    P_NEED_WAKEUP,
+    R_HEAD,
+    R_TAIL,
+    SLEEP_FD,
+    SLEEP_FUTEX,
+    SLEEP_NONE,
+    SLOT_DONE,
+    SLOT_SUBMITTED,
+    SLOT_TAKEN,
+    S_STATE,
+    U32,
+    entry,
+    sw,
+    sw_consumer,
+    sw_gen,
+    sw_inc,
+    sw_state,
+)
 from shm_ring.codec import RingError
 from shm_ring.fallback import producer, reaper
-from shm_ring.fallback.region import (_full_fence, _futex_wait, _ring_push,
-                                      proc_starttime)
+from shm_ring.fallback.region import (
+    _full_fence,
+    _futex_wait,
+    _ring_push,
+    proc_starttime,
+)
 
 
 def _consumer_doorbell_addr(rg, c):
@@ -24,7 +53,7 @@ def _consumer_doorbell_addr(rg, c):
     return "%s/c%d" % (rg._wake_dir, c)
 
 
-_ring_sock = None       # mosn_ring_sock: made when first needed
+_ring_sock = None  # mosn_ring_sock: made when first needed
 
 
 def _ring_socket():
@@ -37,10 +66,11 @@ def _ring_socket():
 
 def _consumer_doorbell_ring(rg, c):
     try:
-        _ring_socket().sendto(b"\1", socket.MSG_DONTWAIT,
-                          _consumer_doorbell_addr(rg, c))
+        _ring_socket().sendto(
+            b"\1", socket.MSG_DONTWAIT, _consumer_doorbell_addr(rg, c)
+        )
     except OSError:
-        pass        # full: a wake-up is already there; unbound: nobody
+        pass  # full: a wake-up is already there; unbound: nobody
 
 
 def _consumer_start(rg, c, pid):
@@ -68,7 +98,7 @@ def _consumer_take(rg, c, max_):
         tail = rg.ld32(ring + R_TAIL)
         head = rg.ld32(ring + R_HEAD)
         if (head - tail) & U32 > rg._slots:
-            tail = head     # a producer scribbled: skip what cannot be real
+            tail = head  # a producer scribbled: skip what cannot be real
         while tail != head and len(out) < max_:
             e = rg.ring_entry(ring, tail)
             tail = (tail + 1) & U32
@@ -77,8 +107,12 @@ def _consumer_take(rg, c, max_):
                 continue
             slot = rg.slot(p, s)
             w = rg.ld64(slot + S_STATE)
-            if (sw_state(w) != SLOT_SUBMITTED or sw_consumer(w) != c
-                    or sw_inc(w) != inc or sw_gen(w) != gen):
+            if (
+                sw_state(w) != SLOT_SUBMITTED
+                or sw_consumer(w) != c
+                or sw_inc(w) != inc
+                or sw_gen(w) != gen
+            ):
                 continue
             rg.st64(slot + S_STATE, sw(gen, inc, c, SLOT_TAKEN))
             out.append((p << 32) | s)
@@ -97,8 +131,11 @@ def _consumer_complete(rg, c, p, s):
     o = rg.cons(c)
     slot = rg.slot(p, s)
     w = rg.ld64(slot + S_STATE)
-    if (sw_state(w) != SLOT_TAKEN or sw_consumer(w) != c
-            or sw_inc(w) != rg.ld32(o + C_INCARNATION) & 0xFFFF):
+    if (
+        sw_state(w) != SLOT_TAKEN
+        or sw_consumer(w) != c
+        or sw_inc(w) != rg.ld32(o + C_INCARNATION) & 0xFFFF
+    ):
         rg.add64(o + C_ERRORS)
         return -1
     rg.st64(slot + S_STATE, sw(sw_gen(w), sw_inc(w), c, SLOT_DONE))
@@ -112,7 +149,7 @@ def _consumer_complete(rg, c, p, s):
 def _consumer_flush(rg, c, sock, wake_mask):
     if not wake_mask:
         return 0
-    _full_fence()       # pairs with the fence in _producer_arm()
+    _full_fence()  # pairs with the fence in _producer_arm()
     n = 0
     for p in range(rg._np):
         if not wake_mask & (1 << p):
@@ -138,7 +175,7 @@ def _consumer_pending(rg, c):
 def _consumer_wait(rg, c, timeout_ms):
     o = rg.cons(c)
     rg.st32(o + C_SLEEPING, SLEEP_FUTEX)
-    _full_fence()       # pairs with the fence in _wake_consumer()
+    _full_fence()  # pairs with the fence in _wake_consumer()
     seq = rg.ld32(o + C_FUTEX)
     if _consumer_pending(rg, c):
         rg.st32(o + C_SLEEPING, SLEEP_NONE)
@@ -160,8 +197,9 @@ def _consumer_doorbell_open(rg, c):
         sock.bind(_consumer_doorbell_addr(rg, c))
     except OSError as e:
         sock.close()
-        raise RingError("cannot bind the doorbell of consumer %d: %s"
-                        % (c, e.strerror)) from None
+        raise RingError(
+            "cannot bind the doorbell of consumer %d: %s" % (c, e.strerror)
+        ) from None
     sock.setblocking(False)
     return sock
 
@@ -169,7 +207,7 @@ def _consumer_doorbell_open(rg, c):
 def _consumer_arm(rg, c):
     o = rg.cons(c)
     rg.st32(o + C_SLEEPING, SLEEP_FD)
-    _full_fence()       # pairs with the fence in _wake_consumer()
+    _full_fence()  # pairs with the fence in _wake_consumer()
     if _consumer_pending(rg, c):
         rg.st32(o + C_SLEEPING, SLEEP_NONE)
         return True

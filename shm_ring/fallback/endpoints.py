@@ -5,13 +5,32 @@ store here, so a fallback reader racing a C reader may repeat or skip a
 turn.
 """
 
-
-from shm_ring.abi import (ENDPOINT, EPA_ENDPOINTS, EPA_GENERATION, EPA_HEAD,
-                          EPA_NAME, EPA_NAME_LEN, EPA_NENDPOINTS, EPA_RR,
-                          EPA_SEQ, EPA_SITES, EP_ANY, EP_APPS, EP_APP_NAME_MAX,
-                          EP_APP_SIZE, EP_BUSY, EP_INET, EP_INET6, EP_MAX,
-                          EP_NONE, EP_RR_ANY, EP_SITE, EP_SITES, EP_SITE_ENTRY,
-                          EP_SITE_MAX)
+from shm_ring.abi import (
+    ENDPOINT,
+    EPA_ENDPOINTS,
+    EPA_GENERATION,
+    EPA_HEAD,
+    EPA_NAME,
+    EPA_NAME_LEN,
+    EPA_NENDPOINTS,
+    EPA_RR,
+    EPA_SEQ,
+    EPA_SITES,
+    EP_ANY,
+    EP_APPS,
+    EP_APP_NAME_MAX,
+    EP_APP_SIZE,
+    EP_BUSY,
+    EP_INET,
+    EP_INET6,
+    EP_MAX,
+    EP_NONE,
+    EP_RR_ANY,
+    EP_SITE,
+    EP_SITES,
+    EP_SITE_ENTRY,
+    EP_SITE_MAX,
+)
 from shm_ring.codec import RingError
 
 
@@ -38,7 +57,7 @@ def _ep_snapshot(rg, i):
         seq = _ep_read_begin(rg, a)
         if seq is None:
             return None
-        raw = bytes(rg._mm[a:a + EP_APP_SIZE])
+        raw = bytes(rg._mm[a : a + EP_APP_SIZE])
         if _ep_read_end(rg, a, seq):
             return raw
     return None
@@ -53,20 +72,25 @@ def _ep_parse(raw):
     sites = []
     for i in range(EP_SITES):
         first, count, nlen, sname = EP_SITE_ENTRY.unpack_from(
-            raw, EPA_SITES + EP_SITE_ENTRY.size * i)
+            raw, EPA_SITES + EP_SITE_ENTRY.size * i
+        )
         if nlen >= EP_SITE_MAX or first + count > n:
             return None
         sites.append((first, count, nlen, sname[:nlen]))
     endpoints = []
     for i in range(n):
         family, site, port, flags, addr = ENDPOINT.unpack_from(
-            raw, EPA_ENDPOINTS + ENDPOINT.size * i)
-        if family not in (EP_INET, EP_INET6) or port == 0 \
-                or site >= EP_SITES:
+            raw, EPA_ENDPOINTS + ENDPOINT.size * i
+        )
+        if family not in (EP_INET, EP_INET6) or port == 0 or site >= EP_SITES:
             return None
         endpoints.append((family, site, port, flags, addr))
-    return {"generation": generation, "name": name[:name_len],
-            "sites": sites, "endpoints": endpoints}
+    return {
+        "generation": generation,
+        "name": name[:name_len],
+        "sites": sites,
+        "endpoints": endpoints,
+    }
 
 
 def _endpoints_read(rg, i):
@@ -87,9 +111,11 @@ def _endpoints_find(rg, name):
             if seq is None:
                 unread = True
                 break
-            found = (rg.ld32(a + EPA_NAME_LEN) == len(name)
-                     and bytes(rg._mm[a + EPA_NAME:a + EPA_NAME + len(name)])
-                     == name)
+            found = (
+                rg.ld32(a + EPA_NAME_LEN) == len(name)
+                and bytes(rg._mm[a + EPA_NAME : a + EPA_NAME + len(name)])
+                == name
+            )
             if _ep_read_end(rg, a, seq):
                 if found:
                     return i
@@ -177,8 +203,10 @@ def _endpoints_set(rg, name, specs):
     for i in range(EP_APPS):
         a = rg.ep_app(i)
         name_len = rg.ld32(a + EPA_NAME_LEN)
-        if (name_len == len(name) and
-                bytes(rg._mm[a + EPA_NAME:a + EPA_NAME + name_len]) == name):
+        if (
+            name_len == len(name)
+            and bytes(rg._mm[a + EPA_NAME : a + EPA_NAME + name_len]) == name
+        ):
             idx = i
             break
         if name_len == 0 and free_app < 0:
@@ -189,20 +217,26 @@ def _endpoints_set(rg, name, specs):
         if free_app < 0:
             free_app = empty_app
         if free_app < 0:
-            raise RingError('app "%s": the endpoint table is full (%d apps)'
-                            % (name.decode("utf-8", "replace"), EP_APPS))
+            raise RingError(
+                'app "%s": the endpoint table is full (%d apps)'
+                % (name.decode("utf-8", "replace"), EP_APPS)
+            )
         idx = free_app
     a = rg.ep_app(idx)
-    same_app = (rg.ld32(a + EPA_NAME_LEN) == len(name) and
-                bytes(rg._mm[a + EPA_NAME:a + EPA_NAME + len(name)]) == name)
+    same_app = (
+        rg.ld32(a + EPA_NAME_LEN) == len(name)
+        and bytes(rg._mm[a + EPA_NAME : a + EPA_NAME + len(name)]) == name
+    )
     # sites keep their entries (and so their round-robin counters)
     sites = []
     for i in range(EP_SITES):
         first, count, nlen, sname = EP_SITE_ENTRY.unpack_from(
-            rg._mm, a + EPA_SITES + EP_SITE_ENTRY.size * i)
+            rg._mm, a + EPA_SITES + EP_SITE_ENTRY.size * i
+        )
         # a scribbled entry is made unused again, as in C
-        sites.append(sname[:nlen] if same_app and 0 < nlen < EP_SITE_MAX
-                     else b"")
+        sites.append(
+            sname[:nlen] if same_app and 0 < nlen < EP_SITE_MAX else b""
+        )
     used = [False] * EP_SITES
     order = []
     for k, (_, _, _, site) in enumerate(specs):
@@ -214,12 +248,19 @@ def _endpoints_set(rg, name, specs):
                 s = sites.index(b"")
             else:
                 later = {spec[3] for spec in specs[k:]}
-                s = next((i for i in range(EP_SITES)
-                          if not used[i] and sites[i] not in later), -1)
+                s = next(
+                    (
+                        i
+                        for i in range(EP_SITES)
+                        if not used[i] and sites[i] not in later
+                    ),
+                    -1,
+                )
             if s < 0:
-                raise RingError('app "%s": more than %d sites'
-                                % (name.decode("utf-8", "replace"),
-                                   EP_SITES))
+                raise RingError(
+                    'app "%s": more than %d sites'
+                    % (name.decode("utf-8", "replace"), EP_SITES)
+                )
             sites[s] = site
         used[s] = True
         order.append(s)
@@ -231,23 +272,31 @@ def _endpoints_set(rg, name, specs):
         first = pos
         for family, addr, port, site in specs:
             if site == sites[s]:
-                ENDPOINT.pack_into(eps, ENDPOINT.size * pos, family, s, port,
-                                   0, addr)
+                ENDPOINT.pack_into(
+                    eps, ENDPOINT.size * pos, family, s, port, 0, addr
+                )
                 pos += 1
         placed[s] = (first, pos - first)
     for i in range(EP_SITES):
         first, count = placed.get(i, (0, 0))
-        EP_SITE_ENTRY.pack_into(table, EP_SITE_ENTRY.size * i, first, count,
-                          len(sites[i]), sites[i])
+        EP_SITE_ENTRY.pack_into(
+            table,
+            EP_SITE_ENTRY.size * i,
+            first,
+            count,
+            len(sites[i]),
+            sites[i],
+        )
     # the write: seq odd, the entry, generation, seq even
     seq = rg.ld32(a + EPA_SEQ) | 1
     rg.st32(a + EPA_SEQ, seq)
     rg.st32(a + EPA_NENDPOINTS, len(specs))
-    rg._mm[a + EPA_SITES:a + EPA_SITES + len(table)] = table
-    rg._mm[a + EPA_ENDPOINTS:a + EPA_ENDPOINTS + len(eps)] = eps
+    rg._mm[a + EPA_SITES : a + EPA_SITES + len(table)] = table
+    rg._mm[a + EPA_ENDPOINTS : a + EPA_ENDPOINTS + len(eps)] = eps
     if not same_app:
-        rg._mm[a + EPA_NAME:a + EPA_NAME + EP_APP_NAME_MAX] = \
-            name.ljust(EP_APP_NAME_MAX, b"\0")
+        rg._mm[a + EPA_NAME : a + EPA_NAME + EP_APP_NAME_MAX] = name.ljust(
+            EP_APP_NAME_MAX, b"\0"
+        )
         rg.st32(a + EPA_NAME_LEN, len(name))
     rg.st32(a + EPA_GENERATION, rg.ld32(a + EPA_GENERATION) + 1)
     rg.st32(a + EPA_SEQ, seq + 1)

@@ -8,21 +8,63 @@ import fcntl
 import os
 import socket
 
-from shm_ring.abi import (CHAN_CLAIMING, CHAN_DRAINING, CHAN_FREE, CHAN_OWNED,
-                          CONS_LIVE, C_ABANDONS, C_FUTEX, C_INCARNATION,
-                          C_SLEEPING, C_STATE, P_COMPLETED, P_EPOCH, P_FORGED,
-                          P_FUTEX_WAKES, P_IN_USE, P_NEED_WAKEUP, P_NOTIFY_FD,
-                          P_OWNER, P_REQUEUED, P_STALE, P_STARTTIME,
-                          P_SUBMITTED, P_WAITING, R_HEAD, R_TAIL, SLEEP_FD,
-                          SLEEP_NONE, SLOT_DONE, SLOT_FREE, SLOT_SUBMITTED,
-                          SLOT_TAKEN, S_ABANDONED, S_STATE, S_SUBMIT_NS, U32,
-                          entry, owner, sw, sw_consumer, sw_gen, sw_inc,
-                          sw_state)
+from shm_ring.abi import (
+    CHAN_CLAIMING,
+    CHAN_DRAINING,
+    CHAN_FREE,
+    CHAN_OWNED,
+    CONS_LIVE,
+    C_ABANDONS,
+    C_FUTEX,
+    C_INCARNATION,
+    C_SLEEPING,
+    C_STATE,
+    P_COMPLETED,
+    P_EPOCH,
+    P_FORGED,
+    P_FUTEX_WAKES,
+    P_IN_USE,
+    P_NEED_WAKEUP,
+    P_NOTIFY_FD,
+    P_OWNER,
+    P_REQUEUED,
+    P_STALE,
+    P_STARTTIME,
+    P_SUBMITTED,
+    P_WAITING,
+    R_HEAD,
+    R_TAIL,
+    SLEEP_FD,
+    SLEEP_NONE,
+    SLOT_DONE,
+    SLOT_FREE,
+    SLOT_SUBMITTED,
+    SLOT_TAKEN,
+    S_ABANDONED,
+    S_STATE,
+    S_SUBMIT_NS,
+    U32,
+    entry,
+    owner,
+    sw,
+    sw_consumer,
+    sw_gen,
+    sw_inc,
+    sw_state,
+)
 from shm_ring.fallback import consumer, reaper
-from shm_ring.fallback.region import (_consumer_alive, _full_fence,
-                                      _futex_wake, _libc, _now_ns, _ring_push,
-                                      _ring_room, _shm_path, proc_alive,
-                                      proc_starttime)
+from shm_ring.fallback.region import (
+    _consumer_alive,
+    _full_fence,
+    _futex_wake,
+    _libc,
+    _now_ns,
+    _ring_push,
+    _ring_room,
+    _shm_path,
+    proc_alive,
+    proc_starttime,
+)
 
 
 # mosn_producer_rescue_slot() results (shm_core.h)
@@ -50,7 +92,7 @@ def _doorbell_addr(rg, p):
 
 # a producer's eventfd, copied from its process (mosn_notify_take())
 _SYS_PIDFD_GETFD = 438
-_notify_copies = {}     # p -> (region, owner, epoch, fd or -1)
+_notify_copies = {}  # p -> (region, owner, epoch, fd or -1)
 
 
 def _notify_take(rg, o, owner_word):
@@ -65,9 +107,12 @@ def _notify_take(rg, o, owner_word):
         # the pidfd names whoever had the pid: the owner, if it started then
         if not proc_alive(pid, rg.ld64(o + P_STARTTIME)):
             return -1
-        fd = _libc.syscall(ctypes.c_long(_SYS_PIDFD_GETFD),
-                           ctypes.c_int(pidfd), ctypes.c_int(target),
-                           ctypes.c_uint(0))
+        fd = _libc.syscall(
+            ctypes.c_long(_SYS_PIDFD_GETFD),
+            ctypes.c_int(pidfd),
+            ctypes.c_int(target),
+            ctypes.c_uint(0),
+        )
     finally:
         os.close(pidfd)
     if fd < 0:
@@ -110,7 +155,7 @@ def _doorbell_ring(rg, sock, p):
     try:
         sock.sendto(b"\1", socket.MSG_DONTWAIT, _doorbell_addr(rg, p))
     except BlockingIOError:
-        pass        # a full socket buffer already holds a wake-up
+        pass  # a full socket buffer already holds a wake-up
     except OSError:
         return -1
     return 0
@@ -118,7 +163,7 @@ def _doorbell_ring(rg, sock, p):
 
 def _wake_consumer(rg, p, c):
     o = rg.cons(c)
-    _full_fence()       # pairs with the fence in _consumer_wait(), _arm()
+    _full_fence()  # pairs with the fence in _consumer_wait(), _arm()
     # C: atomic exchange; here two wakers may both ring, which is harmless
     how = rg.ld32(o + C_SLEEPING)
     if how != SLEEP_NONE:
@@ -156,7 +201,7 @@ def _producer_claim_free(rg, pid):
             rg.st32(o + P_NEED_WAKEUP, 0)
             rg.st32(o + P_IN_USE, 0)
             rg.st32(o + P_WAITING, 0)
-            rg.st32(o + P_NOTIFY_FD, U32)       # -1
+            rg.st32(o + P_NOTIFY_FD, U32)  # -1
             rg.st64(o + P_OWNER, owner(pid, CHAN_OWNED))
             return p
         return -1
@@ -214,8 +259,11 @@ def _producer_abandon(rg, p, s, gen):
     slot = rg.slot(p, s)
     w = rg.ld64(slot + S_STATE)
     c = sw_consumer(w)
-    if (sw_gen(w) != gen or sw_state(w) not in (SLOT_SUBMITTED, SLOT_TAKEN)
-            or c >= rg._nc):
+    if (
+        sw_gen(w) != gen
+        or sw_state(w) not in (SLOT_SUBMITTED, SLOT_TAKEN)
+        or c >= rg._nc
+    ):
         return
     rg.st32(slot + S_ABANDONED, gen)
     # not atomic (see the module's docstring): two producers abandoning at
@@ -264,7 +312,7 @@ def _producer_poll(rg, p, max_):
 
 def _producer_arm(rg, p):
     rg.st32(rg.prod(p) + P_NEED_WAKEUP, 1)
-    _full_fence()       # pairs with the fence in _consumer_flush()
+    _full_fence()  # pairs with the fence in _consumer_flush()
     for c in range(rg._nc):
         ring = rg.completion_ring(p, c)
         if rg.ld32(ring + R_HEAD) != rg.ld32(ring + R_TAIL):
@@ -288,7 +336,7 @@ def _producer_rescue_slot(rg, p, s, gen, rr):
         return RESCUE_NONE, rr
     if st == SLOT_DONE:
         if c < rg._nc and _ring_holds(rg, rg.completion_ring(p, c), s, gen):
-            return RESCUE_NONE, rr      # poll will see it
+            return RESCUE_NONE, rr  # poll will see it
         return RESCUE_DONE, rr
     picked = _producer_pick(rg, p, rr)
     # room first: the new consumer may take the slot once named

@@ -5,16 +5,43 @@ processes handed back).
 
 import os
 
-from shm_ring.abi import (CHAN_CLAIMING, CHAN_DRAINING, CHAN_FREE, CHAN_OWNED,
-                          CHAN_REAPING, CONS_DEAD, CONS_DRAINING, CONS_EMPTY,
-                          CONS_LIVE, CONS_STARTING, C_PID, C_STARTTIME,
-                          C_STATE, H_CONSUMER_EPOCH, P_IN_USE, P_NEED_WAKEUP,
-                          P_NOTIFY_FD, P_OWNER, P_STARTTIME, P_WAITING, R_HEAD,
-                          R_TAIL, SLOT_DONE, SLOT_FREE, SLOT_SUBMITTED,
-                          S_STATE, U32, owner, sw, sw_consumer, sw_gen, sw_inc,
-                          sw_state)
+from shm_ring.abi import (
+    CHAN_CLAIMING,
+    CHAN_DRAINING,
+    CHAN_FREE,
+    CHAN_OWNED,
+    CHAN_REAPING,
+    CONS_DEAD,
+    CONS_DRAINING,
+    CONS_EMPTY,
+    CONS_LIVE,
+    CONS_STARTING,
+    C_PID,
+    C_STARTTIME,
+    C_STATE,
+    H_CONSUMER_EPOCH,
+    P_IN_USE,
+    P_NEED_WAKEUP,
+    P_NOTIFY_FD,
+    P_OWNER,
+    P_STARTTIME,
+    P_WAITING,
+    R_HEAD,
+    R_TAIL,
+    SLOT_DONE,
+    SLOT_FREE,
+    SLOT_SUBMITTED,
+    S_STATE,
+    U32,
+    owner,
+    sw,
+    sw_consumer,
+    sw_gen,
+    sw_inc,
+    sw_state,
+)
 from shm_ring.fallback import producer
-from shm_ring.fallback.region import (_consumer_alive, proc_alive)
+from shm_ring.fallback.region import _consumer_alive, proc_alive
 
 
 def _consumer_alloc(rg):
@@ -68,14 +95,16 @@ def _reap_channel(rg, p):
             rg.st64(slot + S_STATE, sw(gen, 0, 0, SLOT_FREE))
             continue
         # C: compare-and-swap, as a live consumer may take it meanwhile
-        if (st == SLOT_SUBMITTED
-                and not producer._ring_holds(rg, rg.submit_ring(p, c), s, gen)
-                and rg.ld64(slot + S_STATE) == w):
+        if (
+            st == SLOT_SUBMITTED
+            and not producer._ring_holds(rg, rg.submit_ring(p, c), s, gen)
+            and rg.ld64(slot + S_STATE) == w
+        ):
             rg.st64(slot + S_STATE, sw(gen, 0, 0, SLOT_FREE))
             continue
         busy += 1
     if busy:
-        rg.st64(o + P_OWNER, held)      # another pass, later
+        rg.st64(o + P_OWNER, held)  # another pass, later
         return busy
     _drain_completions(rg, p)
     rg.st32(o + P_IN_USE, 0)
@@ -116,9 +145,10 @@ def _reap(rg, sock):
     reaped = 0
     for c in range(rg._nc):
         o = rg.cons(c)
-        if (rg.ld32(o + C_STATE) in (CONS_LIVE, CONS_DRAINING)
-                and not proc_alive(rg.ld32(o + C_PID),
-                                   rg.ld64(o + C_STARTTIME))):
+        if rg.ld32(o + C_STATE) in (
+            CONS_LIVE,
+            CONS_DRAINING,
+        ) and not proc_alive(rg.ld32(o + C_PID), rg.ld64(o + C_STARTTIME)):
             _consumer_retire(rg, c, sock)
             reaped += 1
     return reaped + _reap_producers(rg)[0]

@@ -37,8 +37,10 @@ class Sites(threading.Thread):
                     break
                 site = site_of(uid)
                 body = b"site %s from %d" % (site.encode(), ANSWERING[site])
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
-                             % (len(body), body))
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(body), body)
+                )
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         writer.close()
@@ -47,4 +49,5 @@ class Sites(threading.Thread):
         async def main():
             server = await asyncio.start_server(self.handle, sock=self.sock)
             await server.serve_forever()
+
         asyncio.run(main())

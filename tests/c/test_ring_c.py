@@ -11,14 +11,16 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 CLOSING = re.compile(r"^(\d+) passed, (\d+) failed$")
 
 
 def run(args, timeout, **kw):
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, **kw)
+    return subprocess.run(
+        args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,22 +45,64 @@ def check_closing(out):
 
 
 def test_ring_stress(ring_stress):
-    out = run([ring_stress, "--producers", "2", "--consumers", "2",
-               "--requests", "30000", "--timeout", "60"], 90)
+    out = run(
+        [
+            ring_stress,
+            "--producers",
+            "2",
+            "--consumers",
+            "2",
+            "--requests",
+            "30000",
+            "--timeout",
+            "60",
+        ],
+        90,
+    )
     check_closing(out)
 
 
 def test_ring_stress_small_ring(ring_stress):
     # two slots: the ring is full nearly all the time
-    out = run([ring_stress, "--producers", "3", "--consumers", "2",
-               "--requests", "10000", "--slots", "2", "--timeout", "60"], 90)
+    out = run(
+        [
+            ring_stress,
+            "--producers",
+            "3",
+            "--consumers",
+            "2",
+            "--requests",
+            "10000",
+            "--slots",
+            "2",
+            "--timeout",
+            "60",
+        ],
+        90,
+    )
     check_closing(out)
 
 
 def test_ring_stress_chaos(ring_stress):
-    out = run([ring_stress, "--chaos", "--producers", "2", "--consumers",
-               "3", "--requests", "40000", "--slots", "16", "--seed", "7",
-               "--timeout", "60"], 90)
+    out = run(
+        [
+            ring_stress,
+            "--chaos",
+            "--producers",
+            "2",
+            "--consumers",
+            "3",
+            "--requests",
+            "40000",
+            "--slots",
+            "16",
+            "--seed",
+            "7",
+            "--timeout",
+            "60",
+        ],
+        90,
+    )
     text = check_closing(out)
     assert "consumers killed with -9" in text
     assert "was reaped" in text
@@ -71,11 +115,15 @@ FUZZ_TARGETS = ("verdict", "region", "producer", "endpoints", "request")
 @pytest.mark.parametrize("target", FUZZ_TARGETS)
 def test_fuzz_short(target):
     """A short run of each fuzz target (make fuzz runs them long)."""
-    out = run([os.path.join(ROOT, "fuzz", "run.sh"), "20000", target], 300,
-              env=dict(os.environ, PYTHON=sys.executable))
+    out = run(
+        [os.path.join(ROOT, "fuzz", "run.sh"), "20000", target],
+        300,
+        env=dict(os.environ, PYTHON=sys.executable),
+    )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert re.search(r"%s_fuzz: 20000 executions .* no finding" % target,
-                     out.stdout), out.stdout
+    assert re.search(
+        r"%s_fuzz: 20000 executions .* no finding" % target, out.stdout
+    ), out.stdout
 
 
 def verdict_corpus(tmp_path):
@@ -83,8 +131,14 @@ def verdict_corpus(tmp_path):
     and with bytes changed (seeded, so every run checks the same inputs),
     and whatever the fuzzer kept in build/ from an earlier run."""
     seeds = tmp_path / "seeds"
-    made = run([sys.executable, os.path.join(ROOT, "fuzz", "make_corpus.py"),
-                str(seeds)], 60)
+    made = run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "fuzz", "make_corpus.py"),
+            str(seeds),
+        ],
+        60,
+    )
     assert made.returncode == 0, made.stdout + made.stderr
     rng = random.Random(14)
     corpus = {}
@@ -96,7 +150,7 @@ def verdict_corpus(tmp_path):
         for i in range(16):
             flipped = bytearray(data)
             at = rng.randrange(len(data))
-            flipped[at] = rng.choice((0x00, 0xff, 0x0a, flipped[at] ^ 0x80))
+            flipped[at] = rng.choice((0x00, 0xFF, 0x0A, flipped[at] ^ 0x80))
             corpus["%s-flip%d" % (path.name, i)] = bytes(flipped)
     kept = os.path.join(ROOT, "build", "fuzz", "verdict", "corpus")
     if os.path.isdir(kept):
@@ -114,6 +168,7 @@ def test_fuzz_corpus_c_and_python_agree(tmp_path):
     except ImportError:
         pytest.skip("the Cython binding is not built")
     from shm_ring import codec
+
     refused = 0
     corpus = verdict_corpus(tmp_path)
     for name, data in corpus.items():
@@ -130,9 +185,24 @@ def test_ring_bench_smoke(tmp_path):
         from shm_ring import _ring  # noqa: F401
     except ImportError:
         pytest.skip("the Cython binding is not built")
-    out = run([sys.executable, "-m", "bench.ring_bench", "--reps", "1",
-               "--latency-count", "50", "--gap-us", "200",
-               "--count", "20000", "--out", str(tmp_path)], 120)
+    out = run(
+        [
+            sys.executable,
+            "-m",
+            "bench.ring_bench",
+            "--reps",
+            "1",
+            "--latency-count",
+            "50",
+            "--gap-us",
+            "200",
+            "--count",
+            "20000",
+            "--out",
+            str(tmp_path),
+        ],
+        120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     with open(tmp_path / "ring.json") as f:
         doc = json.load(f)

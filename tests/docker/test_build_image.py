@@ -11,8 +11,9 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 SCRIPT = os.path.join(ROOT, "docker", "build-image.py")
 
 
@@ -46,19 +47,35 @@ for a in "$@"; do
     esac
 done
 """
-    stand_in(bin_dir, "docker", record + """
+    stand_in(
+        bin_dir,
+        "docker",
+        record
+        + """
 [ "$1" = info ] && exit ${DOCKER_INFO_STATUS:-0}
 exit 0
-""")
+""",
+    )
     stand_in(bin_dir, "buildah", record + "exit 0\n")
     env = dict(os.environ, PATH=f"{bin_dir}:/usr/bin:/bin")
     return env, calls
 
 
 def build(env, *args):
-    return subprocess.run([sys.executable, SCRIPT, "docker/Dockerfile.debian",
-                           "x:debian", *args], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [
+            sys.executable,
+            SCRIPT,
+            "docker/Dockerfile.debian",
+            "x:debian",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
 
 
 def test_docker_where_an_engine_answers(engines, tmp_path):
@@ -69,8 +86,7 @@ def test_docker_where_an_engine_answers(engines, tmp_path):
     log = calls.read_text().splitlines()
     assert log[0] == "docker info"
     builds = [c for c in log if c.startswith("docker build")]
-    assert len(builds) == 1 and not any(c.startswith("buildah")
-                                        for c in log)
+    assert len(builds) == 1 and not any(c.startswith("buildah") for c in log)
     words = builds[0].split()
     assert words[-3:] == ["-t", "x:debian", "."]
     assert words[words.index("-f") + 1] == "docker/Dockerfile.debian"
@@ -88,7 +104,7 @@ def test_buildah_otherwise_same_dockerfile(engines, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("the script builds with buildah as root only")
     env, calls = engines
-    env["DOCKER_INFO_STATUS"] = "1"     # a client without an engine
+    env["DOCKER_INFO_STATUS"] = "1"  # a client without an engine
     proc = build(env, "--build-arg", "DEBIAN_TAG=trixie-slim")
     assert proc.returncode == 0, proc.stderr
     log = calls.read_text().splitlines()
@@ -99,11 +115,18 @@ def test_buildah_otherwise_same_dockerfile(engines, tmp_path):
     assert len(bud) == 1
     words = bud[0].split()
     assert words[words.index("-f") + 1] == "docker/Dockerfile.debian"
-    assert words[words.index("--ignorefile") + 1] == \
-        "docker/Dockerfile.debian.dockerignore"
-    for needed in ("--format", "docker", "--isolation=chroot",
-                   "--pull=never", "--layers",
-                   "--build-arg=DEBIAN_TAG=trixie-slim"):
+    assert (
+        words[words.index("--ignorefile") + 1]
+        == "docker/Dockerfile.debian.dockerignore"
+    )
+    for needed in (
+        "--format",
+        "docker",
+        "--isolation=chroot",
+        "--pull=never",
+        "--layers",
+        "--build-arg=DEBIAN_TAG=trixie-slim",
+    ):
         assert needed in words
     assert "--secret=id=pip.conf,src=" in bud[0]
     assert words[-3:] == ["-t", "x:debian", "."]
@@ -113,9 +136,14 @@ def test_no_engine_is_a_clear_error(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     env = dict(os.environ, PATH=str(bin_dir))
-    proc = subprocess.run([sys.executable, SCRIPT, "docker/Dockerfile.debian",
-                           "x:debian"], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, "docker/Dockerfile.debian", "x:debian"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert proc.returncode == 1
     assert "no Docker engine answers and buildah is missing" in proc.stderr
 
@@ -123,24 +151,29 @@ def test_no_engine_is_a_clear_error(tmp_path):
 def test_base_images_of_the_dockerfiles():
     debian = os.path.join(ROOT, "docker", "Dockerfile.debian")
     assert build_image.base_images(debian, {}) == ["debian:bookworm-slim"]
-    assert build_image.base_images(debian, {"DEBIAN_TAG": "trixie-slim"}) \
-        == ["debian:trixie-slim"]
+    assert build_image.base_images(debian, {"DEBIAN_TAG": "trixie-slim"}) == [
+        "debian:trixie-slim"
+    ]
     openresty = os.path.join(ROOT, "docker", "Dockerfile.openresty")
-    assert build_image.base_images(openresty, {}) == \
-        ["openresty/openresty:1.27.1.2-bookworm"]
+    assert build_image.base_images(openresty, {}) == [
+        "openresty/openresty:1.27.1.2-bookworm"
+    ]
 
 
-def test_pip_secrets_carry_the_index_settings_not_host_paths(tmp_path,
-                                                             monkeypatch):
+def test_pip_secrets_carry_the_index_settings_not_host_paths(
+    tmp_path, monkeypatch
+):
     cert = tmp_path / "corp-ca.pem"
     cert.write_text("-----BEGIN CERTIFICATE-----\nxyz\n")
     for name in list(os.environ):
         if name.startswith("PIP_"):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)   # only what follows
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # only what follows
     monkeypatch.setenv("PIP_INDEX_URL", "https://pypi.corp.example/simple")
-    monkeypatch.setenv("PIP_EXTRA_INDEX_URL",
-                       "file:///srv/wheels https://extra.example/simple")
+    monkeypatch.setenv(
+        "PIP_EXTRA_INDEX_URL",
+        "file:///srv/wheels https://extra.example/simple",
+    )
     monkeypatch.setenv("PIP_FIND_LINKS", "/opt/wheels")
     monkeypatch.setenv("PIP_TRUSTED_HOST", "pypi.corp.example")
     monkeypatch.setenv("PIP_PROXY", "http://user:pw@proxy.example:3128")
@@ -171,6 +204,7 @@ def test_pip_secrets_without_pip_still_pass_the_trust_store(tmp_path):
     build_image.pip_secrets(str(python), str(out))
     conf = (out / "pip.conf").read_text()
     if os.path.isfile(build_image.SYSTEM_TRUST) or os.environ.get(
-            "SSL_CERT_FILE"):
+        "SSL_CERT_FILE"
+    ):
         assert conf == "[global]\ncert = /run/secrets/pip-cert.pem\n"
         assert (out / "pip-cert.pem").stat().st_size > 0

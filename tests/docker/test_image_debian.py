@@ -35,8 +35,9 @@ import pytest
 from example_ports import taken_ports, the_example_ports
 from readme import curl, readme_session, same
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 IMAGE = "mosn-gateway"
 TAG = IMAGE + ":debian"
 BUILD_STAGE_TAG = IMAGE + ":debian-build"
@@ -44,8 +45,10 @@ REGION = "/dev/shm/mosn_example"
 SECRET_NAMES = ("pip.conf", "pip-cert.pem")
 
 pytestmark = [
-    pytest.mark.skipif(shutil.which("buildah") is None,
-                       reason="buildah is missing (make setup installs it)"),
+    pytest.mark.skipif(
+        shutil.which("buildah") is None,
+        reason="buildah is missing (make setup installs it)",
+    ),
     # the first test builds the image: minutes, not the suite's 300 s
     pytest.mark.timeout(2400),
 ]
@@ -55,8 +58,9 @@ CANARY = f"leak-canary-{uuid.uuid4().hex[:12]}.invalid"
 
 
 def run(argv, timeout=120, **kwargs):
-    return subprocess.run(argv, capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, **kwargs
+    )
 
 
 def buildah(*args, timeout=120):
@@ -67,6 +71,7 @@ def buildah(*args, timeout=120):
 
 # --- the build ----------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def image():
     """`make build-image-debian` with buildah, and its build stage tagged
@@ -75,46 +80,84 @@ def image():
     if os.geteuid() != 0:
         pytest.fail("buildah builds and runs here as root (CI runs as root)")
     env = dict(os.environ, IMAGE_ENGINE="buildah", PIP_TRUSTED_HOST=CANARY)
-    proc = run(["make", "-C", ROOT, "build-image-debian", f"IMAGE={IMAGE}",
-                f"VENV={sys.prefix}"], timeout=2100, env=env)
+    proc = run(
+        [
+            "make",
+            "-C",
+            ROOT,
+            "build-image-debian",
+            f"IMAGE={IMAGE}",
+            f"VENV={sys.prefix}",
+        ],
+        timeout=2100,
+        env=env,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     assert "engine: buildah" in proc.stdout
     assert "pip settings passed as build secrets:" in proc.stdout
     assert "trusted-host" in proc.stdout and "cert (" in proc.stdout
-    stage = run([sys.executable, os.path.join(ROOT, "docker",
-                                              "build-image.py"),
-                 "docker/Dockerfile.debian", BUILD_STAGE_TAG,
-                 "--target", "build", "--engine", "buildah"],
-                timeout=1200, env=env, cwd=ROOT)
+    stage = run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "docker", "build-image.py"),
+            "docker/Dockerfile.debian",
+            BUILD_STAGE_TAG,
+            "--target",
+            "build",
+            "--engine",
+            "buildah",
+        ],
+        timeout=1200,
+        env=env,
+        cwd=ROOT,
+    )
     assert stage.returncode == 0, (stage.stdout + stage.stderr)[-6000:]
-    return json.loads(buildah("inspect", "--type", "image",
-                              TAG))["Docker"]["config"]
+    return json.loads(buildah("inspect", "--type", "image", TAG))["Docker"][
+        "config"
+    ]
 
 
 def test_image_config(image):
     """The image's metadata survived the build (Docker format: the OCI
     format drops HEALTHCHECK)."""
-    assert image["Cmd"] == ["nginx", "-p", "/srv/gateway/", "-c",
-                            "conf/nginx.conf", "-g", "daemon off;"]
+    assert image["Cmd"] == [
+        "nginx",
+        "-p",
+        "/srv/gateway/",
+        "-c",
+        "conf/nginx.conf",
+        "-g",
+        "daemon off;",
+    ]
     assert image["WorkingDir"] == "/srv/gateway"
     assert image["StopSignal"] == "SIGQUIT"
-    assert image["Healthcheck"]["Test"] == ["CMD",
-                                            "/usr/local/bin/mosn-healthcheck"]
+    assert image["Healthcheck"]["Test"] == [
+        "CMD",
+        "/usr/local/bin/mosn-healthcheck",
+    ]
     assert "2990/tcp" in image["ExposedPorts"]
-    assert image.get("User", "") in ("", "root")   # the master binds 2990
+    assert image.get("User", "") in ("", "root")  # the master binds 2990
 
 
 # --- no secret in any layer -------------------------------------------------
 
+
 def layers(tag, where):
     """{digest: path} of the layer tarballs of tag, pushed uncompressed."""
     out = os.path.join(where, tag.replace(":", "_"))
-    buildah("push", "--quiet", "--disable-compression", tag, f"dir:{out}",
-            timeout=900)
+    buildah(
+        "push",
+        "--quiet",
+        "--disable-compression",
+        tag,
+        f"dir:{out}",
+        timeout=900,
+    )
     manifest = json.load(open(os.path.join(out, "manifest.json")))
-    return {layer["digest"]: os.path.join(out,
-                                          layer["digest"].split(":")[1])
-            for layer in manifest["layers"]}
+    return {
+        layer["digest"]: os.path.join(out, layer["digest"].split(":")[1])
+        for layer in manifest["layers"]
+    }
 
 
 def secrets_in(layer, needles):
@@ -125,15 +168,26 @@ def secrets_in(layer, needles):
         for member in tar:
             name = member.name.lstrip("./")
             base = os.path.basename(name)
-            if name.startswith("run/secrets/") or base in SECRET_NAMES \
-                    or name in ("etc/pip.conf", "root/.config/pip/pip.conf",
-                                "root/.pip/pip.conf", "etc/xdg/pip/pip.conf"):
+            if (
+                name.startswith("run/secrets/")
+                or base in SECRET_NAMES
+                or name
+                in (
+                    "etc/pip.conf",
+                    "root/.config/pip/pip.conf",
+                    "root/.pip/pip.conf",
+                    "etc/xdg/pip/pip.conf",
+                )
+            ):
                 found.append(f"{name}: a secret's name")
             if not member.isfile() or member.size == 0:
                 continue
             data = tar.extractfile(member).read()
-            found += [f"{name}: {label}" for label, needle in needles
-                      if needle in data]
+            found += [
+                f"{name}: {label}"
+                for label, needle in needles
+                if needle in data
+            ]
     return found
 
 
@@ -166,14 +220,17 @@ def test_no_layer_keeps_the_pip_secrets(image, tmp_path):
         found = layers(tag, str(tmp_path))
         assert len(found) >= 5, f"{tag}: {len(found)} layers"
         for digest, layer in found.items():
-            if digest not in seen:      # the base is in both
+            if digest not in seen:  # the base is in both
                 seen.add(digest)
-                leaks += [f"{tag} {digest[:19]}: {leak}"
-                          for leak in secrets_in(layer, needles)]
+                leaks += [
+                    f"{tag} {digest[:19]}: {leak}"
+                    for leak in secrets_in(layer, needles)
+                ]
     assert not leaks, "\n".join(leaks)
 
 
 # --- the gateway in the image -------------------------------------------------
+
 
 def proc_table():
     """{pid: (ppid, uid, cmdline)} of the live processes."""
@@ -185,8 +242,11 @@ def proc_table():
             with open(f"/proc/{entry}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
             with open(f"/proc/{entry}/status") as f:
-                uid = next(int(line.split()[1]) for line in f
-                           if line.startswith("Uid:"))
+                uid = next(
+                    int(line.split()[1])
+                    for line in f
+                    if line.startswith("Uid:")
+                )
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         except (OSError, StopIteration):
@@ -236,8 +296,9 @@ def test_the_example_runs_in_the_image(image, tmp_path):
     from the host, the HEALTHCHECK inside, the workers as www-data, the
     STOPSIGNAL a clean stop, the container removed, nothing left behind."""
     with the_example_ports():
-        assert not os.path.exists(REGION), \
+        assert not os.path.exists(REGION), (
             f"{REGION} exists: another example gateway runs on this machine"
+        )
         name = f"mosn-gateway-test-{uuid.uuid4().hex[:8]}"
         buildah("from", "--pull=never", "--name", name, TAG)
         try:
@@ -246,8 +307,9 @@ def test_the_example_runs_in_the_image(image, tmp_path):
             removed = run(["buildah", "rm", name])
         assert not left, f"left behind by the container: {left}"
         assert removed.returncode == 0, removed.stderr
-        assert name not in buildah("containers", "--format",
-                                   "{{.ContainerName}}")
+        assert name not in buildah(
+            "containers", "--format", "{{.ContainerName}}"
+        )
         assert not taken_ports(), taken_ports()
 
 
@@ -288,8 +350,11 @@ def leftovers(sid, container_root):
     if container_root:
         left += [f"process {p}" for p in processes_in(container_root)]
     left += [f"port {p}" for p in taken_ports()]
-    left += [path for path in (REGION, REGION + ".stats", REGION + ".wake")
-             if os.path.exists(path)]
+    left += [
+        path
+        for path in (REGION, REGION + ".stats", REGION + ".wake")
+        if os.path.exists(path)
+    ]
     return left
 
 
@@ -299,8 +364,18 @@ def run_the_example(image, name, tmp_path):
     list that says what)."""
     health = image["Healthcheck"]["Test"]
     assert health[0] == "CMD"
-    run_args = ["buildah", "run", "--isolation", "chroot", "--network",
-                "host", "--workingdir", image["WorkingDir"], name, "--"]
+    run_args = [
+        "buildah",
+        "run",
+        "--isolation",
+        "chroot",
+        "--network",
+        "host",
+        "--workingdir",
+        image["WorkingDir"],
+        name,
+        "--",
+    ]
     # the container's stdout and stderr; read through another file object,
     # as a seek on this one would move the writer's offset too
     console = open(tmp_path / "console.log", "w")
@@ -310,9 +385,12 @@ def run_the_example(image, name, tmp_path):
 
     # a session of its own: the runner and the nginx processes; the Python
     # supervisor makes its own session, so the cleanup goes by root too
-    runner = subprocess.Popen(run_args + image["Cmd"], stdout=console,
-                              stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    runner = subprocess.Popen(
+        run_args + image["Cmd"],
+        stdout=console,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     master = container_root = None
 
     def check_health():
@@ -324,33 +402,43 @@ def run_the_example(image, name, tmp_path):
     try:
         # healthy within the check's start period and retries, and then some
         hc = image["Healthcheck"]
-        deadline = time.monotonic() + 30 + (
-            hc["StartPeriod"] + hc["Retries"] * hc["Interval"]) / 1e9
+        deadline = (
+            time.monotonic()
+            + 30
+            + (hc["StartPeriod"] + hc["Retries"] * hc["Interval"]) / 1e9
+        )
         # healthy, and by this container's gateway: one that cannot bind
         # (another gateway took the example's ports) says so at once
         while not healthy() or "[emerg]" in logged():
             container_root = container_root or root_of_session(runner.pid)
-            assert "[emerg]" not in logged(), \
+            assert "[emerg]" not in logged(), (
                 "the gateway in the container cannot start:\n" + logged()
-            assert runner.poll() is None, \
+            )
+            assert runner.poll() is None, (
                 f"the gateway exited ({runner.returncode}):\n" + logged()
-            assert time.monotonic() < deadline, \
+            )
+            assert time.monotonic() < deadline, (
                 "never healthy:\n" + logged()[-4000:]
+            )
             time.sleep(0.5)
         master = main_process(runner.pid)
         assert master is not None, "no process under buildah-chroot-exec"
         container_root = os.path.realpath(f"/proc/{master}/root")
         assert container_root != "/"
         table = proc_table()
-        assert re.match(r"nginx: master process \S*nginx -p /srv/gateway/ ",
-                        table[master][2]), table[master][2]
+        assert re.match(
+            r"nginx: master process \S*nginx -p /srv/gateway/ ",
+            table[master][2],
+        ), table[master][2]
 
         # the README's curl session, from the host, answer for answer
-        answers = [(cmd, expected, curl(cmd))
-                   for cmd, expected in readme_session()]
+        answers = [
+            (cmd, expected, curl(cmd)) for cmd, expected in readme_session()
+        ]
         wrong = [a for a in answers if not same(a[1], a[2])]
-        assert len(answers) >= 7 and not wrong, \
+        assert len(answers) >= 7 and not wrong, (
             "README answers that differ (command, README, actual):\n%r" % wrong
+        )
 
         # the admin API and the metrics answer from the host; they serve
         # only once the admin process has dropped root, checked below
@@ -360,8 +448,11 @@ def run_the_example(image, name, tmp_path):
                     return response.status == 200
             except OSError:
                 return False
-        for url in ("http://127.0.0.1:34901/api/v1/stats",
-                    "http://127.0.0.1:34903/metrics"):
+
+        for url in (
+            "http://127.0.0.1:34901/api/v1/stats",
+            "http://127.0.0.1:34903/metrics",
+        ):
             deadline = time.monotonic() + 30
             while not answers(url):
                 assert time.monotonic() < deadline, f"{url}: no answer"
@@ -372,23 +463,34 @@ def run_the_example(image, name, tmp_path):
         # container's files are mounted where only it sees them); only the master and the supervisor,
         # which spawns the workers, keep root
         with open(f"/proc/{master}/root/etc/passwd") as f:
-            www = next(int(line.split(":")[2]) for line in f
-                       if line.startswith("www-data:"))
+            www = next(
+                int(line.split(":")[2])
+                for line in f
+                if line.startswith("www-data:")
+            )
         assert www != 0
         table = proc_table()
         tree = {p: table[p] for p in descendants(master, table)}
         roles = {}
         for pid, (_, uid, cmd) in tree.items():
             roles.setdefault(
-                "nginx worker" if cmd.startswith("nginx: worker") else
-                "python " + cmd.split(" -m pyworker ")[1].split()[0]
-                if " -m pyworker " in cmd else cmd, []).append(uid)
+                "nginx worker"
+                if cmd.startswith("nginx: worker")
+                else "python " + cmd.split(" -m pyworker ")[1].split()[0]
+                if " -m pyworker " in cmd
+                else cmd,
+                [],
+            ).append(uid)
         assert len(roles.get("nginx worker", [])) == 2, roles
         assert len(roles.get("python worker", [])) == 2, roles
         for role in ("nginx worker", "python worker"):
             assert set(roles[role]) == {www}, (role, roles)
-        assert all(uid == www for role, uids in roles.items()
-                   if role != "python serve" for uid in uids), roles
+        assert all(
+            uid == www
+            for role, uids in roles.items()
+            if role != "python serve"
+            for uid in uids
+        ), roles
 
         # the STOPSIGNAL to the container's first process: a graceful quit
         # that ends the container with status 0 and leaves nothing behind
@@ -401,12 +503,17 @@ def run_the_example(image, name, tmp_path):
         assert not os.path.exists(REGION)
         # the check itself ran and found nobody at the gateway's port
         stopped = check_health()
-        assert stopped.returncode == 1 and \
-            "http://127.0.0.1:2990/echo: " in stopped.stderr, stopped
+        assert (
+            stopped.returncode == 1
+            and "http://127.0.0.1:2990/echo: " in stopped.stderr
+        ), stopped
         console_log = logged()
-        assert "start worker process" in console_log        # error.log
-        assert re.search(r'"GET / HTTP/1\.1" 200 127\.0\.0\.1:3452 '
-                         r'mosn=filtered .* unit=s2', console_log)  # access.log
+        assert "start worker process" in console_log  # error.log
+        assert re.search(
+            r'"GET / HTTP/1\.1" 200 127\.0\.0\.1:3452 '
+            r"mosn=filtered .* unit=s2",
+            console_log,
+        )  # access.log
     finally:
         # whatever failed, nothing of the container outlives the test: its
         # processes, those of the runner's session (nginx's, even orphaned)

@@ -9,15 +9,24 @@ import time
 
 import pytest
 
-from gateway import (ROUTED_UPSTREAMS, boot_clock, example_mosn, listener,
-                     process_start, sites, wait_for)
+from gateway import (
+    ROUTED_UPSTREAMS,
+    boot_clock,
+    example_mosn,
+    listener,
+    process_start,
+    sites,
+    wait_for,
+)
 from load import Load, request_times
 
 pytestmark = pytest.mark.slow
 
 TIMEOUT = 0.3
 
-FAULT = ROUTED_UPSTREAMS + """
+FAULT = (
+    ROUTED_UPSTREAMS
+    + """
     log_format timed '$status $request_time $mosn_status';
     server {
         listen 127.0.0.1:%PORT%;
@@ -31,16 +40,36 @@ FAULT = ROUTED_UPSTREAMS + """
             proxy_pass http://$site;
         }
     }
-""" + sites([("s1", 3450), ("s2", 3452), ("s3", 3453)])
+"""
+    + sites([("s1", 3450), ("s2", 3452), ("s3", 3453)])
+)
 
 
 def fault_mosn(work=0.004):
     """UNIT routing plus a few ms of work, so requests are in flight."""
-    return example_mosn(extra_listeners=[listener(
-        "l",
-        {"type": "slow", "module": "testfilters", "config": {"seconds": work}},
-        {"type": "metadata", "config": {"metadataers": [
-            {"meta_data_key": "UNIT", "config": {"unit_key": "uid"}}]}})])
+    return example_mosn(
+        extra_listeners=[
+            listener(
+                "l",
+                {
+                    "type": "slow",
+                    "module": "testfilters",
+                    "config": {"seconds": work},
+                },
+                {
+                    "type": "metadata",
+                    "config": {
+                        "metadataers": [
+                            {
+                                "meta_data_key": "UNIT",
+                                "config": {"unit_key": "uid"},
+                            }
+                        ]
+                    },
+                },
+            )
+        ]
+    )
 
 
 def check_answered(gw, load, allow_fallback=True):
@@ -62,7 +91,7 @@ def test_kill_a_python_worker_every_two_seconds(gateway):
     rng = random.Random(7)
     replaced = []
     with Load(gw.port, threads=6) as load:
-        for _ in range(15):                     # 30 s
+        for _ in range(15):  # 30 s
             time.sleep(2 - 0.2)
             before = set(gw.python_pids())
             victim = rng.choice(sorted(before))
@@ -72,15 +101,19 @@ def test_kill_a_python_worker_every_two_seconds(gateway):
             new = wait_for(lambda: set(gw.python_pids()) - before, 15)
             assert new and len(new) == 1, new
             replaced.append(process_start(new.pop()) - killed)
-            assert replaced[-1] < 1.0, \
+            assert replaced[-1] < 1.0, (
                 "replacement started %.2fs after the kill" % replaced[-1]
-            assert wait_for(lambda: len(gw.live_workers()) == 2, 15), \
+            )
+            assert wait_for(lambda: len(gw.live_workers()) == 2, 15), (
                 "the replacement never served"
+            )
     statuses = check_answered(gw, load)
     stats = gw.region().stats()
     requeued = sum(p["requeued"] for p in stats["producers"])
-    print("replaced in max %.3fs; %r; requeued %d" % (
-        max(replaced), statuses, requeued))
+    print(
+        "replaced in max %.3fs; %r; requeued %d"
+        % (max(replaced), statuses, requeued)
+    )
     assert requeued > 0, "no in-flight request was re-queued"
     gw.wait_idle()
 
@@ -88,8 +121,9 @@ def test_kill_a_python_worker_every_two_seconds(gateway):
 def test_stopped_python_workers_take_the_fallback(gateway):
     """With no wait queue (mosn_queue 0) a full ring is a fallback at
     once."""
-    gw = gateway("mosn_slots 16;\nmosn_queue 0;\n" + FAULT,
-                 mosn=fault_mosn(), workers=2)
+    gw = gateway(
+        "mosn_slots 16;\nmosn_queue 0;\n" + FAULT, mosn=fault_mosn(), workers=2
+    )
     gw.start()
     workers = gw.python_pids()
     with Load(gw.port, threads=6) as load:
@@ -106,7 +140,7 @@ def test_stopped_python_workers_take_the_fallback(gateway):
         resumed = time.monotonic() - t0
         time.sleep(1)
     statuses = check_answered(gw, load)
-    during = [m for _, _, m in stopped[len(stopped) // 2:]]
+    during = [m for _, _, m in stopped[len(stopped) // 2 :]]
     # the ring filled: most of the stopped time took the fallback at once
     assert "fallback" in during and "timeout" in set(m for _, m in statuses)
     fast = [t for s, t, m in stopped if m == "fallback"]
@@ -127,7 +161,7 @@ def test_stopped_python_workers_make_requests_wait(gateway):
         for pid in workers:
             os.kill(pid, signal.SIGSTOP)
         time.sleep(1)
-        first = len(load.results)       # the slots are held by now
+        first = len(load.results)  # the slots are held by now
         time.sleep(2)
         stopped = load.results[first:]
         for pid in workers:
@@ -138,8 +172,9 @@ def test_stopped_python_workers_make_requests_wait(gateway):
     assert "fallback" not in set(m for _, m in statuses), statuses
     during = [m for _, _, m in stopped]
     assert during and set(during) == {"timeout"}, during
-    p = [p for p in gw.region().stats()["producers"]
-         if p["state"] == "owned"][0]
+    p = [p for p in gw.region().stats()["producers"] if p["state"] == "owned"][
+        0
+    ]
     assert p["queued"] > 0 and p["fallbacks"] == p["timeouts"]
     gw.wait_idle()
 
@@ -153,19 +188,29 @@ def test_ten_reloads_under_load(gateway):
             gw.reload()
             time.sleep(1.2)
         # the last roll finishes (each waits for its new workers to load)
-        assert wait_for(lambda: len(gw.live_workers()) == 2
-                        and not set(gw.python_pids()) & set().union(
-                            *generations[:-1]), 60)
+        assert wait_for(
+            lambda: (
+                len(gw.live_workers()) == 2
+                and not set(gw.python_pids()) & set().union(*generations[:-1])
+            ),
+            60,
+        )
     statuses = check_answered(gw, load)
 
     # old and new nginx workers never shared a channel: once the retired
     # ones have left and the reaper has seen them go, the owners are the
     # nginx workers there are
     def owners():
-        return sorted(p["pid"] for p in gw.region().stats()["producers"]
-                      if p["state"] == "owned")
-    assert wait_for(lambda: owners() == sorted(gw.nginx_worker_pids()), 10), \
-        (owners(), gw.nginx_worker_pids())
+        return sorted(
+            p["pid"]
+            for p in gw.region().stats()["producers"]
+            if p["state"] == "owned"
+        )
+
+    assert wait_for(lambda: owners() == sorted(gw.nginx_worker_pids()), 10), (
+        owners(),
+        gw.nginx_worker_pids(),
+    )
     print("reloads: %r, keep-alive retries %d" % (statuses, load.retries))
     gw.wait_idle(timeout=10)
 
@@ -177,16 +222,22 @@ def test_kill_an_nginx_worker_under_load(gateway):
         time.sleep(1)
         victim = gw.nginx_worker_pids()[0]
         os.kill(victim, signal.SIGKILL)
-        assert wait_for(lambda: len(gw.nginx_worker_pids()) == 2
-                        and victim not in gw.nginx_worker_pids(), 5)
+        assert wait_for(
+            lambda: (
+                len(gw.nginx_worker_pids()) == 2
+                and victim not in gw.nginx_worker_pids()
+            ),
+            5,
+        )
         time.sleep(2)
     # the killed worker's clients saw their connections drop; nothing else
     assert len(load.errors) <= 6, load.errors
     assert all(s == 200 for s, _ in load.statuses())
     gw.wait_ready()
     gw.wait_idle(timeout=5)
-    owned = [p for p in gw.region().stats()["producers"]
-             if p["state"] == "owned"]
+    owned = [
+        p for p in gw.region().stats()["producers"] if p["state"] == "owned"
+    ]
     assert sorted(p["pid"] for p in owned) == sorted(gw.nginx_worker_pids())
 
 
@@ -196,12 +247,16 @@ def test_kill_python_workers_while_responses_are_held(gateway):
     fallback; each phase waits at most the timeout."""
     mosn = fault_mosn()
     mosn["servers"][0]["listeners"][-1]["stream_filters"].append(
-        {"type": "edit_response", "module": "testfilters",
-         "config": {"set": {"x-filtered-response": "1"}}})
+        {
+            "type": "edit_response",
+            "module": "testfilters",
+            "config": {"set": {"x-filtered-response": "1"}},
+        }
+    )
     gw = gateway(FAULT, mosn=mosn, workers=2).start()
     rng = random.Random(11)
     with Load(gw.port, threads=6) as load:
-        for _ in range(6):                      # 12 s
+        for _ in range(6):  # 12 s
             time.sleep(2)
             os.kill(rng.choice(sorted(gw.python_pids())), signal.SIGKILL)
     assert not load.errors, load.errors[:5]
@@ -212,6 +267,5 @@ def test_kill_python_workers_while_responses_are_held(gateway):
     assert "[alert]" not in gw.error_log()
     submitted = sum(p["submitted"] for p in gw.region().stats()["producers"])
     # most requests made both round trips
-    assert submitted > 1.5 * len(load.results), (submitted,
-                                                 len(load.results))
+    assert submitted > 1.5 * len(load.results), (submitted, len(load.results))
     gw.wait_idle()

@@ -5,8 +5,13 @@ import hashlib
 import os
 import time
 
-from pyworker import (CONTINUE, STOP, StreamReceiverFilter,
-                      StreamSenderFilter, register_filter)
+from pyworker import (
+    CONTINUE,
+    STOP,
+    StreamReceiverFilter,
+    StreamSenderFilter,
+    register_filter,
+)
 
 
 @register_filter("edit_headers")
@@ -90,10 +95,16 @@ class WhoAmI(StreamReceiverFilter):
 
     def on_receive(self, ctx, headers, buf, trailers):
         body = "uid=%d pid=%d method=%s path=%s query=%s headers=%d\n" % (
-            os.getuid(), os.getpid(), ctx.method, ctx.path, ctx.query,
-            len(list(headers.items())))
-        self.handler.send_hijack_reply(200, {"x-worker-pid": str(os.getpid())},
-                                       body)
+            os.getuid(),
+            os.getpid(),
+            ctx.method,
+            ctx.path,
+            ctx.query,
+            len(list(headers.items())),
+        )
+        self.handler.send_hijack_reply(
+            200, {"x-worker-pid": str(os.getpid())}, body
+        )
         return STOP
 
 
@@ -106,11 +117,14 @@ class BodyDigest(StreamReceiverFilter):
 
     def on_receive(self, ctx, headers, buf, trailers):
         import hashlib
+
         if buf is None:
             headers.set("x-filter-body", "none")
         else:
-            headers.set("x-filter-body", "%d:%s" % (
-                len(buf), hashlib.sha256(buf).hexdigest()[:16]))
+            headers.set(
+                "x-filter-body",
+                "%d:%s" % (len(buf), hashlib.sha256(buf).hexdigest()[:16]),
+            )
         return CONTINUE
 
 
@@ -166,11 +180,12 @@ class EditResponse(StreamSenderFilter):
                 headers.add("Set-Cookie", cookie)
         for name, value in self.add.items():
             ctx.add_response_header(name, value)
-        ctx.add_response_header("x-seen-status",
-                                str(self.send_handler.status))
+        ctx.add_response_header("x-seen-status", str(self.send_handler.status))
         ctx.add_response_header("x-seen-headers", seen)
-        ctx.add_response_header("x-seen-metadata", ",".join(
-            f"{k}={v}" for k, v in sorted(ctx.metadata.items())))
+        ctx.add_response_header(
+            "x-seen-metadata",
+            ",".join(f"{k}={v}" for k, v in sorted(ctx.metadata.items())),
+        )
         return CONTINUE
 
 
@@ -199,6 +214,7 @@ class EditsFromHeader(StreamReceiverFilter):
 
     def on_receive(self, ctx, headers, buf, trailers):
         import json
+
         edits = json.loads(headers.get("x-edits") or "{}")
         headers.delete("x-edits")
         if "log" in edits:
@@ -221,6 +237,7 @@ class ResponseEditsFromHeader(StreamSenderFilter):
 
     def append(self, ctx, headers, buf, trailers):
         import json
+
         edits = json.loads(headers.get("x-response-edits") or "{}")
         headers.delete("x-response-edits")
         for name, value in edits.get("set", {}).items():
@@ -245,6 +262,7 @@ class AwaitHeader(StreamReceiverFilter):
 
     async def on_receive(self, ctx, headers, buf, trailers):
         import asyncio
+
         counts = AwaitHeader.in_flight
         counts[0] += 1
         counts[1] = max(counts)
@@ -274,6 +292,7 @@ class Lifecycle(StreamReceiverFilter):
 
     async def stop(self):
         import asyncio
+
         await asyncio.sleep(0)
         self._note("stop")
 
@@ -291,6 +310,7 @@ class StartGate(StreamReceiverFilter):
 
     async def start(self):
         import asyncio
+
         while not os.path.exists(self.path):
             await asyncio.sleep(0.01)
 
@@ -309,8 +329,10 @@ class RewriteBody(StreamSenderFilter):
         self.decode_body = bool(config.get("decode_body", False))
 
     def append(self, ctx, headers, buf, trailers):
-        ctx.add_response_header("x-seen-body", "none" if buf is None else
-                                "%d:%s" % (len(buf), digest(buf)))
+        ctx.add_response_header(
+            "x-seen-body",
+            "none" if buf is None else "%d:%s" % (len(buf), digest(buf)),
+        )
         mode = ctx.metadata.get("mode") or self.mode
         if buf is None and mode in ("upper", "grow", "shrink"):
             mode = "none"
@@ -319,15 +341,16 @@ class RewriteBody(StreamSenderFilter):
         elif mode == "grow":
             self.send_handler.set_body(buf * 3 + b"!")
         elif mode == "shrink":
-            self.send_handler.set_body(buf[:len(buf) // 2])
+            self.send_handler.set_body(buf[: len(buf) // 2])
         elif mode == "empty":
             self.send_handler.set_body(b"")
         elif mode == "text":
             self.send_handler.set_body("h\u00e9llo \u2603\n")
         elif mode == "json":
             # whatever the upstream sent, or whether it was given at all
-            self.send_handler.set_body('{"error": %d}' %
-                                       self.send_handler.status)
+            self.send_handler.set_body(
+                '{"error": %d}' % self.send_handler.status
+            )
             headers.set("Content-Type", "application/json")
         elif mode == "huge":
             self.send_handler.set_body(b"h" * (1 << 20))

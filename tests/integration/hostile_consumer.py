@@ -24,9 +24,10 @@ from shm_ring.fallback import Consumer, Region
 from shm_ring.fallback.producer import _doorbell_ring
 from shm_ring.fallback.region import _ring_push
 
-CR_LF = codec.encode_verdict(codec.Verdict(
-    request_set=[("X-Ok", "1")])).replace(b"X-Ok", b"X\r\nY")
-LAYOUT = struct.Struct("<IIII QQQQQ")      # nproducers .. slots_off
+CR_LF = codec.encode_verdict(
+    codec.Verdict(request_set=[("X-Ok", "1")])
+).replace(b"X-Ok", b"X\r\nY")
+LAYOUT = struct.Struct("<IIII QQQQQ")  # nproducers .. slots_off
 LAYOUT_OFF = 24
 
 
@@ -36,12 +37,11 @@ def verdict(**kw):
 
 def oversized(kind):
     good = bytearray(verdict(upstream="s1", metadata={"UNIT": "s1"}))
-    if kind == 0:       # the header claims more than there is
+    if kind == 0:  # the header claims more than there is
         struct.pack_into("<I", good, 0, len(good) + 4096)
-    elif kind == 1:     # a record whose key runs past the verdict
-        struct.pack_into("<I", good, abi.VERDICT.size + 4,
-                         0xFFFFFF00)
-    else:               # more records than the verdict holds
+    elif kind == 1:  # a record whose key runs past the verdict
+        struct.pack_into("<I", good, abi.VERDICT.size + 4, 0xFFFFFF00)
+    else:  # more records than the verdict holds
         struct.pack_into("<I", good, 8, 200)
     return bytes(good)
 
@@ -52,11 +52,24 @@ def main():
     idx = rg.alloc_consumer()
     cons = Consumer(rg, idx)
     sock = rg._sockfd()
-    layout = bytes(rg._mm[LAYOUT_OFF:LAYOUT_OFF + LAYOUT.size])
+    layout = bytes(rg._mm[LAYOUT_OFF : LAYOUT_OFF + LAYOUT.size])
     rnd = random.Random(7)
-    did = dict.fromkeys(("taken", "crlf", "oversized", "flipped", "forged",
-                         "rings", "states", "layouts", "epochs", "senders",
-                         "responses"), 0)
+    did = dict.fromkeys(
+        (
+            "taken",
+            "crlf",
+            "oversized",
+            "flipped",
+            "forged",
+            "rings",
+            "states",
+            "layouts",
+            "epochs",
+            "senders",
+            "responses",
+        ),
+        0,
+    )
     data_size = rg._slot_size - abi.SLOT_HEADER_SIZE
     deadline = time.monotonic() + seconds
     n = 0
@@ -87,17 +100,22 @@ def main():
                 off = rg.ld32(slot + abi.S_VERDICT_OFF)
                 good = rg.ld32(slot + abi.S_VERDICT_LEN)
                 for i in range(400):
-                    rg.st32(slot + abi.S_VERDICT_LEN,
-                            0xFFFFFFF0 if i % 2 == 0 else data_size - off)
-                    rg.st32(slot + abi.S_VERDICT_OFF,
-                            0xFFFF0000 if i % 3 == 0 else off)
+                    rg.st32(
+                        slot + abi.S_VERDICT_LEN,
+                        0xFFFFFFF0 if i % 2 == 0 else data_size - off,
+                    )
+                    rg.st32(
+                        slot + abi.S_VERDICT_OFF,
+                        0xFFFF0000 if i % 3 == 0 else off,
+                    )
                 rg.st32(slot + abi.S_VERDICT_LEN, good)
                 rg.st32(slot + abi.S_VERDICT_OFF, off)
                 did["flipped"] += 1
             elif mode == 3:
                 # ask for the response phase, to be hostile there too
-                cons.complete(ps, verdict(metadata={"UNIT": "s1"},
-                                          run_senders=True))
+                cons.complete(
+                    ps, verdict(metadata={"UNIT": "s1"}, run_senders=True)
+                )
                 did["senders"] += 1
             else:
                 cons.complete(ps, verdict(metadata={"UNIT": "s2"}))
@@ -110,10 +128,13 @@ def main():
             slot = rg.slot(p, s)
             w = rg.ld64(slot + abi.S_STATE)
             if abi.sw_state(w) == abi.SLOT_FREE:
-                rg.st64(slot + abi.S_STATE, abi.sw(abi.sw_gen(w), 0, idx,
-                                               abi.SLOT_DONE))
-                _ring_push(rg, rg.completion_ring(p, idx),
-                             abi.entry(s, abi.sw_gen(w)))
+                rg.st64(
+                    slot + abi.S_STATE,
+                    abi.sw(abi.sw_gen(w), 0, idx, abi.SLOT_DONE),
+                )
+                _ring_push(
+                    rg, rg.completion_ring(p, idx), abi.entry(s, abi.sw_gen(w))
+                )
                 did["forged"] += 1
             _doorbell_ring(rg, sock, p)
 
@@ -125,28 +146,41 @@ def main():
             did["rings"] += 1
         elif r < 0.10:
             # states of slots in flight, then a rescue
-            owned = [p for p in range(rg._np)
-                     if rg.ld64(rg.prod(p) + abi.P_OWNER) & 0xFF
-                     == abi.CHAN_OWNED]
+            owned = [
+                p
+                for p in range(rg._np)
+                if rg.ld64(rg.prod(p) + abi.P_OWNER) & 0xFF == abi.CHAN_OWNED
+            ]
             p = rnd.choice(owned or [0])
             for s in range(rg._slots):
                 slot = rg.slot(p, s)
                 w = rg.ld64(slot + abi.S_STATE)
                 if abi.sw_state(w) != abi.SLOT_FREE and rnd.random() < 0.5:
-                    rg.st64(slot + abi.S_STATE,
-                            abi.sw(rnd.getrandbits(32), 0, 250,
-                                 rnd.randrange(256)))
+                    rg.st64(
+                        slot + abi.S_STATE,
+                        abi.sw(
+                            rnd.getrandbits(32), 0, 250, rnd.randrange(256)
+                        ),
+                    )
                     did["states"] += 1
             rg.st32(abi.H_CONSUMER_EPOCH, rg.ld32(abi.H_CONSUMER_EPOCH) + 1)
             did["epochs"] += 1
         elif r < 0.15:
             # the layout: counts and offsets that point anywhere
-            rg._mm[LAYOUT_OFF:LAYOUT_OFF + LAYOUT.size] = LAYOUT.pack(
-                64, 64, 65536, 16 << 20, 1 << 40, 1 << 41, 8, 1 << 62,
-                rnd.getrandbits(63))
+            rg._mm[LAYOUT_OFF : LAYOUT_OFF + LAYOUT.size] = LAYOUT.pack(
+                64,
+                64,
+                65536,
+                16 << 20,
+                1 << 40,
+                1 << 41,
+                8,
+                1 << 62,
+                rnd.getrandbits(63),
+            )
             did["layouts"] += 1
 
-    rg._mm[LAYOUT_OFF:LAYOUT_OFF + LAYOUT.size] = layout
+    rg._mm[LAYOUT_OFF : LAYOUT_OFF + LAYOUT.size] = layout
     print(json.dumps(did))
 
 

@@ -20,7 +20,8 @@ from services import AuthService, RedisServer, started, until
 
 SITE = sites([("s1", 3450)])
 
-PLAIN = """
+PLAIN = (
+    """
     upstream s1 { server 127.0.0.1:%P3450%; keepalive 16; }
     server {
         listen 127.0.0.1:%PORT%;
@@ -32,22 +33,34 @@ PLAIN = """
             proxy_pass http://s1;
         }
     }
-""" + SITE
+"""
+    + SITE
+)
 
 
 def http(chain="awaits", timeout="5s", fallback="503"):
-    return (PLAIN.replace("@CHAIN@", chain).replace("@TIMEOUT@", timeout)
-            .replace("@FALLBACK@", fallback))
+    return (
+        PLAIN.replace("@CHAIN@", chain)
+        .replace("@TIMEOUT@", timeout)
+        .replace("@FALLBACK@", fallback)
+    )
 
 
 def mosn(*listeners, metrics=None, **pyworker):
-    config = {"servers": [{"default_log_path": "logs/mosn.log",
-                           "default_log_level": "INFO",
-                           "listeners": list(listeners)}],
-              "pyworker": {"modules": ["testfilters"], **pyworker}}
+    config = {
+        "servers": [
+            {
+                "default_log_path": "logs/mosn.log",
+                "default_log_level": "INFO",
+                "listeners": list(listeners),
+            }
+        ],
+        "pyworker": {"modules": ["testfilters"], **pyworker},
+    }
     if metrics:
-        config["metrics"] = {"sinks": [{"type": "prometheus",
-                                        "config": {"port": metrics}}]}
+        config["metrics"] = {
+            "sinks": [{"type": "prometheus", "config": {"port": metrics}}]
+        }
     return config
 
 
@@ -56,10 +69,11 @@ AWAITS = listener("awaits", {"type": "await_header"})
 
 def scrape(port):
     try:
-        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port,
-                                    timeout=5) as r:
+        with urllib.request.urlopen(
+            "http://127.0.0.1:%d/metrics" % port, timeout=5
+        ) as r:
             return r.read().decode()
-    except OSError:         # the admin process is not up yet
+    except OSError:  # the admin process is not up yet
         return ""
 
 
@@ -69,8 +83,9 @@ def metric(port, name, **labels):
     for line in scrape(port).splitlines():
         m = re.match(r"(\w+)(?:\{(.*)\})? (\S+)$", line)
         if m and m.group(1) == name:
-            got = ",".join(sorted(re.findall(r'\w+="[^"]*"',
-                                             m.group(2) or "")))
+            got = ",".join(
+                sorted(re.findall(r'\w+="[^"]*"', m.group(2) or ""))
+            )
             if got == want:
                 return float(m.group(3))
     return 0.0
@@ -78,9 +93,12 @@ def metric(port, name, **labels):
 
 def many(gw, n, headers=None, path="/", timeout=30):
     with ThreadPoolExecutor(n) as pool:
-        return list(pool.map(
-            lambda i: gw.get(path, dict(headers or {}), timeout=timeout),
-            range(n)))
+        return list(
+            pool.map(
+                lambda i: gw.get(path, dict(headers or {}), timeout=timeout),
+                range(n),
+            )
+        )
 
 
 def test_one_worker_has_many_requests_in_flight(gateway):
@@ -95,8 +113,9 @@ def test_one_worker_has_many_requests_in_flight(gateway):
 
 
 def test_past_max_in_flight_requests_wait_in_nginx(gateway):
-    gw = gateway(http(timeout="20s"), mosn=mosn(AWAITS, max_in_flight=4)
-                 ).start()
+    gw = gateway(
+        http(timeout="20s"), mosn=mosn(AWAITS, max_in_flight=4)
+    ).start()
     answers = many(gw, 16, {"X-Await-Ms": "300"})
     assert [r.status for r in answers] == [200] * 16
     assert {r.header("X-Mosn-Status") for r in answers} == {"filtered"}
@@ -105,26 +124,45 @@ def test_past_max_in_flight_requests_wait_in_nginx(gateway):
 
 def test_a_filter_past_mosn_timeout_is_cancelled(gateway):
     prom = free_port()
-    gw = gateway(http(timeout="300ms"),
-                 mosn=mosn(AWAITS, metrics=prom)).start()
+    gw = gateway(
+        http(timeout="300ms"), mosn=mosn(AWAITS, metrics=prom)
+    ).start()
     t0 = time.monotonic()
     r = gw.get("/", {"X-Await-Ms": "5000"})
-    assert r.status == 503 and r.header("X-Mosn-Status") in ("timeout",
-                                                             "error")
+    assert r.status == 503 and r.header("X-Mosn-Status") in (
+        "timeout",
+        "error",
+    )
     assert time.monotonic() - t0 < 3
-    until(lambda: metric(prom, "pyworker_async_requests_total",
-                         chain="awaits", outcome="deadline") == 1)
+    until(
+        lambda: (
+            metric(
+                prom,
+                "pyworker_async_requests_total",
+                chain="awaits",
+                outcome="deadline",
+            )
+            == 1
+        )
+    )
     # its slot came back long before the filter would have ended
     gw.wait_idle(timeout=2)
     assert gw.get("/", {"X-Await-Ms": "10"}).status == 200
-    assert metric(prom, "pyworker_filter_requests_total", chain="awaits",
-                  filter="await_header", outcome="cancelled") == 1
+    assert (
+        metric(
+            prom,
+            "pyworker_filter_requests_total",
+            chain="awaits",
+            filter="await_header",
+            outcome="cancelled",
+        )
+        == 1
+    )
 
 
 def test_a_client_that_goes_away_cancels_its_filter(gateway):
     prom = free_port()
-    gw = gateway(http(timeout="30s"), mosn=mosn(AWAITS, metrics=prom)
-                 ).start()
+    gw = gateway(http(timeout="30s"), mosn=mosn(AWAITS, metrics=prom)).start()
     with socket.create_connection(("127.0.0.1", gw.port)) as s:
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Await-Ms: 20000\r\n\r\n")
         until(lambda: gw.slots_in_use() == 1)
@@ -133,18 +171,36 @@ def test_a_client_that_goes_away_cancels_its_filter(gateway):
     t0 = time.monotonic()
     gw.wait_idle(timeout=5)
     assert time.monotonic() - t0 < 5
-    until(lambda: metric(prom, "pyworker_async_requests_total",
-                         chain="awaits", outcome="client_gone") == 1)
-    assert metric(prom, "pyworker_async_requests_total", chain="awaits",
-                  outcome="answered") == 0
+    until(
+        lambda: (
+            metric(
+                prom,
+                "pyworker_async_requests_total",
+                chain="awaits",
+                outcome="client_gone",
+            )
+            == 1
+        )
+    )
+    assert (
+        metric(
+            prom,
+            "pyworker_async_requests_total",
+            chain="awaits",
+            outcome="answered",
+        )
+        == 0
+    )
 
 
 def test_a_reload_loses_no_request_that_awaits(gateway):
     gw = gateway(http(timeout="10s"), mosn=mosn(AWAITS), workers=2).start()
     before = set(gw.python_pids())
     with ThreadPoolExecutor(20) as pool:
-        futures = [pool.submit(gw.get, "/", {"X-Await-Ms": "1500"},
-                               timeout=30) for _ in range(20)]
+        futures = [
+            pool.submit(gw.get, "/", {"X-Await-Ms": "1500"}, timeout=30)
+            for _ in range(20)
+        ]
         until(lambda: gw.slots_in_use() == 20)
         gw.reload()
         answers = [f.result() for f in futures]
@@ -159,12 +215,16 @@ def test_a_reload_loses_no_request_that_awaits(gateway):
 def test_a_killed_worker_loses_no_request_that_awaits(gateway):
     gw = gateway(http(timeout="10s"), mosn=mosn(AWAITS), workers=2).start()
     with ThreadPoolExecutor(20) as pool:
-        futures = [pool.submit(gw.get, "/", {"X-Await-Ms": "1500"},
-                               timeout=30) for _ in range(20)]
+        futures = [
+            pool.submit(gw.get, "/", {"X-Await-Ms": "1500"}, timeout=30)
+            for _ in range(20)
+        ]
         until(lambda: gw.slots_in_use() == 20)
-        held = {c["pid"]: c["taken"] - c["completed"]
-                for c in gw.region().stats()["consumers"]
-                if c["state"] == "live"}
+        held = {
+            c["pid"]: c["taken"] - c["completed"]
+            for c in gw.region().stats()["consumers"]
+            if c["state"] == "live"
+        }
         victim = max(held, key=held.get)
         assert held[victim] > 0
         os.kill(victim, signal.SIGKILL)
@@ -182,9 +242,15 @@ def test_start_and_stop_hooks_run_once_per_worker(gateway):
     notes = pathlib.Path(gw.prefix, "hooks")
     notes.touch()
     os.chmod(notes, 0o666)
-    gw.write_mosn(mosn(listener("awaits", {"type": "await_header"},
-                                {"type": "lifecycle",
-                                 "config": {"file": str(notes)}})))
+    gw.write_mosn(
+        mosn(
+            listener(
+                "awaits",
+                {"type": "await_header"},
+                {"type": "lifecycle", "config": {"file": str(notes)}},
+            )
+        )
+    )
     gw.start()
     pids = set(gw.python_pids())
     assert gw.get("/").status == 200
@@ -203,6 +269,7 @@ def test_start_and_stop_hooks_run_once_per_worker(gateway):
 
 
 # -- ext_authz ---------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def auth():
@@ -223,27 +290,36 @@ ECHO_HEADERS = """
 
 
 def authz_http(timeout="5s"):
-    return PLAIN.replace("@CHAIN@", "authz").replace(
-        "@TIMEOUT@", timeout).replace("@FALLBACK@", "503").replace(
-        SITE, "") + ECHO_HEADERS
+    return (
+        PLAIN.replace("@CHAIN@", "authz")
+        .replace("@TIMEOUT@", timeout)
+        .replace("@FALLBACK@", "503")
+        .replace(SITE, "")
+        + ECHO_HEADERS
+    )
 
 
 def authz_listener(url, **config):
-    config.setdefault("http_service", {
-        "server_uri": {"uri": url, "timeout": "2s"},
-        "authorization_request": {"allowed_headers": ["x-delay-ms"]},
-        "authorization_response": {
-            "allowed_upstream_headers": ["x-user"],
-            "allowed_client_headers_on_success": ["set-cookie"]}})
+    config.setdefault(
+        "http_service",
+        {
+            "server_uri": {"uri": url, "timeout": "2s"},
+            "authorization_request": {"allowed_headers": ["x-delay-ms"]},
+            "authorization_response": {
+                "allowed_upstream_headers": ["x-user"],
+                "allowed_client_headers_on_success": ["set-cookie"],
+            },
+        },
+    )
     return listener("authz", {"type": "ext_authz", "config": config})
 
 
 def test_ext_authz_allows_and_denies_as_the_service_says(gateway, auth):
     prom = free_port()
-    gw = gateway(authz_http(), mosn=mosn(authz_listener(auth.url),
-                                         metrics=prom)).start()
-    r = gw.get("/x", {"Authorization": "Bearer good",
-                      "X-User": "mallory"})
+    gw = gateway(
+        authz_http(), mosn=mosn(authz_listener(auth.url), metrics=prom)
+    ).start()
+    r = gw.get("/x", {"Authorization": "Bearer good", "X-User": "mallory"})
     assert r.status == 200 and r.text == "upstream"
     assert r.header("X-Upstream-User") == "alice"
     assert r.header("Set-Cookie") == "seen=1"
@@ -251,30 +327,52 @@ def test_ext_authz_allows_and_denies_as_the_service_says(gateway, auth):
     assert r.status == 401 and r.text == "denied by the service"
     assert r.header("WWW-Authenticate") == "Bearer"
     assert r.header("X-Mosn-Status") == "filtered"
-    until(lambda: metric(prom, "pyworker_filter_events_total",
-                         chain="authz", filter="ext_authz",
-                         event="denied") == 1)
-    assert metric(prom, "pyworker_filter_events_total", chain="authz",
-                  filter="ext_authz", event="allowed") == 1
+    until(
+        lambda: (
+            metric(
+                prom,
+                "pyworker_filter_events_total",
+                chain="authz",
+                filter="ext_authz",
+                event="denied",
+            )
+            == 1
+        )
+    )
+    assert (
+        metric(
+            prom,
+            "pyworker_filter_events_total",
+            chain="authz",
+            filter="ext_authz",
+            event="allowed",
+        )
+        == 1
+    )
 
 
 def test_ext_authz_checks_many_requests_at_once(gateway, auth):
     until(lambda: auth.in_flight()[0] == 0)
     auth.forget()
     gw = gateway(authz_http(), mosn=mosn(authz_listener(auth.url))).start()
-    answers = many(gw, 50, {"Authorization": "Bearer slow",
-                            "X-Delay-Ms": "1000"})
+    answers = many(
+        gw, 50, {"Authorization": "Bearer slow", "X-Delay-Ms": "1000"}
+    )
     assert [r.status for r in answers] == [200] * 50
     assert auth.in_flight()[1] >= 25
 
 
 @pytest.mark.parametrize("allow, expect", [(False, 403), (True, 200)])
 def test_ext_authz_failure_mode(gateway, auth, allow, expect):
-    listener_ = authz_listener(auth.url, failure_mode_allow=allow,
-                               failure_mode_allow_header_add=True,
-                               http_service={
-        "server_uri": {"uri": auth.url, "timeout": "100ms"},
-        "authorization_request": {"allowed_headers": ["x-delay-ms"]}})
+    listener_ = authz_listener(
+        auth.url,
+        failure_mode_allow=allow,
+        failure_mode_allow_header_add=True,
+        http_service={
+            "server_uri": {"uri": auth.url, "timeout": "100ms"},
+            "authorization_request": {"allowed_headers": ["x-delay-ms"]},
+        },
+    )
     gw = gateway(authz_http(), mosn=mosn(listener_)).start()
     r = gw.get("/", {"Authorization": "Bearer slow", "X-Delay-Ms": "3000"})
     assert r.status == expect
@@ -284,30 +382,57 @@ def test_ext_authz_failure_mode(gateway, auth, allow, expect):
 
 # -- ratelimit ---------------------------------------------------------------
 
+
 @pytest.fixture
 def redis_server():
     yield from started(RedisServer())
 
 
 def limited_listener(url, n=5, **config):
-    return listener("limited", {"type": "ratelimit", "config": dict(
-        domain="fleet", redis={"url": url, "timeout": "200ms"},
-        rate_limits=[{"actions": [{"request_headers": {
-            "header_name": "x-user", "descriptor_key": "user"}}],
-            "limit": {"requests_per_unit": n, "unit": "minute"}}],
-        **config)})
+    return listener(
+        "limited",
+        {
+            "type": "ratelimit",
+            "config": dict(
+                domain="fleet",
+                redis={"url": url, "timeout": "200ms"},
+                rate_limits=[
+                    {
+                        "actions": [
+                            {
+                                "request_headers": {
+                                    "header_name": "x-user",
+                                    "descriptor_key": "user",
+                                }
+                            }
+                        ],
+                        "limit": {"requests_per_unit": n, "unit": "minute"},
+                    }
+                ],
+                **config,
+            ),
+        },
+    )
 
 
 def test_two_gateways_share_one_limit(gateway, redis_server):
-    a = gateway(http("limited"), mosn=mosn(limited_listener(
-        redis_server.url))).start()
-    b = gateway(http("limited"), mosn=mosn(limited_listener(
-        redis_server.url))).start()
-    answers = [(a if i % 2 else b).get("/", {"X-User": "ann"})
-               for i in range(8)]
+    a = gateway(
+        http("limited"), mosn=mosn(limited_listener(redis_server.url))
+    ).start()
+    b = gateway(
+        http("limited"), mosn=mosn(limited_listener(redis_server.url))
+    ).start()
+    answers = [
+        (a if i % 2 else b).get("/", {"X-User": "ann"}) for i in range(8)
+    ]
     assert [r.status for r in answers] == [200] * 5 + [429] * 3
-    assert [r.header("RateLimit-Remaining") for r in answers[:5]] == \
-        ["4", "3", "2", "1", "0"]
+    assert [r.header("RateLimit-Remaining") for r in answers[:5]] == [
+        "4",
+        "3",
+        "2",
+        "1",
+        "0",
+    ]
     over = answers[5]
     assert 1 <= int(over.header("Retry-After")) <= 60
     assert over.header("RateLimit-Limit") == "5"
@@ -316,14 +441,20 @@ def test_two_gateways_share_one_limit(gateway, redis_server):
     assert b.get("/", {"X-User": "bob"}).status == 200
 
 
-@pytest.mark.parametrize("deny, expect, event", [
-    (False, 200, "failure_allowed"), (True, 500, "failure_denied")])
+@pytest.mark.parametrize(
+    "deny, expect, event",
+    [(False, 200, "failure_allowed"), (True, 500, "failure_denied")],
+)
 def test_a_redis_outage_fails_open_or_closed(gateway, deny, expect, event):
     prom = free_port()
     server = RedisServer()
-    gw = gateway(http("limited"), mosn=mosn(
-        limited_listener(server.url, n=1, failure_mode_deny=deny),
-        metrics=prom)).start()
+    gw = gateway(
+        http("limited"),
+        mosn=mosn(
+            limited_listener(server.url, n=1, failure_mode_deny=deny),
+            metrics=prom,
+        ),
+    ).start()
     server.start()
     try:
         assert gw.get("/", {"X-User": "ann"}).status == 200
@@ -331,6 +462,15 @@ def test_a_redis_outage_fails_open_or_closed(gateway, deny, expect, event):
     finally:
         server.stop()
     assert gw.get("/", {"X-User": "ann"}).status == expect
-    until(lambda: metric(prom, "pyworker_filter_events_total",
-                         chain="limited", filter="ratelimit",
-                         event=event) == 1)
+    until(
+        lambda: (
+            metric(
+                prom,
+                "pyworker_filter_events_total",
+                chain="limited",
+                filter="ratelimit",
+                event=event,
+            )
+            == 1
+        )
+    )

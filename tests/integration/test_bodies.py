@@ -20,8 +20,10 @@ class EchoUpstream(http.server.BaseHTTPRequestHandler):
         n = int(self.headers.get("content-length", 0))
         body = self.rfile.read(n)
         out = "filter=%s upstream=%d:%s" % (
-            self.headers.get("x-filter-body"), len(body),
-            hashlib.sha256(body).hexdigest()[:16])
+            self.headers.get("x-filter-body"),
+            len(body),
+            hashlib.sha256(body).hexdigest()[:16],
+        )
         data = out.encode()
         self.send_response(200)
         self.send_header("content-length", str(len(data)))
@@ -39,9 +41,16 @@ def upstream():
 
 
 def body_gateway(gateway, upstream, extra="", listen=""):
-    mosn = example_mosn(extra_listeners=[listener(
-        "l", {"type": "body_digest", "module": "testfilters", "config": {}})])
-    return gateway("""
+    mosn = example_mosn(
+        extra_listeners=[
+            listener(
+                "l",
+                {"type": "body_digest", "module": "testfilters", "config": {}},
+            )
+        ]
+    )
+    return gateway(
+        """
         mosn_slot_size 128k;
         server {
             listen 127.0.0.1:%PORT% LISTEN;
@@ -62,9 +71,12 @@ def body_gateway(gateway, upstream, extra="", listen=""):
             }
             EXTRA
         }
-    """.replace("UP", str(upstream)).replace("EXTRA", extra)
-       .replace("LISTEN", listen),
-        mosn=mosn, env=None).start()
+    """.replace("UP", str(upstream))
+        .replace("EXTRA", extra)
+        .replace("LISTEN", listen),
+        mosn=mosn,
+        env=None,
+    ).start()
 
 
 def digest(body):
@@ -73,7 +85,7 @@ def digest(body):
 
 def test_plain_body_seen_by_the_filter_and_passed_on(gateway, upstream):
     gw = body_gateway(gateway, upstream)
-    body = bytes(range(256)) * 40      # 10 KB, binary
+    body = bytes(range(256)) * 40  # 10 KB, binary
     r = gw.get("/", method="POST", body=body)
     assert r.text == "filter=%s upstream=%s" % (digest(body), digest(body))
     assert r.header("X-Mosn-Status") == "filtered"
@@ -81,7 +93,7 @@ def test_plain_body_seen_by_the_filter_and_passed_on(gateway, upstream):
 
 def test_body_kept_in_a_temp_file_is_read_too(gateway, upstream):
     gw = body_gateway(gateway, upstream)
-    body = b"x" * (60 * 1024)          # beyond client_body_buffer_size
+    body = b"x" * (60 * 1024)  # beyond client_body_buffer_size
     r = gw.get("/", method="POST", body=body)
     assert r.text == "filter=%s upstream=%s" % (digest(body), digest(body))
 
@@ -89,10 +101,12 @@ def test_body_kept_in_a_temp_file_is_read_too(gateway, upstream):
 def test_chunked_body(gateway, upstream):
     gw = body_gateway(gateway, upstream)
     chunks = [b"hello ", b"chunked ", b"world"]
-    raw = (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-           b"Connection: close\r\n\r\n"
-           + b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks)
-           + b"0\r\n\r\n")
+    raw = (
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close\r\n\r\n"
+        + b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks)
+        + b"0\r\n\r\n"
+    )
     out = gw.raw(raw).decode()
     body = b"".join(chunks)
     assert "filter=%s upstream=%s" % (digest(body), digest(body)) in out
@@ -118,9 +132,12 @@ def test_body_over_the_bound(gateway, upstream):
 
 
 def curl_h2(url, *args, data=None):
-    out = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-D",
-                          "-", *args, url], input=data, capture_output=True,
-                         timeout=30)
+    out = subprocess.run(
+        ["curl", "-sS", "--http2-prior-knowledge", "-D", "-", *args, url],
+        input=data,
+        capture_output=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     head, _, body = out.stdout.partition(b"\r\n\r\n")
     return head.decode("latin-1"), body.decode()
@@ -138,10 +155,10 @@ def test_http2_request_bodies(gateway, upstream):
     assert head.startswith("HTTP/2 200")
     assert text == "filter=%s upstream=%s" % (digest(small), digest(small))
     # no Content-Length: the body comes in DATA frames until END_STREAM
-    streamed = b"z" * (101 * 1024)    # over mosn_max_body
+    streamed = b"z" * (101 * 1024)  # over mosn_max_body
     head, text = curl_h2(url, "-T", "-", "-X", "POST", data=streamed[:1000])
     assert "filter=%s" % digest(streamed[:1000]) in text
-    big = b"x" * (60 * 1024)            # beyond client_body_buffer_size
+    big = b"x" * (60 * 1024)  # beyond client_body_buffer_size
     head, text = curl_h2(url, "-T", "-", "-X", "POST", data=big)
     assert text == "filter=%s upstream=%s" % (digest(big), digest(big))
     head, text = curl_h2(url, "-T", "-", "-X", "POST", data=streamed)
@@ -157,9 +174,22 @@ def test_http2_request_bodies_on_many_streams(gateway, upstream, tmp_path):
     path = tmp_path / "body"
     path.write_bytes(body)
     out = subprocess.run(
-        ["h2load", "-n", "200", "-c", "2", "-m", "16", "-d", str(path),
-         "http://127.0.0.1:%d/" % gw.port],
-        capture_output=True, text=True, timeout=60)
+        [
+            "h2load",
+            "-n",
+            "200",
+            "-c",
+            "2",
+            "-m",
+            "16",
+            "-d",
+            str(path),
+            "http://127.0.0.1:%d/" % gw.port,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "200 succeeded, 0 failed, 0 errored" in out.stdout, out.stdout
     assert "status codes: 200 2xx" in out.stdout, out.stdout
     # every answer was the same digest, seen by the filter and upstream

@@ -11,7 +11,9 @@ import pytest
 from gateway import ROUTED_UPSTREAMS, SITE_BODY, sites, wait_for
 from load import Load
 
-ROUTED = ROUTED_UPSTREAMS + """
+ROUTED = (
+    ROUTED_UPSTREAMS
+    + """
     server {
         listen 127.0.0.1:%PORT%;
         mosn_timeout 2s;
@@ -23,14 +25,19 @@ ROUTED = ROUTED_UPSTREAMS + """
             proxy_pass http://$site;
         }
     }
-""" + sites([("s1", 3450), ("s2", 3452), ("s3", 3453)])
+"""
+    + sites([("s1", 3450), ("s2", 3452), ("s3", 3453)])
+)
 
 
 def owned_by(gw):
     region = gw.region()
     try:
-        return sorted(p["pid"] for p in region.stats()["producers"]
-                      if p["state"] == "owned")
+        return sorted(
+            p["pid"]
+            for p in region.stats()["producers"]
+            if p["state"] == "owned"
+        )
     finally:
         region.close()
 
@@ -41,8 +48,9 @@ def test_a_shm_name_too_long_is_refused(gateway):
     gw.write_conf()
     rc, out = gw.nginx("-t", check=False)
     assert rc != 0
-    assert '"mosn_shm_name" "%s" is 63 bytes long, more than 62' % gw.shm \
-        in out
+    assert (
+        '"mosn_shm_name" "%s" is 63 bytes long, more than 62' % gw.shm in out
+    )
 
 
 def test_a_shm_name_with_a_slash_is_refused(gateway):
@@ -60,23 +68,29 @@ def test_a_config_path_too_long_is_refused(gateway):
     path = os.path.join(deep, "mosn.json")
     os.rename(gw.mosn_path, path)
     with open(gw.conf_path) as f:
-        conf = f.read().replace("mosn_config mosn.json;",
-                                "mosn_config %s;" % path)
+        conf = f.read().replace(
+            "mosn_config mosn.json;", "mosn_config %s;" % path
+        )
     with open(gw.conf_path, "w") as f:
         f.write(conf)
     assert len(path) >= 512
     rc, out = gw.nginx("-t", check=False)
     assert rc != 0
-    assert 'the "mosn_config" path "%s" is %d bytes long, more than 511' % (
-        path, len(path)) in out
+    assert (
+        'the "mosn_config" path "%s" is %d bytes long, more than 511'
+        % (path, len(path))
+        in out
+    )
 
 
 def test_too_many_workers_for_the_ring_are_refused(gateway):
     gw = gateway(ROUTED, nginx_workers=128)
     rc, out = gw.nginx("-t", check=False)
     assert rc != 0
-    assert ("worker_processes 128 needs 258 ring channels" in out
-            and "use at most 127 worker processes" in out), out
+    assert (
+        "worker_processes 128 needs 258 ring channels" in out
+        and "use at most 127 worker processes" in out
+    ), out
 
 
 @pytest.mark.slow
@@ -84,15 +98,19 @@ def test_forty_workers_and_reloads_under_load(gateway):
     """Old and new workers side by side on each reload: every new worker
     gets a channel (past 31 workers some did not), every request is
     answered and filtered."""
-    gw = gateway(ROUTED, workers=2, nginx_workers=40,
-                 main="worker_rlimit_nofile 4096;").start()
+    gw = gateway(
+        ROUTED, workers=2, nginx_workers=40, main="worker_rlimit_nofile 4096;"
+    ).start()
     with Load(gw.port, threads=4) as load:
         for _ in range(4):
             gw.reload()
-            assert wait_for(lambda: len(gw.nginx_worker_pids()) == 40
-                            and owned_by(gw) == sorted(
-                                gw.nginx_worker_pids()), 30), (
-                len(owned_by(gw)), gw.error_log()[-3000:])
+            assert wait_for(
+                lambda: (
+                    len(gw.nginx_worker_pids()) == 40
+                    and owned_by(gw) == sorted(gw.nginx_worker_pids())
+                ),
+                30,
+            ), (len(owned_by(gw)), gw.error_log()[-3000:])
     assert not load.errors, load.errors[:5]
     statuses = load.statuses()
     assert statuses and all(s == 200 for s, _ in statuses)
@@ -105,23 +123,31 @@ def test_crashed_workers_channels_come_back_with_no_supervisor(gateway):
     """mosn_spawn off and no pool at all: each nginx worker killed leaves
     its channel owned by a dead process; the worker that replaces it takes
     such channels back when none is free."""
-    gw = gateway(ROUTED.replace("mosn_timeout 2s;",
-                                "mosn_timeout 100ms;") + "mosn_spawn off;")
+    gw = gateway(
+        ROUTED.replace("mosn_timeout 2s;", "mosn_timeout 100ms;")
+        + "mosn_spawn off;"
+    )
     gw.start(wait=False)
-    assert wait_for(lambda: len(gw.nginx_worker_pids()) == 1
-                    and owned_by(gw) == gw.nginx_worker_pids(), 10)
+    assert wait_for(
+        lambda: (
+            len(gw.nginx_worker_pids()) == 1
+            and owned_by(gw) == gw.nginx_worker_pids()
+        ),
+        10,
+    )
     region = gw.region()
     nchannels = region.nproducers
     region.close()
     for _ in range(nchannels + 2):
         (victim,) = gw.nginx_worker_pids()
         os.kill(victim, signal.SIGKILL)
-        assert wait_for(lambda: gw.nginx_worker_pids() not in ([], [victim]),
-                        10)
+        assert wait_for(
+            lambda: gw.nginx_worker_pids() not in ([], [victim]), 10
+        )
         # the new worker owns a channel, though the dead ones kept theirs
-        assert wait_for(lambda: set(gw.nginx_worker_pids())
-                        <= set(owned_by(gw)), 10), (
-            owned_by(gw), gw.nginx_worker_pids(), gw.error_log()[-2000:])
+        assert wait_for(
+            lambda: set(gw.nginx_worker_pids()) <= set(owned_by(gw)), 10
+        ), (owned_by(gw), gw.nginx_worker_pids(), gw.error_log()[-2000:])
         time.sleep(0.1)
     assert "no free producer channel" not in gw.error_log()
     # with no Python worker the fallback answers, within the timeout

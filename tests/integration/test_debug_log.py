@@ -8,10 +8,18 @@ import subprocess
 
 import pytest
 
-from gateway import (NGINX, ROUTED_UPSTREAMS, SITE_BODY, example_mosn,
-                     listener, sites)
+from gateway import (
+    NGINX,
+    ROUTED_UPSTREAMS,
+    SITE_BODY,
+    example_mosn,
+    listener,
+    sites,
+)
 
-HTTP = ROUTED_UPSTREAMS + """
+HTTP = (
+    ROUTED_UPSTREAMS
+    + """
     server {
         listen 127.0.0.1:%PORT%;
         location / {
@@ -22,21 +30,30 @@ HTTP = ROUTED_UPSTREAMS + """
             mosn_filter_chain echoListener;
         }
     }
-""" + sites([("s1", 3450), ("s2", 3452), ("s3", 3453)])
+"""
+    + sites([("s1", 3450), ("s2", 3452), ("s3", 3453)])
+)
 
 
 def built_with_debug():
-    out = subprocess.run([NGINX, "-V"], capture_output=True, text=True,
-                         timeout=10).stderr
+    out = subprocess.run(
+        [NGINX, "-V"], capture_output=True, text=True, timeout=10
+    ).stderr
     return "--with-debug" in out
 
 
-@pytest.mark.skipif(not built_with_debug(),
-                    reason="this nginx has no debug log (--with-debug)")
+@pytest.mark.skipif(
+    not built_with_debug(), reason="this nginx has no debug log (--with-debug)"
+)
 def test_the_debug_log_traces_each_request(gateway):
-    mosn = example_mosn(extra_listeners=[listener(
-        "echoListener", {"type": "echo", "config": {"status": 200,
-                                                    "body": "hi"}})])
+    mosn = example_mosn(
+        extra_listeners=[
+            listener(
+                "echoListener",
+                {"type": "echo", "config": {"status": 200, "body": "hi"}},
+            )
+        ]
+    )
     gw = gateway(HTTP, mosn=mosn, main="error_log logs/debug.log debug;")
     gw.start()
     assert SITE_BODY.match(gw.get("/", {"uid": "150"}).text).group(1) == "s2"
@@ -49,8 +66,11 @@ def test_the_debug_log_traces_each_request(gateway):
     assert 'mosn handler, chain "serverListener"' in log
     assert 'mosn handler, chain "echoListener"' in log
     for rid in parked:
-        slot = re.search(r"mosn request %s in slot (\d+) gen (\d+) to "
-                         r"consumer \d+" % rid, log)
+        slot = re.search(
+            r"mosn request %s in slot (\d+) gen (\d+) to "
+            r"consumer \d+" % rid,
+            log,
+        )
         assert slot, rid
         assert "mosn verdict in slot %s gen %s" % slot.groups() in log
         assert "mosn request %s resumes: filtered" % rid in log

@@ -46,8 +46,16 @@ DISCOVERY = """
             proxy_pass http://other;
         }
     }
-""" + sites([("s1", 3450), ("s1", 3451), ("s2", 3452), ("s3", 3453),
-             ("s1", 3454), ("s1", 3455)])
+""" + sites(
+    [
+        ("s1", 3450),
+        ("s1", 3451),
+        ("s2", 3452),
+        ("s3", 3453),
+        ("s1", 3454),
+        ("s1", 3455),
+    ]
+)
 
 # MOE's service.json: site s1 on 3450 and 3451, s2 on 3452, s3 on 3453
 MOE_SERVERS = [(3450, "s1"), (3451, "s1"), (3452, "s2"), (3453, "s3")]
@@ -62,9 +70,21 @@ def discovery_mosn():
 def write_service(gw, servers, app=APP):
     """The service file, servers given as (label port, site); written
     whole and renamed into place, as a deploy tool does."""
-    doc = {"apps": [{"app_name": app, "server_list": [
-        {"ip": "127.0.0.1", "port": gw.site_port(label), "site": site}
-        for label, site in servers]}]}
+    doc = {
+        "apps": [
+            {
+                "app_name": app,
+                "server_list": [
+                    {
+                        "ip": "127.0.0.1",
+                        "port": gw.site_port(label),
+                        "site": site,
+                    }
+                    for label, site in servers
+                ],
+            }
+        ]
+    }
     write_raw(gw, json.dumps(doc, indent=2))
 
 
@@ -110,9 +130,12 @@ def access(gw):
     with open(os.path.join(gw.prefix, "logs", "disc.log")) as f:
         for line in f:
             status, addrs, statuses = line.rstrip("\n").split("|")
-            ports = [by_port.get(int(a.rsplit(":", 1)[1]), a)
-                     if re.match(r"[\d.]+:\d+$", a) else a
-                     for a in addrs.split(", ")]
+            ports = [
+                by_port.get(int(a.rsplit(":", 1)[1]), a)
+                if re.match(r"[\d.]+:\d+$", a)
+                else a
+                for a in addrs.split(", ")
+            ]
             out.append((int(status), ports, statuses.split(", ")))
     return out
 
@@ -154,12 +177,13 @@ def test_service_file_edit_under_load_moves_requests(gateway):
     with Load(gw.port, threads=4) as load:
         assert wait_for(lambda: len(load.results) > 200, 10)
         # site s1 moves from 3450/3451 to 3454/3455
-        write_service(gw, [(3454, "s1"), (3455, "s1"), (3452, "s2"),
-                           (3453, "s3")])
-        assert wait_for(lambda: any(3454 in ports
-                                    for _, ports, _ in access(gw)), 5), \
-            "no request reached the new endpoints"
-        time.sleep(0.3)                 # requests picked before, finish
+        write_service(
+            gw, [(3454, "s1"), (3455, "s1"), (3452, "s2"), (3453, "s3")]
+        )
+        assert wait_for(
+            lambda: any(3454 in ports for _, ports, _ in access(gw)), 5
+        ), "no request reached the new endpoints"
+        time.sleep(0.3)  # requests picked before, finish
         moved = len(access(gw))
         n = len(load.results)
         assert wait_for(lambda: len(load.results) > n + 300, 10)
@@ -196,24 +220,55 @@ def test_malformed_service_file_keeps_the_last_good_endpoints(gateway):
     gw = start(gateway)
     gen = generation(gw)
     write_raw(gw, '{"apps": [{"app_name": "test", "server_list": [')
-    assert wait_for(lambda: "invalid JSON" in gw.error_log()), \
-        gw.error_log()
+    assert wait_for(lambda: "invalid JSON" in gw.error_log()), gw.error_log()
     assert [send(gw, "2")[1] for _ in range(2)] == [3450, 3451]
     # a file that parses but is wrong: the key and the reason
-    write_raw(gw, json.dumps({"apps": [{"app_name": "test", "server_list": [
-        {"ip": "127.0.0.1", "port": gw.site_port(3454), "site": "s1"},
-        {"ip": "127.0.0.1", "port": 0, "site": "s1"}]}]}))
-    why = wait_for(lambda: [line for line in gw.error_log().splitlines()
-                            if "apps[0].server_list[1].port" in line])
+    write_raw(
+        gw,
+        json.dumps(
+            {
+                "apps": [
+                    {
+                        "app_name": "test",
+                        "server_list": [
+                            {
+                                "ip": "127.0.0.1",
+                                "port": gw.site_port(3454),
+                                "site": "s1",
+                            },
+                            {"ip": "127.0.0.1", "port": 0, "site": "s1"},
+                        ],
+                    }
+                ]
+            }
+        ),
+    )
+    why = wait_for(
+        lambda: [
+            line
+            for line in gw.error_log().splitlines()
+            if "apps[0].server_list[1].port" in line
+        ]
+    )
     assert why and len(why) == 1, gw.error_log()
-    assert "service.json: apps[0].server_list[1].port: port 0 is not in " \
-           "1..65535; keeping the last good endpoints" in why[0]
+    assert (
+        "service.json: apps[0].server_list[1].port: port 0 is not in "
+        "1..65535; keeping the last good endpoints" in why[0]
+    )
     assert [send(gw, "2")[1] for _ in range(2)] == [3450, 3451]
     assert generation(gw) == gen
     # said once, not every half second
     time.sleep(1.2)
-    assert len([line for line in gw.error_log().splitlines()
-                if "server_list[1].port" in line]) == 1
+    assert (
+        len(
+            [
+                line
+                for line in gw.error_log().splitlines()
+                if "server_list[1].port" in line
+            ]
+        )
+        == 1
+    )
     # good again: applied
     write_service(gw, [(3454, "s1"), (3452, "s2"), (3453, "s3")])
     assert wait_for(lambda: generation(gw) > gen)
@@ -226,16 +281,16 @@ def test_malformed_service_file_keeps_the_last_good_endpoints(gateway):
 def test_dead_endpoint_is_retried_on_another(gateway):
     # 3999 stands for a port nothing listens on
     gw = start(gateway, servers=[(3999, "s1"), (3450, "s1"), (3452, "s2")])
-    with Load(gw.port, threads=3,
-              headers_for=lambda i: {"uid": "2"}) as load:
+    with Load(gw.port, threads=3, headers_for=lambda i: {"uid": "2"}) as load:
         assert wait_for(lambda: len(load.results) > 100, 10)
     assert not load.errors, load.errors[:5]
     assert set(s for s, _, _ in load.results) == {200}, load.statuses()
     log = access(gw)
     retried = [(ports, st) for _, ports, st in log if len(ports) > 1]
     assert retried, "the dead endpoint was never picked"
-    assert all(ports == [3999, 3450] and st == ["502", "200"]
-               for ports, st in retried), retried[:5]
+    assert all(
+        ports == [3999, 3450] and st == ["502", "200"] for ports, st in retried
+    ), retried[:5]
     assert all(ports[-1] == 3450 for _, ports, _ in log)
     # with every s1 endpoint dead, the retry goes to any other endpoint
     write_service(gw, [(3999, "s1"), (3998, "s1"), (3452, "s2")])
@@ -247,8 +302,10 @@ def test_app_without_endpoints_is_a_502_with_a_reason(gateway):
     gw = start(gateway)
     r = gw.get("/other", {"uid": "2"})
     assert r.status == 502
-    assert 'mosn_subset: app "other" has no endpoint in the service ' \
-           'discovery table' in gw.error_log()
+    assert (
+        'mosn_subset: app "other" has no endpoint in the service '
+        "discovery table" in gw.error_log()
+    )
     # every endpoint dead: 502 once all are tried
     write_service(gw, [(3999, "s1"), (3998, "s2")])
     assert wait_for(lambda: generation(gw) >= 2)
@@ -265,15 +322,18 @@ def test_endpoints_survive_a_reload(gateway):
     gw.reload()
     time.sleep(1.0)
     assert send(gw, "150") == ("s2", 3452)
-    assert generation(gw) == gen        # the same file: nothing rewritten
+    assert generation(gw) == gen  # the same file: nothing rewritten
 
 
 def test_mosn_subset_config_errors(gateway):
-    gw = gateway("""
+    gw = gateway(
+        """
         upstream test { mosn_subset test foo=$host; server 0.0.0.1; }
         server { listen 127.0.0.1:%PORT%;
                  location / { proxy_pass http://test; } }
-    """, mosn=discovery_mosn())
+    """,
+        mosn=discovery_mosn(),
+    )
     code, out = gw.nginx("-t", check=False)
     assert code != 0 and 'invalid parameter "foo=$host"' in out, out
     gw.http = """

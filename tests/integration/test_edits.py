@@ -9,25 +9,28 @@ import os
 import subprocess
 import tempfile
 
-from gateway import (debian_modules, example_mosn, free_port, listener,
-                     wait_for)
+from gateway import debian_modules, example_mosn, free_port, listener, wait_for
 
 
 def receiver():
-    return {"type": "edits_from_header", "config": {},
-            "module": "testfilters"}
+    return {"type": "edits_from_header", "config": {}, "module": "testfilters"}
 
 
 def sender():
-    return {"type": "response_edits_from_header", "config": {},
-            "module": "testfilters"}
+    return {
+        "type": "response_edits_from_header",
+        "config": {},
+        "module": "testfilters",
+    }
 
 
 def mosn():
-    return example_mosn(extra_listeners=[
-        listener("edits", receiver()),
-        listener("both", receiver(), sender()),
-    ])
+    return example_mosn(
+        extra_listeners=[
+            listener("edits", receiver()),
+            listener("both", receiver(), sender()),
+        ]
+    )
 
 
 # the upstream says what it received, one header a line; its response
@@ -67,13 +70,17 @@ SEEN = """
 
 def start(gateway, location, main="", http=""):
     up = free_port()
-    conf = """
+    conf = (
+        """
         %s
         server {
             listen 127.0.0.1:%%PORT%%;
             %s
         }
-    """ % (http, location) + UPSTREAM
+    """
+        % (http, location)
+        + UPSTREAM
+    )
     conf = conf.replace("SEEN", SEEN).replace("UP", str(up))
     return gateway(conf, mosn=mosn(), main=main).start()
 
@@ -92,17 +99,22 @@ def edits(**what):
 
 
 def test_removed_and_set_headers_are_what_the_variables_see(gateway):
-    gw = start(gateway, """
+    gw = start(
+        gateway,
+        """
         location / {
             mosn_filter_chain edits;
             SEEN
             proxy_pass http://127.0.0.1:UP;
         }
-    """)
+    """,
+    )
 
     # X-Forwarded-For removed: $proxy_add_x_forwarded_for starts afresh
-    r = gw.get("/", {"X-Forwarded-For": "1.2.3.4",
-                     **edits(remove=["X-Forwarded-For"])})
+    r = gw.get(
+        "/",
+        {"X-Forwarded-For": "1.2.3.4", **edits(remove=["X-Forwarded-For"])},
+    )
     assert received(r)["xff"] == "[127.0.0.1]"
     assert r.header("X-Seen-Xff") == "[]"
 
@@ -129,16 +141,28 @@ def test_removed_and_set_headers_are_what_the_variables_see(gateway):
         assert received(r)["cookie"] == "[a=7; c=3]"
 
     # the headers nginx keeps one pointer for
-    r = gw.get("/", {"User-Agent": "client/1",
-                     **edits(set={"User-Agent": "filter/2",
-                                  "Referer": "http://filter/"})})
+    r = gw.get(
+        "/",
+        {
+            "User-Agent": "client/1",
+            **edits(
+                set={"User-Agent": "filter/2", "Referer": "http://filter/"}
+            ),
+        },
+    )
     assert r.header("X-Seen-Ua") == "[filter/2]"
     assert r.header("X-Seen-Referer") == "[http://filter/]"
     assert received(r)["ua"] == "[filter/2]"
     assert received(r)["referer"] == "[http://filter/]"
 
-    r = gw.get("/", {"User-Agent": "client/1", "Referer": "http://c/",
-                     **edits(remove=["User-Agent", "Referer"])})
+    r = gw.get(
+        "/",
+        {
+            "User-Agent": "client/1",
+            "Referer": "http://c/",
+            **edits(remove=["User-Agent", "Referer"]),
+        },
+    )
     assert r.header("X-Seen-Ua") == "[]"
     assert r.header("X-Seen-Referer") == "[]"
     assert received(r)["ua"] == "[]" and received(r)["referer"] == "[]"
@@ -146,11 +170,18 @@ def test_removed_and_set_headers_are_what_the_variables_see(gateway):
     # Authorization: $remote_user follows it ("bob:pw", "eve:pw")
     r = gw.get("/", edits(set={"Authorization": "Basic Ym9iOnB3"}))
     assert r.header("X-Seen-User") == "[bob]"
-    r = gw.get("/", {"Authorization": "Basic Ym9iOnB3",
-                     **edits(set={"Authorization": "Basic ZXZlOnB3"})})
+    r = gw.get(
+        "/",
+        {
+            "Authorization": "Basic Ym9iOnB3",
+            **edits(set={"Authorization": "Basic ZXZlOnB3"}),
+        },
+    )
     assert r.header("X-Seen-User") == "[eve]"
-    r = gw.get("/", {"Authorization": "Basic Ym9iOnB3",
-                     **edits(remove=["Authorization"])})
+    r = gw.get(
+        "/",
+        {"Authorization": "Basic Ym9iOnB3", **edits(remove=["Authorization"])},
+    )
     assert r.header("X-Seen-User") == "[]"
     assert received(r)["authorization"] == "[]"
 
@@ -158,18 +189,24 @@ def test_removed_and_set_headers_are_what_the_variables_see(gateway):
 def test_many_lines_of_one_header_after_an_edit(gateway):
     """Lines the filters leave alone stay as the client sent them, all of
     them, next to edited ones."""
-    gw = start(gateway, """
+    gw = start(
+        gateway,
+        """
         location / {
             mosn_filter_chain edits;
             SEEN
             proxy_pass http://127.0.0.1:UP;
         }
-    """)
-    r = gw.raw(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
-               b"Cookie: a=1\r\nCookie: b=2\r\n"
-               b"X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\n"
-               b"x-edits: " + json.dumps({"set": {"X-Added": "yes"}})
-               .encode() + b"\r\n\r\n")
+    """,
+    )
+    r = gw.raw(
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+        b"Cookie: a=1\r\nCookie: b=2\r\n"
+        b"X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\n"
+        b"x-edits: "
+        + json.dumps({"set": {"X-Added": "yes"}}).encode()
+        + b"\r\n\r\n"
+    )
     head, _, body = r.partition(b"\r\n\r\n")
     assert b"X-Seen-Cookie-A: [1]" in head
     assert b"X-Seen-Http-Cookie: [a=1; b=2]" in head
@@ -180,7 +217,9 @@ def test_many_lines_of_one_header_after_an_edit(gateway):
 
 def test_lua_pushes_request_headers_after_edits(gateway):
     main = debian_modules("ndk_http_module", "ngx_http_lua_module")
-    gw = start(gateway, """
+    gw = start(
+        gateway,
+        """
         location / {
             mosn_filter_chain edits;
             access_by_lua_block {
@@ -193,18 +232,29 @@ def test_lua_pushes_request_headers_after_edits(gateway):
             SEEN
             proxy_pass http://127.0.0.1:UP;
         }
-    """, main=main)
+    """,
+        main=main,
+    )
     for i in range(20):
-        r = gw.get("/", {"Cookie": "a=1",
-                         **edits(set={"X-Added": str(i)},
-                                 remove=["User-Agent"])})
+        r = gw.get(
+            "/",
+            {
+                "Cookie": "a=1",
+                **edits(set={"X-Added": str(i)}, remove=["User-Agent"]),
+            },
+        )
         got = received(r)
         assert got["lua"] == "[yes]" and got["added"] == "[%d]" % i, got
         assert got["cookie"] == "[a=1]"
     # the Lua module's own edits of the shortcuts, after ours
-    r = gw.get("/", {"Cookie": "a=1", "X-Lua-Clear": "1",
-                     **edits(set={"Cookie": "a=2",
-                                  "X-Forwarded-For": "9.9.9.9"})})
+    r = gw.get(
+        "/",
+        {
+            "Cookie": "a=1",
+            "X-Lua-Clear": "1",
+            **edits(set={"Cookie": "a=2", "X-Forwarded-For": "9.9.9.9"}),
+        },
+    )
     got = received(r)
     assert got["cookie"] == "[]" and got["xff"] == "[5.5.5.5, 127.0.0.1]"
     assert got["lua"] == "[yes]"
@@ -216,7 +266,9 @@ def test_headers_more_pushes_request_headers_after_edits(gateway):
     """more_set_input_headers runs in the rewrite phase: after the filters
     it runs in the location an internal redirect leads to."""
     main = debian_modules("ngx_http_headers_more_filter_module")
-    gw = start(gateway, """
+    gw = start(
+        gateway,
+        """
         location / {
             mosn_filter_chain edits;
             try_files /nonexistent @up;
@@ -227,11 +279,17 @@ def test_headers_more_pushes_request_headers_after_edits(gateway):
             SEEN
             proxy_pass http://127.0.0.1:UP;
         }
-    """, main=main)
+    """,
+        main=main,
+    )
     for i in range(20):
-        r = gw.get("/", {"Cookie": "a=1",
-                         **edits(set={"X-Added": str(i),
-                                      "Cookie": "a=2"})})
+        r = gw.get(
+            "/",
+            {
+                "Cookie": "a=1",
+                **edits(set={"X-Added": str(i), "Cookie": "a=2"}),
+            },
+        )
         got = received(r)
         assert got["more"] == "[yes]" and got["added"] == "[%d]" % i, got
         assert got["cookie"] == "[]"
@@ -242,7 +300,9 @@ def test_headers_more_pushes_request_headers_after_edits(gateway):
 def test_expires_after_a_cache_control_edit(gateway):
     """The response's Cache-Control edited by a sender filter, then
     nginx's expires: one Cache-Control line, expires' own."""
-    gw = start(gateway, """
+    gw = start(
+        gateway,
+        """
         location / {
             mosn_filter_chain both;
             expires 1h;
@@ -254,15 +314,18 @@ def test_expires_after_a_cache_control_edit(gateway):
             add_header X-Seen-Cc "[$sent_http_cache_control]";
             proxy_pass http://127.0.0.1:UP;
         }
-    """)
+    """,
+    )
 
     def cache_control(r):
         return [v for k, v in r.headers if k.lower() == "cache-control"]
 
-    for what in ({"set": {"Cache-Control": "private"}},
-                 {"remove": ["Cache-Control"]},
-                 {"add": [["Cache-Control", "public"]]},
-                 {}):
+    for what in (
+        {"set": {"Cache-Control": "private"}},
+        {"remove": ["Cache-Control"]},
+        {"add": [["Cache-Control", "public"]]},
+        {},
+    ):
         r = gw.get("/", {"X-Response-Edits": json.dumps(what)})
         assert r.status == 200, what
         assert cache_control(r) == ["max-age=3600"], what
@@ -270,18 +333,34 @@ def test_expires_after_a_cache_control_edit(gateway):
         assert r.header("Expires"), what
 
     # without expires, the edits are what the client and nginx see
-    r = gw.get("/no-expires", {"X-Response-Edits": json.dumps(
-        {"set": {"Cache-Control": "private"}})})
+    r = gw.get(
+        "/no-expires",
+        {
+            "X-Response-Edits": json.dumps(
+                {"set": {"Cache-Control": "private"}}
+            )
+        },
+    )
     assert cache_control(r) == ["private"]
     assert r.header("X-Seen-Cc") == "[private]"
-    r = gw.get("/no-expires", {"X-Response-Edits": json.dumps(
-        {"remove": ["Cache-Control"]})})
+    r = gw.get(
+        "/no-expires",
+        {"X-Response-Edits": json.dumps({"remove": ["Cache-Control"]})},
+    )
     assert cache_control(r) == [] and r.header("X-Seen-Cc") == "[]"
-    r = gw.get("/no-expires", {"X-Response-Edits": json.dumps(
-        {"add": [["Cache-Control", "public"]]})})
+    r = gw.get(
+        "/no-expires",
+        {
+            "X-Response-Edits": json.dumps(
+                {"add": [["Cache-Control", "public"]]}
+            )
+        },
+    )
     assert cache_control(r) == ["no-store", "no-transform", "public"]
-    assert r.header("X-Seen-Cc") in ("[no-store, no-transform, public]",
-                                     "[no-store; no-transform; public]")
+    assert r.header("X-Seen-Cc") in (
+        "[no-store, no-transform, public]",
+        "[no-store; no-transform; public]",
+    )
     assert "exited on signal" not in gw.error_log()
 
 
@@ -289,20 +368,24 @@ def test_log_records_cannot_forge_error_log_lines(gateway):
     """A filter's failure reaches nginx's error_log (the verdict's log
     record, and the Python side's own warning): CR, LF and other control
     bytes in it are escaped, so it cannot start a line of its own."""
-    gw = start(gateway, """
+    gw = start(
+        gateway,
+        """
         location / {
             mosn_filter_chain edits;
             add_header X-Mosn-Status $mosn_status always;
             proxy_pass http://127.0.0.1:UP;
         }
-    """)
+    """,
+    )
     forged = "2030/01/01 00:00:00 [emerg] 1#1: forged"
     r = gw.get("/", edits(log="bad\r\n%s\n%s\x1b[2J\x07" % (forged, forged)))
     assert r.status == 200 and r.header("X-Mosn-Status") == "error"
 
     def logged():
-        return [line for line in gw.error_log().split("\n")
-                if "forged" in line]
+        return [
+            line for line in gw.error_log().split("\n") if "forged" in line
+        ]
 
     lines = wait_for(lambda: len(logged()) >= 2 and logged())
     assert lines, gw.error_log()
@@ -332,12 +415,16 @@ def static_dir():
 def test_later_modules_act_on_edited_request_headers(gateway):
     """nginx's own modules read the request headers through the same
     shortcuts: range requests, conditional requests."""
-    gw = start(gateway, """
+    gw = start(
+        gateway,
+        """
         location /static/ {
             mosn_filter_chain edits;
             alias %s/;
         }
-    """ % static_dir())
+    """
+        % static_dir(),
+    )
     r = gw.get("/static/file.txt")
     assert r.status == 200 and r.text == "hello, static world\n"
     etag = r.header("ETag")
@@ -345,28 +432,37 @@ def test_later_modules_act_on_edited_request_headers(gateway):
     # Range set by a filter, or removed
     r = gw.get("/static/file.txt", edits(set={"Range": "bytes=0-4"}))
     assert r.status == 206 and r.text == "hello"
-    r = gw.get("/static/file.txt", {"Range": "bytes=0-4",
-                                    **edits(remove=["Range"])})
+    r = gw.get(
+        "/static/file.txt", {"Range": "bytes=0-4", **edits(remove=["Range"])}
+    )
     assert r.status == 200 and r.text == "hello, static world\n"
-    r = gw.get("/static/file.txt", {"Range": "bytes=0-4",
-                                    **edits(set={"Range": "bytes=7-12"})})
+    r = gw.get(
+        "/static/file.txt",
+        {"Range": "bytes=0-4", **edits(set={"Range": "bytes=7-12"})},
+    )
     assert r.status == 206 and r.text == "static"
 
     # If-None-Match set by a filter, or removed
     r = gw.get("/static/file.txt", edits(set={"If-None-Match": etag}))
     assert r.status == 304
-    r = gw.get("/static/file.txt", {"If-None-Match": etag,
-                                    **edits(remove=["If-None-Match"])})
+    r = gw.get(
+        "/static/file.txt",
+        {"If-None-Match": etag, **edits(remove=["If-None-Match"])},
+    )
     assert r.status == 200
-    r = gw.get("/static/file.txt", {"If-None-Match": etag,
-                                    **edits(set={"If-None-Match": '"x"'})})
+    r = gw.get(
+        "/static/file.txt",
+        {"If-None-Match": etag, **edits(set={"If-None-Match": '"x"'})},
+    )
     assert r.status == 200
 
 
 def test_later_modules_act_on_edited_response_headers(gateway):
     """A Content-Encoding a sender filter sets stops gzip from encoding
     again; a Location it sets is made absolute as nginx's own are."""
-    gw = start(gateway, """
+    gw = start(
+        gateway,
+        """
         location / {
             mosn_filter_chain both;
             gzip on;
@@ -376,18 +472,28 @@ def test_later_modules_act_on_edited_response_headers(gateway):
             add_header X-Seen-Location "[$sent_http_location]";
             proxy_pass http://127.0.0.1:UP;
         }
-    """)
+    """,
+    )
     r = gw.get("/", {"Accept-Encoding": "gzip"})
-    assert r.header("Content-Encoding") == "gzip"      # gzip does work
+    assert r.header("Content-Encoding") == "gzip"  # gzip does work
 
-    r = gw.get("/", {"Accept-Encoding": "gzip", "X-Response-Edits":
-                     json.dumps({"set": {"Content-Encoding": "br"}})})
-    assert [v for k, v in r.headers if k.lower() == "content-encoding"] \
-        == ["br"]
-    assert r.body.startswith(b"xff=")                  # not gzipped
+    r = gw.get(
+        "/",
+        {
+            "Accept-Encoding": "gzip",
+            "X-Response-Edits": json.dumps(
+                {"set": {"Content-Encoding": "br"}}
+            ),
+        },
+    )
+    assert [v for k, v in r.headers if k.lower() == "content-encoding"] == [
+        "br"
+    ]
+    assert r.body.startswith(b"xff=")  # not gzipped
 
-    r = gw.get("/", {"X-Response-Edits": json.dumps(
-        {"set": {"Location": "/moved"}})})
+    r = gw.get(
+        "/", {"X-Response-Edits": json.dumps({"set": {"Location": "/moved"}})}
+    )
     assert r.header("Location") == "http://127.0.0.1:%d/moved" % gw.port
     # as nginx's own: the variable has it before the header filter
     assert r.header("X-Seen-Location") == "[/moved]"
@@ -397,30 +503,49 @@ def test_edits_of_an_http2_request(gateway):
     """HTTP/2 builds the request's header list its own way (its cookie
     lines joined into one): the edits are seen the same."""
     h2_port = free_port()
-    start(gateway, """
+    start(
+        gateway,
+        """
         listen 127.0.0.1:%d http2;
         location / {
             mosn_filter_chain edits;
             SEEN
             proxy_pass http://127.0.0.1:UP;
         }
-    """ % h2_port)
+    """
+        % h2_port,
+    )
 
     def curl(*headers):
-        cmd = ["curl", "-s", "-i", "--http2-prior-knowledge",
-               "http://127.0.0.1:%d/" % h2_port]
+        cmd = [
+            "curl",
+            "-s",
+            "-i",
+            "--http2-prior-knowledge",
+            "http://127.0.0.1:%d/" % h2_port,
+        ]
         for h in headers:
             cmd += ["-H", h]
-        return subprocess.run(cmd, capture_output=True, text=True,
-                              timeout=20, check=True).stdout
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=20, check=True
+        ).stdout
 
-    out = curl("Cookie: a=1", "Cookie: b=2", "X-Forwarded-For: 1.1.1.1",
-               "x-edits: " + json.dumps({"set": {"X-Added": "h2"},
-                                         "remove": ["X-Forwarded-For"]}))
+    out = curl(
+        "Cookie: a=1",
+        "Cookie: b=2",
+        "X-Forwarded-For: 1.1.1.1",
+        "x-edits: "
+        + json.dumps(
+            {"set": {"X-Added": "h2"}, "remove": ["X-Forwarded-For"]}
+        ),
+    )
     assert out.startswith("HTTP/2 200"), out
     assert "x-seen-cookie-a: [1]" in out and "cookie=[a=1; b=2]" in out
     assert "xff=[127.0.0.1]" in out and "added=[h2]" in out
 
-    out = curl("Cookie: a=1", "Cookie: b=2",
-               "x-edits: " + json.dumps({"set": {"Cookie": "a=5"}}))
+    out = curl(
+        "Cookie: a=1",
+        "Cookie: b=2",
+        "x-edits: " + json.dumps({"set": {"Cookie": "a=5"}}),
+    )
     assert "x-seen-cookie-a: [5]" in out and "cookie=[a=5]" in out

@@ -10,10 +10,18 @@ import socket
 import pytest
 
 from fleet import Etcd
-from pyworker.discovery.etcdwire import (PUT, RANGE, WATCH, PutRequest,
-                                         PutResponse, RangeRequest,
-                                         RangeResponse, WatchCreateRequest,
-                                         WatchRequest, WatchResponse)
+from pyworker.discovery.etcdwire import (
+    PUT,
+    RANGE,
+    WATCH,
+    PutRequest,
+    PutResponse,
+    RangeRequest,
+    RangeResponse,
+    WatchCreateRequest,
+    WatchRequest,
+    WatchResponse,
+)
 from pyworker.discovery.grpcchannel import Channel, ChannelError, GrpcError
 
 pytestmark = pytest.mark.slow
@@ -36,46 +44,59 @@ async def connect(member, coalesce=0.0):
 
 
 async def put(channel, key, value):
-    answer = await channel.unary(PUT, PutRequest(key=key, value=value),
-                                 PutResponse)
+    answer = await channel.unary(
+        PUT, PutRequest(key=key, value=value), PutResponse
+    )
     return answer.header.revision
 
 
 def watch(channel, key, start, on_events, metadata=()):
     """A watch of ``key`` from ``start``; on_events(list of events) per
     read; returns its Call."""
+
     def answers(messages):
         events = []
         for raw in messages:
             events.extend(WatchResponse.FromString(raw).events)
         if events:
             on_events(events)
-    request = WatchRequest(create_request=WatchCreateRequest(
-        key=key, start_revision=start))
-    return channel.start(WATCH, request.SerializeToString(), list(metadata),
-                         answers, half_close=False)
+
+    request = WatchRequest(
+        create_request=WatchCreateRequest(key=key, start_revision=start)
+    )
+    return channel.start(
+        WATCH,
+        request.SerializeToString(),
+        list(metadata),
+        answers,
+        half_close=False,
+    )
 
 
 def test_a_value_larger_than_a_frame_and_a_window_both_ways(etcd):
     # 16 kB frames, 64 kB initial windows: the put waits for the
     # server's window updates, the range comes back in many frames
-    value = bytes(range(33, 127)) * 3200        # 300,800 bytes
+    value = bytes(range(33, 127)) * 3200  # 300,800 bytes
 
     async def main():
         channel = await connect(etcd.endpoints[0])
         try:
             revision = await put(channel, b"/big", value)
-            got = await channel.unary(RANGE, RangeRequest(key=b"/big"),
-                                      RangeResponse)
+            got = await channel.unary(
+                RANGE, RangeRequest(key=b"/big"), RangeResponse
+            )
             return revision, got
         finally:
             channel.close()
+
     revision, got = run(main())
     assert [kv.value for kv in got.kvs] == [value]
     assert got.kvs[0].mod_revision == revision
     # what etcd's own client reads back
-    assert etcd.ctl("get", "/big", "--print-value-only").stdout == \
-        value.decode() + "\n"
+    assert (
+        etcd.ctl("get", "/big", "--print-value-only").stdout
+        == value.decode() + "\n"
+    )
 
 
 def test_an_etcd_error_is_a_grpc_status(etcd):
@@ -87,17 +108,19 @@ def test_an_etcd_error_is_a_grpc_status(etcd):
         channel = await connect(etcd.endpoints[0])
         try:
             with pytest.raises(GrpcError) as err:
-                await channel.unary(RANGE, RangeRequest(key=b"/k",
-                                                        revision=1),
-                                    RangeResponse)
+                await channel.unary(
+                    RANGE, RangeRequest(key=b"/k", revision=1), RangeResponse
+                )
             # the connection is still good for the next call
-            got = await channel.unary(RANGE, RangeRequest(key=b"/k"),
-                                      RangeResponse)
+            got = await channel.unary(
+                RANGE, RangeRequest(key=b"/k"), RangeResponse
+            )
             return err.value, got
         finally:
             channel.close()
+
     err, got = run(main())
-    assert err.code == 11                       # OUT_OF_RANGE
+    assert err.code == 11  # OUT_OF_RANGE
     assert "compacted" in err.message
     assert [kv.value for kv in got.kvs] == [b"2"]
 
@@ -116,6 +139,7 @@ def test_a_burst_on_a_watch_is_read_at_once_and_in_order(etcd):
             first.set()
             if sum(map(len, reads)) >= 21:
                 every.set()
+
         try:
             start = await put(writer, b"/w", b"0") + 1
             call = watch(watcher, b"/w", start, on_events)
@@ -130,10 +154,12 @@ def test_a_burst_on_a_watch_is_read_at_once_and_in_order(etcd):
         finally:
             watcher.close()
             writer.close()
+
     reads, times = run(main())
-    assert [v for read in reads for v in read] == \
-        [str(i).encode() for i in range(1, 22)]
-    assert reads[0] == [b"1"]           # a change after a quiet spell at once
+    assert [v for read in reads for v in read] == [
+        str(i).encode() for i in range(1, 22)
+    ]
+    assert reads[0] == [b"1"]  # a change after a quiet spell at once
     # after a read the stream is left alone for the window: what came
     # meanwhile is read at once, whatever the machine's speed
     gaps = [b - a for a, b in zip(times, times[1:])]
@@ -155,8 +181,9 @@ def test_a_watch_that_requires_a_leader_ends_when_it_is_lost(cluster):
         channel = await connect(member.endpoint)
         try:
             await put(channel, b"/x", b"1")
-            call = watch(channel, b"/x", 0, lambda events: None,
-                         [("hasleader", "true")])
+            call = watch(
+                channel, b"/x", 0, lambda events: None, [("hasleader", "true")]
+            )
             await asyncio.sleep(0.5)
             assert not call.done.done()
             for other in cluster.members[1:]:
@@ -164,6 +191,7 @@ def test_a_watch_that_requires_a_leader_ends_when_it_is_lost(cluster):
             return await asyncio.wait_for(call.done, 30)
         finally:
             channel.close()
+
     ended = run(main())
     assert isinstance(ended, GrpcError), ended
     assert "no leader" in ended.message
@@ -181,9 +209,11 @@ def test_no_server_and_a_silent_server():
         async def silent():
             channel = await Channel.open("127.0.0.1", port, 2.0)
             try:
-                await channel.unary(RANGE, RangeRequest(key=b"/"),
-                                    RangeResponse, timeout=0.5)
+                await channel.unary(
+                    RANGE, RangeRequest(key=b"/"), RangeResponse, timeout=0.5
+                )
             finally:
                 channel.close()
+
         with pytest.raises(TimeoutError, match="no answer in 0.5 s"):
             run(silent())

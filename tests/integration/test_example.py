@@ -28,8 +28,11 @@ EXAMPLE = """
 
 
 def example(gateway, workers=1, nginx_workers=1, listen2=""):
-    return gateway(EXAMPLE.replace("%LISTEN2%", listen2), workers=workers,
-                   nginx_workers=nginx_workers).start()
+    return gateway(
+        EXAMPLE.replace("%LISTEN2%", listen2),
+        workers=workers,
+        nginx_workers=nginx_workers,
+    ).start()
 
 
 def session(gw, send):
@@ -39,8 +42,10 @@ def session(gw, send):
     assert send({"uid": "200"}) == "site s2 from 3452"
     assert send({"uid": "201"}) == "site s3 from 3453"
     # no usable uid: s1, s2, s3 in turn
-    got = [SITE_BODY.match(send(h)).group(1)
-           for h in ({}, {"uid": "abc"}, {}, {"uid": "abc"}, {}, {})]
+    got = [
+        SITE_BODY.match(send(h)).group(1)
+        for h in ({}, {"uid": "abc"}, {}, {"uid": "abc"}, {}, {})
+    ]
     assert got == ["s1", "s2", "s3", "s1", "s2", "s3"]
 
 
@@ -73,25 +78,45 @@ def test_example_pipelined(gateway):
     gw = example(gateway)
     reqs = b"".join(
         b"GET / HTTP/1.1\r\nHost: x\r\n" + h + b"\r\n"
-        for h in (b"uid: 2\r\n", b"uid: 2\r\n", b"uid: 200\r\n",
-                  b"uid: 201\r\nConnection: close\r\n"))
+        for h in (
+            b"uid: 2\r\n",
+            b"uid: 2\r\n",
+            b"uid: 200\r\n",
+            b"uid: 201\r\nConnection: close\r\n",
+        )
+    )
     out = gw.raw(reqs).decode()
-    assert SITE_BODY.findall(out) == [("s1", "3450"), ("s1", "3451"),
-                                       ("s2", "3452"), ("s3", "3453")]
+    assert SITE_BODY.findall(out) == [
+        ("s1", "3450"),
+        ("s1", "3451"),
+        ("s2", "3452"),
+        ("s3", "3453"),
+    ]
 
 
 def test_example_http2_cleartext(gateway):
     port = free_port()
-    gw = example(gateway, workers=2, nginx_workers=2,
-                 listen2="listen 127.0.0.1:%d http2;" % port)
+    gw = example(
+        gateway,
+        workers=2,
+        nginx_workers=2,
+        listen2="listen 127.0.0.1:%d http2;" % port,
+    )
 
     def send(h):
-        cmd = ["curl", "-s", "--http2-prior-knowledge",
-               "-w", "\n%{http_version}", "http://127.0.0.1:%d/" % port]
+        cmd = [
+            "curl",
+            "-s",
+            "--http2-prior-knowledge",
+            "-w",
+            "\n%{http_version}",
+            "http://127.0.0.1:%d/" % port,
+        ]
         for k, v in h.items():
             cmd += ["-H", "%s: %s" % (k, v)]
-        body, version = subprocess.run(cmd, capture_output=True, text=True,
-                                       timeout=10).stdout.rsplit("\n", 1)
+        body, version = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=10
+        ).stdout.rsplit("\n", 1)
         assert version == "2"
         return body
 
@@ -100,9 +125,16 @@ def test_example_http2_cleartext(gateway):
 
 def test_uid_edges(gateway):
     gw = example(gateway)
-    for uid, site in (("1", "s1"), ("100", "s1"), ("101", "s2"),
-                      ("200", "s2"), ("0", "s3"), ("-5", "s3"),
-                      ("9" * 40, "s3"), (" 7 ", "s1")):
+    for uid, site in (
+        ("1", "s1"),
+        ("100", "s1"),
+        ("101", "s2"),
+        ("200", "s2"),
+        ("0", "s3"),
+        ("-5", "s3"),
+        ("9" * 40, "s3"),
+        (" 7 ", "s1"),
+    ):
         body = gw.get("/", {"uid": uid}).text
         assert SITE_BODY.match(body).group(1) == site, (uid, body)
 
@@ -119,13 +151,16 @@ def test_the_shipped_example_config(example_ports, gateway):
     import os
     import re as re_
     from gateway import MODULE, PYTHON, ROOT
+
     gw = gateway("")
     conf = open(os.path.join(ROOT, "conf", "nginx.conf")).read()
-    conf = re_.sub(r"load_module\s+output/", "load_module %s/" %
-                   os.path.dirname(MODULE), conf)
+    conf = re_.sub(
+        r"load_module\s+output/",
+        "load_module %s/" % os.path.dirname(MODULE),
+        conf,
+    )
     conf = re_.sub(r"mosn_python\s+\S+;", "mosn_python %s;" % PYTHON, conf)
-    conf = re_.sub(r"mosn_shm_name\s+\S+;", "mosn_shm_name %s;" % gw.shm,
-                   conf)
+    conf = re_.sub(r"mosn_shm_name\s+\S+;", "mosn_shm_name %s;" % gw.shm, conf)
     open(gw.conf_path, "w").write(conf)
     mosn = open(os.path.join(ROOT, "conf", "mosn.json")).read()
     gw.write_mosn(mosn)

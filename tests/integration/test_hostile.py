@@ -12,8 +12,14 @@ import time
 
 import pytest
 
-from gateway import (FILTERS, PYTHON, ROUTED_UPSTREAMS, SITE_BODY, sites,
-                     wait_for)
+from gateway import (
+    FILTERS,
+    PYTHON,
+    ROUTED_UPSTREAMS,
+    SITE_BODY,
+    sites,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +27,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SECONDS = 30
 NOBODY = 65534
 
-HOSTILE = ROUTED_UPSTREAMS + """
+HOSTILE = (
+    ROUTED_UPSTREAMS
+    + """
     mosn_spawn off;
     server {
         listen 127.0.0.1:%PORT%;
@@ -35,7 +43,9 @@ HOSTILE = ROUTED_UPSTREAMS + """
             proxy_pass http://$site;
         }
     }
-""" + sites([("s1", 3450), ("s2", 3452), ("s3", 3453)])
+"""
+    + sites([("s1", 3450), ("s2", 3452), ("s3", 3453)])
+)
 
 WRK_LUA = """
 counter = 0
@@ -56,11 +66,16 @@ def as_nobody():
 def wrk_summary(text):
     requests = re.search(r"(\d+) requests in", text)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), "
-                       r"write (\d+), timeout (\d+)", text)
-    return {"requests": int(requests.group(1)) if requests else 0,
-            "non2xx": int(non2xx.group(1)) if non2xx else 0,
-            "errors": sum(map(int, errors.groups())) if errors else 0}
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), "
+        r"write (\d+), timeout (\d+)",
+        text,
+    )
+    return {
+        "requests": int(requests.group(1)) if requests else 0,
+        "non2xx": int(non2xx.group(1)) if non2xx else 0,
+        "errors": sum(map(int, errors.groups())) if errors else 0,
+    }
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="no wrk")
@@ -68,12 +83,28 @@ def test_a_hostile_consumer_under_load(gateway):
     gw = gateway(HOSTILE, workers=1, nginx_workers=2).start(wait=False)
     env = dict(os.environ, PYTHONPATH=FILTERS)
     pool = subprocess.Popen(
-        [PYTHON, "-m", "pyworker", "serve", "--shm", "/" + gw.shm,
-         "--config", gw.mosn_path, "--workers", "1"]
-        + (["--uid", str(NOBODY), "--gid", str(NOBODY)]
-           if os.geteuid() == 0 else []),
-        cwd=gw.prefix, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT)
+        [
+            PYTHON,
+            "-m",
+            "pyworker",
+            "serve",
+            "--shm",
+            "/" + gw.shm,
+            "--config",
+            gw.mosn_path,
+            "--workers",
+            "1",
+        ]
+        + (
+            ["--uid", str(NOBODY), "--gid", str(NOBODY)]
+            if os.geteuid() == 0
+            else []
+        ),
+        cwd=gw.prefix,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     hostile = None
     try:
         gw.wait_ready()
@@ -81,24 +112,44 @@ def test_a_hostile_consumer_under_load(gateway):
         script = os.path.join(gw.prefix, "hostile_consumer.py")
         shutil.copy(os.path.join(HERE, "hostile_consumer.py"), script)
         hostile = subprocess.Popen(
-            [PYTHON, script, "/" + gw.shm, str(SECONDS)], cwd=gw.prefix,
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            preexec_fn=as_nobody, text=True)
+            [PYTHON, script, "/" + gw.shm, str(SECONDS)],
+            cwd=gw.prefix,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=as_nobody,
+            text=True,
+        )
         lua = os.path.join(gw.prefix, "uid.lua")
         with open(lua, "w") as f:
             f.write(WRK_LUA)
         load = subprocess.Popen(
-            ["wrk", "-t2", "-c16", "-d%ds" % SECONDS, "-s", lua,
-             "http://127.0.0.1:%d/" % gw.port], stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True)
+            [
+                "wrk",
+                "-t2",
+                "-c16",
+                "-d%ds" % SECONDS,
+                "-s",
+                lua,
+                "http://127.0.0.1:%d/" % gw.port,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
         # honest probes meanwhile: each answered, some by the honest pool
         probes = []
         deadline = time.monotonic() + SECONDS - 2
         while time.monotonic() < deadline:
             resp = gw.get("/", {"uid": "150"})
-            probes.append((resp.status, resp.header("X-Mosn-Status"),
-                           SITE_BODY.match(resp.text).group(1)))
+            probes.append(
+                (
+                    resp.status,
+                    resp.header("X-Mosn-Status"),
+                    SITE_BODY.match(resp.text).group(1),
+                )
+            )
             time.sleep(0.2)
 
         out, _ = load.communicate(timeout=SECONDS + 30)
@@ -115,8 +166,17 @@ def test_a_hostile_consumer_under_load(gateway):
         wrk = wrk_summary(out)
         assert wrk["requests"] > 1000, out
         assert wrk["non2xx"] == 0 and wrk["errors"] == 0, out
-        for key in ("crlf", "oversized", "flipped", "forged", "rings",
-                    "states", "layouts", "epochs", "responses"):
+        for key in (
+            "crlf",
+            "oversized",
+            "flipped",
+            "forged",
+            "rings",
+            "states",
+            "layouts",
+            "epochs",
+            "responses",
+        ):
             assert did[key] > 0, (key, did)
 
         # every probe answered; the honest pool's answers are right
@@ -135,8 +195,10 @@ def test_a_hostile_consumer_under_load(gateway):
             producers = region.stats()["producers"]
         finally:
             region.close()
-        counted = {k: sum(p[k] for p in producers)
-                   for k in ("forged", "refused", "stale", "completed")}
+        counted = {
+            k: sum(p[k] for p in producers)
+            for k in ("forged", "refused", "stale", "completed")
+        }
         print("counters:", counted)
         assert counted["forged"] > 0 and counted["refused"] > 0, counted
         assert "refused the verdict" in log
@@ -144,9 +206,12 @@ def test_a_hostile_consumer_under_load(gateway):
         # with the hostile consumer gone, the honest pool filters all
         def all_filtered():
             got = [gw.get("/", {"uid": "2"}) for _ in range(5)]
-            return all(r.header("X-Mosn-Status") == "filtered"
-                       and SITE_BODY.match(r.text).group(1) == "s1"
-                       for r in got)
+            return all(
+                r.header("X-Mosn-Status") == "filtered"
+                and SITE_BODY.match(r.text).group(1) == "s1"
+                for r in got
+            )
+
         assert wait_for(all_filtered, 15, 0.5)
     finally:
         pool.terminate()

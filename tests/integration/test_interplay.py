@@ -18,20 +18,24 @@ from gateway import example_mosn, free_port, listener, wait_for
 
 
 def slow(seconds):
-    return {"type": "slow", "config": {"seconds": seconds},
-            "module": "testfilters"}
+    return {
+        "type": "slow",
+        "config": {"seconds": seconds},
+        "module": "testfilters",
+    }
 
 
 def sender(**config):
-    return {"type": "edit_response", "config": config,
-            "module": "testfilters"}
+    return {"type": "edit_response", "config": config, "module": "testfilters"}
 
 
 def mosn(seconds):
-    return example_mosn(extra_listeners=[
-        listener("slow", slow(seconds)),
-        listener("senders", sender(set={"x-up": "edited"})),
-    ])
+    return example_mosn(
+        extra_listeners=[
+            listener("slow", slow(seconds)),
+            listener("senders", sender(set={"x-up": "edited"})),
+        ]
+    )
 
 
 # the upstream: x-fault: slow makes the sender filter sleep 1 s
@@ -55,7 +59,7 @@ UPSTREAM = """
     }
 """
 
-BIG = bytes(range(256)) * 4096 * 2     # 2 MB
+BIG = bytes(range(256)) * 4096 * 2  # 2 MB
 
 
 def start(gateway, server, main="", seconds=1.5, workers=1):
@@ -69,13 +73,17 @@ def start(gateway, server, main="", seconds=1.5, workers=1):
     with open(big, "wb") as f:
         f.write(BIG)
     os.chmod(big, 0o644)
-    http = """
+    http = (
+        """
         server {
             listen 127.0.0.1:%%PORT%%;
             listen 127.0.0.1:%d http2;
             %s
         }
-    """ % (h2_port, server) + UPSTREAM
+    """
+        % (h2_port, server)
+        + UPSTREAM
+    )
     http = http.replace("UP", str(up)).replace("BIGFILE", str(big))
     gw = gateway(http, mosn=mosn(seconds), main=main, workers=workers)
     gw.h2_port = h2_port
@@ -100,8 +108,11 @@ class H2:
 
     def __init__(self, port):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=True, header_encoding="utf-8"))
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(
+                client_side=True, header_encoding="utf-8"
+            )
+        )
         self.conn.initiate_connection()
         self.streams = {}
         self.closed = False
@@ -112,12 +123,24 @@ class H2:
 
     def request(self, path, headers=()):
         sid = self.conn.get_next_available_stream_id()
-        self.conn.send_headers(sid, [
-            (":method", "GET"), (":scheme", "http"),
-            (":authority", "127.0.0.1"), (":path", path), *headers],
-            end_stream=True)
-        self.streams[sid] = {"status": None, "headers": {}, "body": b"",
-                             "ended": False, "reset": False}
+        self.conn.send_headers(
+            sid,
+            [
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":authority", "127.0.0.1"),
+                (":path", path),
+                *headers,
+            ],
+            end_stream=True,
+        )
+        self.streams[sid] = {
+            "status": None,
+            "headers": {},
+            "body": b"",
+            "ended": False,
+            "reset": False,
+        }
         self.flush()
         return sid
 
@@ -141,7 +164,8 @@ class H2:
                 st["status"] = int(st["headers"][":status"])
             elif isinstance(ev, h2.events.DataReceived):
                 self.conn.acknowledge_received_data(
-                    ev.flow_controlled_length, ev.stream_id)
+                    ev.flow_controlled_length, ev.stream_id
+                )
                 if st:
                     st["body"] += ev.data
             elif isinstance(ev, h2.events.StreamEnded) and st:
@@ -166,13 +190,16 @@ class H2:
 
 
 def test_http2_stream_reset_while_the_request_is_parked(gateway):
-    gw = start(gateway, """
+    gw = start(
+        gateway,
+        """
         mosn_timeout 5s;
         location / {
             mosn_filter_chain slow;
             proxy_pass http://127.0.0.1:UP;
         }
-    """)
+    """,
+    )
     for round_ in range(3):
         client = H2(gw.h2_port)
         try:
@@ -194,7 +221,9 @@ def test_http2_stream_reset_while_the_request_is_parked(gateway):
 
 
 def test_http2_stream_reset_while_the_response_is_held(gateway):
-    gw = start(gateway, """
+    gw = start(
+        gateway,
+        """
         mosn_timeout 5s;
         location / {
             mosn_filter_chain senders;
@@ -206,7 +235,8 @@ def test_http2_stream_reset_while_the_response_is_held(gateway):
             proxy_buffer_size 4k;
             proxy_pass http://127.0.0.1:UP/big;
         }
-    """)
+    """,
+    )
     for path in ("/", "/big", "/unbuffered"):
         client = H2(gw.h2_port)
         try:
@@ -231,8 +261,9 @@ def abort_while_held(gw, path):
     once its response is held, and says whether anything came back."""
     before = submitted(gw)
     s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
-    s.sendall(b"GET %s HTTP/1.1\r\nHost: a\r\nx-fault: slow\r\n\r\n"
-              % path.encode())
+    s.sendall(
+        b"GET %s HTTP/1.1\r\nHost: a\r\nx-fault: slow\r\n\r\n" % path.encode()
+    )
     assert wait_for(lambda: submitted(gw) - before >= 2), path
     s.setblocking(False)
     try:
@@ -244,7 +275,9 @@ def abort_while_held(gw, path):
 
 
 def test_client_abort_while_the_response_is_held(gateway):
-    gw = start(gateway, """
+    gw = start(
+        gateway,
+        """
         mosn_timeout 5s;
         location / {
             mosn_filter_chain senders;
@@ -258,7 +291,8 @@ def test_client_abort_while_the_response_is_held(gateway):
             proxy_buffer_size 4k;
             proxy_pass http://127.0.0.1:UP/;
         }
-    """)
+    """,
+    )
     for path in ("/", "/big", "/unbuffered/", "/unbuffered/big"):
         # nothing reaches the client before the verdict
         assert abort_while_held(gw, path) == b"", path
@@ -272,7 +306,9 @@ def test_client_abort_while_the_response_is_held(gateway):
 
 
 def test_error_page_around_both_phases(gateway):
-    gw = start(gateway, """
+    gw = start(
+        gateway,
+        """
         mosn_timeout 5s;
         location / {
             mosn_filter_chain senders;
@@ -299,7 +335,8 @@ def test_error_page_around_both_phases(gateway):
         }
         location /err { proxy_pass http://127.0.0.1:UP/errpage; }
         location /busy { return 503 "busy page\\n"; }
-    """)
+    """,
+    )
     # the upstream is down: the error page is the response the sender
     # filters see, once, with the status nginx gives it
     before = submitted(gw)
@@ -336,13 +373,19 @@ def test_error_page_around_both_phases(gateway):
 
 
 def test_worker_shutdown_timeout_with_parked_requests(gateway):
-    gw = start(gateway, """
+    gw = start(
+        gateway,
+        """
         mosn_timeout 30s;
         location / {
             mosn_filter_chain slow;
             proxy_pass http://127.0.0.1:UP;
         }
-    """, main="worker_shutdown_timeout 1s;", seconds=6, workers=3)
+    """,
+        main="worker_shutdown_timeout 1s;",
+        seconds=6,
+        workers=3,
+    )
     old = set(gw.nginx_worker_pids())
 
     results = []
@@ -350,7 +393,7 @@ def test_worker_shutdown_timeout_with_parked_requests(gateway):
     def client():
         try:
             results.append(gw.get("/", timeout=20).status)
-        except Exception as exc:            # the connection is closed
+        except Exception as exc:  # the connection is closed
             results.append(type(exc).__name__)
 
     threads = [threading.Thread(target=client) for _ in range(3)]
@@ -361,15 +404,17 @@ def test_worker_shutdown_timeout_with_parked_requests(gateway):
     gw.reload()
     # the old worker gives its parked requests worker_shutdown_timeout,
     # then closes them and exits, long before their verdicts (6 s) come
-    assert wait_for(lambda: not old & set(gw.nginx_worker_pids()), 15), \
+    assert wait_for(lambda: not old & set(gw.nginx_worker_pids()), 15), (
         "the old worker is still there"
+    )
     (pid,) = old
     stamps = {}
     for line in gw.error_log().splitlines():
         for what in ("gracefully shutting down", "exit"):
             if line.endswith("%d#%d: %s" % (pid, pid, what)):
-                stamps[what] = time.mktime(time.strptime(
-                    line[:19], "%Y/%m/%d %H:%M:%S"))
+                stamps[what] = time.mktime(
+                    time.strptime(line[:19], "%Y/%m/%d %H:%M:%S")
+                )
     assert stamps["exit"] - stamps["gracefully shutting down"] <= 2, stamps
     for t in threads:
         t.join(10)

@@ -6,10 +6,20 @@ import signal
 import threading
 import time
 
-from gateway import (ROUTED_UPSTREAMS, SITE_BODY, boot_clock, example_mosn,
-                     listener, process_start, sites, wait_for)
+from gateway import (
+    ROUTED_UPSTREAMS,
+    SITE_BODY,
+    boot_clock,
+    example_mosn,
+    listener,
+    process_start,
+    sites,
+    wait_for,
+)
 
-ROUTED = ROUTED_UPSTREAMS + """
+ROUTED = (
+    ROUTED_UPSTREAMS
+    + """
     server {
         listen 127.0.0.1:%PORT%;
         mosn_timeout 2s;
@@ -24,13 +34,25 @@ ROUTED = ROUTED_UPSTREAMS + """
             proxy_pass http://s1;
         }
     }
-""" + sites([("s1", 3450), ("s2", 3452), ("s3", 3453)])
+"""
+    + sites([("s1", 3450), ("s2", 3452), ("s3", 3453)])
+)
 
 
 def slow_mosn(seconds=0.4, unit_key="uid"):
-    return example_mosn(unit_key=unit_key, extra_listeners=[listener(
-        "slowListener", {"type": "slow", "module": "testfilters",
-                         "config": {"seconds": seconds}})])
+    return example_mosn(
+        unit_key=unit_key,
+        extra_listeners=[
+            listener(
+                "slowListener",
+                {
+                    "type": "slow",
+                    "module": "testfilters",
+                    "config": {"seconds": seconds},
+                },
+            )
+        ],
+    )
 
 
 def site(gw, headers):
@@ -40,8 +62,9 @@ def site(gw, headers):
 def test_python_workers_run_as_the_nginx_user(gateway):
     gw = gateway(ROUTED, mosn=slow_mosn(), workers=2).start()
     master_uid = os.stat("/proc/%d" % gw.master_pid()).st_uid
-    nginx_uids = {os.stat("/proc/%d" % p).st_uid
-                  for p in gw.nginx_worker_pids()}
+    nginx_uids = {
+        os.stat("/proc/%d" % p).st_uid for p in gw.nginx_worker_pids()
+    }
     python_uids = {os.stat("/proc/%d" % p).st_uid for p in gw.python_pids()}
     assert len(gw.python_pids()) == 2
     assert python_uids == nginx_uids
@@ -81,9 +104,14 @@ def test_request_in_flight_on_a_killed_worker_is_requeued(gateway):
     t = threading.Thread(target=call)
     t.start()
     # find the worker holding it: its consumer has taken one, none done
-    busy = wait_for(lambda: [c for c in gw.region().stats()["consumers"]
-                             if c["state"] == "live"
-                             and c["taken"] > c["completed"]], 1.0)
+    busy = wait_for(
+        lambda: [
+            c
+            for c in gw.region().stats()["consumers"]
+            if c["state"] == "live" and c["taken"] > c["completed"]
+        ],
+        1.0,
+    )
     assert busy, "the request was never taken"
     os.kill(busy[0]["pid"], signal.SIGKILL)
     t.join(5)
@@ -102,8 +130,12 @@ def test_reload_applies_a_new_mosn_config(gateway):
     old = set(gw.python_pids())
     gw.write_mosn(slow_mosn(unit_key="userid"))
     gw.reload()
-    assert wait_for(lambda: not (set(gw.python_pids()) & old)
-                    and len(gw.live_workers()) == 2, 15), gw.error_log()
+    assert wait_for(
+        lambda: (
+            not (set(gw.python_pids()) & old) and len(gw.live_workers()) == 2
+        ),
+        15,
+    ), gw.error_log()
     assert site(gw, {"userid": "150"}) == "s2"
     assert site(gw, {"userid": "250"}) == "s3"
 
@@ -129,11 +161,12 @@ def test_quit_leaves_no_process_and_no_region(gateway):
 
 def test_killed_nginx_worker_is_replaced_and_its_slots_reclaimed(gateway):
     gw = gateway(ROUTED, mosn=slow_mosn(seconds=0.3), workers=1).start()
+
     def call():
         try:
             gw.get("/slow")
         except ConnectionError:
-            pass    # its nginx worker is the one killed
+            pass  # its nginx worker is the one killed
 
     threads = [threading.Thread(target=call) for _ in range(3)]
     for t in threads:
@@ -143,11 +176,14 @@ def test_killed_nginx_worker_is_replaced_and_its_slots_reclaimed(gateway):
     os.kill(worker, signal.SIGKILL)
     for t in threads:
         t.join(5)
-    assert wait_for(lambda: gw.nginx_worker_pids()
-                    and gw.nginx_worker_pids()[0] != worker, 5)
+    assert wait_for(
+        lambda: gw.nginx_worker_pids() and gw.nginx_worker_pids()[0] != worker,
+        5,
+    )
     gw.wait_ready()
     assert site(gw, {"uid": "50"}) == "s1"
     gw.wait_idle(timeout=5)
-    owned = [p for p in gw.region().stats()["producers"]
-             if p["state"] == "owned"]
+    owned = [
+        p for p in gw.region().stats()["producers"] if p["state"] == "owned"
+    ]
     assert [p["pid"] for p in owned] == gw.nginx_worker_pids()

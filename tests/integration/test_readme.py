@@ -46,8 +46,10 @@ def check_ports_free():
             try:
                 s.bind(("127.0.0.1", port))
             except OSError as exc:
-                pytest.fail("port %d is taken (%s): the example cannot run "
-                            "here; stop what holds it" % (port, exc))
+                pytest.fail(
+                    "port %d is taken (%s): the example cannot run "
+                    "here; stop what holds it" % (port, exc)
+                )
 
 
 def accepting(port=2990):
@@ -67,12 +69,19 @@ class MakeRun:
         self.out = open(self.out_path, "w+")
         # a user's shell: the suite's own nginx and module choice are not
         # the README's (and nginx reads $NGINX as inherited sockets)
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("NGINX", "MOSN_MODULE")}
-        self.proc = subprocess.Popen(make_command(), stdout=self.out,
-                                     stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env,
-                                     start_new_session=True)
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("NGINX", "MOSN_MODULE")
+        }
+        self.proc = subprocess.Popen(
+            make_command(),
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
         self.started = time.monotonic()
 
     def output(self):
@@ -86,12 +95,16 @@ class MakeRun:
             if accepting():
                 return time.monotonic() - self.started
             if self.proc.poll() is not None:
-                pytest.fail("make run exited with %d:\n%s"
-                            % (self.proc.returncode, self.output()))
+                pytest.fail(
+                    "make run exited with %d:\n%s"
+                    % (self.proc.returncode, self.output())
+                )
             time.sleep(0.001)
         self.ctrl_c()
-        pytest.fail("port 2990 did not accept in %d s:\n%s"
-                    % (START_TIMEOUT, self.output()))
+        pytest.fail(
+            "port 2990 did not accept in %d s:\n%s"
+            % (START_TIMEOUT, self.output())
+        )
 
     def ctrl_c(self, timeout=15):
         """SIGINT to the process group; the exit code of make."""
@@ -104,8 +117,10 @@ class MakeRun:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
-            pytest.fail("make run did not stop on Ctrl-C in %d s:\n%s"
-                        % (timeout, self.output()))
+            pytest.fail(
+                "make run did not stop on Ctrl-C in %d s:\n%s"
+                % (timeout, self.output())
+            )
 
 
 def session_pids(sid):
@@ -130,8 +145,11 @@ def gateway_leftovers(runs=()):
     for run in runs:
         left += ["process %d" % p for p in session_pids(run.proc.pid)]
     left += ["process %d" % p for p in pids_of("--shm /" + SHM)]
-    left += ["/dev/shm/" + n for n in os.listdir("/dev/shm")
-             if n == SHM or n.startswith(SHM + ".")]
+    left += [
+        "/dev/shm/" + n
+        for n in os.listdir("/dev/shm")
+        if n == SHM or n.startswith(SHM + ".")
+    ]
     left += ["port %d" % p for p in PORTS if accepting(p)]
     return left
 
@@ -146,8 +164,9 @@ def example_ports():
         for run in runs:
             if run.proc.poll() is None:
                 run.ctrl_c()
-        assert wait_for(lambda: not gateway_leftovers(runs), 10), \
+        assert wait_for(lambda: not gateway_leftovers(runs), 10), (
             gateway_leftovers(runs)
+        )
 
 
 def test_the_readme_session_right_after_make_run(tmp_path, example_ports):
@@ -158,10 +177,15 @@ def test_the_readme_session_right_after_make_run(tmp_path, example_ports):
     # at once, as a newcomer pasting the README would
     answers = [(cmd, expected, curl(cmd)) for cmd, expected in session]
     print("make run accepted after %.2f s" % took)
-    wrong = [(cmd, expected, actual) for cmd, expected, actual in answers
-             if not same(expected, actual)]
-    assert not wrong, "README answers that differ (command, README, " \
+    wrong = [
+        (cmd, expected, actual)
+        for cmd, expected, actual in answers
+        if not same(expected, actual)
+    ]
+    assert not wrong, (
+        "README answers that differ (command, README, "
         "actual):\n%r\nmake run:\n%s" % (wrong, run.output())
+    )
     assert run.ctrl_c() is not None
 
 
@@ -170,28 +194,46 @@ def test_make_run_does_no_work_when_nothing_changed():
     compile), and build-l7 has nothing to do."""
     venv = [] if sys.prefix == DEFAULT_VENV else ["VENV=" + sys.prefix]
     for target in ("build-l7", "python"):
-        subprocess.run(["make", "-C", ROOT, "-s", target] + venv,
-                       check=True, capture_output=True, timeout=600)
-    dry = subprocess.run(["make", "-C", ROOT, "-n", "run"] + venv,
-                         capture_output=True, text=True, check=True)
-    work = [line for line in dry.stdout.splitlines()
-            if "pip install" in line or "build.sh" in line
-            or "-m venv" in line]
+        subprocess.run(
+            ["make", "-C", ROOT, "-s", target] + venv,
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+    dry = subprocess.run(
+        ["make", "-C", ROOT, "-n", "run"] + venv,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    work = [
+        line
+        for line in dry.stdout.splitlines()
+        if "pip install" in line or "build.sh" in line or "-m venv" in line
+    ]
     assert not work, dry.stdout
-    assert subprocess.run(["make", "-C", ROOT, "-q", "build-l7"] + venv
-                          ).returncode == 0
+    assert (
+        subprocess.run(
+            ["make", "-C", ROOT, "-q", "build-l7"] + venv
+        ).returncode
+        == 0
+    )
 
 
-def test_ctrl_c_stops_everything_and_make_run_starts_again(tmp_path,
-                                                           example_ports):
+def test_ctrl_c_stops_everything_and_make_run_starts_again(
+    tmp_path, example_ports
+):
     for _ in range(2):
         run = MakeRun(tmp_path)
         example_ports.append(run)
         run.wait_accepting()
         # serving, Python workers included
         assert wait_for(lambda: pids_of("pyworker worker --shm /" + SHM), 30)
-        assert wait_for(lambda: curl('curl localhost:2990/echo')
-                        == "hello from echo", 30), run.output()
+        assert wait_for(
+            lambda: curl("curl localhost:2990/echo") == "hello from echo", 30
+        ), run.output()
         run.ctrl_c()
-        assert wait_for(lambda: not gateway_leftovers([run]), 5), \
-            (gateway_leftovers([run]), run.output())
+        assert wait_for(lambda: not gateway_leftovers([run]), 5), (
+            gateway_leftovers([run]),
+            run.output(),
+        )

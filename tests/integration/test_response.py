@@ -14,8 +14,7 @@ from gateway import example_mosn, free_port, listener
 
 
 def sender(**config):
-    return {"type": "edit_response", "config": config,
-            "module": "testfilters"}
+    return {"type": "edit_response", "config": config, "module": "testfilters"}
 
 
 def receiver(**config):
@@ -49,7 +48,7 @@ UPSTREAM = """
 """
 
 
-BIG = bytes(range(256)) * 4096 * 3     # 3 MB
+BIG = bytes(range(256)) * 4096 * 3  # 3 MB
 _big_file = []
 
 
@@ -69,7 +68,8 @@ def big_file():
 def start(gateway, tmp_path, filters, location_extra="", http_extra=""):
     up = free_port()
     big = big_file()
-    http = """
+    http = (
+        """
         HTTP_EXTRA
         server {
             listen 127.0.0.1:%PORT%;
@@ -79,8 +79,11 @@ def start(gateway, tmp_path, filters, location_extra="", http_extra=""):
                 proxy_pass http://127.0.0.1:UP;
             }
         }
-    """.replace("HTTP_EXTRA", http_extra) \
-       .replace("LOCATION_EXTRA", location_extra) + UPSTREAM
+    """.replace("HTTP_EXTRA", http_extra).replace(
+            "LOCATION_EXTRA", location_extra
+        )
+        + UPSTREAM
+    )
     http = http.replace("UP", str(up)).replace("BIGFILE", str(big))
     return gateway(http, mosn=mosn_with(*filters)).start()
 
@@ -98,10 +101,16 @@ def headers_named(response, name):
 
 
 def test_sender_filter_edits_the_upstream_response(gateway, tmp_path):
-    gw = start(gateway, tmp_path, [
-        receiver(response={"x-from-request-phase": "yes"}),
-        sender(set={"x-up": "edited"}, remove=["x-drop"],
-               add={"x-added": "1"})])
+    gw = start(
+        gateway,
+        tmp_path,
+        [
+            receiver(response={"x-from-request-phase": "yes"}),
+            sender(
+                set={"x-up": "edited"}, remove=["x-drop"], add={"x-added": "1"}
+            ),
+        ],
+    )
     r = gw.get("/")
     assert r.status == 200
     assert r.text == "hello from upstream\n"
@@ -112,8 +121,14 @@ def test_sender_filter_edits_the_upstream_response(gateway, tmp_path):
     # the filter saw the upstream's headers, nginx's framing headers and
     # what the request phase added; nginx's own Server and Date come later
     seen = r.header("x-seen-headers").split(",")
-    for name in ("content-type", "content-length", "x-up", "x-drop",
-                 "set-cookie", "x-from-request-phase"):
+    for name in (
+        "content-type",
+        "content-length",
+        "x-up",
+        "x-drop",
+        "set-cookie",
+        "x-from-request-phase",
+    ):
         assert name in seen, (name, seen)
     assert "server" not in seen
     assert r.header("x-from-request-phase") == "yes"
@@ -128,8 +143,9 @@ def test_sender_filter_sees_the_upstream_status(gateway, tmp_path):
 
 
 def test_set_cookie_lines_stay_apart(gateway, tmp_path):
-    gw = start(gateway, tmp_path, [sender(cookies=["a=1; Path=/",
-                                                   "b=2; HttpOnly"])])
+    gw = start(
+        gateway, tmp_path, [sender(cookies=["a=1; Path=/", "b=2; HttpOnly"])]
+    )
     r = gw.get("/")
     assert headers_named(r, "set-cookie") == ["a=1; Path=/", "b=2; HttpOnly"]
 
@@ -138,10 +154,16 @@ def test_a_large_body_is_held_and_arrives_whole(gateway, tmp_path):
     """3 MB through proxy buffers, buffered and unbuffered, while the
     verdict is awaited: byte for byte what the upstream sent."""
     want = hashlib.sha256(BIG).hexdigest()
-    for extra in ("proxy_buffering on; proxy_buffers 4 4k;",
-                  "proxy_buffering off; proxy_buffer_size 4k;"):
-        gw = start(gateway, tmp_path, [sender(set={"x-up": "edited"})],
-                   location_extra=extra)
+    for extra in (
+        "proxy_buffering on; proxy_buffers 4 4k;",
+        "proxy_buffering off; proxy_buffer_size 4k;",
+    ):
+        gw = start(
+            gateway,
+            tmp_path,
+            [sender(set={"x-up": "edited"})],
+            location_extra=extra,
+        )
         r = gw.get("/big")
         assert r.status == 200, extra
         assert r.header("x-up") == "edited"
@@ -153,7 +175,8 @@ def test_a_large_body_is_held_and_arrives_whole(gateway, tmp_path):
 
 
 def test_only_chains_with_sender_filters_pay_a_second_round_trip(
-        gateway, tmp_path):
+    gateway, tmp_path
+):
     gw = start(gateway, tmp_path, [receiver(set={"x-a": "1"})])
     before = submitted(gw)
     assert gw.get("/").status == 200
@@ -169,21 +192,28 @@ def test_only_chains_with_sender_filters_pay_a_second_round_trip(
 
 def test_keepalive_head_and_http2(gateway, tmp_path):
     port2 = free_port()
-    gw = start(gateway, tmp_path, [sender(set={"x-up": "edited"})],
-               http_extra="""
+    gw = start(
+        gateway,
+        tmp_path,
+        [sender(set={"x-up": "edited"})],
+        http_extra="""
         server {
             listen 127.0.0.1:%d http2;
             location / {
                 mosn_filter_chain l;
                 proxy_pass http://127.0.0.1:UP;
             }
-        }""" % port2)
+        }"""
+        % port2,
+    )
     # three requests on one connection, the middle one HEAD
     with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
-        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
-                  b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n"
-                  b"GET /missing HTTP/1.1\r\nHost: a\r\nConnection: close"
-                  b"\r\n\r\n")
+        s.sendall(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"GET /missing HTTP/1.1\r\nHost: a\r\nConnection: close"
+            b"\r\n\r\n"
+        )
         data = b""
         while True:
             chunk = s.recv(65536)
@@ -196,16 +226,25 @@ def test_keepalive_head_and_http2(gateway, tmp_path):
     assert b"HTTP/1.1 404" in data and data.endswith(b"not here\n")
 
     out = subprocess.run(
-        ["curl", "-s", "-i", "--http2-prior-knowledge",
-         "http://127.0.0.1:%d/" % port2],
-        capture_output=True, text=True, timeout=10).stdout
+        [
+            "curl",
+            "-s",
+            "-i",
+            "--http2-prior-knowledge",
+            "http://127.0.0.1:%d/" % port2,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout
     assert out.startswith("HTTP/2 200")
     assert "x-up: edited" in out
     assert out.endswith("hello from upstream\n")
 
 
 def test_a_failing_sender_filter_leaves_the_response_as_it_was(
-        gateway, tmp_path):
+    gateway, tmp_path
+):
     gw = start(gateway, tmp_path, [sender(set={"x-up": "edited"})])
     r = gw.get("/", {"x-fault": "boom"})
     assert r.status == 200 and r.text == "hello from upstream\n"
@@ -219,8 +258,12 @@ def test_a_failing_sender_filter_leaves_the_response_as_it_was(
 
 
 def test_a_failing_sender_filter_takes_the_fallback_status(gateway, tmp_path):
-    gw = start(gateway, tmp_path, [sender(set={"x-up": "edited"})],
-               location_extra="mosn_fallback 502;")
+    gw = start(
+        gateway,
+        tmp_path,
+        [sender(set={"x-up": "edited"})],
+        location_extra="mosn_fallback 502;",
+    )
     r = gw.get("/", {"x-fault": "boom"})
     assert r.status == 502
     assert r.body == b""
@@ -232,21 +275,28 @@ def test_a_failing_sender_filter_takes_the_fallback_status(gateway, tmp_path):
 
 
 def test_a_slow_sender_filter_times_out(gateway, tmp_path):
-    gw = start(gateway, tmp_path, [sender(set={"x-up": "edited"})],
-               location_extra="mosn_timeout 200ms;")
+    gw = start(
+        gateway,
+        tmp_path,
+        [sender(set={"x-up": "edited"})],
+        location_extra="mosn_timeout 200ms;",
+    )
     started = time.monotonic()
     r = gw.get("/", {"x-fault": "slow"})
     assert time.monotonic() - started < 0.9
     assert r.status == 200 and r.header("x-up") == "original"
     assert r.text == "hello from upstream\n"
-    assert ("no verdict on the response within mosn_timeout"
-            in gw.error_log())
+    assert "no verdict on the response within mosn_timeout" in gw.error_log()
     gw.wait_idle()
 
 
 def test_response_headers_over_the_bound_go_on_unfiltered(gateway, tmp_path):
-    gw = start(gateway, tmp_path, [sender(set={"x-up": "edited"})],
-               location_extra="mosn_max_headers 5;")
+    gw = start(
+        gateway,
+        tmp_path,
+        [sender(set={"x-up": "edited"})],
+        location_extra="mosn_max_headers 5;",
+    )
     r = gw.get("/many")
     assert r.status == 200 and r.text == "many\n"
     assert r.header("x-seen-status") is None
@@ -268,8 +318,14 @@ def test_a_client_that_leaves_while_the_response_is_held(gateway, tmp_path):
 def test_sender_filters_see_the_request_metadata(gateway, tmp_path):
     """The metadata drivers' values of the request phase reach the
     response phase, whichever worker runs it."""
-    unit = {"type": "metadata", "config": {"metadataers": [
-        {"meta_data_key": "UNIT", "config": {"unit_key": "uid"}}]}}
+    unit = {
+        "type": "metadata",
+        "config": {
+            "metadataers": [
+                {"meta_data_key": "UNIT", "config": {"unit_key": "uid"}}
+            ]
+        },
+    }
     gw = start(gateway, tmp_path, [unit, sender()])
     assert gw.get("/", {"uid": "2"}).header("x-seen-metadata") == "unit=s1"
     assert gw.get("/", {"uid": "150"}).header("x-seen-metadata") == "unit=s2"

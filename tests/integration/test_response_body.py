@@ -53,12 +53,15 @@ class Upstream(http.server.BaseHTTPRequestHandler):
         elif route == "/chunked":
             self.send_chunked(pattern(n), int(q.get("chunk", 1000)))
         elif route == "/gzip":
-            self.send_body(gzip.compress(JSON), [("Content-Encoding", "gzip"),
-                                                 ("Content-Type",
-                                                  "application/json")])
+            self.send_body(
+                gzip.compress(JSON),
+                [
+                    ("Content-Encoding", "gzip"),
+                    ("Content-Type", "application/json"),
+                ],
+            )
         elif route == "/brotli":
-            self.send_body(b"not really brotli",
-                           [("Content-Encoding", "br")])
+            self.send_body(b"not really brotli", [("Content-Encoding", "br")])
         elif route == "/empty":
             self.send_body(b"")
         elif route == "/code":
@@ -113,7 +116,7 @@ class Upstream(http.server.BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         for i in range(0, len(data), size):
-            part = data[i:i + size]
+            part = data[i : i + size]
             self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
         self.wfile.write(b"0\r\n\r\n")
 
@@ -130,16 +133,26 @@ def upstream():
 
 
 def mosn(**config):
-    return example_mosn(extra_listeners=[listener(
-        "l",
-        {"type": "body_mode", "module": "testfilters"},
-        {"type": "rewrite_body", "module": "testfilters", "config": config},
-    )])
+    return example_mosn(
+        extra_listeners=[
+            listener(
+                "l",
+                {"type": "body_mode", "module": "testfilters"},
+                {
+                    "type": "rewrite_body",
+                    "module": "testfilters",
+                    "config": config,
+                },
+            )
+        ]
+    )
 
 
-def start(gateway, upstream, extra="", config=None, slot="160k", main="",
-          listen=""):
-    return gateway("""
+def start(
+    gateway, upstream, extra="", config=None, slot="160k", main="", listen=""
+):
+    return gateway(
+        """
         mosn_slot_size SLOT;
         upstream up {
             server 127.0.0.1:UP;
@@ -182,9 +195,12 @@ def start(gateway, upstream, extra="", config=None, slot="160k", main="",
             EXTRA
         }
     """.replace("UP", str(upstream.server_address[1]))
-       .replace("SLOT", slot).replace("LISTEN", listen)
-       .replace("EXTRA", extra),
-        mosn=mosn(**(config or {})), main=main).start()
+        .replace("SLOT", slot)
+        .replace("LISTEN", listen)
+        .replace("EXTRA", extra),
+        mosn=mosn(**(config or {})),
+        main=main,
+    ).start()
 
 
 def mode(name):
@@ -205,11 +221,13 @@ def test_filters_read_the_body_and_replace_it(gateway, upstream, route):
     assert r.header("x-seen-body") == digest(body)
     assert r.header("X-Mosn-Status") == "filtered"
 
-    for name, want in [("upper", body.upper()),
-                       ("grow", body * 3 + b"!"),
-                       ("shrink", body[:2500]),
-                       ("empty", b""),
-                       ("text", "h\u00e9llo \u2603\n".encode())]:
+    for name, want in [
+        ("upper", body.upper()),
+        ("grow", body * 3 + b"!"),
+        ("shrink", body[:2500]),
+        ("empty", b""),
+        ("text", "h\u00e9llo \u2603\n".encode()),
+    ]:
         r = gw.get(route, headers=mode(name))
         assert r.status == 200, name
         assert r.body == want, name
@@ -228,8 +246,9 @@ def test_unchanged_body_keeps_its_framing_and_validators(gateway, upstream):
     assert r.header("Content-Length") == "300"
     assert r.header("ETag") == '"upstream-etag"'
     # a chunked upstream's body, held whole, goes out chunked to HTTP/1.1
-    out = gw.raw(b"GET /chunked?n=3000 HTTP/1.1\r\nHost: x\r\n"
-                 b"Connection: close\r\n\r\n")
+    out = gw.raw(
+        b"GET /chunked?n=3000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
     head, _, rest = out.partition(b"\r\n\r\n")
     assert b"Transfer-Encoding: chunked" in head
     assert b"x-seen-body: " + digest(pattern(3000)).encode() in head
@@ -247,8 +266,9 @@ def test_empty_upstream_body(gateway, upstream):
 
 def test_an_http_10_client_gets_the_new_body_whole(gateway, upstream):
     gw = start(gateway, upstream)
-    out = gw.raw(b"GET /chunked?n=2000 HTTP/1.0\r\nx-body-mode: shrink\r\n"
-                 b"\r\n")
+    out = gw.raw(
+        b"GET /chunked?n=2000 HTTP/1.0\r\nx-body-mode: shrink\r\n\r\n"
+    )
     head, _, rest = out.partition(b"\r\n\r\n")
     assert b"Content-Length: 1000" in head
     assert rest == pattern(2000)[:1000]
@@ -264,20 +284,19 @@ def test_one_byte_over_the_bound_passes_unchanged(gateway, upstream, route):
     assert at.header("x-seen-body") == digest(pattern(1024))
     assert at.body == pattern(1024).upper()
 
-    over = gw.get("/small/%s?n=1025&chunk=100" % route,
-                  headers=mode("upper"))
+    over = gw.get("/small/%s?n=1025&chunk=100" % route, headers=mode("upper"))
     assert over.status == 200
     # the filters had the headers, not the body, which passed as it came
     assert over.header("x-seen-body") == "none"
     assert over.header("X-Mosn-Status") == "filtered"
     assert over.body == pattern(1025)
-    assert "passes unchanged, the filters see the headers only" \
-        in gw.error_log()
+    assert (
+        "passes unchanged, the filters see the headers only" in gw.error_log()
+    )
 
 
 @pytest.mark.parametrize("route", ["cl", "chunked"])
-def test_over_the_bound_takes_the_configured_status(gateway, upstream,
-                                                    route):
+def test_over_the_bound_takes_the_configured_status(gateway, upstream, route):
     gw = start(gateway, upstream)
     r = gw.get("/status/%s?n=1025&chunk=100" % route)
     assert r.status == 502
@@ -288,24 +307,31 @@ def test_over_the_bound_takes_the_configured_status(gateway, upstream,
     gw.wait_idle()
 
 
-def test_a_new_body_too_big_for_the_slot_takes_the_fallback(gateway,
-                                                            upstream):
+def test_a_new_body_too_big_for_the_slot_takes_the_fallback(gateway, upstream):
     gw = start(gateway, upstream)
     r = gw.get("/cl?n=100", headers=mode("huge"))
     # mosn_fallback continue: the response as the upstream sent it
     assert r.status == 200 and r.body == pattern(100)
     assert r.header("x-seen-body") is None
-    assert wait_for(lambda: "the new response body of 1048576 bytes does "
-                            "not fit in the slot" in gw.error_log())
+    assert wait_for(
+        lambda: (
+            "the new response body of 1048576 bytes does "
+            "not fit in the slot" in gw.error_log()
+        )
+    )
 
 
 def test_a_failing_body_filter_takes_the_fallback(gateway, upstream):
-    gw = start(gateway, upstream, extra="""
+    gw = start(
+        gateway,
+        upstream,
+        extra="""
         location /strict/ {
             mosn_fallback 503;
             proxy_pass http://up/;
         }
-    """)
+    """,
+    )
     r = gw.get("/cl?n=2000", headers=mode("boom"))
     assert r.status == 200 and r.body == pattern(2000)
     r = gw.get("/strict/cl?n=2000", headers=mode("boom"))
@@ -315,7 +341,8 @@ def test_a_failing_body_filter_takes_the_fallback(gateway, upstream):
 
 
 def test_the_bound_must_fit_the_slot(gateway, upstream):
-    gw = gateway("""
+    gw = gateway(
+        """
         server {
             listen 127.0.0.1:%PORT%;
             location / {
@@ -324,25 +351,35 @@ def test_the_bound_must_fit_the_slot(gateway, upstream):
                 proxy_pass http://127.0.0.1:1;
             }
         }
-    """, mosn=mosn())
+    """,
+        mosn=mosn(),
+    )
     rc, out = gw.nginx("-t", check=False)
     assert rc != 0
-    assert ('"mosn_max_response_body" 64k does not fit in a slot of '
-            '"mosn_slot_size" 16k') in out
-    assert 'raise "mosn_slot_size" to 133k or lower ' \
-           '"mosn_max_response_body" to 6112' in out
+    assert (
+        '"mosn_max_response_body" 64k does not fit in a slot of '
+        '"mosn_slot_size" 16k'
+    ) in out
+    assert (
+        'raise "mosn_slot_size" to 133k or lower '
+        '"mosn_max_response_body" to 6112' in out
+    )
 
 
 # -- what is never held ---------------------------------------------------
 
 
 def test_compressed_bodies_pass_unchanged_unless_asked(gateway, upstream):
-    gw = start(gateway, upstream, extra="""
+    gw = start(
+        gateway,
+        upstream,
+        extra="""
         location /gz/ {
             error_log logs/debug.log debug;
             proxy_pass http://up/;
         }
-    """)
+    """,
+    )
     r = gw.get("/gz/gzip", headers=mode("upper"))
     assert r.status == 200
     assert r.header("x-seen-body") == "none"
@@ -390,16 +427,22 @@ def test_streams_are_never_held(gateway, upstream):
 
 
 def test_an_upgrade_is_not_held(gateway, upstream):
-    gw = start(gateway, upstream, extra="""
+    gw = start(
+        gateway,
+        upstream,
+        extra="""
         location /ws {
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection "upgrade";
             proxy_pass http://up;
         }
-    """)
+    """,
+    )
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
-        s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                  b"Connection: Upgrade\r\n\r\n")
+        s.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n\r\n"
+        )
         got = b""
         while b"\r\n\r\n" not in got:
             chunk = s.recv(4096)
@@ -460,8 +503,10 @@ def test_the_response_alone_goes_to_the_filters(gateway, upstream):
     gw = start(gateway, upstream, extra=ONLY, config={"mode": "upper"})
     # said at start, where the configuration is read
     with open(os.path.join(gw.prefix, "logs", "nginx.out")) as f:
-        assert ('"mosn_request_body on" has no effect where '
-                '"mosn_request_phase" is off') in f.read()
+        assert (
+            '"mosn_request_body on" has no effect where '
+            '"mosn_request_phase" is off'
+        ) in f.read()
     # the receiver filter, which carries x-body-mode over, does not run
     r = gw.get("/only/cl?n=3000", headers=mode("shrink"))
     assert r.status == 200
@@ -483,8 +528,11 @@ def test_the_response_alone_keeps_its_deadline(gateway, upstream):
     # mosn_timeout 300ms, the filter takes a second: the body as it came
     assert time.monotonic() - began < 0.9
     assert r.status == 200 and r.body == pattern(100)
-    assert wait_for(lambda: "no verdict on the response within "
-                            "mosn_timeout" in gw.error_log())
+    assert wait_for(
+        lambda: (
+            "no verdict on the response within mosn_timeout" in gw.error_log()
+        )
+    )
     gw.wait_idle(timeout=10)
 
 
@@ -495,15 +543,16 @@ def test_client_abort_while_the_body_is_held(gateway, upstream):
     gw = start(gateway, upstream)
     for _ in range(3):
         with socket.create_connection(("127.0.0.1", gw.port)) as s:
-            s.sendall(b"GET /cl?n=3000 HTTP/1.1\r\nHost: x\r\n"
-                      b"x-body-mode: slow\r\n\r\n")
+            s.sendall(
+                b"GET /cl?n=3000 HTTP/1.1\r\nHost: x\r\n"
+                b"x-body-mode: slow\r\n\r\n"
+            )
             time.sleep(0.3)
     # the late verdicts free their slots; the gateway serves on
     gw.wait_idle(timeout=10)
     r = gw.get("/cl?n=3000", headers=mode("upper"))
     assert r.body == pattern(3000).upper()
-    assert "499" in open(os.path.join(gw.prefix, "logs",
-                                      "access.log")).read()
+    assert "499" in open(os.path.join(gw.prefix, "logs", "access.log")).read()
 
 
 def test_an_upstream_that_stalls_mid_body(gateway, upstream):
@@ -543,7 +592,10 @@ def test_upstream_keepalive_is_still_reused(gateway, upstream):
 def curl(*args, data=None):
     out = subprocess.run(
         ["curl", "-sS", "--http2-prior-knowledge", "-D", "-", *args],
-        input=data, capture_output=True, timeout=30)
+        input=data,
+        capture_output=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     head, _, body = out.stdout.partition(b"\r\n\r\n")
     return head.decode("latin-1"), body
@@ -568,10 +620,22 @@ def test_http2_clients_get_the_new_body(gateway, upstream):
 def test_http2_many_streams_at_once(gateway, upstream):
     gw = start(gateway, upstream, listen="http2")
     out = subprocess.run(
-        ["h2load", "-n", "400", "-c", "4", "-m", "16",
-         "-H", "x-body-mode: shrink",
-         "http://127.0.0.1:%d/cl?n=4000" % gw.port],
-        capture_output=True, text=True, timeout=60)
+        [
+            "h2load",
+            "-n",
+            "400",
+            "-c",
+            "4",
+            "-m",
+            "16",
+            "-H",
+            "x-body-mode: shrink",
+            "http://127.0.0.1:%d/cl?n=4000" % gw.port,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "400 succeeded, 0 failed, 0 errored" in out.stdout, out.stdout
     assert "status codes: 400 2xx" in out.stdout, out.stdout

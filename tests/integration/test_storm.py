@@ -64,22 +64,36 @@ def producer_totals(gw):
         producers = region.stats()["producers"]
     finally:
         region.close()
-    return {k: sum(p[k] for p in producers)
-            for k in ("submitted", "completed", "fallbacks", "timeouts")}
+    return {
+        k: sum(p[k] for p in producers)
+        for k in ("submitted", "completed", "fallbacks", "timeouts")
+    }
 
 
 def test_storm_every_connection_answered_by_its_site():
-    gw = Gateway(STORM, workers=2, nginx_workers=8, worker_connections=4096,
-                 main="worker_rlimit_nofile 8192;").start()
+    gw = Gateway(
+        STORM,
+        workers=2,
+        nginx_workers=8,
+        worker_connections=4096,
+        main="worker_rlimit_nofile 8192;",
+    ).start()
     try:
-        sites = {"s1a": gw.site_port(3450), "s1b": gw.site_port(3451),
-                 "s2": gw.site_port(3452), "s3": gw.site_port(3453)}
+        sites = {
+            "s1a": gw.site_port(3450),
+            "s1b": gw.site_port(3451),
+            "s2": gw.site_port(3452),
+            "s3": gw.site_port(3453),
+        }
         # the clients need more files than a default limit of 1024: as
         # root (CI) the test raises it itself, as nginx does for its workers
         scale.raise_nofile(CONNECTIONS // CLIENTS + 1024)
-        plan = scale.plan_for(argparse.Namespace(
-            connections=CONNECTIONS, workers=8, clients=CLIENTS),
-            scale.limits())
+        plan = scale.plan_for(
+            argparse.Namespace(
+                connections=CONNECTIONS, workers=8, clients=CLIENTS
+            ),
+            scale.limits(),
+        )
         before = producer_totals(gw)
         clients = scale.Clients(gw.port, CONNECTIONS, plan, sites, CONCURRENCY)
         try:
@@ -91,7 +105,8 @@ def test_storm_every_connection_answered_by_its_site():
 
         assert not opened["machine_errors"], (
             "this machine could not attempt every connection (not the "
-            "gateway's): %r" % opened["first_errors"])
+            "gateway's): %r" % opened["first_errors"]
+        )
         assert opened["gateway_errors"] == 0, opened["first_errors"]
         assert opened["opened"] == CONNECTIONS
         # nothing closed the idle connections behind the clients' backs

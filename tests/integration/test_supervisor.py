@@ -13,11 +13,18 @@ import uuid
 
 from shm_ring import abi
 
-from gateway import (ROUTED_UPSTREAMS, example_mosn, free_port, pids_of,
-                     wait_for)
+from gateway import (
+    ROUTED_UPSTREAMS,
+    example_mosn,
+    free_port,
+    pids_of,
+    wait_for,
+)
 from load import Load
 
-ROUTED = ROUTED_UPSTREAMS + """
+ROUTED = (
+    ROUTED_UPSTREAMS
+    + """
     server {
         listen 127.0.0.1:%PORT%;
         mosn_timeout 1s;
@@ -33,6 +40,7 @@ ROUTED = ROUTED_UPSTREAMS + """
     server { listen 127.0.0.1:%P3452%; return 200 "site s2 from 3452"; }
     server { listen 127.0.0.1:%P3453%; return 200 "site s3 from 3453"; }
 """
+)
 
 # a gateway's is gone "within a moment"
 MOMENT = 0.5
@@ -40,8 +48,11 @@ MOMENT = 0.5
 
 def with_admin(port):
     mosn = example_mosn()
-    mosn["admin"] = {"address": {"socket_address": {
-        "address": "127.0.0.1", "port_value": port}}}
+    mosn["admin"] = {
+        "address": {
+            "socket_address": {"address": "127.0.0.1", "port_value": port}
+        }
+    }
     return mosn
 
 
@@ -70,15 +81,18 @@ def _listening(port):
 
 def shm_entries(gw):
     """What of this gateway is in /dev/shm."""
-    return sorted(name for name in os.listdir("/dev/shm")
-                  if name == gw.shm or name.startswith(gw.shm + "."))
+    return sorted(
+        name
+        for name in os.listdir("/dev/shm")
+        if name == gw.shm or name.startswith(gw.shm + ".")
+    )
 
 
 def write_header(gw, offset, data):
     fd = os.open("/dev/shm/" + gw.shm, os.O_RDWR)
     try:
         with mmap.mmap(fd, 4096) as m:
-            m[offset:offset + len(data)] = data
+            m[offset : offset + len(data)] = data
     finally:
         os.close(fd)
 
@@ -89,13 +103,16 @@ def admin_pids(gw):
 
 def wait_respawned(gw, old_supervisor, workers=1, timeout=15):
     """Until a new supervisor's own workers serve."""
+
     def serving():
         sup = gw.supervisor_pid()
         if sup in (None, old_supervisor):
             return False
         pids = set(gw.python_pids())
-        return len([c for c in gw.live_workers()
-                    if c["pid"] in pids]) >= workers
+        return (
+            len([c for c in gw.live_workers() if c["pid"] in pids]) >= workers
+        )
+
     assert wait_for(serving, timeout), gw.error_log()
 
 
@@ -127,35 +144,44 @@ def test_killed_supervisor_is_respawned_under_load(gateway):
         os.kill(old_sup, signal.SIGKILL)
 
         # its children go with it, at once
-        assert wait_for(lambda: not any(alive(p) for p in old_children),
-                        MOMENT), [p for p in old_children if alive(p)]
+        assert wait_for(
+            lambda: not any(alive(p) for p in old_children), MOMENT
+        ), [p for p in old_children if alive(p)]
 
         # the master starts a new one, its own child
-        new_sup = wait_for(lambda: gw.supervisor_pid() != old_sup
-                           and gw.supervisor_pid(), 5)
+        new_sup = wait_for(
+            lambda: gw.supervisor_pid() != old_sup and gw.supervisor_pid(), 5
+        )
         assert new_sup and parent_of(new_sup) == gw.master_pid()
-        assert wait_for(lambda: load.filtered_again(since, RECOVERY),
-                        RECOVERY + 1)
-        time.sleep(0.5)     # and stays filtered
+        assert wait_for(
+            lambda: load.filtered_again(since, RECOVERY), RECOVERY + 1
+        )
+        time.sleep(0.5)  # and stays filtered
         took = load.filtered_again(since, RECOVERY)
-        assert took is not None, ("not filtered again within %g s" % RECOVERY,
-                                  load.describe(since), gw.error_log())
+        assert took is not None, (
+            "not filtered again within %g s" % RECOVERY,
+            load.describe(since),
+            gw.error_log(),
+        )
 
         # then each of the new supervisor's workers
         for victim in sorted(gw.python_pids()):
             since = time.monotonic()
             os.kill(victim, signal.SIGKILL)
-            assert wait_for(lambda: load.filtered_again(since, RECOVERY),
-                            RECOVERY + 1)
+            assert wait_for(
+                lambda: load.filtered_again(since, RECOVERY), RECOVERY + 1
+            )
             time.sleep(0.5)
-            assert load.filtered_again(since, RECOVERY) is not None, \
-                ("not filtered again within %g s of killing %d"
-                 % (RECOVERY, victim),
-                 load.describe(since))
+            assert load.filtered_again(since, RECOVERY) is not None, (
+                "not filtered again within %g s of killing %d"
+                % (RECOVERY, victim),
+                load.describe(since),
+            )
 
         # the admin API came back on its port
-        assert wait_for(lambda: len(admin_pids(gw)) == 1
-                        and _listening(admin_port), 10)
+        assert wait_for(
+            lambda: len(admin_pids(gw)) == 1 and _listening(admin_port), 10
+        )
     finally:
         load.stop()
     assert not load.errors, load.errors[:5]
@@ -177,8 +203,12 @@ def test_quit_and_reload_reach_a_respawned_supervisor(gateway):
     old = set(gw.python_pids())
     gw.reload()
     # a reload rolls the workers, and keeps the supervisor
-    assert wait_for(lambda: not (set(gw.python_pids()) & old)
-                    and len(gw.live_workers()) == 1, 15), gw.error_log()
+    assert wait_for(
+        lambda: (
+            not (set(gw.python_pids()) & old) and len(gw.live_workers()) == 1
+        ),
+        15,
+    ), gw.error_log()
     assert gw.supervisor_pid() == sup
     gw.stop()
     assert not shm_entries(gw)
@@ -192,8 +222,9 @@ def test_nothing_left_after_the_master_is_killed(gateway):
     nginx_workers = gw.nginx_worker_pids()
     os.kill(master, signal.SIGKILL)
     # the supervisor and its workers leave with the master
-    assert wait_for(lambda: not gw.python_pids()
-                    and not gw.supervisor_pid(), 5)
+    assert wait_for(
+        lambda: not gw.python_pids() and not gw.supervisor_pid(), 5
+    )
     for pid in nginx_workers:
         os.kill(pid, signal.SIGKILL)
     assert wait_for(lambda: not gw.processes(), 5)
@@ -209,16 +240,17 @@ def test_nothing_left_of_a_default_named_region_after_a_crash(gateway):
     gw = gateway(ROUTED, workers=1)
     conf = open(gw.conf_path).read()
     open(gw.conf_path, "w").write(
-        conf.replace("mosn_shm_name %s;" % gw.shm, ""))
+        conf.replace("mosn_shm_name %s;" % gw.shm, "")
+    )
     gw.start(wait=False)
     pid_file = os.path.join(gw.prefix, "logs", "nginx.pid")
     assert wait_for(lambda: os.path.exists(pid_file), 10)
     master = gw.master_pid()
     region = "ngx_mosn.%d" % master
-    assert wait_for(lambda: os.path.exists("/dev/shm/" + region + ".stats"),
-                    10)
-    everyone = [master] + pids_of("--shm /" + region) \
-        + gw.nginx_worker_pids()
+    assert wait_for(
+        lambda: os.path.exists("/dev/shm/" + region + ".stats"), 10
+    )
+    everyone = [master] + pids_of("--shm /" + region) + gw.nginx_worker_pids()
     for pid in everyone:
         os.kill(pid, signal.SIGKILL)
     assert wait_for(lambda: not any(alive(p) for p in everyone), 5)
@@ -226,25 +258,36 @@ def test_nothing_left_of_a_default_named_region_after_a_crash(gateway):
     os.unlink(pid_file)
     gw.start(wait=False)
     assert wait_for(lambda: os.path.exists(pid_file), 10)
-    assert wait_for(lambda: not os.path.exists("/dev/shm/" + region)
-                    and not os.path.exists("/dev/shm/" + region + ".stats"),
-                    10), os.listdir("/dev/shm")
+    assert wait_for(
+        lambda: (
+            not os.path.exists("/dev/shm/" + region)
+            and not os.path.exists("/dev/shm/" + region + ".stats")
+        ),
+        10,
+    ), os.listdir("/dev/shm")
     new = "ngx_mosn.%d" % gw.master_pid()
     assert wait_for(lambda: os.path.exists("/dev/shm/" + new + ".stats"), 10)
     gw.stop()
-    assert not [n for n in os.listdir("/dev/shm") if n.startswith(new)], \
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(new)], (
         gw.error_log()[-3000:]
+    )
 
 
 def test_nothing_left_after_a_failed_start(gateway):
     # nginx fails after the region is made: its pid file cannot be written
-    gw = gateway(ROUTED, workers=1,
-                 main="pid %s/no/such/dir/nginx.pid;" % "/nonexistent")
+    gw = gateway(
+        ROUTED,
+        workers=1,
+        main="pid %s/no/such/dir/nginx.pid;" % "/nonexistent",
+    )
     conf = open(gw.conf_path).read()
     open(gw.conf_path, "w").write(conf.replace("pid logs/nginx.pid;\n", ""))
     gw.nginx(check=False)
-    assert wait_for(lambda: not gw.processes() and not shm_entries(gw), 10), \
-        (gw.processes(), shm_entries(gw), gw.error_log())
+    assert wait_for(lambda: not gw.processes() and not shm_entries(gw), 10), (
+        gw.processes(),
+        shm_entries(gw),
+        gw.error_log(),
+    )
     # nginx fails before: its port is taken
     other = gateway(ROUTED, workers=1).start()
     gw2 = gateway(ROUTED, workers=1)
@@ -256,7 +299,8 @@ def test_nothing_left_after_a_failed_start(gateway):
 
 
 def test_a_symlink_at_the_stats_path_neither_stops_nor_redirects(
-        gateway, tmp_path):
+    gateway, tmp_path
+):
     gw = gateway(ROUTED, workers=1)
     target = tmp_path / "target"
     target.mkdir()
@@ -264,8 +308,7 @@ def test_a_symlink_at_the_stats_path_neither_stops_nor_redirects(
     os.symlink(target, planted)
     try:
         gw.start()
-        assert gw.get("/", {"uid": "2"}).header("X-Mosn-Status") \
-            == "filtered"
+        assert gw.get("/", {"uid": "2"}).header("X-Mosn-Status") == "filtered"
         assert planted in gw.error_log()
         # nothing written through the link; the link is not the gateway's
         time.sleep(1.5)
@@ -282,18 +325,30 @@ def test_root_takes_no_config_path_from_the_region(gateway, tmp_path):
     region around a reload: the supervisor, root, never reads it."""
     marker = tmp_path / "ran-as"
     (tmp_path / "evil_filters.py").write_text(
-        "import os\nopen(%r, 'w').write(str(os.geteuid()))\n" % str(marker))
+        "import os\nopen(%r, 'w').write(str(os.geteuid()))\n" % str(marker)
+    )
     evil = example_mosn()
     evil["pyworker"] = {"modules": ["evil_filters"]}
-    gw = gateway(ROUTED, workers=1, env={
-        "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__) + "/../"
-                                       "filters", str(tmp_path)])})
+    gw = gateway(
+        ROUTED,
+        workers=1,
+        env={
+            "PYTHONPATH": os.pathsep.join(
+                [os.path.dirname(__file__) + "/../filters", str(tmp_path)]
+            )
+        },
+    )
     evil_path = os.path.join(gw.prefix, "conf", "evil.json")
     with open(evil_path, "w") as f:
         import json
+
         json.dump(evil, f)
     gw.start()
-    writer = subprocess.Popen([sys.executable, "-c", """
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            """
 import mmap, os, sys, time
 fd = os.open(sys.argv[1], os.O_RDWR)
 m = mmap.mmap(fd, 4096)
@@ -305,20 +360,32 @@ while time.monotonic() < end:
     if sys.stdout:
         print("writing", flush=True)
         sys.stdout = None
-""" % (abi.H_CONFIG_PATH, abi.H_CONFIG_PATH, 104, 104),
-        "/dev/shm/" + gw.shm, evil_path], stdout=subprocess.PIPE, text=True)
+"""
+            % (abi.H_CONFIG_PATH, abi.H_CONFIG_PATH, 104, 104),
+            "/dev/shm/" + gw.shm,
+            evil_path,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     old = set(gw.python_pids())
     try:
         assert writer.stdout.readline() == "writing\n"
         gw.reload()
         # the reload rolls the worker onto a config
-        assert wait_for(lambda: not (set(gw.python_pids()) & old)
-                        and len(gw.python_pids()) == 1
-                        and len(gw.live_workers()) == 1, 30), gw.error_log()
+        assert wait_for(
+            lambda: (
+                not (set(gw.python_pids()) & old)
+                and len(gw.python_pids()) == 1
+                and len(gw.live_workers()) == 1
+            ),
+            30,
+        ), gw.error_log()
     finally:
         writer.wait(10)
-    assert not marker.exists(), "the region's config was loaded, as uid " \
-        + marker.read_text()
+    assert not marker.exists(), (
+        "the region's config was loaded, as uid " + marker.read_text()
+    )
 
 
 def test_master_takes_no_name_from_the_region(gateway):
@@ -328,8 +395,7 @@ def test_master_takes_no_name_from_the_region(gateway):
     open("/dev/shm/" + decoy, "w").close()
     try:
         gw = gateway(ROUTED, workers=1).start()
-        write_header(gw, abi.H_NAME,
-                     ("/" + decoy).encode() + b"\0")
+        write_header(gw, abi.H_NAME, ("/" + decoy).encode() + b"\0")
         old = gw.supervisor_pid()
         os.kill(old, signal.SIGKILL)
         wait_respawned(gw, old)
@@ -350,11 +416,13 @@ def test_master_signals_no_pid_that_may_be_reused(gateway, tmp_path):
     old = gw.supervisor_pid()
     os.kill(old, signal.SIGKILL)
     assert wait_for(lambda: not alive(old), 5)
-    time.sleep(0.2)     # the master reaps it (and respawns)
-    code = ("import signal, sys, time\n"
-            "signal.signal(signal.SIGHUP, lambda *a: open(%r, 'a')"
-            ".write('HUP\\n'))\n"
-            "time.sleep(30)\n") % str(log)
+    time.sleep(0.2)  # the master reaps it (and respawns)
+    code = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGHUP, lambda *a: open(%r, 'a')"
+        ".write('HUP\\n'))\n"
+        "time.sleep(30)\n"
+    ) % str(log)
     decoy = None
     for _ in range(2000):
         # others on the machine take pids too: fork at once after the write
@@ -370,11 +438,12 @@ def test_master_signals_no_pid_that_may_be_reused(gateway, tmp_path):
         os.waitpid(pid, 0)
     assert decoy is not None, "could not get pid %d back" % old
     try:
-        time.sleep(0.5)     # its handler is installed
+        time.sleep(0.5)  # its handler is installed
         gw.reload()
         time.sleep(1)
-        assert os.waitpid(decoy, os.WNOHANG) == (0, 0) and not log.exists(), \
+        assert os.waitpid(decoy, os.WNOHANG) == (0, 0) and not log.exists(), (
             "the master signalled pid %d, no longer its supervisor" % old
+        )
     finally:
         os.kill(decoy, signal.SIGKILL)
         os.waitpid(decoy, 0)

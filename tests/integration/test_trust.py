@@ -14,7 +14,9 @@ from gateway import ROUTED_UPSTREAMS, SITE_BODY, sites
 
 OTHER_UID = 23456
 
-ROUTED = ROUTED_UPSTREAMS + """
+ROUTED = (
+    ROUTED_UPSTREAMS
+    + """
     server {
         listen 127.0.0.1:%PORT%;
         mosn_fallback continue;
@@ -24,10 +26,13 @@ ROUTED = ROUTED_UPSTREAMS + """
             proxy_pass http://$site;
         }
     }
-""" + sites([("s1", 3450), ("s2", 3452), ("s3", 3453)])
+"""
+    + sites([("s1", 3450), ("s2", 3452), ("s3", 3453)])
+)
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0,
-                                reason="switching users needs root")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="switching users needs root"
+)
 
 
 class OtherUser:
@@ -51,17 +56,17 @@ class OtherUser:
                 os.setuid(OTHER_UID)
                 made = fn()
                 out = repr(made)
-            except Exception as e:      # reported to the parent
+            except Exception as e:  # reported to the parent
                 out = "%s: %s" % (type(e).__name__, e)
             os.write(w, out.encode()[:4000])
             os.close(w)
             if hold:
-                os.read(back_r, 1)      # until the parent closes its end
+                os.read(back_r, 1)  # until the parent closes its end
             os._exit(0)
         os.close(w)
         os.close(back_r)
         out = b""
-        while True:             # the child closes its end once it answered
+        while True:  # the child closes its end once it answered
             chunk = os.read(r, 4096)
             if not chunk:
                 break
@@ -107,14 +112,17 @@ def routed(gw, uid):
 
 
 def test_doorbell_names_taken_first_do_not_switch_the_filters_off(
-        gateway, other_user):
+    gateway, other_user
+):
     """Binding the doorbell names before nginx starts used to leave every
     nginx worker without a channel, so every request took the fallback
     (here: no filtering at all)."""
     gw = gateway(ROUTED, nginx_workers=2)
     # every name the abstract doorbells of this region could have had
-    names = [b"\0ngx_mosn/" + gw.shm.encode() + b"." + str(p).encode()
-             for p in range(64)]
+    names = [
+        b"\0ngx_mosn/" + gw.shm.encode() + b"." + str(p).encode()
+        for p in range(64)
+    ]
 
     def squat():
         socks = []
@@ -122,7 +130,7 @@ def test_doorbell_names_taken_first_do_not_switch_the_filters_off(
             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             s.bind(name)
             socks.append(s)
-        squat.socks = socks         # held until the process ends
+        squat.socks = socks  # held until the process ends
         return len(socks)
 
     assert other_user().keep(squat) == "64"
@@ -161,7 +169,8 @@ def test_other_users_cannot_reach_the_doorbells(gateway, other_user):
 
 @pytest.mark.parametrize("planted", ["directory", "symlink", "file"])
 def test_something_in_the_way_of_the_wake_directory_stops_the_start(
-        gateway, other_user, tmp_path, planted):
+    gateway, other_user, tmp_path, planted
+):
     """Another user's directory, link or file at the wake-up directory's
     name is neither used nor followed: nginx refuses to start and says
     which path is in the way."""
@@ -184,7 +193,7 @@ def test_something_in_the_way_of_the_wake_directory_stops_the_start(
     assert other_user().run(plant) == repr("planted")
     try:
         rc, out = gw.nginx(check=False)
-        gw.started = rc == 0        # stopped by the fixture if it started
+        gw.started = rc == 0  # stopped by the fixture if it started
         assert rc != 0, out
         assert '"%s" is in the way' % wake_dir in out + gw.error_log()
         # nothing was made through the link, nothing changed hands

@@ -15,11 +15,21 @@ import time
 import urllib.error
 import urllib.request
 
-from gateway import (NGINX, ROUTED_UPSTREAMS, SITE_BODY, example_mosn,
-                     free_port, listener, sites, wait_for)
+from gateway import (
+    NGINX,
+    ROUTED_UPSTREAMS,
+    SITE_BODY,
+    example_mosn,
+    free_port,
+    listener,
+    sites,
+    wait_for,
+)
 from shm_ring import RingError
 
-ROUTED = ROUTED_UPSTREAMS + """
+ROUTED = (
+    ROUTED_UPSTREAMS
+    + """
     server {
         listen 127.0.0.1:%PORT%;
         mosn_timeout %TIMEOUT%;
@@ -35,7 +45,9 @@ ROUTED = ROUTED_UPSTREAMS + """
             proxy_pass http://s1;
         }
     }
-""" + sites([("s1", 3450), ("s2", 3452), ("s3", 3453)])
+"""
+    + sites([("s1", 3450), ("s2", 3452), ("s3", 3453)])
+)
 
 
 def routed(timeout="10s", main=""):
@@ -43,24 +55,44 @@ def routed(timeout="10s", main=""):
 
 
 def slow_mosn(seconds, admin_port=None, fail_when=None):
-    mosn = example_mosn(extra_listeners=[listener(
-        "slowListener", {"type": "slow", "module": "testfilters",
-                         "config": {"seconds": seconds}})])
+    mosn = example_mosn(
+        extra_listeners=[
+            listener(
+                "slowListener",
+                {
+                    "type": "slow",
+                    "module": "testfilters",
+                    "config": {"seconds": seconds},
+                },
+            )
+        ]
+    )
     if fail_when:
         mosn["servers"][0]["listeners"][0]["stream_filters"].append(
-            {"type": "fail_start", "module": "testfilters",
-             "config": {"when": fail_when}})
+            {
+                "type": "fail_start",
+                "module": "testfilters",
+                "config": {"when": fail_when},
+            }
+        )
     if admin_port:
-        mosn["admin"] = {"address": {"socket_address": {
-            "address": "127.0.0.1", "port_value": admin_port}}}
+        mosn["admin"] = {
+            "address": {
+                "socket_address": {
+                    "address": "127.0.0.1",
+                    "port_value": admin_port,
+                }
+            }
+        }
     return mosn
 
 
 def producer(gw):
     region = gw.region()
     try:
-        return [p for p in region.stats()["producers"]
-                if p["state"] == "owned"][0]
+        return [
+            p for p in region.stats()["producers"] if p["state"] == "owned"
+        ][0]
     finally:
         region.close()
 
@@ -88,13 +120,14 @@ def get_all(gw, path, n, headers=None, stagger=0.0):
 
 def states(port):
     try:
-        with urllib.request.urlopen("http://127.0.0.1:%d/api/v1/states"
-                                    % port, timeout=5) as r:
+        with urllib.request.urlopen(
+            "http://127.0.0.1:%d/api/v1/states" % port, timeout=5
+        ) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
     except OSError:
-        return None, {}         # the admin process is not up (yet)
+        return None, {}  # the admin process is not up (yet)
 
 
 def test_first_request_after_start_waits_for_the_pool(gateway):
@@ -105,13 +138,21 @@ def test_first_request_after_start_waits_for_the_pool(gateway):
     # the workers serve once the request is on its way, whatever the
     # machine's speed: their start hooks wait for this file
     gate = os.path.join(gw.prefix, "pool-may-start")
-    mosn["servers"][0]["listeners"].append(listener(
-        "gatedListener", {"type": "start_gate", "module": "testfilters",
-                          "config": {"file": gate}}))
+    mosn["servers"][0]["listeners"].append(
+        listener(
+            "gatedListener",
+            {
+                "type": "start_gate",
+                "module": "testfilters",
+                "config": {"file": gate},
+            },
+        )
+    )
     gw.write_mosn(mosn)
     cmd = [NGINX, "-p", gw.prefix + "/", "-c", "conf/nginx.conf"]
-    proc = subprocess.Popen(cmd, env=gw.env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, env=gw.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     gw.started = True
     deadline = time.monotonic() + 20
     while True:
@@ -122,8 +163,9 @@ def test_first_request_after_start_waits_for_the_pool(gateway):
         except ConnectionRefusedError:
             s.close()
             assert time.monotonic() < deadline, "nginx never listened"
-    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nuid: 150\r\n"
-              b"Connection: close\r\n\r\n")
+    s.sendall(
+        b"GET / HTTP/1.1\r\nHost: x\r\nuid: 150\r\nConnection: close\r\n\r\n"
+    )
     # sent while no worker serves (none can before the gate opens)
     assert not live_workers(gw)
     open(gate, "w").close()
@@ -173,8 +215,9 @@ def read_response(s):
 def test_requests_wait_for_a_slot_in_arrival_order(gateway):
     """More requests than slots: the rest wait in nginx and are handed
     over in the order they came; none takes the fallback."""
-    gw = gateway("mosn_slots 2;\n" + routed("20s"),
-                 mosn=slow_mosn(0.2)).start()
+    gw = gateway(
+        "mosn_slots 2;\n" + routed("20s"), mosn=slow_mosn(0.2)
+    ).start()
     n = 8
     conns = []
     for i in range(n):
@@ -182,9 +225,16 @@ def test_requests_wait_for_a_slot_in_arrival_order(gateway):
         s.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
         conns.append(s)
         # the next one is sent once nginx holds this one
-        assert wait_for(lambda: (lambda p: p["in_use"] + p["waiting"]
-                                 + p["completed"])(producer(gw)) >= i + 1,
-                        10, step=0.002)
+        assert wait_for(
+            lambda: (
+                (lambda p: p["in_use"] + p["waiting"] + p["completed"])(
+                    producer(gw)
+                )
+                >= i + 1
+            ),
+            10,
+            step=0.002,
+        )
     out = [read_response(s) for s in conns]
     for s in conns:
         s.close()
@@ -201,8 +251,9 @@ def test_requests_wait_for_a_slot_in_arrival_order(gateway):
 
 
 def test_past_mosn_queue_the_fallback_is_counted(gateway):
-    gw = gateway("mosn_slots 2;\nmosn_queue 2;\n" + routed("20s"),
-                 mosn=slow_mosn(0.5)).start()
+    gw = gateway(
+        "mosn_slots 2;\nmosn_queue 2;\n" + routed("20s"), mosn=slow_mosn(0.5)
+    ).start()
     out = get_all(gw, "/slow", 8, stagger=0.01)
     status = sorted(r.header("X-Mosn-Status") for _, r in out)
     # two in slots, two waiting, four past the queue
@@ -215,8 +266,9 @@ def test_past_mosn_queue_the_fallback_is_counted(gateway):
 
 
 def test_mosn_queue_0_takes_the_fallback_at_once(gateway):
-    gw = gateway("mosn_slots 2;\nmosn_queue 0;\n" + routed("20s"),
-                 mosn=slow_mosn(0.5)).start()
+    gw = gateway(
+        "mosn_slots 2;\nmosn_queue 0;\n" + routed("20s"), mosn=slow_mosn(0.5)
+    ).start()
     out = get_all(gw, "/slow", 4, stagger=0.01)
     fast = [r for sent, r in out if r.header("X-Mosn-Status") == "fallback"]
     assert len(fast) == 2
@@ -227,8 +279,7 @@ def test_mosn_queue_0_takes_the_fallback_at_once(gateway):
 def test_waiting_keeps_the_deadline_of_its_arrival(gateway):
     """A request that waits for a slot longer than mosn_timeout takes the
     fallback as a timeout, counted from its arrival, not from a slot."""
-    gw = gateway("mosn_slots 2;\n" + routed("1s"),
-                 mosn=slow_mosn(3)).start()
+    gw = gateway("mosn_slots 2;\n" + routed("1s"), mosn=slow_mosn(3)).start()
     out = get_all(gw, "/slow", 3)
     took = []
     for sent, r in out:
@@ -244,8 +295,7 @@ def test_waiting_keeps_the_deadline_of_its_arrival(gateway):
 
 
 def test_client_gone_while_waiting_leaves_the_queue(gateway):
-    gw = gateway("mosn_slots 2;\n" + routed("20s"),
-                 mosn=slow_mosn(2)).start()
+    gw = gateway("mosn_slots 2;\n" + routed("20s"), mosn=slow_mosn(2)).start()
     busy = threading.Thread(target=get_all, args=(gw, "/slow", 2))
     busy.start()
     assert wait_for(lambda: producer(gw)["in_use"] == 2, 5)
@@ -268,32 +318,48 @@ def test_http2_multiplexed_streams_all_filtered(gateway):
     request routed by the filters, none takes the fallback."""
     h2load = shutil.which("h2load")
     assert h2load, "h2load (nghttp2-client) is missing: make setup"
-    body = ROUTED.replace("listen 127.0.0.1:%PORT%;",
-                          "listen 127.0.0.1:%PORT% http2;")
-    gw = gateway("mosn_slots 16;\n" + body.replace("%TIMEOUT%", "20s"),
-                 mosn=slow_mosn(0.1)).start()
-    out = subprocess.run([h2load, "-n", "4000", "-c", "4", "-m", "100",
-                          "-H", "uid: 150",
-                          "http://127.0.0.1:%d/" % gw.port],
-                         capture_output=True, text=True, timeout=120)
+    body = ROUTED.replace(
+        "listen 127.0.0.1:%PORT%;", "listen 127.0.0.1:%PORT% http2;"
+    )
+    gw = gateway(
+        "mosn_slots 16;\n" + body.replace("%TIMEOUT%", "20s"),
+        mosn=slow_mosn(0.1),
+    ).start()
+    out = subprocess.run(
+        [
+            h2load,
+            "-n",
+            "4000",
+            "-c",
+            "4",
+            "-m",
+            "100",
+            "-H",
+            "uid: 150",
+            "http://127.0.0.1:%d/" % gw.port,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "4000 succeeded, 0 failed, 0 errored" in out.stdout, out.stdout
     assert "status codes: 4000 2xx" in out.stdout, out.stdout
     p = producer(gw)
     assert p["fallbacks"] == 0 and p["timeouts"] == 0
-    assert p["queued"] > 0          # more streams than slots did wait
+    assert p["queued"] > 0  # more streams than slots did wait
     assert p["submitted"] == 4000
     gw.wait_idle()
 
 
-def test_pool_that_cannot_start_workers_is_not_waited_for(gateway,
-                                                          tmp_path):
+def test_pool_that_cannot_start_workers_is_not_waited_for(gateway, tmp_path):
     """Workers that keep failing to start: the pool is marked failed, the
     readiness endpoint says requests take the fallback, and they do at
     once; once a worker serves again, requests are filtered."""
     marker = str(tmp_path / "fail")
     admin = free_port()
-    gw = gateway(routed("5s"), mosn=slow_mosn(0.1, admin_port=admin,
-                                               fail_when=marker)).start()
+    gw = gateway(
+        routed("5s"), mosn=slow_mosn(0.1, admin_port=admin, fail_when=marker)
+    ).start()
     assert wait_for(lambda: states(admin)[0] == 200, 10)
     assert states(admin)[1]["requests"] == "filtered"
     assert wait_for(lambda: states(admin)[1]["pool"] == "running", 5)
@@ -318,8 +384,10 @@ def test_readiness_says_requests_wait_while_the_pool_starts(gateway):
     """With mosn_spawn off and no pool started yet, requests wait for one
     (it may start any moment) and are filtered once it does."""
     admin = free_port()
-    gw = gateway("mosn_spawn off;\n" + routed("20s"),
-                 mosn=slow_mosn(0.1, admin_port=admin))
+    gw = gateway(
+        "mosn_spawn off;\n" + routed("20s"),
+        mosn=slow_mosn(0.1, admin_port=admin),
+    )
     gw.start(wait=False)
     result = {}
 
@@ -328,13 +396,30 @@ def test_readiness_says_requests_wait_while_the_pool_starts(gateway):
 
     t = threading.Thread(target=call)
     t.start()
-    assert wait_for(lambda: os.path.exists("/dev/shm/" + gw.shm)
-                    and gw.nginx_worker_pids()
-                    and producer(gw)["waiting"] == 1, 10)
+    assert wait_for(
+        lambda: (
+            os.path.exists("/dev/shm/" + gw.shm)
+            and gw.nginx_worker_pids()
+            and producer(gw)["waiting"] == 1
+        ),
+        10,
+    )
     pool = subprocess.Popen(
-        [sys.executable, "-m", "pyworker", "serve", "--shm", "/" + gw.shm,
-         "--config", gw.mosn_path, "--workers", "1"], env=gw.env,
-        cwd=gw.prefix)
+        [
+            sys.executable,
+            "-m",
+            "pyworker",
+            "serve",
+            "--shm",
+            "/" + gw.shm,
+            "--config",
+            gw.mosn_path,
+            "--workers",
+            "1",
+        ],
+        env=gw.env,
+        cwd=gw.prefix,
+    )
     try:
         assert wait_for(lambda: states(admin)[0] == 200, 20)
         t.join(30)
@@ -351,8 +436,9 @@ def test_python_worker_wakes_nginx_through_its_eventfd(gateway):
     doorbell datagram per wake-up."""
     gw = gateway(routed("10s"), mosn=slow_mosn(0.1)).start()
     for _ in range(5):
-        assert gw.get("/", {"uid": "150"}).header("X-Mosn-Status") \
-            == "filtered"
+        assert (
+            gw.get("/", {"uid": "150"}).header("X-Mosn-Status") == "filtered"
+        )
     [pid] = gw.python_pids()
 
     def links():
@@ -370,7 +456,8 @@ def test_python_worker_wakes_nginx_through_its_eventfd(gateway):
     assert before.count("anon_inode:[eventfd]") <= 2, before
     for _ in range(5):
         gw.get("/", {"uid": "150"})
-    assert links().count("anon_inode:[eventfd]") \
-        == before.count("anon_inode:[eventfd]")
+    assert links().count("anon_inode:[eventfd]") == before.count(
+        "anon_inode:[eventfd]"
+    )
     p = producer(gw)
     assert p["doorbells"] >= 5

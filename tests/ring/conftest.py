@@ -50,9 +50,13 @@ def make_region(impl, region_name):
     made = []
 
     def make(nproducers=2, nconsumers=2, slots=8, slot_size=4096):
-        r = impl.Region.create(region_name, nproducers=nproducers,
-                               nconsumers=nconsumers, slots=slots,
-                               slot_size=slot_size)
+        r = impl.Region.create(
+            region_name,
+            nproducers=nproducers,
+            nconsumers=nconsumers,
+            slots=slots,
+            slot_size=slot_size,
+        )
         made.append(r)
         return r
 

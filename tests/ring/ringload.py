@@ -18,7 +18,7 @@ import zlib
 from shm_ring import codec
 
 IMPLS = {"cython": "shm_ring._ring", "python": "shm_ring.fallback"}
-BATCH = 256         # the most poll() and rescue() hand back at once
+BATCH = 256  # the most poll() and rescue() hand back at once
 
 
 def impl_module(name):
@@ -28,6 +28,7 @@ def impl_module(name):
 def load_impl(name):
     """impl_module() for a test: skips it if the module cannot load."""
     import pytest
+
     try:
         return impl_module(name)
     except ImportError as e:
@@ -43,8 +44,9 @@ def answer(req):
     nonce = req.header_get_all("X-Nonce")
     if len(nonce) != 1:
         return codec.Verdict.error("no nonce")
-    return codec.Verdict(upstream="s1", metadata={
-        "sum": checksum(nonce[0], req.request_id)})
+    return codec.Verdict(
+        upstream="s1", metadata={"sum": checksum(nonce[0], req.request_id)}
+    )
 
 
 def run_consumer(impl, name, index, stop):
@@ -70,7 +72,7 @@ class ProducerLoop:
         self.prod = self.region.producer()
         self.rnd = random.Random(seed)
         self.free = list(range(self.region.slots))
-        self.inflight = {}          # slot -> (gen, request id, checksum)
+        self.inflight = {}  # slot -> (gen, request id, checksum)
         self.epoch = self.region.consumer_epoch
         self.next_id = (os.getpid() & 0xFFFFFF) << 32
         self.submitted = self.ok = self.failed = self.refused = 0
@@ -89,11 +91,13 @@ class ProducerLoop:
             rid = self.next_id
             nonce = "%016x" % self.rnd.getrandbits(64)
             record = codec.encode_request(
-                chain="ring-test", path="/r/%d" % rid,
+                chain="ring-test",
+                path="/r/%d" % rid,
                 headers=[("X-Nonce", nonce), ("uid", str(rid % 300))],
-                request_id=rid)
+                request_id=rid,
+            )
             got = self.prod.submit(s, record)
-            if got is None:         # no live consumer or no room: later
+            if got is None:  # no live consumer or no room: later
                 self.free.append(s)
                 self.refused += 1
                 break
@@ -108,8 +112,9 @@ class ProducerLoop:
         it must be the one request in flight there, once."""
         held = self.inflight.get(s)
         if held is None or held[0] != gen:
-            self.error("completion for slot %d gen %d, holding %r"
-                       % (s, gen, held))
+            self.error(
+                "completion for slot %d gen %d, holding %r" % (s, gen, held)
+            )
             return
         del self.inflight[s]
         if failed:
@@ -123,8 +128,10 @@ class ProducerLoop:
             if v is not None and v.metadata.get("sum") == held[2]:
                 self.ok += 1
             elif v is not None:
-                self.error("slot %d gen %d: verdict %r is not for request "
-                           "%x" % (s, gen, v, held[1]))
+                self.error(
+                    "slot %d gen %d: verdict %r is not for request "
+                    "%x" % (s, gen, v, held[1])
+                )
         self.prod.free(s)
         self.free.append(s)
 
@@ -144,7 +151,7 @@ class ProducerLoop:
         epoch = self.region.consumer_epoch
         if epoch == self.epoch:
             return 0
-        self.epoch = epoch          # before the scan: a later change rescans
+        self.epoch = epoch  # before the scan: a later change rescans
         n = 0
         while True:
             out = self.prod.rescue()
@@ -166,18 +173,22 @@ class ProducerLoop:
         return n
 
     def report(self):
-        return {"submitted": self.submitted, "ok": self.ok,
-                "failed": self.failed, "refused": self.refused,
-                "inflight": len(self.inflight), "errors": self.errors,
-                "index": self.prod.index}
+        return {
+            "submitted": self.submitted,
+            "ok": self.ok,
+            "failed": self.failed,
+            "refused": self.refused,
+            "inflight": len(self.inflight),
+            "errors": self.errors,
+            "index": self.prod.index,
+        }
 
     def close(self):
         self.prod.release()
         self.region.close()
 
 
-def run_producer(impl, name, seed, total, stop, progress, me, pipe,
-                 deadline):
+def run_producer(impl, name, seed, total, stop, progress, me, pipe, deadline):
     """Submits `total` requests (or until stop.value), drains what is in
     flight, reports on `pipe`.  progress[me] counts settled requests."""
     loop = ProducerLoop(impl, name, seed)

@@ -15,7 +15,7 @@ from shm_ring import abi
 from shm_ring.codec import RingError
 
 ABI_OFF, REGION_SIZE_OFF, SLOTS_OFF_OFF = 8, 16, 72
-HEADER_SIZE = 704                       # sizeof(mosn_shm_header_t)
+HEADER_SIZE = 704  # sizeof(mosn_shm_header_t)
 # the installed package's copy of the header: what the binding was built on
 INCLUDE = os.path.dirname(os.path.abspath(abi.__file__))
 
@@ -55,9 +55,10 @@ def test_other_abi_version_refused(impl, make_region, region_name):
     make_region()
     poke(region_name, ABI_OFF, "<I", impl.ABI_VERSION + 1)
     why = refused(impl, region_name)
-    assert why.startswith("region speaks ring ABI version %d, this build "
-                          "speaks version %d" % (impl.ABI_VERSION + 1,
-                                                 impl.ABI_VERSION))
+    assert why.startswith(
+        "region speaks ring ABI version %d, this build "
+        "speaks version %d" % (impl.ABI_VERSION + 1, impl.ABI_VERSION)
+    )
     assert "rebuild" in why
 
 
@@ -67,23 +68,24 @@ def test_wrong_size_refused(impl, make_region, region_name, delta):
     os.truncate(path_of(region_name), size + delta)
     assert refused(impl, region_name) == (
         "region is %d bytes but its header says %d bytes"
-        % (size + delta, size))
+        % (size + delta, size)
+    )
 
 
 def test_header_size_mismatch_refused(impl, make_region, region_name):
     size = make_region().size
     poke(region_name, REGION_SIZE_OFF, "<Q", size + 4096)
     assert refused(impl, region_name) == (
-        "region is %d bytes but its header says %d bytes" % (size,
-                                                            size + 4096))
+        "region is %d bytes but its header says %d bytes" % (size, size + 4096)
+    )
 
 
 def test_truncated_below_header_refused(impl, make_region, region_name):
     make_region()
     os.truncate(path_of(region_name), 100)
     assert refused(impl, region_name) == (
-        "region is 100 bytes, smaller than its header (%d bytes)"
-        % HEADER_SIZE)
+        "region is 100 bytes, smaller than its header (%d bytes)" % HEADER_SIZE
+    )
 
 
 def test_empty_region_refused(impl, make_region, region_name):
@@ -97,7 +99,8 @@ def test_missing_magic_refused(impl, make_region, region_name):
     make_region()
     poke(region_name, 0, "<Q", 0x1234)
     assert refused(impl, region_name) == (
-        "region has no ring magic (found 0x1234)")
+        "region has no ring magic (found 0x1234)"
+    )
 
 
 def test_layout_not_following_sizes_refused(impl, make_region, region_name):
@@ -107,14 +110,15 @@ def test_layout_not_following_sizes_refused(impl, make_region, region_name):
         (slots_off,) = struct.unpack("<Q", f.read(8))
     poke(region_name, SLOTS_OFF_OFF, "<Q", slots_off + 4096)
     assert refused(impl, region_name) == (
-        "region layout does not match its sizes")
+        "region layout does not match its sizes"
+    )
 
 
 def test_other_endpoint_table_refused(impl, make_region, region_name):
     """A region whose endpoint table is not this build's (other sizes of
     the same ABI version) is refused as loudly as another ABI."""
     make_region()
-    poke(region_name, 696, "<I", 8)         # ep_apps
+    poke(region_name, 696, "<I", 8)  # ep_apps
     why = refused(impl, region_name)
     assert why.startswith("region endpoint table (8 apps of 7744 bytes")
     assert "rebuild" in why
@@ -122,32 +126,43 @@ def test_other_endpoint_table_refused(impl, make_region, region_name):
 
 def test_bad_sizes_in_header_refused(impl, make_region, region_name):
     make_region()
-    poke(region_name, 32, "<I", 3)          # slots
+    poke(region_name, 32, "<I", 3)  # slots
     assert refused(impl, region_name).startswith(
-        "slot count 3 is not a power of two")
+        "slot count 3 is not a power of two"
+    )
 
 
-@pytest.mark.parametrize("sizes", [
-    dict(nproducers=1, nconsumers=1, slots=2, slot_size=1024),
-    dict(nproducers=3, nconsumers=5, slots=64, slot_size=4096),
-    dict(nproducers=64, nconsumers=64, slots=16, slot_size=1088),
-])
-def test_python_layout_matches_c(cython_impl, python_impl, region_name,
-                                 sizes):
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        dict(nproducers=1, nconsumers=1, slots=2, slot_size=1024),
+        dict(nproducers=3, nconsumers=5, slots=64, slot_size=4096),
+        dict(nproducers=64, nconsumers=64, slots=16, slot_size=1088),
+    ],
+)
+def test_python_layout_matches_c(cython_impl, python_impl, region_name, sizes):
     """A region the C code lays out reads the same in both, and the
     fallback's layout computation gives the C header's offsets."""
     from shm_ring.fallback import region as fallback
 
     r = cython_impl.Region.create(region_name, **sizes)
     h = fallback._unpack_header(image(region_name))
-    layout = fallback._layout(sizes["nproducers"], sizes["nconsumers"],
-                              sizes["slots"], sizes["slot_size"])
+    layout = fallback._layout(
+        sizes["nproducers"],
+        sizes["nconsumers"],
+        sizes["slots"],
+        sizes["slot_size"],
+    )
     assert {k: h[k] for k in layout} == layout
     assert layout["region_size"] == r.size
     py = python_impl.Region.attach(region_name)
-    assert (py.nproducers, py.nconsumers, py.slots, py.slot_size,
-            py.size) == (r.nproducers, r.nconsumers, r.slots, r.slot_size,
-                         r.size)
+    assert (py.nproducers, py.nconsumers, py.slots, py.slot_size, py.size) == (
+        r.nproducers,
+        r.nconsumers,
+        r.slots,
+        r.slot_size,
+        r.size,
+    )
     assert py.stats() == r.stats()
     py.close()
     r.close()
@@ -222,10 +237,14 @@ def compiled(tmp_path, program):
         pytest.skip("no C compiler")
     src = tmp_path / "abi.c"
     src.write_text(program)
-    subprocess.run([cc, "-I", INCLUDE, "-o", str(tmp_path / "abi"),
-                    str(src)], check=True)
-    return json.loads(subprocess.run([str(tmp_path / "abi")], check=True,
-                                     capture_output=True, text=True).stdout)
+    subprocess.run(
+        [cc, "-I", INCLUDE, "-o", str(tmp_path / "abi"), str(src)], check=True
+    )
+    return json.loads(
+        subprocess.run(
+            [str(tmp_path / "abi")], check=True, capture_output=True, text=True
+        ).stdout
+    )
 
 
 def test_python_offsets_match_the_header(tmp_path):
@@ -257,13 +276,18 @@ def test_python_offsets_match_the_header(tmp_path):
         "mosn_ep_app_t.sites": f.EPA_SITES,
         "mosn_ep_app_t.endpoints": f.EPA_ENDPOINTS,
         # struct EP_SITE is (first, count, name_len, name)
-        "mosn_ep_site_t.first": 0, "mosn_ep_site_t.count": 2,
-        "mosn_ep_site_t.name_len": 4, "mosn_ep_site_t.name": 8,
+        "mosn_ep_site_t.first": 0,
+        "mosn_ep_site_t.count": 2,
+        "mosn_ep_site_t.name_len": 4,
+        "mosn_ep_site_t.name": 8,
         # struct ENDPOINT is (family, site, port, flags, addr)
-        "mosn_endpoint_t.family": 0, "mosn_endpoint_t.site": 1,
-        "mosn_endpoint_t.port": 2, "mosn_endpoint_t.flags": 4,
+        "mosn_endpoint_t.family": 0,
+        "mosn_endpoint_t.site": 1,
+        "mosn_endpoint_t.port": 2,
+        "mosn_endpoint_t.flags": 4,
         "mosn_endpoint_t.addr": 8,
-        "MOSN_EP_APPS": f.EP_APPS, "MOSN_EP_MAX": f.EP_MAX,
+        "MOSN_EP_APPS": f.EP_APPS,
+        "MOSN_EP_MAX": f.EP_MAX,
         "MOSN_EP_SITES": f.EP_SITES,
         "MOSN_EP_APP_NAME_MAX": f.EP_APP_NAME_MAX,
         "MOSN_EP_SITE_MAX": f.EP_SITE_MAX,
@@ -308,7 +332,8 @@ def test_python_offsets_match_the_header(tmp_path):
         "mosn_consumer_t.doorbells": f.C_DOORBELLS,
         "mosn_consumer_t.errors": f.C_ERRORS,
         "mosn_consumer_t.abandons": f.C_ABANDONS,
-        "mosn_ring_t.head": f.R_HEAD, "mosn_ring_t.tail": f.R_TAIL,
+        "mosn_ring_t.head": f.R_HEAD,
+        "mosn_ring_t.tail": f.R_TAIL,
         "mosn_ring_t.entries": f.R_ENTRIES,
         "mosn_slot_t.state": f.S_STATE,
         "mosn_slot_t.request_id": f.S_REQUEST_ID,
@@ -339,14 +364,19 @@ def test_every_number_of_the_header_is_the_python_one(tmp_path):
     assert "ACTION_CONTINUE" in names and "RING_ABI_VERSION" in names
     lines = []
     for name in names:
-        fmt = ('"\\"%s\\": \\"%%s\\",\\n"' if name.endswith("_SUFFIX")
-               else '"\\"%s\\": %%lld,\\n"') % name
+        fmt = (
+            '"\\"%s\\": \\"%%s\\",\\n"'
+            if name.endswith("_SUFFIX")
+            else '"\\"%s\\": %%lld,\\n"'
+        ) % name
         cast = "" if name.endswith("_SUFFIX") else "(long long) "
         lines.append("    printf(%s, %sMOSN_%s);" % (fmt, cast, name))
-    program = ("#include <stdio.h>\n#include \"shm_ring.h\"\n"
-               "int main(void) {\n    printf(\"{\\n\");\n%s\n"
-               "    printf(\"\\\"end\\\": 0}\\n\");\n    return 0;\n}\n"
-               % "\n".join(lines))
+    program = (
+        '#include <stdio.h>\n#include "shm_ring.h"\n'
+        'int main(void) {\n    printf("{\\n");\n%s\n'
+        '    printf("\\"end\\": 0}\\n");\n    return 0;\n}\n'
+        % "\n".join(lines)
+    )
     c = compiled(tmp_path, program)
     c.pop("end")
     missing = sorted(set(c) - set(vars(abi)))

@@ -8,9 +8,16 @@ import time
 
 import pytest
 
-from shm_ring.codec import (ACTION_ERROR, ACTION_REPLY, PENDING, RingError,
-                            Verdict, decode_verdict, encode_request,
-                            encode_verdict)
+from shm_ring.codec import (
+    ACTION_ERROR,
+    ACTION_REPLY,
+    PENDING,
+    RingError,
+    Verdict,
+    decode_verdict,
+    encode_request,
+    encode_verdict,
+)
 
 FREE, SUBMITTED, TAKEN, DONE = 0, 1, 2, 3
 
@@ -20,29 +27,45 @@ def ps(p, s):
 
 
 def request(rid, **kw):
-    return encode_request(chain="c", headers=[("X-Id", str(rid))],
-                          request_id=rid, **kw)
+    return encode_request(
+        chain="c", headers=[("X-Id", str(rid))], request_id=rid, **kw
+    )
 
 
 def test_module_identity(impl):
     assert impl.ABI_VERSION == 4
     assert impl.IMPLEMENTATION in ("cython", "python")
-    assert impl.IMPLEMENTATION == ("python" if "fallback" in impl.__name__
-                                   else "cython")
+    assert impl.IMPLEMENTATION == (
+        "python" if "fallback" in impl.__name__ else "cython"
+    )
 
 
 def test_create_and_attach(impl, make_region, region_name):
     r = make_region(nproducers=3, nconsumers=2, slots=16, slot_size=2048)
-    assert (r.nproducers, r.nconsumers, r.slots, r.slot_size) == (3, 2, 16,
-                                                                  2048)
+    assert (r.nproducers, r.nconsumers, r.slots, r.slot_size) == (
+        3,
+        2,
+        16,
+        2048,
+    )
     assert r.size == os.stat("/dev/shm" + region_name).st_size
     assert r.size % 4096 == 0 and r.name == region_name
 
     a = impl.Region.attach(region_name)
     assert (a.nproducers, a.nconsumers, a.slots, a.slot_size, a.size) == (
-        3, 2, 16, 2048, r.size)
-    assert (a.consumer_epoch, a.reload_seq, a.desired_workers,
-            a.master_pid, a.config_path) == (0, 0, 0, 0, "")
+        3,
+        2,
+        16,
+        2048,
+        r.size,
+    )
+    assert (
+        a.consumer_epoch,
+        a.reload_seq,
+        a.desired_workers,
+        a.master_pid,
+        a.config_path,
+    ) == (0, 0, 0, 0, "")
     r.supervisor_pid = 4321
     assert a.supervisor_pid == 4321
 
@@ -56,17 +79,20 @@ def test_create_and_attach(impl, make_region, region_name):
     a.close()
     with pytest.raises(RingError, match="closed"):
         a.slots
-    a.close()                       # twice is harmless
+    a.close()  # twice is harmless
 
 
-@pytest.mark.parametrize("sizes, message", [
-    (dict(nproducers=0), "producer count 0 is not in 1..256"),
-    (dict(nconsumers=65), "consumer count 65 is not in 1..64"),
-    (dict(slots=12), "slot count 12 is not a power of two"),
-    (dict(slots=1), "slot count 1 is not a power of two"),
-    (dict(slot_size=1000), "slot size 1000 is not a multiple of 64"),
-    (dict(slot_size=512), "slot size 512 is not a multiple of 64"),
-])
+@pytest.mark.parametrize(
+    "sizes, message",
+    [
+        (dict(nproducers=0), "producer count 0 is not in 1..256"),
+        (dict(nconsumers=65), "consumer count 65 is not in 1..64"),
+        (dict(slots=12), "slot count 12 is not a power of two"),
+        (dict(slots=1), "slot count 1 is not a power of two"),
+        (dict(slot_size=1000), "slot size 1000 is not a multiple of 64"),
+        (dict(slot_size=512), "slot size 512 is not a multiple of 64"),
+    ],
+)
 def test_create_refuses_bad_sizes(impl, region_name, sizes, message):
     with pytest.raises(RingError, match=message):
         impl.Region.create(region_name, **sizes)
@@ -92,12 +118,24 @@ def test_round_trip_every_field(impl, make_region):
     prod = r.producer()
     assert prod.index == 0 and prod.fileno() >= 0
 
-    headers = [("Host", "example.org"), ("uid", "42"), ("X-Multi", "a"),
-               ("x-multi", "b"), ("Empty", "")]
-    rec = encode_request(chain="serverListener", method="POST",
-                         path="/a/b", query="x=1&y=\xe9", protocol="HTTP/2.0",
-                         remote_addr="10.1.2.3", headers=headers,
-                         body=b"\0pay\xffload", request_id=0xDEADBEEF01)
+    headers = [
+        ("Host", "example.org"),
+        ("uid", "42"),
+        ("X-Multi", "a"),
+        ("x-multi", "b"),
+        ("Empty", ""),
+    ]
+    rec = encode_request(
+        chain="serverListener",
+        method="POST",
+        path="/a/b",
+        query="x=1&y=\xe9",
+        protocol="HTTP/2.0",
+        remote_addr="10.1.2.3",
+        headers=headers,
+        body=b"\0pay\xffload",
+        request_id=0xDEADBEEF01,
+    )
     assert prod.submit(5, rec) == (0, 1)
     assert prod.slot_state(5) == (SUBMITTED, 0, 1, 1)
     assert cons.pending()
@@ -108,20 +146,35 @@ def test_round_trip_every_field(impl, make_region):
     assert not cons.pending() and cons.take() == []
 
     req = cons.request(batch[0])
-    assert (req.chain, req.method, req.path, req.query, req.remote_addr,
-            req.protocol) == ("serverListener", "POST", "/a/b", "x=1&y=\xe9",
-                              "10.1.2.3", "HTTP/2.0")
+    assert (
+        req.chain,
+        req.method,
+        req.path,
+        req.query,
+        req.remote_addr,
+        req.protocol,
+    ) == (
+        "serverListener",
+        "POST",
+        "/a/b",
+        "x=1&y=\xe9",
+        "10.1.2.3",
+        "HTTP/2.0",
+    )
     assert req.body == b"\0pay\xffload"
     assert (req.request_id, req.nheaders) == (0xDEADBEEF01, 5)
     assert req.header_items() == headers
 
-    verdict = Verdict(upstream="s2", metadata={"UNIT": "s2"},
-                      request_set=[("X-Unit", "s2")],
-                      request_remove=["Cookie"],
-                      response_add=[("X-Served-By", "py")])
+    verdict = Verdict(
+        upstream="s2",
+        metadata={"UNIT": "s2"},
+        request_set=[("X-Unit", "s2")],
+        request_remove=["Cookie"],
+        response_add=[("X-Served-By", "py")],
+    )
     assert cons.complete(batch[0], verdict)
     assert prod.slot_state(5) == (DONE, 0, 1, 1)
-    assert cons.flush() == 0        # the producer did not arm
+    assert cons.flush() == 0  # the producer did not arm
 
     assert prod.poll() == [(5, 1)]
     assert decode_verdict(prod.verdict(5)) == verdict
@@ -138,10 +191,18 @@ def test_header_lookup_ignores_case(impl, make_region):
     r = make_region()
     cons = r.consumer(r.alloc_consumer())
     prod = r.producer()
-    prod.submit(0, encode_request(headers=[
-        ("Content-Type", "text/plain"), ("X-Forwarded-For", "1.1.1.1"),
-        ("x-forwarded-for", "2.2.2.2"), ("X-FORWARDED-FOR", "3.3.3.3"),
-        ("X-Forwarded", "no")]))
+    prod.submit(
+        0,
+        encode_request(
+            headers=[
+                ("Content-Type", "text/plain"),
+                ("X-Forwarded-For", "1.1.1.1"),
+                ("x-forwarded-for", "2.2.2.2"),
+                ("X-FORWARDED-FOR", "3.3.3.3"),
+                ("X-Forwarded", "no"),
+            ]
+        ),
+    )
     req = cons.request(cons.take()[0])
     for name in ("x-forwarded-for", "X-Forwarded-For", "X-FORWARDED-FOR"):
         assert req.header_get_all(name) == ["1.1.1.1", "2.2.2.2", "3.3.3.3"]
@@ -153,17 +214,24 @@ def test_header_lookup_ignores_case(impl, make_region):
 VERDICTS = [
     None,
     Verdict(),
-    Verdict(upstream="backend-1.example:8080", metadata={"UNIT": "s1",
-                                                          "IDC": "hz"}),
-    Verdict(action=ACTION_REPLY, status=403, reply_headers=[("Content-Type",
-                                                      "text/plain")],
-            reply_body=b"denied\n", response_add=[("X-A", "1")],
-            log="blocked by rule 7"),
+    Verdict(
+        upstream="backend-1.example:8080", metadata={"UNIT": "s1", "IDC": "hz"}
+    ),
+    Verdict(
+        action=ACTION_REPLY,
+        status=403,
+        reply_headers=[("Content-Type", "text/plain")],
+        reply_body=b"denied\n",
+        response_add=[("X-A", "1")],
+        log="blocked by rule 7",
+    ),
     Verdict(action=ACTION_ERROR, log="filter raised: ValueError('\u2603')"),
     Verdict(request_set=[("X-Set", "v\xe9")], request_remove=["A", "B"]),
     Verdict(run_senders=True, decode_body=True),
-    Verdict(response_set=[("Content-Type", "application/json")],
-            response_body=b'{"card": "****"}\0\xff'),
+    Verdict(
+        response_set=[("Content-Type", "application/json")],
+        response_body=b'{"card": "****"}\0\xff',
+    ),
     Verdict(response_body=b""),
 ]
 
@@ -204,20 +272,30 @@ def test_verdict_bytes_pass_through(impl, make_region):
     assert impl.validate_verdict(junk) is not None
 
 
-@pytest.mark.parametrize("verdict, why", [
-    (Verdict(action=ACTION_REPLY, status=200, reply_body=b"x" * 9000),
-     "verdict not encodable: verdict does not fit in the slot"),
-    (b"\0" * 9000, "verdict does not fit in the slot"),
-    (Verdict(metadata={"k%d" % i: "v" for i in range(300)}),
-     "verdict not encodable: verdict does not fit in the slot"),
-    (Verdict(upstream="\u20ac"), "verdict not encodable: "),
-    (Verdict(response_remove=["ETag"], response_body=b"b" * 9000),
-     "verdict not encodable: the new response body of 9000 bytes does not "
-     "fit in the slot (7940 bytes left; see mosn_slot_size)"),
-    (Verdict(request_set=[("X", 5)]), "verdict not encodable: "),
-])
+@pytest.mark.parametrize(
+    "verdict, why",
+    [
+        (
+            Verdict(action=ACTION_REPLY, status=200, reply_body=b"x" * 9000),
+            "verdict not encodable: verdict does not fit in the slot",
+        ),
+        (b"\0" * 9000, "verdict does not fit in the slot"),
+        (
+            Verdict(metadata={"k%d" % i: "v" for i in range(300)}),
+            "verdict not encodable: verdict does not fit in the slot",
+        ),
+        (Verdict(upstream="\u20ac"), "verdict not encodable: "),
+        (
+            Verdict(response_remove=["ETag"], response_body=b"b" * 9000),
+            "verdict not encodable: the new response body of 9000 bytes "
+            "does not fit in the slot (7940 bytes left; see "
+            "mosn_slot_size)",
+        ),
+        (Verdict(request_set=[("X", 5)]), "verdict not encodable: "),
+    ],
+)
 def test_unwritable_verdict_becomes_error(impl, make_region, verdict, why):
-    r = make_region(slot_size=8192)     # room for 300 small records
+    r = make_region(slot_size=8192)  # room for 300 small records
     cons, prod = r.consumer(r.alloc_consumer()), r.producer()
     done, buf = complete_and_read(r, cons, prod, verdict)
     assert done
@@ -226,8 +304,9 @@ def test_unwritable_verdict_becomes_error(impl, make_region, verdict, why):
 
 
 @pytest.mark.parametrize("record_len, verdict_len", [(4032, 0), (4012, 16)])
-def test_full_slot_leaves_little_room(impl, make_region, record_len,
-                                      verdict_len):
+def test_full_slot_leaves_little_room(
+    impl, make_region, record_len, verdict_len
+):
     """A record that fills the slot leaves room for no verdict (empty,
     which the producer's decoder refuses) or for a bare error header."""
     r = make_region()
@@ -256,7 +335,7 @@ def test_malformed_request_gets_error_verdict(impl, make_region):
     prod.submit(1, bytes(bad_field))
     seen = []
     assert cons.serve_batch(seen.append) == 2
-    assert seen == []               # dispatch never sees them
+    assert seen == []  # dispatch never sees them
     got = sorted(prod.poll())
     assert got == [(0, 1), (1, 1)]
     for s, _ in got:
@@ -306,20 +385,20 @@ def test_ring_full_refuses(impl, make_region):
 def test_no_live_consumer_refuses(impl, make_region):
     r = make_region()
     prod = r.producer()
-    assert prod.submit(0, request(1)) is None          # none at all
+    assert prod.submit(0, request(1)) is None  # none at all
     c0 = r.alloc_consumer()
-    assert prod.submit(0, request(1)) is None          # allocated only
+    assert prod.submit(0, request(1)) is None  # allocated only
     r.consumer(c0)
     r.retire_consumer(c0)
     assert r.consumer_state(c0) == "dead"
-    assert prod.submit(0, request(1)) is None          # retired
+    assert prod.submit(0, request(1)) is None  # retired
     c1 = r.alloc_consumer()
-    assert c1 == c0                                    # a dead index is reused
+    assert c1 == c0  # a dead index is reused
     cons = r.consumer(c1)
     assert cons.incarnation == 2
     r.drain_consumer(c1)
     assert cons.state == "draining"
-    assert prod.submit(0, request(1)) is None          # draining: no new work
+    assert prod.submit(0, request(1)) is None  # draining: no new work
     assert r.slots_in_use() == 0
 
 
@@ -347,7 +426,7 @@ def test_stale_submission_skipped(impl, make_region):
     r = make_region()
     cons, prod = r.consumer(r.alloc_consumer()), r.producer()
     prod.submit(2, request(1))
-    prod.free(2)                      # abandoned before any consumer saw it
+    prod.free(2)  # abandoned before any consumer saw it
     assert prod.submit(2, request(2)) == (0, 2)
     batch = cons.take()
     assert len(batch) == 1 and cons.request(batch[0]).request_id == 2
@@ -381,7 +460,7 @@ def test_slots_in_use(impl, make_region):
     assert r.slots_in_use() == 4
     for p in batch:
         cons.complete(p)
-    assert r.slots_in_use() == 4      # done, not yet freed by the producer
+    assert r.slots_in_use() == 4  # done, not yet freed by the producer
     for s, _ in p0.poll():
         p0.free(s)
     assert r.slots_in_use() == 1
@@ -398,17 +477,29 @@ def test_stats_counters(impl, make_region):
         prod.submit(s, request(s))
     assert cons.serve_batch(lambda req: None, max=3) == 3
     assert cons.serve_batch(lambda req: None) == 2
-    prod.free(0)                      # abandoned: its completion goes stale
+    prod.free(0)  # abandoned: its completion goes stale
     assert len(prod.poll()) == 4
     assert not cons.complete(ps(0, 0), None)
     st = r.stats()
     p = st["producers"][0]
-    assert (p["pid"], p["state"], p["submitted"], p["completed"],
-            p["stale"], p["in_use"]) == (os.getpid(), "owned", 5, 4, 1, 4)
+    assert (
+        p["pid"],
+        p["state"],
+        p["submitted"],
+        p["completed"],
+        p["stale"],
+        p["in_use"],
+    ) == (os.getpid(), "owned", 5, 4, 1, 4)
     c = st["consumers"][0]
-    assert (c["pid"], c["state"], c["incarnation"], c["taken"],
-            c["completed"], c["batches"], c["errors"]) == (
-        os.getpid(), "live", 1, 5, 5, 2, 1)
+    assert (
+        c["pid"],
+        c["state"],
+        c["incarnation"],
+        c["taken"],
+        c["completed"],
+        c["batches"],
+        c["errors"],
+    ) == (os.getpid(), "live", 1, 5, 5, 2, 1)
     r.retire_consumer(0)
     assert r.stats()["consumer_epoch"] == r.consumer_epoch == 1
 
@@ -421,7 +512,7 @@ def test_wait_times_out_when_idle(impl, make_region):
     assert 0.04 < time.monotonic() - t < 2
     assert r.stats()["consumers"][0]["sleeps"] == 1
     r.producer().submit(0, request(1))
-    assert cons.wait(5000) is True    # work already waits: no sleep
+    assert cons.wait(5000) is True  # work already waits: no sleep
     assert r.stats()["consumers"][0]["sleeps"] == 1
 
 
@@ -432,19 +523,19 @@ def test_rescue_moves_work_of_a_dead_consumer(impl, make_region):
     prod = r.producer()
     for s in range(4):
         assert prod.submit(s, request(s), consumer=0) == (0, 1)
-    held = c0.take(max=2)                   # slots 0, 1 taken
+    held = c0.take(max=2)  # slots 0, 1 taken
     assert c0.complete(held[1], Verdict(metadata={"by": "c0"}))
     # consumer 0 dies holding slot 0 taken, slot 1 done, slots 2, 3 queued
     r.retire_consumer(0)
     assert r.consumer_epoch == 1
-    assert prod.rescue() == []              # all re-queued or pollable
+    assert prod.rescue() == []  # all re-queued or pollable
     assert r.stats()["producers"][0]["requeued"] == 3
     for s in (0, 2, 3):
         assert prod.slot_state(s) == (SUBMITTED, 1, 1, 1)
     assert sorted(c1.take()) == [ps(0, 0), ps(0, 2), ps(0, 3)]
     for p in (ps(0, 0), ps(0, 2), ps(0, 3)):
         assert c1.complete(p, Verdict(metadata={"by": "c1"}))
-    assert not c0.complete(held[0])         # the dead one is refused
+    assert not c0.complete(held[0])  # the dead one is refused
     got = sorted(prod.poll())
     assert got == [(s, 1) for s in range(4)]
     for s, _ in got:
@@ -462,8 +553,7 @@ def test_rescue_fails_without_live_consumer(impl, make_region):
     out = sorted(prod.rescue())
     assert out == [(0, 1, True), (1, 1, True)]
     # done by nobody until the producer frees them
-    assert prod.slot_state(0)[0] == TAKEN and prod.slot_state(0)[1:3] == (
-        0, 0)
+    assert prod.slot_state(0)[0] == TAKEN and prod.slot_state(0)[1:3] == (0, 0)
     for s, _, _ in out:
         prod.free(s)
     assert r.slots_in_use() == 0
@@ -556,9 +646,9 @@ def test_reap_dead_producer(impl, make_region, region_name):
     assert r.reap() == 1
     st = r.stats()["producers"][0]
     assert (st["state"], st["pid"]) == ("draining", pid)
-    assert r.slots_in_use() == 2          # held by a live consumer
+    assert r.slots_in_use() == 2  # held by a live consumer
     assert cons.complete(p, Verdict())
-    assert cons.flush() == 0              # the dead producer did not arm
+    assert cons.flush() == 0  # the dead producer did not arm
     assert r.reap() == 0 and r.slots_in_use() == 1
     assert cons.serve_batch(lambda req: None) == 1
     assert r.reap() == 0
@@ -581,7 +671,7 @@ def test_reap_dead_consumer(impl, make_region, region_name):
     assert wait_readable(rfd) == b"k"
     prod = r.producer()
     assert prod.submit(0, request(1)) == (c, 1)
-    assert r.reap() == 0                      # alive: nothing to do
+    assert r.reap() == 0  # alive: nothing to do
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     assert r.reap() == 1
@@ -602,15 +692,15 @@ def test_proc_alive(impl):
     me = os.getpid()
     assert impl.proc_alive(me)
     assert impl.proc_alive(me, starttime(me))
-    assert not impl.proc_alive(me, starttime(me) + 1)     # a recycled pid
+    assert not impl.proc_alive(me, starttime(me) + 1)  # a recycled pid
     assert not impl.proc_alive(0) and not impl.proc_alive(-1)
     pid = fork(lambda: None)
     deadline = time.monotonic() + 10
     while impl.proc_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not impl.proc_alive(pid)                       # a zombie
+    assert not impl.proc_alive(pid)  # a zombie
     os.waitpid(pid, 0)
-    assert not impl.proc_alive(pid)                       # gone
+    assert not impl.proc_alive(pid)  # gone
 
 
 def test_pending_requests_are_answered_later(impl, make_region):
@@ -631,12 +721,14 @@ def test_pending_requests_are_answered_later(impl, make_region):
 
     assert cons.serve_batch(dispatch) == 6
     assert sorted(s for s, _ in prod.poll()) == [0, 2, 4]
-    assert [prod.slot_state(req.ps & 0xFFFFFFFF)[0] for req in later] \
-        == [TAKEN] * 3
+    assert [prod.slot_state(req.ps & 0xFFFFFFFF)[0] for req in later] == [
+        TAKEN
+    ] * 3
     for req in reversed(later):
         assert req.gen == 1
-        assert cons.complete(req.ps, Verdict(metadata={"later": "1"}),
-                             gen=req.gen)
+        assert cons.complete(
+            req.ps, Verdict(metadata={"later": "1"}), gen=req.gen
+        )
     assert [s for s, _ in prod.poll()] == [5, 3, 1]
     assert decode_verdict(prod.verdict(3)).metadata == {"later": "1"}
 
@@ -650,9 +742,9 @@ def test_deadline_and_abandon_reach_the_consumer(impl, make_region):
     a, b = (cons.request(p) for p in sorted(cons.take()))
     assert a.deadline_ns == deadline and b.deadline_ns == 0
     assert not a.abandoned and cons.abandons == 0
-    prod.abandon(2, 7)                   # another generation: nothing
+    prod.abandon(2, 7)  # another generation: nothing
     assert not a.abandoned and cons.abandons == 0
-    prod.abandon(2, a.gen)               # its client went away
+    prod.abandon(2, a.gen)  # its client went away
     assert a.abandoned and not b.abandoned
     assert cons.abandons == 1
     assert r.stats()["consumers"][0]["abandons"] == 1
@@ -661,7 +753,7 @@ def test_deadline_and_abandon_reach_the_consumer(impl, make_region):
     assert prod.slot_state(2)[0] == TAKEN
     assert cons.complete(a.ps, Verdict.error("cancelled"), gen=a.gen)
     assert prod.poll() == [(2, 1)]
-    prod.abandon(2, a.gen)               # done: no longer the consumer's
+    prod.abandon(2, a.gen)  # done: no longer the consumer's
     assert cons.abandons == 1
 
 
@@ -689,10 +781,17 @@ def test_response_record_carries_body_and_metadata(impl, make_region):
     r = make_region(slot_size=8192)
     cons, prod = r.consumer(r.alloc_consumer()), r.producer()
     body = bytes(range(256)) * 8
-    prod.submit(2, encode_request(
-        chain="l", headers=[("Content-Type", "application/json")],
-        body=body, status=502, metadata={"UNIT": "s2", "mode": "x=y"},
-        request_id=7))
+    prod.submit(
+        2,
+        encode_request(
+            chain="l",
+            headers=[("Content-Type", "application/json")],
+            body=body,
+            status=502,
+            metadata={"UNIT": "s2", "mode": "x=y"},
+            request_id=7,
+        ),
+    )
     (p,) = cons.take()
     req = cons.request(p)
     assert req.is_response and req.status == 502

@@ -12,7 +12,7 @@ import pytest
 
 from shm_ring.codec import RingError, encode_request
 
-LAYOUT = struct.Struct("<IIII QQQQQ")      # nproducers .. slots_off
+LAYOUT = struct.Struct("<IIII QQQQQ")  # nproducers .. slots_off
 LAYOUT_OFF = 24
 
 FORGED = [
@@ -30,7 +30,7 @@ def in_child(fn, timeout=20):
         try:
             fn()
             code = 0
-        except BaseException:       # reported by the exit code
+        except BaseException:  # reported by the exit code
             code = 3
         os._exit(code)
 
@@ -51,7 +51,8 @@ def in_child(fn, timeout=20):
 
 @pytest.mark.parametrize("forged", FORGED)
 def test_a_forged_layout_changes_nothing_for_those_attached(
-        impl, make_region, region_name, forged):
+    impl, make_region, region_name, forged
+):
     r = make_region(nproducers=2, nconsumers=2, slots=8, slot_size=4096)
     cons = r.consumer(r.alloc_consumer())
     prod = impl.Region.attach(region_name).producer()
@@ -65,8 +66,10 @@ def test_a_forged_layout_changes_nothing_for_those_attached(
     def use_it():
         assert (r.nproducers, r.nconsumers, r.slots, r.slot_size) == before
         assert r.slots_in_use() == 1
-        assert [p["state"] for p in r.stats()["producers"]] == ["owned",
-                                                               "free"]
+        assert [p["state"] for p in r.stats()["producers"]] == [
+            "owned",
+            "free",
+        ]
         r.reap()
         (ps,) = cons.take()
         assert cons.request(ps).header_get("uid") == "2"

@@ -19,8 +19,8 @@ CASES = [
     pytest.param("python", 8, (0.5, 1.5), id="python"),
 ]
 PRODUCERS, CONSUMERS = 3, 3
-PROGRESS_WITHIN = 15        # seconds a survivor may go without progress
-BUDGET = 200                # seconds for the whole run
+PROGRESS_WITHIN = 15  # seconds a survivor may go without progress
+BUDGET = 200  # seconds for the whole run
 
 
 class Supervisor:
@@ -31,20 +31,24 @@ class Supervisor:
         self.impl, self.name = impl, name
         self.mp = multiprocessing.get_context("fork")
         self.region = load_impl(impl).Region.create(
-            name, nproducers=8, nconsumers=8, slots=64, slot_size=1024)
+            name, nproducers=8, nconsumers=8, slots=64, slot_size=1024
+        )
         self.stop_consumers = self.mp.Value("b", 0, lock=False)
         self.stop_producers = self.mp.Value("b", 0, lock=False)
         self.progress = self.mp.Array("q", PRODUCERS + nkills, lock=False)
         self.deadline = time.monotonic() + BUDGET
-        self.consumers = {}     # pid -> (process, consumer index)
-        self.producers = {}     # pid -> (process, progress index, pipe)
+        self.consumers = {}  # pid -> (process, consumer index)
+        self.producers = {}  # pid -> (process, progress index, pipe)
         self.started_producers = 0
 
     def start_consumer(self):
         c = self.region.alloc_consumer()
         assert c >= 0, "no consumer index free"
-        proc = self.mp.Process(target=run_consumer, args=(
-            self.impl, self.name, c, self.stop_consumers), daemon=True)
+        proc = self.mp.Process(
+            target=run_consumer,
+            args=(self.impl, self.name, c, self.stop_consumers),
+            daemon=True,
+        )
         proc.start()
         self.consumers[proc.pid] = (proc, c)
 
@@ -52,9 +56,21 @@ class Supervisor:
         me = self.started_producers
         self.started_producers += 1
         rx, tx = self.mp.Pipe(duplex=False)
-        proc = self.mp.Process(target=run_producer, args=(
-            self.impl, self.name, me, 10 ** 12, self.stop_producers,
-            self.progress, me, tx, self.deadline), daemon=True)
+        proc = self.mp.Process(
+            target=run_producer,
+            args=(
+                self.impl,
+                self.name,
+                me,
+                10**12,
+                self.stop_producers,
+                self.progress,
+                me,
+                tx,
+                self.deadline,
+            ),
+            daemon=True,
+        )
         proc.start()
         tx.close()
         self.producers[proc.pid] = (proc, me, rx)
@@ -62,8 +78,11 @@ class Supervisor:
     def supervise(self):
         """Retires the consumers that died (all of them first: a replacement
         may get a dead one's index), replaces them, reaps."""
-        dead = [pid for pid, (proc, _) in self.consumers.items()
-                if not proc.is_alive()]
+        dead = [
+            pid
+            for pid, (proc, _) in self.consumers.items()
+            if not proc.is_alive()
+        ]
         for pid in dead:
             proc, c = self.consumers.pop(pid)
             proc.join()
@@ -78,7 +97,7 @@ class Supervisor:
         pool = self.consumers if kind == "consumer" else self.producers
         pid = rnd.choice(sorted(pool))
         os.kill(pid, signal.SIGKILL)
-        if kind == "producer":      # nginx's master would start another
+        if kind == "producer":  # nginx's master would start another
             proc, _, rx = self.producers.pop(pid)
             proc.join()
             rx.close()
@@ -86,14 +105,14 @@ class Supervisor:
         return kind
 
     def survivors_progress(self):
-        return {me: self.progress[me]
-                for _, me, _ in self.producers.values()}
+        return {me: self.progress[me] for _, me, _ in self.producers.values()}
 
     def close(self):
         """Whatever the outcome, no process outlives the test."""
         self.stop_producers.value = self.stop_consumers.value = 1
-        for proc, *_ in (list(self.consumers.values())
-                         + list(self.producers.values())):
+        for proc, *_ in list(self.consumers.values()) + list(
+            self.producers.values()
+        ):
             if proc.is_alive():
                 proc.kill()
             proc.join()
@@ -127,8 +146,11 @@ def run_chaos(sup, seed, rnd, nkills, gap, capsys):
         sup.start_consumer()
     for _ in range(PRODUCERS):
         sup.start_producer()
-    sup.run_until(lambda: all(v > 0 for v in sup.survivors_progress()
-                              .values()), 30, "no start (seed %d)" % seed)
+    sup.run_until(
+        lambda: all(v > 0 for v in sup.survivors_progress().values()),
+        30,
+        "no start (seed %d)" % seed,
+    )
 
     kinds = []
     for k in range(nkills):
@@ -137,11 +159,14 @@ def run_chaos(sup, seed, rnd, nkills, gap, capsys):
         kinds.append(sup.kill_one(rnd))
         before = sup.survivors_progress()
         sup.run_until(
-            lambda: all(sup.progress[me] > before.get(me, 0)
-                        for me in sup.survivors_progress()),
+            lambda: all(
+                sup.progress[me] > before.get(me, 0)
+                for me in sup.survivors_progress()
+            ),
             PROGRESS_WITHIN,
             "survivors stalled after kill %d, a %s (seed %d): %s -> %s"
-            % (k + 1, kinds[-1], seed, before, sup.survivors_progress()))
+            % (k + 1, kinds[-1], seed, before, sup.survivors_progress()),
+        )
 
     # the survivors stop submitting, settle what they hold and report
     sup.stop_producers.value = 1
@@ -153,8 +178,7 @@ def run_chaos(sup, seed, rnd, nkills, gap, capsys):
                 reports[me] = rx.recv()
         return len(reports) == len(sup.producers)
 
-    sup.run_until(all_reported, 30, "survivors did not drain (seed %d)"
-                  % seed)
+    sup.run_until(all_reported, 30, "survivors did not drain (seed %d)" % seed)
     for proc, _, _ in sup.producers.values():
         proc.join(10)
         assert proc.exitcode == 0
@@ -170,9 +194,11 @@ def run_chaos(sup, seed, rnd, nkills, gap, capsys):
     for proc, _ in list(sup.consumers.values()):
         proc.join(20)
         assert proc.exitcode == 0
-    sup.run_until(lambda: region.reap() >= 0 and region.slots_in_use() == 0,
-                  20, "slots left in use (seed %d): %d"
-                  % (seed, region.slots_in_use()))
+    sup.run_until(
+        lambda: region.reap() >= 0 and region.slots_in_use() == 0,
+        20,
+        "slots left in use (seed %d): %d" % (seed, region.slots_in_use()),
+    )
     st = region.stats()
     assert [p["state"] for p in st["producers"]] == ["free"] * 8
     assert all(c["state"] in ("empty", "dead") for c in st["consumers"])
@@ -180,13 +206,23 @@ def run_chaos(sup, seed, rnd, nkills, gap, capsys):
 
     elapsed = time.monotonic() - t0
     with capsys.disabled():
-        print("\nring chaos %s (seed %d): %d kills (%d consumers, %d "
-              "producers) in %.1f s, %d requests settled (%.0f/s); the "
-              "final producers settled %d exactly once, %d of them failed "
-              "by rescue; %d re-queued, %d stale dropped"
-              % (impl, seed, nkills, kinds.count("consumer"),
-                 kinds.count("producer"), elapsed, sum(sup.progress),
-                 sum(sup.progress) / elapsed, settled,
-                 sum(r["failed"] for r in reports.values()),
-                 sum(p["requeued"] for p in st["producers"]),
-                 sum(p["stale"] for p in st["producers"])))
+        print(
+            "\nring chaos %s (seed %d): %d kills (%d consumers, %d "
+            "producers) in %.1f s, %d requests settled (%.0f/s); the "
+            "final producers settled %d exactly once, %d of them failed "
+            "by rescue; %d re-queued, %d stale dropped"
+            % (
+                impl,
+                seed,
+                nkills,
+                kinds.count("consumer"),
+                kinds.count("producer"),
+                elapsed,
+                sum(sup.progress),
+                sum(sup.progress) / elapsed,
+                settled,
+                sum(r["failed"] for r in reports.values()),
+                sum(p["requeued"] for p in st["producers"]),
+                sum(p["stale"] for p in st["producers"]),
+            )
+        )

@@ -11,11 +11,19 @@ import pytest
 
 from shm_ring.codec import RingError
 
-MOE = [("127.0.0.1", 3450, "s1"), ("127.0.0.1", 3452, "s2"),
-       ("127.0.0.1", 3451, "s1"), ("::1", 3453, "s3")]
+MOE = [
+    ("127.0.0.1", 3450, "s1"),
+    ("127.0.0.1", 3452, "s2"),
+    ("127.0.0.1", 3451, "s1"),
+    ("::1", 3453, "s3"),
+]
 # the table groups endpoints by site, sites in the order they first appear
-MOE_TABLE = [("127.0.0.1", 3450, "s1"), ("127.0.0.1", 3451, "s1"),
-             ("127.0.0.1", 3452, "s2"), ("::1", 3453, "s3")]
+MOE_TABLE = [
+    ("127.0.0.1", 3450, "s1"),
+    ("127.0.0.1", 3451, "s1"),
+    ("127.0.0.1", 3452, "s2"),
+    ("::1", 3453, "s3"),
+]
 
 H_ENDPOINTS_OFF = 688
 EP_APP_SIZE = 7744
@@ -56,8 +64,7 @@ def test_write_and_read(impl, make_region):
     assert r.endpoints("test") == MOE_TABLE[:1]
     assert r.endpoint_apps() == ["test", "other"]
     assert r.set_endpoints("test", []) == 3
-    assert r.endpoints("test") == [] and r.endpoint_apps() == ["test",
-                                                                "other"]
+    assert r.endpoints("test") == [] and r.endpoint_apps() == ["test", "other"]
     # host text is normalised; brackets are accepted
     r.set_endpoints("v6", [("[0:0::1]", 1, "a")])
     assert r.endpoints("v6") == [("::1", 1, "a")]
@@ -68,17 +75,20 @@ def test_round_robin_fallback_and_tried(impl, make_region):
     r.set_endpoints("test", MOE)
     pick = r.pick_endpoint
     assert [pick("test", "s1")[:2] for _ in range(4)] == [
-        ("127.0.0.1", 3450), ("127.0.0.1", 3451)] * 2
+        ("127.0.0.1", 3450),
+        ("127.0.0.1", 3451),
+    ] * 2
     assert pick("test", "s2") == ("127.0.0.1", 3452, False)
     # no key, or a site with no endpoint: any endpoint, in turn
     got = [pick("test") for _ in range(4)] + [pick("test", "s9")]
     assert [g[1] for g in got] == [3450, 3451, 3452, 3453, 3450]
     assert all(g[2] for g in got)
     # tried endpoints are skipped: the site's first, then any other
-    assert pick("test", "s1", [("127.0.0.1", 3450)])[:2] == ("127.0.0.1",
-                                                             3451)
-    assert pick("test", "s1", [("127.0.0.1", 3450), ("127.0.0.1", 3451)]) \
-        [2] is True
+    assert pick("test", "s1", [("127.0.0.1", 3450)])[:2] == ("127.0.0.1", 3451)
+    assert (
+        pick("test", "s1", [("127.0.0.1", 3450), ("127.0.0.1", 3451)])[2]
+        is True
+    )
     assert pick("test", "s3", [("::1", 3453)])[2] is True
     assert pick("test", "s1", [e[:2] for e in MOE]) is None
     # no such app, or none left
@@ -99,17 +109,24 @@ def test_sites_keep_their_counters_across_writes(impl, make_region):
     assert r.pick_endpoint("test", "s2")[2] is True
 
 
-@pytest.mark.parametrize("endpoints, why", [
-    ([("localhost", 80, "s")], "not an IPv4 or IPv6 address"),
-    ([("1.2.3.4", 0, "s")], "port 0 is not in 1..65535"),
-    ([("1.2.3.4", 70000, "s")], "port 70000"),
-    ([("1.2.3.4", 80, "")], "site name '' must be 1..31 bytes"),
-    ([("1.2.3.4", 80, "s" * 32)], "must be 1..31 bytes"),
-    ([("1.2.3.4", 80 + i, "s") for i in range(257)],
-     "257 endpoints, at most 256 fit"),
-    ([("1.2.3.4", 80 + i, "s%d" % i) for i in range(33)],
-     "more than 32 sites"),
-])
+@pytest.mark.parametrize(
+    "endpoints, why",
+    [
+        ([("localhost", 80, "s")], "not an IPv4 or IPv6 address"),
+        ([("1.2.3.4", 0, "s")], "port 0 is not in 1..65535"),
+        ([("1.2.3.4", 70000, "s")], "port 70000"),
+        ([("1.2.3.4", 80, "")], "site name '' must be 1..31 bytes"),
+        ([("1.2.3.4", 80, "s" * 32)], "must be 1..31 bytes"),
+        (
+            [("1.2.3.4", 80 + i, "s") for i in range(257)],
+            "257 endpoints, at most 256 fit",
+        ),
+        (
+            [("1.2.3.4", 80 + i, "s%d" % i) for i in range(33)],
+            "more than 32 sites",
+        ),
+    ],
+)
 def test_refused_writes(impl, make_region, endpoints, why):
     r = make_region()
     r.set_endpoints("test", MOE)
@@ -136,27 +153,37 @@ def test_app_names_and_a_full_table(impl, make_region):
     assert r.pick_endpoint("app3") is None
 
 
-def test_both_writers_lay_the_table_out_alike(cython_impl, python_impl,
-                                              region_name):
+def test_both_writers_lay_the_table_out_alike(
+    cython_impl, python_impl, region_name
+):
     """The same writes through C and through Python give the same bytes,
     and each side reads what the other wrote."""
     names = [region_name, region_name + "-py"]
-    regions = [cython_impl.Region.create(names[0], 2, 2, 8, 4096),
-               python_impl.Region.create(names[1], 2, 2, 8, 4096)]
+    regions = [
+        cython_impl.Region.create(names[0], 2, 2, 8, 4096),
+        python_impl.Region.create(names[1], 2, 2, 8, 4096),
+    ]
     try:
-        writes = [("test", MOE), ("other", [("::2", 9, "z")]),
-                  ("test", [("127.0.0.1", 4000, "s0")] + MOE[:1]),
-                  ("test", [("127.0.0.1", 1 + i, "s%d" % (i % 32))
-                            for i in range(256)]),
-                  ("test", [("127.0.0.1", 1, "new")] + MOE),
-                  ("other", [])]
+        writes = [
+            ("test", MOE),
+            ("other", [("::2", 9, "z")]),
+            ("test", [("127.0.0.1", 4000, "s0")] + MOE[:1]),
+            (
+                "test",
+                [("127.0.0.1", 1 + i, "s%d" % (i % 32)) for i in range(256)],
+            ),
+            ("test", [("127.0.0.1", 1, "new")] + MOE),
+            ("other", []),
+        ]
         for app, endpoints in writes:
             gens = [r.set_endpoints(app, endpoints) for r in regions]
             assert gens[0] == gens[1]
             assert entry_bytes(names[0], 0) == entry_bytes(names[1], 0)
             assert entry_bytes(names[0], 1) == entry_bytes(names[1], 1)
-        other = [python_impl.Region.attach(names[0]),
-                 cython_impl.Region.attach(names[1])]
+        other = [
+            python_impl.Region.attach(names[0]),
+            cython_impl.Region.attach(names[1]),
+        ]
         for a, b in zip(regions, other):
             assert a.endpoints("test") == b.endpoints("test")
             assert a.endpoint_apps() == b.endpoint_apps()
@@ -212,6 +239,7 @@ B = [("10.1.0.%d" % i, 2000 + i, "t%d" % (i % 5)) for i in range(1, 200)]
 
 def _writer(impl_name, name, seconds, done):
     from ringload import impl_module
+
     region = impl_module(impl_name).Region.attach(name)
     deadline = time.monotonic() + seconds
     n = 0
@@ -233,11 +261,13 @@ def _table(endpoints):
 
 
 @pytest.mark.parametrize("writer", ["cython", "python"])
-def test_seqlock_readers_never_see_a_torn_table(cython_impl, region_name,
-                                                writer):
+def test_seqlock_readers_never_see_a_torn_table(
+    cython_impl, region_name, writer
+):
     """A writer in another process flips the app between two tables as
     fast as it can; every read is one table or the other, whole."""
     from ringload import load_impl
+
     load_impl(writer)
     r = cython_impl.Region.create(region_name, 2, 2, 8, 4096)
     r.set_endpoints("test", A)

@@ -4,8 +4,13 @@ written as a verdict, byte for byte what the codec encodes."""
 
 import pytest
 
-from shm_ring.codec import (ACTION_ERROR, Verdict, decode_verdict,
-                            encode_request, encode_verdict)
+from shm_ring.codec import (
+    ACTION_ERROR,
+    Verdict,
+    decode_verdict,
+    encode_request,
+    encode_verdict,
+)
 
 
 def one_request(make_region, headers):
@@ -17,9 +22,16 @@ def one_request(make_region, headers):
 
 
 def test_header_get_is_the_first_value_without_case(impl, make_region):
-    _, cons, _, p = one_request(make_region, [
-        ("X-Forwarded-For", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2"),
-        ("Uid", "2"), ("X-Latin", "caf\xe9"), ("Key", "k")])
+    _, cons, _, p = one_request(
+        make_region,
+        [
+            ("X-Forwarded-For", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("Uid", "2"),
+            ("X-Latin", "caf\xe9"),
+            ("Key", "k"),
+        ],
+    )
     req = cons.request(p)
     for name in ("x-forwarded-for", "X-FORWARDED-FOR"):
         assert req.header_get(name) == "1.1.1.1"

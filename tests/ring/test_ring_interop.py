@@ -19,31 +19,52 @@ FREE, SUBMITTED, TAKEN, DONE = 0, 1, 2, 3
 
 
 @pytest.mark.parametrize("producer_impl, consumer_impl", MIXED)
-def test_request_round_trip_across(producer_impl, consumer_impl,
-                                   region_name):
+def test_request_round_trip_across(producer_impl, consumer_impl, region_name):
     P, C = load_impl(producer_impl), load_impl(consumer_impl)
     rp = P.Region.create(region_name, nproducers=2, nconsumers=2, slots=8)
     rc = C.Region.attach(region_name)
     cons = rc.consumer(rc.alloc_consumer())
     prod = rp.producer()
 
-    headers = [("Host", "a.example"), ("uid", "150"), ("X-Dup", "1"),
-               ("x-dup", "2")]
-    rec = encode_request(chain="l1", method="PUT", path="/p\xe9", query="q",
-                         remote_addr="::1", headers=headers, body=b"\0b",
-                         request_id=2 ** 63 + 5)
+    headers = [
+        ("Host", "a.example"),
+        ("uid", "150"),
+        ("X-Dup", "1"),
+        ("x-dup", "2"),
+    ]
+    rec = encode_request(
+        chain="l1",
+        method="PUT",
+        path="/p\xe9",
+        query="q",
+        remote_addr="::1",
+        headers=headers,
+        body=b"\0b",
+        request_id=2**63 + 5,
+    )
     assert prod.submit(6, rec) == (0, 1)
     assert prod.slot_state(6) == (SUBMITTED, 0, 1, 1)
     (p,) = cons.take()
     req = cons.request(p)
-    assert (req.chain, req.method, req.path, req.query, req.remote_addr,
-            req.protocol, req.body, req.request_id) == (
-        "l1", "PUT", "/p\xe9", "q", "::1", "HTTP/1.1", b"\0b", 2 ** 63 + 5)
+    assert (
+        req.chain,
+        req.method,
+        req.path,
+        req.query,
+        req.remote_addr,
+        req.protocol,
+        req.body,
+        req.request_id,
+    ) == ("l1", "PUT", "/p\xe9", "q", "::1", "HTTP/1.1", b"\0b", 2**63 + 5)
     assert req.header_items() == headers
     assert req.header_get_all("X-DUP") == ["1", "2"]
 
-    v = Verdict(upstream="s2", metadata={"UNIT": "s2"},
-                response_add=[("X-Unit", "s2")], log="routed")
+    v = Verdict(
+        upstream="s2",
+        metadata={"UNIT": "s2"},
+        response_add=[("X-Unit", "s2")],
+        log="routed",
+    )
     assert cons.complete(p, v)
     assert prod.slot_state(6) == (DONE, 0, 1, 1)
     assert prod.poll() == [(6, 1)]
@@ -117,8 +138,12 @@ def test_supervision_across(supervisor_impl, worker_impl, region_name):
     survivor = wr.consumer(c1)
     assert prod.rescue() == []
     assert wr.stats()["producers"][prod.index]["requeued"] == 2
-    assert survivor.serve_batch(lambda req: Verdict(
-        metadata={"id": str(req.request_id)})) == 2
+    assert (
+        survivor.serve_batch(
+            lambda req: Verdict(metadata={"id": str(req.request_id)})
+        )
+        == 2
+    )
     got = sorted(prod.poll())
     assert got == [(0, 1), (1, 1)]
     for s, _ in got:
@@ -138,8 +163,7 @@ def test_supervision_across(supervisor_impl, worker_impl, region_name):
     assert survivor.serve_batch(lambda req: None) == 1
     sup.reap()
     assert sup.slots_in_use() == 0
-    assert [p["state"] for p in sup.stats()["producers"]] == ["owned",
-                                                              "free"]
+    assert [p["state"] for p in sup.stats()["producers"]] == ["owned", "free"]
     wr.close()
     sup.close()
 
@@ -151,26 +175,37 @@ def public(cls):
 def test_fallback_has_the_cython_api(cython_impl, python_impl):
     for name in ("Region", "SlotRequest", "Consumer", "Producer"):
         missing = public(getattr(cython_impl, name)) - public(
-            getattr(python_impl, name))
+            getattr(python_impl, name)
+        )
         # attributes of instances are set in __init__ in Python
-        missing -= {"index", "incarnation", "name", "nheaders",
-                    "request_id"}
+        missing -= {"index", "incarnation", "name", "nheaders", "request_id"}
         assert not missing, (name, missing)
     for name in ("validate_verdict", "proc_alive", "ABI_VERSION"):
         assert hasattr(python_impl, name)
     assert python_impl.ABI_VERSION == cython_impl.ABI_VERSION
     assert (cython_impl.IMPLEMENTATION, python_impl.IMPLEMENTATION) == (
-        "cython", "python")
+        "cython",
+        "python",
+    )
 
 
 def test_pure_python_forced_by_environment(cython_impl):
-    root = os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))))
+    root = os.path.dirname(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    )
     for env, want in (("1", "python"), ("0", "cython")):
         out = subprocess.run(
             # -P: the installed package, not the source tree in cwd
-            [sys.executable, "-P", "-c",
-             "import shm_ring; print(shm_ring.IMPLEMENTATION)"],
-            cwd=root, env=dict(os.environ, SHM_RING_PURE=env),
-            capture_output=True, text=True, check=True).stdout
+            [
+                sys.executable,
+                "-P",
+                "-c",
+                "import shm_ring; print(shm_ring.IMPLEMENTATION)",
+            ],
+            cwd=root,
+            env=dict(os.environ, SHM_RING_PURE=env),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         assert out.strip() == want

@@ -115,8 +115,9 @@ def test_sleeping_producer_woken_by_consumer(sleeper, waker, region_name):
 
 
 @pytest.mark.parametrize("sleeper, waker", PAIRS)
-def test_armed_consumer_woken_through_its_descriptor(sleeper, waker,
-                                                     region_name):
+def test_armed_consumer_woken_through_its_descriptor(
+    sleeper, waker, region_name
+):
     """An event-loop consumer sleeps on fileno(), not on its futex: a
     producer in another process that submits while it is armed makes the
     descriptor readable, and rings once for one sleep."""
@@ -137,7 +138,7 @@ def test_armed_consumer_woken_through_its_descriptor(sleeper, waker,
     assert readable(rfd, 20)
     assert readable(fd, 20)
     assert cons.disarm() is True
-    assert not readable(fd, 0)          # drained
+    assert not readable(fd, 0)  # drained
     assert sorted(cons.request(p).request_id for p in cons.take()) == [41, 42]
 
     st = r.stats()
@@ -161,7 +162,7 @@ def test_awake_consumer_is_not_rung(impl_name, region_name):
     prod.submit(0, encode_request(request_id=1))
     assert not readable(fd, 0.05)
     assert r.stats()["producers"][0]["futex_wakes"] == 0
-    assert cons.arm() is True           # work waits: do not sleep
+    assert cons.arm() is True  # work waits: do not sleep
     assert r.stats()["consumers"][0]["sleeps"] == 0
     assert len(cons.take()) == 1
     # armed, then disarmed before any submit: still nothing rung
@@ -197,7 +198,7 @@ def test_consumer_descriptor_in_asyncio(impl_name, region_name):
                     readable(prod.fileno(), 1)
             prod.drain_doorbell()
             prod.free(i % 8)
-            time.sleep(0.002)           # let the consumer fall asleep
+            time.sleep(0.002)  # let the consumer fall asleep
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -206,7 +207,8 @@ def test_consumer_descriptor_in_asyncio(impl_name, region_name):
         def on_wake():
             cons.disarm()
             while cons.serve_batch(
-                    lambda req: served.append(req.request_id) or None):
+                lambda req: served.append(req.request_id) or None
+            ):
                 pass
             if len(served) == 20:
                 done.set_result(None)
@@ -230,8 +232,9 @@ def test_consumer_descriptor_in_asyncio(impl_name, region_name):
 
 
 @pytest.mark.parametrize("starter, producer_impl", PAIRS)
-def test_consumer_start_rings_the_producers(starter, producer_impl,
-                                            region_name):
+def test_consumer_start_rings_the_producers(
+    starter, producer_impl, region_name
+):
     """A producer holding requests for a worker while none is live learns
     at once that one started: consumer start rings every producer."""
     S, P = load_impl(starter), load_impl(producer_impl)
@@ -251,8 +254,9 @@ def test_consumer_start_rings_the_producers(starter, producer_impl,
 
 
 @pytest.mark.parametrize("sleeper, waker", PAIRS)
-def test_sleeping_producer_woken_through_its_eventfd(sleeper, waker,
-                                                     region_name):
+def test_sleeping_producer_woken_through_its_eventfd(
+    sleeper, waker, region_name
+):
     """A producer that publishes an eventfd (as nginx does) is woken
     through it: the consumer copies it once from the producer's process
     and writes to it instead of sending a datagram."""
@@ -275,18 +279,23 @@ def test_sleeping_producer_woken_through_its_eventfd(sleeper, waker,
                 cons.wait(100)
         # the copy stays open: one pidfd_getfd per producer, not per wake
         # (the other eventfd is the producer's own, inherited by the fork)
-        assert sum(_link(f) == "anon_inode:[eventfd]"
-                   for f in os.listdir("/proc/self/fd")) == 2
+        assert (
+            sum(
+                _link(f) == "anon_inode:[eventfd]"
+                for f in os.listdir("/proc/self/fd")
+            )
+            == 2
+        )
 
     pid = fork(child)
     assert readable(rfd, 20) and os.read(rfd, 1) == b"r"
-    prod.drain_doorbell()           # a consumer's start rings producers
+    prod.drain_doorbell()  # a consumer's start rings producers
     for slot in (3, 4):
         assert prod.arm() is False
         prod.submit(slot, encode_request(request_id=slot))
         assert readable(nfd, 20)
         assert prod.drain_notify() == 1
-        assert not readable(prod.fileno(), 0)       # no datagram
+        assert not readable(prod.fileno(), 0)  # no datagram
         assert prod.poll() == [(slot, 1)]
         prod.free(slot)
     wait_child(pid)
@@ -308,6 +317,7 @@ def test_forged_notify_fd_is_not_written(impl_name, region_name):
     # what a hostile process could write: the producer's pipe, not its
     # eventfd
     from shm_ring import abi, fallback
+
     raw = fallback.Region.attach(region_name)
     raw.st32(raw.prod(prod.index) + abi.P_NOTIFY_FD, wfd)
 
@@ -323,11 +333,11 @@ def test_forged_notify_fd_is_not_written(impl_name, region_name):
 
     pid = fork(child)
     assert readable(ready_r, 20)
-    prod.drain_doorbell()           # a consumer's start rings producers
+    prod.drain_doorbell()  # a consumer's start rings producers
     assert prod.arm() is False
     prod.submit(0, encode_request(request_id=9))
-    assert readable(prod.fileno(), 20)          # the doorbell rang
-    assert not readable(rfd, 0)                 # nothing went to the pipe
+    assert readable(prod.fileno(), 20)  # the doorbell rang
+    assert not readable(rfd, 0)  # nothing went to the pipe
     wait_child(pid)
     raw.close()
     r.close()

@@ -7,8 +7,15 @@ import logging
 
 import pytest
 
-from pyworker import (CONTINUE, STOP, MetadataDriver, StreamReceiverFilter,
-                      StreamSenderFilter, register_driver, register_filter)
+from pyworker import (
+    CONTINUE,
+    STOP,
+    MetadataDriver,
+    StreamReceiverFilter,
+    StreamSenderFilter,
+    register_driver,
+    register_filter,
+)
 from pyworker.api import Context
 from pyworker.chain import Chain
 from pyworker.dispatch import Dispatcher
@@ -54,16 +61,17 @@ class SyncCount(StreamReceiverFilter):
 class AsyncDeny(StreamReceiverFilter):
     """Answers 403 to requests whose x-id is odd, after a delay that makes
     the answers come in another order than the requests."""
+
     def __init__(self, config):
         pass
-
 
     async def on_receive(self, ctx, headers, buf, trailers):
         n = int(headers.get("x-id"))
         await asyncio.sleep(0.001 * (20 - n % 20))
         if n % 2:
-            self.handler.send_hijack_reply(403, [("X-Denied", str(n))],
-                                           "no %d" % n)
+            self.handler.send_hijack_reply(
+                403, [("X-Denied", str(n))], "no %d" % n
+            )
             return STOP
         return CONTINUE
 
@@ -99,8 +107,7 @@ class AsyncSender(StreamSenderFilter):
 
     async def append(self, ctx, headers, buf, trailers):
         await asyncio.sleep(0.001 * (self.send_handler.status % 7))
-        ctx.add_response_header("X-Status-Seen",
-                                str(self.send_handler.status))
+        ctx.add_response_header("X-Status-Seen", str(self.send_handler.status))
         return CONTINUE
 
 
@@ -160,18 +167,27 @@ def request(n):
 
 
 def test_a_chain_of_plain_filters_stays_inline():
-    chain = chain_of({"type": "test_sync_count"},
-                     {"type": "echo", "config": {"status": 200}})
+    chain = chain_of(
+        {"type": "test_sync_count"},
+        {"type": "echo", "config": {"status": 200}},
+    )
     assert not chain.is_async and not chain.sends_async
     assert run_chain(chain).action == ACTION_REPLY
 
 
 def test_plain_and_awaiting_filters_mix_in_one_chain():
-    chain = chain_of({"type": "test_sync_count"},
-                     {"type": "test_async_tag"},
-                     {"type": "metadata", "config": {"metadataers": [
-                         {"meta_data_key": "UNIT",
-                          "config": {"unit_key": "uid"}}]}})
+    chain = chain_of(
+        {"type": "test_sync_count"},
+        {"type": "test_async_tag"},
+        {
+            "type": "metadata",
+            "config": {
+                "metadataers": [
+                    {"meta_data_key": "UNIT", "config": {"unit_key": "uid"}}
+                ]
+            },
+        },
+    )
     assert chain.is_async and not chain.sends_async
     verdict = run_chain(chain, {"X-Id": "7", "uid": "150"})
     assert verdict.metadata == {"seen": "7", "unit": "s2"}
@@ -189,9 +205,12 @@ def test_many_requests_of_one_chain_in_flight_keep_apart():
 
     async def main():
         requests = [request(n) for n in range(40)]
-        verdicts = await asyncio.gather(*(
-            asyncio.ensure_future(chain.run_async(ctx, headers))
-            for ctx, headers in requests))
+        verdicts = await asyncio.gather(
+            *(
+                asyncio.ensure_future(chain.run_async(ctx, headers))
+                for ctx, headers in requests
+            )
+        )
         return verdicts
 
     verdicts = asyncio.run(main())
@@ -208,8 +227,9 @@ def test_many_requests_of_one_chain_in_flight_keep_apart():
 
 
 def test_a_cancelled_request_is_counted_and_cancels_its_filter():
-    chain = chain_of({"type": "test_sync_count"},
-                     {"type": "test_async_forever"})
+    chain = chain_of(
+        {"type": "test_sync_count"}, {"type": "test_async_forever"}
+    )
     forever = chain.filters[1][1]
 
     async def main():
@@ -222,8 +242,7 @@ def test_a_cancelled_request_is_counted_and_cancels_its_filter():
     asyncio.run(main())
     assert forever.cancelled == 1
     assert chain.counts == [[1, 0, 0, 0, 0], [0, 0, 0, 0, 1]]
-    assert ("test_async_forever", "cancelled") in dict(
-        chain.outcome_counts())
+    assert ("test_async_forever", "cancelled") in dict(chain.outcome_counts())
 
 
 def test_a_filter_that_raises_after_awaiting_is_an_error_verdict(caplog):
@@ -253,7 +272,8 @@ def test_requests_in_flight_are_not_counted_before_they_end():
 def test_timing_of_a_filter_that_awaits_spans_its_await():
     seen = []
     chain = Chain.from_stream_filters(
-        "l", [{"type": "test_async_tag", "config": {"delay": 0.02}}])
+        "l", [{"type": "test_async_tag", "config": {"delay": 0.02}}]
+    )
     chain.set_observer(lambda *args: seen.append(args), 1)
     run_chain(chain, {"X-Id": "1"})
     ((name, outcome, seconds),) = seen
@@ -262,22 +282,39 @@ def test_timing_of_a_filter_that_awaits_spans_its_await():
 
 
 def test_a_driver_that_awaits_makes_the_metadata_filter_await():
-    config = {"type": "metadata", "config": {"metadataers": [
-        {"meta_data_key": "TEST_UNIT_AWAITS", "config": {"key": "uid"}},
-        {"meta_data_key": "UNIT", "config": {"unit_key": "uid"}}]}}
+    config = {
+        "type": "metadata",
+        "config": {
+            "metadataers": [
+                {
+                    "meta_data_key": "TEST_UNIT_AWAITS",
+                    "config": {"key": "uid"},
+                },
+                {"meta_data_key": "UNIT", "config": {"unit_key": "uid"}},
+            ]
+        },
+    }
     chain = chain_of(config)
     assert chain.is_async
     driver = chain.filters[0][1].drivers["test_unit_awaits"]
     assert run_chain(chain, {"uid": "5"}).metadata == {
-        "test_unit_awaits": "s5", "unit": "s1"}
+        "test_unit_awaits": "s5",
+        "unit": "s1",
+    }
     # its start() and stop() ran with the filter's (one loop per call)
     assert (driver.started, driver.stopped) == (1, 1)
     # a driver that raises leaves its key unset, the others still run
     assert run_chain(chain, {}).metadata == {}
     assert chain.filters[0][1].driver_errors == 2
     # a metadata filter of plain drivers stays plain
-    assert not chain_of({"type": "metadata", "config": {"metadataers": [
-        {"meta_data_key": "UNIT", "config": {}}]}}).is_async
+    assert not chain_of(
+        {
+            "type": "metadata",
+            "config": {
+                "metadataers": [{"meta_data_key": "UNIT", "config": {}}]
+            },
+        }
+    ).is_async
 
 
 def test_sender_filters_that_await_see_their_own_status():
@@ -288,9 +325,14 @@ def test_sender_filters_that_await_see_their_own_status():
 
     async def main():
         headers = [RequestHeaders() for _ in range(20)]
-        return await asyncio.gather(*(
-            asyncio.ensure_future(chain.run_send_async(
-                Context(i), 200 + i, headers[i])) for i in range(20)))
+        return await asyncio.gather(
+            *(
+                asyncio.ensure_future(
+                    chain.run_send_async(Context(i), 200 + i, headers[i])
+                )
+                for i in range(20)
+            )
+        )
 
     for i, verdict in enumerate(asyncio.run(main())):
         assert verdict.response_add == [("X-Status-Seen", str(200 + i))]
@@ -298,31 +340,42 @@ def test_sender_filters_that_await_see_their_own_status():
 
 def test_start_and_stop_hooks_run_once_in_order():
     HOOKS.clear()
-    chain = chain_of({"type": "test_hooks", "config": {"name": "a"}},
-                     {"type": "test_async_tag"},
-                     {"type": "test_hooks", "config": {"name": "b"}})
+    chain = chain_of(
+        {"type": "test_hooks", "config": {"name": "a"}},
+        {"type": "test_async_tag"},
+        {"type": "test_hooks", "config": {"name": "b"}},
+    )
     run_chain(chain, {"X-Id": "1"})
-    assert HOOKS == [("start", "a"), ("start", "b"), ("stop", "b"),
-                     ("stop", "a")]
+    assert HOOKS == [
+        ("start", "a"),
+        ("start", "b"),
+        ("stop", "b"),
+        ("stop", "a"),
+    ]
 
 
 def test_a_start_hook_that_fails_is_reported_by_name():
-    chain = chain_of({"type": "test_hooks",
-                      "config": {"name": "a", "fail": "start"}})
-    with pytest.raises(RuntimeError, match="filter test_hooks of chain l: "
-                       "start\\(\\) raised OSError: cannot connect"):
+    chain = chain_of(
+        {"type": "test_hooks", "config": {"name": "a", "fail": "start"}}
+    )
+    with pytest.raises(
+        RuntimeError,
+        match="filter test_hooks of chain l: "
+        "start\\(\\) raised OSError: cannot connect",
+    ):
         asyncio.run(chain.start())
 
 
 def test_stop_hooks_that_fail_or_hang_do_not_stop_the_others(
-        monkeypatch, caplog):
+    monkeypatch, caplog
+):
     monkeypatch.setattr("pyworker.chain.STOP_HOOK_TIMEOUT", 0.05)
     HOOKS.clear()
-    chain = chain_of({"type": "test_hooks", "config": {"name": "a"}},
-                     {"type": "test_hooks",
-                      "config": {"name": "b", "fail": "hang"}},
-                     {"type": "test_hooks",
-                      "config": {"name": "c", "fail": "stop"}})
+    chain = chain_of(
+        {"type": "test_hooks", "config": {"name": "a"}},
+        {"type": "test_hooks", "config": {"name": "b", "fail": "hang"}},
+        {"type": "test_hooks", "config": {"name": "c", "fail": "stop"}},
+    )
     with caplog.at_level(logging.ERROR, logger="pyworker.filter"):
         asyncio.run(chain.stop())
     assert HOOKS == [("stop", "c"), ("stop", "b"), ("stop", "a")]
@@ -340,13 +393,19 @@ def test_arun_chain_runs_in_a_running_loop():
 
 
 def test_the_dispatcher_hands_a_chain_that_awaits_to_a_task():
-    chains = {"a": chain_of({"type": "test_async_tag"}, name="a"),
-              "s": chain_of({"type": "test_sync_count"}, name="s")}
+    chains = {
+        "a": chain_of({"type": "test_async_tag"}, name="a"),
+        "s": chain_of({"type": "test_sync_count"}, name="s"),
+    }
     spawned = []
     stats = WorkerStats(None, "t")
-    dispatch = Dispatcher(chains, stats,
-                          spawn=lambda req, work, listener:
-                          spawned.append((req, work, listener)))
+    dispatch = Dispatcher(
+        chains,
+        stats,
+        spawn=lambda req, work, listener: spawned.append(
+            (req, work, listener)
+        ),
+    )
     first = slot_request(chain="a", request_id=1, headers=[("X-Id", "1")])
     second = slot_request(chain="a", request_id=2, headers=[("X-Id", "2")])
     assert dispatch(first) is PENDING
@@ -366,16 +425,18 @@ def test_the_dispatcher_hands_a_chain_that_awaits_to_a_task():
 
 
 def test_a_dispatcher_with_no_loop_refuses_a_chain_that_awaits():
-    dispatch = Dispatcher({"a": chain_of({"type": "test_async_tag"},
-                                         name="a")})
+    dispatch = Dispatcher(
+        {"a": chain_of({"type": "test_async_tag"}, name="a")}
+    )
     verdict = dispatch(slot_request(chain="a"))
     assert verdict.action == ACTION_ERROR
     assert "awaits" in verdict.log
 
 
 def test_a_chain_whose_senders_await_answers_requests_inline():
-    chain = chain_of({"type": "test_sync_count"},
-                     {"type": "test_async_sender"}, name="r")
+    chain = chain_of(
+        {"type": "test_sync_count"}, {"type": "test_async_sender"}, name="r"
+    )
     spawned = []
     dispatch = Dispatcher({"r": chain}, spawn=lambda *a: spawned.append(a))
     verdict = dispatch(slot_request(chain="r"))

@@ -9,21 +9,34 @@ import subprocess
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 
 
 def git(*args, cwd=ROOT):
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120, check=True).stdout
+    return subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
 
 
 def ignored(cwd):
     """The paths git ignores, a directory as one entry."""
-    out = git("status", "--porcelain", "--ignored", "--untracked-files=normal",
-              cwd=cwd)
-    return sorted(line[3:] for line in out.splitlines()
-                  if line.startswith("!! "))
+    out = git(
+        "status",
+        "--porcelain",
+        "--ignored",
+        "--untracked-files=normal",
+        cwd=cwd,
+    )
+    return sorted(
+        line[3:] for line in out.splitlines() if line.startswith("!! ")
+    )
 
 
 def test_make_clean_removes_every_generated_file(tmp_path):
@@ -53,6 +66,11 @@ def test_make_clean_removes_every_generated_file(tmp_path):
     # (a directory that ignores itself, as .ruff_cache/ does, is not
     # copied as such)
     assert ignored(copy) and set(ignored(copy)) <= set(made)
-    subprocess.run(["make", "clean"], cwd=copy, check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        ["make", "clean"],
+        cwd=copy,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     assert ignored(copy) == []

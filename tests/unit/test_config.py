@@ -609,8 +609,9 @@ def test_a_filter_config_error_gets_the_file_and_full_path(
 ):
     assert_error(
         write_config,
-        mosn_config({"type": "echo"},
-                    {"type": "echo", "config": {"status": 700}}),
+        mosn_config(
+            {"type": "echo"}, {"type": "echo", "config": {"status": 700}}
+        ),
         "servers[0].listeners[0].stream_filters[1].config.status",
         "must be 0 (off) or an HTTP status in 200..599, not 700",
     )
@@ -635,10 +636,17 @@ def test_spin_us_option():
     from pyworker import config as config_
 
     def load(options):
-        return config_.loads(json_.dumps({
-            "servers": [{"listeners": [{"name": "l",
-                                        "stream_filters": []}]}],
-            "pyworker": options}), "m.json")
+        return config_.loads(
+            json_.dumps(
+                {
+                    "servers": [
+                        {"listeners": [{"name": "l", "stream_filters": []}]}
+                    ],
+                    "pyworker": options,
+                }
+            ),
+            "m.json",
+        )
 
     assert load({}).spin_us == 0
     assert load({"spin_us": 50}).spin_us == 50

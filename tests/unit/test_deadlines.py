@@ -19,8 +19,9 @@ def run(body):
 def test_items_expire_after_their_deadlines_in_order():
     async def body(loop):
         expired = []
-        d = Deadlines(loop, lambda item: expired.append((item, loop.time())),
-                      tick=0.005)
+        d = Deadlines(
+            loop, lambda item: expired.append((item, loop.time())), tick=0.005
+        )
         now = loop.time()
         due = {"late": now + 0.06, "soon": now + 0.02, "past": now - 1}
         for item, deadline in due.items():
@@ -32,6 +33,7 @@ def test_items_expire_after_their_deadlines_in_order():
             assert when >= due[item], (item, when - due[item])
         # nothing waits: no timer is left running
         assert d.timer is None and len(d) == 0
+
     run(body)
 
 
@@ -46,6 +48,7 @@ def test_a_discarded_item_never_expires():
             await asyncio.sleep(0.005)
         await asyncio.sleep(0.03)
         assert expired == ["kept"]
+
     run(body)
 
 
@@ -57,6 +60,7 @@ def test_close_expires_nothing():
         d.close()
         await asyncio.sleep(0.05)
         assert expired == [] and d.timer is None
+
     run(body)
 
 
@@ -72,4 +76,5 @@ def test_a_long_pause_expires_everything_due_at_once():
         await asyncio.sleep(0.01)
         assert sorted(expired) == [0, 1, 2, 3, 4]
         d.close()
+
     run(body)

@@ -3,8 +3,13 @@ every request, and the metadata-only verdict handed back as a dict."""
 
 import os
 
-from pyworker import (CONTINUE, STOP, StreamReceiverFilter, config,
-                      register_filter)
+from pyworker import (
+    CONTINUE,
+    STOP,
+    StreamReceiverFilter,
+    config,
+    register_filter,
+)
 from pyworker.api import Context
 from pyworker.chain import Chain
 from pyworker.dispatch import Dispatcher
@@ -13,8 +18,13 @@ from pyworker.metrics import WorkerStats
 from pyworker.verdict import Verdict
 from shm_ring import codec, fallback
 
-EXAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                       os.pardir, os.pardir, "conf", "mosn.json")
+EXAMPLE = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)),
+    os.pardir,
+    os.pardir,
+    "conf",
+    "mosn.json",
+)
 
 
 def slot_request(**fields):
@@ -31,9 +41,18 @@ class Dirty(StreamReceiverFilter):
         self.seen = []
 
     def on_receive(self, ctx, headers, buf, trailers):
-        self.seen.append((dict(ctx.vars), dict(ctx.metadata), ctx.upstream,
-                          list(ctx.response_headers), headers.get("x-tag"),
-                          headers.items(), ctx.path, ctx.request_id))
+        self.seen.append(
+            (
+                dict(ctx.vars),
+                dict(ctx.metadata),
+                ctx.upstream,
+                list(ctx.response_headers),
+                headers.get("x-tag"),
+                headers.items(),
+                ctx.path,
+                ctx.request_id,
+            )
+        )
         ctx.vars["mark"] = ctx.request_id
         ctx.metadata["mark"] = "m%d" % ctx.request_id
         ctx.upstream = "u%d" % ctx.request_id
@@ -46,10 +65,16 @@ class Dirty(StreamReceiverFilter):
 def test_nothing_leaks_from_one_request_to_the_next():
     chain = Chain.from_stream_filters("l", [{"type": "test_dirty"}])
     dispatch = Dispatcher({"l": chain})
-    first = dispatch(slot_request(chain="l", path="/a", request_id=1,
-                                  headers=[("X-Tag", "one")]))
-    second = dispatch(slot_request(chain="l", path="/b", request_id=2,
-                                   headers=[("X-Tag", "two")]))
+    first = dispatch(
+        slot_request(
+            chain="l", path="/a", request_id=1, headers=[("X-Tag", "one")]
+        )
+    )
+    second = dispatch(
+        slot_request(
+            chain="l", path="/b", request_id=2, headers=[("X-Tag", "two")]
+        )
+    )
     seen = chain.filters[0][1].seen
     assert seen[0] == ({}, {}, None, [], "one", [("X-Tag", "one")], "/a", 1)
     assert seen[1] == ({}, {}, None, [], "two", [("X-Tag", "two")], "/b", 2)
@@ -64,12 +89,19 @@ def test_the_common_verdict_is_the_metadata_dict():
     chain = gateway.chains["serverListener"]
     stats = WorkerStats(None, "test")
     dispatch = Dispatcher({"in": chain}, stats)
-    answers = [dispatch(slot_request(chain="in", headers=[("uid", uid)]))
-               for uid in ("2", "150", "300", " 7\t", "abc", "2")]
+    answers = [
+        dispatch(slot_request(chain="in", headers=[("uid", uid)]))
+        for uid in ("2", "150", "300", " 7\t", "abc", "2")
+    ]
     # until check() has passed the key once, a Verdict; then plain dicts
     assert answers[0] in (Verdict(metadata={"unit": "s1"}), {"unit": "s1"})
-    assert answers[1:] == [{"unit": "s2"}, {"unit": "s3"}, {"unit": "s1"},
-                           {}, {"unit": "s1"}]
+    assert answers[1:] == [
+        {"unit": "s2"},
+        {"unit": "s3"},
+        {"unit": "s1"},
+        {},
+        {"unit": "s1"},
+    ]
     # the dicts are counted here, in the stats once folded, once
     assert stats.requests.get(("in", "continue"), 0) <= 1
     dispatch.fold_counts()
@@ -91,15 +123,18 @@ class StopOdd(StreamReceiverFilter):
 
 
 def test_counts_add_up_with_passes_folded_in():
-    chain = Chain.from_stream_filters("l", [{"type": "test_stop_odd"},
-                                            {"type": "test_stop_odd"}])
+    chain = Chain.from_stream_filters(
+        "l", [{"type": "test_stop_odd"}, {"type": "test_stop_odd"}]
+    )
     dispatch = Dispatcher({"l": chain})
     for rid in range(5):
         dispatch(slot_request(chain="l", request_id=rid))
     # 0, 2, 4 pass both filters; 1 and 3 stop at the first
     assert chain.counts == [[3, 2, 0, 0, 0], [3, 0, 0, 0, 0]]
     assert list(chain.outcome_counts()) == [
-        (("test_stop_odd", "continue"), 3), (("test_stop_odd", "stop"), 2),
-        (("test_stop_odd", "continue"), 3)]
+        (("test_stop_odd", "continue"), 3),
+        (("test_stop_odd", "stop"), 2),
+        (("test_stop_odd", "continue"), 3),
+    ]
     # read again: the passes are added once
     assert chain.counts == [[3, 2, 0, 0, 0], [3, 0, 0, 0, 0]]

@@ -32,15 +32,27 @@ class Table:
 
 
 def put(app, port, revision, raw=None):
-    value = raw if raw is not None else json.dumps(
-        {"server_list": [{"ip": "10.0.0.1", "port": port, "site": "s1"}]})
-    return Event(kv=KeyValue(key=(PREFIX + app).encode(),
-                             value=value.encode(), mod_revision=revision))
+    value = (
+        raw
+        if raw is not None
+        else json.dumps(
+            {"server_list": [{"ip": "10.0.0.1", "port": port, "site": "s1"}]}
+        )
+    )
+    return Event(
+        kv=KeyValue(
+            key=(PREFIX + app).encode(),
+            value=value.encode(),
+            mod_revision=revision,
+        )
+    )
 
 
 def delete(app, revision):
-    return Event(type=DELETE, kv=KeyValue(key=(PREFIX + app).encode(),
-                                          mod_revision=revision))
+    return Event(
+        type=DELETE,
+        kv=KeyValue(key=(PREFIX + app).encode(), mod_revision=revision),
+    )
 
 
 def ep(port):
@@ -57,21 +69,25 @@ def apps():
 
 
 def test_a_burst_writes_each_app_once_with_its_last_value(apps):
-    apps.events([put("a", 2, 6), put("b", 7, 7), put("a", 3, 8),
-                 put("a", 4, 9)])
+    apps.events(
+        [put("a", 2, 6), put("b", 7, 7), put("a", 3, 8), put("a", 4, 9)]
+    )
     assert apps.table.calls == [("a", ep(4)), ("b", ep(7))]
     assert apps.revision == 9
-    assert apps.stats.updates == 1 + 4      # the resync and four changes
+    assert apps.stats.updates == 1 + 4  # the resync and four changes
     assert apps.good == {"a": ep(4), "b": ep(7)}
 
 
 def test_a_bad_last_value_falls_back_to_the_last_good_of_the_burst(
-        apps, caplog):
+    apps, caplog
+):
     with caplog.at_level(logging.ERROR, "pyworker.discovery"):
         apps.events([put("a", 2, 6), put("a", 0, 7, raw="{not json")])
     assert apps.table.calls == [("a", ep(2))]
-    assert "etcd key /apps/a (revision 7): line 1 column 2: invalid JSON" \
+    assert (
+        "etcd key /apps/a (revision 7): line 1 column 2: invalid JSON"
         in caplog.text
+    )
     assert apps.stats.errors == {"value": 1}
 
 
@@ -101,19 +117,31 @@ def test_replayed_revisions_are_ignored_and_counted(apps):
 
 def test_the_config_key_hands_over_the_last_value_once():
     got = []
-    key = ConfigKey("/cfg", lambda value, rev: got.append((value, rev)),
-                    SourceStats("etcd", None))
-    events = [Event(kv=KeyValue(key=b"/cfg", value=b"one", mod_revision=3)),
-              Event(kv=KeyValue(key=b"/cfg", value=b"two", mod_revision=4)),
-              Event(type=DELETE, kv=KeyValue(key=b"/cfg", mod_revision=5))]
+    key = ConfigKey(
+        "/cfg",
+        lambda value, rev: got.append((value, rev)),
+        SourceStats("etcd", None),
+    )
+    events = [
+        Event(kv=KeyValue(key=b"/cfg", value=b"one", mod_revision=3)),
+        Event(kv=KeyValue(key=b"/cfg", value=b"two", mod_revision=4)),
+        Event(type=DELETE, kv=KeyValue(key=b"/cfg", mod_revision=5)),
+    ]
     key.events(events)
-    key.events(events[1:2])         # the same revision again: not resent
+    key.events(events[1:2])  # the same revision again: not resent
     assert got == [("two", 4)]
     assert key.revision == 4
 
 
-@pytest.mark.parametrize("key, end", [
-    (b"/apps/", b"/apps0"), (b"a\xff", b"b"), (b"a\xff\xff", b"b"),
-    (b"\xff", b"\0"), (b"", b"\0")])
+@pytest.mark.parametrize(
+    "key, end",
+    [
+        (b"/apps/", b"/apps0"),
+        (b"a\xff", b"b"),
+        (b"a\xff\xff", b"b"),
+        (b"\xff", b"\0"),
+        (b"", b"\0"),
+    ],
+)
 def test_the_range_of_a_prefix(key, end):
     assert range_end(key) == end

@@ -5,8 +5,13 @@ names kept as aliases that still work."""
 import asyncio
 import logging
 
-from pyworker import (CONTINUE, HeaderMap, RequestHeaders,
-                      StreamReceiverFilter, StreamSenderFilter)
+from pyworker import (
+    CONTINUE,
+    HeaderMap,
+    RequestHeaders,
+    StreamReceiverFilter,
+    StreamSenderFilter,
+)
 from pyworker.chain import Chain
 from pyworker.headers import ResponseHeaders
 from pyworker.testing import run_chain, run_response
@@ -63,8 +68,10 @@ class DuckReplies:
 
 
 def test_receive_handler_by_mosn_name_and_by_the_alias():
-    assert (StreamReceiverFilter.set_receive_handler
-            is StreamReceiverFilter.set_receive_filter_handler)
+    assert (
+        StreamReceiverFilter.set_receive_handler
+        is StreamReceiverFilter.set_receive_filter_handler
+    )
     for filt in (Replies(), RepliesByTheEarlierName(), DuckReplies()):
         verdict = run_chain(Chain("l", [("f", filt)]))
         assert verdict.status == 403 and verdict.reply_body == b"no", filt
@@ -93,12 +100,15 @@ class StampsByTheEarlierName(StreamSenderFilter):
 
 
 def test_sender_handler_by_mosn_name_and_by_the_alias():
-    assert (StreamSenderFilter.set_send_handler
-            is StreamSenderFilter.set_sender_filter_handler)
+    assert (
+        StreamSenderFilter.set_send_handler
+        is StreamSenderFilter.set_sender_filter_handler
+    )
     for filt in (Stamps(), StampsByTheEarlierName()):
         verdict = run_response(Chain("l", [("f", filt)]), status=502)
         assert ("x-status", "502") in [
-            (n.lower(), v) for n, v in verdict.response_set], filt
+            (n.lower(), v) for n, v in verdict.response_set
+        ], filt
         assert filt.seen is filt.send_handler
 
 
@@ -120,8 +130,13 @@ class Lifecycle(StreamReceiverFilter):
 
 def test_on_destroy_runs_once_after_stop_in_reverse_order(caplog):
     notes = []
-    chain = Chain("l", [("a", Lifecycle("a", notes)),
-                        ("b", Lifecycle("b", notes, fail=True))])
+    chain = Chain(
+        "l",
+        [
+            ("a", Lifecycle("a", notes)),
+            ("b", Lifecycle("b", notes, fail=True)),
+        ],
+    )
     with caplog.at_level(logging.ERROR, logger="pyworker.filter"):
         asyncio.run(chain.stop())
     assert notes == ["stop b", "destroy b", "stop a", "destroy a"]

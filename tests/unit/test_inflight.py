@@ -51,20 +51,25 @@ class Rig:
 
     def __init__(self, loop, limit=8, slots=16):
         self.loop = loop
-        self.name = "/mosn-inflight-%d-%s" % (os.getpid(),
-                                              uuid.uuid4().hex[:8])
-        self.region = Region.create(self.name, nproducers=1, nconsumers=1,
-                                    slots=slots, slot_size=4096)
+        self.name = "/mosn-inflight-%d-%s" % (
+            os.getpid(),
+            uuid.uuid4().hex[:8],
+        )
+        self.region = Region.create(
+            self.name, nproducers=1, nconsumers=1, slots=slots, slot_size=4096
+        )
         self.consumer = self.region.consumer(self.region.alloc_consumer())
         self.producer = self.region.producer()
         self.stats = WorkerStats(None, "t")
         self.chain = Chain.from_stream_filters("g", [{"type": "test_gate"}])
         self.gate = self.chain.filters[0][1]
         self.rooms = 0
-        self.inflight = InFlight(self.consumer, loop, limit, self.stats,
-                                 on_room=self._room)
-        self.dispatch = Dispatcher({"g": self.chain}, self.stats,
-                                   spawn=self.inflight.spawn)
+        self.inflight = InFlight(
+            self.consumer, loop, limit, self.stats, on_room=self._room
+        )
+        self.dispatch = Dispatcher(
+            {"g": self.chain}, self.stats, spawn=self.inflight.spawn
+        )
         self.gens = {}
 
     def _room(self):
@@ -74,12 +79,18 @@ class Rig:
         headers = [("X-Gate", gate)] if gate else []
         if stubborn:
             headers.append(("X-Stubborn", "1"))
-        deadline = (time.monotonic_ns() + deadline_ms * 10**6
-                    if deadline_ms is not None else 0)
+        deadline = (
+            time.monotonic_ns() + deadline_ms * 10**6
+            if deadline_ms is not None
+            else 0
+        )
         c, gen = self.producer.submit(
-            slot, codec.encode_request(chain="g", headers=headers,
-                                       request_id=100 + slot),
-            deadline_ns=deadline)
+            slot,
+            codec.encode_request(
+                chain="g", headers=headers, request_id=100 + slot
+            ),
+            deadline_ns=deadline,
+        )
         self.gens[slot] = gen
         return gen
 
@@ -98,7 +109,7 @@ class Rig:
 
     def close(self):
         self.region.close()
-        self.region.unlink()    # its wake-up directory too
+        self.region.unlink()  # its wake-up directory too
 
 
 @pytest.fixture
@@ -155,8 +166,13 @@ def test_the_worker_takes_no_more_than_max_in_flight(rig):
         assert r.serve(r.inflight.room) == 3
         assert r.inflight.room == 0
         # the two others wait in the ring, not in Python
-        assert [r.producer.slot_state(s)[0] for s in range(5)] == \
-            [TAKEN, TAKEN, TAKEN, SUBMITTED, SUBMITTED]
+        assert [r.producer.slot_state(s)[0] for s in range(5)] == [
+            TAKEN,
+            TAKEN,
+            TAKEN,
+            SUBMITTED,
+            SUBMITTED,
+        ]
         open_gate("g1")
         await until(lambda: r.rooms == 1)
         assert r.inflight.room == 1
@@ -175,8 +191,9 @@ def test_a_task_past_its_deadline_is_cancelled_and_its_slot_answered(rig):
         started = time.monotonic()
         await until(lambda: r.producer.slot_state(0)[0] == DONE)
         assert time.monotonic() - started >= 0.03
-        assert r.answers() == {0: "no verdict within mosn_timeout: the "
-                                  "filters were cancelled"}
+        assert r.answers() == {
+            0: "no verdict within mosn_timeout: the filters were cancelled"
+        }
         assert r.gate.cancelled == ["slow"]
         open_gate("fast")
         await until(lambda: r.producer.slot_state(1)[0] == DONE)
@@ -194,10 +211,11 @@ def test_a_request_whose_client_went_away_is_cancelled(rig):
         r.submit(0, "x", deadline_ms=5000)
         r.submit(1, "y", deadline_ms=5000)
         r.serve()
-        r.producer.abandon(0, r.gens[0])    # nginx: the client is gone
+        r.producer.abandon(0, r.gens[0])  # nginx: the client is gone
         await until(lambda: r.producer.slot_state(0)[0] == DONE)
-        assert r.answers() == {0: "the client went away: the filters were "
-                                  "cancelled"}
+        assert r.answers() == {
+            0: "the client went away: the filters were cancelled"
+        }
         assert r.gate.cancelled == ["x"]
         assert r.producer.slot_state(1)[0] == TAKEN
         assert r.stats.tasks == {("g", "client_gone"): 1}
@@ -217,14 +235,14 @@ def test_requests_nginx_gave_up_on_before_they_were_taken_never_run(rig):
         assert sorted(r.answers()) == [0, 1]
         assert r.chain.counts == [[0, 0, 0, 0, 0]]
         assert r.gate.cancelled == [] and not GATES
-        assert r.stats.tasks == {("g", "deadline"): 1,
-                                 ("g", "client_gone"): 1}
+        assert r.stats.tasks == {("g", "deadline"): 1, ("g", "client_gone"): 1}
 
     asyncio.run(main())
 
 
 def test_a_task_that_ignores_its_cancellation_is_left_bounded(
-        rig, monkeypatch):
+    rig, monkeypatch
+):
     monkeypatch.setattr(inflight_mod, "GRACE", 0.05)
 
     async def main():

@@ -7,8 +7,9 @@ from pyworker.logs import OneLineFormatter
 
 
 def line(message):
-    record = logging.LogRecord("pyworker.filter", logging.WARNING, __file__,
-                               1, message, (), None)
+    record = logging.LogRecord(
+        "pyworker.filter", logging.WARNING, __file__, 1, message, (), None
+    )
     return OneLineFormatter("%(levelname)s %(message)s").format(record)
 
 
@@ -19,11 +20,15 @@ def test_a_traceback_is_folded_into_one_line():
 def test_control_bytes_are_escaped():
     forged = "x\r\n2030/01/01 00:00:00 [emerg] forged\x1b[2J\x07\x00\x7f\t"
     out = line(forged)
-    assert out == ("WARNING x\\x0d | 2030/01/01 00:00:00 [emerg] forged"
-                   "\\x1b[2J\\x07\\x00\\x7f\\x09")
-    assert not any(ord(c) < 0x20 or ord(c) == 0x7f for c in out)
+    assert out == (
+        "WARNING x\\x0d | 2030/01/01 00:00:00 [emerg] forged"
+        "\\x1b[2J\\x07\\x00\\x7f\\x09"
+    )
+    assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in out)
 
 
 def test_text_is_kept():
-    assert line("caf\u00e9 \\ \"quoted\" 100%") == \
-        "WARNING caf\u00e9 \\ \"quoted\" 100%"
+    assert (
+        line('caf\u00e9 \\ "quoted" 100%')
+        == 'WARNING caf\u00e9 \\ "quoted" 100%'
+    )

@@ -31,17 +31,41 @@ def redis(redis_server):
 def limiter(url, rate_limits, **config):
     config.setdefault("domain", "test")
     config.setdefault("redis", {"url": url, "timeout": "1s"})
-    return Chain.from_stream_filters("l", [
-        {"type": "metadata", "config": {"metadataers": [
-            {"meta_data_key": "UNIT", "config": {"unit_key": "uid"}}]}},
-        {"type": "ratelimit",
-         "config": dict(rate_limits=rate_limits, **config)}])
+    return Chain.from_stream_filters(
+        "l",
+        [
+            {
+                "type": "metadata",
+                "config": {
+                    "metadataers": [
+                        {
+                            "meta_data_key": "UNIT",
+                            "config": {"unit_key": "uid"},
+                        }
+                    ]
+                },
+            },
+            {
+                "type": "ratelimit",
+                "config": dict(rate_limits=rate_limits, **config),
+            },
+        ],
+    )
 
 
 def per_user(n, unit="minute", **action):
-    return [{"actions": [{"request_headers": dict(
-        header_name="x-user", descriptor_key="user", **action)}],
-        "limit": {"requests_per_unit": n, "unit": unit}}]
+    return [
+        {
+            "actions": [
+                {
+                    "request_headers": dict(
+                        header_name="x-user", descriptor_key="user", **action
+                    )
+                }
+            ],
+            "limit": {"requests_per_unit": n, "unit": unit},
+        }
+    ]
 
 
 class Client:
@@ -57,7 +81,8 @@ class Client:
     def __call__(self, headers=(), chain=0, remote_addr="127.0.0.1"):
         ctx = Context(1, remote_addr=remote_addr, listener="l")
         return self.loop.run_until_complete(
-            self.chains[chain].run_async(ctx, RequestHeaders(headers)))
+            self.chains[chain].run_async(ctx, RequestHeaders(headers))
+        )
 
     def close(self):
         for chain in self.chains:
@@ -83,16 +108,17 @@ def events(chain):
 
 
 def test_over_the_limit_is_429_with_retry_after_and_ratelimit_headers(
-        redis, client):
+    redis, client
+):
     run = client(limiter(redis.url, per_user(3)))
     for left in (2, 1, 0):
         v = run({"X-User": "ann"})
         assert v.action == ACTION_CONTINUE
-        assert dict(v.response_add) == {"RateLimit-Limit": "3",
-                                        "RateLimit-Remaining": str(left),
-                                        "RateLimit-Reset":
-                                        dict(v.response_add)[
-                                            "RateLimit-Reset"]}
+        assert dict(v.response_add) == {
+            "RateLimit-Limit": "3",
+            "RateLimit-Remaining": str(left),
+            "RateLimit-Reset": dict(v.response_add)["RateLimit-Reset"],
+        }
     v = run({"X-User": "ann"})
     assert (v.action, v.status) == (ACTION_REPLY, 429)
     reply = dict(v.reply_headers)
@@ -102,25 +128,42 @@ def test_over_the_limit_is_429_with_retry_after_and_ratelimit_headers(
     assert reply["RateLimit-Reset"] == reply["Retry-After"]
     # another user has a limit of its own
     assert run({"X-User": "bob"}).action == ACTION_CONTINUE
-    assert events(run.chains[0]) == {"ok": 4, "over_limit": 1,
-                                     "failure_allowed": 0,
-                                     "failure_denied": 0}
+    assert events(run.chains[0]) == {
+        "ok": 4,
+        "over_limit": 1,
+        "failure_allowed": 0,
+        "failure_denied": 0,
+    }
 
 
 def test_one_redis_round_trip_per_request(redis, client):
-    run = client(limiter(redis.url, per_user(1000) + [
-        {"actions": [{"remote_address": {}}],
-         "limit": {"requests_per_unit": 1000, "unit": "second"}},
-        {"actions": [{"generic_key": {"descriptor_value": "all"}}],
-         "limit": {"requests_per_unit": 1000, "unit": "hour"}}]))
-    run({"X-User": "ann"})       # loads the script
+    run = client(
+        limiter(
+            redis.url,
+            per_user(1000)
+            + [
+                {
+                    "actions": [{"remote_address": {}}],
+                    "limit": {"requests_per_unit": 1000, "unit": "second"},
+                },
+                {
+                    "actions": [{"generic_key": {"descriptor_value": "all"}}],
+                    "limit": {"requests_per_unit": 1000, "unit": "hour"},
+                },
+            ],
+        )
+    )
+    run({"X-User": "ann"})  # loads the script
     redis.command("CONFIG", "RESETSTAT")
     for _ in range(50):
         assert run({"X-User": "ann"}).action == ACTION_CONTINUE
     # the client's commands (the script's own run inside the EVALSHA)
     sent = set(redis.info("commandstats")) - {
-        "cmdstat_incrby", "cmdstat_expire", "cmdstat_time",
-        "cmdstat_config|resetstat"}
+        "cmdstat_incrby",
+        "cmdstat_expire",
+        "cmdstat_time",
+        "cmdstat_config|resetstat",
+    }
     assert sent == {"cmdstat_evalsha"}, sent
     assert redis.calls("evalsha") == 50
     # three descriptors, one counter each (a window that ended meanwhile
@@ -139,27 +182,54 @@ async def redis_keys(url):
 
 
 def test_two_gateways_share_one_limit(redis, client):
-    run = client(limiter(redis.url, per_user(4)),
-                 limiter(redis.url, per_user(4)))
+    run = client(
+        limiter(redis.url, per_user(4)), limiter(redis.url, per_user(4))
+    )
     answers = [run({"X-User": "ann"}, chain=i % 2).action for i in range(6)]
     assert answers == [ACTION_CONTINUE] * 4 + [ACTION_REPLY] * 2
 
 
 def test_descriptors_from_the_address_the_metadata_and_header_matches(
-        redis, client):
-    run = client(limiter(redis.url, [
-        {"actions": [{"remote_address": {}},
-                     {"metadata": {"descriptor_key": "unit", "key": "unit"}}],
-         "limit": {"requests_per_unit": 1, "unit": "minute"}},
-        {"actions": [{"header_value_match": {
-            "descriptor_value": "admin",
-            "headers": [{"name": "x-role", "exact_match": "admin"}]}}],
-         "limit": {"requests_per_unit": 0, "unit": "minute"}}]))
+    redis, client
+):
+    run = client(
+        limiter(
+            redis.url,
+            [
+                {
+                    "actions": [
+                        {"remote_address": {}},
+                        {
+                            "metadata": {
+                                "descriptor_key": "unit",
+                                "key": "unit",
+                            }
+                        },
+                    ],
+                    "limit": {"requests_per_unit": 1, "unit": "minute"},
+                },
+                {
+                    "actions": [
+                        {
+                            "header_value_match": {
+                                "descriptor_value": "admin",
+                                "headers": [
+                                    {"name": "x-role", "exact_match": "admin"}
+                                ],
+                            }
+                        }
+                    ],
+                    "limit": {"requests_per_unit": 0, "unit": "minute"},
+                },
+            ],
+        )
+    )
     assert run({"uid": "5"}).action == ACTION_CONTINUE
-    assert run({"uid": "5"}).status == 429            # same unit s1
-    assert run({"uid": "150"}).action == ACTION_CONTINUE   # unit s2
-    assert run({"uid": "5"}, remote_addr="10.0.0.9").action \
-        == ACTION_CONTINUE                            # another address
+    assert run({"uid": "5"}).status == 429  # same unit s1
+    assert run({"uid": "150"}).action == ACTION_CONTINUE  # unit s2
+    assert (
+        run({"uid": "5"}, remote_addr="10.0.0.9").action == ACTION_CONTINUE
+    )  # another address
     assert run({"uid": "7", "X-Role": "admin"}).status == 429
     # no uid: no unit, no descriptor for that limit (nothing counted)
     before = redis.calls("evalsha")
@@ -168,9 +238,12 @@ def test_descriptors_from_the_address_the_metadata_and_header_matches(
 
 
 def test_a_missing_header_drops_its_descriptor_unless_skip_if_absent(
-        redis, client):
-    run = client(limiter(redis.url, per_user(1)),
-                 limiter(redis.url, per_user(1, skip_if_absent=True)))
+    redis, client
+):
+    run = client(
+        limiter(redis.url, per_user(1)),
+        limiter(redis.url, per_user(1, skip_if_absent=True)),
+    )
     before = redis.calls("evalsha")
     for _ in range(3):
         assert run({}).action == ACTION_CONTINUE
@@ -195,12 +268,15 @@ def test_a_window_ends_by_redis_time(redis, client):
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("deny, expect", [
-    (False, (ACTION_CONTINUE, 0, "failure_allowed")),
-    (True, (ACTION_REPLY, 500, "failure_denied")),
-])
+@pytest.mark.parametrize(
+    "deny, expect",
+    [
+        (False, (ACTION_CONTINUE, 0, "failure_allowed")),
+        (True, (ACTION_REPLY, 500, "failure_denied")),
+    ],
+)
 def test_redis_down_fails_open_or_closed(client, deny, expect):
-    url = "redis://127.0.0.1:%d/0" % free_port()        # nothing listens
+    url = "redis://127.0.0.1:%d/0" % free_port()  # nothing listens
     chain = limiter(url, per_user(1), failure_mode_deny=deny)
     v = client(chain)({"X-User": "ann"})
     assert (v.action, v.status) == expect[:2]
@@ -209,8 +285,9 @@ def test_redis_down_fails_open_or_closed(client, deny, expect):
 
 def test_a_redis_that_comes_back_is_used_again(client):
     server = RedisServer()
-    chain = limiter(server.url, per_user(1), redis={
-        "url": server.url, "timeout": "200ms"})
+    chain = limiter(
+        server.url, per_user(1), redis={"url": server.url, "timeout": "200ms"}
+    )
     run = client(chain)
     assert run({"X-User": "ann"}).action == ACTION_CONTINUE  # open: down
     server.start()
@@ -224,20 +301,43 @@ def test_a_redis_that_comes_back_is_used_again(client):
     assert events(chain)["failure_allowed"] == 2
 
 
-@pytest.mark.parametrize("config, path, words", [
-    ({"rate_limits": per_user(1)}, "domain", "missing"),
-    ({"domain": "d", "rate_limits": []}, "rate_limits", "non-empty"),
-    ({"domain": "d", "rate_limits": per_user(1, unit="week")},
-     "rate_limits[0].limit.unit", "one of second"),
-    ({"domain": "d", "rate_limits": [{"actions": [{"cookie": {}}],
-                                      "limit": {"requests_per_unit": 1,
-                                                "unit": "second"}}]},
-     "rate_limits[0].actions[0].cookie", "unknown action"),
-    ({"domain": "d", "rate_limits": per_user(1),
-      "redis": {"url": "http://x"}}, "redis.url", "redis://"),
-])
+@pytest.mark.parametrize(
+    "config, path, words",
+    [
+        ({"rate_limits": per_user(1)}, "domain", "missing"),
+        ({"domain": "d", "rate_limits": []}, "rate_limits", "non-empty"),
+        (
+            {"domain": "d", "rate_limits": per_user(1, unit="week")},
+            "rate_limits[0].limit.unit",
+            "one of second",
+        ),
+        (
+            {
+                "domain": "d",
+                "rate_limits": [
+                    {
+                        "actions": [{"cookie": {}}],
+                        "limit": {"requests_per_unit": 1, "unit": "second"},
+                    }
+                ],
+            },
+            "rate_limits[0].actions[0].cookie",
+            "unknown action",
+        ),
+        (
+            {
+                "domain": "d",
+                "rate_limits": per_user(1),
+                "redis": {"url": "http://x"},
+            },
+            "redis.url",
+            "redis://",
+        ),
+    ],
+)
 def test_bad_configs_name_their_key(config, path, words):
     with pytest.raises(ConfigError) as info:
-        Chain.from_stream_filters("l", [{"type": "ratelimit",
-                                         "config": config}])
+        Chain.from_stream_filters(
+            "l", [{"type": "ratelimit", "config": config}]
+        )
     assert path in str(info.value) and words in str(info.value)

@@ -26,6 +26,7 @@ def run(url, body, timeout=1.0):
             return await body(client)
         finally:
             await client.close()
+
     return asyncio.run(main())
 
 
@@ -39,10 +40,13 @@ def test_many_callers_share_one_connection_each_with_its_reply(redis):
     before = connections(redis)
 
     async def body(client):
-        await asyncio.gather(*(client.call("SET", "k%d" % i, "v%d" % i)
-                               for i in range(300)))
-        return await asyncio.gather(*(client.call("GET", "k%d" % i)
-                                      for i in range(300)))
+        await asyncio.gather(
+            *(client.call("SET", "k%d" % i, "v%d" % i) for i in range(300))
+        )
+        return await asyncio.gather(
+            *(client.call("GET", "k%d" % i) for i in range(300))
+        )
+
     values = run(redis.url, body)
     assert values == [b"v%d" % i for i in range(300)]
     # one connection for the client, one for this INFO
@@ -52,8 +56,12 @@ def test_many_callers_share_one_connection_each_with_its_reply(redis):
 def test_an_error_reply_fails_its_caller_only(redis):
     async def body(client):
         return await asyncio.gather(
-            client.call("SET", "text", "abc"), client.call("INCR", "text"),
-            client.call("GET", "text"), return_exceptions=True)
+            client.call("SET", "text", "abc"),
+            client.call("INCR", "text"),
+            client.call("GET", "text"),
+            return_exceptions=True,
+        )
+
     ok, error, value = run(redis.url, body)
     assert ok == b"OK" and value == b"abc"
     assert isinstance(error, RedisError) and "not an integer" in str(error)
@@ -65,9 +73,10 @@ def test_a_cancelled_caller_leaves_the_replies_matched(redis):
         await client.call("SET", "b", "2")
         first = asyncio.ensure_future(client.call("GET", "a"))
         second = asyncio.ensure_future(client.call("GET", "b"))
-        await asyncio.sleep(0)          # both are sent
+        await asyncio.sleep(0)  # both are sent
         first.cancel()
         return await second, await client.call("GET", "a")
+
     assert run(redis.url, body) == (b"2", b"1")
 
 
@@ -82,6 +91,7 @@ def test_no_reply_within_the_timeout_is_a_timeout_error():
             with pytest.raises(TimeoutError):
                 await client.call("PING")
             return time.monotonic() - started
+
         assert run(url, body, timeout=0.1) >= 0.1
 
 
@@ -91,6 +101,7 @@ def test_nothing_listening_is_a_connection_error():
     async def body(client):
         with pytest.raises(ConnectionError):
             await client.call("PING")
+
     run(url, body)
 
 
@@ -104,6 +115,7 @@ def test_a_lost_connection_is_opened_again(redis):
             assert time.monotonic() < deadline, "the kill went unnoticed"
             await asyncio.sleep(0.01)
         return await client.call("PING")
+
     assert run(redis.url, body) == b"PONG"
 
 
@@ -112,26 +124,46 @@ def test_the_database_of_the_url_is_selected(redis):
 
     async def body(client):
         await client.call("SET", "in3", "x")
+
     run(redis.url.rsplit("/", 1)[0] + "/3", body)
-    until(lambda: redis.info("keyspace").get("db3", "").startswith(
-        "keys=1,"))
+    until(lambda: redis.info("keyspace").get("db3", "").startswith("keys=1,"))
 
 
-@pytest.mark.parametrize("url, where", [
-    ("redis://:secret@10.0.0.1:7000/2", {
-        "host": "10.0.0.1", "port": 7000, "db": 2, "password": "secret",
-        "username": None, "tls": False}),
-    ("rediss://ann:pw@cache", {"host": "cache", "port": 6379, "db": 0,
-                               "username": "ann", "tls": True}),
-    ("unix:///run/redis.sock?db=5", {"path": "/run/redis.sock", "db": 5}),
-])
+@pytest.mark.parametrize(
+    "url, where",
+    [
+        (
+            "redis://:secret@10.0.0.1:7000/2",
+            {
+                "host": "10.0.0.1",
+                "port": 7000,
+                "db": 2,
+                "password": "secret",
+                "username": None,
+                "tls": False,
+            },
+        ),
+        (
+            "rediss://ann:pw@cache",
+            {
+                "host": "cache",
+                "port": 6379,
+                "db": 0,
+                "username": "ann",
+                "tls": True,
+            },
+        ),
+        ("unix:///run/redis.sock?db=5", {"path": "/run/redis.sock", "db": 5}),
+    ],
+)
 def test_urls(url, where):
     parsed = parse_url(url)
     assert {k: parsed[k] for k in where} == where
 
 
-@pytest.mark.parametrize("url", ["http://x", "redis://", "unix://",
-                                 "redis://h/zero"])
+@pytest.mark.parametrize(
+    "url", ["http://x", "redis://", "unix://", "redis://h/zero"]
+)
 def test_bad_urls_are_value_errors(url):
     with pytest.raises(ValueError):
         parse_url(url)

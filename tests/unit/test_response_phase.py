@@ -7,15 +7,25 @@ import zlib
 
 import pytest
 
-from pyworker import (CONTINUE, StreamReceiverFilter, StreamSenderFilter,
-                      register_filter)
+from pyworker import (
+    CONTINUE,
+    StreamReceiverFilter,
+    StreamSenderFilter,
+    register_filter,
+)
 from pyworker.api import StreamSenderFilterHandler
 from pyworker.chain import Chain
 from pyworker.dispatch import Dispatcher
 from pyworker.headers import RequestHeaders
 from pyworker.testing import run_chain, run_response
-from pyworker.verdict import (ACTION_CONTINUE, ACTION_ERROR, Limits, Verdict,
-                              VerdictError, check)
+from pyworker.verdict import (
+    ACTION_CONTINUE,
+    ACTION_ERROR,
+    Limits,
+    Verdict,
+    VerdictError,
+    check,
+)
 from shm_ring import abi, codec, fallback
 
 
@@ -57,16 +67,23 @@ def test_only_chains_with_sender_filters_ask_for_the_response():
 
 def test_the_flag_reaches_the_wire_only_on_continue():
     flags = abi.VERDICT.unpack_from
-    assert flags(codec.encode_verdict(run_chain(SENDERS)))[4] == \
-        abi.VERDICT_F_SENDERS
+    assert (
+        flags(codec.encode_verdict(run_chain(SENDERS)))[4]
+        == abi.VERDICT_F_SENDERS
+    )
     assert flags(codec.encode_verdict(run_chain(NO_SENDERS)))[4] == 0
-    assert flags(codec.encode_verdict(
-        run_chain(SENDERS, {"x-reply": "1"})))[4] == 0
+    assert (
+        flags(codec.encode_verdict(run_chain(SENDERS, {"x-reply": "1"})))[4]
+        == 0
+    )
 
 
 def test_run_response_gives_the_edits():
-    verdict = run_response(SENDERS, 503, [("X-Internal-Trace", "abc"),
-                                          ("Content-Type", "text/html")])
+    verdict = run_response(
+        SENDERS,
+        503,
+        [("X-Internal-Trace", "abc"), ("Content-Type", "text/html")],
+    )
     assert verdict.response_remove == ["X-Internal-Trace"]
     assert verdict.response_set == []
     assert verdict.response_add == [("Retry-After", "1")]
@@ -77,7 +94,9 @@ def test_set_cookie_lines_are_not_joined_in_a_response():
     headers = RequestHeaders([("Set-Cookie", "a=1")])
     headers.add("Set-Cookie", "b=2")
     assert headers.to_records(join=False) == (
-        [("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")], [])
+        [("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")],
+        [],
+    )
     # a request header with several lines is still one line upstream
     assert headers.to_records() == ([("Set-Cookie", "a=1, b=2")], [])
 
@@ -89,11 +108,17 @@ def slot_request(**fields):
 
 
 def test_the_dispatcher_runs_the_senders_on_a_response_record():
-    chains = {"l": Chain.from_stream_filters("l", SENDERS),
-              "plain": Chain.from_stream_filters("plain", NO_SENDERS)}
+    chains = {
+        "l": Chain.from_stream_filters("l", SENDERS),
+        "plain": Chain.from_stream_filters("plain", NO_SENDERS),
+    }
     dispatch = Dispatcher(chains)
-    response = dict(chain="l", status=502, request_id=9,
-                    headers=[("X-Internal-Host", "db1"), ("X-Up", "1")])
+    response = dict(
+        chain="l",
+        status=502,
+        request_id=9,
+        headers=[("X-Internal-Host", "db1"), ("X-Up", "1")],
+    )
     verdict = dispatch(slot_request(**response))
     assert verdict.response_remove == ["X-Internal-Host"]
     assert verdict.response_add == [("Retry-After", "1")]
@@ -116,8 +141,9 @@ class Redact(StreamSenderFilter):
         self.decode_body = config.get("decode_body", False)
 
     def append(self, ctx, headers, buf, trailers):
-        ctx.add_response_header("x-given", "none" if buf is None
-                                else str(len(buf)))
+        ctx.add_response_header(
+            "x-given", "none" if buf is None else str(len(buf))
+        )
         if buf is not None and self.word in buf:
             self.send_handler.set_body(buf.replace(self.word, b"***"))
         return CONTINUE
@@ -139,8 +165,12 @@ REDACT = [{"type": "test_redact"}]
 
 
 def test_a_sender_filter_reads_and_replaces_the_body():
-    verdict = run_response(REDACT, 200, [("Content-Type", "text/plain")],
-                           body=b"the secret is out")
+    verdict = run_response(
+        REDACT,
+        200,
+        [("Content-Type", "text/plain")],
+        body=b"the secret is out",
+    )
     assert verdict.response_body == b"the *** is out"
     assert verdict.response_add == [("x-given", "17")]
     # left alone, the body is not in the verdict: nginx sends the old one
@@ -153,20 +183,26 @@ def test_a_sender_filter_reads_and_replaces_the_body():
 
 
 def test_the_next_filter_sees_the_new_body():
-    chain = [{"type": "test_redact", "config": {"word": "one"}},
-             {"type": "test_redact", "config": {"word": "two"}}]
+    chain = [
+        {"type": "test_redact", "config": {"word": "one"}},
+        {"type": "test_redact", "config": {"word": "two"}},
+    ]
     verdict = run_response(chain, 200, body="one two three")
     assert verdict.response_body == b"*** *** three"
 
 
 def test_set_body_takes_str_and_bytes_only():
-    for value, want in [("h\u00e9", "h\u00e9".encode()), (b"", b""),
-                        (bytearray(b"ab"), b"ab")]:
+    for value, want in [
+        ("h\u00e9", "h\u00e9".encode()),
+        (b"", b""),
+        (bytearray(b"ab"), b"ab"),
+    ]:
         handler = StreamSenderFilterHandler()
         handler.set_body(value)
         assert handler.body == want
-    verdict = run_response([{"type": "test_body_as",
-                             "config": {"value": ["no"]}}], 200, body=b"x")
+    verdict = run_response(
+        [{"type": "test_body_as", "config": {"value": ["no"]}}], 200, body=b"x"
+    )
     assert verdict.action == ACTION_ERROR
     assert "must be str or bytes, not list" in verdict.log
 
@@ -176,39 +212,51 @@ def test_compressed_bodies_decoded_for_filters_that_ask():
     asks = [{"type": "test_redact", "config": {"decode_body": True}}]
     assert run_chain(asks).decode_body is True
     assert run_chain(REDACT).decode_body is False
-    flags = abi.VERDICT.unpack_from(
-        codec.encode_verdict(run_chain(asks)))[4]
+    flags = abi.VERDICT.unpack_from(codec.encode_verdict(run_chain(asks)))[4]
     assert flags == abi.VERDICT_F_SENDERS | abi.VERDICT_F_DECODE
     deflated = zlib.compress(raw)
     raw_deflate = zlib.compressobj(wbits=-15)
     raw_deflate = raw_deflate.compress(raw) + raw_deflate.flush()
-    for coding, data in [("gzip", gzip.compress(raw)),
-                         ("x-gzip", gzip.compress(raw)),
-                         ("deflate", deflated), ("deflate", raw_deflate)]:
-        verdict = run_response(asks, 200, [("Content-Encoding", coding)],
-                               body=data)
+    for coding, data in [
+        ("gzip", gzip.compress(raw)),
+        ("x-gzip", gzip.compress(raw)),
+        ("deflate", deflated),
+        ("deflate", raw_deflate),
+    ]:
+        verdict = run_response(
+            asks, 200, [("Content-Encoding", coding)], body=data
+        )
         assert verdict.response_body == raw.replace(b"secret", b"***")
         # the new body is sent as it is, not as the upstream's coding
         assert verdict.response_remove == ["Content-Encoding"]
     # a filter that did not ask gets the compressed bytes as they came
-    verdict = run_response(REDACT, 200, [("Content-Encoding", "gzip")],
-                           body=gzip.compress(raw))
+    verdict = run_response(
+        REDACT, 200, [("Content-Encoding", "gzip")], body=gzip.compress(raw)
+    )
     assert verdict.response_add == [("x-given", str(len(gzip.compress(raw))))]
 
 
 def test_bodies_that_cannot_be_decoded_are_not_given(caplog):
     asks = Chain.from_stream_filters(
-        "l", [{"type": "test_redact", "config": {"decode_body": True}}],
-        limits=Limits(max_decoded_body=1000))
+        "l",
+        [{"type": "test_redact", "config": {"decode_body": True}}],
+        limits=Limits(max_decoded_body=1000),
+    )
     bomb = gzip.compress(b"\0" * 100000)
-    for coding, data, why in [("gzip", bomb, "decodes past 1000 bytes"),
-                              ("gzip", b"not gzip", "Error -3"),
-                              ("gzip", gzip.compress(b"x" * 500)[:-12],
-                               "ends before its compressed stream"),
-                              ("br", b"?", None)]:
+    for coding, data, why in [
+        ("gzip", bomb, "decodes past 1000 bytes"),
+        ("gzip", b"not gzip", "Error -3"),
+        (
+            "gzip",
+            gzip.compress(b"x" * 500)[:-12],
+            "ends before its compressed stream",
+        ),
+        ("br", b"?", None),
+    ]:
         caplog.clear()
-        verdict = run_response(asks, 200, [("Content-Encoding", coding)],
-                               body=data)
+        verdict = run_response(
+            asks, 200, [("Content-Encoding", coding)], body=data
+        )
         assert verdict.action == ACTION_CONTINUE
         assert verdict.response_add == [("x-given", "none")]
         assert verdict.response_body is None
@@ -218,9 +266,15 @@ def test_bodies_that_cannot_be_decoded_are_not_given(caplog):
 
 def test_the_dispatcher_hands_over_the_response_body():
     dispatch = Dispatcher({"l": Chain.from_stream_filters("l", REDACT)})
-    verdict = dispatch(slot_request(chain="l", status=200, request_id=3,
-                                    metadata={"UNIT": "s1"},
-                                    body=b"a secret"))
+    verdict = dispatch(
+        slot_request(
+            chain="l",
+            status=200,
+            request_id=3,
+            metadata={"UNIT": "s1"},
+            body=b"a secret",
+        )
+    )
     assert verdict.response_body == b"a ***"
     assert verdict.response_add == [("x-given", "8")]
 
@@ -232,20 +286,23 @@ def test_check_refuses_a_body_that_is_not_bytes():
 
 
 def test_the_readme_body_filter_works_as_shown():
-    readme = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir,
-                          "README.md")
+    readme = os.path.join(
+        os.path.dirname(__file__), os.pardir, os.pardir, "README.md"
+    )
     with open(readme) as f:
         text = f.read()
-    section = text[text.index("## Response bodies"):]
-    code = section[section.index("```python") + 9:]
-    exec(code[:code.index("```")], {})
+    section = text[text.index("## Response bodies") :]
+    code = section[section.index("```python") + 9 :]
+    exec(code[: code.index("```")], {})
     page = b'{"user": "ada", "card" : "4111-1111-1111-1111"}'
     verdict = run_response([{"type": "redact_card"}], 200, body=page)
     assert verdict.response_body == b'{"user": "ada", "card" : "****"}'
-    raw = run_response([{"type": "redact_card",
-                         "config": {"decode_body": True}}], 200,
-                       [("Content-Encoding", "gzip")],
-                       body=gzip.compress(page))
+    raw = run_response(
+        [{"type": "redact_card", "config": {"decode_body": True}}],
+        200,
+        [("Content-Encoding", "gzip")],
+        body=gzip.compress(page),
+    )
     assert raw.response_body == b'{"user": "ada", "card" : "****"}'
     assert raw.response_remove == ["Content-Encoding"]
 
@@ -259,6 +316,7 @@ class RedactAsync(StreamSenderFilter):
 
     async def append(self, ctx, headers, buf, trailers):
         import asyncio
+
         await asyncio.sleep(0)
         if buf is not None:
             self.send_handler.set_body(buf.replace(b"secret", b"***"))
@@ -267,8 +325,10 @@ class RedactAsync(StreamSenderFilter):
 
 
 def test_an_async_sender_filter_replaces_the_body():
-    chain = [{"type": "test_redact_async"}, {"type": "test_redact",
-                                             "config": {"word": "a "}}]
+    chain = [
+        {"type": "test_redact_async"},
+        {"type": "test_redact", "config": {"word": "a "}},
+    ]
     verdict = run_response(chain, 200, body=b"a secret")
     # the plain filter after it got the new body, and replaced it again
     assert verdict.response_body == b"******"

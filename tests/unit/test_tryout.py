@@ -5,8 +5,7 @@ import json
 
 import pytest
 
-from pyworker import (CONTINUE, ConfigError, StreamSenderFilter,
-                      register_filter)
+from pyworker import CONTINUE, ConfigError, StreamSenderFilter, register_filter
 from pyworker.testing import run_chain
 from pyworker.tryout import check, main_check, main_try, try_request
 from pyworker.verdict import ACTION_CONTINUE, ACTION_ERROR, ACTION_REPLY
@@ -258,10 +257,25 @@ class HideServer(StreamSenderFilter):
 def test_main_try_runs_the_response_phase(
     write_config, mosn_config, unit_filter, capsys
 ):
-    path = write_config(mosn_config(unit_filter("uid"),
-                                    {"type": "tryout_hide_server"}))
-    assert main_try([str(path), "-H", "uid: 2", "--response", "503",
-                     "-R", "Server: up", "-R", "X-Other: 1"]) == 0
+    path = write_config(
+        mosn_config(unit_filter("uid"), {"type": "tryout_hide_server"})
+    )
+    assert (
+        main_try(
+            [
+                str(path),
+                "-H",
+                "uid: 2",
+                "--response",
+                "503",
+                "-R",
+                "Server: up",
+                "-R",
+                "X-Other: 1",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.splitlines() == [
         "verdict: CONTINUE",
         "metadata: unit = s1",
@@ -291,25 +305,34 @@ class TryoutRedact(StreamSenderFilter):
 def test_main_try_runs_the_response_phase_over_a_body(
     write_config, mosn_config, unit_filter, tmp_path, capsys, monkeypatch
 ):
-    path = write_config(mosn_config(unit_filter("uid"),
-                                    {"type": "tryout_redact"}))
+    path = write_config(
+        mosn_config(unit_filter("uid"), {"type": "tryout_redact"})
+    )
     page = tmp_path / "page.json"
     page.write_bytes(b'{"card": "4111"}')
-    assert main_try([str(path), "--response", "200", "--body",
-                     str(page)]) == 0
+    assert main_try([str(path), "--response", "200", "--body", str(page)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-1] == ('response body (16 bytes, replaces the upstream\'s): '
-                       '{"card": "****"}')
-    assert main_try([str(path), "--response", "200", "--body", str(page),
-                     "--json"]) == 0
+    assert out[-1] == (
+        'response body (16 bytes, replaces the upstream\'s): {"card": "****"}'
+    )
+    assert (
+        main_try(
+            [str(path), "--response", "200", "--body", str(page), "--json"]
+        )
+        == 0
+    )
     shown = json.loads(capsys.readouterr().out)
     assert shown["response_phase"]["response_body"] == '{"card": "****"}'
     # from standard input, and the errors
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"4111")))
     assert main_try([str(path), "--response", "200", "--body", "-"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].endswith(": ****")
-    assert main_try([str(path), "--response", "200", "--body",
-                     str(tmp_path / "none")]) == 2
+    assert (
+        main_try(
+            [str(path), "--response", "200", "--body", str(tmp_path / "none")]
+        )
+        == 2
+    )
     assert "cannot read the body" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main_try([str(path), "--body", str(page)])
