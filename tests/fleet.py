@@ -132,9 +132,14 @@ class Etcd:
         return [m.endpoint for m in self.members]
 
     def start(self, timeout=30):
-        for m in self.members:
-            m.start(self.initial)
-        self.wait_healthy(timeout)
+        try:
+            for m in self.members:
+                m.start(self.initial)
+            self.wait_healthy(timeout)
+        except BaseException:
+            # the caller gets no Etcd to close: leave nothing behind
+            self.close()
+            raise
         return self
 
     def start_member(self, member, timeout=30):

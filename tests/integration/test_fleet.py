@@ -4,6 +4,9 @@ routes to the new ones; etcd stops: every gateway keeps routing; etcd
 comes back: they follow again; a gateway cut off while etcd compacts
 past its revision reads the prefix whole again."""
 
+import os
+import socket
+
 import pytest
 
 from fleet import (
@@ -45,6 +48,20 @@ def cluster():
     e = Etcd(3).start()
     yield e
     e.close()
+
+
+def test_an_etcd_that_cannot_start_leaves_nothing():
+    """Its client port is taken: the start fails, and neither its data
+    directory nor its log is left in /dev/shm."""
+    e = Etcd(1)
+    m = e.members[0]
+    with socket.socket() as taken:
+        taken.bind((m.host, m.client_port))
+        taken.listen()
+        with pytest.raises(AssertionError, match="address already in use"):
+            e.start(timeout=5)
+    assert not os.path.exists(m.data_dir)
+    assert not os.path.exists(m.log_path)
 
 
 def put_app(etcd, sites, *labels, site="s1"):
