@@ -303,7 +303,12 @@ def test_a_dead_discovery_process_is_replaced_and_the_table_kept(
     # routing goes on from the table while it is away
     assert [routed(gw) for _ in range(3)] == ["a"] * 3
     assert wait_for(lambda: find() and find() != [victim], 10), gw.error_log()
-    assert "the discovery process %d exited" % victim in gw.error_log()
+    said = "the discovery process %d exited" % victim
+    assert wait_for(lambda: said in gw.error_log(), 5), [
+        line
+        for line in gw.error_log().splitlines()
+        if "discovery" in line or "pool" in line or "alert" in line
+    ]
     put_app(etcd, sites, "b")
     assert all_route_to([gw], "b")
 
