@@ -703,17 +703,30 @@ def run_the_image_command(module, tmp_path):
             assert response.read() == b"site s2 from 3452"
 
         # non-root workers, nginx's and Python's (the Python supervisor
-        # keeps the master's rights to read the config and spawn them)
+        # keeps the master's rights to read the config and spawn them; a
+        # Python worker reads its config and filters' code with them too,
+        # then drops them before it serves: one just started may not have
+        # yet)
         www = int(run(["id", "-u", "www-data"]).stdout)
-        workers = [
-            p
-            for p in processes_with("nginx: worker process")
-            if open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1]
-            == str(master.pid)
-        ]
-        python = processes_with(f"pyworker worker --shm /{REGION}")
-        assert len(workers) == 2 and len(python) == 2
-        assert {uid_of(p) for p in workers + python} == {www}
+
+        def users():
+            workers = [
+                p
+                for p in processes_with("nginx: worker process")
+                if open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1]
+                == str(master.pid)
+            ]
+            python = processes_with(f"pyworker worker --shm /{REGION}")
+            return (
+                len(workers),
+                len(python),
+                {uid_of(p) for p in workers + python},
+            )
+
+        deadline = time.monotonic() + 10
+        while users() != (2, 2, {www}) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert users() == (2, 2, {www})
 
         # the STOPSIGNAL: a graceful quit that leaves nothing behind
         master.send_signal(signal.SIGQUIT)
