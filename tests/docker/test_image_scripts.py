@@ -24,7 +24,7 @@ import urllib.request
 import pytest
 
 from example_ports import taken_ports, the_example_ports
-from gateway import NGINX  # $NGINX, or Debian's
+from gateway import NGINX, wait_for  # $NGINX, or Debian's
 
 ROOT = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -723,9 +723,7 @@ def run_the_image_command(module, tmp_path):
                 {uid_of(p) for p in workers + python},
             )
 
-        deadline = time.monotonic() + 10
-        while users() != (2, 2, {www}) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: users() == (2, 2, {www}), 10, step=0.1)
         assert users() == (2, 2, {www})
 
         # the STOPSIGNAL: a graceful quit that leaves nothing behind
