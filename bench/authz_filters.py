@@ -1,7 +1,9 @@
 """Filters for bench/async_bench.py: the ext_authz check written as a
 plain (blocking) filter, as a worker without an event loop had to do it
 (one request at a time per worker: its rate is 1 / the service's delay),
-and the ratelimit filter on redis-py's client, to compare the clients."""
+a filter that awaits a timer instead of a service (what awaiting costs
+without the I/O), and the ratelimit filter on redis-py's client, to
+compare the clients."""
 
 import asyncio
 import http.client
@@ -38,6 +40,21 @@ class BlockingAuthz(StreamReceiverFilter):
             self.handler.send_hijack_reply(answer.status)
             return STOP
         headers.set("X-User", answer.getheader("X-User", ""))
+        return CONTINUE
+
+
+@register_filter("bench_await_timer")
+class AwaitTimer(StreamReceiverFilter):
+    """Awaits ``delay`` seconds, as ext_authz awaits the service, then
+    sets the header ext_authz copies from its answer: the same task, the
+    same verdict, no I/O."""
+
+    def __init__(self, config):
+        self.delay = config["delay"]
+
+    async def on_receive(self, ctx, headers, buf, trailers):
+        await asyncio.sleep(self.delay)
+        headers.set("X-User", "bench")
         return CONTINUE
 
 

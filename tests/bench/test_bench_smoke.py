@@ -333,6 +333,7 @@ def test_async_bench_smoke(tmp_path):
         "auth_request",
         "lua",
         "mosn_blocking",
+        "mosn_await",
         "mosn_unit",
         "mosn_limited",
         "mosn_limited_redispy",
@@ -341,4 +342,6 @@ def test_async_bench_smoke(tmp_path):
         assert row["rps"] > 0 and row["non_2xx"] == 0, (name, row)
     # the rate limit asked Redis once per request
     assert 0.95 <= summary["mosn_limited"]["redis_per_request"] <= 1.05
-    assert "## Targets" in (tmp_path / "async.md").read_text()
+    text = (tmp_path / "async.md").read_text()
+    assert "## Targets" in text
+    assert "## Where the Python worker's time goes" in text
