@@ -33,7 +33,7 @@ def make(shm, uid=None, gid=None):
     """The stats directory of region shm, made afresh: 0700 and owned by
     the workers' user.  Never fails on what someone put in the way."""
     path = path_for(shm)
-    _remove_fallbacks(shm, uid)
+    remove_fallbacks(path, uid)
     try:
         _make_at(path, uid, gid)
         return path
@@ -54,34 +54,35 @@ def make(shm, uid=None, gid=None):
 
 
 def remove(path, uid=None):
-    """Removes a stats directory this gateway made; leaves anything else."""
+    """Removes a directory this gateway made; leaves anything else."""
     if path is None:
         return
     try:
-        if _ours(path, uid):
+        if ours(path, uid):
             shutil.rmtree(path)
     except (OSError, StatsDirError) as exc:
-        log.warning("cannot remove the stats directory %s: %s", path, exc)
+        log.warning("cannot remove %s: %s", path, exc)
 
 
 def clean_stale(uid=None):
-    """Removes the stats directories of regions that nginx masters killed
-    before they could stop (regions named ngx_mosn.PID by default)."""
+    """Removes the stats and accepted-config directories of regions that
+    nginx masters killed before they could stop (regions named
+    ngx_mosn.PID by default)."""
     try:
         names = os.listdir(SHM)
     except OSError:
         return
     for name in names:
-        m = re.fullmatch(r"(ngx_mosn\.(\d+))\.stats(\.\w+)?", name)
+        m = re.fullmatch(r"(ngx_mosn\.(\d+))\.(?:stats|config)(\.\w+)?", name)
         if m is None or os.path.lexists(os.path.join(SHM, m.group(1))):
             continue
         if _pid_alive(int(m.group(2))):
             continue
         path = os.path.join(SHM, name)
         try:
-            if _ours(path, uid):
+            if ours(path, uid):
                 shutil.rmtree(path)
-                log.warning("removed the stale stats directory %s", path)
+                log.warning("removed the stale directory %s", path)
         except (OSError, StatsDirError):
             pass
 
@@ -91,7 +92,7 @@ def _make_at(path, uid, gid):
         os.mkdir(path, 0o700)
     except FileExistsError:
         # one of ours, left by a run that crashed: emptied, then made anew
-        if not _ours(path, uid):
+        if not ours(path, uid):
             raise StatsDirError("not made by this gateway") from None
         shutil.rmtree(path)
         try:
@@ -103,7 +104,7 @@ def _make_at(path, uid, gid):
     _own(path, uid, gid)
 
 
-def _ours(path, uid):
+def ours(path, uid):
     """True for a real directory, owned by root or the workers' user and
     open to no one else; raises StatsDirError saying why not."""
     st = os.lstat(path)
@@ -128,9 +129,9 @@ def _own(path, uid, gid):
         )
 
 
-def _remove_fallbacks(shm, uid):
-    """The fresh directories earlier runs of this region fell back to."""
-    base = os.path.basename(path_for(shm)) + "."
+def remove_fallbacks(path, uid):
+    """The fresh directories earlier runs fell back to beside path."""
+    base = os.path.basename(path) + "."
     try:
         names = os.listdir(SHM)
     except OSError:

@@ -19,6 +19,7 @@ import time
 from shm_ring import Region, RingError, proc_alive
 
 from pyworker import statsdir
+from pyworker.accepted import AcceptedConfig
 from pyworker.discovery.supervised import Discovery
 from pyworker.logs import setup_logging
 from pyworker.metrics import write_json
@@ -52,7 +53,9 @@ class Supervisor:
     ):
         self.shm = shm
         self.config_path = config_path  # what the workers load
-        self.base_config = config_path  # the file nginx names
+        self.source_config = config_path  # the file nginx names
+        self.base_config = config_path  # its copy accepted last
+        self.accepted = None  # pyworker.accepted.AcceptedConfig
         self.workers = workers
         self.uid = uid
         self.gid = gid
@@ -88,7 +91,7 @@ class Supervisor:
     def _on_signal(self, signum, frame):
         if signum == signal.SIGHUP:
             # run by hand: the config and workers it was started with
-            self.reload_asked = (self.workers, self.base_config)
+            self.reload_asked = (self.workers, self.source_config)
         elif signum in (signal.SIGTERM, signal.SIGINT):
             self.stopping = True
 
@@ -153,6 +156,7 @@ class Supervisor:
                 self.python,
                 self._user_args(),
             )
+        self.discovery.source = self.source_config
         self.discovery.setup(self.base_config)
         return self.discovery.choose_config(
             self.base_config, self._check_config
@@ -225,6 +229,7 @@ class Supervisor:
                     "restarts": self.restarts,
                     "reloads": self.reloads,
                     "config": self.config_path,
+                    "source": self.source_config,
                     "workers": [
                         {
                             "pid": pid,
@@ -438,7 +443,9 @@ class Supervisor:
 
     # -- reload ---------------------------------------------------------------
 
-    def _check_config(self, path):
+    def _check_config(self, path, shown=None):
+        """Runs `pyworker check` on path; its complaints name shown, the
+        file the copy at path was taken from."""
         proc = subprocess.run(
             [self.python, "-P", "-m", "pyworker", "check", path],
             capture_output=True,
@@ -447,9 +454,35 @@ class Supervisor:
         )
         if proc.returncode != 0:
             for line in (proc.stdout + proc.stderr).splitlines():
-                log.error("reload refused: %s", line)
+                log.error(
+                    "reload refused: %s", line.replace(path, shown or path)
+                )
             return False
         return True
+
+    def _accepted_at_start(self):
+        """The config to start on: the copy accepted last when nginx
+        respawns this supervisor with no reload in between (the file may
+        have been refused since), else a copy of the file, which nginx
+        checked when it read its own config."""
+        seq = self.orders.seq if self.orders is not None else 0
+        self.accepted = AcceptedConfig(
+            self.shm, (self.parent,) + self.region_id
+        )
+        if self.orders is not None:
+            kept = self.accepted.restore(seq)
+            if kept is not None:
+                log.warning(
+                    "starting on the config accepted last (kept in %s), "
+                    "not %s as it is now",
+                    kept,
+                    self.source_config,
+                )
+                self.source_config = self.accepted.source or self.source_config
+                return kept
+        return (
+            self.accepted.accept(self.source_config, seq) or self.source_config
+        )
 
     def reload(self):
         """Rolls the workers one at a time onto the config nginx names (on
@@ -463,12 +496,15 @@ class Supervisor:
             if path == self.config_path:
                 return  # refused: the live config serves on
         else:
-            desired, base = asked
-            if not self._check_config(base):
+            desired, source = asked
+            seq = self.orders.seq if self.orders is not None else 0
+            base = self.accepted.accept(source, seq, self._check_config)
+            if base is None:
                 log.error(
                     "keeping the running workers on %s", self.config_path
                 )
                 return
+            self.source_config = source
             self.base_config = base
             self.workers = desired
             path = self._discovery_setup()
@@ -565,6 +601,7 @@ class Supervisor:
             self.shm,
             self.workers,
         )
+        self.base_config = self._accepted_at_start()
         self.config_path = self._discovery_setup()
         for _ in range(self.workers):
             self._spawn()
@@ -636,6 +673,8 @@ class Supervisor:
             self.procs[pid][1].wait()
             self.region.retire_consumer(self.procs.pop(pid)[0])
         statsdir.remove(self.stats_dir, self.uid)
+        if self.accepted is not None:
+            self.accepted.remove()
 
 
 def _status_text(status):

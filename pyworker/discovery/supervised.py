@@ -62,6 +62,7 @@ class Discovery:
         self.candidate = None  # (servers, revision) not checked yet
         self.good = None  # (servers, revision) live
         self.dir = None  # where the merged configs are written
+        self.source = None  # the file nginx names, for config_dump
         self.config_errors = 0
         self.config_error = None
 
@@ -360,7 +361,7 @@ class Discovery:
         options["config_from"] = {
             "etcd_key": self.spec.config_key,
             "revision": revision,
-            "file": base,
+            "file": self.source or base,
         }
         if self.dir is None:
             self._remove_stale_dirs()

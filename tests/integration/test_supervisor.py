@@ -3,18 +3,23 @@ master when it dies, its workers and admin process gone with it, nothing
 of the gateway left in /dev/shm after quit, after a failed start or after
 a crash, and nothing it does as root taken from the shared region."""
 
+import json
 import mmap
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
+
+import pytest
 
 from shm_ring import abi
 
 from gateway import (
     ROUTED_UPSTREAMS,
+    SITE_BODY,
     example_mosn,
     free_port,
     pids_of,
@@ -214,6 +219,88 @@ def test_quit_and_reload_reach_a_respawned_supervisor(gateway):
     assert not shm_entries(gw)
 
 
+def unit_key_served(gw, admin_port):
+    """The UNIT key the workers route by, and the admin API's config
+    (None while the admin process restarts)."""
+    served = [
+        key
+        for key in ("uid", "user")
+        if SITE_BODY.match(gw.get("/", {key: "150"}).text).group(1) == "s2"
+    ]
+    try:
+        with urllib.request.urlopen(
+            "http://127.0.0.1:%d/api/v1/config_dump" % admin_port, timeout=5
+        ) as r:
+            dump = json.load(r)
+    except OSError:
+        return None
+    listener = dump["servers"][0]["listeners"][0]
+    metadataer = listener["stream_filters"][0]["config"]["metadataers"][0]
+    return served, metadataer["config"]["unit_key"]
+
+
+def test_processes_started_after_a_refused_reload_load_the_accepted_config(
+    gateway,
+):
+    """nginx refuses a reload of a broken MOSN config and the old one
+    serves on, also in every process started after it: a worker that
+    replaces one killed, the admin process, a respawned supervisor.  The
+    next good reload is what they all load then."""
+    admin_port = free_port()
+    gw = gateway(ROUTED, mosn=with_admin(admin_port), workers=1).start()
+    assert wait_for(lambda: _listening(admin_port), 10)
+    assert unit_key_served(gw, admin_port) == (["uid"], "uid")
+
+    gw.write_mosn('{"servers": [')
+    gw.reload()
+    assert wait_for(lambda: "is refused by" in gw.error_log(), 10)
+
+    # a worker killed: its replacement loads the config accepted last
+    victim = gw.python_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    assert wait_for(
+        lambda: (
+            gw.python_pids()
+            and victim not in gw.python_pids()
+            and len(gw.live_workers()) == 1
+        ),
+        15,
+    ), gw.error_log()[-2000:]
+    # and so does the admin process, restarted after a kill
+    os.kill(admin_pids(gw)[0], signal.SIGKILL)
+    assert wait_for(lambda: not _listening(admin_port), 5)
+    assert wait_for(lambda: _listening(admin_port), 15), gw.error_log()
+    assert unit_key_served(gw, admin_port) == (["uid"], "uid")
+
+    # a supervisor respawned by the master: the same, with its workers
+    sup = gw.supervisor_pid()
+    os.kill(sup, signal.SIGKILL)
+    wait_respawned(gw, sup)
+    assert wait_for(lambda: _listening(admin_port), 15), gw.error_log()
+    assert unit_key_served(gw, admin_port) == (["uid"], "uid")
+    assert "starting on the config accepted last" in gw.error_log()
+    r = gw.get("/", {"uid": "150"})
+    assert r.header("X-Mosn-Status") == "filtered"
+
+    # a good reload is accepted, and is what a respawn starts on
+    mosn = with_admin(admin_port)
+    mosn["servers"][0]["listeners"][0]["stream_filters"][0]["config"][
+        "metadataers"
+    ][0]["config"]["unit_key"] = "user"
+    gw.write_mosn(mosn)
+    gw.reload()
+    assert wait_for(
+        lambda: unit_key_served(gw, admin_port) == (["user"], "user"), 20
+    ), gw.error_log()[-2000:]
+    sup = gw.supervisor_pid()
+    os.kill(sup, signal.SIGKILL)
+    wait_respawned(gw, sup)
+    assert wait_for(lambda: _listening(admin_port), 15), gw.error_log()
+    assert unit_key_served(gw, admin_port) == (["user"], "user")
+    gw.stop()
+    assert not shm_entries(gw)
+
+
 def test_nothing_left_after_the_master_is_killed(gateway):
     """kill -9 of every process of the gateway, master included: the next
     start removes what the crash left and starts cleanly."""
@@ -298,24 +385,32 @@ def test_nothing_left_after_a_failed_start(gateway):
     assert wait_for(lambda: not gw2.processes() and not shm_entries(gw2), 10)
 
 
-def test_a_symlink_at_the_stats_path_neither_stops_nor_redirects(
-    gateway, tmp_path
+@pytest.mark.parametrize("suffix", [".stats", ".config"])
+def test_a_symlink_at_a_private_path_neither_stops_nor_redirects(
+    gateway, tmp_path, suffix
 ):
+    """The stats directory and the accepted config's: a link planted at
+    either name is not followed; the gateway keeps its own elsewhere."""
     gw = gateway(ROUTED, workers=1)
     target = tmp_path / "target"
     target.mkdir()
-    planted = "/dev/shm/%s.stats" % gw.shm
+    planted = "/dev/shm/%s%s" % (gw.shm, suffix)
     os.symlink(target, planted)
     try:
         gw.start()
         assert gw.get("/", {"uid": "2"}).header("X-Mosn-Status") == "filtered"
         assert planted in gw.error_log()
+        # a respawned supervisor does not follow it either
+        sup = gw.supervisor_pid()
+        os.kill(sup, signal.SIGKILL)
+        wait_respawned(gw, sup)
+        assert gw.get("/", {"uid": "2"}).header("X-Mosn-Status") == "filtered"
         # nothing written through the link; the link is not the gateway's
         time.sleep(1.5)
         assert list(target.iterdir()) == []
         gw.stop()
         assert os.path.islink(planted)
-        assert shm_entries(gw) == [gw.shm + ".stats"]
+        assert shm_entries(gw) == [gw.shm + suffix]
     finally:
         os.unlink(planted)
 

@@ -5,12 +5,20 @@ An "other user" here is a process that switched to a uid that is neither
 root nor nginx's worker user before doing what it does.
 """
 
+import json
 import os
+import signal
 import socket
 
 import pytest
 
-from gateway import ROUTED_UPSTREAMS, SITE_BODY, sites
+from gateway import (
+    ROUTED_UPSTREAMS,
+    SITE_BODY,
+    example_mosn,
+    sites,
+    wait_for,
+)
 
 OTHER_UID = 23456
 
@@ -206,3 +214,85 @@ def test_something_in_the_way_of_the_wake_directory_stops_the_start(
             os.rmdir(wake_dir)
         else:
             os.unlink(wake_dir)
+
+
+def test_an_accepted_config_planted_by_another_user_is_never_loaded(
+    gateway, other_user, tmp_path
+):
+    """Another user makes the directory of the accepted config first and,
+    once nginx runs, writes there a config naming their own module, with
+    the generation a respawned supervisor looks for.  It is neither used
+    nor loaded: the gateway keeps its copy elsewhere, and starts again on
+    it after a kill -9 of the supervisor."""
+    marker = tmp_path / "ran-as"
+    (tmp_path / "evil_filters.py").write_text(
+        "import os\nopen(%r, 'w').write(str(os.geteuid()))\n" % str(marker)
+    )
+    os.chmod(tmp_path, 0o755)
+    gw = gateway(
+        ROUTED,
+        workers=1,
+        env={
+            "PYTHONPATH": os.pathsep.join(
+                [os.path.dirname(__file__) + "/../filters", str(tmp_path)]
+            )
+        },
+    )
+    planted = "/dev/shm/%s.config" % gw.shm
+    assert other_user().run(lambda: os.mkdir(planted, 0o755)) == "None"
+    try:
+        gw.start()
+        assert planted in gw.error_log()
+        assert routed(gw, 150) == ("s2", "filtered")
+        sup = gw.supervisor_pid()
+        with open("/proc/%d/cmdline" % sup, "rb") as f:
+            argv = f.read().split(b"\0")
+        seq = int(argv[argv.index(b"--orders-seq") + 1])
+        region = os.stat("/dev/shm/" + gw.shm)
+        evil = example_mosn()
+        evil["pyworker"] = {"modules": ["evil_filters"]}
+        generation = {
+            "generation": [gw.master_pid(), region.st_dev, region.st_ino],
+            "seq": seq,
+            "source": gw.mosn_path,
+        }
+
+        def plant():
+            for name, doc in (
+                ("mosn.json", evil),
+                ("generation.json", generation),
+            ):
+                with open(os.path.join(planted, name), "w") as f:
+                    json.dump(doc, f)
+            return "planted"
+
+        assert other_user().run(plant) == repr("planted")
+        os.kill(sup, signal.SIGKILL)
+        assert wait_for(
+            lambda: (
+                gw.supervisor_pid() not in (None, sup)
+                and len(gw.live_workers()) == 1
+                and gw.live_workers()[0]["pid"] in gw.python_pids()
+            ),
+            15,
+        ), gw.error_log()[-2000:]
+        assert routed(gw, 150) == ("s2", "filtered")
+        assert not marker.exists(), (
+            "a planted config was loaded, as uid " + marker.read_text()
+        )
+        gw.stop()
+        # theirs is left as it was; nothing of the gateway's is left
+        assert sorted(os.listdir(planted)) == [
+            "generation.json",
+            "mosn.json",
+        ]
+        assert os.lstat(planted).st_uid == OTHER_UID
+        assert not [
+            n
+            for n in os.listdir("/dev/shm")
+            if n.startswith(gw.shm) and n != gw.shm + ".config"
+        ]
+    finally:
+        for name in os.listdir(planted):
+            os.unlink(os.path.join(planted, name))
+        os.rmdir(planted)
