@@ -109,18 +109,25 @@ mosn_producer_release(mosn_region_t *rg, uint32_t p)
 }
 
 
+/*
+ * The live consumer with the least work queued from this producer.  One
+ * that is not asleep may be stuck in a filter that blocks, with nothing
+ * queued: among those with as much queued, one asleep goes first.
+ */
+
 int
 mosn_producer_pick(mosn_region_t *rg, uint32_t p, uint32_t *rr,
     uint32_t *inc)
 {
     int               best;
-    uint32_t          i, c, n, pending, best_pending, st;
+    uint32_t          i, c, n, st;
+    uint64_t          load, best_load;
     mosn_ring_t      *ring;
     mosn_consumer_t  *cons;
 
     n = rg->nconsumers;
     best = -1;
-    best_pending = UINT32_MAX;
+    best_load = UINT64_MAX;
 
     for (i = 0; i < n; i++) {
         c = (*rr + i) % n;
@@ -132,14 +139,15 @@ mosn_producer_pick(mosn_region_t *rg, uint32_t p, uint32_t *rr,
         }
 
         ring = mosn_submit_ring(rg, p, c);
-        pending = ring->head - mosn_load(&ring->tail);
+        load = 2 * (uint64_t) (ring->head - mosn_load(&ring->tail))
+               + (mosn_load_relaxed(&cons->sleeping) == MOSN_SLEEP_NONE);
 
-        if (pending < best_pending) {
+        if (load < best_load) {
             best = (int) c;
-            best_pending = pending;
+            best_load = load;
             *inc = mosn_load(&cons->incarnation) & 0xffff;
 
-            if (pending == 0) {
+            if (load == 0) {
                 break;
             }
         }
@@ -151,8 +159,6 @@ mosn_producer_pick(mosn_region_t *rg, uint32_t p, uint32_t *rr,
 
     return best;
 }
-
-
 
 
 void

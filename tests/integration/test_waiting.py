@@ -294,6 +294,38 @@ def test_waiting_keeps_the_deadline_of_its_arrival(gateway):
     gw.wait_idle(timeout=10)
 
 
+def test_a_worker_stuck_in_a_filter_is_passed_over(gateway):
+    """Two Python workers, one stuck for 3 s in a filter that blocks: the
+    requests that come meanwhile, one after the other, go to the other
+    one; none waits for the stuck one."""
+    gw = gateway(routed("10s"), mosn=slow_mosn(3), workers=2).start()
+    stuck = []
+    t = threading.Thread(
+        target=lambda: stuck.append(gw.get("/slow", timeout=30))
+    )
+    t.start()
+
+    def taken():
+        region = gw.region()
+        try:
+            return sum(c["taken"] for c in region.stats()["consumers"])
+        finally:
+            region.close()
+
+    # in the filter now: taken from the ring by a worker
+    assert wait_for(lambda: taken() == 1, 5, step=0.002)
+    took = []
+    for _ in range(10):
+        t0 = time.monotonic()
+        r = gw.get("/slow", {"x-slow": "no"})
+        took.append(round(time.monotonic() - t0, 3))
+        assert r.header("X-Mosn-Status") == "filtered"
+    t.join()
+    assert max(took) < 1.0, took
+    assert stuck[0].header("X-Mosn-Status") == "filtered"
+    gw.wait_idle()
+
+
 def test_client_gone_while_waiting_leaves_the_queue(gateway):
     gw = gateway("mosn_slots 2;\n" + routed("20s"), mosn=slow_mosn(2)).start()
     busy = threading.Thread(target=get_all, args=(gw, "/slow", 2))
