@@ -2,6 +2,7 @@
 keep-alive connection, for a fixed time; every exchange is recorded."""
 
 import http.client
+import re
 import threading
 import time
 
@@ -126,10 +127,18 @@ class Load:
 
 
 def request_times(gw):
-    """Server-side request times (s) from the `timed` access log."""
+    """Server-side times (s) from the `timed` access log: (status, request
+    time, $mosn_status, time spent on the upstream)."""
     out = []
     with open(gw.prefix + "/logs/timed.log") as f:
         for line in f:
-            status, rt, mosn = line.split()
-            out.append((int(status), float(rt), mosn))
+            status, rt, mosn, upstream = line.split(None, 3)
+            # "-" without an upstream, "a, b" after a retry, "a : b" across
+            # an internal redirect
+            spent = sum(
+                float(t)
+                for t in re.split(r"[\s,:]+", upstream)
+                if t and t != "-"
+            )
+            out.append((int(status), float(rt), mosn, spent))
     return out

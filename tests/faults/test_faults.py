@@ -27,7 +27,8 @@ TIMEOUT = 0.3
 FAULT = (
     ROUTED_UPSTREAMS
     + """
-    log_format timed '$status $request_time $mosn_status';
+    log_format timed '$status $request_time $mosn_status '
+                      '$upstream_response_time';
     server {
         listen 127.0.0.1:%PORT%;
         access_log logs/timed.log timed;
@@ -79,10 +80,12 @@ def check_answered(gw, load, allow_fallback=True):
     assert all(status == 200 for status, _ in statuses), statuses
     if not allow_fallback:
         assert set(m for _, m in statuses) == {"filtered"}, statuses
-    # server side: nobody waited for longer than the timeout and 50 ms
+    # server side: nobody waited for the filters longer than the timeout
+    # and 50 ms; the upstream's own time (a loopback SYN retransmitted
+    # after a second, say) is not the gateway's to bound
     times = request_times(gw)
-    slowest = max(rt for _, rt, _ in times)
-    assert slowest <= TIMEOUT + 0.05, (slowest, statuses)
+    slowest = max(times, key=lambda t: t[1] - t[3])
+    assert slowest[1] - slowest[3] <= TIMEOUT + 0.05, (slowest, statuses)
     return statuses
 
 
@@ -262,7 +265,7 @@ def test_kill_python_workers_while_responses_are_held(gateway):
     assert not load.errors, load.errors[:5]
     assert len(load.results) > 100
     assert all(status == 200 for status, _, _ in load.results)
-    slowest = max(rt for _, rt, _ in request_times(gw))
+    slowest = max(t[1] for t in request_times(gw))
     assert slowest <= 2 * TIMEOUT + 0.05, slowest
     assert "[alert]" not in gw.error_log()
     submitted = sum(p["submitted"] for p in gw.region().stats()["producers"])
