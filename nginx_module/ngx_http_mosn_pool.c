@@ -17,6 +17,8 @@
 
 #include <dirent.h>
 #include <poll.h>
+#include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 
 
@@ -51,11 +53,20 @@ static ngx_int_t ngx_http_mosn_send_orders(ngx_cycle_t *cycle,
     ngx_http_mosn_main_conf_t *mmcf);
 static void ngx_http_mosn_unlink(void);
 static void ngx_http_mosn_atexit(void);
+static ngx_int_t ngx_http_mosn_region_in_use(const char *name);
 
 
 /* the slot of ngx_processes[] the supervisor has, and how it got it */
 static ngx_int_t  ngx_http_mosn_slot = -1;
 static ngx_pid_t  ngx_http_mosn_spawned = NGX_INVALID_PID;
+
+/*
+ * A shared lock on the region, taken by the master that made it and held
+ * by every nginx process of it (the workers inherit it), so that another
+ * nginx started with the same mosn_shm_name does not take a running
+ * gateway's region away; the kernel drops it with the last of them.
+ */
+static int        ngx_http_mosn_lock = -1;
 
 /* the master's own copy of the region's name: never read back */
 static char       ngx_http_mosn_shm[MOSN_NAME_MAX];
@@ -345,12 +356,33 @@ ngx_http_mosn_pool_start(ngx_cycle_t *cycle, ngx_http_mosn_main_conf_t *mmcf)
             gid = (int) ccf->group;
         }
 
+        if (ngx_http_mosn_region_in_use(name)) {
+            ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                          "mosn: the region \"%s\" is in use by another "
+                          "running nginx: stop it first, or give this one "
+                          "another mosn_shm_name", name);
+            return NGX_ERROR;
+        }
+
         if (mosn_region_create(&w->rg, name, &conf, uid, gid, err,
                                sizeof(err))
             != 0)
         {
             ngx_log_error(NGX_LOG_EMERG, cycle->log, 0, "mosn: %s", err);
             return NGX_ERROR;
+        }
+
+        if (ngx_http_mosn_lock == -1) {
+            ngx_http_mosn_lock = shm_open(name, O_RDONLY, 0);
+
+            if (ngx_http_mosn_lock == -1
+                || flock(ngx_http_mosn_lock, LOCK_SH | LOCK_NB) == -1)
+            {
+                ngx_log_error(NGX_LOG_WARN, cycle->log, ngx_errno,
+                              "mosn: cannot lock the region \"%s\": "
+                              "another nginx with the same "
+                              "mosn_shm_name could take it over", name);
+            }
         }
 
         (void) ngx_cpystrn((u_char *) ngx_http_mosn_shm, (u_char *) name,
@@ -860,6 +892,31 @@ ngx_http_mosn_unlink(void)
         (void) mosn_region_unlink(ngx_http_mosn_shm);
         ngx_http_mosn_shm[0] = '\0';
     }
+}
+
+
+/*
+ * A region whose lock is held belongs to a gateway that runs: its name is
+ * not taken over (a region left by a crash holds no lock).
+ */
+
+static ngx_int_t
+ngx_http_mosn_region_in_use(const char *name)
+{
+    int  fd, held;
+
+    fd = shm_open(name, O_RDONLY, 0);
+
+    if (fd == -1) {
+        return 0;
+    }
+
+    held = (flock(fd, LOCK_EX | LOCK_NB) == -1 && errno == EWOULDBLOCK);
+
+    /* closing it drops the lock just taken, if any */
+    close(fd);
+
+    return held;
 }
 
 

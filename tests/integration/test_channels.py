@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gateway import ROUTED_UPSTREAMS, SITE_BODY, sites, wait_for
+from gateway import ROUTED_UPSTREAMS, SITE_BODY, pids_of, sites, wait_for
 from load import Load
 
 ROUTED = (
@@ -152,3 +152,34 @@ def test_crashed_workers_channels_come_back_with_no_supervisor(gateway):
     assert "no free producer channel" not in gw.error_log()
     # with no Python worker the fallback answers, within the timeout
     assert gw.get("/").header("X-Mosn-Status") in ("fallback", "timeout")
+
+
+def test_a_second_nginx_does_not_take_a_running_gateways_region(gateway):
+    """Two nginx started with the same mosn_shm_name: the second start is
+    refused and says why; the first serves on, filtered, and keeps its
+    region.  Once the first has quit, the second starts."""
+    first = gateway(ROUTED).start()
+    second = gateway(ROUTED)
+    second.shm = first.shm
+    second.write_conf()
+    code, out = second.nginx(check=False)
+    second.started = code == 0  # stopped by the fixture if it started
+    assert code != 0, out
+    assert (
+        'the region "/%s" is in use by another running nginx' % first.shm
+        in out + second.error_log()
+    )
+    # none of its processes runs (the first's share the region's name)
+    assert not pids_of(second.prefix + "/")
+    for uid in (150, 2, 150):
+        r = first.get("/", {"uid": str(uid)})
+        assert r.header("X-Mosn-Status") == "filtered"
+    assert SITE_BODY.match(first.get("/", {"uid": "150"}).text).group(1) == (
+        "s2"
+    )
+    assert len(first.live_workers()) == 1
+    first.stop()
+    second.start()
+    r = second.get("/", {"uid": "150"})
+    assert r.header("X-Mosn-Status") == "filtered"
+    assert SITE_BODY.match(r.text).group(1) == "s2"
