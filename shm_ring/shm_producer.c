@@ -110,9 +110,9 @@ mosn_producer_release(mosn_region_t *rg, uint32_t p)
 
 
 /*
- * The live consumer with the least work queued from this producer.  One
- * that is not asleep may be stuck in a filter that blocks, with nothing
- * queued: among those with as much queued, one asleep goes first.
+ * The live consumer with the least work: entries queued from this
+ * producer and requests it holds from any (a worker stuck in a filter
+ * that blocks holds one and has nothing queued).
  */
 
 int
@@ -139,8 +139,8 @@ mosn_producer_pick(mosn_region_t *rg, uint32_t p, uint32_t *rr,
         }
 
         ring = mosn_submit_ring(rg, p, c);
-        load = 2 * (uint64_t) (ring->head - mosn_load(&ring->tail))
-               + (mosn_load_relaxed(&cons->sleeping) == MOSN_SLEEP_NONE);
+        load = (uint64_t) (ring->head - mosn_load(&ring->tail))
+               + mosn_consumer_held(cons);
 
         if (load < best_load) {
             best = (int) c;

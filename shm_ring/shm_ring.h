@@ -214,7 +214,8 @@ typedef struct {
                                                it sleeps */
     uint64_t                starttime;
     uint32_t                futex;          /* bumped to wake */
-    uint32_t                pad0;
+    uint32_t                left;           /* taken, never answered by
+                                               the incarnations before */
 
     /* counters, written by the consumer only */
     uint64_t                taken;

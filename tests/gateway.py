@@ -386,6 +386,17 @@ def debian_modules(*names):
     return "\n".join(lines)
 
 
+def evil_module(directory):
+    """A filter module, evil_filters, that writes the euid it was imported
+    as into a marker file: the env that puts it on the workers' path, and
+    the marker's path."""
+    marker = directory / "ran-as"
+    (directory / "evil_filters.py").write_text(
+        "import os\nopen(%r, 'w').write(str(os.geteuid()))\n" % str(marker)
+    )
+    return {"PYTHONPATH": os.pathsep.join([FILTERS, str(directory)])}, marker
+
+
 def example_mosn(unit_key="uid", extra_listeners=()):
     """The MOSN config of the worked example (MOE's mosn.json)."""
     return {

@@ -21,6 +21,7 @@ from gateway import (
     ROUTED_UPSTREAMS,
     SITE_BODY,
     example_mosn,
+    evil_module,
     free_port,
     pids_of,
     wait_for,
@@ -418,20 +419,13 @@ def test_a_symlink_at_a_private_path_neither_stops_nor_redirects(
 def test_root_takes_no_config_path_from_the_region(gateway, tmp_path):
     """A process of the workers' user writes another config into the
     region around a reload: the supervisor, root, never reads it."""
-    marker = tmp_path / "ran-as"
-    (tmp_path / "evil_filters.py").write_text(
-        "import os\nopen(%r, 'w').write(str(os.geteuid()))\n" % str(marker)
-    )
+    env, marker = evil_module(tmp_path)
     evil = example_mosn()
     evil["pyworker"] = {"modules": ["evil_filters"]}
     gw = gateway(
         ROUTED,
         workers=1,
-        env={
-            "PYTHONPATH": os.pathsep.join(
-                [os.path.dirname(__file__) + "/../filters", str(tmp_path)]
-            )
-        },
+        env=env,
     )
     evil_path = os.path.join(gw.prefix, "conf", "evil.json")
     with open(evil_path, "w") as f:

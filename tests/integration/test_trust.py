@@ -16,6 +16,7 @@ from gateway import (
     ROUTED_UPSTREAMS,
     SITE_BODY,
     example_mosn,
+    evil_module,
     sites,
     wait_for,
 )
@@ -224,19 +225,12 @@ def test_an_accepted_config_planted_by_another_user_is_never_loaded(
     the generation a respawned supervisor looks for.  It is neither used
     nor loaded: the gateway keeps its copy elsewhere, and starts again on
     it after a kill -9 of the supervisor."""
-    marker = tmp_path / "ran-as"
-    (tmp_path / "evil_filters.py").write_text(
-        "import os\nopen(%r, 'w').write(str(os.geteuid()))\n" % str(marker)
-    )
+    env, marker = evil_module(tmp_path)
     os.chmod(tmp_path, 0o755)
     gw = gateway(
         ROUTED,
         workers=1,
-        env={
-            "PYTHONPATH": os.pathsep.join(
-                [os.path.dirname(__file__) + "/../filters", str(tmp_path)]
-            )
-        },
+        env=env,
     )
     planted = "/dev/shm/%s.config" % gw.shm
     assert other_user().run(lambda: os.mkdir(planted, 0o755)) == "None"
