@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 
 import pytest
@@ -15,9 +16,17 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: fault and load tests")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    # each phase's report on the test, for fixtures to read at teardown
+    report = (yield).get_result()
+    setattr(item, "report_" + report.when, report)
+
+
 @pytest.fixture
-def gateway():
-    """Makes gateways: gateway(http_body, mosn=..., workers=...).start()."""
+def gateway(request):
+    """Makes gateways: gateway(http_body, mosn=..., workers=...).start().
+    Their directories (config, logs) are kept when the test fails."""
     made = []
 
     def make(*args, **kwargs):
@@ -41,3 +50,7 @@ def gateway():
             ) and "exited on signal 9" not in line:
                 errors.append(line)
     assert not errors, errors
+    call = getattr(request.node, "report_call", None)
+    if call is not None and call.passed:
+        for gw in made:
+            shutil.rmtree(gw.prefix, ignore_errors=True)
