@@ -53,7 +53,7 @@ mosn_consumer_start(mosn_region_t *rg, uint32_t c, pid_t pid)
     cons->sleeping = MOSN_SLEEP_NONE;
 
     /* what the incarnation before left unanswered is not held by this one */
-    cons->left += (uint32_t) mosn_consumer_held(cons);
+    cons->left += (uint32_t) mosn_consumer_held(rg, cons);
 
     __atomic_add_fetch(&cons->incarnation, 1, __ATOMIC_ACQ_REL);
     mosn_store(&cons->state, MOSN_CONS_LIVE);

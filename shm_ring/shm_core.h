@@ -293,21 +293,28 @@ mosn_consumer_alive(mosn_region_t *rg, uint32_t c, uint32_t inc)
 /*
  * Requests a consumer took and has not answered yet (the incarnations
  * before it count as answered what they left).  The counters only grow,
- * so reading the answered ones first never puts taken below them;
- * a consumer that lies about them only misleads the choice of consumer.
+ * so reading the answered ones first never puts taken below them; a
+ * consumer that lies about them only misleads the choice of consumer,
+ * and never past the slots there are.
  */
 
 static inline uint64_t
-mosn_consumer_held(mosn_consumer_t *cons)
+mosn_consumer_held(mosn_region_t *rg, mosn_consumer_t *cons)
 {
-    uint64_t  answered, taken;
+    uint64_t  answered, taken, most;
 
     answered = __atomic_load_n(&cons->completed, __ATOMIC_ACQUIRE)
                + __atomic_load_n(&cons->errors, __ATOMIC_ACQUIRE)
                + __atomic_load_n(&cons->left, __ATOMIC_ACQUIRE);
     taken = __atomic_load_n(&cons->taken, __ATOMIC_ACQUIRE);
 
-    return taken > answered ? taken - answered : 0;
+    if (taken <= answered) {
+        return 0;
+    }
+
+    most = (uint64_t) rg->slots * rg->nproducers;
+
+    return (taken - answered < most) ? taken - answered : most;
 }
 
 

@@ -140,7 +140,7 @@ mosn_producer_pick(mosn_region_t *rg, uint32_t p, uint32_t *rr,
 
         ring = mosn_submit_ring(rg, p, c);
         load = (uint64_t) (ring->head - mosn_load(&ring->tail))
-               + mosn_consumer_held(cons);
+               + mosn_consumer_held(rg, cons);
 
         if (load < best_load) {
             best = (int) c;

@@ -12,6 +12,7 @@ from shm_ring.abi import (
     C_COMPLETED,
     C_DOORBELLS,
     C_ERRORS,
+    C_LEFT,
     C_FUTEX,
     C_INCARNATION,
     C_PID,
@@ -80,11 +81,26 @@ def _consumer_start(rg, c, pid):
     rg.st32(o + C_PID, pid)
     rg.st64(o + C_STARTTIME, proc_starttime(pid) or 0)
     rg.st32(o + C_SLEEPING, 0)
+    # what the incarnation before left unanswered is not held by this one
+    rg.st32(o + C_LEFT, (rg.ld32(o + C_LEFT) + consumer_held(rg, c)) & U32)
     rg.st32(o + C_INCARNATION, rg.ld32(o + C_INCARNATION) + 1)
     rg.st32(o + C_STATE, CONS_LIVE)
     # producers holding requests for a worker submit them now
     reaper._ring_producers(rg, _ring_socket())
     return rg.ld32(o + C_INCARNATION) & 0xFFFF
+
+
+def consumer_held(rg, c):
+    """Requests consumer c took and has not answered (mosn_consumer_held),
+    at most the slots there are."""
+    o = rg.cons(c)
+    answered = (
+        rg.ld64(o + C_COMPLETED) + rg.ld64(o + C_ERRORS) + rg.ld32(o + C_LEFT)
+    )
+    taken = rg.ld64(o + C_TAKEN)
+    if taken <= answered:
+        return 0
+    return min(taken - answered, rg._slots * rg._np)
 
 
 def _consumer_take(rg, c, max_):

@@ -216,19 +216,21 @@ def _producer_release(rg, p):
 
 
 def _producer_pick(rg, p, rr):
-    """The live consumer with the shortest submit ring from p, from the
-    round-robin position rr: (consumer, incarnation, new rr) or None."""
+    """The live consumer with the least work (queued from p, and held),
+    from the round-robin position rr: (consumer, incarnation, new rr) or
+    None."""
     n = rg._nc
     best = None
-    best_pending = U32 + 1
+    best_pending = None
     for i in range(n):
         c = (rr + i) % n
         o = rg.cons(c)
         if rg.ld32(o + C_STATE) != CONS_LIVE:
             continue
         ring = rg.submit_ring(p, c)
-        pending = (rg.ld32(ring + R_HEAD) - rg.ld32(ring + R_TAIL)) & U32
-        if pending < best_pending:
+        queued = (rg.ld32(ring + R_HEAD) - rg.ld32(ring + R_TAIL)) & U32
+        pending = queued + consumer.consumer_held(rg, c)
+        if best_pending is None or pending < best_pending:
             best = c
             best_pending = pending
             inc = rg.ld32(o + C_INCARNATION) & 0xFFFF

@@ -67,6 +67,7 @@ def main():
             "epochs",
             "senders",
             "responses",
+            "counters",
         ),
         0,
     )
@@ -137,6 +138,13 @@ def main():
                 )
                 did["forged"] += 1
             _doorbell_ring(rg, sock, p)
+
+        # its own counters: claims to hold nothing, or more than there is
+        me = rg.cons(idx)
+        for off in (abi.C_TAKEN, abi.C_COMPLETED):
+            rg.st64(me + off, rnd.choice((0, (1 << 64) - 1, 1 << 63)))
+        rg.st32(me + abi.C_LEFT, rnd.getrandbits(32))
+        did["counters"] += 1
 
         r = rnd.random()
         if r < 0.05:

@@ -176,6 +176,7 @@ def test_a_hostile_consumer_under_load(gateway):
             "layouts",
             "epochs",
             "responses",
+            "counters",
         ):
             assert did[key] > 0, (key, did)
 
