@@ -373,6 +373,7 @@ def main():
         report(
             args,
             saved["runs"],
+            saved.get("floors", []),
             saved["machine"],
             saved["started"],
             *saved["load"],
@@ -388,12 +389,12 @@ def main():
     workdir = Path(tempfile.mkdtemp(prefix="async-bench-"))
     workdir.chmod(0o755)
     try:
-        runs = measure_all(args, workdir)
+        runs, floors = measure_all(args, workdir)
     finally:
         if not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(workdir, ignore_errors=True)
     load_after = open("/proc/loadavg").read().split()[:3]
-    report(args, runs, info, started, load_before, load_after)
+    report(args, runs, floors, info, started, load_before, load_after)
 
 
 def measure_all(args, workdir):
@@ -523,7 +524,38 @@ def measure_all(args, workdir):
                         else "",
                     )
                 )
-    return runs
+        floors = [await_floor(args, authz_port) for _ in range(args.runs)]
+    return runs, floors
+
+
+def await_floor(args, authz_port):
+    """bench/await_floor.py against the service: what a task and the
+    client cost one Python process with no gateway around it."""
+    print("the await floor ...", end=" ", flush=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.await_floor",
+            "--port",
+            str(authz_port),
+            "--connections",
+            str(args.connections),
+            "--seconds",
+            str(min(args.duration, 5)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(gateways.REPO),
+        check=True,
+    )
+    floor = json.loads(done.stdout)
+    print(
+        "task %.1f µs, client %.1f µs per exchange"
+        % (floor["task_us"], floor["client_us"])
+    )
+    return floor
 
 
 def summarise(runs):
@@ -562,9 +594,9 @@ def summarise(runs):
     return out
 
 
-def report(args, runs, info, started, load_before, load_after):
+def report(args, runs, floors, info, started, load_before, load_after):
     """async.md and async.json: the setup, the rates and CPU of every
-    gateway, the targets, the rate limit's cost."""
+    gateway, the targets, the await floor, the rate limit's cost."""
     summary = summarise(runs)
     lines = (
         _report_head(args, info, started, load_before, load_after)
@@ -572,6 +604,7 @@ def report(args, runs, info, started, load_before, load_after):
         + _cpu_table(summary)
         + _targets(summary, info, load_after)
         + _python_costs(summary, args.delay_ms)
+        + _floor(summary, floors)
         + _rate_limit(summary)
     )
     text = "\n".join(lines) + "\n"
@@ -585,6 +618,7 @@ def report(args, runs, info, started, load_before, load_after):
             "started": started,
             "load": [load_before, load_after],
             "runs": runs,
+            "floors": floors,
             "summary": summary,
         },
     )
@@ -830,6 +864,55 @@ def _python_costs(summary, delay_ms):
             check,
             task - plain,
             check - task,
+        ),
+    ]
+
+
+def _floor(summary, floors):
+    """What no Python filter that awaits the service can spend less on:
+    a task and the client's exchange, measured with no gateway, against
+    auth_request's whole request."""
+    authz, peer = summary.get("mosn_ext_authz"), summary.get("auth_request")
+    if not (floors and authz and peer and authz["rps"] and peer["rps"]):
+        return []
+    task = statistics.median(f["task_us"] for f in floors)
+    timer = statistics.median(f["timer_task_us"] for f in floors)
+    exchange = statistics.median(f["client_us"] for f in floors)
+    rate = statistics.median(f["client_rps"] for f in floors)
+    nginx = 1e4 * authz["cpu"].get("nginx", 0.0) / authz["rps"]
+    python = _python_us(authz)
+    whole = 1e4 * peer["cpu"].get("nginx", 0.0) / peer["rps"]
+    least = nginx + task + exchange
+    return [
+        "",
+        "## The floor under a filter that awaits",
+        "",
+        "`bench/await_floor.py`, %d runs after the rounds, medians: one "
+        "Python process on the worker's loop (%s), no nginx, no ring."
+        % (len(floors), floors[0].get("loop", "?")),
+        "",
+        "- a task per request (created, one step, a done callback): "
+        "%.1f µs of CPU; the same task awaiting a 10 ms timer: %.1f µs"
+        % (task, timer),
+        "- one exchange with the authorization service through "
+        "ext_authz's client, from %d coroutines and no task per request: "
+        "%.1f µs of CPU (%.0f exchanges/s)"
+        % (floors[0].get("connections", 256), exchange, rate),
+        "- so the Python side of ext_authz costs at least %.0f µs a "
+        "request, where it measured %.0f µs in the gateway; with the "
+        "gateway's nginx worker (%.0f µs a request) the least the check "
+        "could cost is %.0f µs, against %.0f µs for auth_request's whole "
+        "request in its nginx worker: %s"
+        % (
+            task + exchange,
+            python,
+            nginx,
+            least,
+            whole,
+            "parity with auth_request is out of reach of any Python "
+            "filter on this path"
+            if least > whole
+            else "parity is within reach of the floor",
         ),
     ]
 
