@@ -17,6 +17,7 @@ import os
 import tempfile
 
 from pyworker import statsdir
+from pyworker.atomic import replace, write_json
 
 log = logging.getLogger("pyworker.supervisor")
 
@@ -67,7 +68,7 @@ class AcceptedConfig:
         try:
             with open(source, "rb") as f:
                 data = f.read()
-            self._write(candidate, data)
+            replace(candidate, data)
         except OSError as exc:
             log.error("reload refused: cannot read %s: %s", source, exc)
             return self._refuse(seq)
@@ -130,15 +131,4 @@ class AcceptedConfig:
             "seq": seq,
             "source": self.source,
         }
-        self._write(
-            os.path.join(self.dir, GENERATION), json.dumps(doc).encode()
-        )
-
-    def _write(self, path, data):
-        tmp = path + ".tmp"
-        fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600
-        )
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        write_json(os.path.join(self.dir, GENERATION), doc, mode=0o600)

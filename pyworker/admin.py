@@ -26,7 +26,8 @@ from shm_ring import Region, proc_alive
 from pyworker import __version__
 from pyworker import config as config_mod
 from pyworker.logs import setup_logging
-from pyworker.metrics import BUCKETS, merge, to_rows, write_json
+from pyworker.atomic import write_json
+from pyworker.metrics import BUCKETS, merge, to_rows
 from pyworker.privileges import die_with_parent, drop_privileges
 
 log = logging.getLogger("pyworker.admin")

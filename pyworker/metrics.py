@@ -4,11 +4,10 @@ process adds every worker's file up at scrape time, so a scrape costs no
 call into any worker."""
 
 import bisect
-import json
 import os
-import tempfile
 import time
 
+from pyworker.atomic import write_json
 from shm_ring.codec import ACTION_CONTINUE, ACTION_ERROR, ACTION_REPLY
 
 # filter latency buckets, seconds: from 10 us to 2.5 s
@@ -124,30 +123,6 @@ class WorkerStats:
         if self.path is None:
             return
         write_json(self.path, self.snapshot(chains))
-
-
-def write_json(path, data):
-    """Replaces the file whole, so a reader never sees half of it.
-
-    The temporary file gets a fresh name, made with O_EXCL: nothing
-    planted in the directory (a symlink) is ever written through, and the
-    rename replaces whatever is at path, never what it points to."""
-    fd, tmp = tempfile.mkstemp(
-        dir=os.path.dirname(path) or ".",
-        prefix=os.path.basename(path) + ".",
-        suffix=".tmp",
-    )
-    try:
-        os.fchmod(fd, 0o644)  # the admin process may run as another user
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def merge(into, data):

@@ -22,7 +22,7 @@ from pyworker import statsdir
 from pyworker.accepted import AcceptedConfig
 from pyworker.discovery.supervised import Discovery
 from pyworker.logs import setup_logging
-from pyworker.metrics import write_json
+from pyworker.atomic import write_json
 from pyworker.privileges import PARENT_ENV
 
 log = logging.getLogger("pyworker.supervisor")

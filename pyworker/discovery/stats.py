@@ -18,7 +18,7 @@ Error kinds:
 import os
 import time
 
-from pyworker.metrics import write_json
+from pyworker.atomic import write_json
 
 FILE = "discovery.json"
 FLUSH_EVERY = 0.5

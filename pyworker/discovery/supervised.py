@@ -31,7 +31,7 @@ from pyworker.api import ConfigError
 from pyworker.discovery.etcd import check_config_value
 from pyworker.discovery.filewatch import Watcher
 from pyworker.discovery.options import discovery_of
-from pyworker.metrics import write_json
+from pyworker.atomic import write_json
 
 log = logging.getLogger("pyworker.discovery")
 
@@ -367,13 +367,7 @@ class Discovery:
             self._remove_stale_dirs()
             self.dir = tempfile.mkdtemp(prefix=self._dir_prefix())
         path = os.path.join(self.dir, f"mosn-r{revision}.json")
-        tmp = path + ".tmp"
-        fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600
-        )
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1)
-        os.replace(tmp, path)
+        write_json(path, doc, mode=0o600, indent=1)
         self._prune(keep=path)
         return path
 
