@@ -41,6 +41,9 @@
  * body, which it holds twice: as the filters get it, as they return it */
 #define NGX_HTTP_MOSN_HEADERS_ROOM        4096
 
+/* RFC 6585; nginx 1.22 has no name for it */
+#define NGX_HTTP_MOSN_HEADER_FIELDS_TOO_LARGE  431
+
 /*
  * r->buffered: the response is held while the sender filters decide.
  * The field is 4 bits wide; nginx's own filters take 0x01 (SSI), 0x02

@@ -1060,6 +1060,11 @@ ngx_http_mosn_send_status(ngx_http_request_t *r, ngx_uint_t status,
     }
 
     if (status == NGX_HTTP_REQUEST_HEADER_TOO_LARGE) {
+        /*
+         * 494 is nginx's own code: the client (HTTP/2 sends the number
+         * alone) and $status get RFC 6585's 431
+         */
+        status = NGX_HTTP_MOSN_HEADER_FIELDS_TOO_LARGE;
         ngx_str_set(&r->headers_out.status_line,
                     "431 Request Header Fields Too Large");
         ngx_str_set(&body, "request header fields too large for the "

@@ -4,6 +4,7 @@ fallbacks when filters fail, are slow, or the request does not fit."""
 
 import re
 import socket
+import subprocess
 import time
 
 from gateway import example_mosn, listener
@@ -182,6 +183,7 @@ def test_headers_too_large_for_a_slot_get_431(gateway):
         mosn_slot_size 2k;
         server {
             listen 127.0.0.1:%PORT%;
+            listen 127.0.0.1:%P8443% http2;
             location / {
                 mosn_filter_chain serverListener;
                 proxy_pass http://127.0.0.1:%PORT%/ok;
@@ -209,6 +211,21 @@ def test_headers_too_large_for_a_slot_get_431(gateway):
     many = {"x-h%d" % i: "1" for i in range(6)}
     assert gw.get("/count", many).status == 431
     assert "do not fit in a slot" in gw.error_log()
+    # HTTP/2 sends the number alone: 431 too, not nginx's own 494
+    h2 = "http://127.0.0.1:%d" % gw.site_port(8443)
+    for path, headers in (("/", big), ("/count", many)):
+        cmd = ["curl", "-sS", "-o", "/dev/null", "--http2-prior-knowledge"]
+        cmd += ["-w", "%{http_version} %{http_code}"]
+        for name, value in headers.items():
+            cmd += ["-H", "%s: %s" % (name, value)]
+        out = subprocess.run(
+            cmd + [h2 + path], capture_output=True, text=True, timeout=20
+        )
+        assert out.stdout == "2 431", (path, out.stdout, out.stderr)
+    # and the access log says what the clients got
+    log = open(gw.prefix + "/logs/access.log").read()
+    statuses = re.findall(r'" (\d{3}) ', log)
+    assert statuses.count("431") == 4 and "494" not in statuses, log
 
 
 def test_subrequests_are_not_filtered_twice(gateway):
