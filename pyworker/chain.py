@@ -50,7 +50,8 @@ _filter_log = logging.getLogger("pyworker.filter")
 CONTINUED, STOPPED, HIJACKED, FAILED, CANCELLED = range(5)
 OUTCOME_NAMES = ("continue", "stop", "hijack", "error", "cancelled")
 _MAX_LOG = 1024  # the verdict's log record stays well inside a slot
-# how long a stop() hook may take before the worker goes on without it
+# how long the stop() hooks of a worker may take in all before it goes
+# on without them
 STOP_HOOK_TIMEOUT = 5.0
 
 
@@ -518,10 +519,14 @@ class Chain:
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
 
-    async def stop(self):
-        """Runs the filters' stop() hooks in reverse order, each bounded by
-        STOP_HOOK_TIMEOUT, then each one's on_destroy(); failures are
-        logged, not raised."""
+    async def stop(self, deadline=None):
+        """Runs the filters' stop() hooks in reverse order, then each one's
+        on_destroy(); those that await get what is left until
+        ``deadline`` (the loop's time; STOP_HOOK_TIMEOUT from now if
+        None).  Failures and hooks cut short are logged, not raised."""
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + STOP_HOOK_TIMEOUT
         for name, filt in reversed(self.filters):
             for what in ("stop", "on_destroy"):
                 hook = getattr(filt, what, None)
@@ -530,7 +535,19 @@ class Chain:
                 try:
                     result = hook()
                     if inspect.isawaitable(result):
-                        await asyncio.wait_for(result, STOP_HOOK_TIMEOUT)
+                        await asyncio.wait_for(
+                            result, max(0.0, deadline - loop.time())
+                        )
+                except TimeoutError:
+                    _filter_log.error(
+                        "filter %s of chain %s: %s() was cut short: the "
+                        "stop() hooks of a worker have %g s in all",
+                        name,
+                        self.name,
+                        what,
+                        STOP_HOOK_TIMEOUT,
+                        extra={"filter_name": name, "chain": self.name},
+                    )
                 except Exception as exc:
                     _filter_log.error(
                         "filter %s of chain %s: %s() raised %s: %s",

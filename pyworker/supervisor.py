@@ -20,17 +20,21 @@ from shm_ring import Region, RingError, proc_alive
 
 from pyworker import statsdir
 from pyworker.accepted import AcceptedConfig
+from pyworker.atomic import write_json
+from pyworker.chain import STOP_HOOK_TIMEOUT
 from pyworker.discovery.supervised import Discovery
 from pyworker.logs import setup_logging
-from pyworker.atomic import write_json
 from pyworker.privileges import PARENT_ENV
+from pyworker.worker import STOP_GRACE
 
 log = logging.getLogger("pyworker.supervisor")
 
 TICK = 0.5  # seconds between housekeeping rounds at idle
 START_TIMEOUT = 15.0  # for a new worker to load its config and attach
 DRAIN_TIMEOUT = 10.0  # for a draining worker to finish and leave
-STOP_TIMEOUT = 3.0  # for workers to leave on stop, before SIGKILL
+# for workers to leave on stop, before SIGKILL: their tasks' grace, then
+# their stop() hooks, and a second to spare
+STOP_TIMEOUT = STOP_GRACE + STOP_HOOK_TIMEOUT + 1.0
 TERMINATE_TIMEOUT = 0.5  # the same when nginx terminates (it waits 1 s)
 QUIT_TIMEOUT = 60.0  # on quit, for nginx's workers to finish first
 ADMIN_BACKOFF = 5.0  # between restarts of an admin process that fails
@@ -666,6 +670,12 @@ class Supervisor:
             self._sleep(0.02)
             self._reap()
         for pid in list(self.procs):
+            log.warning(
+                "worker pid %d had not left %.1f s after it was told to "
+                "stop; killed (its tasks and stop() hooks cut short)",
+                pid,
+                TERMINATE_TIMEOUT if self.terminating else STOP_TIMEOUT,
+            )
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

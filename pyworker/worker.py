@@ -20,6 +20,7 @@ import time
 from shm_ring import Region
 
 from pyworker import config as config_mod
+from pyworker.chain import STOP_HOOK_TIMEOUT
 from pyworker.dispatch import Dispatcher
 from pyworker.inflight import InFlight
 from pyworker.logs import setup_logging
@@ -133,8 +134,11 @@ class Worker:
             finally:
                 region.close()
         finally:
+            # the stop() hooks of every chain share one budget: the
+            # supervisor kills a worker that has not left by then
+            deadline = loop.time() + STOP_HOOK_TIMEOUT
             for chain in reversed(started):
-                await chain.stop()
+                await chain.stop(deadline)
             self.stats.flush(self.chains)
         return 0
 

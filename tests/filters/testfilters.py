@@ -278,22 +278,30 @@ class AwaitHeader(StreamReceiverFilter):
 @register_filter("lifecycle")
 class Lifecycle(StreamReceiverFilter):
     """Appends "start PID" and "stop PID" lines to the file its config
-    names, from its start() and stop() hooks."""
+    names, from its start() and stop() hooks; its stop() first awaits
+    ``stop_seconds`` (or, with ``blocking``, sleeps them without letting
+    the loop run), and with a ``tag`` the lines are "start-TAG PID"."""
 
     def __init__(self, config):
         self.path = config["file"]
+        self.suffix = "-" + config["tag"] if "tag" in config else ""
+        self.stop_seconds = config.get("stop_seconds", 0)
+        self.blocking = config.get("blocking", False)
 
     def _note(self, what):
         with open(self.path, "a") as f:
-            f.write("%s %d\n" % (what, os.getpid()))
+            f.write("%s%s %d\n" % (what, self.suffix, os.getpid()))
 
     async def start(self):
         self._note("start")
 
     async def stop(self):
         import asyncio
+        import time
 
-        await asyncio.sleep(0)
+        if self.blocking:
+            time.sleep(self.stop_seconds)
+        await asyncio.sleep(0 if self.blocking else self.stop_seconds)
         self._note("stop")
 
     def on_receive(self, ctx, headers, buf, trailers):

@@ -268,6 +268,77 @@ def test_start_and_stop_hooks_run_once_per_worker(gateway):
     assert len(lines) == 8
 
 
+def hooks_gateway(gateway, **hooks):
+    """One worker whose chain has a lifecycle filter per hook, each
+    noting to the file returned with it."""
+    gw = gateway(http(), workers=1)
+    notes = pathlib.Path(gw.prefix, "hooks")
+    notes.touch()
+    os.chmod(notes, 0o666)
+    filters = [
+        {
+            "type": "lifecycle",
+            "config": {"file": str(notes), "tag": tag, **config},
+        }
+        for tag, config in hooks.items()
+    ]
+    gw.write_mosn(mosn(listener("awaits", {"type": "await_header"}, *filters)))
+    gw.start()
+    assert gw.get("/").status == 200
+    return gw, notes
+
+
+def quit_timed(gw):
+    asked = time.monotonic()
+    gw.stop(timeout=20)
+    return time.monotonic() - asked
+
+
+CUT_SHORT = (
+    "filter lifecycle of chain awaits: stop() was cut short: the stop() "
+    "hooks of a worker have 5 s in all"
+)
+
+
+def test_stop_hooks_share_5_s_on_quit(gateway):
+    """The stop() hooks run in reverse order with 5 s in all: one of 3.5 s
+    ends, the one before it is cut short with what is left."""
+    gw, notes = hooks_gateway(
+        gateway, overruns={"stop_seconds": 60}, ends={"stop_seconds": 3.5}
+    )
+    (pid,) = gw.python_pids()
+    took = quit_timed(gw)
+    lines = set(notes.read_text().split("\n")[:-1])
+    assert lines == {
+        "start-overruns %d" % pid,
+        "start-ends %d" % pid,
+        "stop-ends %d" % pid,
+    }, lines
+    log = open(gw.prefix + "/logs/mosn.log").read()
+    assert log.count(CUT_SHORT) == 1, log
+    assert "killed" not in gw.error_log() + log
+    assert 4.5 < took < 7.5, took
+
+
+def test_a_worker_whose_stop_hook_blocks_is_killed_and_logged(gateway):
+    """A stop() that blocks the loop cannot be cut short from inside: the
+    supervisor kills the worker 8 s after it told it to stop (2 s of
+    grace for tasks, 5 s of hooks, 1 s to spare), and says so."""
+    gw, notes = hooks_gateway(
+        gateway, blocks={"stop_seconds": 60, "blocking": True}
+    )
+    (pid,) = gw.python_pids()
+    took = quit_timed(gw)
+    assert notes.read_text() == "start-blocks %d\n" % pid
+    assert (
+        "worker pid %d had not left 8.0 s after it was told to stop; "
+        "killed (its tasks and stop() hooks cut short)"
+        % pid
+        in gw.error_log() + open(gw.prefix + "/logs/mosn.log").read()
+    )
+    assert 7.5 < took < 12, took
+
+
 # -- ext_authz ---------------------------------------------------------------
 
 
