@@ -51,8 +51,10 @@ CONTINUED, STOPPED, HIJACKED, FAILED, CANCELLED = range(5)
 OUTCOME_NAMES = ("continue", "stop", "hijack", "error", "cancelled")
 _MAX_LOG = 1024  # the verdict's log record stays well inside a slot
 # how long the stop() hooks of a worker may take in all before it goes
-# on without them
+# on without them; once that is spent each hook left still gets a moment,
+# so that one that hangs does not keep the others from closing
 STOP_HOOK_TIMEOUT = 5.0
+STOP_HOOK_FLOOR = 0.25
 
 
 class Chain:
@@ -523,7 +525,8 @@ class Chain:
         """Runs the filters' stop() hooks in reverse order, then each one's
         on_destroy(); those that await get what is left until
         ``deadline`` (the loop's time; STOP_HOOK_TIMEOUT from now if
-        None).  Failures and hooks cut short are logged, not raised."""
+        None), STOP_HOOK_FLOOR at least.  Failures and hooks cut short
+        are logged, not raised."""
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = loop.time() + STOP_HOOK_TIMEOUT
@@ -536,7 +539,8 @@ class Chain:
                     result = hook()
                     if inspect.isawaitable(result):
                         await asyncio.wait_for(
-                            result, max(0.0, deadline - loop.time())
+                            result,
+                            max(STOP_HOOK_FLOOR, deadline - loop.time()),
                         )
                 except TimeoutError:
                     _filter_log.error(

@@ -67,6 +67,8 @@ class Supervisor:
         self.region = None
         self.procs = {}  # pid -> (consumer index, Popen)
         self.retiring = set()  # pids drained on purpose
+        self.outgoing = []  # workers on the config before, while a roll
+        # replaces them one at a time
         self.restarts = 0
         self.reloads = 0
         self.started = {}  # pid -> start time
@@ -517,20 +519,53 @@ class Supervisor:
         # the admin API serves the new config (and its new ports)
         self._admin_stop()
         self.admin_next = 0.0
-        old = self._live_pids()
-        log.info("reload: rolling %d worker(s) onto %s", len(old), path)
-        for pid in old:
-            if self.stopping:
-                return
-            if len(self._live_pids()) <= self.workers:
-                new = self._spawn()
-                if new is None or not self._wait_live(new):
-                    log.error(
-                        "reload: a new worker did not start; the old "
-                        "ones keep serving"
-                    )
+        # every worker of the config before, and those of a roll before
+        # this one that did not end, is replaced
+        self.outgoing = self._live_pids()
+        log.info(
+            "reload: rolling %d worker(s) onto %s", len(self.outgoing), path
+        )
+        self._roll(wait=True)
+
+    def _roll(self, wait):
+        """Replaces the outgoing workers one at a time: one is drained
+        once a worker on the new config serves in its stead.  A new
+        worker that does not serve within START_TIMEOUT (a slow or
+        failing start() hook) does not end the roll: the outgoing ones
+        serve meanwhile, it is replaced as any worker is if it dies, and
+        the main loop (``wait`` False) goes on with the roll once it
+        serves, so that one config serves in the end, with ``workers``
+        workers."""
+        while self.outgoing and not self.stopping:
+            self.outgoing = [
+                pid for pid in self.outgoing if pid in self._live_pids()
+            ]
+            fresh = [p for p in self._live_pids() if p not in self.outgoing]
+            starting = [
+                pid
+                for pid in fresh
+                if self.region.consumer_state(self.procs[pid][0]) != "live"
+            ]
+            if starting or self._respawn_at:
+                if not (wait and starting and self._wait_live(starting[0])):
+                    if wait:
+                        log.error(
+                            "reload: a worker on the new config does not "
+                            "serve yet (see above); the %d worker(s) "
+                            "before serve until one does",
+                            len(self.outgoing),
+                        )
                     return
-            self._drain(pid)
+            elif not self.outgoing:
+                break
+            elif len(fresh) + len(self.outgoing) <= self.workers:
+                if self._spawn() is None:
+                    return
+            else:
+                # a worker on the new config serves in its stead
+                self._drain(self.outgoing.pop(0))
+        if self.stopping:
+            return
         while len(self._live_pids()) < self.workers:
             new = self._spawn()
             if new is None or not self._wait_live(new):
@@ -623,6 +658,8 @@ class Supervisor:
                 self._pool_state()
                 if self.reload_asked:
                     self.reload()
+                elif self.outgoing:
+                    self._roll(wait=False)
                 self._admin_check()
                 self.region.reap()
                 gone = self._nginx_gone()

@@ -311,15 +311,20 @@ class Lifecycle(StreamReceiverFilter):
 @register_filter("start_gate")
 class StartGate(StreamReceiverFilter):
     """A worker that loads it starts serving only once the file its config
-    names exists: a pool the test lets start when it has done its part."""
+    names exists: a pool the test lets start when it has done its part.
+    With ``fail``, its start() raises while the file is missing (a
+    service that is down when the worker starts) instead of waiting."""
 
     def __init__(self, config):
         self.path = config["file"]
+        self.fail = config.get("fail", False)
 
     async def start(self):
         import asyncio
 
         while not os.path.exists(self.path):
+            if self.fail:
+                raise ConnectionError("start_gate: %s is missing" % self.path)
             await asyncio.sleep(0.01)
 
     def on_receive(self, ctx, headers, buf, trailers):

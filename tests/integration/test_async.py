@@ -339,6 +339,95 @@ def test_a_worker_whose_stop_hook_blocks_is_killed_and_logged(gateway):
     assert 7.5 < took < 12, took
 
 
+def tagged(tag, *before):
+    """A chain that tells the client which config served it."""
+    return mosn(
+        listener(
+            "awaits",
+            *before,
+            {
+                "type": "edit_headers",
+                "config": {"response": {"x-config": tag}},
+            },
+            {"type": "await_header"},
+        )
+    )
+
+
+def configs_served(gw, seconds):
+    """{x-config: count} of the requests sent one after the other for
+    ``seconds``; every one must be answered by a worker."""
+    served = {}
+    until_ = time.monotonic() + seconds
+    while time.monotonic() < until_:
+        r = gw.get("/", timeout=10)
+        assert r.status == 200 and r.header("X-Mosn-Status") == "filtered"
+        served[r.header("x-config")] = served.get(r.header("x-config"), 0) + 1
+        time.sleep(0.02)
+    return served
+
+
+def ends_on(gw, tag, workers, timeout=15):
+    """The roll ends: only ``tag`` serves, with ``workers`` workers."""
+    until(
+        lambda: (
+            len(gw.python_pids()) == workers
+            and configs_served(gw, 0.5).keys() == {tag}
+        ),
+        timeout,
+    )
+    assert configs_served(gw, 1).keys() == {tag}
+    assert len(gw.python_pids()) == workers
+
+
+def test_a_reload_whose_workers_start_late_ends_on_the_new_config(gateway):
+    """A new worker whose start() outlasts the 15 s the supervisor waits
+    does not end the roll: the workers before serve until it does, then
+    it goes on, and one config serves with mosn_workers workers."""
+    gw = gateway(http(), workers=2, mosn=tagged("A")).start()
+    gate = pathlib.Path(gw.prefix, "gate")
+    gw.write_mosn(
+        tagged("B", {"type": "start_gate", "config": {"file": str(gate)}})
+    )
+    gw.reload()
+    # past START_TIMEOUT (15 s), only the workers before serve
+    served = configs_served(gw, 16)
+    assert served.keys() == {"A"}, served
+    assert (
+        "does not serve yet"
+        in gw.error_log() + open(gw.prefix + "/logs/mosn.log").read()
+    )
+    gate.touch()
+    ends_on(gw, "B", 2)
+
+
+def test_a_reload_whose_workers_fail_to_start_ends_on_the_new_config(gateway):
+    """The new config's start() fails (its service is down): the workers
+    before serve alone while the new ones are retried, and the roll ends
+    on the new config once they start."""
+    gw = gateway(http(), workers=1, mosn=tagged("A")).start()
+    gate = pathlib.Path(gw.prefix, "gate")
+    gw.write_mosn(
+        tagged(
+            "B",
+            {
+                "type": "start_gate",
+                "config": {"file": str(gate), "fail": True},
+            },
+        )
+    )
+    gw.reload()
+    served = configs_served(gw, 4)
+    assert served.keys() == {"A"}, served
+    assert (
+        "start_gate: %s is missing" % gate
+        in open(gw.prefix + "/logs/mosn.log").read() + gw.error_log()
+    )
+    gate.touch()
+    # the retries back off up to 5 s
+    ends_on(gw, "B", 1, timeout=20)
+
+
 # -- ext_authz ---------------------------------------------------------------
 
 

@@ -380,7 +380,8 @@ def test_stop_hooks_that_fail_or_hang_do_not_stop_the_others(
         asyncio.run(chain.stop())
     assert HOOKS == [("stop", "c"), ("stop", "b"), ("stop", "a")]
     assert "stop() raised OSError: cannot close" in caplog.text
-    assert "stop() raised TimeoutError" in caplog.text
+    # b took the whole budget; a, after it, still ran in its moment
+    assert "filter test_hooks of chain l: stop() was cut short" in caplog.text
 
 
 def test_arun_chain_runs_in_a_running_loop():
