@@ -39,7 +39,7 @@
 static ngx_pid_t ngx_http_mosn_spawn(ngx_cycle_t *cycle, char *const *argv,
     int out_fd);
 static char *ngx_http_mosn_prefix(ngx_cycle_t *cycle);
-static void ngx_http_mosn_clean_stale(ngx_log_t *log);
+static void ngx_http_mosn_clean_stale(ngx_log_t *log, uid_t owner);
 static ngx_int_t ngx_http_mosn_pid_gone(ngx_pid_t pid);
 static ngx_int_t ngx_http_mosn_supervisor_alive(void);
 static ngx_int_t ngx_http_mosn_supervisor_start(ngx_cycle_t *cycle,
@@ -307,7 +307,8 @@ ngx_http_mosn_pool_start(ngx_cycle_t *cycle, ngx_http_mosn_main_conf_t *mmcf)
 {
     int                      uid, gid;
     char                     err[256], name[MOSN_NAME_MAX];
-    ngx_uint_t               nworkers;
+    uid_t                    owner;
+    ngx_uint_t               i, nworkers;
     ngx_core_conf_t         *ccf;
     mosn_region_conf_t       conf;
     mosn_shm_header_t       *h;
@@ -337,16 +338,6 @@ ngx_http_mosn_pool_start(ngx_cycle_t *cycle, ngx_http_mosn_main_conf_t *mmcf)
             return NGX_ERROR;
         }
 
-        if (mmcf->shm_name.len) {
-            ngx_snprintf((u_char *) name, sizeof(name), "/%V%Z",
-                         &mmcf->shm_name);
-
-        } else {
-            ngx_http_mosn_clean_stale(cycle->log);
-            ngx_snprintf((u_char *) name, sizeof(name), "/ngx_mosn.%P%Z",
-                         ngx_pid);
-        }
-
         uid = -1;
         gid = -1;
 
@@ -354,6 +345,43 @@ ngx_http_mosn_pool_start(ngx_cycle_t *cycle, ngx_http_mosn_main_conf_t *mmcf)
         if (geteuid() == 0) {
             uid = (int) ccf->user;
             gid = (int) ccf->group;
+        }
+
+        owner = (uid != -1) ? (uid_t) uid : geteuid();
+
+        if (mmcf->shm_name.len) {
+            ngx_snprintf((u_char *) name, sizeof(name), "/%V%Z",
+                         &mmcf->shm_name);
+
+        } else {
+            ngx_http_mosn_clean_stale(cycle->log, owner);
+            ngx_snprintf((u_char *) name, sizeof(name), "/ngx_mosn.%P%Z",
+                         ngx_pid);
+
+            /*
+             * a name another user took first: the default one may be
+             * any, one that cannot be guessed ahead
+             */
+
+            for (i = 0; i < 8 && mosn_region_foreign(name, owner, err,
+                                                     sizeof(err));
+                 i++)
+            {
+                ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                              "mosn: %s; the region takes another name",
+                              err);
+
+                ngx_snprintf((u_char *) name, sizeof(name),
+                             "/ngx_mosn.%P.%08xD%Z", ngx_pid,
+                             (uint32_t) ngx_random());
+            }
+        }
+
+        if (mosn_region_foreign(name, owner, err, sizeof(err))) {
+            ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                          "mosn: %s: remove it, or give this nginx another "
+                          "mosn_shm_name", err);
+            return NGX_ERROR;
         }
 
         if (ngx_http_mosn_region_in_use(name)) {
@@ -931,14 +959,18 @@ ngx_http_mosn_atexit(void)
 }
 
 
-/* regions left by masters that were killed: named after their pid */
+/*
+ * Regions left by masters that were killed: named after their pid (and,
+ * where another user had taken that name, a random suffix); only those
+ * of this gateway's owner.
+ */
 
 static void
-ngx_http_mosn_clean_stale(ngx_log_t *log)
+ngx_http_mosn_clean_stale(ngx_log_t *log, uid_t owner)
 {
     DIR            *dir;
-    char            path[MOSN_NAME_MAX + 1];
-    size_t          len;
+    char            path[MOSN_NAME_MAX + 1], err[256];
+    size_t          len, digits;
     ngx_int_t       pid;
     struct dirent  *de;
 
@@ -965,13 +997,28 @@ ngx_http_mosn_clean_stale(ngx_log_t *log)
             len -= sizeof(MOSN_WAKE_DIR_SUFFIX) - 1;
         }
 
-        pid = ngx_atoi((u_char *) de->d_name + 9, len);
+        /* "PID", or "PID.SUFFIX" of 8 hex digits */
+        digits = strspn(de->d_name + 9, "0123456789");
+
+        if (digits < len
+            && (len - digits != 9 || de->d_name[9 + digits] != '.'
+                || strspn(de->d_name + 10 + digits, "0123456789abcdef") < 8))
+        {
+            continue;
+        }
+
+        pid = ngx_atoi((u_char *) de->d_name + 9, digits);
 
         if (pid <= 0 || !ngx_http_mosn_pid_gone((ngx_pid_t) pid)) {
             continue;
         }
 
-        ngx_snprintf((u_char *) path, sizeof(path), "/ngx_mosn.%i%Z", pid);
+        ngx_snprintf((u_char *) path, sizeof(path), "/%*s%Z",
+                     (size_t) 9 + len, de->d_name);
+
+        if (mosn_region_foreign(path, owner, err, sizeof(err))) {
+            continue;
+        }
 
         if (mosn_region_unlink(path) == 0) {
             ngx_log_error(NGX_LOG_NOTICE, log, 0,

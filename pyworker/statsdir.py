@@ -67,13 +67,17 @@ def remove(path, uid=None):
 def clean_stale(uid=None):
     """Removes the stats and accepted-config directories of regions that
     nginx masters killed before they could stop (regions named
-    ngx_mosn.PID by default)."""
+    ngx_mosn.PID by default, ngx_mosn.PID.SUFFIX where another user had
+    taken that name)."""
     try:
         names = os.listdir(SHM)
     except OSError:
         return
     for name in names:
-        m = re.fullmatch(r"(ngx_mosn\.(\d+))\.(?:stats|config)(\.\w+)?", name)
+        m = re.fullmatch(
+            r"(ngx_mosn\.(\d+)(?:\.[0-9a-f]{8})?)\.(?:stats|config)(\.\w+)?",
+            name,
+        )
         if m is None or os.path.lexists(os.path.join(SHM, m.group(1))):
             continue
         if _pid_alive(int(m.group(2))):

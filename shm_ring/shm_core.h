@@ -130,6 +130,8 @@ int mosn_region_format(void *base, size_t size,
     const mosn_region_conf_t *conf, char *err, size_t errlen);
 void mosn_region_detach(mosn_region_t *rg);
 int mosn_region_unlink(const char *name);
+int mosn_region_foreign(const char *name, uid_t owner, char *err,
+    size_t errlen);
 
 int mosn_proc_starttime(pid_t pid, uint64_t *starttime);
 int mosn_proc_alive(pid_t pid, uint64_t starttime);

@@ -483,6 +483,13 @@ mosn_region_create(mosn_region_t *rg, const char *name,
     memset(&layout, 0, sizeof(layout));
     mosn_layout(conf, &layout);
 
+    /* what a run before left is replaced; another user's is left alone */
+    if (mosn_region_foreign(name, uid != (uid_t) -1 ? uid : geteuid(), err,
+                            errlen))
+    {
+        return -1;
+    }
+
     (void) shm_unlink(name);
 
     /* glibc's shm_open() adds O_NOFOLLOW; O_EXCL: never someone else's */
@@ -619,6 +626,50 @@ mosn_region_detach(mosn_region_t *rg)
         munmap(rg->hdr, rg->size);
         rg->hdr = NULL;
     }
+}
+
+
+/*
+ * Something at a region's name, or at its wake-up directory's, that is
+ * neither the owner's nor this process's: another local user took the
+ * name first.  /dev/shm is writable by all; such a thing is never removed
+ * nor used.  1 (err says what and whose), or 0.
+ */
+
+int
+mosn_region_foreign(const char *name, uid_t owner, char *err, size_t errlen)
+{
+    int            i;
+    char           path[sizeof("/dev/shm") + MOSN_NAME_MAX];
+    const char    *at[2];
+    struct stat    st;
+    mosn_region_t  r;
+
+    if (mosn_wake_dir_name(&r, name, NULL, 0) != 0) {
+        /* not a name: creating the region says why */
+        return 0;
+    }
+
+    (void) snprintf(path, sizeof(path), "/dev/shm/%s",
+                    name + strspn(name, "/"));
+
+    at[0] = path;
+    at[1] = r.wake_dir;
+
+    for (i = 0; i < 2; i++) {
+        if (lstat(at[i], &st) == -1) {
+            continue;
+        }
+
+        if (st.st_uid != owner && st.st_uid != geteuid()) {
+            mosn_err(err, errlen, "\"%s\" is in the way: it belongs to "
+                     "uid %u (another user took the name first)", at[i],
+                     (unsigned) st.st_uid);
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 

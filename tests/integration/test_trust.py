@@ -5,8 +5,10 @@ An "other user" here is a process that switched to a uid that is neither
 root nor nginx's worker user before doing what it does.
 """
 
+import fcntl
 import json
 import os
+import re
 import signal
 import socket
 
@@ -205,6 +207,7 @@ def test_something_in_the_way_of_the_wake_directory_stops_the_start(
         gw.started = rc == 0  # stopped by the fixture if it started
         assert rc != 0, out
         assert '"%s" is in the way' % wake_dir in out + gw.error_log()
+        assert "belongs to uid %d" % OTHER_UID in out + gw.error_log()
         # nothing was made through the link, nothing changed hands
         assert os.listdir(target) == []
         assert os.stat(target).st_uid == OTHER_UID
@@ -215,6 +218,95 @@ def test_something_in_the_way_of_the_wake_directory_stops_the_start(
             os.rmdir(wake_dir)
         else:
             os.unlink(wake_dir)
+
+
+def squat(names):
+    """For the other user: each name in /dev/shm made its own file, with
+    a shared lock held on it, as a running nginx holds its region's."""
+
+    def make():
+        for name in names:
+            fd = os.open(
+                "/dev/shm/" + name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600
+            )
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        return len(names)
+
+    return make
+
+
+def test_a_region_name_another_user_took_first_stops_the_start(
+    gateway, other_user
+):
+    """A fixed mosn_shm_name another user made first (and locks): nginx
+    refuses to start and names the path and its owner, not "another
+    running nginx"; the file is left as it was."""
+    gw = gateway(ROUTED)
+    path = "/dev/shm/" + gw.shm
+    try:
+        assert other_user().keep(squat([gw.shm])) == "1"
+        rc, out = gw.nginx(check=False)
+        gw.started = rc == 0  # stopped by the fixture if it started
+        assert rc != 0, out
+        said = out + gw.error_log()
+        assert (
+            '"%s" is in the way: it belongs to uid %d (another user took '
+            "the name first): remove it, or give this nginx another "
+            "mosn_shm_name" % (path, OTHER_UID) in said
+        ), said
+        assert "another running nginx" not in said
+        assert os.lstat(path).st_uid == OTHER_UID
+    finally:
+        os.unlink(path)
+
+
+def test_default_region_names_another_user_took_first_are_passed_over(
+    gateway, other_user
+):
+    """With no mosn_shm_name the region is named after the master's pid:
+    another user who made the next thousand such names first neither
+    stops the start nor loses a file; the region takes a name that cannot
+    be guessed ahead, and nothing of it is left after quit."""
+    gw = gateway(ROUTED, workers=1)
+    conf = open(gw.conf_path).read()
+    open(gw.conf_path, "w").write(
+        conf.replace("mosn_shm_name %s;" % gw.shm, "")
+    )
+    with open("/proc/sys/kernel/ns_last_pid") as f:
+        first = int(f.read()) + 1
+    names = ["ngx_mosn.%d" % pid for pid in range(first, first + 1000)]
+    try:
+        assert other_user().keep(squat(names)) == "1000"
+        gw.start(wait=False)
+        made = wait_for(
+            lambda: re.search(
+                r'mosn: region "/(ngx_mosn\.[0-9a-f.]+)"', gw.error_log()
+            ),
+            10,
+        )
+        assert made, gw.error_log()
+        gw.shm = made.group(1)
+        gw.wait_ready()
+        master = gw.master_pid()
+        assert "ngx_mosn.%d" % master in names
+        assert re.fullmatch(r"ngx_mosn\.%d\.[0-9a-f]{8}" % master, gw.shm)
+        assert (
+            '"/dev/shm/ngx_mosn.%d" is in the way: it belongs to uid %d '
+            "(another user took the name first); the region takes another "
+            "name" % (master, OTHER_UID) in gw.error_log()
+        )
+        assert routed(gw, 150) == ("s2", "filtered")
+        gw.stop()
+        assert not [n for n in os.listdir("/dev/shm") if n.startswith(gw.shm)]
+        assert all(
+            os.lstat("/dev/shm/" + name).st_uid == OTHER_UID for name in names
+        )
+    finally:
+        for name in names:
+            try:
+                os.unlink("/dev/shm/" + name)
+            except FileNotFoundError:
+                pass
 
 
 def test_an_accepted_config_planted_by_another_user_is_never_loaded(
