@@ -14,6 +14,8 @@ static void *ngx_http_mosn_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_mosn_init_main_conf(ngx_conf_t *cf, void *conf);
 static ngx_int_t ngx_http_mosn_check_shm_name(ngx_conf_t *cf,
     ngx_str_t *name);
+static char *ngx_http_mosn_check_timeout(ngx_conf_t *cf, void *post,
+    void *data);
 static void *ngx_http_mosn_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_mosn_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
@@ -44,6 +46,10 @@ static ngx_conf_num_bounds_t  ngx_http_mosn_queue_bounds = {
 
 static ngx_conf_num_bounds_t  ngx_http_mosn_headers_bounds = {
     ngx_conf_check_num_bounds, 1, 10000
+};
+
+static ngx_conf_post_t  ngx_http_mosn_timeout_post = {
+    ngx_http_mosn_check_timeout
 };
 
 
@@ -117,7 +123,7 @@ static ngx_command_t  ngx_http_mosn_commands[] = {
       ngx_conf_set_msec_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_mosn_loc_conf_t, timeout),
-      NULL },
+      &ngx_http_mosn_timeout_post },
 
     { ngx_string("mosn_fallback"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
@@ -351,6 +357,21 @@ ngx_http_mosn_check_shm_name(ngx_conf_t *cf, ngx_str_t *name)
     }
 
     return NGX_OK;
+}
+
+
+/* no time to wait is no filtering at all: every request would fall back */
+
+static char *
+ngx_http_mosn_check_timeout(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_msec_t  *timeout = data;
+
+    if (*timeout == 0) {
+        return "must be more than 0: no request would wait for its verdict";
+    }
+
+    return NGX_CONF_OK;
 }
 
 

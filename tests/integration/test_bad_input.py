@@ -136,3 +136,24 @@ def test_broken_configs_are_refused_by_nginx_and_the_pool(gateway, tmp_path):
     os.unlink(gw.mosn_path)
     code, out = gw.nginx("-t", check=False)
     assert code != 0 and "No such file" in out
+
+
+@pytest.mark.parametrize("value", ["0", "0s", "0ms"])
+def test_a_timeout_of_nothing_is_refused(gateway, value):
+    """mosn_timeout 0 would send every request to the fallback unfiltered:
+    nginx -t refuses it and says why."""
+    http = ROUTED.replace("CHAIN", "serverListener").replace(
+        "large_client_header_buffers",
+        "mosn_timeout %s;\n" % value + "        large_client_header_buffers",
+    )
+    gw = gateway(http)
+    code, out = gw.nginx("-t", check=False)
+    assert code != 0
+    assert (
+        '"mosn_timeout" directive must be more than 0: no request would '
+        "wait for its verdict" in out
+    ), out
+    gw.http = http.replace("mosn_timeout %s;" % value, "mosn_timeout 1ms;")
+    gw.write_conf()
+    code, out = gw.nginx("-t", check=False)
+    assert code == 0, out
