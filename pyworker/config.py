@@ -42,13 +42,12 @@ wrong raises ConfigError as ``"<file>: <key path>: <what is wrong>"``.
 """
 
 import copy
-import json
 import logging
 import os
 import re
 from dataclasses import dataclass, field
 
-from pyworker import registry
+from pyworker import jsontext, registry
 from pyworker.api import ConfigError, json_type
 from pyworker.chain import Chain
 from pyworker.discovery import FileSource, discovery_option
@@ -205,12 +204,10 @@ def loads(
 ):
     """Like ``load``, from the JSON text; ``source`` names it in errors."""
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
+        raw = jsontext.parse(text)
+    except jsontext.NotJSON as exc:
         raise ConfigError(
-            f"invalid JSON: {exc.msg}",
-            f"line {exc.lineno} column {exc.colno}",
-            source,
+            f"invalid JSON: {exc.msg}", exc.where, source
         ) from None
     return _build(raw, source, observe, limits, log_warnings)
 

@@ -30,9 +30,9 @@ cluster goes through ``etcd grpc-proxy`` on the gateway's machine.
 """
 
 import asyncio
-import json
 import logging
 
+from pyworker import jsontext
 from pyworker.api import ConfigError
 from pyworker.discovery.etcdwire import (
     AUTHENTICATE,
@@ -93,13 +93,12 @@ class AppsRange:
         """(app, endpoints) of one key's value; raises ServiceFileError."""
         app = self.app_of(key)
         try:
-            doc = json.loads(value.decode("utf-8"))
+            doc = jsontext.parse(value.decode("utf-8"))
         except UnicodeDecodeError:
             raise ServiceFileError("not UTF-8") from None
-        except json.JSONDecodeError as exc:
+        except jsontext.NotJSON as exc:
             raise ServiceFileError(
-                f"invalid JSON: {exc.msg}",
-                f"line {exc.lineno} column {exc.colno}",
+                f"invalid JSON: {exc.msg}", exc.where
             ) from None
         return parse_app(doc, "", name=app)
 
@@ -442,11 +441,9 @@ def check_config_value(text):
     """The ``servers`` of a filter config value from the store: a JSON
     object with ``servers`` and nothing else.  Raises ConfigError."""
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"invalid JSON: {exc.msg}", f"line {exc.lineno} column {exc.colno}"
-        ) from None
+        doc = jsontext.parse(text)
+    except jsontext.NotJSON as exc:
+        raise ConfigError(f"invalid JSON: {exc.msg}", exc.where) from None
     if not isinstance(doc, dict) or "servers" not in doc:
         raise ConfigError(
             "must be a JSON object with the listeners under "

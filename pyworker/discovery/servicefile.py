@@ -12,11 +12,11 @@ of its prefix (``parse_app``).
 """
 
 import functools
-import json
 import os
 import re
 import socket
 
+from pyworker import jsontext
 from pyworker.api import ConfigError, json_type
 
 __all__ = [
@@ -71,12 +71,10 @@ def load(path):
 def loads(text, source="<string>"):
     """Like ``load``, from the JSON text; ``source`` names it in errors."""
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
+        raw = jsontext.parse(text)
+    except jsontext.NotJSON as exc:
         raise ServiceFileError(
-            f"invalid JSON: {exc.msg}",
-            f"line {exc.lineno} column {exc.colno}",
-            source,
+            f"invalid JSON: {exc.msg}", exc.where, source
         ) from None
     try:
         return parse(raw)
@@ -293,8 +291,8 @@ def option_of(config_path, parse):
     config_path = os.fspath(config_path)
     try:
         with open(config_path, "rb") as f:
-            raw = json.loads(f.read().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raw = jsontext.parse(f.read().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, jsontext.NotJSON) as exc:
         raise ConfigError(
             f"cannot read the config: {exc}", file=config_path
         ) from None

@@ -108,6 +108,10 @@ def test_broken_configs_are_refused_by_nginx_and_the_pool(gateway, tmp_path):
             "unit_key",
         ),
         "wrong type": ({"servers": {"listeners": []}}, "servers"),
+        "nested too deeply": (
+            "[" * 100000 + "]" * 100000,
+            "invalid JSON: nested too deeply",
+        ),
     }
     cases["unknown filter"][0]["servers"][0]["listeners"][0]["stream_filters"][
         0
@@ -120,6 +124,7 @@ def test_broken_configs_are_refused_by_nginx_and_the_pool(gateway, tmp_path):
         code, out = gw.nginx("-t", check=False)
         assert code != 0, name
         assert "mosn.json" in out and expect in out, (name, out)
+        assert "Traceback" not in out, (name, out)
         pool = subprocess.run(
             [PYTHON, "-m", "pyworker", "check", gw.mosn_path],
             capture_output=True,
