@@ -7,7 +7,8 @@ shm_ring._ring.Consumer.serve_batch and a dispatch that returns None.
 Measures, in every repetition, then reports the medians:
 
   latency     round trips one at a time, --gap-us apart so that the
-              consumer sleeps: futex wake, Python serves, doorbell, poll()
+              consumer sleeps: futex wake, Python serves, doorbell, poll();
+              and the consumer's CPU per round trip (its schedstat)
   throughput  round trips per second with --inflight requests in flight
   wake-ups    futex wakes rung by the producer, doorbells rung by the
               consumer and consumer sleeps, per 1000 round trips, from
