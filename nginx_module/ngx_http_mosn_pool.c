@@ -20,6 +20,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 
 
 #define NGX_HTTP_MOSN_CHECK_TIMEOUT  30000
@@ -308,6 +309,7 @@ ngx_http_mosn_pool_start(ngx_cycle_t *cycle, ngx_http_mosn_main_conf_t *mmcf)
     int                      uid, gid;
     char                     err[256], name[MOSN_NAME_MAX];
     uid_t                    owner;
+    uint32_t                 suffix;
     ngx_uint_t               i, nworkers;
     ngx_core_conf_t         *ccf;
     mosn_region_conf_t       conf;
@@ -371,9 +373,15 @@ ngx_http_mosn_pool_start(ngx_cycle_t *cycle, ngx_http_mosn_main_conf_t *mmcf)
                               "mosn: %s; the region takes another name",
                               err);
 
+                /* the kernel's randomness: random() is seeded with the pid */
+                if (getrandom(&suffix, sizeof(suffix), 0)
+                    != (ssize_t) sizeof(suffix))
+                {
+                    suffix = (uint32_t) ngx_random();
+                }
+
                 ngx_snprintf((u_char *) name, sizeof(name),
-                             "/ngx_mosn.%P.%08xD%Z", ngx_pid,
-                             (uint32_t) ngx_random());
+                             "/ngx_mosn.%P.%08xD%Z", ngx_pid, suffix);
             }
         }
 
@@ -1016,7 +1024,10 @@ ngx_http_mosn_clean_stale(ngx_log_t *log, uid_t owner)
         ngx_snprintf((u_char *) path, sizeof(path), "/%*s%Z",
                      (size_t) 9 + len, de->d_name);
 
-        if (mosn_region_foreign(path, owner, err, sizeof(err))) {
+        /* another user's, or a running gateway's of that very name */
+        if (mosn_region_foreign(path, owner, err, sizeof(err))
+            || ngx_http_mosn_region_in_use(path))
+        {
             continue;
         }
 

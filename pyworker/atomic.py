@@ -22,8 +22,8 @@ def replace(path, data, mode=0o600):
         suffix=".tmp",
     )
     try:
-        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
             f.write(data)
         os.replace(tmp, path)
     except BaseException:

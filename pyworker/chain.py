@@ -55,6 +55,7 @@ _MAX_LOG = 1024  # the verdict's log record stays well inside a slot
 # so that one that hangs does not keep the others from closing
 STOP_HOOK_TIMEOUT = 5.0
 STOP_HOOK_FLOOR = 0.25
+STOP_HOOK_OVERRUN = 0.5  # those moments in all, past the budget
 
 
 class Chain:
@@ -525,34 +526,39 @@ class Chain:
         """Runs the filters' stop() hooks in reverse order, then each one's
         on_destroy(); those that await get what is left until
         ``deadline`` (the loop's time; STOP_HOOK_TIMEOUT from now if
-        None), STOP_HOOK_FLOOR at least.  Failures and hooks cut short
-        are logged, not raised."""
+        None), STOP_HOOK_FLOOR at least while STOP_HOOK_OVERRUN lasts.
+        Failures and hooks cut short are logged, not raised."""
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = loop.time() + STOP_HOOK_TIMEOUT
+        last = deadline + STOP_HOOK_OVERRUN
         for name, filt in reversed(self.filters):
             for what in ("stop", "on_destroy"):
                 hook = getattr(filt, what, None)
                 if not callable(hook):
                     continue
+                scope = None
                 try:
                     result = hook()
-                    if inspect.isawaitable(result):
-                        await asyncio.wait_for(
-                            result,
-                            max(STOP_HOOK_FLOOR, deadline - loop.time()),
-                        )
-                except TimeoutError:
-                    _filter_log.error(
-                        "filter %s of chain %s: %s() was cut short: the "
-                        "stop() hooks of a worker have %g s in all",
-                        name,
-                        self.name,
-                        what,
-                        STOP_HOOK_TIMEOUT,
-                        extra={"filter_name": name, "chain": self.name},
+                    if not inspect.isawaitable(result):
+                        continue
+                    now = loop.time()
+                    left = min(
+                        max(deadline - now, STOP_HOOK_FLOOR), last - now
                     )
+                    if left <= 0:
+                        if inspect.iscoroutine(result):
+                            result.close()
+                        self._cut_short(name, what)
+                        continue
+                    async with asyncio.timeout(left) as scope:
+                        await result
                 except Exception as exc:
+                    if isinstance(exc, TimeoutError) and (
+                        scope is not None and scope.expired()
+                    ):
+                        self._cut_short(name, what)
+                        continue
                     _filter_log.error(
                         "filter %s of chain %s: %s() raised %s: %s",
                         name,
@@ -563,6 +569,17 @@ class Chain:
                         exc_info=exc,
                         extra={"filter_name": name, "chain": self.name},
                     )
+
+    def _cut_short(self, name, what):
+        _filter_log.error(
+            "filter %s of chain %s: %s() was cut short: the stop() hooks "
+            "of a worker have %g s in all",
+            name,
+            self.name,
+            what,
+            STOP_HOOK_TIMEOUT,
+            extra={"filter_name": name, "chain": self.name},
+        )
 
     # -- response phase ------------------------------------------------
 

@@ -21,7 +21,7 @@ from shm_ring import Region, RingError, proc_alive
 from pyworker import statsdir
 from pyworker.accepted import AcceptedConfig
 from pyworker.atomic import write_json
-from pyworker.chain import STOP_HOOK_TIMEOUT
+from pyworker.chain import STOP_HOOK_OVERRUN, STOP_HOOK_TIMEOUT
 from pyworker.discovery.supervised import Discovery
 from pyworker.logs import setup_logging
 from pyworker.privileges import PARENT_ENV
@@ -33,8 +33,10 @@ TICK = 0.5  # seconds between housekeeping rounds at idle
 START_TIMEOUT = 15.0  # for a new worker to load its config and attach
 DRAIN_TIMEOUT = 10.0  # for a draining worker to finish and leave
 # for workers to leave on stop, before SIGKILL: their tasks' grace, then
-# their stop() hooks, and a second to spare
-STOP_TIMEOUT = STOP_GRACE + STOP_HOOK_TIMEOUT + 1.0
+# their stop() hooks (and the moments of those past the budget), and half
+# a second to spare
+STOP_TIMEOUT = STOP_GRACE + STOP_HOOK_TIMEOUT + STOP_HOOK_OVERRUN + 0.5
+ADMIN_STOP_TIMEOUT = 3.0  # for the admin process to leave, before SIGKILL
 TERMINATE_TIMEOUT = 0.5  # the same when nginx terminates (it waits 1 s)
 QUIT_TIMEOUT = 60.0  # on quit, for nginx's workers to finish first
 ADMIN_BACKOFF = 5.0  # between restarts of an admin process that fails
@@ -297,7 +299,7 @@ class Supervisor:
         if self.admin is not None:
             self.admin.terminate()
             try:
-                self.admin.wait(STOP_TIMEOUT)
+                self.admin.wait(ADMIN_STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 self.admin.kill()
                 self.admin.wait()
@@ -396,9 +398,14 @@ class Supervisor:
         return [pid for pid in self.procs if pid not in self.retiring]
 
     def _wait_live(self, pid):
-        """Waits until worker pid serves; False if it died or took too long."""
+        """Waits until worker pid serves; False if it died or took too
+        long, or if a stop or a newer reload came meanwhile."""
         deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline and not self.stopping:
+        while (
+            time.monotonic() < deadline
+            and not self.stopping
+            and not self.reload_asked
+        ):
             entry = self.procs.get(pid)
             if entry is None:
                 return False
@@ -527,6 +534,9 @@ class Supervisor:
         )
         self._roll(wait=True)
 
+    def _serves(self, pid):
+        return self.region.consumer_state(self.procs[pid][0]) == "live"
+
     def _roll(self, wait):
         """Replaces the outgoing workers one at a time: one is drained
         once a worker on the new config serves in its stead.  A new
@@ -536,42 +546,68 @@ class Supervisor:
         the main loop (``wait`` False) goes on with the roll once it
         serves, so that one config serves in the end, with ``workers``
         workers."""
-        while self.outgoing and not self.stopping:
+        while not self.stopping:
+            # an outgoing worker that never served (a roll before this one
+            # that had not ended) holds no request: it goes at once
+            for pid in self.outgoing:
+                if pid in self._live_pids() and not self._serves(pid):
+                    self._retire_unserved(pid)
             self.outgoing = [
                 pid for pid in self.outgoing if pid in self._live_pids()
             ]
-            fresh = [p for p in self._live_pids() if p not in self.outgoing]
-            starting = [
-                pid
-                for pid in fresh
-                if self.region.consumer_state(self.procs[pid][0]) != "live"
-            ]
-            if starting or self._respawn_at:
-                if not (wait and starting and self._wait_live(starting[0])):
-                    if wait:
-                        log.error(
-                            "reload: a worker on the new config does not "
-                            "serve yet (see above); the %d worker(s) "
-                            "before serve until one does",
-                            len(self.outgoing),
-                        )
-                    return
-            elif not self.outgoing:
+            if not self.outgoing:
                 break
-            elif len(fresh) + len(self.outgoing) <= self.workers:
+            fresh = [p for p in self._live_pids() if p not in self.outgoing]
+            starting = [pid for pid in fresh if not self._serves(pid)]
+            if starting or self._respawn_at:
+                if wait and starting and self._wait_live(starting[0]):
+                    continue
+                if wait and not (self.stopping or self.reload_asked):
+                    log.error(
+                        "reload: a worker on the new config does not "
+                        "serve yet (see above); the %d worker(s) before "
+                        "serve until one does",
+                        len(self.outgoing),
+                    )
+                return
+            if len(fresh) + len(self.outgoing) <= self.workers:
                 if self._spawn() is None:
                     return
             else:
-                # a worker on the new config serves in its stead
+                # every outgoing worker serves: one of them, or a new one,
+                # is left serving after this one goes
                 self._drain(self.outgoing.pop(0))
         if self.stopping:
             return
-        while len(self._live_pids()) < self.workers:
+        self._settle()
+        log.info("reload done: %d worker(s)", len(self._live_pids()))
+        self._write_stats()
+
+    def _retire_unserved(self, pid):
+        log.info(
+            "reload: worker pid %d never served its config; stopping it", pid
+        )
+        self.retiring.add(pid)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _settle(self):
+        """After a roll: ``workers`` workers, counting those due to be
+        replaced (an outgoing worker that died mid-roll was replaced on
+        the new config besides the roll's own)."""
+        due = len(self._respawn_at)
+        live = self._live_pids()
+        serving = [pid for pid in live if self._serves(pid)]
+        while len(live) + due > self.workers and len(serving) > 1:
+            pid = serving.pop()
+            live.remove(pid)
+            self._drain(pid)
+        while len(self._live_pids()) + due < self.workers:
             new = self._spawn()
             if new is None or not self._wait_live(new):
                 break
-        log.info("reload done: %d worker(s)", len(self._live_pids()))
-        self._write_stats()
 
     # -- life -----------------------------------------------------------------
 
@@ -707,17 +743,20 @@ class Supervisor:
             self._sleep(0.02)
             self._reap()
         for pid in list(self.procs):
-            log.warning(
-                "worker pid %d had not left %.1f s after it was told to "
-                "stop; killed (its tasks and stop() hooks cut short)",
-                pid,
-                TERMINATE_TIMEOUT if self.terminating else STOP_TIMEOUT,
-            )
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.procs[pid][1].wait()
+            proc = self.procs[pid][1]
+            if proc.poll() is None:
+                log.warning(
+                    "worker pid %d had not left %.1f s after it was told "
+                    "to stop; killed (its tasks and stop() hooks cut "
+                    "short)",
+                    pid,
+                    TERMINATE_TIMEOUT if self.terminating else STOP_TIMEOUT,
+                )
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            proc.wait()
             self.region.retire_consumer(self.procs.pop(pid)[0])
         statsdir.remove(self.stats_dir, self.uid)
         if self.accepted is not None:

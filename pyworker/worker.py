@@ -36,8 +36,9 @@ DRAIN_QUIET_MS = 50
 # at idle a worker looks at its state this rarely (signals wake it at once)
 IDLE_WAIT_MS = 10000
 # on stop, how long tasks in flight have to finish before they are left
-# to the ring (which re-queues them to a live worker); the supervisor kills
-# a worker that has not left 3 s after it was told to stop
+# to the ring (which re-queues them to a live worker); the stop() hooks
+# have their own time after it, and the supervisor kills a worker that has
+# not left when both are over
 STOP_GRACE = 2.0
 # the cyclic collector runs after this many new objects (the young
 # generation; CPython's default is 700), the older ones after 10 of the
@@ -103,10 +104,7 @@ class Worker:
         # request: a pool opened here is there for it
         started = []
         try:
-            for chain in self.chains.values():
-                await chain.start()
-                started.append(chain)
-            if self.stopping:
+            if self.stopping or not await self._start(loop, started):
                 return 0
             region = Region.attach(self.shm)
             try:
@@ -141,6 +139,34 @@ class Worker:
                 await chain.stop(deadline)
             self.stats.flush(self.chains)
         return 0
+
+    async def _start(self, loop, started):
+        """Runs the chains' start() hooks, appending each chain started to
+        ``started``; False if a stop came first: it cancels a hook that
+        awaits (a service that does not answer must not keep the worker
+        from leaving)."""
+        starting = asyncio.ensure_future(self._start_chains(started))
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop_starting, starting)
+        try:
+            await starting
+        except asyncio.CancelledError:
+            log.info("worker pid %d stopped while starting", os.getpid())
+            return False
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+                signal.signal(signum, self._stop_early)
+        return not self.stopping
+
+    async def _start_chains(self, started):
+        for chain in self.chains.values():
+            await chain.start()
+            started.append(chain)
+
+    def _stop_starting(self, starting):
+        self.stopping = True
+        starting.cancel()
 
 
 class Serving:
@@ -196,6 +222,11 @@ class Serving:
             loop.remove_reader(fd)
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                 loop.remove_signal_handler(signum)
+            # the stop() hooks still run: a stop asked now changes nothing
+            # (the loop's removal left the default, which would kill)
+            signal.signal(signal.SIGTERM, self.worker._stop_early)
+            signal.signal(signal.SIGINT, self.worker._stop_early)
+            signal.signal(signal.SIGUSR1, lambda signum, frame: None)
 
     def close(self):
         for timer in (self.flush_timer, self.tick):

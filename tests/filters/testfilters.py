@@ -313,14 +313,19 @@ class StartGate(StreamReceiverFilter):
     """A worker that loads it starts serving only once the file its config
     names exists: a pool the test lets start when it has done its part.
     With ``fail``, its start() raises while the file is missing (a
-    service that is down when the worker starts) instead of waiting."""
+    service that is down when the worker starts) instead of waiting; with
+    ``note``, it first makes that file (the test sees it waiting)."""
 
     def __init__(self, config):
         self.path = config["file"]
         self.fail = config.get("fail", False)
+        self.note = config.get("note")
 
     async def start(self):
         import asyncio
+
+        if self.note:
+            open(self.note, "w").close()
 
         while not os.path.exists(self.path):
             if self.fail:

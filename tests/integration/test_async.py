@@ -269,20 +269,24 @@ def test_start_and_stop_hooks_run_once_per_worker(gateway):
 
 
 def hooks_gateway(gateway, **hooks):
-    """One worker whose chain has a lifecycle filter per hook, each
-    noting to the file returned with it."""
+    """One worker with a chain of its own for each hook, a lifecycle
+    filter noting to the file returned with it: the chains stop in
+    reverse order, the last hook's first, sharing one budget."""
     gw = gateway(http(), workers=1)
     notes = pathlib.Path(gw.prefix, "hooks")
     notes.touch()
     os.chmod(notes, 0o666)
-    filters = [
-        {
-            "type": "lifecycle",
-            "config": {"file": str(notes), "tag": tag, **config},
-        }
+    chains = [
+        listener(
+            "hook_" + tag,
+            {
+                "type": "lifecycle",
+                "config": {"file": str(notes), "tag": tag, **config},
+            },
+        )
         for tag, config in hooks.items()
     ]
-    gw.write_mosn(mosn(listener("awaits", {"type": "await_header"}, *filters)))
+    gw.write_mosn(mosn(listener("awaits", {"type": "await_header"}), *chains))
     gw.start()
     assert gw.get("/").status == 200
     return gw, notes
@@ -295,14 +299,15 @@ def quit_timed(gw):
 
 
 CUT_SHORT = (
-    "filter lifecycle of chain awaits: stop() was cut short: the stop() "
-    "hooks of a worker have 5 s in all"
+    "filter lifecycle of chain hook_overruns: stop() was cut short: the "
+    "stop() hooks of a worker have 5 s in all"
 )
 
 
 def test_stop_hooks_share_5_s_on_quit(gateway):
-    """The stop() hooks run in reverse order with 5 s in all: one of 3.5 s
-    ends, the one before it is cut short with what is left."""
+    """The stop() hooks of a worker, of every chain, run in reverse order
+    with 5 s in all: one of 3.5 s ends, the one before it, in another
+    chain, is cut short with what is left."""
     gw, notes = hooks_gateway(
         gateway, overruns={"stop_seconds": 60}, ends={"stop_seconds": 3.5}
     )
@@ -393,12 +398,54 @@ def test_a_reload_whose_workers_start_late_ends_on_the_new_config(gateway):
     # past START_TIMEOUT (15 s), only the workers before serve
     served = configs_served(gw, 16)
     assert served.keys() == {"A"}, served
-    assert (
-        "does not serve yet"
-        in gw.error_log() + open(gw.prefix + "/logs/mosn.log").read()
-    )
+    until(lambda: "does not serve yet" in gw.error_log(), 15)
     gate.touch()
     ends_on(gw, "B", 2)
+
+
+def test_a_reload_during_a_roll_that_waits_keeps_a_worker_serving(gateway):
+    """A second reload while the first one's worker is still starting:
+    that worker, which never served, goes at once; the worker before
+    keeps serving until one on the newest config does."""
+    gw = gateway(http(), workers=1, mosn=tagged("A")).start()
+    (first,) = gw.python_pids()
+    gates = {tag: pathlib.Path(gw.prefix, "gate-" + tag) for tag in "BC"}
+
+    def gated(tag):
+        gate = {"type": "start_gate", "config": {"file": str(gates[tag])}}
+        return tagged(tag, gate)
+
+    gw.write_mosn(gated("B"))
+    gw.reload()
+    until(lambda: len(gw.python_pids()) == 2, 10)
+    (stuck,) = set(gw.python_pids()) - {first}
+    gw.write_mosn(gated("C"))
+    gw.reload()
+    until(lambda: stuck not in gw.python_pids(), 10)
+    # C's worker starts no sooner than its gate opens: A serves alone
+    served = configs_served(gw, 3)
+    assert served.keys() == {"A"}, served
+    assert first in gw.python_pids()
+    gates["C"].touch()
+    ends_on(gw, "C", 1)
+
+
+def test_a_quit_cancels_a_start_hook_that_waits(gateway):
+    """A worker whose start() awaits a service that does not answer
+    leaves at once on quit: the hook is cancelled, not waited for until
+    the supervisor kills it."""
+    gw = gateway(http(), workers=1, mosn=tagged("A")).start()
+    gate = pathlib.Path(gw.prefix, "gate")
+    waiting = pathlib.Path(gw.prefix, "waiting")
+    os.chmod(gw.prefix, 0o777)  # the workers' user makes the note
+    start_gate = {"file": str(gate), "note": str(waiting)}
+    gw.write_mosn(tagged("B", {"type": "start_gate", "config": start_gate}))
+    gw.reload()
+    until(waiting.exists, 10)
+    assert quit_timed(gw) < 4
+    log = gw.error_log() + open(gw.prefix + "/logs/mosn.log").read()
+    assert "killed" not in log
+    assert "stopped while starting" in log
 
 
 def test_a_reload_whose_workers_fail_to_start_ends_on_the_new_config(gateway):
@@ -419,9 +466,12 @@ def test_a_reload_whose_workers_fail_to_start_ends_on_the_new_config(gateway):
     gw.reload()
     served = configs_served(gw, 4)
     assert served.keys() == {"A"}, served
-    assert (
-        "start_gate: %s is missing" % gate
-        in open(gw.prefix + "/logs/mosn.log").read() + gw.error_log()
+    until(
+        lambda: (
+            "start_gate: %s is missing" % gate
+            in open(gw.prefix + "/logs/mosn.log").read() + gw.error_log()
+        ),
+        10,
     )
     gate.touch()
     # the retries back off up to 5 s
