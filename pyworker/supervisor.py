@@ -412,7 +412,10 @@ class Supervisor:
             if self.region.consumer_state(entry[0]) == "live":
                 return True
             self._sleep(0.02)
-            self._reap_quietly()
+            # a worker that dies meanwhile is replaced as at any time
+            self._reap()
+            self._respawn()
+            self._pool_state()
         return False
 
     def _wait_all_live(self, timeout):
@@ -427,10 +430,6 @@ class Supervisor:
             ):
                 return
             self._sleep(0.02)
-
-    def _reap_quietly(self):
-        """Reaps during a roll without respawning what the roll replaces."""
-        self._reap()
 
     def _drain(self, pid):
         entry = self.procs.get(pid)
@@ -583,10 +582,8 @@ class Supervisor:
         log.info("reload done: %d worker(s)", len(self._live_pids()))
         self._write_stats()
 
-    def _retire_unserved(self, pid):
-        log.info(
-            "reload: worker pid %d never served its config; stopping it", pid
-        )
+    def _retire_unserved(self, pid, why="never served its config"):
+        log.info("reload: worker pid %d %s; stopping it", pid, why)
         self.retiring.add(pid)
         try:
             os.kill(pid, signal.SIGKILL)
@@ -596,15 +593,19 @@ class Supervisor:
     def _settle(self):
         """After a roll: ``workers`` workers, counting those due to be
         replaced (an outgoing worker that died mid-roll was replaced on
-        the new config besides the roll's own)."""
-        due = len(self._respawn_at)
+        the new config besides the roll's own).  One too many goes: one
+        that does not serve yet at once, else one drained."""
         live = self._live_pids()
+        extra = len(live) + len(self._respawn_at) - self.workers
+        unserved = [pid for pid in live if not self._serves(pid)]
         serving = [pid for pid in live if self._serves(pid)]
-        while len(live) + due > self.workers and len(serving) > 1:
-            pid = serving.pop()
-            live.remove(pid)
-            self._drain(pid)
-        while len(self._live_pids()) + due < self.workers:
+        while extra > 0 and unserved:
+            self._retire_unserved(unserved.pop(), "is one worker too many")
+            extra -= 1
+        while extra > 0 and len(serving) > 1:
+            self._drain(serving.pop())
+            extra -= 1
+        while len(self._live_pids()) + len(self._respawn_at) < self.workers:
             new = self._spawn()
             if new is None or not self._wait_live(new):
                 break

@@ -430,6 +430,25 @@ def test_a_reload_during_a_roll_that_waits_keeps_a_worker_serving(gateway):
     ends_on(gw, "C", 1)
 
 
+def test_workers_that_die_during_a_roll_leave_mosn_workers(gateway):
+    """The workers before die while the new one is still starting: each
+    is replaced on the new config besides the roll's own, and the roll
+    ends with mosn_workers workers, not one more."""
+    gw = gateway(http(), workers=2, mosn=tagged("A")).start()
+    before = set(gw.python_pids())
+    gate = pathlib.Path(gw.prefix, "gate")
+    gw.write_mosn(
+        tagged("B", {"type": "start_gate", "config": {"file": str(gate)}})
+    )
+    gw.reload()
+    until(lambda: len(gw.python_pids()) == 3, 10)
+    for pid in before:
+        os.kill(pid, signal.SIGKILL)
+    until(lambda: len(set(gw.python_pids()) - before) == 3, 10)
+    gate.touch()
+    ends_on(gw, "B", 2)
+
+
 def test_a_quit_cancels_a_start_hook_that_waits(gateway):
     """A worker whose start() awaits a service that does not answer
     leaves at once on quit: the hook is cancelled, not waited for until
