@@ -42,6 +42,8 @@ extensions = [
     for name in (
         "shm_ring/codec",
         "pyworker/dispatch",
+        "pyworker/inflight",
+        "pyworker/deadlines",
         "pyworker/chain",
         "pyworker/headers",
         "pyworker/verdict",

@@ -3,6 +3,7 @@ Redis rate limit costs.
 
     python -m bench.async_bench [--duration 10] [--runs 3] [--warmup 2]
         [--connections 256] [--threads 2] [--delay-ms 10] [--out DIR]
+        [--only NAME,...]
 
 One authorization service (nginx + Lua, answering after --delay-ms with
 ngx.sleep, so that it is never what limits a gateway) serves three
@@ -29,7 +30,9 @@ wrk -c256 (-H Authorization, uid, x-user) loads each in turn, rounds
 interleaved; medians go to DIR/async.md and async.json with the targets:
 mosn_ext_authz >= 10,000 req/s, >= auth_request, >= 0.8x lua, p99 <=
 auth_request's; the ratelimit costs one Redis round trip per request
-(EVALSHA calls counted by Redis / requests served).
+(EVALSHA calls counted by Redis / requests served).  ``--only`` measures
+the gateways named and prints their medians, writing no report: for
+comparing two builds of one gateway.
 """
 
 import argparse
@@ -360,6 +363,12 @@ def main():
     p.add_argument("--nginx", default="nginx")
     p.add_argument("--wrk", default="wrk")
     p.add_argument(
+        "--only",
+        type=lambda text: tuple(text.split(",")),
+        help="measure only these gateways (comma-separated names); print "
+        "their medians, write no report",
+    )
+    p.add_argument(
         "--render",
         metavar="JSON",
         help="write the report again from an async.json",
@@ -380,6 +389,9 @@ def main():
         )
         return
     args.workers = 1
+    unknown = set(args.only or ()) - set(ABOUT)
+    if unknown:
+        p.error("--only: no gateway %s" % ", ".join(sorted(unknown)))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
     started = datetime.datetime.now(datetime.timezone.utc).strftime(
         "%Y-%m-%d %H:%M UTC"
@@ -393,6 +405,9 @@ def main():
     finally:
         if not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(workdir, ignore_errors=True)
+    if args.only:
+        print_medians(runs)
+        return
     load_after = open("/proc/loadavg").read().split()[:3]
     report(args, runs, floors, info, started, load_before, load_after)
 
@@ -490,6 +505,8 @@ def measure_all(args, workdir):
             order = list(DIRECT) + list(AUTHZ) + list(AWAIT) + list(LIMIT)
             if round_no == 1:
                 order.append("mosn_blocking")
+            if args.only:
+                order = [name for name in order if name in args.only]
             for name in order:
                 port, path = url[name]
                 print(
@@ -524,8 +541,36 @@ def measure_all(args, workdir):
                         else "",
                     )
                 )
-        floors = [await_floor(args, authz_port) for _ in range(args.runs)]
+        floors = (
+            []
+            if args.only
+            else [await_floor(args, authz_port) for _ in range(args.runs)]
+        )
     return runs, floors
+
+
+def print_medians(runs):
+    """--only: each gateway's medians, and the CPU its processes used."""
+    for name in dict.fromkeys(run["gateway"] for run in runs):
+        mine = [run for run in runs if run["gateway"] == name]
+        rps = statistics.median(run["rps"] for run in mine)
+        cpu = {
+            role: statistics.median(run["cpu"].get(role, 0) for run in mine)
+            for role in CPU_ROLES
+        }
+        print(
+            "%s: %.0f req/s (%s), p99 %.1f ms; CPU %% %s; us of CPU per "
+            "request: gateway %.0f, Python %.0f"
+            % (
+                name,
+                rps,
+                ", ".join("%.0f" % run["rps"] for run in mine),
+                statistics.median(run["p99_ms"] for run in mine),
+                " ".join("%s %.0f" % kv for kv in cpu.items()),
+                (cpu["nginx"] + cpu["python"]) * 1e4 / max(rps, 1),
+                cpu["python"] * 1e4 / max(rps, 1),
+            )
+        )
 
 
 def await_floor(args, authz_port):

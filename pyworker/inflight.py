@@ -1,16 +1,21 @@
 """Requests a worker serves as tasks: those of chains whose filters await.
 
-The dispatcher hands each such request here (``spawn``) and moves on; the
-task runs the chain, and its verdict is written into the request's slot
-when it ends, in whatever order tasks end.  Each request has a deadline,
-the one nginx gave it (``mosn_timeout``): a task still running then is
-cancelled (within DEADLINE_TICK: the deadlines of every task are looked
-at by one timer, not a timer each), as is one whose client went away
-(nginx marks the slot abandoned and bumps this consumer's ``abandons``,
-looked at every ABANDON_POLL while tasks run).  A cancelled task's
-request gets an error verdict, which nginx drops as late (or, if it is
-not late yet, answers with the fallback); either way the slot is handed
-back, so nothing leaks.
+The dispatcher hands each such request here (``spawn``) with its chain's
+coroutine, whose first step runs at once: a check that sends its question
+to a service sends it before the worker takes the next request, and a
+chain that ends without waiting is answered with no task at all.  A chain
+that waits goes on in a task, which writes its verdict into the request's
+slot in the step that ends the chain (no callback a loop turn later),
+in whatever order tasks end.
+
+Each request has a deadline, the one nginx gave it (``mosn_timeout``): a
+task still running then is cancelled (within DEADLINE_TICK: the deadlines
+of every task are looked at by one timer, not a timer each), as is one
+whose client went away (nginx marks the slot abandoned and bumps this
+consumer's ``abandons``, looked at every ABANDON_POLL while tasks run).
+A cancelled task's request gets an error verdict, which nginx drops as
+late (or, if it is not late yet, answers with the fallback); either way
+the slot is handed back, so nothing leaks.
 
 Every verdict is written with the request's generation: a slot that holds
 another request by then is left alone.  A task that ignores its
@@ -25,9 +30,14 @@ no longer waited), ``deadline`` and ``client_gone`` (cancelled), and
 it to another worker).
 """
 
+import asyncio
+import contextvars
 import logging
 import time
-from functools import partial
+
+# how a task's step makes it asyncio.current_task(); one of the loop's own
+# (asyncio's eager start since Python 3.12 uses it the same way)
+from asyncio.tasks import _enter_task, _leave_task
 
 from pyworker.deadlines import Deadlines
 from pyworker.dispatch import verdict_action
@@ -46,6 +56,26 @@ _WHY = {
     "deadline": "no verdict within mosn_timeout: the filters were cancelled",
     "client_gone": "the client went away: the filters were cancelled",
 }
+_WHY_CANCELLED = "the filters were cancelled"
+# a request's first step: not run yet; ran and ended the chain
+_UNSTARTED = object()
+_ENDED = object()
+
+
+def _into_chain(waiting, exc):
+    """What a task throws into its coroutine when an await of ``waiting``
+    raised ``exc`` in the task's own step: nothing of the future's own
+    outcome (the chain reads that when resumed), but the task's
+    cancellation, or asyncio's complaint about a yield not awaitable."""
+    if asyncio.isfuture(waiting):
+        if waiting.done() and (
+            waiting.cancelled() or waiting.exception() is exc
+        ):
+            return None
+        return exc
+    if waiting is None or isinstance(exc, asyncio.CancelledError):
+        return exc
+    return RuntimeError("Task got bad yield: %r" % (waiting,))
 
 
 class _Request:
@@ -62,6 +92,7 @@ class _Request:
         "answered",
         "deadline_ns",
         "due",
+        "waiting",
     )
 
     def __init__(self, req, listener):
@@ -75,6 +106,7 @@ class _Request:
         self.why = None  # set when cancelled: deadline, client_gone
         self.answered = False  # its slot was answered without the task
         self.deadline_ns = req.deadline_ns
+        self.waiting = _UNSTARTED  # what the chain's first step awaits
 
 
 class InFlight:
@@ -112,7 +144,8 @@ class InFlight:
     # -- from the dispatcher --------------------------------------------------
 
     def spawn(self, req, work, listener):
-        """Runs ``work`` (the chain's coroutine for ``req``) as a task."""
+        """Runs ``work`` (the chain's coroutine for ``req``): its first
+        step now, the rest, if it waits, as a task."""
         entry = _Request(req, listener)
         why = None
         if req.abandoned:
@@ -124,14 +157,109 @@ class InFlight:
             work.close()
             self._answer(entry, Verdict.error(_WHY[why]), why)
             return
-        task = entry.task = self.loop.create_task(work)
-        task.add_done_callback(partial(self._ended, entry))
+        # the task's context from the first step on: what a filter sets
+        # in it (the chain's handler) is there when the task resumes
+        context = contextvars.copy_context()
+        task = entry.task = self.loop.create_task(
+            self._rest(entry, work), context=context
+        )
+        try:
+            _enter_task(self.loop, task)
+        except RuntimeError:
+            # in another task's step (a stopping worker answers what is
+            # queued): this one's first step runs when it is scheduled
+            pass
+        else:
+            try:
+                context.run(self._first_step, entry, work)
+            finally:
+                _leave_task(self.loop, task)
+            if entry.waiting is _ENDED:
+                return
         self.requests[entry.ps] = entry
         if entry.deadline_ns:
             delay = (entry.deadline_ns - time.monotonic_ns()) / 1e9
             entry.due = self.deadlines.add(entry, self.loop.time() + delay)
         if self._watching is None:
             self._watching = self.loop.call_later(ABANDON_POLL, self._watch)
+
+    def _first_step(self, entry, work):
+        """Runs the chain up to what it first awaits, as its task, before
+        the worker takes the next request (asyncio's eager start): a
+        chain that ends without waiting is answered now."""
+        try:
+            entry.waiting = work.send(None)
+            return
+        except StopIteration as end:
+            verdict, why = end.value, None
+        except Exception as exc:
+            verdict, why = self._broken(entry, exc), None
+        except asyncio.CancelledError:
+            verdict, why = Verdict.error(_WHY_CANCELLED), "stopped"
+        entry.waiting = _ENDED
+        entry.answered = True
+        self._answer(entry, verdict, why)
+
+    async def _rest(self, entry, work):
+        """The task of a chain that waits: steps ``work`` as asyncio's
+        task would, from what its first step awaits, and answers the
+        request in the step that ends the chain."""
+        waiting = entry.waiting
+        if waiting is _ENDED:
+            return
+        entry.waiting = None
+        verdict = None
+        cancelled = False
+        try:
+            if waiting is _UNSTARTED:
+                waiting = work.send(None)
+            while True:
+                try:
+                    if waiting is None:
+                        await asyncio.sleep(0)  # a bare yield
+                    else:
+                        # yielded to no task: ours to await, as a task
+                        # takes a future its coroutine yields
+                        waiting._asyncio_future_blocking = False
+                        await waiting
+                except BaseException as exc:
+                    thrown = _into_chain(waiting, exc)
+                    if thrown is None:
+                        waiting = work.send(None)
+                    else:
+                        waiting = work.throw(thrown)
+                else:
+                    waiting = work.send(None)
+        except StopIteration as end:
+            verdict = end.value
+        except asyncio.CancelledError:
+            cancelled = True
+        except Exception as exc:
+            verdict = self._broken(entry, exc)
+        finally:
+            self._ended(entry)
+        if entry.answered:
+            # answered without it, or the worker stopped
+            return
+        if cancelled:
+            why = entry.why or "stopped"
+            verdict = Verdict.error(_WHY.get(why, _WHY_CANCELLED))
+            self._answer(entry, verdict, why)
+        else:
+            self._answer(entry, verdict, None)
+
+    def _broken(self, entry, exc):
+        # the chain turns a filter's exception into its verdict: this is a
+        # bug of the chain itself
+        log.error(
+            "request %d (chain %s): %s: %s",
+            entry.req.request_id,
+            entry.listener,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+        return Verdict.error("the chain failed: %s" % type(exc).__name__)
 
     # -- cancellation ---------------------------------------------------------
 
@@ -206,7 +334,7 @@ class InFlight:
 
     # -- the end of a task --------------------------------------------------
 
-    def _ended(self, entry, task):
+    def _ended(self, entry):
         if entry.due is not None:
             self.deadlines.discard(entry, entry.due)
             entry.due = None
@@ -214,37 +342,11 @@ class InFlight:
             entry.timer.cancel()
             entry.timer = None
         if entry.answered:
-            # answered without it, or the worker stopped
             self.left.discard(entry)
             self._room_made()
             return
         full = self.room <= 0
         del self.requests[entry.ps]
-        if task.cancelled():
-            why = entry.why or "stopped"
-            verdict = Verdict.error(
-                _WHY.get(why, "the filters were cancelled")
-            )
-        else:
-            why = None
-            exc = task.exception()
-            if exc is not None:
-                # the chain turns a filter's exception into its verdict:
-                # this is a bug of the chain itself
-                log.error(
-                    "request %d (chain %s): %s: %s",
-                    entry.req.request_id,
-                    entry.listener,
-                    type(exc).__name__,
-                    exc,
-                    exc_info=exc,
-                )
-                verdict = Verdict.error(
-                    "the chain failed: %s" % type(exc).__name__
-                )
-            else:
-                verdict = task.result()
-        self._answer(entry, verdict, why)
         if full:
             self._room_made()
 
