@@ -44,6 +44,8 @@ extensions = [
         "pyworker/dispatch",
         "pyworker/inflight",
         "pyworker/deadlines",
+        "pyworker/httpclient",
+        "pyworker/filters/ext_authz",
         "pyworker/chain",
         "pyworker/headers",
         "pyworker/verdict",

@@ -43,8 +43,9 @@ class _Answer:
         self.limit = limit
 
 
-class _Connection(asyncio.Protocol):
-    """One connection; one request at a time."""
+class _Connection:
+    """One connection; one request at a time.  An asyncio protocol (its
+    methods, not its base class: compiled, this is an extension type)."""
 
     def __init__(self, pool):
         self.pool = pool
@@ -54,7 +55,6 @@ class _Connection(asyncio.Protocol):
         self.answer = None
         self.got_bytes = False
         self.closed = False
-        self._name = None
 
     # asyncio's side
     def connection_made(self, transport):
@@ -67,6 +67,15 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(HttpError("not an HTTP answer: %s" % exc))
             self.transport.close()
+
+    def eof_received(self):
+        return None  # the transport closes, and connection_lost follows
+
+    def pause_writing(self):
+        pass  # a request is a few hundred bytes: nothing to hold back
+
+    def resume_writing(self):
+        pass
 
     def connection_lost(self, exc):
         self.closed = True

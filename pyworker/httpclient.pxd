@@ -1,0 +1,25 @@
+# Compiled, a connection, its answer and the pool are extension types: the
+# parser's callbacks and each request read and set their fields without
+# dictionary lookups.  httpclient.py stays the source.
+
+cdef class HttpPool
+
+
+cdef class _Answer:
+    cdef public int status
+    cdef public list headers, body
+    cdef public Py_ssize_t size, limit
+
+
+cdef class _Connection:
+    cdef public HttpPool pool
+    cdef public object transport, parser, waiter
+    cdef public _Answer answer
+    cdef public bint got_bytes, closed
+
+
+cdef class HttpPool:
+    cdef public object host, port, ssl, host_header, loop
+    cdef public object idle, waiters, deadlines
+    cdef public Py_ssize_t max_connections, open
+    cdef public bint closing
