@@ -18,4 +18,3 @@ cdef class InFlight:
     cdef public set left
     cdef public object _abandons, _watching
     cdef public Deadlines deadlines
-    cdef public bint _flushing

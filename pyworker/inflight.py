@@ -131,7 +131,6 @@ class InFlight:
         self._abandons = consumer.abandons
         self.deadlines = Deadlines(loop, self._expired, DEADLINE_TICK)
         self._watching = None
-        self._flushing = False
 
     def __len__(self):
         """Requests in flight, with the tasks left running."""
@@ -363,13 +362,8 @@ class InFlight:
         self.consumer.complete(entry.ps, verdict, entry.gen)
         if self.on_answer is not None:
             self.on_answer()
-        if not self._flushing:
-            # one doorbell round for every verdict of this loop iteration
-            self._flushing = True
-            self.loop.call_soon(self._flush)
-
-    def _flush(self):
-        self._flushing = False
+        # at once: a producer that sleeps is woken for this verdict now,
+        # not a loop turn later (one that is awake costs a load and a fence)
         self.consumer.flush()
 
     def _room_made(self):

@@ -29,13 +29,17 @@ class Gate(StreamReceiverFilter):
 
     def __init__(self, config):
         self.cancelled = []
+        self.tasks = []  # asyncio.current_task() as each request began
 
     async def on_receive(self, ctx, headers, buf, trailers):
+        self.tasks.append(asyncio.current_task())
         name = headers.get("x-gate")
         if name is not None:
             gate = GATES.setdefault(name, asyncio.Event())
             try:
-                await gate.wait()
+                # asyncio.timeout() needs a task: the request's own
+                async with asyncio.timeout(30):
+                    await gate.wait()
             except asyncio.CancelledError:
                 self.cancelled.append(name)
                 if headers.get("x-stubborn") is None:
@@ -136,6 +140,71 @@ async def until(cond, timeout=5.0):
 
 def open_gate(name):
     GATES.setdefault(name, asyncio.Event()).set()
+
+
+def serve_as_the_worker(r):
+    """Serves a batch as the worker does: from a loop callback, in no
+    task (a chain's first step then runs at once, as its task)."""
+    served = r.loop.create_future()
+    r.loop.call_soon(lambda: served.set_result(r.serve()))
+    return served
+
+
+def test_a_chain_that_ends_without_waiting_is_answered_at_once(rig):
+    async def main():
+        r = rig(asyncio.get_running_loop())
+        r.submit(0, "a")
+        r.submit(1)
+        assert await serve_as_the_worker(r) == 2
+        # answered within the batch: no task, no loop turn
+        assert r.producer.slot_state(1)[0] == DONE
+        assert r.producer.slot_state(0)[0] == TAKEN
+        assert len(r.inflight) == 1 and list(r.inflight.requests) != []
+        assert r.answers() == {1: "open"}
+        open_gate("a")
+        await until(lambda: r.producer.slot_state(0)[0] == DONE)
+        assert r.answers() == {0: "a"}
+        assert r.stats.tasks == {("g", "answered"): 2}
+
+    asyncio.run(main())
+
+
+def test_the_first_step_runs_as_the_requests_own_task(rig):
+    async def main():
+        r = rig(asyncio.get_running_loop())
+        r.submit(0, "a")
+        assert await serve_as_the_worker(r) == 1
+        # it ran before the loop turned, as its task: asyncio.timeout()
+        # worked, and current_task() is the task that goes on with it
+        (entry,) = r.inflight.requests.values()
+        assert r.gate.tasks == [entry.task]
+        assert not entry.task.done()
+        open_gate("a")
+        await until(lambda: r.producer.slot_state(0)[0] == DONE)
+        assert r.answers() == {0: "a"}
+
+    asyncio.run(main())
+
+
+def test_a_verdict_is_written_in_the_step_that_ends_the_chain(rig):
+    async def main():
+        r = rig(asyncio.get_running_loop())
+        r.submit(0, "a")
+        await serve_as_the_worker(r)
+        # nginx goes to sleep: the verdict must ring its doorbell
+        r.producer.drain_doorbell()
+        assert not r.producer.arm()
+        open_gate("a")
+        # the task's wake-up was scheduled before this one's: by the time
+        # this resumes, the chain has ended, its verdict is in the slot
+        # and the producer was woken for it
+        await asyncio.sleep(0)
+        assert r.producer.slot_state(0)[0] == DONE
+        assert r.producer.drain_doorbell() >= 1
+        assert r.answers() == {0: "a"}
+        assert len(r.inflight) == 0
+
+    asyncio.run(main())
 
 
 def test_verdicts_are_written_as_tasks_end_in_any_order(rig):
