@@ -206,11 +206,15 @@ class InFlight:
         waiting = entry.waiting
         if waiting is _ENDED:
             return
-        entry.waiting = None
+        entry.waiting = None  # started: cancelled as a task from now on
         verdict = None
         cancelled = False
         try:
-            if waiting is _UNSTARTED:
+            if entry.why is not None:
+                # cancelled before this first step (a task cancelled then
+                # would never run it): its chain is cancelled now
+                waiting = self._cancel_unstarted(entry, work, waiting)
+            elif waiting is _UNSTARTED:
                 waiting = work.send(None)
             while True:
                 try:
@@ -247,6 +251,18 @@ class InFlight:
         else:
             self._answer(entry, verdict, None)
 
+    def _cancel_unstarted(self, entry, work, waiting):
+        """Cancels the chain of a task cancelled before its first step, as
+        asyncio's task would have: through the future it awaits."""
+        why = _WHY[entry.why]
+        if waiting is _UNSTARTED:
+            work.close()
+            raise asyncio.CancelledError(why)
+        if asyncio.isfuture(waiting) and waiting.cancel(why):
+            return waiting
+        # (a future that is done already: the chain's next step is)
+        return work.throw(asyncio.CancelledError(why))
+
     def _broken(self, entry, exc):
         # the chain turns a filter's exception into its verdict: this is a
         # bug of the chain itself
@@ -271,6 +287,10 @@ class InFlight:
             return
         entry.why = why
         entry.timer = self.loop.call_later(GRACE, self._leave, entry)
+        if entry.waiting is not None:
+            # its task has not taken its first step: it cancels its chain
+            # when it does (cancelled now, the task would never run it)
+            return
         entry.task.cancel(_WHY[why])
 
     def _leave(self, entry):

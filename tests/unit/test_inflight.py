@@ -292,6 +292,40 @@ def test_a_request_whose_client_went_away_is_cancelled(rig):
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("first_step", ["at once", "in the loop"])
+def test_a_request_cancelled_before_its_task_first_ran_is_answered(
+    rig, first_step
+):
+    """The client goes away in the very turn its request was taken: the
+    task, not yet stepped, still cancels the chain and answers the slot."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        r = rig(loop)
+        r.submit(0, "x", deadline_ms=5000)
+
+        def serve_and_abandon():
+            r.serve()
+            r.producer.abandon(0, r.gens[0])
+            r.inflight.check_abandoned()
+
+        if first_step == "at once":
+            loop.call_soon(serve_and_abandon)
+        else:
+            serve_and_abandon()  # in this task: the first step waits
+        await until(lambda: r.producer.slot_state(0)[0] == DONE)
+        assert r.answers() == {
+            0: "the client went away: the filters were cancelled"
+        }
+        # a chain that had begun was cancelled at its await
+        begun = first_step == "at once"
+        assert r.gate.cancelled == (["x"] if begun else [])
+        assert r.stats.tasks == {("g", "client_gone"): 1}
+        assert len(r.inflight) == 0
+
+    asyncio.run(main())
+
+
 def test_requests_nginx_gave_up_on_before_they_were_taken_never_run(rig):
     async def main():
         r = rig(asyncio.get_running_loop())
