@@ -6,3 +6,6 @@ cdef class Deadlines:
     cdef public object loop, expire, swept, timer
     cdef public double tick
     cdef public dict buckets
+
+    cpdef object add(self, item, double deadline)
+    cpdef discard(self, item, key)

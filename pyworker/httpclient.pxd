@@ -2,6 +2,9 @@
 # parser's callbacks and each request read and set their fields without
 # dictionary lookups.  httpclient.py stays the source.
 
+from pyworker.deadlines cimport Deadlines
+
+
 cdef class HttpPool
 
 
@@ -20,6 +23,10 @@ cdef class _Connection:
 
 cdef class HttpPool:
     cdef public object host, port, ssl, host_header, loop
-    cdef public object idle, waiters, deadlines
+    cdef public object idle, waiters
+    cdef public Deadlines deadlines
     cdef public Py_ssize_t max_connections, open
     cdef public bint closing
+
+    cpdef _wake(self)
+    cpdef _release(self, _Connection conn, keep)

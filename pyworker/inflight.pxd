@@ -18,3 +18,7 @@ cdef class InFlight:
     cdef public set left
     cdef public object _abandons, _watching
     cdef public Deadlines deadlines
+
+    cpdef _ended(self, _Request entry)
+    cpdef _answer(self, _Request entry, verdict, why)
+    cpdef _room_made(self)

@@ -35,9 +35,12 @@ import contextvars
 import logging
 import time
 
-# how a task's step makes it asyncio.current_task(); one of the loop's own
-# (asyncio's eager start since Python 3.12 uses it the same way)
-from asyncio.tasks import _enter_task, _leave_task
+try:
+    # how a task's step makes it asyncio.current_task() (asyncio's eager
+    # start, since Python 3.12, uses it the same way)
+    from asyncio.tasks import _enter_task, _leave_task
+except ImportError:  # a Python without them: every first step in the loop
+    _enter_task = _leave_task = None
 
 from pyworker.deadlines import Deadlines
 from pyworker.dispatch import verdict_action
@@ -162,13 +165,7 @@ class InFlight:
         task = entry.task = self.loop.create_task(
             self._rest(entry, work), context=context
         )
-        try:
-            _enter_task(self.loop, task)
-        except RuntimeError:
-            # in another task's step (a stopping worker answers what is
-            # queued): this one's first step runs when it is scheduled
-            pass
-        else:
+        if self._enter(task):
             try:
                 context.run(self._first_step, entry, work)
             finally:
@@ -181,6 +178,18 @@ class InFlight:
             entry.due = self.deadlines.add(entry, self.loop.time() + delay)
         if self._watching is None:
             self._watching = self.loop.call_later(ABANDON_POLL, self._watch)
+
+    def _enter(self, task):
+        """Makes ``task`` the current one, for its first step now; False
+        in another task's step (a stopping worker answers what is
+        queued), where its first step waits its turn in the loop."""
+        if _enter_task is None:
+            return False
+        try:
+            _enter_task(self.loop, task)
+        except RuntimeError:
+            return False
+        return True
 
     def _first_step(self, entry, work):
         """Runs the chain up to what it first awaits, as its task, before

@@ -171,6 +171,19 @@ def _check_meta_key(key):
         _good_meta_keys.add(key)
 
 
+# header names come from a few filters: a valid name is not matched again
+_good_header_names = set()
+_GOOD_HEADER_NAMES_MAX = 1024
+
+
+def _is_new_header_name(name):
+    if not is_header_name(name):
+        return False
+    if len(_good_header_names) < _GOOD_HEADER_NAMES_MAX:
+        _good_header_names.add(name)
+    return True
+
+
 def _check_lines(lines, what, owned, verb):
     for pair in lines:
         if len(pair) != 2:
@@ -182,7 +195,8 @@ def _check_lines(lines, what, owned, verb):
                 f"{what} {name!r}: value must be str, not "
                 f"{type(value).__name__}"
             )
-        if bad_char(value):
+        # printable ASCII, the common case, cannot be bad; search the rest
+        if not (value.isascii() and value.isprintable()) and bad_char(value):
             raise VerdictError(
                 f"{what} {name!r}: value {value!r} {_bad_value_reason(value)}"
             )
@@ -198,7 +212,7 @@ def _check_name(name, what, owned, verb):
         raise VerdictError(
             f"{what} name must be str, not {type(name).__name__}"
         )
-    if not is_header_name(name):
+    if name not in _good_header_names and not _is_new_header_name(name):
         if bad_char(name):
             raise VerdictError(
                 f"{what} name {name!r} {_bad_value_reason(name)}"
