@@ -62,6 +62,13 @@ class Rig:
         self.region = Region.create(
             self.name, nproducers=1, nconsumers=1, slots=slots, slot_size=4096
         )
+        try:
+            self._attach(loop, limit)
+        except BaseException:
+            self.close()  # nothing left in /dev/shm by a rig that failed
+            raise
+
+    def _attach(self, loop, limit):
         self.consumer = self.region.consumer(self.region.alloc_consumer())
         self.producer = self.region.producer()
         self.stats = WorkerStats(None, "t")
