@@ -339,11 +339,11 @@ def test_nothing_left_of_a_default_named_region_after_a_crash(gateway):
         lambda: os.path.exists("/dev/shm/" + region + ".stats"), 10
     )
     everyone = [master] + pids_of("--shm /" + region) + gw.nginx_worker_pids()
-    for pid in everyone:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass  # the Python workers die with their parent (PDEATHSIG)
+    # a crash of all of it at once: frozen first, so that none sees
+    # another die (the Python side leaves with the master) and cleans up
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in everyone:
+            os.kill(pid, sig)
     assert wait_for(lambda: not any(alive(p) for p in everyone), 5)
     assert os.path.exists("/dev/shm/" + region + ".stats")
     os.unlink(pid_file)
