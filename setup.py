@@ -28,6 +28,7 @@ extensions = [
             "shm_ring/shm_ring.h",
             "shm_ring/shm_core.h",
             "shm_ring/shm_ring.pxd",
+            "shm_ring/codec.pxd",
         ],
         extra_compile_args=C_FLAGS,
     ),
@@ -47,6 +48,7 @@ extensions = [
         "pyworker/httpclient",
         "pyworker/filters/ext_authz",
         "pyworker/chain",
+        "pyworker/metrics",
         "pyworker/headers",
         "pyworker/verdict",
         "pyworker/api",
@@ -75,6 +77,7 @@ setup(
             "shm_ring.h",
             "shm_core.h",
             "shm_ring.pxd",
+            "codec.pxd",
             "shm_*.c",
             "_ring.pyx",
         ]

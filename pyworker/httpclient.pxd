@@ -28,5 +28,6 @@ cdef class HttpPool:
     cdef public Py_ssize_t max_connections, open
     cdef public bint closing
 
+    cpdef _Connection _idle_connection(self)
     cpdef _wake(self)
     cpdef _release(self, _Connection conn, keep)

@@ -110,21 +110,6 @@ class _Connection:
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
 
-    async def exchange(self, head, limit, deadline=None):
-        self.answer = _Answer(limit)
-        self.got_bytes = False
-        waiter = self.waiter = self.pool.loop.create_future()
-        self.transport.write(head)
-        if deadline is None:
-            return self.answer, await waiter
-        deadlines = self.pool.deadlines
-        key = deadlines.add(waiter, deadline)
-        try:
-            keep_alive = await waiter
-        finally:
-            deadlines.discard(waiter, key)
-        return self.answer, keep_alive
-
     def close(self):
         self.closed = True
         if self.transport is not None:
@@ -174,12 +159,20 @@ class HttpPool:
                 _, conn = await connecting
         return conn
 
-    async def _acquire(self, deadline):
+    def _idle_connection(self):
+        """The connection used last that is still open, or None."""
         while self.idle:
             conn = self.idle.pop()
             if not conn.closed:
-                return conn, True
+                return conn
             self.open -= 1
+        return None
+
+    async def _acquire(self, deadline):
+        """(a connection, whether it was kept alive), waiting its turn."""
+        conn = self._idle_connection()
+        if conn is not None:
+            return conn, True
         if self.open < self.max_connections:
             self.open += 1
             try:
@@ -246,10 +239,22 @@ class HttpPool:
         lines.append("\r\n")
         head = "".join(lines).encode("latin-1")
         for attempt in (0, 1):
-            conn, reused = await self._acquire(deadline)
+            # the usual case, a connection kept alive, with no coroutine
+            # of its own
+            conn = self._idle_connection()
+            reused = conn is not None
+            if not reused:
+                conn, reused = await self._acquire(deadline)
+            answer = conn.answer = _Answer(limit)
+            conn.got_bytes = False
+            waiter = conn.waiter = self.loop.create_future()
             keep = False
+            key = None
             try:
-                answer, keep = await conn.exchange(head, limit, deadline)
+                conn.transport.write(head)
+                if deadline is not None:
+                    key = self.deadlines.add(waiter, deadline)
+                keep = await waiter
             except HttpError:
                 # a kept-alive connection the server had closed: once more
                 # on a new one, if nothing of an answer came
@@ -257,6 +262,8 @@ class HttpPool:
                     continue
                 raise
             finally:
+                if key is not None:
+                    self.deadlines.discard(waiter, key)
                 self._release(conn, keep)
             return answer.status, answer.headers, b"".join(answer.body)
 

@@ -27,6 +27,7 @@ cdef extern from "Python.h":
     Py_ssize_t PyUnicode_GET_LENGTH(object)
 
 from shm_ring.shm_ring cimport *
+from shm_ring.codec cimport Verdict as _Verdict
 
 from shm_ring.codec import (PENDING, RingError, Verdict, decode_metadata,
                             endpoint_app as _ep_app,
@@ -685,7 +686,7 @@ cdef inline void _header(uint8_t *base, _writer *w, int action, int status,
     memcpy(base, &hdr, sizeof(hdr))
 
 
-cdef uint32_t _write_verdict(uint8_t *base, uint32_t cap, object v) except *:
+cdef uint32_t _write_verdict(uint8_t *base, uint32_t cap, object given) except *:
     """Encodes a pyworker Verdict at base; None is a plain CONTINUE, and a
     dict the CONTINUE verdict with that metadata and nothing else (the
     chain's common answer, handed back without a Verdict)."""
@@ -693,18 +694,20 @@ cdef uint32_t _write_verdict(uint8_t *base, uint32_t cap, object v) except *:
     cdef int action = MOSN_ACTION_CONTINUE, status = 0
     cdef uint32_t flags = 0
     cdef bytes log
+    cdef _Verdict v
     if cap < sizeof(mosn_verdict_t):
         raise RingError("no room for a verdict in the slot")
     w.base = base
     w.cap = cap
     w.pos = sizeof(mosn_verdict_t)
     w.nrecords = 0
-    if v is None:
+    if given is None:
         pass
-    elif type(v) is dict:
-        for k, val in (<dict> v).items():
+    elif type(given) is dict:
+        for k, val in (<dict> given).items():
             _record(&w, MOSN_REC_META, k, val)
     else:
+        v = <_Verdict?> given
         action = v.action
         status = v.status
         if v.upstream:

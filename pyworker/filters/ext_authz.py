@@ -75,6 +75,12 @@ _NOT_COPIED = frozenset(
 )
 # a denial's body goes into the slot with the verdict
 MAX_DENIED_BODY = 8192
+# what a 2xx answer's header does: replaces the request's, is added to
+# it, goes to the client's response (ExtAuthzFilter._plan)
+_UPSTREAM_SET = 1
+_UPSTREAM_ADD = 2
+_CLIENT = 4
+MAX_PLANS = 256  # header names whose plan is kept
 FAILURE_HEADER = "x-envoy-auth-failure-mode-allowed"
 
 log = logging.getLogger("pyworker.filter.ext_authz")
@@ -105,6 +111,7 @@ class ExtAuthzFilter(StreamReceiverFilter):
         "handler",
         "_logged",
         "_unlogged",
+        "_plans",
     )
 
     def __init__(self, config):
@@ -130,6 +137,7 @@ class ExtAuthzFilter(StreamReceiverFilter):
         }
         self._logged = 0.0  # failures are logged once a second at most
         self._unlogged = 0
+        self._plans = {}  # answer header name -> ExtAuthzFilter._plan
 
     def _service(self, http):
         server = options.obj(http, "server_uri")
@@ -229,15 +237,18 @@ class ExtAuthzFilter(StreamReceiverFilter):
             return self._failed(ctx, headers, exc)
         if 200 <= status < 300:
             self.events["allowed"] += 1
+            plans = self._plans
             for name, value in answer_headers:
-                lname = name.lower()
-                if lname in _NOT_COPIED:
+                plan = plans.get(name)
+                if plan is None:
+                    plan = self._plan(name)
+                if not plan:
                     continue
-                if self.upstream_headers and self.upstream_headers(lname):
+                if plan & _UPSTREAM_SET:
                     headers.set(name, value)
-                elif self.upstream_append and self.upstream_append(lname):
+                elif plan & _UPSTREAM_ADD:
                     headers.add(name, value)
-                if self.client_on_success and self.client_on_success(lname):
+                if plan & _CLIENT:
                     ctx.add_response_header(name, value)
             return CONTINUE
         self.events["denied"] += 1
@@ -249,6 +260,24 @@ class ExtAuthzFilter(StreamReceiverFilter):
         ]
         self.handler.send_hijack_reply(status, reply, body)
         return STOP
+
+    def _plan(self, name):
+        """Where a 2xx answer's header ``name`` goes (_UPSTREAM_SET,
+        _UPSTREAM_ADD, _CLIENT bits), worked out once per name: a service
+        sends the same few names on every answer."""
+        lname = name.lower()
+        plan = 0
+        if lname not in _NOT_COPIED:
+            if self.upstream_headers and self.upstream_headers(lname):
+                plan = _UPSTREAM_SET
+            elif self.upstream_append and self.upstream_append(lname):
+                plan = _UPSTREAM_ADD
+            if self.client_on_success and self.client_on_success(lname):
+                plan |= _CLIENT
+        if len(self._plans) >= MAX_PLANS:
+            self._plans.clear()  # a service that makes up names: bounded
+        self._plans[name] = plan
+        return plan
 
     def _check_headers(self, headers):
         """What the service is sent: Host and Authorization always, the

@@ -1,0 +1,192 @@
+"""The HTTP client of filters that call a service (pyworker.httpclient)
+against a raw asyncio server on loopback that answers as each test tells
+it: keep-alive, a kept-alive connection the server closes, a server that
+never answers, a body past the limit, an answer that is not HTTP."""
+
+import asyncio
+
+import pytest
+
+from pyworker.httpclient import HttpError, HttpPool
+
+OK = (
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-User: alice\r\n"
+    b"X-User: bob\r\n\r\nok"
+)
+
+
+class Server:
+    """Reads requests' heads; ``answer(n, conn)`` says what the n-th
+    request (counted over every connection) gets: bytes, or None to close
+    the connection unanswered, or ... to say nothing."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.requests = 0
+        self.connections = 0
+        self.heads = []
+
+    async def start(self):
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _serve(self, reader, writer):
+        self.connections += 1
+        conn = self.connections
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
+                self.requests += 1
+                reply = self.answer(self.requests, conn)
+                if reply is None:
+                    break
+                if reply is not ...:
+                    writer.write(reply)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self):
+        self.server.close()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_kept_alive_connection_serves_the_next_request():
+    async def main():
+        server = await Server(lambda n, conn: OK).start()
+        pool = HttpPool("127.0.0.1", server.port)
+        first = await pool.request("GET", "/a", [("Authorization", "t")])
+        second = await pool.request("GET", "/b")
+        await pool.close()
+        await server.close()
+        return server, first, second
+
+    server, first, second = run(main())
+    assert first == (
+        200,
+        [("Content-Length", "2"), ("X-User", "alice"), ("X-User", "bob")],
+        b"ok",
+    )
+    assert second == first
+    assert server.connections == 1
+    assert server.heads[0].startswith(b"GET /a HTTP/1.1\r\n")
+    assert b"\r\nAuthorization: t\r\n" in server.heads[0]
+    assert b"\r\nHost: 127.0.0.1:%d\r\n" % server.port in server.heads[0]
+
+
+def test_a_kept_alive_connection_the_server_closed_is_tried_again_once():
+    # the server closes its first connection when the second request
+    # comes on it, unanswered: that request goes again on a new one
+    def answer(n, conn):
+        return None if conn == 1 and n == 2 else OK
+
+    async def main():
+        server = await Server(answer).start()
+        pool = HttpPool("127.0.0.1", server.port)
+        await pool.request("GET", "/a")
+        again = await pool.request("GET", "/b")
+        await pool.close()
+        await server.close()
+        return server, again
+
+    server, again = run(main())
+    assert again[0] == 200
+    assert server.connections == 2
+    assert [h.split(b" ")[1] for h in server.heads] == [b"/a", b"/b", b"/b"]
+
+
+def test_a_new_connection_closed_unanswered_is_an_error():
+    # nothing to try again on: the connection was not kept alive
+    async def main():
+        server = await Server(lambda n, conn: None).start()
+        pool = HttpPool("127.0.0.1", server.port)
+        try:
+            with pytest.raises(HttpError, match="closed"):
+                await pool.request("GET", "/a")
+        finally:
+            await pool.close()
+            await server.close()
+        return server, pool
+
+    server, pool = run(main())
+    assert server.requests == 1
+    assert pool.open == 0
+
+
+def test_an_answer_past_its_timeout_closes_the_connection():
+    # the first request is never answered; the next one opens a new
+    # connection rather than read the late answer of the first
+    def answer(n, conn):
+        return ... if n == 1 else OK
+
+    async def main():
+        server = await Server(answer).start()
+        pool = HttpPool("127.0.0.1", server.port)
+        with pytest.raises(TimeoutError):
+            await pool.request("GET", "/slow", timeout=0.05)
+        after = await pool.request("GET", "/next", timeout=2.0)
+        await pool.close()
+        await server.close()
+        return server, pool, after
+
+    server, pool, after = run(main())
+    assert after[0] == 200
+    assert server.connections == 2
+    assert pool.open == 0
+
+
+def test_a_body_is_cut_at_the_limit():
+    big = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 10000\r\n\r\n"
+    big += b"x" * 10000
+
+    async def main():
+        server = await Server(lambda n, conn: big).start()
+        pool = HttpPool("127.0.0.1", server.port)
+        got = await pool.request("GET", "/", limit=100)
+        again = await pool.request("GET", "/", limit=100)
+        await pool.close()
+        await server.close()
+        return server, got, again
+
+    server, got, again = run(main())
+    assert got == (403, [("Content-Length", "10000")], b"x" * 100)
+    assert again == got
+    assert server.connections == 1  # the whole body was read, kept alive
+
+
+def test_an_answer_that_is_not_http_is_an_error():
+    async def main():
+        server = await Server(lambda n, conn: b"SSH-2.0-x\r\n\r\n").start()
+        pool = HttpPool("127.0.0.1", server.port)
+        try:
+            with pytest.raises(HttpError, match="not an HTTP answer"):
+                await pool.request("GET", "/")
+        finally:
+            await pool.close()
+            await server.close()
+        return pool
+
+    assert run(main()).open == 0
+
+
+def test_requests_past_max_connections_wait_their_turn():
+    async def main():
+        server = await Server(lambda n, conn: OK).start()
+        pool = HttpPool("127.0.0.1", server.port, max_connections=2)
+        got = await asyncio.gather(
+            *(pool.request("GET", "/%d" % i) for i in range(20))
+        )
+        await pool.close()
+        await server.close()
+        return server, got
+
+    server, got = run(main())
+    assert [status for status, _, _ in got] == [200] * 20
+    assert server.connections == 2
