@@ -60,9 +60,12 @@ _WHY = {
     "client_gone": "the client went away: the filters were cancelled",
 }
 _WHY_CANCELLED = "the filters were cancelled"
-# a request's first step: not run yet; ran and ended the chain
+# a request's first step: not run yet; ran and ended the chain; its
+# task runs the chain now (what a first step awaits may be None: a bare
+# yield)
 _UNSTARTED = object()
 _ENDED = object()
+_RUNNING = object()
 
 
 def _into_chain(waiting, exc):
@@ -215,7 +218,7 @@ class InFlight:
         waiting = entry.waiting
         if waiting is _ENDED:
             return
-        entry.waiting = None  # started: cancelled as a task from now on
+        entry.waiting = _RUNNING  # cancelled as a task from now on
         verdict = None
         cancelled = False
         try:
@@ -296,7 +299,7 @@ class InFlight:
             return
         entry.why = why
         entry.timer = self.loop.call_later(GRACE, self._leave, entry)
-        if entry.waiting is not None:
+        if entry.waiting is not _RUNNING:
             # its task has not taken its first step: it cancels its chain
             # when it does (cancelled now, the task would never run it)
             return

@@ -33,6 +33,12 @@ class Gate(StreamReceiverFilter):
 
     async def on_receive(self, ctx, headers, buf, trailers):
         self.tasks.append(asyncio.current_task())
+        if headers.get("x-yield") is not None:
+            try:
+                await asyncio.sleep(0)  # a bare yield: no future awaited
+            except asyncio.CancelledError:
+                self.cancelled.append("yield")
+                raise
         name = headers.get("x-gate")
         if name is not None:
             gate = GATES.setdefault(name, asyncio.Event())
@@ -86,10 +92,14 @@ class Rig:
     def _room(self):
         self.rooms += 1
 
-    def submit(self, slot, gate=None, deadline_ms=None, stubborn=False):
+    def submit(
+        self, slot, gate=None, deadline_ms=None, stubborn=False, yields=False
+    ):
         headers = [("X-Gate", gate)] if gate else []
         if stubborn:
             headers.append(("X-Stubborn", "1"))
+        if yields:
+            headers.append(("X-Yield", "1"))
         deadline = (
             time.monotonic_ns() + deadline_ms * 10**6
             if deadline_ms is not None
@@ -299,24 +309,27 @@ def test_a_request_whose_client_went_away_is_cancelled(rig):
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("first_step", ["at once", "in the loop"])
+@pytest.mark.parametrize(
+    "first_step", ["at once", "in the loop", "at once, to a bare yield"]
+)
 def test_a_request_cancelled_before_its_task_first_ran_is_answered(
     rig, first_step
 ):
     """The client goes away in the very turn its request was taken: the
-    task, not yet stepped, still cancels the chain and answers the slot."""
+    task, not yet stepped, still cancels the chain and answers the slot
+    (also when its first step awaited no future: a bare yield)."""
 
     async def main():
         loop = asyncio.get_running_loop()
         r = rig(loop)
-        r.submit(0, "x", deadline_ms=5000)
+        r.submit(0, "x", deadline_ms=5000, yields="bare yield" in first_step)
 
         def serve_and_abandon():
             r.serve()
             r.producer.abandon(0, r.gens[0])
             r.inflight.check_abandoned()
 
-        if first_step == "at once":
+        if first_step.startswith("at once"):
             loop.call_soon(serve_and_abandon)
         else:
             serve_and_abandon()  # in this task: the first step waits
@@ -325,8 +338,12 @@ def test_a_request_cancelled_before_its_task_first_ran_is_answered(
             0: "the client went away: the filters were cancelled"
         }
         # a chain that had begun was cancelled at its await
-        begun = first_step == "at once"
-        assert r.gate.cancelled == (["x"] if begun else [])
+        cancelled = {
+            "at once": ["x"],
+            "in the loop": [],
+            "at once, to a bare yield": ["yield"],
+        }
+        assert r.gate.cancelled == cancelled[first_step]
         assert r.stats.tasks == {("g", "client_gone"): 1}
         assert len(r.inflight) == 0
 
