@@ -147,9 +147,10 @@ class HeaderMap:
         overlay = self._overlay
         if overlay is None:
             overlay = self._overlay = {}
-        entry = overlay.get(name.lower())
+        lname = name.lower()
+        entry = overlay.get(lname)
         if entry is None:
-            entry = overlay[name.lower()] = [False, name, []]
+            entry = overlay[lname] = [False, name, []]
         return entry
 
     def to_records(self, join=True):
@@ -168,10 +169,14 @@ class HeaderMap:
         removed = []
         if self._overlay:
             for lname, (keep_source, name, added) in self._overlay.items():
-                values = []
-                if keep_source:
-                    values.extend(self._source_get_all(lname))
-                values.extend(value for _, value in added)
+                if not keep_source and len(added) == 1:
+                    # the usual edit: a set
+                    set_lines.append((name, added[0][1]))
+                    continue
+                values = (
+                    list(self._source_get_all(lname)) if keep_source else []
+                )
+                values.extend([value for _, value in added])
                 if not values:
                     removed.append(name)
                 elif len(values) == 1:

@@ -228,14 +228,14 @@ class HttpPool:
                     tick=max(0.001, min(0.01, timeout / 10)),
                 )
             deadline = self.loop.time() + timeout
-        lines = ["%s %s HTTP/1.1\r\n" % (method, target)]
+        lines = [f"{method} {target} HTTP/1.1\r\n"]
         has_host = False
         for name, value in headers:
-            if name.lower() == "host":
+            if len(name) == 4 and name.lower() == "host":
                 has_host = True
-            lines.append("%s: %s\r\n" % (name, value))
+            lines.append(f"{name}: {value}\r\n")
         if not has_host:
-            lines.append("Host: %s\r\n" % self.host_header)
+            lines.append(f"Host: {self.host_header}\r\n")
         lines.append("\r\n")
         head = "".join(lines).encode("latin-1")
         for attempt in (0, 1):
