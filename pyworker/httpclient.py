@@ -217,6 +217,8 @@ class HttpPool:
         at ``limit`` bytes.  ``headers`` are (name, value) pairs; Host is
         the origin's unless given.  TimeoutError past ``timeout`` seconds,
         HttpError (a ConnectionError) if the connection fails."""
+        if type(limit) is not int or limit < 0:
+            raise TypeError(f"limit is a number of bytes, not {limit!r}")
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
         deadline = None
@@ -245,12 +247,13 @@ class HttpPool:
             reused = conn is not None
             if not reused:
                 conn, reused = await self._acquire(deadline)
-            answer = conn.answer = _Answer(limit)
-            conn.got_bytes = False
-            waiter = conn.waiter = self.loop.create_future()
             keep = False
             key = None
             try:
+                # from here on, whatever fails gives the connection back
+                answer = conn.answer = _Answer(limit)
+                conn.got_bytes = False
+                waiter = conn.waiter = self.loop.create_future()
                 conn.transport.write(head)
                 if deadline is not None:
                     key = self.deadlines.add(waiter, deadline)

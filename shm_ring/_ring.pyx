@@ -34,6 +34,13 @@ from shm_ring.codec import (PENDING, RingError, Verdict, decode_metadata,
                             endpoint_host as _ep_host,
                             endpoint_spec as _ep_spec)
 
+# verdicts are read as the compiled Verdict's fields: a codec.py left
+# uncompiled lays its __slots__ out otherwise (and in the same size), so
+# this binding refuses to load and the pure ring serves instead
+if type(Verdict.__dict__["action"]).__name__ != "getset_descriptor":
+    raise ImportError("shm_ring.codec is not compiled: shm_ring._ring "
+                      "reads its Verdict as the compiled type")
+
 ABI_VERSION = MOSN_RING_ABI_VERSION
 assert MOSN_WAKE_WORDS == 4, "Consumer.wake_mask is 4 words"
 IMPLEMENTATION = "cython"

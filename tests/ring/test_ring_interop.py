@@ -4,6 +4,7 @@ other does the rest."""
 
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -209,3 +210,39 @@ def test_pure_python_forced_by_environment(cython_impl):
             check=True,
         ).stdout
         assert out.strip() == want
+
+
+def test_a_binding_beside_an_uncompiled_codec_leaves_it_to_the_pure_ring(
+    cython_impl, tmp_path
+):
+    """The binding reads verdicts as the compiled Verdict's fields; next to
+    a codec.py that serves uncompiled (its fields laid out otherwise) it
+    refuses to load, and the pure ring serves, rather than misread."""
+    installed = os.path.dirname(cython_impl.__file__)
+    copy = tmp_path / "shm_ring"
+    shutil.copytree(installed, copy)
+    for built in copy.glob("codec.*.so"):
+        built.unlink()
+    root = os.path.dirname(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    )
+    shutil.copy(os.path.join(root, "shm_ring", "codec.py"), copy)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-P",
+            "-c",
+            "import shm_ring, shm_ring.codec as c\n"
+            "print(shm_ring.IMPLEMENTATION, c.__file__.endswith('.py'))\n"
+            "try:\n"
+            "    import shm_ring._ring\n"
+            "except ImportError as e:\n"
+            "    print(e)\n",
+        ],
+        env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert out[0] == "python True"
+    assert "shm_ring.codec is not compiled" in out[1]

@@ -190,3 +190,22 @@ def test_requests_past_max_connections_wait_their_turn():
     server, got = run(main())
     assert [status for status, _, _ in got] == [200] * 20
     assert server.connections == 2
+
+
+def test_a_request_that_fails_before_it_is_sent_gives_its_connection_back():
+    # a limit that is no size fails the request, not the pool
+    async def main():
+        server = await Server(lambda n, conn: OK).start()
+        pool = HttpPool("127.0.0.1", server.port, max_connections=1)
+        await pool.request("GET", "/a")
+        for limit in (None, 65536.0):
+            with pytest.raises(TypeError, match="number of bytes"):
+                await pool.request("GET", "/b", limit=limit)
+        after = await pool.request("GET", "/c", timeout=2.0)
+        await pool.close()
+        await server.close()
+        return pool, after
+
+    pool, after = run(main())
+    assert after[0] == 200
+    assert pool.open == 0
