@@ -54,21 +54,29 @@ class Server:
         self.server.close()
 
 
-def run(coro):
-    return asyncio.run(coro)
+def served(answer, steps, **options):
+    """(server, pool, what ``steps(pool)`` returned): the steps run with
+    a pool to a Server that answers with ``answer``; both are closed
+    after, whatever the steps raised."""
+
+    async def main():
+        server = await Server(answer).start()
+        pool = HttpPool("127.0.0.1", server.port, **options)
+        try:
+            return server, pool, await steps(pool)
+        finally:
+            await pool.close()
+            await server.close()
+
+    return asyncio.run(main())
 
 
 def test_a_kept_alive_connection_serves_the_next_request():
-    async def main():
-        server = await Server(lambda n, conn: OK).start()
-        pool = HttpPool("127.0.0.1", server.port)
+    async def steps(pool):
         first = await pool.request("GET", "/a", [("Authorization", "t")])
-        second = await pool.request("GET", "/b")
-        await pool.close()
-        await server.close()
-        return server, first, second
+        return first, await pool.request("GET", "/b")
 
-    server, first, second = run(main())
+    server, _, (first, second) = served(lambda n, conn: OK, steps)
     assert first == (
         200,
         [("Content-Length", "2"), ("X-User", "alice"), ("X-User", "bob")],
@@ -87,16 +95,11 @@ def test_a_kept_alive_connection_the_server_closed_is_tried_again_once():
     def answer(n, conn):
         return None if conn == 1 and n == 2 else OK
 
-    async def main():
-        server = await Server(answer).start()
-        pool = HttpPool("127.0.0.1", server.port)
+    async def steps(pool):
         await pool.request("GET", "/a")
-        again = await pool.request("GET", "/b")
-        await pool.close()
-        await server.close()
-        return server, again
+        return await pool.request("GET", "/b")
 
-    server, again = run(main())
+    server, _, again = served(answer, steps)
     assert again[0] == 200
     assert server.connections == 2
     assert [h.split(b" ")[1] for h in server.heads] == [b"/a", b"/b", b"/b"]
@@ -104,18 +107,11 @@ def test_a_kept_alive_connection_the_server_closed_is_tried_again_once():
 
 def test_a_new_connection_closed_unanswered_is_an_error():
     # nothing to try again on: the connection was not kept alive
-    async def main():
-        server = await Server(lambda n, conn: None).start()
-        pool = HttpPool("127.0.0.1", server.port)
-        try:
-            with pytest.raises(HttpError, match="closed"):
-                await pool.request("GET", "/a")
-        finally:
-            await pool.close()
-            await server.close()
-        return server, pool
+    async def steps(pool):
+        with pytest.raises(HttpError, match="closed"):
+            await pool.request("GET", "/a")
 
-    server, pool = run(main())
+    server, pool, _ = served(lambda n, conn: None, steps)
     assert server.requests == 1
     assert pool.open == 0
 
@@ -126,17 +122,12 @@ def test_an_answer_past_its_timeout_closes_the_connection():
     def answer(n, conn):
         return ... if n == 1 else OK
 
-    async def main():
-        server = await Server(answer).start()
-        pool = HttpPool("127.0.0.1", server.port)
+    async def steps(pool):
         with pytest.raises(TimeoutError):
             await pool.request("GET", "/slow", timeout=0.05)
-        after = await pool.request("GET", "/next", timeout=2.0)
-        await pool.close()
-        await server.close()
-        return server, pool, after
+        return await pool.request("GET", "/next", timeout=2.0)
 
-    server, pool, after = run(main())
+    server, pool, after = served(answer, steps)
     assert after[0] == 200
     assert server.connections == 2
     assert pool.open == 0
@@ -146,66 +137,45 @@ def test_a_body_is_cut_at_the_limit():
     big = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 10000\r\n\r\n"
     big += b"x" * 10000
 
-    async def main():
-        server = await Server(lambda n, conn: big).start()
-        pool = HttpPool("127.0.0.1", server.port)
+    async def steps(pool):
         got = await pool.request("GET", "/", limit=100)
-        again = await pool.request("GET", "/", limit=100)
-        await pool.close()
-        await server.close()
-        return server, got, again
+        return got, await pool.request("GET", "/", limit=100)
 
-    server, got, again = run(main())
+    server, _, (got, again) = served(lambda n, conn: big, steps)
     assert got == (403, [("Content-Length", "10000")], b"x" * 100)
     assert again == got
     assert server.connections == 1  # the whole body was read, kept alive
 
 
 def test_an_answer_that_is_not_http_is_an_error():
-    async def main():
-        server = await Server(lambda n, conn: b"SSH-2.0-x\r\n\r\n").start()
-        pool = HttpPool("127.0.0.1", server.port)
-        try:
-            with pytest.raises(HttpError, match="not an HTTP answer"):
-                await pool.request("GET", "/")
-        finally:
-            await pool.close()
-            await server.close()
-        return pool
+    async def steps(pool):
+        with pytest.raises(HttpError, match="not an HTTP answer"):
+            await pool.request("GET", "/")
 
-    assert run(main()).open == 0
+    _, pool, _ = served(lambda n, conn: b"SSH-2.0-x\r\n\r\n", steps)
+    assert pool.open == 0
 
 
 def test_requests_past_max_connections_wait_their_turn():
-    async def main():
-        server = await Server(lambda n, conn: OK).start()
-        pool = HttpPool("127.0.0.1", server.port, max_connections=2)
-        got = await asyncio.gather(
+    async def steps(pool):
+        return await asyncio.gather(
             *(pool.request("GET", "/%d" % i) for i in range(20))
         )
-        await pool.close()
-        await server.close()
-        return server, got
 
-    server, got = run(main())
+    server, _, got = served(lambda n, conn: OK, steps, max_connections=2)
     assert [status for status, _, _ in got] == [200] * 20
     assert server.connections == 2
 
 
 def test_a_request_that_fails_before_it_is_sent_gives_its_connection_back():
     # a limit that is no size fails the request, not the pool
-    async def main():
-        server = await Server(lambda n, conn: OK).start()
-        pool = HttpPool("127.0.0.1", server.port, max_connections=1)
+    async def steps(pool):
         await pool.request("GET", "/a")
         for limit in (None, 65536.0):
             with pytest.raises(TypeError, match="number of bytes"):
                 await pool.request("GET", "/b", limit=limit)
-        after = await pool.request("GET", "/c", timeout=2.0)
-        await pool.close()
-        await server.close()
-        return pool, after
+        return await pool.request("GET", "/c", timeout=2.0)
 
-    pool, after = run(main())
+    _, pool, after = served(lambda n, conn: OK, steps, max_connections=1)
     assert after[0] == 200
     assert pool.open == 0
