@@ -30,6 +30,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import threading
@@ -852,7 +853,9 @@ class Fleet:
             try:
                 gw.stop()
             except AssertionError as exc:
-                print(exc)
+                print(exc, "(its directory is kept: %s)" % gw.prefix)
+            else:
+                shutil.rmtree(gw.prefix, ignore_errors=True)
         self.sites.stop()
         self.etcd.close()
 

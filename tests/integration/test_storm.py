@@ -9,7 +9,6 @@ other, so the filters' answer may not change under it."""
 import argparse
 
 from bench import scale_bench as scale  # the benchmark's storm clients
-from gateway import Gateway
 
 CONNECTIONS = 10000
 CONCURRENCY = 192
@@ -70,55 +69,52 @@ def producer_totals(gw):
     }
 
 
-def test_storm_every_connection_answered_by_its_site():
-    gw = Gateway(
+def test_storm_every_connection_answered_by_its_site(gateway):
+    gw = gateway(
         STORM,
         workers=2,
         nginx_workers=8,
         worker_connections=4096,
         main="worker_rlimit_nofile 8192;",
     ).start()
+    sites = {
+        "s1a": gw.site_port(3450),
+        "s1b": gw.site_port(3451),
+        "s2": gw.site_port(3452),
+        "s3": gw.site_port(3453),
+    }
+    # the clients need more files than a default limit of 1024: as
+    # root (CI) the test raises it itself, as nginx does for its workers
+    scale.raise_nofile(CONNECTIONS // CLIENTS + 1024)
+    plan = scale.plan_for(
+        argparse.Namespace(
+            connections=CONNECTIONS, workers=8, clients=CLIENTS
+        ),
+        scale.limits(),
+    )
+    before = producer_totals(gw)
+    clients = scale.Clients(gw.port, CONNECTIONS, plan, sites, CONCURRENCY)
     try:
-        sites = {
-            "s1a": gw.site_port(3450),
-            "s1b": gw.site_port(3451),
-            "s2": gw.site_port(3452),
-            "s3": gw.site_port(3453),
-        }
-        # the clients need more files than a default limit of 1024: as
-        # root (CI) the test raises it itself, as nginx does for its workers
-        scale.raise_nofile(CONNECTIONS // CLIENTS + 1024)
-        plan = scale.plan_for(
-            argparse.Namespace(
-                connections=CONNECTIONS, workers=8, clients=CLIENTS
-            ),
-            scale.limits(),
-        )
-        before = producer_totals(gw)
-        clients = scale.Clients(gw.port, CONNECTIONS, plan, sites, CONCURRENCY)
-        try:
-            opened = clients.wait_open()
-            held = clients.check()
-        finally:
-            clients.close()
-        after = producer_totals(gw)
-
-        assert not opened["machine_errors"], (
-            "this machine could not attempt every connection (not the "
-            "gateway's): %r" % opened["first_errors"]
-        )
-        assert opened["gateway_errors"] == 0, opened["first_errors"]
-        assert opened["opened"] == CONNECTIONS
-        # nothing closed the idle connections behind the clients' backs
-        assert held == {"held": CONNECTIONS, "closed_or_readable": 0}
-        # one trip through the filters per connection, none past a bound
-        assert after["submitted"] - before["submitted"] == CONNECTIONS
-        assert after["completed"] - before["completed"] == CONNECTIONS
-        assert after["fallbacks"] == before["fallbacks"]
-        assert after["timeouts"] == before["timeouts"]
-        gw.wait_idle()
-        log = gw.error_log()
-        assert "[alert]" not in log and "[crit]" not in log, log[-2000:]
-        assert "worker_connections are not enough" not in log
+        opened = clients.wait_open()
+        held = clients.check()
     finally:
-        gw.stop()
+        clients.close()
+    after = producer_totals(gw)
+
+    assert not opened["machine_errors"], (
+        "this machine could not attempt every connection (not the "
+        "gateway's): %r" % opened["first_errors"]
+    )
+    assert opened["gateway_errors"] == 0, opened["first_errors"]
+    assert opened["opened"] == CONNECTIONS
+    # nothing closed the idle connections behind the clients' backs
+    assert held == {"held": CONNECTIONS, "closed_or_readable": 0}
+    # one trip through the filters per connection, none past a bound
+    assert after["submitted"] - before["submitted"] == CONNECTIONS
+    assert after["completed"] - before["completed"] == CONNECTIONS
+    assert after["fallbacks"] == before["fallbacks"]
+    assert after["timeouts"] == before["timeouts"]
+    gw.wait_idle()
+    log = gw.error_log()
+    assert "[alert]" not in log and "[crit]" not in log, log[-2000:]
+    assert "worker_connections are not enough" not in log
