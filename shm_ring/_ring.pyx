@@ -693,7 +693,8 @@ cdef inline void _header(uint8_t *base, _writer *w, int action, int status,
     memcpy(base, &hdr, sizeof(hdr))
 
 
-cdef uint32_t _write_verdict(uint8_t *base, uint32_t cap, object given) except *:
+cdef uint32_t _write_verdict(uint8_t *base, uint32_t cap,
+                             object given) except *:
     """Encodes a pyworker Verdict at base; None is a plain CONTINUE, and a
     dict the CONTINUE verdict with that metadata and nothing else (the
     chain's common answer, handed back without a Verdict)."""
