@@ -18,7 +18,9 @@ cdef class _Connection:
     cdef public HttpPool pool
     cdef public object transport, parser, waiter
     cdef public _Answer answer
-    cdef public bint got_bytes, closed
+    cdef public bint got_bytes, closed, head_only, framed, until_eof
+
+    cpdef _done(self, keep)
 
 
 cdef class HttpPool:
@@ -29,5 +31,7 @@ cdef class HttpPool:
     cdef public bint closing
 
     cpdef _Connection _idle_connection(self)
-    cpdef _wake(self)
+    cpdef bint _queued(self)
+    cpdef object _next_waiter(self)
+    cpdef _pass_on(self, conn)
     cpdef _release(self, _Connection conn, keep)

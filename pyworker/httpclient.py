@@ -16,10 +16,19 @@ fails mid-way closes its connection: a connection goes back to the pool
 only after a whole response.  A request on a kept-alive connection that
 the server had closed meanwhile is sent again once on a new one (RFC 9112,
 9.3.1).
+
+Requests past ``max_connections`` wait in turn: a connection given back
+goes to the longest waiting one, not to whoever asks next.  An answer is
+framed as RFC 9112 says: interim (1xx) answers are skipped, an answer to
+HEAD ends with its head, and one with neither Content-Length nor chunked
+coding ends where the server closes.  A request whose method, target or
+headers would not make one well-formed request (a CR or LF, a space in
+the target) is refused with ValueError before anything is sent.
 """
 
 import asyncio
 import collections
+import re
 
 import httptools
 
@@ -30,6 +39,14 @@ __all__ = ["HttpPool", "HttpError"]
 
 class HttpError(ConnectionError):
     """The connection failed or the answer was not HTTP."""
+
+
+# a request target is visible ASCII (RFC 9112, 3.2), a method a token
+_BAD_TARGET = re.compile(r"[^\x21-\x7e]")
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"))
+# the headers that say where an answer's body ends
+_FRAMING = (b"content-length", b"transfer-encoding")
 
 
 class _Answer:
@@ -55,6 +72,9 @@ class _Connection:
         self.answer = None
         self.got_bytes = False
         self.closed = False
+        self.head_only = False  # the request was HEAD: no body follows
+        self.framed = False  # the answer has Content-Length or chunks
+        self.until_eof = False  # its body ends where the server closes
 
     # asyncio's side
     def connection_made(self, transport):
@@ -79,6 +99,9 @@ class _Connection:
 
     def connection_lost(self, exc):
         self.closed = True
+        if self.until_eof and exc is None:
+            self._done(False)  # the close ends the body
+            return
         self._fail(
             HttpError(
                 "the connection closed%s" % (": %s" % exc if exc else "")
@@ -87,12 +110,23 @@ class _Connection:
 
     # httptools' side
     def on_header(self, name, value):
+        if len(name) in (14, 17) and name.lower() in _FRAMING:
+            self.framed = True
         self.answer.headers.append(
             (name.decode("latin-1"), value.decode("latin-1"))
         )
 
     def on_headers_complete(self):
-        self.answer.status = self.parser.get_status_code()
+        status = self.answer.status = self.parser.get_status_code()
+        if status < 200:
+            return  # interim: on_message_complete skips it
+        if self.head_only:
+            # the parser, which does not know the method, would wait for
+            # a body the answer to HEAD has not; the connection is not
+            # used again
+            self._done(False)
+        elif not self.framed and status != 204 and status != 304:
+            self.until_eof = True
 
     def on_body(self, body):
         answer = self.answer
@@ -101,9 +135,24 @@ class _Connection:
         answer.size += len(body)
 
     def on_message_complete(self):
+        answer = self.answer
+        if answer.status < 200:
+            if answer.status == 101:
+                self._fail(HttpError("the server switched protocols"))
+                self.transport.close()
+                return
+            # 100 Continue and the like: the answer comes next
+            answer.status = 0
+            answer.headers = []
+            self.framed = False
+            return
+        self.until_eof = False
+        self._done(self.parser.should_keep_alive())
+
+    def _done(self, keep):
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
-            waiter.set_result(self.parser.should_keep_alive())
+            waiter.set_result(keep)
 
     def _fail(self, exc):
         waiter, self.waiter = self.waiter, None
@@ -173,42 +222,81 @@ class HttpPool:
         conn = self._idle_connection()
         if conn is not None:
             return conn, True
-        if self.open < self.max_connections:
+        if self.open < self.max_connections and not self._queued():
             self.open += 1
-            try:
-                return await self._connect(deadline), False
-            except BaseException:
-                self.open -= 1
-                self._wake()
-                raise
+            return await self._connect_counted(deadline), False
+        # a waiter is given a connection, or None: room to open one (and
+        # counted in ``open`` already)
         waiter = self.loop.create_future()
         self.waiters.append(waiter)
         key = (
             None if deadline is None else self.deadlines.add(waiter, deadline)
         )
         try:
-            await waiter
+            conn = await waiter
+        except BaseException:
+            if (
+                waiter.done()
+                and not waiter.cancelled()
+                and waiter.exception() is None
+            ):
+                # given its turn, and cancelled before it took it: the
+                # next waiter takes it
+                self._pass_on(waiter.result())
+            raise
         finally:
             if key is not None:
                 self.deadlines.discard(waiter, key)
             if waiter in self.waiters:
                 self.waiters.remove(waiter)
-        return await self._acquire(deadline)
+        if conn is None:
+            return await self._connect_counted(deadline), False
+        return conn, True
 
-    def _wake(self):
+    async def _connect_counted(self, deadline):
+        """A new connection, already counted in ``open``."""
+        try:
+            return await self._connect(deadline)
+        except BaseException:
+            self._pass_on(None)
+            raise
+
+    def _queued(self):
+        """Whether a request waits its turn (one that gave up is not)."""
+        waiters = self.waiters
+        while waiters and waiters[0].done():
+            waiters.popleft()
+        return len(waiters) > 0
+
+    def _next_waiter(self):
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
-                return
+                return waiter
+        return None
+
+    def _pass_on(self, conn):
+        """Gives back what a request took and did not use: a connection,
+        or (None) the room to open one."""
+        if conn is not None:
+            self._release(conn, True)
+            return
+        waiter = self._next_waiter()
+        if waiter is None:
+            self.open -= 1
+        else:
+            waiter.set_result(None)
 
     def _release(self, conn, keep):
         if keep and not conn.closed and not self.closing:
-            self.idle.append(conn)
+            waiter = self._next_waiter()
+            if waiter is None:
+                self.idle.append(conn)
+            else:
+                waiter.set_result(conn)
         else:
             conn.close()
-            self.open -= 1
-        self._wake()
+            self._pass_on(None)
 
     async def request(
         self, method, target, headers=(), *, limit=65536, timeout=None
@@ -216,9 +304,16 @@ class HttpPool:
         """(status, [(name, value)], body) of one request; the body is cut
         at ``limit`` bytes.  ``headers`` are (name, value) pairs; Host is
         the origin's unless given.  TimeoutError past ``timeout`` seconds,
-        HttpError (a ConnectionError) if the connection fails."""
+        HttpError (a ConnectionError) if the connection fails, ValueError
+        for a request that could not be sent as it is."""
         if type(limit) is not int or limit < 0:
             raise TypeError(f"limit is a number of bytes, not {limit!r}")
+        if method not in _METHODS and _METHOD.match(method) is None:
+            raise ValueError(f"not an HTTP method: {method!r}")
+        if _BAD_TARGET.search(target) is not None:
+            raise ValueError(
+                f"a request target is visible ASCII, not {target!r}"
+            )
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
         deadline = None
@@ -239,7 +334,16 @@ class HttpPool:
         if not has_host:
             lines.append(f"Host: {self.host_header}\r\n")
         lines.append("\r\n")
-        head = "".join(lines).encode("latin-1")
+        head = "".join(lines)
+        if (
+            head.count("\n") != len(lines)
+            or head.count("\r") != len(lines)
+            or "\0" in head
+        ):
+            # a header that would end its line early, or another request
+            raise ValueError("a header name or value holds CR, LF or NUL")
+        head = head.encode("latin-1")
+        head_only = method == "HEAD"
         for attempt in (0, 1):
             # the usual case, a connection kept alive, with no coroutine
             # of its own
@@ -253,6 +357,8 @@ class HttpPool:
                 # from here on, whatever fails gives the connection back
                 answer = conn.answer = _Answer(limit)
                 conn.got_bytes = False
+                conn.head_only = head_only
+                conn.framed = conn.until_eof = False
                 waiter = conn.waiter = self.loop.create_future()
                 conn.transport.write(head)
                 if deadline is not None:
@@ -277,3 +383,7 @@ class HttpPool:
         while self.idle:
             self.idle.pop().close()
             self.open -= 1
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(HttpError("the pool was closed"))

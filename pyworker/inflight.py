@@ -68,6 +68,23 @@ _ENDED = object()
 _RUNNING = object()
 
 
+class _Primed:
+    """Awaited first by a task's coroutine, which spawn() steps up to it:
+    a task cancelled before it first runs (asyncio.timeout() in the first
+    step, with uvloop's timers run before its ready callbacks) throws the
+    cancellation there, inside the coroutine, not into one not begun (which
+    would end it before it could answer its request)."""
+
+    __slots__ = ()
+
+    def __await__(self):
+        return iter(_ONE_YIELD)
+
+
+_ONE_YIELD = (None,)
+_PRIMED = _Primed()
+
+
 def _into_chain(waiting, exc):
     """What a task throws into its coroutine when an await of ``waiting``
     raised ``exc`` in the task's own step: nothing of the future's own
@@ -165,9 +182,9 @@ class InFlight:
         # the task's context from the first step on: what a filter sets
         # in it (the chain's handler) is there when the task resumes
         context = contextvars.copy_context()
-        task = entry.task = self.loop.create_task(
-            self._rest(entry, work), context=context
-        )
+        rest = self._rest(entry, work)
+        rest.send(None)  # to _PRIMED
+        task = entry.task = self.loop.create_task(rest, context=context)
         if self._enter(task):
             try:
                 context.run(self._first_step, entry, work)
@@ -215,6 +232,11 @@ class InFlight:
         """The task of a chain that waits: steps ``work`` as asyncio's
         task would, from what its first step awaits, and answers the
         request in the step that ends the chain."""
+        early = None
+        try:
+            await _PRIMED
+        except asyncio.CancelledError as exc:
+            early = exc  # its task was cancelled before it first ran
         waiting = entry.waiting
         if waiting is _ENDED:
             return
@@ -223,9 +245,16 @@ class InFlight:
         cancelled = False
         try:
             if entry.why is not None:
-                # cancelled before this first step (a task cancelled then
-                # would never run it): its chain is cancelled now
-                waiting = self._cancel_unstarted(entry, work, waiting)
+                # cancelled by InFlight before this first step (which it
+                # leaves to the task): its chain is cancelled now
+                waiting = self._cancel_unstarted(
+                    work, waiting, _WHY[entry.why]
+                )
+            elif early is not None:
+                # by someone else (a timeout the first step began)
+                waiting = self._cancel_unstarted(
+                    work, waiting, early.args[0] if early.args else None
+                )
             elif waiting is _UNSTARTED:
                 waiting = work.send(None)
             while True:
@@ -253,20 +282,18 @@ class InFlight:
             verdict = self._broken(entry, exc)
         finally:
             self._ended(entry)
-        if entry.answered:
-            # answered without it, or the worker stopped
-            return
         if cancelled:
-            why = entry.why or "stopped"
-            verdict = Verdict.error(_WHY.get(why, _WHY_CANCELLED))
-            self._answer(entry, verdict, why)
-        else:
+            if not entry.answered:
+                why = entry.why or "stopped"
+                verdict = Verdict.error(_WHY.get(why, _WHY_CANCELLED))
+                self._answer(entry, verdict, why)
+            raise asyncio.CancelledError  # the task ends as it was told
+        if not entry.answered:  # (or answered without it, or stopping)
             self._answer(entry, verdict, None)
 
-    def _cancel_unstarted(self, entry, work, waiting):
+    def _cancel_unstarted(self, work, waiting, why):
         """Cancels the chain of a task cancelled before its first step, as
         asyncio's task would have: through the future it awaits."""
-        why = _WHY[entry.why]
         if waiting is _UNSTARTED:
             work.close()
             raise asyncio.CancelledError(why)

@@ -13,7 +13,8 @@ What it answers, by the request it gets:
 - every answer waits ``--delay-ms`` first.
 
 ``GET /_seen`` (not counted) lists, as JSON, what each check carried:
-method, path and headers, in order, and ``/_in_flight`` how many checks
+method, path (decoded, and as it came: ``raw_path``) and headers, in
+order, and ``/_in_flight`` how many checks
 are being answered now.  ``DELETE /_seen`` forgets them.
 """
 
@@ -45,6 +46,7 @@ async def check(request):
         {
             "method": request.method,
             "path": request.path_qs,
+            "raw_path": request.raw_path,
             "headers": list(request.headers.items()),
         }
     )
@@ -82,7 +84,8 @@ async def serve(port, delay):
 
     app = web.Application()
     app["delay"] = delay
-    app.router.add_route("*", "/{tail:.*}", check)
+    # any path, also one with a (decoded) line break in it
+    app.router.add_route("*", r"/{tail:[\s\S]*}", check)
     await serve_app(app, listen)
 
 

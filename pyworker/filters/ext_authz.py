@@ -25,7 +25,10 @@ Config (Envoy's field names)::
 
 The service gets the request's method and its path (with the query) after
 ``path_prefix``, no body, its ``Host`` and ``Authorization`` headers, the
-headers ``allowed_headers`` matches and ``headers_to_add``.
+headers ``allowed_headers`` matches (but framing and hop-by-hop ones such
+as ``Expect``) and ``headers_to_add``.  The path is nginx's, normalized
+and decoded; it is sent escaped again (RFC 3986), so that what a client
+encoded (a space, CR or LF) stays one path in one request.
 
 - A 2xx answer lets the request go on (Envoy takes 200 only): the
   service's headers that ``allowed_upstream_headers`` matches replace the
@@ -40,6 +43,10 @@ headers ``allowed_headers`` matches and ``headers_to_add``.
   ``failure_mode_allow_header_add``, upstream gets
   ``x-envoy-auth-failure-mode-allowed: true``); without, the client gets
   ``status_on_error`` (403).
+- A check that cannot be sent as an HTTP request (a query or a header
+  nginx was configured to set with a control character in it) is denied
+  with ``status_on_error`` whatever ``failure_mode_allow`` says: a client
+  must not choose to fail open.
 
 Connections to the service are kept alive and pooled per worker
 (pyworker.httpclient, at most ``max_connections`` per filter), closed by
@@ -48,9 +55,10 @@ denied, failure_allowed, failure_denied.
 """
 
 import logging
+import re
 import ssl
 import time
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from pyworker.api import CONTINUE, STOP, ConfigError, StreamReceiverFilter
 from pyworker.filters import options
@@ -73,6 +81,24 @@ _NOT_COPIED = frozenset(
         "server",
     )
 )
+# never sent to the service: the client's framing is not the check's
+_NOT_SENT = frozenset(
+    (
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "te",
+        "trailer",
+        "expect",
+    )
+)
+# what a path may hold as it is (RFC 3986's pchar and "/"); anything else
+# is escaped again
+_PATH_SAFE = "/-._~!$&'()*+,;=:@"
+_UNSAFE_IN_PATH = re.compile(r"[^A-Za-z0-9/\-._~!$&'()*+,;=:@]")
 # a denial's body goes into the slot with the verdict
 MAX_DENIED_BODY = 8192
 # what a 2xx answer's header does: replaces the request's, is added to
@@ -85,7 +111,7 @@ FAILURE_HEADER = "x-envoy-auth-failure-mode-allowed"
 
 log = logging.getLogger("pyworker.filter.ext_authz")
 # what a failed check raises (HttpError is a ConnectionError)
-_FAILURES = (OSError, TimeoutError, ValueError)
+_FAILURES = (OSError, TimeoutError)
 
 
 @register_filter("ext_authz")
@@ -222,7 +248,10 @@ class ExtAuthzFilter(StreamReceiverFilter):
     async def on_receive(self, ctx, headers, buf, trailers):
         if self.session is None:
             await self.start()
-        path = self.base_path + self.path_prefix + ctx.path
+        path = ctx.path
+        if _UNSAFE_IN_PATH.search(path) is not None:
+            path = quote(path, safe=_PATH_SAFE, encoding="latin-1")
+        path = self.base_path + self.path_prefix + path
         if ctx.query:
             path += "?" + ctx.query
         try:
@@ -235,6 +264,8 @@ class ExtAuthzFilter(StreamReceiverFilter):
             )
         except _FAILURES as exc:
             return self._failed(ctx, headers, exc)
+        except ValueError as exc:
+            return self._unsendable(ctx, exc)
         if 200 <= status < 300:
             self.events["allowed"] += 1
             plans = self._plans
@@ -298,11 +329,7 @@ class ExtAuthzFilter(StreamReceiverFilter):
             if lname in ("host", "authorization") or (
                 allowed and allowed(lname)
             ):
-                if lname not in (
-                    "content-length",
-                    "transfer-encoding",
-                    "connection",
-                ):
+                if lname not in _NOT_SENT:
                     out.append((name, value))
         out.extend(self.headers_to_add)
         return out
@@ -330,6 +357,18 @@ class ExtAuthzFilter(StreamReceiverFilter):
             if self.failure_header:
                 headers.set(FAILURE_HEADER, "true")
             return CONTINUE
+        self.events["failure_denied"] += 1
+        self.handler.send_hijack_reply(self.status_on_error)
+        return STOP
+
+    def _unsendable(self, ctx, exc):
+        log.warning(
+            "ext_authz: request %s denied with %d: its check cannot be "
+            "sent: %s",
+            ctx.request_id,
+            self.status_on_error,
+            exc,
+        )
         self.events["failure_denied"] += 1
         self.handler.send_hijack_reply(self.status_on_error)
         return STOP

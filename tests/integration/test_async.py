@@ -591,6 +591,23 @@ def test_ext_authz_checks_many_requests_at_once(gateway, auth):
     assert auth.in_flight()[1] >= 25
 
 
+def test_ext_authz_sends_an_encoded_path_as_one_request(gateway, auth):
+    # nginx decodes %0D%0A into the path it hands the filter: sent as it
+    # is, the check would be two requests, and the second one's answer
+    # another client's
+    auth.forget()
+    gw = gateway(authz_http(), mosn=mosn(authz_listener(auth.url))).start()
+    smuggled = "/x%20HTTP/1.1%0D%0AHost:%20a%0D%0A%0D%0AGET%20/public"
+    r = gw.get(smuggled + "?q=1", {"Authorization": "Bearer good"})
+    assert r.status == 200 and r.text == "upstream"
+    r = gw.get("/caf%C3%A9%2541", {"Authorization": "Bearer nope"})
+    assert r.status == 401
+    assert [(s["method"], s["raw_path"]) for s in auth.seen()] == [
+        ("GET", smuggled + "?q=1"),
+        ("GET", "/caf%C3%A9%2541"),
+    ]
+
+
 @pytest.mark.parametrize("allow, expect", [(False, 403), (True, 200)])
 def test_ext_authz_failure_mode(gateway, auth, allow, expect):
     listener_ = authz_listener(

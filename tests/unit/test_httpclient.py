@@ -1,7 +1,9 @@
 """The HTTP client of filters that call a service (pyworker.httpclient)
 against a raw asyncio server on loopback that answers as each test tells
 it: keep-alive, a kept-alive connection the server closes, a server that
-never answers, a body past the limit, an answer that is not HTTP."""
+never answers, a body past the limit, an answer that is not HTTP, the
+framings of RFC 9112 (HEAD, 1xx, a body to the close), requests that would
+not be one request, and requests that wait their turn for a connection."""
 
 import asyncio
 
@@ -18,10 +20,12 @@ OK = (
 class Server:
     """Reads requests' heads; ``answer(n, conn)`` says what the n-th
     request (counted over every connection) gets: bytes, or None to close
-    the connection unanswered, or ... to say nothing."""
+    the connection unanswered, or ... to say nothing, or (bytes, None) to
+    answer and close; each answer ``delay`` seconds after its request."""
 
-    def __init__(self, answer):
+    def __init__(self, answer, delay=0):
         self.answer = answer
+        self.delay = delay
         self.requests = 0
         self.connections = 0
         self.heads = []
@@ -40,6 +44,12 @@ class Server:
                 self.heads.append(head)
                 self.requests += 1
                 reply = self.answer(self.requests, conn)
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                if isinstance(reply, tuple):
+                    writer.write(reply[0])
+                    await writer.drain()
+                    break
                 if reply is None:
                     break
                 if reply is not ...:
@@ -54,13 +64,13 @@ class Server:
         self.server.close()
 
 
-def served(answer, steps, **options):
+def served(answer, steps, delay=0, **options):
     """(server, pool, what ``steps(pool)`` returned): the steps run with
     a pool to a Server that answers with ``answer``; both are closed
     after, whatever the steps raised."""
 
     async def main():
-        server = await Server(answer).start()
+        server = await Server(answer, delay).start()
         pool = HttpPool("127.0.0.1", server.port, **options)
         try:
             return server, pool, await steps(pool)
@@ -178,4 +188,126 @@ def test_a_request_that_fails_before_it_is_sent_gives_its_connection_back():
 
     _, pool, after = served(lambda n, conn: OK, steps, max_connections=1)
     assert after[0] == 200
+    assert pool.open == 0
+
+
+@pytest.mark.parametrize(
+    "target, headers",
+    [
+        ("/a HTTP/1.1\r\nHost: x\r\n\r\nGET /b", []),
+        ("/a b", []),
+        ("/\u00e9", []),
+        ("/", [("X-A", "1\r\nX-B: 2")]),
+        ("/", [("X-A\nX-B", "2")]),
+        ("/", [("X-A", "1\0")]),
+    ],
+)
+def test_a_request_that_would_not_be_one_request_is_not_sent(target, headers):
+    async def steps(pool):
+        with pytest.raises(ValueError):
+            await pool.request("GET", target, headers)
+        with pytest.raises(ValueError, match="method"):
+            await pool.request("GET /x", "/")
+        return await pool.request("GET", "/ok")
+
+    server, pool, after = served(lambda n, conn: OK, steps)
+    assert after[0] == 200
+    assert [h.split(b"\r\n")[0] for h in server.heads] == [b"GET /ok HTTP/1.1"]
+    assert pool.open == 0
+
+
+def test_an_answer_to_head_ends_with_its_head():
+    # its Content-Length is that of the GET's body, which does not follow
+    head = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 5\r\n\r\n"
+
+    async def steps(pool):
+        return await pool.request("HEAD", "/", timeout=2.0)
+
+    _, pool, got = served(lambda n, conn: head, steps)
+    assert got == (401, [("Content-Length", "5")], b"")
+    assert pool.open == 0  # not used again: the parser expected a body
+
+
+def test_interim_answers_are_skipped():
+    answer = (
+        b"HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\n"
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK
+    )
+
+    async def steps(pool):
+        first = await pool.request("GET", "/a", timeout=2.0)
+        return first, await pool.request("GET", "/b", timeout=2.0)
+
+    server, _, (first, second) = served(lambda n, conn: answer, steps)
+    assert first == (
+        200,
+        [("Content-Length", "2"), ("X-User", "alice"), ("X-User", "bob")],
+        b"ok",
+    )
+    assert second == first
+    assert server.connections == 1
+
+
+def test_a_body_without_length_ends_where_the_server_closes():
+    answer = b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\n\r\nno way"
+
+    async def steps(pool):
+        return await pool.request("GET", "/", timeout=2.0)
+
+    _, pool, got = served(lambda n, conn: (answer, None), steps)
+    assert got == (403, [("Connection", "close")], b"no way")
+    assert pool.open == 0
+
+
+def test_a_connection_given_back_goes_to_the_longest_waiting_request():
+    # one connection, a service that takes 50 ms: a task asking again and
+    # again does not pass a request waiting since its first
+    async def steps(pool):
+        async def again_and_again():
+            for i in range(6):
+                await pool.request("GET", "/again/%d" % i, timeout=2.0)
+
+        greedy = asyncio.create_task(again_and_again())
+        await asyncio.sleep(0.01)
+        waited = await pool.request("GET", "/waiting", timeout=0.2)
+        await greedy
+        return waited
+
+    server, pool, waited = served(
+        lambda n, conn: OK, steps, delay=0.05, max_connections=1
+    )
+    assert waited[0] == 200
+    assert [h.split(b" ")[1] for h in server.heads][:3] == [
+        b"/again/0",
+        b"/waiting",
+        b"/again/1",
+    ]
+    assert pool.open == 0
+
+
+def test_a_turn_given_to_a_request_cancelled_then_goes_to_the_next():
+    # the connection is handed to B, which is cancelled before it runs:
+    # C, waiting behind it, gets the connection rather than its timeout
+    async def steps(pool):
+        async def first():
+            got = await pool.request("GET", "/a")
+            b.cancel()  # B was handed the connection, and has not run
+            return got
+
+        a = asyncio.create_task(first())
+        await asyncio.sleep(0.01)
+        b = asyncio.create_task(pool.request("GET", "/b"))
+        await asyncio.sleep(0.01)
+        c = asyncio.create_task(pool.request("GET", "/c", timeout=1.0))
+        await a
+        with pytest.raises(asyncio.CancelledError):
+            await b
+        return await c
+
+    server, pool, got = served(
+        lambda n, conn: OK, steps, delay=0.05, max_connections=1
+    )
+    assert got[0] == 200
+    assert [h.split(b" ")[1] for h in server.heads] == [b"/a", b"/c"]
+    assert server.connections == 1
     assert pool.open == 0

@@ -9,6 +9,7 @@ import time
 import uuid
 
 import pytest
+import uvloop
 
 from pyworker import CONTINUE, StreamReceiverFilter, register_filter
 from pyworker import inflight as inflight_mod
@@ -25,7 +26,9 @@ GATES = {}
 @register_filter("test_gate")
 class Gate(StreamReceiverFilter):
     """Waits until the test opens the gate named by the x-gate header (a
-    request with none passes at once); x-stubborn ignores cancellation."""
+    request with none passes at once), at most x-timeout seconds (then it
+    lets the request go on as "timed out"); x-stubborn ignores
+    cancellation."""
 
     def __init__(self, config):
         self.cancelled = []
@@ -44,8 +47,13 @@ class Gate(StreamReceiverFilter):
             gate = GATES.setdefault(name, asyncio.Event())
             try:
                 # asyncio.timeout() needs a task: the request's own
-                async with asyncio.timeout(30):
+                async with asyncio.timeout(
+                    float(headers.get("x-timeout", 30))
+                ):
                     await gate.wait()
+            except TimeoutError:
+                self.cancelled.append(name + " timed out")
+                name = "timed out"
             except asyncio.CancelledError:
                 self.cancelled.append(name)
                 if headers.get("x-stubborn") is None:
@@ -93,9 +101,17 @@ class Rig:
         self.rooms += 1
 
     def submit(
-        self, slot, gate=None, deadline_ms=None, stubborn=False, yields=False
+        self,
+        slot,
+        gate=None,
+        deadline_ms=None,
+        stubborn=False,
+        yields=False,
+        timeout=None,
     ):
         headers = [("X-Gate", gate)] if gate else []
+        if timeout is not None:
+            headers.append(("X-Timeout", str(timeout)))
         if stubborn:
             headers.append(("X-Stubborn", "1"))
         if yields:
@@ -348,6 +364,58 @@ def test_a_request_cancelled_before_its_task_first_ran_is_answered(
         assert len(r.inflight) == 0
 
     asyncio.run(main())
+
+
+def test_a_task_cancelled_by_another_before_it_first_ran_is_answered(rig):
+    """Something else cancels the request's task in the very turn its
+    first step ran: the cancellation reaches the chain at its await, the
+    request is answered, and the task ends cancelled."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        r = rig(loop)
+        r.submit(0, "x", deadline_ms=5000)
+
+        def serve_and_cancel():
+            r.serve()
+            r.gate.tasks[-1].cancel()
+
+        loop.call_soon(serve_and_cancel)
+        await until(lambda: r.producer.slot_state(0)[0] == DONE)
+        assert r.answers() == {0: "the filters were cancelled"}
+        assert r.gate.cancelled == ["x"]
+        assert r.gate.tasks[-1].cancelled()
+        assert len(r.inflight) == 0
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_timeout_the_first_step_began_reaches_the_chain(rig, loop):
+    """The first step awaits under asyncio.timeout(1 ms) and the worker
+    goes on with its batch for longer than that; uvloop runs the timer
+    before the task's first turn.  The filter still sees its timeout
+    (TimeoutError) and the request is answered by its chain."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        r = rig(loop)
+        r.submit(0, "slow", deadline_ms=5000, timeout=0.001)
+
+        def serve_a_long_batch():
+            r.serve()
+            time.sleep(0.01)
+
+        loop.call_soon(serve_a_long_batch)
+        await until(lambda: r.producer.slot_state(0)[0] == DONE)
+        assert r.answers() == {0: "timed out"}
+        assert r.gate.cancelled == ["slow timed out"]
+        assert r.stats.tasks == {("g", "answered"): 1}
+        assert len(r.inflight) == 0
+
+    factory = uvloop.new_event_loop if loop == "uvloop" else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
 
 
 def test_requests_nginx_gave_up_on_before_they_were_taken_never_run(rig):
