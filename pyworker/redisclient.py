@@ -9,7 +9,9 @@ pool has to hand a connection to every command in turn, and redis-py's
 asyncio pool and client cost about half a millisecond of CPU per command
 (bench/results/async.md), more than the rest of a request.
 
-One connection per client, opened on first use and again after it broke.
+One connection per client, opened on first use and again after it broke
+or after it reached a replica (a READONLY or MASTERDOWN reply: after a
+failover the name may now point at the new primary).
 A command with no reply within ``timeout`` fails with TimeoutError, and
 so do all those behind it on the connection (their replies would come
 after the late one), which is closed.  A caller cancelled while it waits
@@ -31,6 +33,10 @@ __all__ = ["RedisClient", "RedisError", "parse_url"]
 
 class RedisError(Exception):
     """Redis answered with an error (``str()`` is its message)."""
+
+
+# error replies of a replica: this connection is not to the primary
+_REPLICA_ERRORS = ("READONLY ", "MASTERDOWN ")
 
 
 def parse_url(url):
@@ -93,6 +99,7 @@ class _Connection(asyncio.Protocol):
         self.waiting = collections.deque()  # (future, deadline)
         self.out = []
         self.closed = False
+        self.retired = False  # a replica answered: no new command
         self.error = None
 
     def connection_made(self, transport):
@@ -124,14 +131,22 @@ class _Connection(asyncio.Protocol):
                 if reply is False:
                     break
                 future = waiting.popleft()[0]
+                if isinstance(reply, hiredis.ReplyError):
+                    reply = RedisError(str(reply))
+                    if str(reply).startswith(_REPLICA_ERRORS):
+                        self.retired = True
                 if future.done():
                     continue  # its caller was cancelled
-                if isinstance(reply, hiredis.ReplyError):
-                    future.set_exception(RedisError(str(reply)))
+                if isinstance(reply, RedisError):
+                    future.set_exception(reply)
                 else:
                     future.set_result(reply)
         except (hiredis.ProtocolError, IndexError) as exc:
             self.fail(ConnectionError("not a Redis reply: %s" % exc))
+            return
+        if self.retired and not waiting:
+            # its last reply read: closed, the next command connects again
+            self.fail(ConnectionError("Redis answered as a replica"))
 
     def connection_lost(self, exc):
         self.closed = True
@@ -175,7 +190,7 @@ class RedisClient:
     async def call(self, *args):
         """The reply to one command (RedisError if it is an error)."""
         conn = self.conn
-        if conn is None or conn.closed:
+        if conn is None or conn.closed or conn.retired:
             conn = await self._connected()
         return await conn.send(pack(args), self.loop.time() + self.timeout)
 

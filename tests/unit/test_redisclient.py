@@ -119,6 +119,39 @@ def test_a_lost_connection_is_opened_again(redis):
     assert run(redis.url, body) == b"PONG"
 
 
+def test_a_reply_from_a_replica_makes_the_client_connect_again():
+    # a failover turned the server it reached into a replica: its writes
+    # fail with READONLY, and the next command connects again (to whatever
+    # the name points at now) rather than keep failing on that connection
+    replica = RedisServer().start()
+    try:
+
+        async def body(client):
+            await client.call("SET", "a", "1")
+            first = client.conn
+            # a primary that does not answer: it stays a read-only replica
+            replica.command("REPLICAOF", "127.0.0.1", free_port())
+            failed = await asyncio.gather(
+                client.call("SET", "a", "2"),
+                client.call("GET", "a"),
+                return_exceptions=True,
+            )
+            replica.command("REPLICAOF", "NO", "ONE")
+            await client.call("SET", "a", "3")
+            return first, failed, client.conn
+
+        before = connections(replica)
+        first, failed, now = run(replica.url, body)
+        assert isinstance(failed[0], RedisError)
+        assert str(failed[0]).startswith("READONLY ")
+        assert failed[1] == b"1"  # the reply behind it still came
+        assert first.closed and now is not first
+        # the client's two connections, the two REPLICAOF and this INFO
+        assert connections(replica) - before == 5
+    finally:
+        replica.stop()
+
+
 def test_the_database_of_the_url_is_selected(redis):
     redis.command("FLUSHALL")
 
