@@ -405,7 +405,10 @@ cdef str _last_chain = ""
 
 
 cdef class SlotRequest:
-    """A request record, read in place; valid until its verdict is sent.
+    """A request record, read in place, while its slot holds it: a read
+    after nginx took the verdict back and reused the slot (a filter that
+    kept the request past its verdict) raises RingError rather than show
+    another request's data.
 
     ``ps`` and ``gen`` name the slot and the request in it (hand them to
     Consumer.complete() to answer later); ``deadline_ns`` is when nginx
@@ -433,10 +436,29 @@ cdef class SlotRequest:
         # a fresh read each call: another process writes it
         return self.slot != NULL and self.slot.abandoned == self.gen
 
+    cdef int _still_held(self) except -1:
+        """After a read: RingError unless the slot held this request all
+        along (this generation, taken or answered, neither freed nor
+        reused), so that a read of another request's data is thrown
+        away."""
+        cdef uint64_t w
+        if self.slot == NULL:
+            return 0
+        w = mosn_load_after(&self.slot.state)
+        if MOSN_SW_GEN(w) == self.gen and (
+                MOSN_SW_STATE(w) == MOSN_SLOT_TAKEN
+                or MOSN_SW_STATE(w) == MOSN_SLOT_DONE):
+            return 0
+        raise RingError("request %d was read after its verdict, from a "
+                        "slot that holds another request now"
+                        % self.request_id)
+
     cdef str _field(self, int i):
         cdef mosn_field_t f = self.req.field[i]
-        return PyUnicode_DecodeLatin1(<const char *> self.rec + f.off,
-                                      f.len, NULL)
+        cdef str value = PyUnicode_DecodeLatin1(
+            <const char *> self.rec + f.off, f.len, NULL)
+        self._still_held()
+        return value
 
     @property
     def chain(self):
@@ -448,6 +470,7 @@ cdef class SlotRequest:
         if (PyUnicode_GET_LENGTH(name) == f.len
                 and memcmp(PyUnicode_DATA(name), self.rec + f.off,
                            f.len) == 0):
+            self._still_held()
             return name
         name = self._field(MOSN_REQ_CHAIN)
         if PyUnicode_IS_COMPACT_ASCII(name):
@@ -492,16 +515,20 @@ cdef class SlotRequest:
         cdef mosn_field_t f = self.req.field[MOSN_REQ_META]
         if not (self.req.flags & MOSN_REQ_F_META):
             return {}
-        return decode_metadata(PyBytes_FromStringAndSize(
-            <const char *> self.rec + f.off, f.len))
+        cdef bytes meta = PyBytes_FromStringAndSize(
+            <const char *> self.rec + f.off, f.len)
+        self._still_held()
+        return decode_metadata(meta)
 
     @property
     def body(self):
         cdef mosn_field_t f = self.req.field[MOSN_REQ_BODY]
         if not (self.req.flags & MOSN_REQ_F_BODY):
             return None
-        return PyBytes_FromStringAndSize(<const char *> self.rec + f.off,
-                                         f.len)
+        cdef bytes body = PyBytes_FromStringAndSize(
+            <const char *> self.rec + f.off, f.len)
+        self._still_held()
+        return body
 
     cdef inline bint _entry(self, uint32_t i, mosn_header_entry_t *e):
         """Copies entry i out of the record (another process can write the
@@ -529,10 +556,13 @@ cdef class SlotRequest:
         if type(name) is str and PyUnicode_IS_COMPACT_ASCII(name):
             if not self._find(PyUnicode_DATA(name),
                               PyUnicode_GET_LENGTH(name), &e):
+                self._still_held()
                 return default
-            return PyUnicode_DecodeLatin1(
+            value = PyUnicode_DecodeLatin1(
                 <const char *> self.rec + e.off + e.name_len, e.value_len,
                 NULL)
+            self._still_held()
+            return value
         values = self.header_get_all(name.lower())
         return values[0] if values else default
 
@@ -550,6 +580,7 @@ cdef class SlotRequest:
                 out.append(PyUnicode_DecodeLatin1(
                     <const char *> self.rec + e.off + klen, e.value_len,
                     NULL))
+        self._still_held()
         return out
 
     def header_items(self):
@@ -565,6 +596,7 @@ cdef class SlotRequest:
                 PyUnicode_DecodeLatin1(
                     <const char *> self.rec + e.off + e.name_len,
                     e.value_len, NULL)))
+        self._still_held()
         return out
 
 
@@ -947,7 +979,9 @@ cdef class Consumer:
     def serve_batch(self, dispatch, int max=64):
         """Takes a batch, runs dispatch(request) on each, writes verdicts,
         rings the producers once.  Returns how many were taken.  A dispatch
-        that returns PENDING answers later, with complete()."""
+        that returns PENDING answers later, with complete().  A dispatch
+        that raises answers its request with an error verdict that names
+        the exception, and the rest of the batch is served."""
         cdef int n, i
         cdef uint64_t ps
         cdef mosn_slot_t *slot
@@ -965,13 +999,23 @@ cdef class Consumer:
                                Verdict.error("malformed request"))
                 continue
             _in_slot(req, slot, ps)
-            verdict = dispatch(req)
+            try:
+                verdict = dispatch(req)
+            except Exception as e:
+                # (a RingError: the slot changed under the read; the
+                # verdict is then refused as someone else's)
+                verdict = _dispatch_failed(e)
             if verdict is not _PENDING:
                 self._complete(slot, ps, verdict)
         if n:
             mosn_consumer_flush(self.rg, self.index, self.sockfd,
                                 self.wake_mask)
         return n
+
+
+def _dispatch_failed(e):
+    return Verdict.error("the dispatch failed: %s: %s"
+                         % (type(e).__name__, e))
 
 
 cdef class Producer:

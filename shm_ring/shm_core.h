@@ -51,6 +51,10 @@
 #define mosn_load_relaxed(p) __atomic_load_n(p, __ATOMIC_RELAXED)
 #define mosn_store(p, v)    __atomic_store_n(p, v, __ATOMIC_RELEASE)
 #define mosn_full_fence()   __atomic_thread_fence(__ATOMIC_SEQ_CST)
+/* a load ordered after every read before it (a seqlock's second look) */
+#define mosn_load_after(p)                                                    \
+    (__atomic_thread_fence(__ATOMIC_ACQUIRE),                                 \
+     __atomic_load_n(p, __ATOMIC_RELAXED))
 
 
 typedef struct {

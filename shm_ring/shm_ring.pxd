@@ -224,6 +224,7 @@ cdef extern from "shm_ring.h" nogil:
 
 cdef extern from "shm_core.h" nogil:
     uint32_t MOSN_RESCUE_FAILED
+    uint64_t mosn_load_after(const uint64_t *p)
 
     uint32_t MOSN_PS_P(uint64_t v)
     uint32_t MOSN_PS_S(uint64_t v)

@@ -1011,14 +1011,21 @@ class Consumer:
     def serve_batch(self, dispatch, max=64):
         """Takes a batch, runs dispatch(request) on each, writes verdicts,
         rings the producers once.  Returns how many were taken.  A dispatch
-        that returns PENDING answers later, with complete()."""
+        that returns PENDING answers later, with complete().  A dispatch
+        that raises answers its request with an error verdict that names
+        the exception, and the rest of the batch is served."""
         batch = self.take(max)
         for ps in batch:
             req = self.request(ps)
             if req is None:
                 self.complete(ps, codec.Verdict.error("malformed request"))
                 continue
-            verdict = dispatch(req)
+            try:
+                verdict = dispatch(req)
+            except Exception as e:
+                verdict = codec.Verdict.error(
+                    "the dispatch failed: %s: %s" % (type(e).__name__, e)
+                )
             if verdict is not codec.PENDING:
                 self.complete(ps, verdict)
         if batch:

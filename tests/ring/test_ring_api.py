@@ -361,6 +361,27 @@ def test_serve_batch_runs_dispatch(impl, make_region):
         assert decode_verdict(prod.verdict(s)).metadata == {"id": str(100 + s)}
 
 
+def test_a_dispatch_that_raises_answers_its_request_and_no_other(
+    impl, make_region
+):
+    r = make_region()
+    cons, prod = r.consumer(r.alloc_consumer()), r.producer()
+    for s in range(3):
+        prod.submit(s, request(s))
+
+    def dispatch(req):
+        if req.request_id == 1:
+            raise KeyError("x-id")
+        return Verdict(metadata={"id": str(req.request_id)})
+
+    assert cons.serve_batch(dispatch) == 3
+    assert sorted(s for s, _ in prod.poll()) == [0, 1, 2]
+    failed = decode_verdict(prod.verdict(1))
+    assert failed.action == ACTION_ERROR
+    assert failed.log == "the dispatch failed: KeyError: 'x-id'"
+    assert decode_verdict(prod.verdict(2)).metadata == {"id": "2"}
+
+
 def test_ring_full_refuses(impl, make_region):
     r = make_region(slots=4)
     cons, prod = r.consumer(r.alloc_consumer()), r.producer()
@@ -773,6 +794,52 @@ def test_complete_with_gen_spares_a_newer_request(impl, make_region):
     assert prod.poll() == []
     assert cons.complete(p, Verdict(metadata={"new": "1"}), gen=2)
     assert decode_verdict(prod.verdict(1)).metadata == {"new": "1"}
+
+
+def test_a_request_kept_past_its_verdict_never_reads_the_next_one(
+    impl, make_region
+):
+    """A filter that keeps its request after the verdict (a task left
+    running, a callback) reads it while nginx has not taken the verdict
+    back; once the slot holds another request, the compiled ring refuses
+    the read and the pure one, which copied the record, still shows the
+    old request: neither shows the new one."""
+    r = make_region()
+    cons, prod = r.consumer(r.alloc_consumer()), r.producer()
+    prod.submit(1, request(1, method="POST", path="/one", body=b"1"))
+    (p,) = cons.take()
+    old = cons.request(p)
+    assert cons.complete(p, Verdict(metadata={"a": "1"}), gen=old.gen)
+    # answered, not yet taken back: still its own
+    assert old.header_items() == [("X-Id", "1")] and old.path == "/one"
+    assert prod.poll() == [(1, 1)]
+    prod.free(1)
+    prod.submit(1, request(2, method="GET", path="/two", body=b"2"))
+    (p2,) = cons.take()
+    assert p2 == p and cons.request(p2).path == "/two"
+    reads = {
+        "path": lambda: old.path,
+        "method": lambda: old.method,
+        "chain": lambda: old.chain,
+        "body": lambda: old.body,
+        "header_get": lambda: old.header_get("x-id"),
+        "header_get_all": lambda: old.header_get_all("x-id"),
+        "header_items": lambda: old.header_items(),
+    }
+    for what, read in reads.items():
+        if impl.IMPLEMENTATION == "cython":
+            with pytest.raises(RingError, match="after its verdict"):
+                read()
+        else:
+            assert read() in (
+                "/one",
+                "POST",
+                "c",
+                b"1",
+                "1",
+                ["1"],
+                [("X-Id", "1")],
+            ), what
 
 
 def test_response_record_carries_body_and_metadata(impl, make_region):
