@@ -64,9 +64,9 @@ from pyworker.api import CONTINUE, STOP, ConfigError, StreamReceiverFilter
 from pyworker.filters import options
 from pyworker.registry import register_filter
 
-# never copied from the service's answer to the client or upstream: nginx
-# owns framing and hop-by-hop headers (and refuses verdicts that set them)
-_NOT_COPIED = frozenset(
+# framing and hop-by-hop headers: the client's are not the check's, nor
+# the service's the request's (nginx refuses verdicts that set them)
+_HOP_BY_HOP = frozenset(
     (
         "content-length",
         "transfer-encoding",
@@ -76,25 +76,12 @@ _NOT_COPIED = frozenset(
         "upgrade",
         "te",
         "trailer",
-        "host",
-        "date",
-        "server",
     )
 )
-# never sent to the service: the client's framing is not the check's
-_NOT_SENT = frozenset(
-    (
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "upgrade",
-        "te",
-        "trailer",
-        "expect",
-    )
-)
+# never copied from the service's answer to the client or upstream
+_NOT_COPIED = _HOP_BY_HOP | {"host", "date", "server"}
+# never sent to the service
+_NOT_SENT = _HOP_BY_HOP | {"expect"}
 # what a path may hold as it is (RFC 3986's pchar and "/"); anything else
 # is escaped again
 _PATH_SAFE = "/-._~!$&'()*+,;=:@"

@@ -15,6 +15,12 @@ OK = (
     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-User: alice\r\n"
     b"X-User: bob\r\n\r\nok"
 )
+# what the client makes of OK
+OK_READ = (
+    200,
+    [("Content-Length", "2"), ("X-User", "alice"), ("X-User", "bob")],
+    b"ok",
+)
 
 
 class Server:
@@ -87,12 +93,7 @@ def test_a_kept_alive_connection_serves_the_next_request():
         return first, await pool.request("GET", "/b")
 
     server, _, (first, second) = served(lambda n, conn: OK, steps)
-    assert first == (
-        200,
-        [("Content-Length", "2"), ("X-User", "alice"), ("X-User", "bob")],
-        b"ok",
-    )
-    assert second == first
+    assert first == second == OK_READ
     assert server.connections == 1
     assert server.heads[0].startswith(b"GET /a HTTP/1.1\r\n")
     assert b"\r\nAuthorization: t\r\n" in server.heads[0]
@@ -239,12 +240,7 @@ def test_interim_answers_are_skipped():
         return first, await pool.request("GET", "/b", timeout=2.0)
 
     server, _, (first, second) = served(lambda n, conn: answer, steps)
-    assert first == (
-        200,
-        [("Content-Length", "2"), ("X-User", "alice"), ("X-User", "bob")],
-        b"ok",
-    )
-    assert second == first
+    assert first == second == OK_READ
     assert server.connections == 1
 
 
