@@ -249,7 +249,9 @@ class HttpPool:
                 self.deadlines.discard(waiter, key)
             if waiter in self.waiters:
                 self.waiters.remove(waiter)
-        if conn is None:
+        if conn is None or conn.closed:
+            # room to open one, or one the server closed since it was
+            # handed over (counted: its room is this request's)
             return await self._connect_counted(deadline), False
         return conn, True
 

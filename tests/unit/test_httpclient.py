@@ -8,6 +8,7 @@ not be one request, and requests that wait their turn for a connection."""
 import asyncio
 
 import pytest
+import uvloop
 
 from pyworker.httpclient import HttpError, HttpPool
 
@@ -70,10 +71,11 @@ class Server:
         self.server.close()
 
 
-def served(answer, steps, delay=0, **options):
+def served(answer, steps, delay=0, loop=None, **options):
     """(server, pool, what ``steps(pool)`` returned): the steps run with
-    a pool to a Server that answers with ``answer``; both are closed
-    after, whatever the steps raised."""
+    a pool to a Server that answers with ``answer``, on asyncio's loop or
+    ``loop="uvloop"``; both are closed after, whatever the steps
+    raised."""
 
     async def main():
         server = await Server(answer, delay).start()
@@ -84,7 +86,9 @@ def served(answer, steps, delay=0, **options):
             await pool.close()
             await server.close()
 
-    return asyncio.run(main())
+    factory = uvloop.new_event_loop if loop == "uvloop" else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main())
 
 
 def test_a_kept_alive_connection_serves_the_next_request():
@@ -306,4 +310,28 @@ def test_a_turn_given_to_a_request_cancelled_then_goes_to_the_next():
     assert got[0] == 200
     assert [h.split(b" ")[1] for h in server.heads] == [b"/a", b"/c"]
     assert server.connections == 1
+    assert pool.open == 0
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_server_that_closes_after_its_answer_leaves_the_next_a_new_one(
+    loop,
+):
+    # the server answers A and closes: B, waiting its turn, is served on
+    # a new connection (the one handed to it, or its retry)
+    async def steps(pool):
+        a = asyncio.create_task(pool.request("GET", "/a"))
+        await asyncio.sleep(0.01)
+        b = await pool.request("GET", "/b", timeout=1.0)
+        return await a, b
+
+    server, pool, (a, b) = served(
+        lambda n, conn: (OK, None),
+        steps,
+        delay=0.05,
+        loop=loop,
+        max_connections=1,
+    )
+    assert a == b == OK_READ
+    assert server.connections == 2
     assert pool.open == 0
