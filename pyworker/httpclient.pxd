@@ -18,7 +18,8 @@ cdef class _Connection:
     cdef public HttpPool pool
     cdef public object transport, parser, waiter
     cdef public _Answer answer
-    cdef public bint got_bytes, closed, head_only, framed, until_eof
+    cdef public bint got_bytes, closed, head_only, until_eof
+    cdef public int framing
 
     cpdef _done(self, keep)
 

@@ -45,8 +45,10 @@ class HttpError(ConnectionError):
 _BAD_TARGET = re.compile(r"[^\x21-\x7e]")
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"))
-# the headers that say where an answer's body ends
-_FRAMING = (b"content-length", b"transfer-encoding")
+# where an answer's body ends, by its headers (RFC 9112, 6.3): at the
+# server's close (no header says, or a transfer coding that is not chunked
+# last), after Content-Length bytes, or after the last chunk
+_TO_CLOSE, _LENGTH, _CHUNKED, _CODED = 0, 1, 2, 3
 
 
 class _Answer:
@@ -73,7 +75,7 @@ class _Connection:
         self.got_bytes = False
         self.closed = False
         self.head_only = False  # the request was HEAD: no body follows
-        self.framed = False  # the answer has Content-Length or chunks
+        self.framing = _TO_CLOSE  # what the answer's headers said so far
         self.until_eof = False  # its body ends where the server closes
 
     # asyncio's side
@@ -84,7 +86,7 @@ class _Connection:
         self.got_bytes = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._fail(HttpError("not an HTTP answer: %s" % exc))
             self.transport.close()
 
@@ -110,8 +112,12 @@ class _Connection:
 
     # httptools' side
     def on_header(self, name, value):
-        if len(name) in (14, 17) and name.lower() in _FRAMING:
-            self.framed = True
+        if len(name) == 14 and name.lower() == b"content-length":
+            if self.framing == _TO_CLOSE:
+                self.framing = _LENGTH
+        elif len(name) == 17 and name.lower() == b"transfer-encoding":
+            chunked = value.rstrip().lower().endswith(b"chunked")
+            self.framing = _CHUNKED if chunked else _CODED
         self.answer.headers.append(
             (name.decode("latin-1"), value.decode("latin-1"))
         )
@@ -125,7 +131,11 @@ class _Connection:
             # a body the answer to HEAD has not; the connection is not
             # used again
             self._done(False)
-        elif not self.framed and status != 204 and status != 304:
+        elif (
+            (self.framing == _TO_CLOSE or self.framing == _CODED)
+            and status != 204
+            and status != 304
+        ):
             self.until_eof = True
 
     def on_body(self, body):
@@ -144,7 +154,7 @@ class _Connection:
             # 100 Continue and the like: the answer comes next
             answer.status = 0
             answer.headers = []
-            self.framed = False
+            self.framing = _TO_CLOSE
             return
         self.until_eof = False
         self._done(self.parser.should_keep_alive())
@@ -360,7 +370,8 @@ class HttpPool:
                 answer = conn.answer = _Answer(limit)
                 conn.got_bytes = False
                 conn.head_only = head_only
-                conn.framed = conn.until_eof = False
+                conn.framing = _TO_CLOSE
+                conn.until_eof = False
                 waiter = conn.waiter = self.loop.create_future()
                 conn.transport.write(head)
                 if deadline is not None:

@@ -10,8 +10,9 @@ asyncio pool and client cost about half a millisecond of CPU per command
 (bench/results/async.md), more than the rest of a request.
 
 One connection per client, opened on first use and again after it broke
-or after it reached a replica (a READONLY or MASTERDOWN reply: after a
-failover the name may now point at the new primary).
+or after it reached a replica (a READONLY or MASTERDOWN reply, on a
+connection open for RETIRE_AFTER: after a failover the name may now point
+at the new primary).
 A command with no reply within ``timeout`` fails with TimeoutError, and
 so do all those behind it on the connection (their replies would come
 after the late one), which is closed.  A caller cancelled while it waits
@@ -23,6 +24,7 @@ and ``unix://[[user]:password@]/path[?db=N]``.
 
 import asyncio
 import collections
+import re
 import ssl as ssl_mod
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -35,8 +37,14 @@ class RedisError(Exception):
     """Redis answered with an error (``str()`` is its message)."""
 
 
-# error replies of a replica: this connection is not to the primary
-_REPLICA_ERRORS = ("READONLY ", "MASTERDOWN ")
+# error replies of a replica (also as a script's error, which Redis
+# before 7 wraps in "ERR Error running script ... -READONLY ..."): this
+# connection does not reach the primary
+_REPLICA_ERROR = re.compile(r"(?:^|-)(?:READONLY|MASTERDOWN) ")
+# a connection that reaches a replica is closed no sooner than this after
+# it opened: while the name still points at the replica, one connection a
+# second, not one a request
+RETIRE_AFTER = 1.0
 
 
 def parse_url(url):
@@ -100,6 +108,7 @@ class _Connection(asyncio.Protocol):
         self.out = []
         self.closed = False
         self.retired = False  # a replica answered: no new command
+        self.opened = self.loop.time()
         self.error = None
 
     def connection_made(self, transport):
@@ -133,7 +142,10 @@ class _Connection(asyncio.Protocol):
                 future = waiting.popleft()[0]
                 if isinstance(reply, hiredis.ReplyError):
                     reply = RedisError(str(reply))
-                    if str(reply).startswith(_REPLICA_ERRORS):
+                    if (
+                        _REPLICA_ERROR.search(str(reply)) is not None
+                        and self.loop.time() - self.opened >= RETIRE_AFTER
+                    ):
                         self.retired = True
                 if future.done():
                     continue  # its caller was cancelled
@@ -274,5 +286,7 @@ class RedisClient:
             self.timer.cancel()
             self.timer = None
         conn, self.conn = self.conn, None
-        if conn is not None:
+        # (and those retired with replies still to come)
+        for conn in {conn, *self.watched} - {None}:
             conn.fail(ConnectionError("the client is closed"))
+        self.watched.clear()

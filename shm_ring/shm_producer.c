@@ -269,6 +269,13 @@ mosn_producer_free(mosn_region_t *rg, uint32_t p, uint32_t s)
 
     mosn_store(&slot->state, MOSN_SW(MOSN_SW_GEN(w), 0, 0, MOSN_SLOT_FREE));
 
+    /*
+     * the next request's record is written after FREE is seen: a worker
+     * that still reads this one in place (SlotRequest) looks at the state
+     * after its read, and must not see the new record with the old state
+     */
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+
     prod = mosn_producer(rg, p);
     prod->in_use--;
 }

@@ -6,10 +6,12 @@ the MOSN config, the region name and the logs, and checks on the way out
 that no Python process and no slot in use is left behind.
 """
 
+import atexit
 import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,6 +34,25 @@ MODULE = os.environ.get("MOSN_MODULE") or os.path.join(
 NGINX = os.environ.pop("NGINX", None) or "/usr/sbin/nginx"
 PYTHON = sys.executable
 FILTERS = os.path.join(ROOT, "tests", "filters")
+
+
+_readable_dir = []
+
+
+def readable_file(name, data):
+    """A file of ``data`` that nginx's workers (another user) can read,
+    made once per test process and removed when it exits."""
+    if not _readable_dir:
+        folder = tempfile.mkdtemp(prefix="mosn-big-")
+        os.chmod(folder, 0o755)
+        atexit.register(shutil.rmtree, folder, True)
+        _readable_dir.append(folder)
+    path = os.path.join(_readable_dir[0], name)
+    if not os.path.exists(path):
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, 0o644)
+    return path
 
 
 def boot_clock():

@@ -28,7 +28,8 @@ The service gets the request's method and its path (with the query) after
 headers ``allowed_headers`` matches (but framing and hop-by-hop ones such
 as ``Expect``) and ``headers_to_add``.  The path is nginx's, normalized
 and decoded; it is sent escaped again (RFC 3986), so that what a client
-encoded (a space, CR or LF) stays one path in one request.
+encoded (a space, CR or LF) stays one path in one request; bytes of the
+query past ASCII are escaped too.
 
 - A 2xx answer lets the request go on (Envoy takes 200 only): the
   service's headers that ``allowed_upstream_headers`` matches replace the
@@ -43,10 +44,10 @@ encoded (a space, CR or LF) stays one path in one request.
   ``failure_mode_allow_header_add``, upstream gets
   ``x-envoy-auth-failure-mode-allowed: true``); without, the client gets
   ``status_on_error`` (403).
-- A check that cannot be sent as an HTTP request (a query or a header
-  nginx was configured to set with a control character in it) is denied
-  with ``status_on_error`` whatever ``failure_mode_allow`` says: a client
-  must not choose to fail open.
+- A check that cannot be sent as an HTTP request (a header an earlier
+  filter set with a control character in it) is denied with
+  ``status_on_error`` whatever ``failure_mode_allow`` says: a client must
+  not choose to fail open.
 
 Connections to the service are kept alive and pooled per worker
 (pyworker.httpclient, at most ``max_connections`` per filter), closed by
@@ -86,6 +87,14 @@ _NOT_SENT = _HOP_BY_HOP | {"expect"}
 # is escaped again
 _PATH_SAFE = "/-._~!$&'()*+,;=:@"
 _UNSAFE_IN_PATH = re.compile(r"[^A-Za-z0-9/\-._~!$&'()*+,;=:@]")
+# a query is nginx's as it came, which may hold bytes past ASCII: those
+# are escaped, every visible ASCII character kept
+_QUERY_SAFE = "".join(map(chr, range(0x21, 0x7F)))
+_UNSAFE_IN_QUERY = re.compile(r"[^\x21-\x7e]")
+# what the config may put into a check's request line and headers
+_VISIBLE = re.compile(r"[\x21-\x7e]*\Z")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*\Z")
 # a denial's body goes into the slot with the verdict
 MAX_DENIED_BODY = 8192
 # what a 2xx answer's header does: replaces the request's, is added to
@@ -167,6 +176,12 @@ class ExtAuthzFilter(StreamReceiverFilter):
                 raise ConfigError(f"{uri!r}: {exc}", "uri") from None
             if parts.query or parts.fragment:
                 raise ConfigError(f"{uri!r}: no query or fragment here", "uri")
+            if not _VISIBLE.match(parts.path):
+                raise ConfigError(
+                    f"{uri!r}: a path is visible ASCII (escape the rest as "
+                    "%XX)",
+                    "uri",
+                )
             self.timeout = options.duration(
                 server, "timeout", 0.2, low=0.001, high=60.0
             )
@@ -184,6 +199,11 @@ class ExtAuthzFilter(StreamReceiverFilter):
             prefix and not prefix.startswith("/")
         ):
             raise ConfigError("must be a path starting with /", "path_prefix")
+        if not _VISIBLE.match(prefix):
+            raise ConfigError(
+                "a path is visible ASCII (escape the rest as %XX)",
+                "path_prefix",
+            )
         self.path_prefix = prefix.rstrip("/")
         request = options.obj(http, "authorization_request")
         response = options.obj(http, "authorization_response")
@@ -194,6 +214,14 @@ class ExtAuthzFilter(StreamReceiverFilter):
             self.headers_to_add = options.header_pairs(
                 request, "headers_to_add"
             )
+            for name, value in self.headers_to_add:
+                if not _TOKEN.match(name) or not _FIELD_VALUE.match(value):
+                    raise ConfigError(
+                        f"{name!r}: {value!r} is no HTTP header (a name is "
+                        "a token, a value Latin-1 text with no control "
+                        "character)",
+                        "headers_to_add",
+                    )
         except ConfigError as exc:
             raise exc.located("authorization_request") from None
         try:
@@ -239,8 +267,11 @@ class ExtAuthzFilter(StreamReceiverFilter):
         if _UNSAFE_IN_PATH.search(path) is not None:
             path = quote(path, safe=_PATH_SAFE, encoding="latin-1")
         path = self.base_path + self.path_prefix + path
-        if ctx.query:
-            path += "?" + ctx.query
+        query = ctx.query
+        if query:
+            if _UNSAFE_IN_QUERY.search(query) is not None:
+                query = quote(query, safe=_QUERY_SAFE, encoding="latin-1")
+            path += "?" + query
         try:
             status, answer_headers, body = await self.session.request(
                 ctx.method,

@@ -4,9 +4,7 @@ error_page around both phases, and worker_shutdown_timeout with requests
 parked.  Each must end the request cleanly: no worker crash, no slot
 kept, the connection and the gateway go on serving."""
 
-import os
 import socket
-import tempfile
 import threading
 import time
 
@@ -14,7 +12,13 @@ import h2.config
 import h2.connection
 import h2.events
 
-from gateway import example_mosn, free_port, listener, wait_for
+from gateway import (
+    example_mosn,
+    free_port,
+    listener,
+    readable_file,
+    wait_for,
+)
 
 
 def slow(seconds):
@@ -66,13 +70,7 @@ def start(gateway, server, main="", seconds=1.5, workers=1):
     """A gateway on %PORT% (HTTP/1.1) and gw.h2_port (HTTP/2); the slow
     filter takes that many seconds."""
     up, h2_port = free_port(), free_port()
-    # where nginx's workers can read it
-    folder = tempfile.mkdtemp(prefix="mosn-big-")
-    os.chmod(folder, 0o755)
-    big = os.path.join(folder, "big.bin")
-    with open(big, "wb") as f:
-        f.write(BIG)
-    os.chmod(big, 0o644)
+    big = readable_file("interplay-big.bin", BIG)
     http = (
         """
         server {

@@ -4,13 +4,11 @@ chains without sender filters pay for one round trip, not two; failures,
 timeouts and oversized headers take the documented way out."""
 
 import hashlib
-import os
 import socket
 import subprocess
-import tempfile
 import time
 
-from gateway import example_mosn, free_port, listener
+from gateway import example_mosn, free_port, listener, readable_file
 
 
 def sender(**config):
@@ -49,20 +47,11 @@ UPSTREAM = """
 
 
 BIG = bytes(range(256)) * 4096 * 3  # 3 MB
-_big_file = []
 
 
 def big_file():
     """BIG in a file nginx's workers can read."""
-    if not _big_file:
-        folder = tempfile.mkdtemp(prefix="mosn-big-")
-        os.chmod(folder, 0o755)
-        path = os.path.join(folder, "big.bin")
-        with open(path, "wb") as f:
-            f.write(BIG)
-        os.chmod(path, 0o644)
-        _big_file.append(path)
-    return _big_file[0]
+    return readable_file("response-big.bin", BIG)
 
 
 def start(gateway, tmp_path, filters, location_extra="", http_extra=""):

@@ -89,6 +89,20 @@ def test_an_allowed_request_goes_on_with_the_services_headers(service):
     assert chain.filters[0][1].events["allowed"] == 1
 
 
+def test_a_query_past_ascii_is_sent_escaped(service):
+    # nginx passes a query's bytes past ASCII as they came (read as
+    # Latin-1): they go to the service escaped, and the check is made
+    verdict = run_chain(
+        authz(service.url),
+        [("Authorization", "Bearer good")],
+        path="/s",
+        query="q=caf\xc3\xa9&r=%41",
+    )
+    assert verdict.action == ACTION_CONTINUE
+    (seen,) = service.seen()
+    assert seen["raw_path"] == "/s?q=caf%C3%A9&r=%41"
+
+
 def test_a_denied_request_gets_the_services_answer(service):
     verdict = run_chain(authz(service.url), {"Authorization": "Bearer bad"})
     assert verdict.action == ACTION_REPLY
@@ -240,6 +254,43 @@ def test_the_pool_holds_max_connections(service):
             },
             "status_on_error",
             "200..599",
+        ),
+        (
+            {
+                "http_service": {
+                    "server_uri": {"uri": "http://x"},
+                    "path_prefix": "/a b",
+                }
+            },
+            "http_service.path_prefix",
+            "visible ASCII",
+        ),
+        (
+            {"http_service": {"server_uri": {"uri": "http://x/caf\u00e9"}}},
+            "http_service.server_uri.uri",
+            "visible ASCII",
+        ),
+        (
+            {
+                "http_service": {
+                    "server_uri": {"uri": "http://x"},
+                    "authorization_request": {
+                        "headers_to_add": {"X-A": "1\r\nX-B: 2"}
+                    },
+                }
+            },
+            "http_service.authorization_request.headers_to_add",
+            "no HTTP header",
+        ),
+        (
+            {
+                "http_service": {
+                    "server_uri": {"uri": "http://x"},
+                    "authorization_request": {"headers_to_add": {"X A": "1"}},
+                }
+            },
+            "http_service.authorization_request.headers_to_add",
+            "no HTTP header",
         ),
     ],
 )

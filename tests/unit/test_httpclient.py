@@ -259,6 +259,37 @@ def test_a_body_without_length_ends_where_the_server_closes():
     assert pool.open == 0
 
 
+def test_a_body_in_a_transfer_coding_not_chunked_ends_at_the_close():
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc"
+
+    async def steps(pool):
+        return await pool.request("GET", "/", timeout=2.0)
+
+    _, pool, got = served(lambda n, conn: (answer, None), steps)
+    assert got == (200, [("Transfer-Encoding", "gzip")], b"abc")
+    assert pool.open == 0
+
+
+def test_an_answer_that_switches_protocols_is_an_error_and_only_that():
+    answer = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\n\r\n\x81\x00"
+    )
+    troubles = []
+
+    async def steps(pool):
+        asyncio.get_running_loop().set_exception_handler(
+            lambda loop, context: troubles.append(context)
+        )
+        with pytest.raises(HttpError, match="switched protocols"):
+            await pool.request("GET", "/", timeout=2.0)
+        await asyncio.sleep(0.05)
+
+    _, pool, _ = served(lambda n, conn: answer, steps)
+    assert troubles == []  # nothing escaped into the loop
+    assert pool.open == 0
+
+
 def test_a_connection_given_back_goes_to_the_longest_waiting_request():
     # one connection, a service that takes 50 ms: a task asking again and
     # again does not pass a request waiting since its first

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from gateway import free_port
+from pyworker import redisclient
 from pyworker.redisclient import RedisClient, RedisError, parse_url
 from services import RedisServer, started, until
 
@@ -119,10 +120,21 @@ def test_a_lost_connection_is_opened_again(redis):
     assert run(redis.url, body) == b"PONG"
 
 
-def test_a_reply_from_a_replica_makes_the_client_connect_again():
+@pytest.mark.parametrize("write", ["SET", "EVAL"])
+def test_a_reply_from_a_replica_makes_the_client_connect_again(
+    monkeypatch, write
+):
     # a failover turned the server it reached into a replica: its writes
-    # fail with READONLY, and the next command connects again (to whatever
-    # the name points at now) rather than keep failing on that connection
+    # (plain, or in a script as the rate limit sends them) fail with
+    # READONLY, and the next command connects again (to whatever the name
+    # points at now) rather than keep failing on that connection; not
+    # sooner than RETIRE_AFTER after it opened, so that a name that still
+    # points at the replica costs one connection a second
+    monkeypatch.setattr(redisclient, "RETIRE_AFTER", 0.2)
+    command = {
+        "SET": ("SET", "a", "2"),
+        "EVAL": ("EVAL", "return redis.call('SET', KEYS[1], '2')", 1, "a"),
+    }[write]
     replica = RedisServer().start()
     try:
 
@@ -131,19 +143,25 @@ def test_a_reply_from_a_replica_makes_the_client_connect_again():
             first = client.conn
             # a primary that does not answer: it stays a read-only replica
             replica.command("REPLICAOF", "127.0.0.1", free_port())
+            young = await asyncio.gather(
+                client.call(*command), return_exceptions=True
+            )
+            kept = client.conn is first and not first.closed
+            await asyncio.sleep(0.25)
             failed = await asyncio.gather(
-                client.call("SET", "a", "2"),
+                client.call(*command),
                 client.call("GET", "a"),
                 return_exceptions=True,
             )
             replica.command("REPLICAOF", "NO", "ONE")
             await client.call("SET", "a", "3")
-            return first, failed, client.conn
+            return first, young, kept, failed, client.conn
 
         before = connections(replica)
-        first, failed, now = run(replica.url, body)
+        first, young, kept, failed, now = run(replica.url, body)
+        assert isinstance(young[0], RedisError) and kept
         assert isinstance(failed[0], RedisError)
-        assert str(failed[0]).startswith("READONLY ")
+        assert "READONLY" in str(failed[0])
         assert failed[1] == b"1"  # the reply behind it still came
         assert first.closed and now is not first
         # the client's two connections, the two REPLICAOF and this INFO
@@ -200,3 +218,29 @@ def test_urls(url, where):
 def test_bad_urls_are_value_errors(url):
     with pytest.raises(ValueError):
         parse_url(url)
+
+
+def test_closing_fails_what_waits_on_a_connection_it_moved_off(monkeypatch):
+    # the replica's READONLY retires the connection while a read that
+    # blocks (XREAD) still waits there; closing the client fails it too
+    monkeypatch.setattr(redisclient, "RETIRE_AFTER", 0.0)
+    replica = RedisServer().start()
+    try:
+
+        async def body(client):
+            await client.call("PING")
+            replica.command("REPLICAOF", "127.0.0.1", free_port())
+            write = asyncio.ensure_future(client.call("SET", "a", "1"))
+            blocked = asyncio.ensure_future(
+                client.call("XREAD", "BLOCK", 0, "STREAMS", "q", "$")
+            )
+            with pytest.raises(RedisError, match="READONLY"):
+                await write
+            assert await client.call("PING") == b"PONG"  # a new connection
+            await client.close()
+            with pytest.raises(ConnectionError, match="closed"):
+                await asyncio.wait_for(blocked, 2.0)
+
+        run(replica.url, body, timeout=30.0)
+    finally:
+        replica.stop()
