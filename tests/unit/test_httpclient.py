@@ -248,25 +248,27 @@ def test_interim_answers_are_skipped():
     assert server.connections == 1
 
 
-def test_a_body_without_length_ends_where_the_server_closes():
-    answer = b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\n\r\nno way"
+@pytest.mark.parametrize(
+    "status, header",
+    [
+        (403, ("Connection", "close")),  # no length at all
+        (200, ("Transfer-Encoding", "gzip")),  # a coding not chunked last
+    ],
+)
+def test_a_body_with_no_end_of_its_own_ends_where_the_server_closes(
+    status, header
+):
+    answer = b"HTTP/1.1 %d X\r\n%s: %s\r\n\r\nno way" % (
+        status,
+        header[0].encode(),
+        header[1].encode(),
+    )
 
     async def steps(pool):
         return await pool.request("GET", "/", timeout=2.0)
 
     _, pool, got = served(lambda n, conn: (answer, None), steps)
-    assert got == (403, [("Connection", "close")], b"no way")
-    assert pool.open == 0
-
-
-def test_a_body_in_a_transfer_coding_not_chunked_ends_at_the_close():
-    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc"
-
-    async def steps(pool):
-        return await pool.request("GET", "/", timeout=2.0)
-
-    _, pool, got = served(lambda n, conn: (answer, None), steps)
-    assert got == (200, [("Transfer-Encoding", "gzip")], b"abc")
+    assert got == (status, [header], b"no way")
     assert pool.open == 0
 
 
