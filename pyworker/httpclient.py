@@ -116,8 +116,8 @@ class _Connection:
             if self.framing == _TO_CLOSE:
                 self.framing = _LENGTH
         elif len(name) == 17 and name.lower() == b"transfer-encoding":
-            chunked = value.rstrip().lower().endswith(b"chunked")
-            self.framing = _CHUNKED if chunked else _CODED
+            last = value.rsplit(b",", 1)[-1].strip().lower()
+            self.framing = _CHUNKED if last == b"chunked" else _CODED
         self.answer.headers.append(
             (name.decode("latin-1"), value.decode("latin-1"))
         )

@@ -254,6 +254,10 @@ class RedisClient:
             except BaseException:
                 conn.fail(ConnectionError("closed"))
                 raise
+        if self.closing:
+            # closed while this connected: no one would close it
+            conn.fail(ConnectionError("the client is closed"))
+            raise ConnectionError("the client is closed")
         self.conn = conn
         return conn
 

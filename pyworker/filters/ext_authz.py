@@ -110,6 +110,15 @@ log = logging.getLogger("pyworker.filter.ext_authz")
 _FAILURES = (OSError, TimeoutError)
 
 
+def _escaped(text, safe):
+    """``text`` %-escaped but for ``safe``: bytes as nginx gave them (read
+    as Latin-1), or UTF-8 for text that is more (a test's, a tryout's)."""
+    try:
+        return quote(text, safe=safe, encoding="latin-1")
+    except UnicodeEncodeError:
+        return quote(text, safe=safe, encoding="utf-8")
+
+
 @register_filter("ext_authz")
 class ExtAuthzFilter(StreamReceiverFilter):
     __slots__ = (
@@ -222,6 +231,12 @@ class ExtAuthzFilter(StreamReceiverFilter):
                         "character)",
                         "headers_to_add",
                     )
+                if name.lower() in _NOT_SENT or name.lower() == "host":
+                    raise ConfigError(
+                        f"{name!r} is the check's own framing (or Host, "
+                        "the request's): not a header to add",
+                        "headers_to_add",
+                    )
         except ConfigError as exc:
             raise exc.located("authorization_request") from None
         try:
@@ -265,12 +280,12 @@ class ExtAuthzFilter(StreamReceiverFilter):
             await self.start()
         path = ctx.path
         if _UNSAFE_IN_PATH.search(path) is not None:
-            path = quote(path, safe=_PATH_SAFE, encoding="latin-1")
+            path = _escaped(path, _PATH_SAFE)
         path = self.base_path + self.path_prefix + path
         query = ctx.query
         if query:
             if _UNSAFE_IN_QUERY.search(query) is not None:
-                query = quote(query, safe=_QUERY_SAFE, encoding="latin-1")
+                query = _escaped(query, _QUERY_SAFE)
             path += "?" + query
         try:
             status, answer_headers, body = await self.session.request(

@@ -101,6 +101,15 @@ def test_a_query_past_ascii_is_sent_escaped(service):
     assert verdict.action == ACTION_CONTINUE
     (seen,) = service.seen()
     assert seen["raw_path"] == "/s?q=caf%C3%A9&r=%41"
+    # text past Latin-1 (a test's, a tryout's) is taken as UTF-8
+    verdict = run_chain(
+        authz(service.url),
+        [("Authorization", "Bearer good")],
+        path="/\u20ac",
+        query="q=\u20ac",
+    )
+    assert verdict.action == ACTION_CONTINUE
+    assert service.seen()[-1]["raw_path"] == "/%E2%82%AC?q=%E2%82%AC"
 
 
 def test_a_denied_request_gets_the_services_answer(service):
@@ -291,6 +300,18 @@ def test_the_pool_holds_max_connections(service):
             },
             "http_service.authorization_request.headers_to_add",
             "no HTTP header",
+        ),
+        (
+            {
+                "http_service": {
+                    "server_uri": {"uri": "http://x"},
+                    "authorization_request": {
+                        "headers_to_add": {"Content-Length": "10"}
+                    },
+                }
+            },
+            "http_service.authorization_request.headers_to_add",
+            "not a header to add",
         ),
     ],
 )

@@ -253,6 +253,7 @@ def test_interim_answers_are_skipped():
     [
         (403, ("Connection", "close")),  # no length at all
         (200, ("Transfer-Encoding", "gzip")),  # a coding not chunked last
+        (200, ("Transfer-Encoding", "gzip, xchunked")),  # nor this
     ],
 )
 def test_a_body_with_no_end_of_its_own_ends_where_the_server_closes(

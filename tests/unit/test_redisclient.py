@@ -130,7 +130,7 @@ def test_a_reply_from_a_replica_makes_the_client_connect_again(
     # points at now) rather than keep failing on that connection; not
     # sooner than RETIRE_AFTER after it opened, so that a name that still
     # points at the replica costs one connection a second
-    monkeypatch.setattr(redisclient, "RETIRE_AFTER", 0.2)
+    monkeypatch.setattr(redisclient, "RETIRE_AFTER", 0.5)
     command = {
         "SET": ("SET", "a", "2"),
         "EVAL": ("EVAL", "return redis.call('SET', KEYS[1], '2')", 1, "a"),
@@ -147,7 +147,7 @@ def test_a_reply_from_a_replica_makes_the_client_connect_again(
                 client.call(*command), return_exceptions=True
             )
             kept = client.conn is first and not first.closed
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.55)
             failed = await asyncio.gather(
                 client.call(*command),
                 client.call("GET", "a"),
@@ -244,3 +244,15 @@ def test_closing_fails_what_waits_on_a_connection_it_moved_off(monkeypatch):
         run(replica.url, body, timeout=30.0)
     finally:
         replica.stop()
+
+
+def test_a_client_closed_while_it_connects_keeps_no_connection(redis):
+    async def body(client):
+        call = asyncio.ensure_future(client.call("PING"))
+        await asyncio.sleep(0)  # its connection is being made
+        await client.close()
+        with pytest.raises(ConnectionError, match="closed"):
+            await call
+        return client.conn
+
+    assert run(redis.url, body) is None
