@@ -89,27 +89,28 @@ def test_an_allowed_request_goes_on_with_the_services_headers(service):
     assert chain.filters[0][1].events["allowed"] == 1
 
 
-def test_a_query_past_ascii_is_sent_escaped(service):
-    # nginx passes a query's bytes past ASCII as they came (read as
-    # Latin-1): they go to the service escaped, and the check is made
+@pytest.mark.parametrize(
+    "path, query, sent",
+    [
+        # nginx passes a query's bytes past ASCII as they came (read as
+        # Latin-1): they go to the service escaped
+        ("/s", "q=caf\xc3\xa9&r=%41", "/s?q=caf%C3%A9&r=%41"),
+        # text past Latin-1 (a test's, a tryout's) is taken as UTF-8
+        ("/\u20ac", "q=\u20ac", "/%E2%82%AC?q=%E2%82%AC"),
+    ],
+)
+def test_a_path_and_query_past_ascii_are_sent_escaped(
+    service, path, query, sent
+):
     verdict = run_chain(
         authz(service.url),
         [("Authorization", "Bearer good")],
-        path="/s",
-        query="q=caf\xc3\xa9&r=%41",
+        path=path,
+        query=query,
     )
     assert verdict.action == ACTION_CONTINUE
     (seen,) = service.seen()
-    assert seen["raw_path"] == "/s?q=caf%C3%A9&r=%41"
-    # text past Latin-1 (a test's, a tryout's) is taken as UTF-8
-    verdict = run_chain(
-        authz(service.url),
-        [("Authorization", "Bearer good")],
-        path="/\u20ac",
-        query="q=\u20ac",
-    )
-    assert verdict.action == ACTION_CONTINUE
-    assert service.seen()[-1]["raw_path"] == "/%E2%82%AC?q=%E2%82%AC"
+    assert seen["raw_path"] == sent
 
 
 def test_a_denied_request_gets_the_services_answer(service):
