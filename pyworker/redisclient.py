@@ -141,9 +141,10 @@ class _Connection(asyncio.Protocol):
                     break
                 future = waiting.popleft()[0]
                 if isinstance(reply, hiredis.ReplyError):
-                    reply = RedisError(str(reply))
+                    message = str(reply)
+                    reply = RedisError(message)
                     if (
-                        _REPLICA_ERROR.search(str(reply)) is not None
+                        _REPLICA_ERROR.search(message) is not None
                         and self.loop.time() - self.opened >= RETIRE_AFTER
                     ):
                         self.retired = True
